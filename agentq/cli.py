@@ -1,0 +1,111 @@
+"""`agentq` command line: every step a Kubernetes Job runs is a subcommand here.
+
+Heavy modules (torch, transformers, boto3) are imported only by the subcommand that needs them, so
+`agentq --help` and the sandbox/controller images stay fast and small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+
+from agentq.config import ConfigError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def _lazy(target: str) -> Handler:
+    module_name, func_name = target.split(":")
+
+    def call(args: argparse.Namespace) -> int | None:
+        return getattr(importlib.import_module(module_name), func_name)(args)
+
+    return call
+
+
+def _round_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--round", required=True, metavar="ROUND_YAML", help="AgentQRound file (same as kubectl apply)")
+
+
+def _shard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard", type=int, default=0, help="this shard's index (0-based)")
+    p.add_argument("--num-shards", type=int, default=1, help="how many shards split the tasks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentq", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tasks = sub.add_parser("tasks", help="build and validate task corpora").add_subparsers(dest="tasks_cmd", required=True)
+    p = tasks.add_parser("build", help="convert a raw data set into validated task JSONL + a train/test split")
+    p.add_argument("--source", required=True, choices=["debugbench", "humanevalfix"])
+    p.add_argument("--data-dir", default="../shared/data", help="folder holding debugbench/ and humanevalfix/")
+    p.add_argument("--out", required=True, help="output JSONL; the split goes beside it as *.train.jsonl/*.test.jsonl")
+    p.add_argument("--test-share", type=float, default=0.2, help="share of groups in the test split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", type=int, default=0, help="hidden differential test cases to add per task")
+    p.add_argument("--json", action="store_true", help="print a JSON summary last")
+    p.set_defaults(func=_lazy("agentq.tasks.build:main"))
+    p = tasks.add_parser("validate", help="check every reference passes and every buggy program fails")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print a JSON summary last")
+    p.set_defaults(func=_lazy("agentq.tasks.validate:main"))
+
+    sandbox = sub.add_parser("sandbox", help="run candidates safely").add_subparsers(dest="sandbox_cmd", required=True)
+    p = sandbox.add_parser("serve", help="HTTP sandbox server (what sandbox pods run)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=_lazy("agentq.sandbox.server:main"))
+    p = sandbox.add_parser("bench", help="warm executor vs one fresh pytest per candidate, on HumanEvalFix")
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--json", action="store_true", help="print a JSON summary last")
+    p.set_defaults(func=_lazy("agentq.sandbox.bench:main"))
+
+    p = sub.add_parser("collect", help="MCTS over full rewrites; writes trajectories/shard-i-of-n.jsonl")
+    _round_arg(p)
+    _shard_args(p)
+    p.set_defaults(func=_lazy("agentq.collect:main"))
+    p = sub.add_parser("preferences", help="turn trajectories into DPO preference pairs")
+    _round_arg(p)
+    p.set_defaults(func=_lazy("agentq.preferences:main"))
+    p = sub.add_parser("train", help="DPO + LoRA on the round's preference pairs")
+    _round_arg(p)
+    p.set_defaults(func=_lazy("agentq.train.dpo:main"))
+    p = sub.add_parser("merge", help="merge the adapter into the base model")
+    _round_arg(p)
+    p.set_defaults(func=_lazy("agentq.train.merge:main"))
+    p = sub.add_parser("evaluate", help="zero_shot / full_rewrite / mcts pass rates")
+    _round_arg(p)
+    _shard_args(p)
+    p.add_argument("--report-only", action="store_true", help="only combine finished shards into the report")
+    p.set_defaults(func=_lazy("agentq.evaluate:main"))
+
+    rnd = sub.add_parser("round", help="run a whole round on this machine").add_subparsers(dest="round_cmd", required=True)
+    p = rnd.add_parser("run", help="collect -> preferences -> train -> merge -> evaluate, resuming finished steps")
+    p.add_argument("file", metavar="ROUND_YAML")
+    p.add_argument("--preset", choices=["tiny"], default=None, help="tiny: tiny random model + scripted critique")
+    p.set_defaults(func=_lazy("agentq.round:run_main"))
+    p = rnd.add_parser("status", help="each step's state and the headline numbers")
+    p.add_argument("file", metavar="ROUND_YAML")
+    p.set_defaults(func=_lazy("agentq.round:status_main"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.func(args)
+    except ConfigError as err:
+        print(f"agentq: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("agentq: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

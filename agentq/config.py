@@ -1,0 +1,236 @@
+"""The round spec: one pydantic model that is both the embedded runner's YAML and the CRD's schema.
+
+A round file is a Kubernetes-style document (``apiVersion``/``kind``/``metadata``/``spec``) so the same
+file works with ``agentq round run round.yaml`` and with ``kubectl apply -f round.yaml``. Field names
+are camelCase on the wire (as Kubernetes users expect) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "agentq.dev/v1alpha1"
+KIND = "AgentQRound"
+DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+EVAL_MODES = ("zero_shot", "full_rewrite", "mcts")
+EvalMode = Literal["zero_shot", "full_rewrite", "mcts"]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, the field path and what was expected."""
+
+
+class Spec(BaseModel):
+    """Base for every spec model: camelCase aliases, unknown fields rejected (typos must not pass silently)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ScriptedSpec(Spec):
+    """Mixture used by the scripted (mock) backend; probabilities are normalised by the backend."""
+
+    p_reference: float = Field(0.3, ge=0, le=1, description="Chance a sample is the task's reference code.")
+    p_buggy: float = Field(0.3, ge=0, le=1, description="Chance a sample repeats the buggy code.")
+    p_mutant: float = Field(0.3, ge=0, le=1, description="Chance a sample is a mutated reference.")
+    p_garbage: float = Field(0.1, ge=0, le=1, description="Chance a sample has no parseable code.")
+    critique: Literal["truthful", "reverse", "random", "garbage"] = Field(
+        "truthful", description="How the mock ranks siblings when asked to critique."
+    )
+
+
+class ModelSpec(Spec):
+    base: str = Field(DEFAULT_BASE_MODEL, min_length=1, description="Hub name, local directory or store path.")
+    from_round: str | None = Field(None, description="Start from this earlier round's merged model.")
+    backend: Literal["hf", "vllm", "scripted"] = "hf"
+    gguf_file: str | None = Field(None, description="GGUF file inside `base` (dequantised on load).")
+    quantization: Literal["none", "nf4"] = Field("none", description="nf4 needs CUDA and bitsandbytes.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_new_tokens: int = Field(768, ge=1)
+    scripted: ScriptedSpec = Field(default_factory=ScriptedSpec)
+
+
+class DatasetSpec(Spec):
+    train: str = Field(..., min_length=1, description="Task JSONL for collection (path or store URL).")
+    test: str = Field(..., min_length=1, description="Task JSONL for evaluation.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N tasks of each file.")
+
+
+class CollectSpec(Spec):
+    shards: int = Field(2, ge=1, description="Parallel collection Jobs (one GPU each on Kubernetes).")
+    k: int = Field(2, ge=1, description="Rewrites proposed per expansion.")
+    rollouts: int = Field(10, ge=1)
+    depth: int = Field(2, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    critique_temperature: float = Field(0.2, ge=0)
+    exploration: float = Field(1.0, ge=0, description="UCB1 exploration constant c.")
+    stop_on_pass: bool = True
+    seed: int = 0
+
+
+class PreferencesSpec(Spec):
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of Q_mcts against Q_ai in the blended Q.")
+    threshold: float = Field(0.1, ge=0, le=1, description="Keep a pair only when |dQ| exceeds this.")
+
+
+class LoraSpec(Spec):
+    r: int = Field(32, ge=1)
+    alpha: int = Field(64, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1)
+
+
+class TrainSpec(Spec):
+    beta: float = Field(0.1, gt=0)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    effective_batch_size: int = Field(16, ge=1)
+    per_device_batch_size: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-6, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    eval_share: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out to pick the best checkpoint.")
+    eval_steps: int = Field(10, ge=1)
+    max_length: int = Field(2048, ge=16)
+    gradient_checkpointing: bool = True
+    wandb: bool = False
+    seed: int = 0
+
+
+class EvaluateSpec(Spec):
+    modes: list[EvalMode] = Field(default_factory=lambda: ["full_rewrite", "mcts"], min_length=1)
+    shards: int = Field(1, ge=1)
+    pass_k: int = Field(1, ge=1, description="Samples per task for full_rewrite pass@k.")
+    rollouts: int = Field(4, ge=1, description="MCTS budget at evaluation time.")
+    depth: int = Field(2, ge=1)
+    k: int = Field(2, ge=1)
+
+
+class SandboxSpec(Spec):
+    url: str | None = Field(None, description="Remote sandbox (`agentq sandbox serve`); in-process when unset.")
+    timeout_seconds: float = Field(5.0, gt=0)
+    memory_mb: int = Field(1024, ge=64)
+    workers: int | None = Field(None, ge=1, description="Warm workers; defaults to the CPU count.")
+
+
+class S3Spec(Spec):
+    bucket: str = Field(..., min_length=1)
+    endpoint: str | None = Field(None, description="Custom endpoint for MinIO/Ceph/any S3 API.")
+    prefix: str = ""
+    region: str | None = None
+    secret_ref: str | None = Field(None, description="Kubernetes Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.")
+
+
+class StoreSpec(Spec):
+    """Exactly one of a local path, a PVC (mounted as a path inside Jobs) or an S3 bucket."""
+
+    path: str | None = Field(None, description="Local artifact directory (embedded runs).")
+    pvc: str | None = Field(None, description="PersistentVolumeClaim name (Kubernetes runs).")
+    s3: S3Spec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StoreSpec:
+        chosen = [name for name in ("path", "pvc", "s3") if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError(f"set exactly one of path, pvc, s3 (got {chosen or 'none'})")
+        return self
+
+
+class Toleration(Spec):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class PoolSpec(Spec):
+    node_selector: dict[str, str] | None = None
+    tolerations: list[Toleration] | None = None
+    gpus: int | None = Field(None, ge=0, description="nvidia.com/gpu per Job (per shard for collect/evaluate).")
+
+
+class PlacementSpec(Spec):
+    """Per-round overrides of the operator's node pools (Helm values)."""
+
+    inference: PoolSpec = Field(default_factory=PoolSpec)
+    training: PoolSpec = Field(default_factory=PoolSpec)
+
+
+class RoundSpec(Spec):
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    dataset: DatasetSpec
+    collect: CollectSpec = Field(default_factory=CollectSpec)
+    preferences: PreferencesSpec = Field(default_factory=PreferencesSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    store: StoreSpec
+    sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    image: str | None = Field(None, description="Override the step image (Kubernetes runs).")
+    suspend: bool = False
+    backoff_limit: int = Field(2, ge=0, description="Retries of a failed step Job before the round fails.")
+    delete_artifacts: bool = Field(False, description="Remove the round's artifacts when the round is deleted.")
+
+
+class Metadata(Spec):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=52)
+
+
+class RoundFile(Spec):
+    api_version: Literal["agentq.dev/v1alpha1"] = API_VERSION
+    kind: Literal["AgentQRound"] = KIND
+    metadata: Metadata
+    spec: RoundSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def describe_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid {err.title}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        lines.append(f"  {loc}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def parse_model(data: Any, model: type[M], source: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe_errors(source, err)) from None
+
+
+def load_yaml(path: str | Path, model: type[M]) -> M:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return parse_model(data, model, str(path))
+
+
+def load_round(path: str | Path) -> RoundFile:
+    return load_yaml(path, RoundFile)
+
+
+def dump_round(round_file: RoundFile) -> str:
+    return yaml.safe_dump(round_file.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)

@@ -1,0 +1,54 @@
+"""What running a candidate against a task's tests produced; the only thing the rest of AgentQ sees."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Status = Literal["passed", "failed", "error", "timeout", "memory", "killed", "parse_error"]
+
+
+class TestResult(BaseModel):
+    __test__ = False  # not a pytest class
+
+    name: str
+    passed: bool
+    message: str = ""
+
+
+class Verdict(BaseModel):
+    status: Status
+    tests: list[TestResult] = Field(default_factory=list)
+    expected_tests: int = Field(0, description="How many test_* functions the task defines.")
+    message: str = Field("", description="First failing test's message, or why the run could not finish.")
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    duration_s: float = 0.0
+    isolation: list[str] = Field(default_factory=list, description="Isolation that had to be weakened.")
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def n_passed(self) -> int:
+        return sum(t.passed for t in self.tests)
+
+    @property
+    def reward(self) -> float:
+        """Fraction of expected tests that ran and passed (1.0 only for a full pass)."""
+        if self.status == "passed":
+            return 1.0
+        if self.expected_tests <= 0:
+            return 0.0
+        return min(self.n_passed, self.expected_tests) / self.expected_tests
+
+    def feedback(self, limit: int = 600) -> str:
+        """Short text for the model's next prompt."""
+        if self.status == "passed":
+            return f"All {self.expected_tests} tests passed."
+        head = f"{self.status}: {self.n_passed}/{self.expected_tests} tests passed."
+        detail = self.message.strip()
+        text = f"{head}\n{detail}" if detail else head
+        return text if len(text) <= limit else text[: limit - 3] + "..."
