@@ -70,6 +70,9 @@ class CollectSpec(Spec):
     critique_temperature: float = Field(0.2, ge=0)
     exploration: float = Field(1.0, ge=0, description="UCB1 exploration constant c.")
     stop_on_pass: bool = True
+    critic: Literal["self", "scripted"] = Field(
+        "self", description="Who ranks siblings: the policy itself (Agent Q) or the scripted mock (tiny tests)."
+    )
     seed: int = 0
 
 

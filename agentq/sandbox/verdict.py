@@ -44,11 +44,22 @@ class Verdict(BaseModel):
             return 0.0
         return min(self.n_passed, self.expected_tests) / self.expected_tests
 
-    def feedback(self, limit: int = 600) -> str:
-        """Short text for the model's next prompt."""
+    def feedback(self, limit: int = 600, hide_prefix: str | None = None) -> str:
+        """Short text for the model's next prompt.
+
+        With `hide_prefix`, tests whose names start with it are only counted, never quoted: a prompt must
+        not reveal hidden test inputs, or the model learns to special-case them.
+        """
         if self.status == "passed":
             return f"All {self.expected_tests} tests passed."
         head = f"{self.status}: {self.n_passed}/{self.expected_tests} tests passed."
         detail = self.message.strip()
+        if hide_prefix is not None and self.tests:
+            shown = [t for t in self.tests if not t.name.startswith(hide_prefix)]
+            first_visible = next((t for t in shown if not t.passed), None)
+            hidden_failed = sum(not t.passed for t in self.tests if t.name.startswith(hide_prefix))
+            detail = first_visible.message.strip() if first_visible else ""
+            if hidden_failed:
+                detail = f"{detail}\n{hidden_failed} hidden test(s) failed.".strip()
         text = f"{head}\n{detail}" if detail else head
         return text if len(text) <= limit else text[: limit - 3] + "..."

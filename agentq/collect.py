@@ -1,0 +1,93 @@
+"""`agentq collect`: run MCTS on one shard of the training tasks and append each finished tree to the shard file.
+
+A shard owns the tasks whose index mod num_shards equals its number, so shards never overlap and need
+no coordination. Each finished task is appended as one line in one write; a killed collector loses at
+most the task in flight, and a re-run skips the task ids already in the file. Records carry the digest
+of the inputs that made them, so a re-run after a settings change starts the shard over instead of
+mixing trees from two configurations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from agentq.config import ConfigError
+from agentq.io import append_jsonl, read_jsonl, repair_jsonl
+from agentq.policy.base import load_policy
+from agentq.sandbox import make_executor
+from agentq.search.mcts import Search, SearchParams
+from agentq.tasks.schema import Task
+from agentq.workspace import RoundWorkspace, digest
+
+
+def shard_tasks(tasks: list[Task], shard: int, num_shards: int) -> list[Task]:
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ConfigError(f"--shard {shard} --num-shards {num_shards}: need 0 <= shard < num_shards")
+    return [t for i, t in enumerate(tasks) if i % num_shards == shard]
+
+
+def finished_ids(path: Path, inputs_digest: str) -> set[str]:
+    """Task ids already collected with these inputs; a file from other inputs is set aside, not mixed in."""
+    if not path.exists():
+        return set()
+    repair_jsonl(path)
+    records = list(read_jsonl(path))
+    if any(r.get("inputs_digest") != inputs_digest for r in records):
+        stale = path.with_suffix(f".stale-{int(time.time())}.jsonl")
+        path.rename(stale)
+        print(f"collect: {path.name} was made with other settings; moved to {stale.name} and starting over")
+        return set()
+    return {r["task_id"] for r in records}
+
+
+def collect_digest(ws: RoundWorkspace, tasks_digest: str, model_digest: str) -> str:
+    spec = ws.round.spec
+    return digest("collect", spec.collect, spec.model.backend, spec.model.scripted, spec.model.max_new_tokens,
+                  spec.preferences.alpha, tasks_digest, model_digest)
+
+
+def main(args: argparse.Namespace) -> int:
+    run(RoundWorkspace.from_args(args), args.shard, args.num_shards)
+    return 0
+
+
+def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
+    spec = ws.round.spec
+    tasks, tasks_digest = ws.tasks("train")
+    model_path, model_digest = ws.model_source()
+    inputs_digest = collect_digest(ws, tasks_digest, model_digest)
+    step = f"collect-shard-{shard}-of-{num_shards}"
+    mine = shard_tasks(tasks, shard, num_shards)
+    if ws.is_done(step, inputs_digest):
+        print(f"collect: shard {shard}/{num_shards} already complete ({len(mine)} tasks)")
+        result = ws.marker(step)["result"]
+        ws.report_result(result)
+        return result
+
+    key = ws.shard_key(shard, num_shards)
+    local = ws.fetch(key)
+    done = finished_ids(local, inputs_digest)
+    todo = [t for t in mine if t.id not in done]
+    params = SearchParams.for_collect(spec)
+    policy = load_policy(spec.model, path_override=model_path if spec.model.from_round else None)
+    critic = load_policy(spec.model.model_copy(update={"backend": "scripted"})) if spec.collect.critic == "scripted" \
+        else None
+    start = time.perf_counter()
+    with make_executor(spec.sandbox) as executor:
+        for task in tqdm(todo, desc=f"collect shard {shard}/{num_shards}", unit="task",
+                         disable=None, initial=len(done), total=len(mine)):
+            search = Search(task, policy, executor, params, critic=critic).run()
+            append_jsonl(local, {**search.record(), "inputs_digest": inputs_digest})
+            ws.publish(key)
+    records = list(read_jsonl(local))
+    result = {"tasks": len(records), "solved": sum(r["solved"] for r in records),
+              "samples": sum(r["stats"]["samples"] for r in records)}
+    ws.mark_done(step, inputs_digest, result)
+    print(f"collect: shard {shard}/{num_shards}: {result['solved']}/{result['tasks']} tasks solved, "
+          f"{result['samples']} samples, {time.perf_counter() - start:.1f}s -> {ws.describe(key)}")
+    ws.report_result(result)
+    return result

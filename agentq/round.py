@@ -1,0 +1,102 @@
+"""`agentq round run|status`: the embedded default, every step of a round in one process on one machine.
+
+The runner only sequences the same step functions the Kubernetes Jobs run; each step decides for
+itself whether its completion marker already matches its inputs, so a re-run resumes where an
+interrupted one stopped and re-does only what a changed setting invalidated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from agentq.config import RoundFile, load_round
+from agentq.workspace import STEPS, RoundWorkspace
+
+
+def apply_preset(round_file: RoundFile, preset: str | None) -> RoundFile:
+    """`tiny`: scripted generation and critique, the tiny random model for training, minimal budgets.
+
+    It exercises every step, DPO included, in well under a minute; it measures nothing about skill.
+    """
+    if preset is None:
+        return round_file
+    if preset != "tiny":
+        raise ValueError(f"unknown preset {preset!r}")
+    spec = round_file.spec.model_copy(deep=True)
+    spec.model.base, spec.model.backend = "tiny", "scripted"
+    spec.model.max_new_tokens = 64
+    spec.collect.shards, spec.collect.k, spec.collect.rollouts, spec.collect.depth = 1, 2, 3, 2
+    spec.collect.stop_on_pass, spec.collect.critic = False, "scripted"
+    spec.dataset.limit = min(spec.dataset.limit or 6, 6)
+    spec.train.max_steps, spec.train.effective_batch_size, spec.train.eval_steps = 2, 2, 1
+    spec.train.max_length, spec.train.lora.r, spec.train.lora.alpha = 512, 4, 8
+    spec.evaluate.shards, spec.evaluate.rollouts, spec.evaluate.k = 1, 2, 2
+    spec.evaluate.modes = ["zero_shot", "full_rewrite", "mcts"]
+    return round_file.model_copy(update={"spec": spec})
+
+
+def run_round(ws: RoundWorkspace) -> dict[str, Any]:
+    from agentq import collect, evaluate, preferences
+    from agentq.train import dpo, merge
+
+    spec = ws.round.spec
+    timings: dict[str, float] = {}
+    for step in STEPS:
+        start = time.perf_counter()
+        print(f"== {ws.name}: {step}", flush=True)
+        if step == "collect":
+            for shard in range(spec.collect.shards):
+                collect.run(ws, shard, spec.collect.shards)
+        elif step == "preferences":
+            preferences.run(ws)
+        elif step == "train":
+            dpo.run(ws)
+        elif step == "merge":
+            merge.run(ws)
+        else:
+            for shard in range(spec.evaluate.shards):
+                evaluate.run_shard(ws, shard, spec.evaluate.shards)
+            evaluate.report(ws)
+        timings[step] = round(time.perf_counter() - start, 1)
+    return timings
+
+
+def run_main(args: argparse.Namespace) -> int:
+    round_file = apply_preset(load_round(args.file), args.preset)
+    ws = RoundWorkspace(round_file, str(args.file))
+    start = time.perf_counter()
+    timings = run_round(ws)
+    print(f"round {ws.name} finished in {time.perf_counter() - start:.0f}s "
+          f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+    print(f"report: {ws.describe('eval/report.md')}")
+    return 0
+
+
+def step_states(ws: RoundWorkspace) -> list[tuple[str, str, dict[str, Any]]]:
+    """(step, state, headline numbers) for each step; state is done, pending, or done-but-stale."""
+    spec = ws.round.spec
+    names = {"collect": [f"collect-shard-{i}-of-{spec.collect.shards}" for i in range(spec.collect.shards)]}
+    rows = []
+    for step in STEPS:
+        markers = [ws.marker(name) for name in names.get(step, [step])]
+        if all(m is None for m in markers):
+            rows.append((step, "pending", {}))
+            continue
+        state = "done" if all(m is not None for m in markers) else "partial"
+        result: dict[str, Any] = {}
+        for m in markers:
+            for key, value in ((m or {}).get("result") or {}).items():
+                result[key] = result.get(key, 0) + value if isinstance(value, int | float) else value
+        rows.append((step, state, result))
+    return rows
+
+
+def status_main(args: argparse.Namespace) -> int:
+    ws = RoundWorkspace(load_round(args.file), str(args.file), save_spec=False)
+    print(f"round {ws.name} (store {ws.store.url})")
+    for step, state, result in step_states(ws):
+        numbers = ", ".join(f"{k}={v}" for k, v in result.items())
+        print(f"  {step:<12} {state:<8} {numbers}")
+    return 0

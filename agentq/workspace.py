@@ -1,0 +1,192 @@
+"""A round's view of the world: where its artifacts live, which tasks and model it uses, and when a step is done.
+
+Every `agentq <step>` command starts here, whether the embedded runner calls it or a Kubernetes Job
+does; the environment says which: `AGENTQ_STORE_PATH` (a mounted PVC), `SANDBOX_URL` (sandbox pods),
+`AGENTQ_RESULT_FILE` (the container's termination message, which the operator reads back).
+
+A step is done when its completion marker exists and holds the digest of its inputs. Digests chain:
+a step's digest covers its own settings and the digests of the steps it reads from, so changing the
+collect settings re-runs everything downstream, and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from agentq.config import ConfigError, RoundFile, dump_round, load_round
+from agentq.io import atomic_write_json, read_jsonl, write_jsonl
+from agentq.store import Store, open_store
+from agentq.tasks.schema import Task, read_tasks
+
+STEPS = ("collect", "preferences", "train", "merge", "evaluate")
+RESULT_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
+
+
+def digest(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+class RoundWorkspace:
+    def __init__(self, round_file: RoundFile, source: str, store: Store | None = None, *,
+                 save_spec: bool = True) -> None:
+        self.round = round_file
+        self.source = source
+        self.store = store or open_store(round_file.spec.store)
+        self.prefix = f"rounds/{round_file.name}"
+        cache = Path(os.environ.get("AGENTQ_CACHE", Path.home() / ".cache" / "agentq"))
+        # Steps build outputs here, then publish them through the store (atomic, with a digest).
+        self.work = Path(os.environ.get("AGENTQ_WORK_DIR", cache / "work" / round_file.name))
+        if save_spec:  # the store keeps the spec each step actually ran with
+            self.store.put_text(f"{self.prefix}/spec.yaml", dump_round(round_file))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RoundWorkspace:
+        return cls(load_round(args.round), str(args.round))
+
+    @property
+    def name(self) -> str:
+        return self.round.name
+
+    def key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}"
+
+    def describe(self, relative: str) -> str:
+        return f"{self.store.url}/{self.key(relative)}"
+
+    def work_path(self, relative: str) -> Path:
+        path = self.work / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def fetch(self, relative: str) -> Path:
+        """The round's artifact as a local file in the work dir; absent from the store -> absent locally."""
+        path = self.work_path(relative)
+        if self.store.exists(self.key(relative)):
+            self.store.get_file(self.key(relative), path)
+        else:
+            path.unlink(missing_ok=True)
+        return path
+
+    def publish(self, relative: str) -> None:
+        self.store.put_file(self.key(relative), self.work_path(relative))
+
+    def get_json(self, key: str) -> Any:
+        return self.store.get_json(key) if self.store.exists(key) else None
+
+    def model_dir(self, relative: str) -> Path:
+        """A directory artifact (adapter/, merged/) as a local path the ML libraries can load."""
+        return self.store.local_dir(self.key(relative))
+
+    # ---- inputs -------------------------------------------------------------------------------------------
+
+    def resolve_data_path(self, value: str) -> Path:
+        """Task files: absolute, else in the artifact store, else beside the round file, else the cwd."""
+        path = Path(value)
+        if path.is_absolute():
+            candidates = [path]
+        else:
+            candidates = []
+            if self.store.exists(value):
+                local = self.work / "data" / value
+                self.store.get_file(value, local)
+                candidates.append(local)
+            candidates += [Path(self.source).parent / path, Path.cwd() / path]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        tried = ", ".join(str(c) for c in candidates) or value
+        raise ConfigError(f"{self.source}: spec.dataset: task file {value!r} not found (tried {tried})")
+
+    def tasks(self, split: str) -> tuple[list[Task], str]:
+        """The dataset's `train` or `test` tasks (limited by spec.dataset.limit) and the file's digest."""
+        dataset = self.round.spec.dataset
+        path = self.resolve_data_path(getattr(dataset, split))
+        tasks = read_tasks(path)
+        if dataset.limit is not None:
+            tasks = tasks[: dataset.limit]
+        if not tasks:
+            raise ConfigError(f"{self.source}: spec.dataset.{split}: {path} holds no tasks")
+        return tasks, digest(file_digest(path), dataset.limit)
+
+    def model_source(self) -> tuple[str, str]:
+        """(what to load, its identity for digests): the base model, or an earlier round's merged model."""
+        model = self.round.spec.model
+        if model.from_round:
+            prefix = f"rounds/{model.from_round}"
+            marker = self.get_json(f"{prefix}/steps/merge.json")
+            if marker is None:
+                raise ConfigError(
+                    f"{self.source}: spec.model.fromRound: round {model.from_round!r} has no merged model yet "
+                    f"(expected {self.store.url}/{prefix}/merged)"
+                )
+            return str(self.store.local_dir(f"{prefix}/merged")), marker["digest"]
+        return model.base, digest(model.base, model.gguf_file)
+
+    # ---- completion markers -------------------------------------------------------------------------------
+
+    def marker(self, step: str) -> dict[str, Any] | None:
+        return self.get_json(self.key(f"steps/{step}.json"))
+
+    def is_done(self, step: str, inputs_digest: str) -> bool:
+        marker = self.marker(step)
+        return marker is not None and marker.get("digest") == inputs_digest
+
+    def mark_done(self, step: str, inputs_digest: str, result: dict[str, Any] | None = None) -> None:
+        self.store.put_json(self.key(f"steps/{step}.json"),
+                            {"digest": inputs_digest, "finished_at": time.time(), "result": result or {}})
+
+    def step_digest(self, step: str) -> str:
+        """Digest a step's marker must hold; raises when an upstream step has not finished."""
+        marker = self.marker(step)
+        if marker is None:
+            raise ConfigError(f"round {self.name}: step {step!r} has not finished; run it first")
+        return marker["digest"]
+
+    # ---- step outputs -------------------------------------------------------------------------------------
+
+    def shard_key(self, shard: int, num_shards: int) -> str:
+        return f"trajectories/shard-{shard}-of-{num_shards}.jsonl"
+
+    def read_trajectories(self) -> Iterator[dict[str, Any]]:
+        n = self.round.spec.collect.shards
+        for i in range(n):
+            key = self.key(self.shard_key(i, n))
+            if not self.store.exists(key):
+                raise ConfigError(f"round {self.name}: collect shard {i} of {n} has no output at "
+                                  f"{self.store.url}/{key}; run `agentq collect --shard {i} --num-shards {n}`")
+            yield from read_jsonl(self.fetch(self.shard_key(i, n)))
+
+    def write_preferences(self, pairs: list[dict], stats: dict[str, Any]) -> None:
+        write_jsonl(self.work_path("preferences.jsonl"), pairs)
+        atomic_write_json(self.work_path("preferences.stats.json"), stats)
+        self.publish("preferences.stats.json")
+        self.publish("preferences.jsonl")
+
+    def report_result(self, result: dict[str, Any]) -> None:
+        """Leave a small JSON result where the operator reads it (a Job's termination message)."""
+        path = os.environ.get("AGENTQ_RESULT_FILE")
+        if not path:
+            return
+        text = json.dumps(result, sort_keys=True)
+        if len(text) > RESULT_LIMIT:
+            text = json.dumps({"truncated": True})
+        try:
+            Path(path).write_text(text)
+        except OSError as err:
+            print(f"agentq: cannot write result file {path}: {err.strerror}")
