@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agentq.config import ConfigError, RoundFile, dump_round, load_round
+from agentq.config import ConfigError, RoundFile, StoreSpec, dump_round, load_round
 from agentq.io import atomic_write_json, read_jsonl, write_jsonl
 from agentq.store import Store, open_store
 from agentq.tasks.schema import Task, read_tasks
@@ -42,12 +42,19 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _relative_to(spec: StoreSpec, base: Path) -> StoreSpec:
+    """A relative store path means relative to the round file, like the dataset paths."""
+    if spec.path is None or Path(spec.path).is_absolute():
+        return spec
+    return spec.model_copy(update={"path": str((base / spec.path).resolve())})
+
+
 class RoundWorkspace:
     def __init__(self, round_file: RoundFile, source: str, store: Store | None = None, *,
                  save_spec: bool = True) -> None:
         self.round = round_file
         self.source = source
-        self.store = store or open_store(round_file.spec.store)
+        self.store = store or open_store(_relative_to(round_file.spec.store, Path(source).parent))
         self.prefix = f"rounds/{round_file.name}"
         cache = Path(os.environ.get("AGENTQ_CACHE", Path.home() / ".cache" / "agentq"))
         # Steps build outputs here, then publish them through the store (atomic, with a digest).
