@@ -1,0 +1,105 @@
+"""HumanEvalFix (HumanEvalPack, Python) -> Task, keeping the upstream `check()` as the test.
+
+Upstream `check(candidate)` compares the candidate's raw return values, so a returned object with a lying
+`__eq__` would pass. An AST pass wraps every call into solution code in `_canon(...)`, which makes every
+comparison, truthiness test and arithmetic in the asserts operate on plain data whatever the operator.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+from agentq.tasks.canon import is_builtin, module_prelude
+from agentq.tasks.schema import Task
+
+SOURCE = "humanevalfix"
+DATA_FILE = Path("humanevalfix") / "python_humanevalpack.jsonl"
+
+
+class _WrapCandidateCalls(ast.NodeTransformer):
+    """Wrap calls to names the test does not define itself (the candidate and its module's helpers)."""
+
+    def __init__(self, untrusted: set[str]):
+        self.untrusted = untrusted
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id in self.untrusted:
+            return ast.Call(func=ast.Name("_canon", ast.Load()), args=[node], keywords=[])
+        return node
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            names.add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+    return names
+
+
+def rewrite_check(test_source: str, entry_point: str, task_id: str) -> str:
+    """Upstream test module -> self-contained test file with `test_check` and canonicalised candidate values."""
+    try:
+        tree = ast.parse(test_source)
+    except SyntaxError as err:
+        raise ValueError(f"{task_id}: upstream test does not parse: {err}") from None
+    checks = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
+    if len(checks) != 1 or len(checks[0].args.args) != 1:
+        raise ValueError(f"{task_id}: expected one `def check(candidate)` in the upstream test")
+    param = checks[0].args.args[0].arg
+    # The module-level `check(...)` call would run at import time, outside any test function.
+    tree.body = [n for n in tree.body if not isinstance(n, ast.Expr)]
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    defined = _bound_names(tree) - {param}
+    untrusted = {name for name in used if name not in defined and not is_builtin(name)} | {param}
+    tree = ast.fix_missing_locations(_WrapCandidateCalls(untrusted).visit(tree))
+    body = ast.unparse(tree)
+    return f"{module_prelude(used)}\n\n{body}\n\n\ndef test_check():\n    check({entry_point})\n"
+
+
+def task_id_for(upstream_id: str) -> str:
+    """"Python/0" -> "humanevalfix/HumanEval-0": stable, filename- and URL-safe."""
+    return f"{SOURCE}/HumanEval-{upstream_id.rsplit('/', 1)[-1]}"
+
+
+def load_humanevalfix(data_dir: str | Path) -> list[Task]:
+    path = Path(data_dir) / DATA_FILE
+    tasks = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                upstream, entry = row["task_id"], row["entry_point"]
+                tests = rewrite_check(row["test"], entry, upstream)
+                tasks.append(
+                    Task(
+                        id=task_id_for(upstream),
+                        source=SOURCE,
+                        group=upstream,
+                        description=row["instruction"],
+                        buggy_code=row["declaration"] + row["buggy_solution"],
+                        reference_code=row["declaration"] + row["canonical_solution"],
+                        entry_point=entry,
+                        tests=tests,
+                        metadata={
+                            "upstream_id": upstream,
+                            "bug_type": row.get("bug_type"),
+                            "failure_symptoms": row.get("failure_symptoms"),
+                        },
+                    )
+                )
+            except KeyError as err:
+                raise ValueError(f"{path}:{lineno}: missing field {err}") from None
+            except ValueError as err:
+                raise ValueError(f"{path}:{lineno}: {err}") from None
+    return tasks
