@@ -19,6 +19,7 @@ from agentq.config import CollectSpec, EvaluateSpec, RoundSpec
 from agentq.policy.base import Policy
 from agentq.policy.prompts import extract_code, rewrite_prompt
 from agentq.sandbox.verdict import Verdict
+from agentq.screening import screen
 from agentq.search.critique import NEUTRAL_Q, critique_siblings
 from agentq.tasks.schema import HIDDEN_TEST_PREFIX, Task
 
@@ -67,6 +68,7 @@ class Node:
     code: str | None = None
     verdict: Verdict | None = None
     reward: float = 0.0
+    flags: list[str] = field(default_factory=list)
     q_ai: float = NEUTRAL_Q
     visits: int = 0
     value_sum: float = 0.0
@@ -85,7 +87,7 @@ class Node:
             "id": self.id, "parent": self.parent, "depth": self.depth, "prompt": self.prompt,
             "completion": self.completion, "code": self.code,
             "verdict": self.verdict.model_dump() if self.verdict else None,
-            "reward": self.reward, "q_mcts": self.q_mcts, "q_ai": self.q_ai, "visits": self.visits,
+            "reward": self.reward, "flags": self.flags, "q_mcts": self.q_mcts, "q_ai": self.q_ai, "visits": self.visits,
             "children": self.children,
         }
 
@@ -181,6 +183,7 @@ class Search:
         self.stats.executions += len(runnable)
         for child, verdict in zip(runnable, verdicts, strict=True):
             child.verdict, child.reward = verdict, verdict.reward
+            child.flags = screen(self.task, child.code, verdict)
         for child in children:
             if child.code is None:
                 self.stats.parse_errors += 1
