@@ -67,7 +67,7 @@ def evaluate_task(task: Task, mode: str, policy: Policy, executor: Executor, spe
         temperature = 0.0 if n == 1 else spec.collect.temperature
         samples = policy.generate([prompt], n=n, temperature=temperature, max_new_tokens=max_tokens,
                                   seed=spec.collect.seed)[0]
-        answers = [extract_code(s.text) for s in samples]
+        answers = [extract_code(s.text, task.entry_point) for s in samples]
         extra = {"samples": len(samples), "completion": samples[0].text[:2000]}
     judged = [_judge(task, code, executor) for code in answers]
     solved = next((j for j in judged if j["solved"]), judged[0])

@@ -169,7 +169,7 @@ class Search:
         children = []
         for sample in samples:
             node = Node(id=len(self.nodes), parent=leaf.id, depth=leaf.depth + 1, prompt=prompt.messages,
-                        completion=sample.text, code=extract_code(sample.text))
+                        completion=sample.text, code=extract_code(sample.text, self.task.entry_point))
             self.nodes.append(node)
             leaf.children.append(node.id)
             children.append(node)
