@@ -1,0 +1,302 @@
+"""`agentq train`: DPO with a LoRA adapter on the round's preference pairs.
+
+The shipped adapter is the checkpoint with the best reward accuracy on held-out pairs, not the last one:
+the original run peaked at 71.9% at step 150 and had fallen to 59.7% by its end, so "train, then save"
+ships a worse model than one the run already had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from agentq.config import ConfigError, TrainSpec
+from agentq.io import append_jsonl, atomic_write_json, read_jsonl
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+BEST_METRIC = "eval_rewards/accuracies"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+class PreferenceFileError(ValueError):
+    """A preference file that cannot be trained on; the message names the file, line and field."""
+
+
+def _check_messages(value: Any, where: str, field: str) -> None:
+    if not isinstance(value, list) or not value:
+        raise PreferenceFileError(f"{where}: field {field!r}: expected a non-empty list of chat messages")
+    for i, msg in enumerate(value):
+        if not (isinstance(msg, dict) and isinstance(msg.get("role"), str) and isinstance(msg.get("content"), str)):
+            raise PreferenceFileError(
+                f"{where}: field {field!r}[{i}]: expected {{'role': str, 'content': str}}, got {msg!r:.80}"
+            )
+
+
+def read_pairs(path: str | Path) -> list[dict[str, Any]]:
+    """Chat-format pairs with only the fields TRL reads; metadata (task_id, delta_q, ...) is dropped here
+    because TRL would otherwise try to collate it."""
+    pairs = []
+    try:
+        for lineno, record in enumerate(read_jsonl(path), 1):
+            where = f"{path}:{lineno}"
+            for field in PAIR_FIELDS:
+                if field not in record:
+                    raise PreferenceFileError(f"{where}: missing field {field!r}")
+                _check_messages(record[field], where, field)
+            pairs.append({field: record[field] for field in PAIR_FIELDS})
+    except OSError as err:
+        raise PreferenceFileError(f"{path}: cannot read: {err.strerror}") from None
+    except ValueError as err:
+        if isinstance(err, PreferenceFileError):
+            raise
+        raise PreferenceFileError(str(err)) from None
+    if not pairs:
+        raise PreferenceFileError(f"no preference pairs in {path}; collection produced none")
+    return pairs
+
+
+def split_pairs(pairs: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held out): a seeded shuffle, at least one held-out pair whenever share > 0 and there are two."""
+    if share <= 0 or len(pairs) < 2:
+        return list(pairs), []
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max(1, round(share * len(pairs))), len(pairs) - 1)
+    held = set(order[:n_eval])
+    return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
+
+
+def is_improvement(best: float | None, value: float) -> bool:
+    """Strictly better only: on a tie the earlier (less trained, less drifted) checkpoint stays."""
+    return not math.isnan(value) and (best is None or value > best)
+
+
+def select_best(history: list[tuple[int, float]]) -> tuple[int, float] | None:
+    """The (step, metric) a run following `is_improvement` ships, for a sequence of evaluations."""
+    best: tuple[int, float] | None = None
+    for step, value in history:
+        if is_improvement(best[1] if best else None, value):
+            best = (step, value)
+    return best
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_model_dir(source: str) -> Path:
+    """A base model as a local directory: `tiny` is the built-in test model; nothing is downloaded at run time."""
+    if source == "tiny":
+        from agentq.policy.tiny import tiny_model_dir
+
+        return tiny_model_dir()
+    path = Path(source)
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"model {source!r}: expected a local model directory with config.json (or 'tiny'); "
+            "download hub models ahead of time into the image or the artifact store"
+        )
+    return path
+
+
+def _best_callback(log_path: Path, best_dir: Path, metric: str) -> Any:
+    from transformers import TrainerCallback
+
+    class BestCheckpoint(TrainerCallback):
+        """Logs every record to JSONL and snapshots the adapter whenever the held-out metric improves."""
+
+        def __init__(self) -> None:
+            self.best: float | None = None
+            self.best_step: int | None = None
+            self.history: list[tuple[int, float]] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps and args.eval_strategy != "no":
+                control.should_evaluate = True  # the last step is a candidate too, whatever eval_steps says
+            return control
+
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            logs = dict(logs or {})
+            append_jsonl(log_path, {"step": state.global_step, "time": round(time.time(), 3), **logs})
+            if metric in logs:
+                value = float(logs[metric])
+                self.history.append((state.global_step, value))
+                if is_improvement(self.best, value):
+                    self.best, self.best_step = value, state.global_step
+                    model.save_pretrained(best_dir)
+
+    return BestCheckpoint()
+
+
+def dpo_config(spec: TrainSpec, work_dir: Path, device: str, *, has_eval: bool, **overrides: Any) -> Any:
+    """The DPOConfig for a TrainSpec; overrides let the benchmark vary one setting at a time."""
+    from trl import DPOConfig
+
+    on_gpu = device != "cpu"
+    options: dict[str, Any] = dict(
+        output_dir=str(work_dir),
+        beta=spec.beta,
+        learning_rate=spec.learning_rate,
+        per_device_train_batch_size=spec.per_device_batch_size,
+        per_device_eval_batch_size=spec.per_device_batch_size,
+        gradient_accumulation_steps=max(1, spec.effective_batch_size // spec.per_device_batch_size),
+        num_train_epochs=spec.epochs,
+        max_steps=spec.max_steps or -1,
+        max_length=spec.max_length,
+        activation_checkpointing=spec.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        bf16=on_gpu,
+        use_cpu=not on_gpu,
+        logging_steps=1,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=spec.eval_steps,
+        save_strategy="no",
+        report_to=["wandb"] if spec.wandb else "none",
+        seed=spec.seed,
+        data_seed=spec.seed,
+        dataloader_num_workers=0,
+    )
+    options.update(overrides)
+    return DPOConfig(**options)
+
+
+def build_trainer(
+    model_dir: Path,
+    train: list[dict],
+    held_out: list[dict],
+    spec: TrainSpec,
+    work_dir: Path,
+    device: str,
+    callbacks: list | None = None,
+    **overrides: Any,
+) -> Any:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer
+
+    if spec.wandb:
+        os.environ.setdefault("WANDB_MODE", "offline")  # a cluster Job usually has no route to wandb.ai
+    dtype = torch.bfloat16 if device != "cpu" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lora = LoraConfig(
+        r=spec.lora.r,
+        lora_alpha=spec.lora.alpha,
+        lora_dropout=spec.lora.dropout,
+        target_modules=list(spec.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    args = dpo_config(spec, work_dir, device, has_eval=bool(held_out), **overrides)
+    return DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train),
+        eval_dataset=Dataset.from_list(held_out) if held_out else None,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=callbacks,
+    )
+
+
+def train_dpo(
+    pairs_path: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    spec: TrainSpec,
+    *,
+    device: str | None = None,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Train, then write the best adapter, train_log.jsonl and training_summary.json into out_dir.
+
+    Extra callbacks run before the checkpoint keeper, so whatever they observe in a log record is what
+    the keeper judges.
+    """
+    device = device or default_device()
+    out_dir = Path(out_dir)
+    pairs = read_pairs(pairs_path)
+    train, held_out = split_pairs(pairs, spec.eval_share, spec.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / ".trainer"
+    log_path = out_dir / "train_log.jsonl"
+    log_path.unlink(missing_ok=True)
+    best = _best_callback(log_path, work / "best", BEST_METRIC)
+    start = time.perf_counter()
+    trainer = build_trainer(Path(model_dir), train, held_out, spec, work, device, callbacks=[*(callbacks or []), best])
+    result = trainer.train()
+    final = trainer.state.global_step
+    if best.best_step is None:  # nothing held out: the last adapter is all there is
+        trainer.model.save_pretrained(work / "best")
+    for name in ADAPTER_FILES:
+        shutil.copyfile(work / "best" / name, out_dir / name)
+    shutil.rmtree(work, ignore_errors=True)
+    train_logs = [e for e in trainer.state.log_history if "loss" in e]
+    summary = {
+        "pairs": len(pairs),
+        "train_pairs": len(train),
+        "eval_pairs": len(held_out),
+        "steps": final,
+        "best_step": best.best_step if best.best_step is not None else final,
+        "best_eval_reward_accuracy": best.best,
+        "eval_history": [{"step": s, "reward_accuracy": v} for s, v in best.history],
+        "final_train_metrics": train_logs[-1] if train_logs else {},
+        "final_eval_reward_accuracy": best.history[-1][1] if best.history else None,
+        "train_runtime_s": round(time.perf_counter() - start, 2),
+        "train_loss": result.training_loss,
+        "device": device,
+        "base_model": str(model_dir),
+        "spec": spec.model_dump(mode="json", by_alias=True),
+    }
+    atomic_write_json(out_dir / "training_summary.json", summary)
+    return summary
+
+
+def run(ws: Any) -> dict[str, Any]:
+    """The round step: preferences from the store in, the best adapter published to rounds/<r>/adapter."""
+    from agentq.workspace import digest
+
+    spec = ws.round.spec.train
+    model_source, model_digest = ws.model_source()
+    inputs_digest = digest("train", spec, model_digest, ws.step_digest("preferences"))
+    if ws.is_done("train", inputs_digest):
+        print(f"train: already complete -> {ws.describe('adapter')}")
+        return ws.marker("train")["result"]
+    pairs_path = ws.fetch("preferences.jsonl")
+    if not pairs_path.exists():
+        raise PreferenceFileError(
+            f"no preference pairs in {ws.describe('preferences.jsonl')}; collection produced none"
+        )
+    with ws.store.writing_dir(ws.key("adapter")) as out_dir:
+        summary = train_dpo(pairs_path, resolve_model_dir(model_source), out_dir, spec)
+    result = {
+        "pairs": summary["pairs"],
+        "steps": summary["steps"],
+        "bestStep": summary["best_step"],
+        "rewardAccuracy": summary["best_eval_reward_accuracy"],
+    }
+    ws.mark_done("train", inputs_digest, result)
+    print(
+        f"train: {summary['steps']} steps on {summary['train_pairs']} pairs; best step {summary['best_step']} "
+        f"(eval reward accuracy {summary['best_eval_reward_accuracy']}) -> {ws.describe('adapter')}"
+    )
+    ws.report_result(result)
+    return result
+
+
+def main(args: argparse.Namespace) -> int:
+    from agentq.workspace import RoundWorkspace
+
+    run(RoundWorkspace.from_args(args))
+    return 0
