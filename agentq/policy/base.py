@@ -1,0 +1,68 @@
+"""The one generation interface every backend implements, and the factory that picks a backend.
+
+Search, evaluation and benchmarks only ever see `Policy.generate`; which backend runs (transformers,
+vLLM, or the scripted mock) is a line in the round spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from agentq.config import ModelSpec
+    from agentq.tasks.schema import Task
+
+Purpose = Literal["rewrite", "critique", "zero_shot"]
+
+
+@dataclass
+class Prompt:
+    """A chat prompt. Real backends read only `messages`; the scripted mock answers from the task fields."""
+
+    messages: list[dict[str, str]]
+    task: Task | None = None
+    purpose: Purpose = "rewrite"
+    candidates: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
+
+
+@dataclass
+class Sample:
+    """One completion; `logprob` is the sum of its token log-probs under the model (temperature 1)."""
+
+    text: str
+    logprob: float | None = None
+    tokens: int = 0
+
+
+class Policy(Protocol):
+    def generate(
+        self, prompts: list[Prompt], *, n: int, temperature: float, max_new_tokens: int, seed: int
+    ) -> list[list[Sample]]:
+        """n samples per prompt, in prompt order; temperature 0 means greedy."""
+        ...
+
+
+class PolicyError(RuntimeError):
+    """A backend that cannot run here (missing package, no CUDA for 4-bit); says what to do instead."""
+
+
+def load_policy(model: ModelSpec, path_override: str | Path | None = None) -> Policy:
+    """The backend `model.backend` names; `path_override` replaces `model.base` (an earlier round's merge)."""
+    if path_override is not None:
+        model = model.model_copy(update={"base": str(path_override)})
+    if model.backend == "scripted":
+        from agentq.policy.scripted import ScriptedPolicy
+
+        return ScriptedPolicy(model.scripted)
+    if model.backend == "vllm":
+        from agentq.policy.vllm_backend import VllmPolicy
+
+        return VllmPolicy(model)
+    from agentq.policy.hf import HFPolicy
+
+    return HFPolicy(model)

@@ -1,0 +1,169 @@
+"""What the model is asked, and how its free-text answers are read back.
+
+Prompts show only what a human fixer would see: the problem description (which already holds the
+visible examples) and code. Test sources, visible or hidden, never enter a prompt.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Sequence
+
+from agentq.policy.base import Prompt
+from agentq.tasks.schema import Task
+
+SYSTEM = "You are an expert Python programmer. You fix bugs in programs and reply with complete, runnable code."
+FEEDBACK_LIMIT = 1500
+RANKING_LABEL = "RANKING:"
+
+FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
+OPEN_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n", re.MULTILINE)
+CODE_START = re.compile(r"^(?:@|def |async def |class |import |from \S+ import )", re.MULTILINE)
+RANKING_LINE = re.compile(r"RANKING\s*:\s*(.*)", re.IGNORECASE)
+RANK_ITEM = re.compile(r"^\s*(?:candidate\s*)?[#\[(]?\s*(\d+)\s*[\])]?\s*$", re.IGNORECASE)
+PYTHON_TAGS = {"", "python", "python3", "py"}
+
+
+def _fenced(code: str) -> str:
+    return f"```python\n{code.rstrip()}\n```"
+
+
+def _problem(task: Task) -> str:
+    return f"## Problem\n{task.description.strip()}\n\n## Buggy code\n{_fenced(task.buggy_code)}"
+
+
+def _entry_hint(task: Task) -> str:
+    return f"Keep the name and signature of `{task.entry_point}`."
+
+
+def rewrite_prompt(task: Task, parent_code: str | None = None, parent_feedback: str | None = None) -> Prompt:
+    """Ask for a full corrected program; a child node also sees its parent attempt and the test feedback."""
+    parts = [f"Fix the bug in the following Python program.\n\n{_problem(task)}"]
+    if parent_code is not None:
+        parts.append(f"## A previous attempt\n{_fenced(parent_code)}")
+        if parent_feedback:
+            feedback = parent_feedback.strip()
+            if len(feedback) > FEEDBACK_LIMIT:
+                feedback = feedback[: FEEDBACK_LIMIT - 3] + "..."
+            parts.append(f"## Test results of the previous attempt\n{feedback}")
+    parts.append(
+        f"Reply with the complete corrected program in a single ```python code block. {_entry_hint(task)}"
+    )
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+    return Prompt(messages=messages, task=task, purpose="rewrite")
+
+
+def zero_shot_prompt(task: Task) -> Prompt:
+    """The structured single-answer format used by zero-shot evaluation."""
+    user = (
+        f"Fix the bug in the following Python program.\n\n{_problem(task)}\n\n"
+        "Answer in exactly this format:\n"
+        "THOUGHT: <one or two sentences on what the bug is>\n"
+        "CODE:\n```python\n<the complete corrected program>\n```\n"
+        f"{_entry_hint(task)}"
+    )
+    return Prompt(
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
+        task=task,
+        purpose="zero_shot",
+    )
+
+
+def critique_prompt(task: Task, candidates: Sequence[str]) -> Prompt:
+    """Ask the model to rank K sibling candidates best-first, in the format parse_ranking reads."""
+    shown = "\n\n".join(f"### Candidate {i}\n{_fenced(code)}" for i, code in enumerate(candidates, 1))
+    example = " > ".join(str(i) for i in range(1, len(candidates) + 1))
+    user = (
+        f"{_problem(task)}\n\n## Candidate fixes\n{shown}\n\n"
+        "Rank the candidates from most to least likely to be a correct fix. Think briefly, then end with "
+        f"one line in exactly this format, using every candidate number once:\n{RANKING_LABEL} {example}"
+    )
+    return Prompt(
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
+        task=task,
+        purpose="critique",
+        candidates=list(candidates),
+    )
+
+
+def _parses(code: str) -> bool:
+    if not code.strip():
+        return False
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def _defines(code: str, entry_point: str) -> bool:
+    name = entry_point.split(".")[0]
+    return re.search(rf"^\s*(?:async\s+def|def|class)\s+{re.escape(name)}\b", code, re.MULTILINE) is not None
+
+
+def _has_program(code: str) -> bool:
+    """Bare text counts as code only with a definition or import: a lone word also parses as Python."""
+    tree = ast.parse(code)
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)
+    return any(isinstance(node, kinds) for node in tree.body)
+
+
+def _bare_code(text: str) -> str | None:
+    """Code written without fences, possibly after a line of prose and before a closing remark."""
+    start = CODE_START.search(text)
+    if start is None:
+        return None
+    lines = text[start.start():].rstrip().splitlines()
+    # Drop trailing prose lines until the rest parses (bounded: a few trailing remarks at most).
+    for end in range(len(lines), max(len(lines) - 20, 0), -1):
+        code = "\n".join(lines[:end])
+        if _parses(code) and _has_program(code):
+            return code.strip("\n") + "\n"
+    return None
+
+
+def extract_code(text: str, entry_point: str | None = None) -> str | None:
+    """The program in a model answer, or None when nothing in it parses as Python.
+
+    Several fenced blocks: the last complete Python one that defines the entry point, else the last one
+    that parses. An unterminated final fence (a truncated answer) is used when it still parses.
+    """
+    blocks = [(m.group(1).lower(), m.group(2)) for m in FENCE.finditer(text)]
+    candidates = [code for tag, code in blocks if tag in PYTHON_TAGS and _parses(code)]
+    if not blocks:
+        opened = OPEN_FENCE.search(text)
+        if opened and opened.group(1).lower() in PYTHON_TAGS:
+            tail = text[opened.end():]
+            if _parses(tail):
+                candidates = [tail]
+    if entry_point:
+        defining = [code for code in candidates if _defines(code, entry_point)]
+        candidates = defining or candidates
+    if candidates:
+        return candidates[-1].strip("\n") + "\n"
+    if blocks:
+        return None
+    return _bare_code(text)
+
+
+def parse_ranking(text: str, k: int) -> list[int] | None:
+    """0-based candidate indices best-first from the last `RANKING:` line, or None when unusable."""
+    lines = RANKING_LINE.findall(text)
+    if not lines:
+        return None
+    items = re.split(r">=?|,|;|\s+then\s+", lines[-1].strip().rstrip("."))
+    ranks: list[int] = []
+    for item in items:
+        match = RANK_ITEM.match(item)
+        if match is None:
+            return None
+        ranks.append(int(match.group(1)) - 1)
+    if sorted(ranks) != list(range(k)):
+        return None
+    return ranks
+
+
+def format_ranking(order: Sequence[int]) -> str:
+    """The line parse_ranking reads, from 0-based indices best-first."""
+    return f"{RANKING_LABEL} " + " > ".join(str(i + 1) for i in order)
