@@ -1,0 +1,188 @@
+"""`agentq merge`: fold the LoRA adapter into the base weights, so the next round loads one plain model.
+
+A merge that silently changes the model (a wrong adapter, a dtype slip, a module PEFT skipped, a bad
+save) would poison every later round, so the merged model is read back from disk and its logits on a
+probe batch are compared with base+adapter before the directory is published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agentq.io import atomic_write_json
+
+PROBE_PROMPTS = (
+    "Fix the bug:\ndef add(a, b):\n    return a - b",
+    "def is_even(n):\n    return n % 2 == 1\n# The function above is wrong. Rewrite it.",
+    "Explain what this does: sorted(xs, key=lambda x: -x)[:3]",
+)
+# Merging happens in float32; the error budget is the rounding of the dtype the model is saved in.
+TOLERANCES = {"float32": (1e-5, 1e-4), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 5e-3)}
+
+
+class MergeCheckError(RuntimeError):
+    """The merged model does not reproduce base+adapter within tolerance; it is not published."""
+
+
+def probe_logits(model: Any, tokenizer: Any) -> Any:
+    """Logits of the fixed probe prompts at real (unpadded) positions, in float32."""
+    import torch
+
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in PROBE_PROMPTS
+    ]
+    batch = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
+    with torch.no_grad():
+        logits = model(**batch).logits.float()
+    return logits[batch["attention_mask"].bool()].cpu()
+
+
+def compare(
+    reference: Any, merged: Any, dtype: str, *, atol: float | None = None, rtol: float | None = None
+) -> dict[str, Any]:
+    """max |merged - reference| against atol + rtol * max |reference|; raises past it."""
+    default_atol, default_rtol = TOLERANCES.get(dtype, TOLERANCES["bfloat16"])
+    atol = default_atol if atol is None else atol
+    rtol = default_rtol if rtol is None else rtol
+    scale = float(reference.abs().max())
+    max_diff = float((merged - reference).abs().max())
+    tolerance = atol + rtol * scale
+    if not max_diff <= tolerance:  # also catches NaN
+        raise MergeCheckError(
+            f"merged model disagrees with base+adapter on the probe batch: max abs logit diff {max_diff:.3g} "
+            f"> tolerance {tolerance:.3g} (atol {atol:g} + rtol {rtol:g} x max |logit| {scale:.3g})"
+        )
+    return {
+        "max_abs_diff": max_diff,
+        "tolerance": tolerance,
+        "atol": atol,
+        "rtol": rtol,
+        "max_abs_logit": scale,
+        "probe_tokens": int(reference.shape[0]),
+    }
+
+
+def _load(model_dir: str | Path, device: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+
+
+def _tokenizer(model_dir: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _saved_dtype(base_dir: str | Path) -> str:
+    config = json.loads((Path(base_dir) / "config.json").read_text())
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_merge(
+    merged_dir: str | Path,
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    *,
+    atol: float | None = None,
+    rtol: float | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Compare an existing merged directory with base+adapter (what merge_adapter runs before publishing)."""
+    from peft import PeftModel
+
+    device = device or _default_device()
+    tokenizer = _tokenizer(base_dir)
+    reference = probe_logits(PeftModel.from_pretrained(_load(base_dir, device), adapter_dir).eval(), tokenizer)
+    return compare(
+        reference, probe_logits(_load(merged_dir, device), tokenizer), _saved_dtype(merged_dir), atol=atol, rtol=rtol
+    )
+
+
+def merge_adapter(
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    atol: float | None = None,
+    rtol: float | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Merge, save (safetensors + tokenizer + chat template), check the saved copy, then rename into place.
+
+    out_dir appears whole or not at all; a failed check leaves any previous out_dir untouched.
+    """
+    import torch
+    from peft import PeftModel
+
+    device = device or _default_device()
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    dtype = _saved_dtype(base_dir)
+    tokenizer = _tokenizer(base_dir)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.merging-"))
+    try:
+        model = PeftModel.from_pretrained(_load(base_dir, device), adapter_dir).eval()
+        reference = probe_logits(model, tokenizer)
+        merged = model.merge_and_unload()
+        merged.to(getattr(torch, dtype)).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.padding_side = "right"  # what generation-time loaders expect back
+        tokenizer.save_pretrained(tmp)
+        del model, merged
+        summary = compare(reference, probe_logits(_load(tmp, device), _tokenizer(tmp)), dtype, atol=atol, rtol=rtol)
+        summary.update({"base": str(base_dir), "adapter": str(adapter_dir), "dtype": dtype, "device": device})
+        atomic_write_json(tmp / "merge_summary.json", summary)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def run(ws: Any) -> dict[str, Any]:
+    """The round step: rounds/<r>/adapter + the round's base model -> rounds/<r>/merged."""
+    from agentq.train.dpo import resolve_model_dir
+    from agentq.workspace import digest
+
+    model_source, model_digest = ws.model_source()
+    inputs_digest = digest("merge", model_digest, ws.step_digest("train"))
+    if ws.is_done("merge", inputs_digest):
+        print(f"merge: already complete -> {ws.describe('merged')}")
+        return ws.marker("merge")["result"]
+    adapter_dir = ws.model_dir("adapter")
+    with ws.store.writing_dir(ws.key("merged")) as out_dir:
+        summary = merge_adapter(resolve_model_dir(model_source), adapter_dir, out_dir)
+    result = {"maxAbsLogitDiff": summary["max_abs_diff"]}
+    ws.mark_done("merge", inputs_digest, result)
+    print(
+        f"merge: max abs logit diff {summary['max_abs_diff']:.3g} (tolerance {summary['tolerance']:.3g}) "
+        f"-> {ws.describe('merged')}"
+    )
+    ws.report_result(result)
+    return result
+
+
+def main(args: argparse.Namespace) -> int:
+    from agentq.workspace import RoundWorkspace
+
+    run(RoundWorkspace.from_args(args))
+    return 0

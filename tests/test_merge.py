@@ -1,0 +1,71 @@
+"""Merging a LoRA adapter into the tiny Qwen2, and the logits check that guards the published model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agentq.config import LORA_TARGETS
+from agentq.train.merge import MergeCheckError, check_merge, merge_adapter
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base_and_adapter(tmp_path_factory):
+    """The tiny base and an adapter with random (non-zero) LoRA A and B, so merging changes the logits."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from agentq.policy.tiny import tiny_model_dir
+
+    base = tiny_model_dir()
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False)
+    adapter = tmp_path_factory.mktemp("adapter")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(adapter)
+    return base, adapter
+
+
+def test_merge_matches_base_plus_adapter(base_and_adapter, tmp_path):
+    from transformers import AutoTokenizer
+
+    base, adapter = base_and_adapter
+    out = tmp_path / "merged"
+    summary = merge_adapter(base, adapter, out, device="cpu")
+    assert summary["max_abs_diff"] <= summary["tolerance"]
+    assert json.loads((out / "merge_summary.json").read_text())["max_abs_diff"] == summary["max_abs_diff"]
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(base).chat_template
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # no temporary directory left behind
+    # the adapter is not a no-op: the unmerged base would fail the same check
+    with pytest.raises(MergeCheckError, match="max abs logit diff"):
+        check_merge(base, base, adapter, device="cpu")
+
+
+def test_corrupted_merged_weight_fails_the_check(base_and_adapter, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    base, adapter = base_and_adapter
+    out = tmp_path / "merged"
+    merge_adapter(base, adapter, out, device="cpu")
+    assert check_merge(out, base, adapter, device="cpu")["max_abs_diff"] < 1e-4
+    weights = load_file(out / "model.safetensors")
+    key = "model.layers.1.mlp.down_proj.weight"
+    weights[key] = weights[key] * 1.05
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(MergeCheckError, match=r"max abs logit diff \S+ > tolerance \S+"):
+        check_merge(out, base, adapter, device="cpu")
+
+
+def test_failed_check_publishes_nothing(base_and_adapter, tmp_path):
+    base, adapter = base_and_adapter
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "previous.txt").write_text("round before")
+    with pytest.raises(MergeCheckError, match=r"tolerance 0 \(atol 0 \+ rtol 0"):
+        merge_adapter(base, adapter, out, atol=0.0, rtol=0.0, device="cpu")  # float rounding exceeds zero
+    assert [p.name for p in out.iterdir()] == ["previous.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]
