@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from agentq.config import TrainSpec
+from agentq.config import RoundFile, TrainSpec
+from agentq.train import dpo, merge
 from agentq.train.dpo import (
     BEST_METRIC,
     PreferenceFileError,
@@ -177,3 +178,68 @@ def test_tiny_run_ships_the_best_checkpoint(tmp_path):
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 4 and sorted(config["target_modules"]) == sorted(spec.lora.target_modules)
     assert json.loads((out / "training_summary.json").read_text())["best_step"] == 2
+
+
+# ---- `train` and `merge` as round steps: preferences in the store in, adapter and merged model out ----
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    from agentq.workspace import RoundWorkspace
+
+    monkeypatch.setenv("AGENTQ_WORK_DIR", str(tmp_path / "work"))
+    round_file = RoundFile.model_validate(
+        {
+            "metadata": {"name": "r1"},
+            "spec": {
+                "model": {"base": "tiny"},
+                "dataset": {"train": "train.jsonl", "test": "test.jsonl"},
+                "store": {"path": str(tmp_path / "store")},
+                "train": {
+                    "maxSteps": 2,
+                    "effectiveBatchSize": 2,
+                    "evalSteps": 1,
+                    "maxLength": 256,
+                    "lora": {"r": 4, "alpha": 8},
+                    "learningRate": 1e-3,
+                },
+            },
+        }
+    )
+    return RoundWorkspace(round_file, str(tmp_path / "round.yaml"))
+
+
+@pytest.mark.slow
+def test_train_then_merge_publish_to_the_store(ws):
+    ws.store.put_text(ws.key("preferences.jsonl"), "".join(json.dumps(pair(i, task_id="t")) + "\n" for i in range(8)))
+    ws.mark_done("preferences", "prefs-digest", {"pairs": 8})
+
+    result = dpo.run(ws)
+    assert result["steps"] == 2 and result["pairs"] == 8 and result["bestStep"] in (1, 2)
+    assert ws.store.list(ws.key("adapter")) == [
+        ws.key(f"adapter/{name}")
+        for name in ("adapter_config.json", "adapter_model.safetensors", "train_log.jsonl", "training_summary.json")
+    ]
+    adapter_sha = ws.store.sha256(ws.key("adapter/adapter_model.safetensors"))
+    assert adapter_sha is not None
+    assert dpo.run(ws) == result  # finished: a re-run does nothing
+    assert ws.store.sha256(ws.key("adapter/adapter_model.safetensors")) == adapter_sha
+
+    merged = merge.run(ws)
+    assert merged["maxAbsLogitDiff"] >= 0
+    keys = ws.store.list(ws.key("merged"))
+    assert ws.key("merged/model.safetensors") in keys and ws.key("merged/merge_summary.json") in keys
+    assert ws.store.get_json(ws.key("merged/merge_summary.json"))["max_abs_diff"] == merged["maxAbsLogitDiff"]
+
+
+@pytest.mark.slow
+def test_empty_preferences_name_the_store_file(ws):
+    ws.store.put_text(ws.key("preferences.jsonl"), "")
+    ws.mark_done("preferences", "prefs-digest", {"pairs": 0})
+    with pytest.raises(
+        PreferenceFileError,
+        match=r"no preference pairs in file://.*/rounds/r1/preferences\.jsonl; "
+        r"collection produced none",
+    ):
+        dpo.run(ws)
+    assert ws.store.list(ws.key("adapter")) == []

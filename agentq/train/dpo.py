@@ -24,8 +24,10 @@ BEST_METRIC = "eval_rewards/accuracies"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
-class PreferenceFileError(ValueError):
-    """A preference file that cannot be trained on; the message names the file, line and field."""
+class PreferenceFileError(ConfigError):
+    """A preference file that cannot be trained on; the message names the file, line and field.
+
+    A ConfigError so the CLI prints it as one actionable line rather than a traceback."""
 
 
 def _check_messages(value: Any, where: str, field: str) -> None:
@@ -92,19 +94,13 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_model_dir(source: str) -> Path:
-    """A base model as a local directory: `tiny` is the built-in test model; nothing is downloaded at run time."""
-    if source == "tiny":
-        from agentq.policy.tiny import tiny_model_dir
+def base_model_dir(ws: Any) -> str:
+    """The directory training and merging load: the round's base (GGUF materialised) or an earlier round's merge."""
+    from agentq.policy.models import loadable_dir, resolve_model
 
-        return tiny_model_dir()
-    path = Path(source)
-    if not (path / "config.json").is_file():
-        raise ConfigError(
-            f"model {source!r}: expected a local model directory with config.json (or 'tiny'); "
-            "download hub models ahead of time into the image or the artifact store"
-        )
-    return path
+    source, _ = ws.model_source()
+    spec = ws.round.spec.model
+    return loadable_dir(resolve_model(spec if source == spec.base else source)).location
 
 
 def _best_callback(log_path: Path, best_dir: Path, metric: str) -> Any:
@@ -268,18 +264,18 @@ def run(ws: Any) -> dict[str, Any]:
     from agentq.workspace import digest
 
     spec = ws.round.spec.train
-    model_source, model_digest = ws.model_source()
+    _, model_digest = ws.model_source()
     inputs_digest = digest("train", spec, model_digest, ws.step_digest("preferences"))
     if ws.is_done("train", inputs_digest):
         print(f"train: already complete -> {ws.describe('adapter')}")
         return ws.marker("train")["result"]
     pairs_path = ws.fetch("preferences.jsonl")
-    if not pairs_path.exists():
+    if not pairs_path.exists() or pairs_path.stat().st_size == 0:
         raise PreferenceFileError(
             f"no preference pairs in {ws.describe('preferences.jsonl')}; collection produced none"
         )
     with ws.store.writing_dir(ws.key("adapter")) as out_dir:
-        summary = train_dpo(pairs_path, resolve_model_dir(model_source), out_dir, spec)
+        summary = train_dpo(pairs_path, base_model_dir(ws), out_dir, spec)
     result = {
         "pairs": summary["pairs"],
         "steps": summary["steps"],

@@ -160,17 +160,17 @@ def merge_adapter(
 
 def run(ws: Any) -> dict[str, Any]:
     """The round step: rounds/<r>/adapter + the round's base model -> rounds/<r>/merged."""
-    from agentq.train.dpo import resolve_model_dir
+    from agentq.train.dpo import base_model_dir
     from agentq.workspace import digest
 
-    model_source, model_digest = ws.model_source()
+    _, model_digest = ws.model_source()
     inputs_digest = digest("merge", model_digest, ws.step_digest("train"))
     if ws.is_done("merge", inputs_digest):
         print(f"merge: already complete -> {ws.describe('merged')}")
         return ws.marker("merge")["result"]
     adapter_dir = ws.model_dir("adapter")
     with ws.store.writing_dir(ws.key("merged")) as out_dir:
-        summary = merge_adapter(resolve_model_dir(model_source), adapter_dir, out_dir)
+        summary = merge_adapter(base_model_dir(ws), adapter_dir, out_dir)
     result = {"maxAbsLogitDiff": summary["max_abs_diff"]}
     ws.mark_done("merge", inputs_digest, result)
     print(
