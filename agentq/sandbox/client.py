@@ -1,0 +1,74 @@
+"""RemoteExecutor: the LocalExecutor interface over HTTP to `agentq sandbox serve` (sandbox pods).
+
+Connection errors and 5xx answers are retried with exponential backoff (a pod restarting, a rollout);
+4xx answers are the caller's mistake and raise at once. Verdicts are the server's LocalExecutor verdicts,
+decoded into the same Verdict model, so callers cannot tell the two apart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from typing import Any
+
+from agentq.sandbox.limits import Limits
+from agentq.sandbox.verdict import Verdict
+
+
+class SandboxUnavailable(RuntimeError):
+    """The remote sandbox could not be reached (or kept failing) after every retry."""
+
+
+class RemoteExecutor:
+    def __init__(self, url: str, retries: int = 5, backoff_s: float = 0.5, limits: Limits | None = None):
+        self.url = url.rstrip("/")
+        self.retries = max(1, retries)
+        self.backoff_s = backoff_s
+        self.limits = limits or Limits()
+
+    def _post(self, path: str, body: dict[str, Any], timeout: float) -> Any:
+        data = json.dumps(body).encode()
+        last = ""
+        for attempt in range(self.retries):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            request = urllib.request.Request(
+                self.url + path, data=data, headers={"Content-Type": "application/json"}, method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    return json.load(response)
+            except urllib.error.HTTPError as err:
+                detail = err.read().decode("utf-8", "replace")[:500]
+                if err.code < 500:
+                    raise ValueError(f"sandbox at {self.url} rejected the request: HTTP {err.code}: {detail}") from None
+                last = f"HTTP {err.code}: {detail}"
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+        raise SandboxUnavailable(f"sandbox at {self.url} unreachable after {self.retries} tries: {last}")
+
+    def run(self, code: str, tests: str, limits: Limits | None = None) -> Verdict:
+        limits = limits or self.limits
+        body = {"code": code, "tests": tests, "limits": limits.model_dump()}
+        return Verdict.model_validate(self._post("/run", body, limits.timeout_s + 60))
+
+    def run_many(self, items: Iterable[tuple[str, str]], limits: Limits | None = None) -> list[Verdict]:
+        limits = limits or self.limits
+        batch = [{"code": code, "tests": tests} for code, tests in items]
+        if not batch:
+            return []
+        body = {"items": batch, "limits": limits.model_dump()}
+        answer = self._post("/run_many", body, limits.timeout_s * len(batch) + 60)
+        return [Verdict.model_validate(v) for v in answer["verdicts"]]
+
+    def close(self) -> None:
+        """Nothing to release; here so both executors can be used the same way."""
+
+    def __enter__(self) -> RemoteExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

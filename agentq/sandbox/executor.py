@@ -1,0 +1,185 @@
+"""LocalExecutor: a pool of warm fork servers (one per core) that run candidates against tests.
+
+How a run is kept honest (details in forkserver.py, harness.py, wire.py, isolation.py):
+
+* The candidate never shares an address space with the verdict. A trusted test process runs the tests;
+  its `solution` module is a proxy whose calls go over a pipe to the untrusted candidate process, and
+  only plain data comes back. `sys.exit`, `os._exit`, `SystemExit` subclasses, atexit hooks, printed
+  "3 passed", `gc`/`settrace`/builtins patching all happen in a process whose only influence is the
+  plain data it returns (or its death, which fails the test).
+* The test process reports each test on a pipe the candidate does not hold; a pass needs every test
+  found here statically (with `ast`, before anything runs) reported run and passed, an end marker and a
+  clean exit.
+* The candidate runs under its own unprivileged uid, in an empty network namespace, with a scrubbed
+  environment, a fresh working directory, rlimits and a pids cgroup, and everything it starts dies after
+  the run. A weaker set-up (not root) is reported in `Verdict.isolation`.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from agentq.sandbox import wire
+from agentq.sandbox.limits import Limits
+from agentq.sandbox.outcome import verdict_from_run
+from agentq.sandbox.verdict import Verdict
+
+# The executor waits this long beyond the run's own timeout before it declares the worker hung.
+GRACE_S = 30.0
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+@functools.lru_cache(maxsize=512)
+def find_tests(tests: str) -> tuple[str, ...] | str:
+    """Names of the top-level test_* functions, or why the tests cannot run (outside the candidate's reach)."""
+    try:
+        tree = ast.parse(tests)
+        compile(tree, "tests.py", "exec")
+    except SyntaxError as err:
+        return f"the tests do not compile: {err.msg} (tests.py line {err.lineno})"
+    except ValueError as err:
+        return f"the tests do not compile: {err}"
+    names = [
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_")
+    ]
+    if not names:
+        return "the tests define no test_* function"
+    return tuple(dict.fromkeys(names))
+
+
+class _Worker:
+    """One fork server process and the socket to it; used by one thread at a time."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": _PACKAGE_ROOT,
+               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "agentq.sandbox.forkserver", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            env=env,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        theirs.close()
+        self.sock = ours
+        self.isolation: list[str] | None = None
+
+    def _ready(self) -> None:
+        if self.isolation is None:
+            self.sock.settimeout(GRACE_S)
+            hello = wire.recv(self.sock)
+            self.isolation = list(hello.get("isolation", []))
+
+    def run(self, code: str, tests: str, names: tuple[str, ...], limits: Limits) -> dict[str, Any]:
+        try:
+            self._ready()
+            data = tests.encode()
+            header = {"code": code, "test_names": list(names), "tests_len": len(data), "limits": limits.model_dump()}
+            self.sock.settimeout(limits.timeout_s + GRACE_S)
+            wire.send(self.sock, header)
+            self.sock.sendall(data)
+            result = wire.recv(self.sock)
+        except (OSError, EOFError, wire.ProtocolError) as err:
+            raise WorkerDied(f"sandbox worker {self.proc.pid} stopped: {err}") from None
+        if result.get("fatal"):
+            self.close()
+        return result
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.sock.fileno() >= 0
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class LocalExecutor:
+    """Runs candidates on this machine. Thread-safe; `run_many` keeps the input order."""
+
+    def __init__(self, workers: int | None = None, limits: Limits | None = None):
+        self.limits = limits or Limits()
+        self.workers = workers or os.cpu_count() or 1
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._all: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        for _ in range(self.workers):
+            self._idle.put(self._spawn())
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
+
+    def _spawn(self) -> _Worker:
+        worker = _Worker()
+        with self._lock:
+            self._all = [w for w in self._all if w.alive] + [worker]
+        return worker
+
+    def run(self, code: str, tests: str, limits: Limits | None = None) -> Verdict:
+        if self._closed:
+            raise RuntimeError("the executor is closed")
+        limits = limits or self.limits
+        names = find_tests(tests)
+        if isinstance(names, str):
+            return Verdict(status="error", message=names)
+        worker = self._idle.get()
+        try:
+            for attempt in range(2):
+                try:
+                    raw = worker.run(code, tests, names, limits)
+                    break
+                except WorkerDied as err:
+                    # Not the candidate's doing when isolation holds (it cannot signal the server), so retry
+                    # once on a fresh worker; a second death is reported rather than retried forever.
+                    worker.close()
+                    worker = self._spawn()
+                    if attempt == 1:
+                        return Verdict(status="killed", expected_tests=len(names), message=str(err))
+            if not worker.alive:
+                worker.close()
+                worker = self._spawn()
+        finally:
+            self._idle.put(worker)
+        return verdict_from_run(raw, list(names), limits)
+
+    def run_many(self, items: Iterable[tuple[str, str]], limits: Limits | None = None) -> list[Verdict]:
+        return list(self._pool.map(lambda item: self.run(item[0], item[1], limits), items))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            workers = list(self._all)
+        for worker in workers:
+            worker.close()
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,253 @@
+"""A warm sandbox worker: one per core, started once, forks two processes per run.
+
+Start-up of Python dominates a short test run, so the server imports the harness, the wire codec and the
+LeetCode prelude once, enters an empty network namespace once, and then for each job forks
+
+* the candidate process: new session, fresh working directory, scrubbed environment, rlimits, its own
+  unprivileged uid and the server's pids cgroup; it imports the candidate and answers calls;
+* the test process: own process group, another unprivileged uid, rlimits; it reads the tests straight
+  from the executor's socket (so they are never in memory a candidate is forked from), runs them against a
+  proxy of the candidate and reports each result on a pipe only the server holds.
+
+The server enforces the wall-clock deadline, kills everything the candidate started, and answers the
+executor with the raw facts; the executor turns them into a Verdict (outcome.py).
+
+Protocol on the executor socket (wire framing): server -> {"ready", "pid", "isolation"}; then per job
+executor -> {"code", "test_names", "tests_len", "limits"} + tests_len raw bytes of tests, server -> result.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import resource
+import select
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from typing import Any, NoReturn
+
+from agentq.sandbox import candidate, harness, isolation, leetcode, wire
+
+TESTS_NPROC = 4
+MAX_EVENTS_BYTES = 4 << 20
+
+
+def candidate_env(home: str) -> dict[str, str]:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
+
+
+def _arrange_fds(stdout_fd: int, stderr_fd: int, devnull: int, keep: list[int]) -> list[int]:
+    """In a child: stdin from /dev/null, stdout/stderr to the run's files, `keep` as fds 3.., close the rest."""
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (devnull, stdout_fd, stderr_fd, *keep)]
+    for target, fd in enumerate(moved):
+        os.dup2(fd, target)
+    os.closerange(len(moved), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    return list(range(3, len(moved)))
+
+
+def _exit_info(status: int | None) -> dict[str, Any] | None:
+    if status is None:
+        return None
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return {"signal": sig, "name": signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)}
+    return {"code": os.waitstatus_to_exitcode(status)}
+
+
+def _poll(pid: int) -> int | None:
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return status if done else None
+
+
+def _wait_briefly(pid: int, seconds: float = 0.2) -> int | None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        status = _poll(pid)
+        if status is not None:
+            return status
+        time.sleep(0.002)
+    return None
+
+
+def _tail(path: str, limit: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - limit))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class Server:
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.notes: list[str] = []
+        note = isolation.unshare_network()
+        if note:
+            self.notes.append(note)
+        isolation.become_subreaper()
+        self.conf = isolation.Confinement()
+        self.notes += self.conf.notes
+        self.prelude = leetcode.prelude_namespace()
+        self.devnull = os.open(os.devnull, os.O_RDWR)
+
+    def serve(self) -> None:
+        wire.send(self.conn, {"ready": True, "pid": os.getpid(), "isolation": self.notes})
+        try:
+            while True:
+                try:
+                    job = wire.recv(self.conn)
+                except EOFError:
+                    return
+                result = self.run(job)
+                wire.send(self.conn, result)
+                if result.get("fatal"):
+                    return
+        finally:
+            self.conf.close()
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        rundir = tempfile.mkdtemp(prefix="agentq-run-")
+        try:
+            return self._run_in(rundir, job)
+        finally:
+            shutil.rmtree(rundir, ignore_errors=True)
+
+    def _run_in(self, rundir: str, job: dict[str, Any]) -> dict[str, Any]:
+        limits = job["limits"]
+        os.chmod(rundir, 0o711)
+        work = os.path.join(rundir, "work")
+        os.mkdir(work, 0o700)
+        solution = os.path.join(work, "solution.py")
+        with open(solution, "w") as fh:
+            fh.write(job["code"])
+        if self.conf.root:
+            os.chown(work, self.conf.candidate_uid, self.conf.candidate_uid)
+            os.chown(solution, self.conf.candidate_uid, self.conf.candidate_uid)
+        out_path, err_path = os.path.join(rundir, "stdout"), os.path.join(rundir, "stderr")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        out_fd, err_fd = os.open(out_path, flags, 0o600), os.open(err_path, flags, 0o600)
+        cand_sock, test_sock = socket.socketpair()
+        res_r, res_w = os.pipe()
+        start = time.monotonic()
+        deadline = start + float(limits["timeout_s"])
+        cand_pid = os.fork()
+        if cand_pid == 0:
+            self._candidate_child(cand_sock, out_fd, err_fd, work, solution, job["code"], limits)
+        test_pid = os.fork()
+        if test_pid == 0:
+            self._tests_child(test_sock, res_w, out_fd, err_fd, rundir, job, limits)
+        for closing in (cand_sock, test_sock):
+            closing.close()
+        for fd in (res_w, out_fd, err_fd):
+            os.close(fd)
+        events, timed_out = self._collect(res_r, deadline)
+        duration = time.monotonic() - start
+        if timed_out:
+            os.kill(test_pid, signal.SIGKILL)
+        _, test_status = os.waitpid(test_pid, 0)
+        cand_status = _poll(cand_pid)
+        if cand_status is None and any(e.get("gone") or e.get("e") == "import_error" for e in events):
+            cand_status = _wait_briefly(cand_pid)  # it closed its pipe while exiting; let it finish dying
+        self.conf.kill_candidates(cand_pid)
+        isolation.reap_orphans()
+        limit = int(limits["output_bytes"])
+        result: dict[str, Any] = {
+            "events": events,
+            "timed_out": timed_out,
+            "duration_s": round(duration, 6),
+            "candidate_exit": _exit_info(cand_status),
+            "tests_exit": _exit_info(test_status),
+            "stdout": _tail(out_path, limit),
+            "stderr": _tail(err_path, limit),
+            "isolation": self.notes,
+        }
+        if not any(e.get("e") == "got_tests" for e in events):
+            # The tests may still sit in our socket: the stream is out of step, so this server must go.
+            result["fatal"] = "the test process died before reading the tests"
+        return result
+
+    def _collect(self, fd: int, deadline: float) -> tuple[list[dict[str, Any]], bool]:
+        buf, timed_out = bytearray(), False
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    timed_out = True
+                    break
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                if len(buf) < MAX_EVENTS_BYTES:
+                    buf += chunk
+        finally:
+            os.close(fd)
+        events = []
+        for line in bytes(buf).splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events, timed_out
+
+    def _candidate_child(
+        self, sock: socket.socket, out_fd: int, err_fd: int, work: str, solution: str, code: str, limits: dict
+    ) -> NoReturn:
+        try:
+            os.setsid()
+            (sock_fd,) = _arrange_fds(out_fd, err_fd, self.devnull, [sock.fileno()])
+            os.chdir(work)
+            os.environ.clear()
+            os.environ.update(candidate_env(work))
+            self.conf.enter(limits, self.conf.candidate_uid, int(limits["max_procs"]))
+            random.seed(0)
+            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+            candidate.serve(socket.socket(fileno=sock_fd), code, solution, self.prelude)
+        except BaseException:  # noqa: BLE001 - never return into the server's loop
+            os._exit(70)
+
+    def _tests_child(
+        self, sock: socket.socket, res_w: int, out_fd: int, err_fd: int, rundir: str, job: dict, limits: dict
+    ) -> NoReturn:
+        try:
+            os.setpgid(0, 0)
+            keep = [self.conn.fileno(), sock.fileno(), res_w]
+            conn_fd, sock_fd, res_fd = _arrange_fds(out_fd, err_fd, self.devnull, keep)
+            os.chdir(rundir)
+            self.conf.enter(limits, self.conf.tests_uid, TESTS_NPROC)
+            random.seed(0)
+            conn = socket.socket(fileno=conn_fd)
+            tests = wire.recv_exact(conn, int(job["tests_len"])).decode()
+            conn.close()
+
+            def report(event: dict[str, Any]) -> None:
+                data = memoryview(json.dumps(event).encode() + b"\n")
+                while data:
+                    data = data[os.write(res_fd, data) :]
+
+            report({"e": "got_tests"})
+            channel = harness.Channel(socket.socket(fileno=sock_fd))
+            harness.run_tests(channel, tests, list(job["test_names"]), self.prelude, report)
+        except BaseException:  # noqa: BLE001 - a missing `end` marker is how the executor learns of this
+            os._exit(70)
+        os._exit(0)
+
+
+def main() -> None:
+    Server(socket.socket(fileno=int(sys.argv[1]))).serve()
+
+
+if __name__ == "__main__":
+    main()

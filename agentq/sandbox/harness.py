@@ -1,0 +1,285 @@
+"""The trusted side of a run: the task's tests, with `solution` as a proxy to the candidate process.
+
+`from solution import *` binds stubs: callables and classes become `Remote` handles whose calls travel over
+the pipe; modules are re-imported here; prelude names (`List`, `ListNode`, ...) are this process's own;
+plain constants are copied. Whatever the candidate does, only decoded plain data reaches this address
+space, so the asserts, the test functions and the result reporting cannot be patched, traced, exited or
+faked from the candidate. Each test's outcome is written to a pipe the candidate does not hold.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+import types
+from collections.abc import Callable
+from typing import Any
+
+from agentq.sandbox import leetcode, wire
+
+MAX_TEXT = 2000
+TESTS_FILE = "tests.py"
+# Importing these has side effects (a browser, a window) that a test process must not have.
+_NO_IMPORT = frozenset({"antigravity", "this", "turtle", "tkinter", "idlelib", "webbrowser"})
+
+
+class CandidateGone(BaseException):
+    """The candidate process died, hung up or broke the protocol: no further call can succeed.
+
+    A BaseException, so a test's broad `except Exception` cannot swallow it and pass.
+    """
+
+
+class CandidateError(Exception):
+    """An exception the candidate raised, re-raised here by type name and message."""
+
+    remote_type = "Exception"
+
+
+_ERROR_TYPES: dict[str, type[BaseException]] = {}
+
+
+def candidate_error(info: dict[str, Any]) -> CandidateError:
+    """A CandidateError that is also an instance of the same-named builtin exception where one exists,
+    so tests written as `with pytest.raises(ValueError)` or `except ValueError` still work."""
+    name = str(info.get("type", "Exception"))
+    cls = _ERROR_TYPES.get(name)
+    if cls is None:
+        base = getattr(__import__("builtins"), name, None)
+        bases: tuple[type, ...] = (CandidateError,)
+        if isinstance(base, type) and issubclass(base, Exception) and base is not Exception:
+            bases = (CandidateError, base)
+        try:
+            cls = type(name, bases, {"remote_type": name})
+        except TypeError:
+            cls = type(name, (CandidateError,), {"remote_type": name})
+        _ERROR_TYPES[name] = cls
+    where = f"({info['where']})" if info.get("where") else ""
+    return cls(" ".join(part for part in (str(info.get("message", "")), where) if part))
+
+
+class Channel:
+    """Request/response to the candidate. Once broken it stays broken."""
+
+    def __init__(self, sock: Any):
+        self.sock = sock
+        self.broken: str | None = None
+        self.codec = wire.Codec(self._to_ref, self._from_ref)
+
+    def _to_ref(self, value: Any) -> dict[str, Any]:
+        if isinstance(value, Remote):
+            return {"t": "ref", "id": value._ref}
+        raise TypeError(f"cannot pass a {type(value).__name__} to the candidate (plain data only)")
+
+    def _from_ref(self, ref: dict[str, Any]) -> Remote:
+        if type(ref.get("id")) is not int:
+            raise wire.ProtocolError("ref without an integer id")
+        return Remote(self, ref["id"], str(ref.get("cls", "object"))[:100])
+
+    def receive(self) -> Any:
+        if self.broken:
+            raise CandidateGone(self.broken)
+        try:
+            message = wire.recv(self.sock)
+            if type(message) is not dict:
+                raise wire.ProtocolError("message is not an object")
+            return message
+        except (EOFError, OSError) as err:
+            self.broken = f"the candidate process died or closed its pipe ({err})"
+        except wire.ProtocolError as err:
+            self.broken = f"the candidate broke the call protocol: {err}"
+        raise CandidateGone(self.broken)
+
+    def request(self, message: dict[str, Any]) -> Any:
+        if self.broken:
+            raise CandidateGone(self.broken)
+        try:
+            wire.send(self.sock, message)
+        except OSError as err:
+            self.broken = f"the candidate process died or closed its pipe ({err})"
+            raise CandidateGone(self.broken) from None
+        reply = self.receive()
+        if "exc" in reply and type(reply["exc"]) is dict:
+            raise candidate_error(reply["exc"])
+        if "ok" not in reply:
+            self.broken = "the candidate broke the call protocol: reply has neither 'ok' nor 'exc'"
+            raise CandidateGone(self.broken)
+        try:
+            return self.codec.decode(reply["ok"]), reply.get("m")
+        except (wire.ProtocolError, RecursionError) as err:
+            self.broken = f"the candidate broke the call protocol: {err}"
+            raise CandidateGone(self.broken) from None
+
+    def call(self, ref: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        enc_args = [self.codec.encode(a) for a in args]
+        enc_kwargs = {k: self.codec.encode(v) for k, v in kwargs.items()}
+        result, mutated = self.request({"op": "call", "ref": ref, "a": enc_args, "k": enc_kwargs})
+        if type(mutated) is dict:
+            for key, raw in mutated.items():
+                target = kwargs.get(key) if key in kwargs else _index(args, key)
+                if target is not None:
+                    try:
+                        _update_in_place(target, self.codec.decode(raw))
+                    except (wire.ProtocolError, RecursionError, TypeError, ValueError) as err:
+                        self.broken = f"the candidate broke the call protocol: {err}"
+                        raise CandidateGone(self.broken) from None
+        return result
+
+    def getattr(self, ref: int, name: str) -> Any:
+        return self.request({"op": "getattr", "ref": ref, "name": name})[0]
+
+
+def _index(args: tuple[Any, ...], key: str) -> Any:
+    return args[int(key)] if key.isdigit() and int(key) < len(args) else None
+
+
+def _update_in_place(target: Any, new: Any) -> None:
+    """Make the test's own argument object look like the candidate's after the call."""
+    if type(target) is list and type(new) is list or type(target) is bytearray and type(new) is bytearray:
+        target[:] = new
+    elif type(target) is dict and type(new) is dict or type(target) is set and type(new) is set:
+        target.clear()
+        target.update(new)
+    elif type(target) in (leetcode.ListNode, leetcode.TreeNode) and type(new) is type(target):
+        target.__dict__.clear()
+        target.__dict__.update(new.__dict__)
+    elif type(target) in (leetcode.ListNode, leetcode.TreeNode) and new is None:
+        # The candidate emptied the structure; the test still holds its root node, which now has no children.
+        for attr in ("next", "left", "right"):
+            if attr in target.__dict__:
+                target.__dict__[attr] = None
+
+
+class Remote:
+    """A function, class or object that lives in the candidate process. Compares by identity only."""
+
+    __slots__ = ("_channel", "_ref", "_cls")
+
+    def __init__(self, channel: Channel, ref: int, cls: str):
+        self._channel, self._ref, self._cls = channel, ref, cls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.call(self._ref, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return self._channel.getattr(self._ref, name)
+
+    def __repr__(self) -> str:
+        return f"<candidate {self._cls} #{self._ref}>"
+
+
+def _import_local(name: str) -> types.ModuleType | None:
+    top = name.partition(".")[0]
+    if name in sys.modules:
+        return sys.modules[name]
+    if top in sys.stdlib_module_names and top not in _NO_IMPORT:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            return None
+    return None
+
+
+def build_proxy(names: dict[str, Any], channel: Channel, prelude: dict[str, Any]) -> types.ModuleType:
+    proxy = types.ModuleType("solution")
+    exported = []
+    for name, raw in names.items():
+        if type(name) is not str or not name.isidentifier():
+            continue
+        tag = raw.get("t") if type(raw) is dict else None
+        if tag == "prelude":
+            if name not in prelude:
+                continue
+            value = prelude[name]
+        elif tag == "module":
+            value = _import_local(str(raw.get("name")))
+            if value is None:
+                continue
+        else:
+            value = channel.codec.decode(raw)
+        setattr(proxy, name, value)
+        exported.append(name)
+    # Tests build their inputs from these; they must be this process's classes whatever the candidate did.
+    for name, cls in (("ListNode", leetcode.ListNode), ("TreeNode", leetcode.TreeNode)):
+        setattr(proxy, name, cls)
+        if name not in exported:
+            exported.append(name)
+    proxy.__all__ = exported
+    return proxy
+
+
+def _failure_text(err: BaseException, test_lines: list[str]) -> str:
+    """`AssertionError at tests.py line 12: assert candidate(...) == 3` style, for the model's feedback."""
+    if isinstance(err, CandidateError):
+        head = f"candidate raised {err.remote_type}: {err}" if str(err) else f"candidate raised {err.remote_type}"
+    elif isinstance(err, CandidateGone):
+        head = str(err)
+    else:
+        try:
+            text = str(err)
+        except Exception:  # noqa: BLE001
+            text = ""
+        head = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    line = ""
+    for frame in traceback.extract_tb(err.__traceback__):
+        if frame.filename == TESTS_FILE and frame.lineno and 0 < frame.lineno <= len(test_lines):
+            line = f" at tests.py line {frame.lineno}: {test_lines[frame.lineno - 1].strip()}"
+    return (head + line)[:MAX_TEXT]
+
+
+def run_tests(
+    channel: Channel,
+    tests: str,
+    test_names: list[str],
+    prelude: dict[str, Any],
+    report: Callable[[dict[str, Any]], None],
+) -> None:
+    """Import the tests against the proxy, run each test_* function, report each outcome, then `end`."""
+    try:
+        hello = channel.receive()
+    except CandidateGone as err:
+        report({"e": "import_error", "type": None, "message": str(err), "where": ""})
+        return
+    if type(hello.get("import_error")) is dict:
+        info = hello["import_error"]
+        report({"e": "import_error", **{k: str(info.get(k, ""))[:MAX_TEXT] for k in ("type", "message", "where")}})
+        return
+    if type(hello.get("names")) is not dict:
+        report({"e": "import_error", "type": None, "message": "the candidate broke the protocol", "where": ""})
+        return
+    try:
+        sys.modules["solution"] = build_proxy(hello["names"], channel, prelude)
+    except (wire.ProtocolError, RecursionError) as err:
+        report({"e": "import_error", "type": None, "message": f"the candidate broke the protocol: {err}", "where": ""})
+        return
+    namespace: dict[str, Any] = {"__name__": "tests", "__file__": TESTS_FILE}
+    lines = tests.splitlines()
+    try:
+        exec(compile(tests, TESTS_FILE, "exec"), namespace)
+    except BaseException as err:  # noqa: BLE001 - report, never crash the run
+        report({"e": "tests_error", "message": _failure_text(err, lines)})
+        return
+    for name in test_names:
+        func = namespace.get(name)
+        if channel.broken:
+            report({"e": "test", "name": name, "passed": False, "message": f"not run: {channel.broken}"})
+            continue
+        if not callable(func):
+            report({"e": "test", "name": name, "passed": False, "message": f"{name} is not a function"})
+            continue
+        try:
+            func()
+        except BaseException as err:  # noqa: BLE001 - every way a test can end is a result
+            memory = isinstance(err, MemoryError)
+            gone = channel.broken is not None
+            message = _failure_text(err, lines)
+            report({"e": "test", "name": name, "passed": False, "message": message, "memory": memory, "gone": gone})
+            continue
+        if channel.broken:  # the test swallowed CandidateGone
+            report({"e": "test", "name": name, "passed": False, "message": channel.broken, "gone": True})
+        else:
+            report({"e": "test", "name": name, "passed": True, "message": ""})
+    report({"e": "end"})

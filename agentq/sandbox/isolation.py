@@ -1,0 +1,168 @@
+"""Kernel-level confinement for the processes a fork server starts.
+
+Each fork server gets its own pair of unprivileged uids derived from its pid (unique among live servers),
+one for candidates and one for test processes. A candidate therefore cannot signal, ptrace or read the
+memory of the test process, the server, or another worker's candidate, and RLIMIT_NPROC counts only its
+own processes. A `pids` cgroup per server (cgroup v1 or v2, where writable) caps forks and lists every
+process a candidate left behind, even ones that escaped its session, so all of them die after each run.
+Where a step is not permitted (not root, no cgroup), the run goes on and the step is listed as weakened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import signal
+import time
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+CANDIDATE_UID_BASE = 1_500_000_000
+TESTS_UID_BASE = 1_600_000_000
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
+CGROUP_PARENT = "agentq-sandbox"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, value: int) -> bool:
+    return _libc.prctl(option, value, 0, 0, 0) == 0
+
+
+def unshare_network() -> str | None:
+    """Move this process into a fresh, empty network namespace (no interfaces up, not even loopback)."""
+    if _libc.unshare(CLONE_NEWNET) != 0:
+        return f"network not isolated: unshare(CLONE_NEWNET) failed ({os.strerror(ctypes.get_errno())})"
+    return None
+
+
+def become_subreaper() -> None:
+    """Orphaned grandchildren are re-parented to us, so we can reap them instead of leaving zombies."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def reap_orphans() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def set_limits(limits: dict[str, float], nproc: int) -> None:
+    cpu = int(limits["timeout_s"]) + 1
+    mem = int(limits["memory_mb"]) << 20
+    fsize = int(limits["file_mb"]) << 20
+    for res, value in (
+        (resource.RLIMIT_AS, mem),
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_FSIZE, fsize),
+        (resource.RLIMIT_NPROC, nproc),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        resource.setrlimit(res, (value, value))
+
+
+class Confinement:
+    """Per-fork-server identities and process accounting; `notes` lists what could not be enforced."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        pid = os.getpid()
+        self.root = os.geteuid() == 0 and self._can_switch_uid(CANDIDATE_UID_BASE + pid)
+        self.candidate_uid = CANDIDATE_UID_BASE + pid if self.root else os.getuid()
+        self.tests_uid = TESTS_UID_BASE + pid if self.root else os.getuid()
+        if not self.root:
+            self.notes.append("no uid switch: not root (or no such uid here), candidates run as the server's user")
+        self.cgroup = self._make_cgroup(pid)
+        if self.cgroup is None:
+            self.notes.append("no pids cgroup: processes a candidate detaches are found by uid instead")
+
+    @staticmethod
+    def _can_switch_uid(uid: int) -> bool:
+        if os.geteuid() != 0:
+            return False
+        child = os.fork()
+        if child == 0:
+            try:
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+            except OSError:
+                os._exit(1)
+            os._exit(0)
+        return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+
+    def _make_cgroup(self, pid: int) -> Path | None:
+        if not self.root:
+            return None
+        for root in CGROUP_ROOTS:
+            if not (root / "cgroup.procs").exists():
+                continue
+            try:
+                group = root / CGROUP_PARENT / str(pid)
+                group.mkdir(parents=True, exist_ok=True)
+                if not (group / "pids.max").exists():
+                    group.rmdir()
+                    continue
+                return group
+            except OSError:
+                continue
+        return None
+
+    def enter(self, limits: dict[str, float], uid: int, nproc: int) -> None:
+        """In a freshly forked child: join the cgroup, apply rlimits, drop to `uid` for good."""
+        if self.cgroup is not None and uid == self.candidate_uid:
+            (self.cgroup / "pids.max").write_text(str(nproc))
+            (self.cgroup / "cgroup.procs").write_text("0")
+        set_limits(limits, nproc)
+        if self.root:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+    def kill_candidates(self, pgid: int) -> None:
+        """Kill the candidate's process group and every process it left anywhere else."""
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGKILL)
+        if self.cgroup is not None:
+            self._kill_cgroup()
+        elif self.root:
+            self._kill_uid()
+
+    def _kill_cgroup(self) -> None:
+        procs = self.cgroup / "cgroup.procs"  # type: ignore[operator]
+        for _ in range(200):
+            pids = procs.read_text().split()
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(int(pid), signal.SIGKILL)
+            reap_orphans()  # a zombie stays listed until its parent (we, as subreaper) reaps it
+            time.sleep(0.0005)
+
+    def _kill_uid(self) -> None:
+        """kill(-1) from a helper running as the candidate uid reaches exactly that uid's processes."""
+        helper = os.fork()
+        if helper == 0:
+            try:
+                os.setresuid(self.candidate_uid, self.candidate_uid, self.candidate_uid)
+                for _ in range(100):
+                    os.kill(-1, signal.SIGKILL)
+            except OSError:
+                pass
+            os._exit(0)
+        os.waitpid(helper, 0)
+
+    def close(self) -> None:
+        if self.cgroup is not None:
+            self._kill_cgroup()
+            with contextlib.suppress(OSError):
+                self.cgroup.rmdir()
