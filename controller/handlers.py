@@ -1,0 +1,203 @@
+"""The kopf operator: one daemon per AgentQRound runs reconcile passes; Job and round events wake it.
+
+Run it with `kopf run -m controller.handlers --all-namespaces [--peering agentq | --standalone]`.
+
+Why a daemon per round rather than per-event handlers: it serialises everything one round does (no two
+passes of the same round race each other) while still reacting within milliseconds, because every watch
+event of the round's Jobs, of the round itself and of the round it starts from sets the daemon's wake-up
+event; a resync timeout covers anything missed. Each pass plans from observed state only (reconcile.plan),
+so killing and restarting the operator at any point neither duplicates nor skips a Job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from controller.crd import GROUP, PLURAL, VERSION
+from controller.jobs import (
+    ROUND_LABEL,
+    build_job,
+    cleanup_configmap,
+    cleanup_job,
+    spec_configmap,
+    spec_configmap_name,
+)
+from controller.kube import Kube
+from controller.reconcile import Inspection, Plan, job_failure_reason, plan
+from controller.settings import OperatorSettings, load_settings
+
+log = logging.getLogger("agentq.operator")
+
+
+class Runtime:
+    """Process-wide state: the API client, the settings and the wake-up event of every running daemon."""
+
+    def __init__(self) -> None:
+        self.settings: OperatorSettings = OperatorSettings()
+        self.kube: Kube | None = None
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="reconcile")
+        self.wakers: dict[tuple[str, str], asyncio.Event] = {}
+        self.follows: dict[tuple[str, str], str] = {}  # (namespace, round) -> the round it starts from
+
+    def wake(self, namespace: str, name: str) -> None:
+        event = self.wakers.get((namespace, name))
+        if event:
+            event.set()
+        for (ns, follower), predecessor in self.follows.items():
+            if ns == namespace and predecessor == name and (ns, follower) in self.wakers:
+                self.wakers[(ns, follower)].set()
+
+
+RT = Runtime()
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    RT.settings = load_settings()
+    RT.kube = Kube()
+    # Replicas with equal priority all freeze (safe, but nothing runs); distinct ones let exactly one act.
+    if not settings.peering.priority:
+        settings.peering.priority = random.randint(1, 1_000_000)
+    settings.posting.level = logging.INFO
+    settings.persistence.finalizer = "agentq.dev/cleanup"
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            return term
+    return {}
+
+
+def inspect_job(kube: Kube, job: dict[str, Any], log_lines: int) -> Inspection:
+    """A finished Job's outcome from its newest pod: the step's JSON result (termination message) when it
+    succeeded; the reason and the log tail (pods/log, else the termination message) when it failed."""
+    meta = job["metadata"]
+    pods = sorted(kube.job_pods(meta["namespace"], meta["name"]),
+                  key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    term = _terminated(pods[-1]) if pods else {}
+    message = term.get("message") or ""
+    if (job.get("status") or {}).get("succeeded"):
+        try:
+            result = json.loads(message) if message.strip() else {}
+        except json.JSONDecodeError:
+            result = {}
+        return {"result": result if isinstance(result, dict) else {}}
+    reason = job_failure_reason(job)
+    if term:
+        reason += f"; container: {term.get('reason', 'Error')} (exit code {term.get('exitCode', '?')})"
+    logs = kube.pod_log_tail(meta["namespace"], pods[-1]["metadata"]["name"], log_lines) if pods else None
+    if logs is None:
+        logs = message
+    tail = "\n".join(logs.strip().splitlines()[-log_lines:])
+    return {"reason": reason, "logs": tail}
+
+
+def reconcile_once(namespace: str, name: str) -> Plan | None:
+    """One pass: observe, plan, act. Runs in a worker thread (blocking client)."""
+    kube, settings = RT.kube, RT.settings
+    assert kube is not None
+    body = kube.get_round(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    predecessor_phase = None
+    from_round = ((body.get("spec") or {}).get("model") or {}).get("fromRound")
+    if from_round:
+        RT.follows[(namespace, name)] = from_round
+        pred = kube.get_round(namespace, from_round)
+        predecessor_phase = ((pred or {}).get("status") or {}).get("phase") or ("Pending" if pred else "")
+    jobs = kube.list_jobs(namespace, name)
+    result = plan(body, jobs, lambda job: inspect_job(kube, job, settings.log_lines), now(), predecessor_phase)
+    if result.create:
+        kube.apply_configmap(spec_configmap(body))
+    for unit, attempt in result.create:
+        job = build_job(body, unit, attempt, settings)
+        if kube.create_job(job) is not None:
+            result.events.append(("Normal", "JobCreated", f"created Job {job['metadata']['name']}"))
+    if result.status != (body.get("status") or {}):
+        try:
+            kube.replace_round_status(body, result.status)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            result.status = {}  # stale: the next pass plans again from fresh observations
+    return result
+
+
+async def _sleep_until_woken(event: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
+                    **_: Any) -> None:
+    key = (namespace, name)
+    wake = RT.wakers[key] = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        while not stopped:
+            wake.clear()
+            try:
+                result = await loop.run_in_executor(RT.pool, reconcile_once, namespace, name)
+            except ApiException as err:
+                log.warning("round %s/%s: API error %s %s; retrying", namespace, name, err.status, err.reason)
+                await _sleep_until_woken(wake, stopped, 2.0)
+                continue
+            if result is None:
+                return
+            for kind, reason, message in result.events:
+                kopf.event(body, type=kind, reason=reason, message=message[:1000])
+            if result.done:
+                return
+            await _sleep_until_woken(wake, stopped, RT.settings.resync_seconds if result.status else 0.2)
+    finally:
+        RT.wakers.pop(key, None)
+        RT.follows.pop(key, None)
+
+
+# Async on purpose: they run on the event loop, which owns the daemons' asyncio.Events.
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def round_event(name: str, namespace: str, **_: Any) -> None:
+    RT.wake(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={ROUND_LABEL: kopf.PRESENT})
+async def job_event(labels: dict[str, str], namespace: str, **_: Any) -> None:
+    RT.wake(namespace, labels[ROUND_LABEL])
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def delete_round(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, logger: logging.Logger,
+                 **_: Any) -> None:
+    """Remove the round's Jobs and spec ConfigMap; its artifacts stay unless spec.deleteArtifacts."""
+    kube = RT.kube
+    assert kube is not None
+    removed = kube.delete_round_objects(namespace, name, spec_configmap_name(name))
+    logger.info("removed %d Job(s) of round %s", removed, name)
+    if spec.get("deleteArtifacts"):
+        raw = {"metadata": {"name": name, "namespace": namespace, "uid": body["metadata"]["uid"]},
+               "spec": dict(spec)}
+        job = cleanup_job(raw, RT.settings)
+        created = kube.create_job(job)
+        if created is not None:
+            kube.apply_configmap(cleanup_configmap(raw, created))
+            logger.info("started Job %s to delete the round's artifacts", job["metadata"]["name"])

@@ -1,0 +1,114 @@
+"""The few API calls the operator makes, on the official client, as plain dicts.
+
+Responses are read raw (`_preload_content=False`) and parsed as JSON: the generated model classes cost far
+more CPU than the operator's logic, and the pure planner wants dicts anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from controller.crd import GROUP, PLURAL, VERSION
+from controller.jobs import ROUND_LABEL
+
+
+def load_config() -> client.ApiClient:
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+    else:
+        config.load_kube_config()
+    cfg = client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = 32  # the reconcile pool's threads share one client
+    return client.ApiClient(cfg)
+
+
+def _raw(resp: Any) -> dict[str, Any]:
+    return json.loads(resp.data)
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self.api = api or load_config()
+        self.core = client.CoreV1Api(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    def get_round(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _raw(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                                 _preload_content=False))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def replace_round_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        """PUT with the resourceVersion the plan was made from: a concurrent change answers 409 and the
+        caller simply reconciles again from fresh observations."""
+        meta = body["metadata"]
+        obj = {"apiVersion": body["apiVersion"], "kind": body["kind"],
+               "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                            "resourceVersion": meta["resourceVersion"]},
+               "spec": body["spec"], "status": status}
+        self.custom.replace_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL,
+                                                            meta["name"], obj, _preload_content=False)
+
+    def list_jobs(self, namespace: str, round_name: str) -> list[dict[str, Any]]:
+        resp = self.batch.list_namespaced_job(namespace, label_selector=f"{ROUND_LABEL}={round_name}",
+                                              _preload_content=False)
+        return _raw(resp)["items"]
+
+    def create_job(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """The created Job, or None when one of that name already exists (a retried or repeated create)."""
+        try:
+            return _raw(self.batch.create_namespaced_job(job["metadata"]["namespace"], job,
+                                                         _preload_content=False))
+        except ApiException as err:
+            if err.status == 409:
+                return None
+            raise
+
+    def apply_configmap(self, cm: dict[str, Any]) -> None:
+        meta = cm["metadata"]
+        try:
+            self.core.create_namespaced_config_map(meta["namespace"], cm, _preload_content=False)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            self.core.replace_namespaced_config_map(meta["name"], meta["namespace"], cm, _preload_content=False)
+
+    def delete_round_objects(self, namespace: str, round_name: str, configmap: str) -> int:
+        """Jobs (and, through Background propagation, their pods) plus the spec ConfigMap. Explicit, not
+        left to ownerReferences alone: a cluster without a garbage collector would keep them forever."""
+        jobs = self.list_jobs(namespace, round_name)
+        for job in jobs:
+            try:
+                self.batch.delete_namespaced_job(job["metadata"]["name"], namespace,
+                                                 propagation_policy="Background", _preload_content=False)
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+        try:
+            self.core.delete_namespaced_config_map(configmap, namespace, _preload_content=False)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+        return len(jobs)
+
+    def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        resp = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}",
+                                             _preload_content=False)
+        return _raw(resp)["items"]
+
+    def pod_log_tail(self, namespace: str, pod: str, lines: int) -> str | None:
+        """None when the log cannot be read (the node is gone, or no kubelet at all in a test cluster)."""
+        try:
+            return self.core.read_namespaced_pod_log(pod, namespace, tail_lines=lines, _preload_content=False
+                                                     ).data.decode(errors="replace")
+        except ApiException:
+            return None

