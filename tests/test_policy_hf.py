@@ -1,0 +1,110 @@
+"""The transformers backend on the tiny random Qwen2: batching, seeding, greedy decoding, log-probs."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from agentq.config import ModelSpec
+from agentq.policy.base import PolicyError, load_policy
+from agentq.policy.prompts import rewrite_prompt
+from agentq.tasks.schema import Task
+
+TASK = Task(
+    id="inc/0", source="demo", group="inc", description="Return x plus one.",
+    buggy_code="def inc(x):\n    return x - 1\n", reference_code="def inc(x):\n    return x + 1\n",
+    entry_point="inc", tests="def test_a():\n    assert inc(1) == 2\n",
+)
+PROMPTS = [rewrite_prompt(TASK), rewrite_prompt(TASK, "def inc(x):\n    return x\n", "failed: 0/1 tests passed.")]
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return load_policy(ModelSpec(base="tiny"))
+
+
+def test_n_samples_per_prompt_in_order(policy):
+    out = policy.generate(PROMPTS, n=3, temperature=1.0, max_new_tokens=12, seed=0)
+    assert [len(group) for group in out] == [3, 3]
+    for group in out:
+        assert all(0 < s.tokens <= 12 and s.logprob is not None and s.logprob < 0 for s in group)
+        assert len({s.text for s in group}) > 1  # sampled, not copies
+
+
+def test_same_seed_same_samples_other_seed_differs(policy):
+    a = policy.generate(PROMPTS, n=2, temperature=0.8, max_new_tokens=10, seed=123)
+    b = policy.generate(PROMPTS, n=2, temperature=0.8, max_new_tokens=10, seed=123)
+    c = policy.generate(PROMPTS, n=2, temperature=0.8, max_new_tokens=10, seed=124)
+    assert [[s.text for s in g] for g in a] == [[s.text for s in g] for g in b]
+    assert [[s.text for s in g] for g in a] != [[s.text for s in g] for g in c]
+
+
+def manual_greedy(policy, prompt, steps: int) -> list[int]:
+    text = policy.tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+    ids = policy.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    chosen = []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = int(policy.model(ids).logits[0, -1].argmax())
+            chosen.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return chosen
+
+
+def test_temperature_zero_is_greedy(policy):
+    out = policy.generate(PROMPTS[:1], n=3, temperature=0.0, max_new_tokens=8, seed=5)[0]
+    assert len({s.text for s in out}) == 1
+    expected = policy.tokenizer.decode(manual_greedy(policy, PROMPTS[0], 8), skip_special_tokens=True)
+    assert out[0].text == expected
+    # the seed does not matter to greedy decoding
+    assert policy.generate(PROMPTS[:1], n=1, temperature=0.0, max_new_tokens=8, seed=99)[0][0].text == expected
+
+
+def model_logprob(policy, prompt, new_ids: torch.Tensor) -> float:
+    text = policy.tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = policy.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = torch.cat([prompt_ids, new_ids[None]], dim=1)
+    with torch.no_grad():
+        logp = torch.log_softmax(policy.model(ids).logits[0, :-1].float(), dim=-1)
+    n_prompt = prompt_ids.shape[1]
+    return logp[n_prompt - 1:].gather(1, ids[0, n_prompt:, None]).sum().item()
+
+
+def test_greedy_logprob_is_the_sum_of_model_token_logprobs(policy):
+    sample = policy.generate(PROMPTS[:1], n=1, temperature=0.0, max_new_tokens=8, seed=0)[0][0]
+    expected = model_logprob(policy, PROMPTS[0], torch.tensor(manual_greedy(policy, PROMPTS[0], 8)))
+    assert sample.tokens == 8
+    assert sample.logprob == pytest.approx(expected, abs=1e-3)
+
+
+def test_sampled_logprob_is_under_the_untempered_model(policy):
+    """At temperature 0.5 the reported log-prob is still the model's own (temperature 1) one."""
+    checked = 0
+    for seed in range(10):
+        sample = policy.generate(PROMPTS[:1], n=1, temperature=0.5, max_new_tokens=6, seed=seed)[0][0]
+        new_ids = policy.tokenizer(sample.text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+        if len(new_ids) != sample.tokens:
+            continue  # random tokens can re-tokenize differently; such samples cannot be re-scored
+        assert sample.logprob == pytest.approx(model_logprob(policy, PROMPTS[0], new_ids), abs=1e-3)
+        checked += 1
+    assert checked >= 3
+
+
+def test_nf4_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the error path is for CPU-only machines")
+    with pytest.raises(PolicyError, match="nf4 needs a CUDA GPU"):
+        load_policy(ModelSpec(base="tiny", quantization="nf4"))
+
+
+def test_vllm_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(PolicyError, match="vllm package is not installed"):
+        load_policy(ModelSpec(base="tiny", backend="vllm"))
+
+
+def test_path_override_replaces_base(tmp_path):
+    with pytest.raises(Exception, match="does-not-exist"):
+        load_policy(ModelSpec(base="tiny"), path_override=tmp_path / "does-not-exist")
