@@ -172,8 +172,11 @@ def build_trainer(
     work_dir: Path,
     device: str,
     callbacks: list | None = None,
+    model: Any = None,
     **overrides: Any,
 ) -> Any:
+    """A DPOTrainer; `model` replaces loading model_dir's weights (the benchmark builds random 7B-shaped
+    weights in place rather than writing 15 GB to disk), the tokenizer still comes from model_dir."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -183,7 +186,8 @@ def build_trainer(
     if spec.wandb:
         os.environ.setdefault("WANDB_MODE", "offline")  # a cluster Job usually has no route to wandb.ai
     dtype = torch.bfloat16 if device != "cpu" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
