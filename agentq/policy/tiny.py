@@ -1,4 +1,7 @@
-"""A tiny random-weight Qwen2 with a locally trained tokenizer, so tests and CPU runs never need a hub.
+"""Random-weight Qwen2 models with a locally trained tokenizer, so tests and benchmarks never need a hub.
+
+The tiny one is what tests and CPU runs use; the Qwen2.5-Coder-7B shape (published config numbers) is
+what GPU benchmarks measure, since cost depends on shape, not on what the weights learned.
 
 The architecture is Qwen2 (the production model family), so the same loading, chat-template, LoRA and
 merge code paths run in tests as on a GPU node; only the sizes differ. The tokenizer is a byte-level BPE
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 from agentq.policy.cache import cached_build
 
@@ -33,6 +37,10 @@ CORPUS_MODULES = (
 TINY_ARCH = dict(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
     max_position_embeddings=8192, rope_theta=10000.0, tie_word_embeddings=True,
+)
+QWEN25_CODER_7B_ARCH = dict(
+    hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, intermediate_size=18944,
+    vocab_size=152064, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False,
 )
 
 
@@ -69,24 +77,44 @@ def _train_tokenizer(texts: list[str]):
     return hf_tok
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny Qwen2 (safetensors + tokenizer + ChatML template) to out_dir; same seed, same bytes."""
+def build_random_model(
+    out_dir: str | Path, arch: dict[str, Any], seed: int = 0, device: str = "cpu", dtype: Any = None
+) -> Path:
+    """Write a random Qwen2 of shape `arch` (safetensors + tokenizer + ChatML template); same seed, same bytes.
+
+    A vocab_size larger than the trained tokenizer's is filled with placeholder tokens, so every id the
+    model can emit decodes (vLLM's detokenizer fails on ids the tokenizer does not know).
+    """
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     out_dir = Path(out_dir)
     tokenizer = _train_tokenizer(_corpus())
+    vocab_size = arch.get("vocab_size", len(tokenizer))
+    if vocab_size > len(tokenizer):
+        tokenizer.add_tokens([f"<|filler_{i}|>" for i in range(vocab_size - len(tokenizer))])
     eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id, **TINY_ARCH
+        **{**arch, "vocab_size": vocab_size}, bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).eval()
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or torch.float32)  # initialise in the target dtype: 7B in fp32 is 30 GB
+    try:
+        with torch.device(device):
+            model = Qwen2ForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
     model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """The tiny test model: hidden 64, 2 layers, 4 heads / 2 KV heads, a 3k code vocabulary."""
+    return build_random_model(out_dir, TINY_ARCH, seed=seed)
 
 
 def _recipe_key(seed: int) -> str:
