@@ -285,6 +285,30 @@ def test_verdicts_cannot_be_faked(ex, name):
     check(ex, code, status)
 
 
+def test_stdlib_imports_work_under_the_unprivileged_uid(ex):
+    code = "import decimal, fractions\ndef add(a, b):\n    return int(fractions.Fraction(a)) + int(decimal.Decimal(b))"
+    assert ex.run(code, TESTS).passed
+
+
+def test_files_stay_private_and_root_stays_unreadable(ex):
+    marker = f"/tmp/agentq-escape-{os.getpid()}"
+    code = f"""
+        import os
+        def add(a, b):
+            with open("{marker}", "w") as fh:
+                fh.write("escaped")
+            for secret in ("/etc/shadow", "/root/.bash_history", "/proc/1/environ"):
+                try:
+                    open(secret).read()
+                    return "read " + secret
+                except OSError:
+                    pass
+            return a + b
+    """
+    assert ex.run(textwrap.dedent(code), TESTS).passed
+    assert not os.path.exists(marker)
+
+
 def test_output_tails_are_bounded_and_kept():
     limits = Limits(timeout_s=2, output_bytes=100)
     with LocalExecutor(workers=1, limits=limits) as executor:

@@ -15,10 +15,14 @@ import ctypes
 import os
 import resource
 import signal
+import sys
 import time
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 CANDIDATE_UID_BASE = 1_500_000_000
@@ -37,6 +41,61 @@ def unshare_network() -> str | None:
     """Move this process into a fresh, empty network namespace (no interfaces up, not even loopback)."""
     if _libc.unshare(CLONE_NEWNET) != 0:
         return f"network not isolated: unshare(CLONE_NEWNET) failed ({os.strerror(ctypes.get_errno())})"
+    return None
+
+
+def private_tmp(size_mb: int) -> str | None:
+    """Give this server and its children their own size-capped tmpfs on every world-writable scratch dir.
+
+    Candidates then cannot leave files where other processes look, cannot fill the real disk, and run
+    directories live in memory (creating and removing them on the ext4 root costs milliseconds per run).
+    """
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        return f"shared /tmp: unshare(CLONE_NEWNS) failed ({os.strerror(ctypes.get_errno())})"
+    if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return f"shared /tmp: making mounts private failed ({os.strerror(ctypes.get_errno())})"
+    options = f"size={size_mb}m,mode=1777".encode()
+    for path in SCRATCH_DIRS:
+        if os.path.isdir(path) and _libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options):
+            return f"shared {path}: mounting a private tmpfs failed ({os.strerror(ctypes.get_errno())})"
+    return None
+
+
+def _closed_ancestor(path: str) -> str | None:
+    """The topmost directory on the way to `path` that other users cannot enter (like /root), if any."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        ancestor = "/" + "/".join(parts[:i])
+        if os.path.isdir(ancestor) and not os.stat(ancestor).st_mode & 0o001:
+            return ancestor
+    return None
+
+
+def expose_interpreter() -> str | None:
+    """Let the unprivileged uids read the interpreter's own files when they sit under a closed directory.
+
+    A pyenv Python lives under /root (mode 700): a candidate's `import hashlib` would fail as uid 1.5e9.
+    In the server's private mount namespace the closed directory is covered with an empty tmpfs and only
+    the interpreter's directories are bound back into it, so the rest of it stays invisible.
+    """
+    wanted = sorted({os.path.realpath(p) for p in (*sys.path, sys.base_prefix, sys.prefix) if os.path.isdir(p)})
+    roots = [p for p in wanted if not any(p.startswith(q + "/") for q in wanted)]
+    plan = [(p, b) for p in roots if (b := _closed_ancestor(p)) is not None]
+    if not plan:
+        return None
+    fds = [(p, os.open(p, os.O_PATH)) for p, _ in plan]
+    try:
+        blockers = sorted({b for _, b in plan})
+        for blocker in [b for b in blockers if not any(b.startswith(o + "/") for o in blockers)]:
+            if _libc.mount(b"tmpfs", blocker.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=755"):
+                return f"interpreter may be unreadable to candidates: cannot cover {blocker}"
+        for path, fd in fds:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            if _libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None):
+                return f"interpreter may be unreadable to candidates: cannot bind {path}"
+    finally:
+        for _, fd in fds:
+            os.close(fd)
     return None
 
 
