@@ -44,13 +44,17 @@ def plot(summaries: list[dict[str, Any]], path: str) -> None:
 
     rounds = [s["round"] for s in summaries]
     modes = sorted({mode for s in summaries for mode in s["modes"]})
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for mode in modes:
-        ys = [s["modes"][mode]["pass_rate"] * 100 if mode in s["modes"] else None for s in summaries]
-        ax.plot(rounds, ys, marker="o", label=mode)
+    width = 0.8 / len(modes)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rounds) * len(modes)), 3.5))
+    for i, mode in enumerate(modes):  # grouped bars: equal rates stay visible side by side
+        xs = [r + (i - (len(modes) - 1) / 2) * width for r in range(len(rounds))]
+        ys = [s["modes"][mode]["pass_rate"] * 100 if mode in s["modes"] else 0.0 for s in summaries]
+        bars = ax.bar(xs, ys, width=width, label=mode)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks(range(len(rounds)), rounds)
     ax.set_xlabel("round")
     ax.set_ylabel("pass rate (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 110)  # room for a label over a 100% bar
     ax.set_title("Pass rate by round and mode")
     ax.legend()
     ax.grid(alpha=0.3)
