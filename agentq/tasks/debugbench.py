@@ -206,31 +206,45 @@ def _convert_out(kind: str, expr: str) -> str:
     return f"{reader}({expr})"
 
 
-def _example_test(n: int, example: Example, sig: Signature, any_order: bool) -> str:
-    shown = example.text.split("\n")[0].strip()
-    shown = (shown if len(shown) <= 200 else shown[:197] + "...").replace("{", "{{").replace("}", "}}")
-    args = [dict(example.args)[name] for name in sig.params]
-    lines = [f"def test_example_{n}():"]
-    for name, kind, value in zip(sig.params, sig.kinds, args, strict=True):
-        lines.append(f"    {name} = {_convert_in(kind, value)}")
+def call_lines(sig: Signature, values: dict[str, object], any_order: bool) -> tuple[list[str], list[str], str]:
+    """(lines binding the arguments, lines computing `got`, what `got` is): one call as the judge makes it.
+
+    Shared by example tests, hidden tests and the probes that compute hidden tests' expected values, so
+    an expected value is always read exactly the way its test will read the candidate's answer.
+    """
+    pairs = zip(sig.params, sig.kinds, strict=True)
+    setup = [f"    {name} = {_convert_in(kind, values[name])}" for name, kind in pairs]
     call = f"Solution().{sig.method}({', '.join(sig.params)})"
-    expected = example.output
     if sig.in_place:
         if not sig.params or sig.kinds[0] != "plain":
             raise Unsupported("unsupported_type", "in-place method without a list argument")
-        lines.append(f"    {call}")
-        got = f"_canon({sig.params[0]})"
-        what = f"{sig.params[0]} after the call"
+        got, what, compute = f"_canon({sig.params[0]})", f"{sig.params[0]} after the call", [f"    {call}"]
     else:
-        got = _convert_out(sig.returns, call)
-        what = "returned"
+        got, what, compute = _convert_out(sig.returns, call), "returned", []
     if any_order:
         got = f"_any_order({got})"
-        expected = _any_order(expected)
-    lines.append(f"    got = {got}")
-    lines.append(f"    expected = {expected!r}")
-    lines.append(f"    assert _same(got, expected), f{shown + ': expected {expected!r}, ' + what + ' {got!r}'!r}")
-    return "\n".join(lines)
+    return setup, [*compute, f"    got = {got}"], what
+
+
+def case_test(name: str, label: str, values: dict[str, object], output: object, sig: Signature, any_order: bool) -> str:
+    """One `def <name>()` that calls the entry point on `values` and compares with `output` as the judge would."""
+    shown = (label if len(label) <= 200 else label[:197] + "...").replace("{", "{{").replace("}", "}}")
+    setup, compute, what = call_lines(sig, values, any_order)
+    expected = _any_order(output) if any_order else output
+    return "\n".join(
+        [
+            f"def {name}():",
+            *setup,
+            *compute,
+            f"    expected = {expected!r}",
+            f"    assert _same(got, expected), f{shown + ': expected {expected!r}, ' + what + ' {got!r}'!r}",
+        ]
+    )
+
+
+def _example_test(n: int, example: Example, sig: Signature, any_order: bool) -> str:
+    label = example.text.split("\n")[0].strip()
+    return case_test(f"test_example_{n}", label, dict(example.args), example.output, sig, any_order)
 
 
 def _design_test(n: int, example: Example, reference: str) -> str:
@@ -254,6 +268,19 @@ def _design_test(n: int, example: Example, reference: str) -> str:
 
 
 _HELPERS_ALWAYS = (_same, _any_order)
+
+
+def test_module(tests: list[str], kinds: set[str]) -> str:
+    """A self-contained test file: prelude, the helpers the node kinds in play need, then the tests."""
+    helpers: list = []
+    if {"linked", "linked[]"} & kinds:
+        helpers += [_linked, _linked_values]
+    if {"tree", "tree[]"} & kinds:
+        helpers += [_tree, _tree_values]
+    helpers += _HELPERS_ALWAYS
+    body = helper_source(*helpers) + "\n\n\n" + "\n\n\n".join(tests) + "\n"
+    used = {n.id for n in ast.walk(ast.parse(body)) if isinstance(n, ast.Name)}
+    return module_prelude(used) + "\n\n" + body
 
 
 @dataclass
@@ -288,15 +315,7 @@ def build_tests(reference: str, examples: list[str], description: str, slug: str
         tests.append(_example_test(i, example, sig, any_order))
     if len(entries) != 1:
         raise Unsupported("no_entry_point", f"examples call different methods: {sorted(entries)}")
-    helpers: list = []
-    if {"linked", "linked[]"} & kinds:
-        helpers += [_linked, _linked_values]
-    if {"tree", "tree[]"} & kinds:
-        helpers += [_tree, _tree_values]
-    helpers += _HELPERS_ALWAYS
-    body = helper_source(*helpers) + "\n\n\n" + "\n\n\n".join(tests) + "\n"
-    used = {n.id for n in ast.walk(ast.parse(body)) if isinstance(n, ast.Name)}
-    source = module_prelude(used) + "\n\n" + body
+    source = test_module(tests, kinds)
     notes = {"any_order": any_order, "skipped_examples": skipped} if skipped else {"any_order": any_order}
     return BuiltTests(source, entries.pop(), notes)
 
