@@ -114,6 +114,20 @@ def reap_orphans() -> None:
             return
 
 
+def kill_uid(uid: int) -> None:
+    """kill(-1) from a helper running as `uid` reaches exactly that uid's processes, wherever they hide."""
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.setresuid(uid, uid, uid)
+            for _ in range(100):
+                os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+        os._exit(0)
+    os.waitpid(helper, 0)
+
+
 def set_limits(limits: dict[str, float], nproc: int) -> None:
     cpu = int(limits["timeout_s"]) + 1
     mem = int(limits["memory_mb"]) << 20
@@ -208,17 +222,7 @@ class Confinement:
             time.sleep(0.0005)
 
     def _kill_uid(self) -> None:
-        """kill(-1) from a helper running as the candidate uid reaches exactly that uid's processes."""
-        helper = os.fork()
-        if helper == 0:
-            try:
-                os.setresuid(self.candidate_uid, self.candidate_uid, self.candidate_uid)
-                for _ in range(100):
-                    os.kill(-1, signal.SIGKILL)
-            except OSError:
-                pass
-            os._exit(0)
-        os.waitpid(helper, 0)
+        kill_uid(self.candidate_uid)
 
     def close(self) -> None:
         if self.cgroup is not None:
