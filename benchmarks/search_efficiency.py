@@ -32,13 +32,19 @@ class Tally:
     seconds: float = 0.0
 
 
-def best_of_n(task, policy, executor, n: int, seed: int, tally: Tally) -> None:
-    samples = policy.generate([rewrite_prompt(task)], n=n, temperature=0.8, max_new_tokens=512, seed=seed)[0]
-    codes = [c for c in (extract_code(s.text, task.entry_point) for s in samples) if c is not None]
-    verdicts = executor.run_many([(c, task.all_tests()) for c in codes])
-    tally.samples += len(samples)
-    tally.executions += len(codes)
-    tally.solved += any(v.passed for v in verdicts)
+def best_of_n(task, policy, executor, n: int, batch: int, seed: int, tally: Tally) -> None:
+    """n samples of the root prompt, drawn `batch` at a time, stopping at the first full pass."""
+    for start in range(0, n, batch):
+        size = min(batch, n - start)
+        samples = policy.generate([rewrite_prompt(task)], n=size, temperature=0.8, max_new_tokens=512,
+                                  seed=seed + start)[0]
+        codes = [c for c in (extract_code(s.text, task.entry_point) for s in samples) if c is not None]
+        verdicts = executor.run_many([(c, task.all_tests()) for c in codes])
+        tally.samples += len(samples)
+        tally.executions += len(codes)
+        if any(v.passed for v in verdicts):
+            tally.solved += 1
+            return
 
 
 def mcts(task, policy, executor, params: SearchParams, tally: Tally) -> None:
@@ -64,8 +70,10 @@ def main() -> None:
     tasks = load_humanevalfix(args.data_dir)[: args.tasks]
     depth = 3
     params = SearchParams(k=args.k, rollouts=args.budget // args.k, depth=depth, seed=args.seed)
+    n = args.budget
     methods = {
-        f"best-of-{args.budget}": lambda t, ex, tl: best_of_n(t, policy, ex, args.budget, args.seed, tl),
+        f"best-of-{n}": lambda t, ex, tl: best_of_n(t, policy, ex, n, n, args.seed, tl),
+        f"best-of-{n} stop k={args.k}": lambda t, ex, tl: best_of_n(t, policy, ex, n, args.k, args.seed, tl),
         f"mcts k={args.k} r={params.rollouts} d={depth}": lambda t, ex, tl: mcts(t, policy, ex, params, tl),
     }
     print(f"{len(tasks)} HumanEvalFix tasks, per-sample success p={args.p_success}, budget {args.budget} samples/task")
@@ -88,7 +96,7 @@ def main() -> None:
     base = rows[0][1]
     for name, t in rows[1:]:
         ratio = (t.solved / max(t.executions, 1)) / max(base.solved / max(base.executions, 1), 1e-9)
-        print(f"{name}: solved per execution = {ratio:.2f}x best-of-{args.budget}")
+        print(f"{name}: solved per execution = {ratio:.2f}x {rows[0][0]}")
 
 
 if __name__ == "__main__":
