@@ -48,6 +48,8 @@ class ModelSource:
 
     def describe(self) -> str:
         where = f"{self.location} (gguf_file={self.gguf_file})" if self.gguf_file else self.location
+        if self.kind == "hub":
+            where += " (no local directory of that name exists either)"
         return f"model {self.name!r} from {self.kind} {where}"
 
 
@@ -155,8 +157,3 @@ def loadable_dir(source: ModelSource) -> ModelSource:
     folder = cached_build(f"{stem}-{key}", lambda d: _write_plain_copy(source, d))
     return ModelSource(source.name, str(folder), source.kind)
 
-
-__all__ = [
-    "SMOLLM2", "TINY", "ModelLoadError", "ModelSource", "load_model", "load_tokenizer",
-    "loadable_dir", "materialize_model", "resolve_model",
-]
