@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         const="docs/benchmarks.md",
         help="replace the 'DPO step' section of this markdown file (default docs/benchmarks.md)",
     )
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads; 1 avoids OpenMP spin-waiting on a machine shared with other work")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON last")
     args = parser.parse_args(argv)
 
@@ -277,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from agentq.policy.tiny import tiny_model_dir
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     big = args.model_shape == "qwen2.5-7b"
     if big and device == "cpu":
