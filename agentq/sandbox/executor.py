@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import marshal
 import os
 import queue
 import socket
@@ -27,6 +28,7 @@ import sys
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +46,25 @@ class WorkerDied(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class CompiledTests:
+    """What the test process needs: the test names, the source (for failure messages) and its bytecode."""
+
+    names: tuple[str, ...]
+    payload: bytes  # marshalled code object followed by the UTF-8 source
+    code_len: int
+
+
 @functools.lru_cache(maxsize=512)
-def find_tests(tests: str) -> tuple[str, ...] | str:
-    """Names of the top-level test_* functions, or why the tests cannot run (outside the candidate's reach)."""
+def find_tests(tests: str) -> CompiledTests | str:
+    """Compile the tests here, outside the candidate's reach: their test_* names, or why they cannot run.
+
+    Compiling once per distinct tests source (MCTS runs many candidates against the same tests) also saves
+    the test process about a millisecond and a half per run.
+    """
     try:
         tree = ast.parse(tests)
-        compile(tree, "tests.py", "exec")
+        code = compile(tree, "tests.py", "exec")
     except SyntaxError as err:
         return f"the tests do not compile: {err.msg} (tests.py line {err.lineno})"
     except ValueError as err:
@@ -61,7 +76,9 @@ def find_tests(tests: str) -> tuple[str, ...] | str:
     ]
     if not names:
         return "the tests define no test_* function"
-    return tuple(dict.fromkeys(names))
+    marshalled = marshal.dumps(code)
+    payload = marshalled + tests.encode("utf-8", "surrogatepass")
+    return CompiledTests(tuple(dict.fromkeys(names)), payload, len(marshalled))
 
 
 class _Worker:
@@ -90,14 +107,19 @@ class _Worker:
             hello = wire.recv(self.sock)
             self.isolation = list(hello.get("isolation", []))
 
-    def run(self, code: str, tests: str, names: tuple[str, ...], limits: Limits) -> dict[str, Any]:
+    def run(self, code: str, tests: CompiledTests, limits: Limits) -> dict[str, Any]:
         try:
             self._ready()
-            data = tests.encode()
-            header = {"code": code, "test_names": list(names), "tests_len": len(data), "limits": limits.model_dump()}
+            header = {
+                "code": code,
+                "test_names": list(tests.names),
+                "tests_len": len(tests.payload),
+                "tests_code_len": tests.code_len,
+                "limits": limits.model_dump(),
+            }
             self.sock.settimeout(limits.timeout_s + GRACE_S)
             wire.send(self.sock, header)
-            self.sock.sendall(data)
+            self.sock.sendall(tests.payload)
             result = wire.recv(self.sock)
         except (OSError, EOFError, wire.ProtocolError) as err:
             raise WorkerDied(f"sandbox worker {self.proc.pid} stopped: {err}") from None
@@ -142,14 +164,15 @@ class LocalExecutor:
         if self._closed:
             raise RuntimeError("the executor is closed")
         limits = limits or self.limits
-        names = find_tests(tests)
-        if isinstance(names, str):
-            return Verdict(status="error", message=names)
+        compiled = find_tests(tests)
+        if isinstance(compiled, str):
+            return Verdict(status="error", message=compiled)
+        names = list(compiled.names)
         worker = self._idle.get()
         try:
             for attempt in range(2):
                 try:
-                    raw = worker.run(code, tests, names, limits)
+                    raw = worker.run(code, compiled, limits)
                     break
                 except WorkerDied as err:
                     # Not the candidate's doing when isolation holds (it cannot signal the server), so retry
@@ -163,7 +186,7 @@ class LocalExecutor:
                 worker = self._spawn()
         finally:
             self._idle.put(worker)
-        return verdict_from_run(raw, list(names), limits)
+        return verdict_from_run(raw, names, limits)
 
     def run_many(self, items: Iterable[tuple[str, str]], limits: Limits | None = None) -> list[Verdict]:
         return list(self._pool.map(lambda item: self.run(item[0], item[1], limits), items))

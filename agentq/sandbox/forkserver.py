@@ -13,7 +13,8 @@ The server enforces the wall-clock deadline, kills everything the candidate star
 executor with the raw facts; the executor turns them into a Verdict (outcome.py).
 
 Protocol on the executor socket (wire framing): server -> {"ready", "pid", "isolation"}; then per job
-executor -> {"code", "test_names", "tests_len", "limits"} + tests_len raw bytes of tests, server -> result.
+executor -> {"code", "test_names", "tests_len", "tests_code_len", "limits"} + tests_len bytes (the tests'
+marshalled code object, tests_code_len bytes, then their source), server -> result.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import gc
 import json
+import marshal
 import os
 import random
 import resource
@@ -234,8 +236,10 @@ class Server:
             self.conf.enter(limits, self.conf.tests_uid, TESTS_NPROC)
             random.seed(0)
             conn = socket.socket(fileno=conn_fd)
-            tests = wire.recv_exact(conn, int(job["tests_len"])).decode()
+            payload = wire.recv_exact(conn, int(job["tests_len"]))
             conn.close()
+            split = int(job["tests_code_len"])
+            tests = harness.Tests(marshal.loads(payload[:split]), payload[split:].decode("utf-8", "surrogatepass"))
 
             def report(event: dict[str, Any]) -> None:
                 data = memoryview(json.dumps(event).encode() + b"\n")

@@ -14,6 +14,7 @@ import sys
 import traceback
 import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from agentq.sandbox import leetcode, wire
@@ -230,9 +231,15 @@ def _failure_text(err: BaseException, test_lines: list[str]) -> str:
     return (head + line)[:MAX_TEXT]
 
 
+@dataclass(frozen=True)
+class Tests:
+    code: types.CodeType  # compiled by the executor from `source` with filename TESTS_FILE
+    source: str
+
+
 def run_tests(
     channel: Channel,
-    tests: str,
+    tests: Tests,
     test_names: list[str],
     prelude: dict[str, Any],
     report: Callable[[dict[str, Any]], None],
@@ -256,9 +263,9 @@ def run_tests(
         report({"e": "import_error", "type": None, "message": f"the candidate broke the protocol: {err}", "where": ""})
         return
     namespace: dict[str, Any] = {"__name__": "tests", "__file__": TESTS_FILE}
-    lines = tests.splitlines()
+    lines = tests.source.splitlines()
     try:
-        exec(compile(tests, TESTS_FILE, "exec"), namespace)
+        exec(tests.code, namespace)
     except BaseException as err:  # noqa: BLE001 - report, never crash the run
         report({"e": "tests_error", "message": _failure_text(err, lines)})
         return

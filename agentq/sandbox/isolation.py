@@ -142,6 +142,23 @@ def set_limits(limits: dict[str, float], nproc: int) -> None:
         resource.setrlimit(res, (value, value))
 
 
+def _remove_stale_groups(parent: Path) -> None:
+    """Groups of servers that were killed outright: kill what they left running, then remove them."""
+    for group in parent.iterdir():
+        if not group.name.isdigit() or os.path.exists(f"/proc/{group.name}"):
+            continue
+        for _ in range(50):
+            pids = (group / "cgroup.procs").read_text().split()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(int(pid), signal.SIGKILL)
+            time.sleep(0.001)
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
 class Confinement:
     """Per-fork-server identities and process accounting; `notes` lists what could not be enforced."""
 
@@ -178,8 +195,10 @@ class Confinement:
             if not (root / "cgroup.procs").exists():
                 continue
             try:
+                (root / CGROUP_PARENT).mkdir(exist_ok=True)
+                _remove_stale_groups(root / CGROUP_PARENT)
                 group = root / CGROUP_PARENT / str(pid)
-                group.mkdir(parents=True, exist_ok=True)
+                group.mkdir(exist_ok=True)
                 if not (group / "pids.max").exists():
                     group.rmdir()
                     continue
