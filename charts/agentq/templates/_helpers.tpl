@@ -1,0 +1,56 @@
+{{/* Names: every object is prefixed with the release's full name, so two releases never collide. */}}
+{{- define "agentq.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "agentq.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "agentq.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* A fixed tag, so every node runs the same bits and a rollback means something. */}}
+{{- define "agentq.image" -}}
+{{- if eq .tag "latest" -}}
+{{- fail (printf "image %s: tag \"latest\" is not allowed; pin a version" .repository) -}}
+{{- end -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
+
+{{- define "agentq.sandboxUrl" -}}
+{{- if .Values.sandbox.url -}}
+{{- .Values.sandbox.url -}}
+{{- else -}}
+{{- printf "http://%s-sandbox.%s.svc:%v" (include "agentq.fullname" .) .Release.Namespace .Values.sandbox.port -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod-level hardening shared by the operator and the sandbox: non-root, RuntimeDefault seccomp. */}}
+{{- define "agentq.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "agentq.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+{{- end -}}

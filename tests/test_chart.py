@@ -1,0 +1,281 @@
+"""The Helm chart with the real helm binary: lint, render a values matrix, validate every object against the
+Kubernetes 1.30 schemas, check the security settings a sandbox must have, and apply each rendering with
+`kubectl apply --dry-run=server` to the real test API server (controller.testenv)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from controller import testenv
+from controller.jobs import SANDBOX_STEPS, STEP_LABEL
+from controller.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "agentq"
+K8S_VERSION = "1.30.0"
+VALUES = {"defaults": None, **{p.stem: p for p in sorted((CHART / "ci").glob("*-values.yaml"))}}
+
+
+def _helm() -> str:
+    dirs = [os.environ.get("AGENTQ_TESTENV_BIN"), os.environ.get("KUBEBUILDER_ASSETS"), str(testenv.DEFAULT_CACHE)]
+    for d in filter(None, dirs):
+        if (Path(d) / "helm").exists():
+            return str(Path(d) / "helm")
+    found = shutil.which("helm")
+    if found:
+        return found
+    message = f"helm not found in $AGENTQ_TESTENV_BIN, $KUBEBUILDER_ASSETS, {testenv.DEFAULT_CACHE} or PATH; " \
+              "run scripts/testenv.sh"
+    if os.environ.get("CI") or os.environ.get("AGENTQ_TESTENV_BIN"):
+        raise AssertionError(message)  # in CI (and via `make test`) a missing helm is a failure, not a skip
+    pytest.skip(message)
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([_helm(), *args], capture_output=True, text=True, timeout=120)
+    if check and done.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return done
+
+
+def values_args(name: str) -> list[str]:
+    return [] if VALUES[name] is None else ["-f", str(VALUES[name])]
+
+
+class Rendering:
+    def __init__(self, name: str, text: str) -> None:
+        self.name, self.text = name, text
+        self.docs = [d for d in yaml.safe_load_all(text) if d]
+
+    def one(self, kind: str, suffix: str = "") -> dict[str, Any]:
+        found = [d for d in self.docs if d["kind"] == kind and d["metadata"]["name"].endswith(suffix)]
+        assert len(found) == 1, f"{self.name}: expected one {kind} *{suffix}, found {len(found)}"
+        return found[0]
+
+    def kinds(self) -> list[str]:
+        return [d["kind"] for d in self.docs]
+
+
+@pytest.fixture(scope="module", params=sorted(VALUES))
+def rendering(request) -> Rendering:
+    out = helm("template", "agentq", str(CHART), "--include-crds", "-n", "agentq-system",
+               *values_args(request.param)).stdout
+    return Rendering(request.param, out)
+
+
+@pytest.mark.parametrize("name", sorted(VALUES))
+def test_lint_strict(name):
+    helm("lint", "--strict", str(CHART), *values_args(name))
+
+
+def _crd_schemas() -> dict[tuple[str, str], dict]:
+    schemas = {}
+    for path in (CHART / "crds").glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            api_version = f"{crd['spec']['group']}/{version['name']}"
+            schemas[(api_version, crd["spec"]["names"]["kind"])] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def test_every_object_validates_strictly_against_kubernetes_1_30(rendering):
+    crd_schemas = _crd_schemas()
+    for doc in rendering.docs:
+        where = f"{rendering.name}: {doc['kind']}/{doc['metadata']['name']}"
+        custom = crd_schemas.get((doc["apiVersion"], doc["kind"]))
+        if custom is not None:  # the chart's own custom resources: their CRD's schema
+            jsonschema.validate(doc, custom)
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            raise AssertionError(f"{where}: {err.message} at {'/'.join(map(str, err.path))}") from None
+
+
+def test_crds_are_the_operators(rendering):
+    assert (CHART / "crds" / "agentqrounds.yaml").read_text() == (ROOT / "manifests" / "crd.yaml").read_text(), \
+        "charts/agentq/crds/agentqrounds.yaml is stale: cp manifests/crd.yaml charts/agentq/crds/agentqrounds.yaml"
+    peering = [d for d in yaml.safe_load_all((ROOT / "manifests" / "peering.yaml").read_text())
+               if d["kind"] == "CustomResourceDefinition"]
+    assert yaml.safe_load((CHART / "crds" / "kopfpeerings.yaml").read_text()) == peering[0]
+    assert rendering.kinds().count("CustomResourceDefinition") == 2
+
+
+def test_rbac_is_the_operators_least_privilege_role(rendering):
+    manifest = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "manifests" / "rbac.yaml").read_text())}
+    role = rendering.one("ClusterRole")
+    assert role["rules"] == manifest["ClusterRole"]["rules"], "chart ClusterRole drifted from manifests/rbac.yaml"
+    binding = rendering.one("ClusterRoleBinding")
+    account = rendering.one("ServiceAccount", "-operator")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": "agentq-system"}]
+    deployment = rendering.one("Deployment", "-operator")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """Helm's merge of a values file over the defaults: maps merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def test_operator_config_loads_with_the_operators_loader(rendering, tmp_path):
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    if VALUES[rendering.name]:
+        values = _merged(values, yaml.safe_load(VALUES[rendering.name].read_text()))
+    config = tmp_path / "config.yaml"
+    config.write_text(rendering.one("ConfigMap", "-operator")["data"]["config.yaml"])
+    settings = load_settings(config)
+    assert settings.pools.inference.gpus_per_shard == values["pools"]["inference"]["gpusPerShard"]
+    assert settings.pools.training.gpus == values["pools"]["training"]["gpus"]
+    assert settings.pools.inference.node_selector == values["pools"]["inference"]["nodeSelector"]
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in settings.pools.training.tolerations]
+    assert tolerations == values["pools"]["training"]["tolerations"]
+    infer = values["images"]["infer"]
+    assert settings.images.infer == f"{infer['repository']}:{infer['tag']}"
+    service = rendering.one("Service", "-sandbox")
+    port = service["spec"]["ports"][0]["port"]
+    assert settings.sandbox_url == f"http://{service['metadata']['name']}.agentq-system.svc:{port}"
+    assert settings.job_service_account == (values["operator"]["jobServiceAccount"] or None)
+
+
+def test_operator_runs_with_peering_and_its_flags_exist(rendering):
+    deployment = rendering.one("Deployment", "-operator")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    peering = rendering.one("ClusterKopfPeering")
+    assert args[args.index("--peering") + 1] == peering["metadata"]["name"]
+    assert "--standalone" not in args
+    env = {e["name"]: e["value"] for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert env["AGENTQ_OPERATOR_CONFIG"] == f"{mount['mountPath']}/config.yaml"
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    # The image's entrypoint plus these args is a command line kopf accepts.
+    entrypoint = ["kopf", "run", "-m", "controller.handlers"]
+    assert f'ENTRYPOINT {entrypoint}'.replace("'", '"') in (ROOT / "images/controller/Dockerfile").read_text()
+    done = subprocess.run([str(Path(sys.executable).parent / "kopf"), *entrypoint[1:], *args, "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    if rendering.name == "gpu-pools-values":
+        assert deployment["spec"]["replicas"] == 2
+
+
+def _hardened(pod: dict[str, Any], where: str) -> None:
+    sec = pod["securityContext"]
+    assert sec["runAsNonRoot"] is True and sec["runAsUser"] != 0, where
+    assert sec["seccompProfile"] == {"type": "RuntimeDefault"}, where
+    for c in pod["containers"]:
+        csec = c["securityContext"]
+        assert csec["readOnlyRootFilesystem"] is True, where
+        assert csec["allowPrivilegeEscalation"] is False, where
+        assert csec["capabilities"] == {"drop": ["ALL"]}, where
+        assert c["resources"]["limits"]["cpu"] and c["resources"]["limits"]["memory"], where
+
+
+def test_sandbox_pods_are_locked_down(rendering):
+    deployment = rendering.one("Deployment", "-sandbox")
+    pod = deployment["spec"]["template"]["spec"]
+    _hardened(pod, f"{rendering.name}: sandbox")
+    assert pod["automountServiceAccountToken"] is False
+    container = pod["containers"][0]
+    scratch = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert scratch == {"scratch": "/tmp"}
+    volume = next(v for v in pod["volumes"] if v["name"] == "scratch")
+    assert "emptyDir" in volume and volume["emptyDir"]["sizeLimit"]
+    assert container["args"][:2] == ["sandbox", "serve"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    _hardened(rendering.one("Deployment", "-operator")["spec"]["template"]["spec"], f"{rendering.name}: operator")
+
+
+def test_sandbox_network_policy_denies_all_egress_and_admits_only_step_pods(rendering):
+    policy = rendering.one("NetworkPolicy", "-sandbox")["spec"]
+    deployment = rendering.one("Deployment", "-sandbox")
+    assert policy["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    assert policy["egress"] == [], "the sandbox must have no egress rule at all"
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"] == {"matchExpressions": [
+        {"key": STEP_LABEL, "operator": "In", "values": sorted(SANDBOX_STEPS)}]}
+    port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+
+
+def test_helm_test_hook_checks_the_sandbox_through_the_policy(rendering):
+    pod = rendering.one("Pod", "-test-sandbox")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["metadata"]["labels"][STEP_LABEL] in SANDBOX_STEPS
+    config = yaml.safe_load(rendering.one("ConfigMap", "-operator")["data"]["config.yaml"])
+    assert f'"{config["sandboxUrl"]}/healthz"' in pod["spec"]["containers"][0]["args"][0]
+
+
+def test_values_matrix_changes_what_it_should(rendering):
+    kinds = rendering.kinds()
+    if rendering.name == "s3-values":
+        assert "PersistentVolumeClaim" not in kinds
+        secret = rendering.one("Secret", "agentq-s3")
+        assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    else:
+        assert "Secret" not in kinds
+        rendering.one("PersistentVolumeClaim", "agentq-artifacts")
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ("sandbox: {replicas: two}", "at '/sandbox/replicas': got string, want integer"),
+    ("sandbox: {egress: true}", "additional properties 'egress' not allowed"),
+    ("pools: {inference: {gpusPerShard: -1}}", "at '/pools/inference/gpusPerShard': minimum: got -1, want 0"),
+    ("images: {pullPolicy: Sometimes}", "at '/images/pullPolicy'"),
+    ("images: {infer: {repository: x, tag: latest}}", 'tag "latest" is not allowed; pin a version'),
+    ("artifacts: {s3: {enabled: true, existing: false}}", "artifacts.s3.accessKeyId is required"),
+])
+def test_bad_values_are_rejected_with_a_readable_message(tmp_path, values, expected):
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text(values + "\n")
+    done = helm("template", "agentq", str(CHART), "-f", str(bad), check=False)
+    assert done.returncode != 0
+    assert expected in done.stderr, done.stderr
+
+
+# ---- against the real API server ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[testenv.LocalCluster]:
+    try:
+        testenv.bin_dir()
+    except RuntimeError as err:  # controller.testenv's "binaries missing" error
+        if os.environ.get("CI") or os.environ.get("AGENTQ_TESTENV_BIN"):
+            raise
+        pytest.skip(str(err))
+    c = testenv.LocalCluster(tmp_path_factory.mktemp("chart-cluster")).start()
+    try:
+        for crd in sorted((CHART / "crds").glob("*.yaml")):
+            c.kubectl("apply", "-f", str(crd))
+        c.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
+        c.kubectl("create", "namespace", "agentq-system")
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.mark.cluster
+def test_each_rendering_is_accepted_by_the_api_server(cluster, rendering, tmp_path):
+    manifest = tmp_path / f"{rendering.name}.yaml"
+    manifest.write_text(yaml.safe_dump_all(d for d in rendering.docs if d["kind"] != "CustomResourceDefinition"))
+    done = cluster.kubectl("apply", "--dry-run=server", "-n", "agentq-system", "-f", str(manifest), check=False)
+    assert done.returncode == 0, f"{rendering.name}:\n{done.stdout}{done.stderr}"
+    assert done.stdout.count("(server dry run)") == len(rendering.docs) - 2

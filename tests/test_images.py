@@ -1,0 +1,262 @@
+"""Static checks of every image: no Docker engine runs here, so what a build or a pod would trip over is
+checked piece by piece: COPY sources, base tags, the user, the entrypoints (run here with --help), the
+pins (resolved on their own for each image's interpreter and platform) and hadolint."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
+
+from agentq.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DATA = ROOT.parent / "shared" / "data"
+RESOLVE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agentq-tests" / "resolve"
+
+
+def _load_pins():
+    spec = importlib.util.spec_from_file_location("agentq_image_pins", ROOT / "images" / "pins.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+pins = _load_pins()
+IMAGES = {image.name: image for image in pins.IMAGES}
+DOCKERFILES = [ROOT / image.dockerfile for image in pins.IMAGES]
+# The subcommands each image's containers run (the operator's Jobs, the chart's Deployments).
+STEP_COMMANDS = {
+    "infer": [["collect"], ["evaluate"], ["merge"]],
+    "train": [["train"]],
+    "mock-model": [["collect"], ["preferences"], ["train"], ["merge"], ["evaluate"]],
+}
+
+
+class Dockerfile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rel = path.relative_to(ROOT)
+        parsed = DockerfileParser(fileobj=io.BytesIO(path.read_bytes())).structure
+        self.instructions = [(i["instruction"], i["value"]) for i in parsed if i["instruction"] != "COMMENT"]
+
+    def of(self, kind: str) -> list[str]:
+        return [value for instr, value in self.instructions if instr == kind]
+
+    def final_stage(self) -> list[tuple[str, str]]:
+        last_from = max(i for i, (instr, _) in enumerate(self.instructions) if instr == "FROM")
+        return self.instructions[last_from:]
+
+    def exec_form(self, kind: str) -> list[str]:
+        """The final stage's ENTRYPOINT or CMD; shell form is rejected (signals would go to /bin/sh)."""
+        values = [v for instr, v in self.final_stage() if instr == kind]
+        if not values:
+            return []
+        try:
+            parsed = json.loads(values[-1])
+        except json.JSONDecodeError:
+            raise AssertionError(f"{self.rel}: {kind} {values[-1]!r} is not exec form (a JSON array)") from None
+        assert isinstance(parsed, list) and all(isinstance(p, str) for p in parsed), f"{self.rel}: {kind}"
+        return parsed
+
+
+@pytest.fixture(scope="module", params=DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def dockerfile(request) -> Dockerfile:
+    return Dockerfile(request.param)
+
+
+def test_copy_sources_exist(dockerfile):
+    copies = dockerfile.of("COPY") + dockerfile.of("ADD")
+    assert copies, f"{dockerfile.rel}: copies nothing"
+    for value in copies:
+        words = shlex.split(value)
+        if any(w.startswith("--from=") for w in words):
+            continue
+        sources = [w for w in words if not w.startswith("--")][:-1]
+        for source in sources:
+            assert (ROOT / source).exists(), f"{dockerfile.rel}: COPY source {source!r} is not in the repository"
+
+
+def test_base_images_pinned_by_tag(dockerfile):
+    stages: set[str] = set()
+    for value in dockerfile.of("FROM"):
+        words = value.split()
+        image = words[0]
+        if image not in stages:
+            name, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+            assert tag and tag != "latest", f"{dockerfile.rel}: FROM {image} must name a fixed tag"
+            assert "$" not in image, f"{dockerfile.rel}: FROM {image} depends on a build argument"
+        if len(words) == 3 and words[1].upper() == "AS":
+            stages.add(words[2])
+    assert len(dockerfile.of("FROM")) >= 2, f"{dockerfile.rel}: expected a multi-stage build"
+
+
+def test_runs_as_numeric_non_root_user(dockerfile):
+    users = [v for instr, v in dockerfile.final_stage() if instr == "USER"]
+    assert users, f"{dockerfile.rel}: the final stage sets no USER (it would run as root)"
+    uid = users[-1].split(":")[0]
+    # Numeric, so the kubelet can verify runAsNonRoot without reading /etc/passwd.
+    assert uid.isdigit() and int(uid) != 0, f"{dockerfile.rel}: USER {users[-1]} must be a numeric non-root uid"
+
+
+def test_no_weights_baked_in(dockerfile):
+    text = dockerfile.path.read_text().lower()
+    for marker in (".safetensors", ".gguf", "huggingface-cli download", "hf download", "snapshot_download"):
+        assert marker not in text, f"{dockerfile.rel}: mentions {marker}; models come from the store or a cache"
+
+
+def _lazy_target(argv: list[str]) -> str:
+    """The module an `agentq` subcommand imports when it runs (cli.py wires them lazily)."""
+    args = build_parser().parse_args([*argv, *(["--round", "x"] if argv[0] in {
+        "collect", "preferences", "train", "merge", "evaluate"} else [])])
+    return inspect.getclosurevars(args.func).nonlocals["module_name"]
+
+
+def _run_help(argv: list[str]) -> subprocess.CompletedProcess:
+    exe = BIN / argv[0]
+    assert exe.exists(), f"{argv[0]} is not installed in the venv"
+    return subprocess.run([str(exe), *argv[1:], "--help"], capture_output=True, text=True, timeout=60)
+
+
+def test_entrypoint_is_a_real_command(dockerfile):
+    entrypoint, cmd = dockerfile.exec_form("ENTRYPOINT"), dockerfile.exec_form("CMD")
+    assert entrypoint, f"{dockerfile.rel}: no ENTRYPOINT"
+    argv = entrypoint + [a for a in cmd if a != "--help"]
+    done = _run_help(argv)
+    assert done.returncode == 0, f"{dockerfile.rel}: `{' '.join(argv)} --help` failed:\n{done.stderr}"
+    assert "usage" in done.stdout.lower()
+    if entrypoint[:2] == ["kopf", "run"]:
+        module = entrypoint[entrypoint.index("-m") + 1]
+        assert importlib.util.find_spec(module), f"{dockerfile.rel}: kopf module {module} does not exist"
+    elif len(argv) > 1:
+        target = _lazy_target(argv[1:])
+        assert importlib.util.find_spec(target), f"{dockerfile.rel}: `{' '.join(argv)}` runs missing {target}"
+
+
+@pytest.mark.parametrize("image", sorted(STEP_COMMANDS))
+def test_step_commands_exist(image):
+    dockerfile = Dockerfile(ROOT / IMAGES[image].dockerfile)
+    assert dockerfile.exec_form("ENTRYPOINT") == ["agentq"]
+    for sub in STEP_COMMANDS[image]:
+        done = _run_help(["agentq", *sub])
+        assert done.returncode == 0 and "--round" in done.stdout, f"agentq {sub[0]} --help:\n{done.stderr}"
+        target = _lazy_target(sub)
+        assert importlib.util.find_spec(target), f"{image}: `agentq {sub[0]}` runs {target}, which does not exist"
+
+
+def test_hadolint_passes_on_every_dockerfile():
+    config = ROOT / "images" / "hadolint.yaml"
+    done = subprocess.run([str(BIN / "hadolint"), "--config", str(config), *map(str, DOCKERFILES)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_hadolint_rejects_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN cd /src && pip install agentq\n")
+    done = subprocess.run([str(BIN / "hadolint"), "--config", str(ROOT / "images" / "hadolint.yaml"), str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "DL3007" in done.stdout  # `latest`
+
+
+# ---- pins ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_requirements_pin_every_direct_dependency_at_the_venv_version(name):
+    image = IMAGES[name]
+    dockerfile = Dockerfile(ROOT / image.dockerfile)
+    assert any(f"images/requirements/{name}.txt" in v for v in dockerfile.of("COPY")), \
+        f"{image.dockerfile} does not install images/requirements/{name}.txt"
+    pinned = pins.read_pins(image.requirements)
+    for requirement in map(Requirement, pins.top_level(image)):
+        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+            assert pins.normalise(requirement.name) in pinned, \
+                f"{image.requirements.name}: {requirement} (from pyproject) is not pinned"
+            assert requirement.specifier.contains(pinned[pins.normalise(requirement.name)]), \
+                f"{image.requirements.name}: the pin of {requirement.name} breaks pyproject's {requirement}"
+    venv = {pins.normalise(c.split("==")[0]): c.split("==")[1] for c in pins.venv_pins()}
+    drift = {n: (v, venv[n]) for n, v in pinned.items() if n in venv and v.split("+")[0] != venv[n]}
+    assert not drift, f"{image.requirements.name} differs from the tested venv (pin, venv): {drift}; " \
+                      f"run .venv/bin/python images/pins.py"
+
+
+def _resolve_cached(image) -> dict[str, str]:
+    """Resolve the pinned file on its own; a result is cached by the file's content and the target flags."""
+    pinned = pins.read_pins(image.requirements)
+    key = hashlib.sha256(json.dumps([sorted(pinned.items()), pins.target_flags(image, "-")]).encode()).hexdigest()
+    cached = RESOLVE_CACHE / f"{image.name}-{key[:16]}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    resolved = pins.resolve(image, [f"{n}=={v}" for n, v in pinned.items()])
+    RESOLVE_CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(json.dumps(resolved))
+    tmp.replace(cached)
+    return resolved
+
+
+@pytest.fixture(scope="module")
+def resolutions():
+    """All images resolve at once: each is bound by index round trips, not by this machine's two cores."""
+    with ThreadPoolExecutor(max_workers=len(IMAGES)) as pool:
+        futures: dict[str, Future] = {name: pool.submit(_resolve_cached, image) for name, image in IMAGES.items()}
+        yield futures
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_requirements_resolve_on_their_own(name, resolutions):
+    image = IMAGES[name]
+    print(f"{name}: resolved for {image.python or 'this interpreter'} {image.platforms[:1] or ''} "
+          f"({image.index_note or 'PyPI'})")
+    resolved = resolutions[name].result(timeout=600)
+    pinned = pins.read_pins(image.requirements)
+    unpinned = {n: v for n, v in resolved.items() if n not in pinned}
+    assert not unpinned, f"{image.requirements.name}: pip also installs unpinned {unpinned}"
+    moved = {n: (pinned[n], resolved.get(n)) for n in pinned if resolved.get(n) != pinned[n]}
+    assert not moved, f"{image.requirements.name}: resolution differs from the pins (pin, resolved): {moved}"
+
+
+def test_optional_vllm_matches_the_infer_pins():
+    """vllm is a build argument of Dockerfile.infer (CUDA-only, a ~400 MB wheel): its metadata is checked,
+    not installed. Its exact torch pin must be the image's torch, and it must accept the pinned transformers."""
+    image = IMAGES["infer"]
+    print(f"vllm: CUDA-only optional backend, checked by metadata: {pins.VLLM}")
+    assert f"VLLM={pins.VLLM.split('==')[1]}" in (ROOT / image.dockerfile).read_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp, "report.json")
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps",
+                               "--quiet", "--report", str(report), *pins.target_flags(image, tmp), pins.VLLM],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        requires = json.loads(report.read_text())["install"][0]["metadata"]["requires_dist"]
+    pinned = pins.read_pins(image.requirements)
+    for dep in map(Requirement, requires):
+        if dep.marker is None and pins.normalise(dep.name) in {"torch", "transformers"}:
+            version = pinned[pins.normalise(dep.name)]
+            assert dep.specifier.contains(version), f"{pins.VLLM} needs {dep}, the image pins {version}"
+
+
+def test_mock_model_tasks_match_the_converter():
+    from agentq.tasks.humanevalfix import load_humanevalfix
+    from agentq.tasks.schema import read_tasks
+
+    tasks = load_humanevalfix(DATA)
+    folder = ROOT / "images" / "mock-model" / "tasks"
+    assert read_tasks(folder / "train.jsonl") == tasks[:5]
+    assert read_tasks(folder / "test.jsonl") == tasks[100:105]
