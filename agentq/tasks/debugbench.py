@@ -367,6 +367,7 @@ def load_debugbench(data_dir: str | Path) -> Loaded:
                         "bug_type": bug_type,
                         "level": row.get("level"),
                         "examples": examples,
+                        "constraints": row.get("constraints") or "",
                         "explanation": (row.get("explanations") or "").strip(),
                         **built.notes,
                     },
