@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
     p.set_defaults(func=_lazy("agentq.tasks.validate:main"))
+    p = tasks.add_parser("split", help="train/test split by group, refused if train and test share a problem")
+    p.add_argument("file")
+    p.add_argument("--out-prefix", required=True, help="writes PREFIX.train.jsonl and PREFIX.test.jsonl")
+    p.add_argument("--test-share", type=float, default=0.2, help="share of groups in the test split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-merge", action="store_true", help="split by the groups as given (near-duplicates not merged)")
+    p.set_defaults(func=_lazy("agentq.tasks.split:main"))
 
     sandbox = sub.add_parser("sandbox", help="run candidates safely").add_subparsers(dest="sandbox_cmd", required=True)
     p = sandbox.add_parser("serve", help="HTTP sandbox server (what sandbox pods run)")

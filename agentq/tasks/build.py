@@ -2,6 +2,8 @@
 
 Every instance ends up in exactly one place: the output (valid), or `<stem>.rejected.jsonl` with its reason
 (tests could not be built, reference fails, buggy code passes, ...); the counts per reason are printed.
+With `--hidden N`, hidden differential cases are added before validation (so the buggy code may fail only
+on them), and the split goes through the same leak-free path and overlap check as `agentq tasks split`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 from agentq.io import write_jsonl
 from agentq.sandbox import LocalExecutor
 from agentq.tasks.debugbench import load_debugbench
+from agentq.tasks.hidden import add_hidden_tests, coverage
 from agentq.tasks.humanevalfix import load_humanevalfix
+from agentq.tasks.leakcheck import overlap_report
 from agentq.tasks.schema import Task, write_tasks
-from agentq.tasks.split import split_by_group
+from agentq.tasks.split import split_leak_free
 from agentq.tasks.validate import check_tasks
 
 
@@ -51,12 +55,20 @@ def main(args: argparse.Namespace) -> int:
     instances = len(tasks) + len(rejected)
     print(f"{args.source}: {instances} instances, tests built for {len(tasks)}; validating in the sandbox...")
     with LocalExecutor() as executor:
+        if args.hidden > 0:
+            tasks, stats = add_hidden_tests(tasks, executor, args.hidden, args.seed)
+            dropped = ", ".join(f"{k} {v}" for k, v in stats.dropped.most_common()) or "none"
+            print(f"hidden tests: {stats.problems} problems probed in {stats.seconds:.1f}s; inputs dropped: {dropped}")
         invalid = check_tasks(tasks, executor)
     groups = {t.id: t.group for t in tasks}
     rejected += [{"id": i.id, "group": groups[i.id], "reason": i.reason, "detail": i.detail} for i in invalid]
     bad = {i.id for i in invalid}
     valid = [t for t in tasks if t.id not in bad]
-    train, test = split_by_group(valid, args.test_share, args.seed)
+    train, test, leaks = split_leak_free(valid, args.test_share, args.seed)
+    if leaks:  # cannot happen after merging; the check is there so that it would be caught if it did
+        print(overlap_report(train, test, leaks), file=sys.stderr)
+        print("\n".join(f"  leak: {leak}" for leak in leaks[:50]), file=sys.stderr)
+        return 1
 
     write_tasks(out, valid)
     write_tasks(sibling(out, "train"), train)
@@ -72,6 +84,13 @@ def main(args: argparse.Namespace) -> int:
         f"split (seed {args.seed}, test share {args.test_share}): train {len(train)} tasks / {n_groups[0]} groups, "
         f"test {len(test)} tasks / {n_groups[1]} groups"
     )
+    print(overlap_report(train, test, leaks))
+    hidden = coverage(valid, args.hidden) if args.hidden > 0 else None
+    if hidden:
+        print(
+            f"hidden tests: {hidden['with_n']}/{hidden['tasks']} valid tasks ({hidden['share_with_n']:.1%}) have >= "
+            f"{args.hidden} cases; cases per task {hidden['cases_per_task']}; skipped {hidden['skipped']}"
+        )
     print(f"wrote {out}, {sibling(out, 'train')}, {sibling(out, 'test')}, {sibling(out, 'rejected')}")
     if args.json:
         summary = {
@@ -84,6 +103,8 @@ def main(args: argparse.Namespace) -> int:
             "train_groups": n_groups[0],
             "test_groups": n_groups[1],
             "out": str(out),
+            "overlap": len(leaks),
+            **({"hidden": hidden} if hidden else {}),
             "seconds": round(time.monotonic() - started, 1),
         }
         print(json.dumps(summary))
