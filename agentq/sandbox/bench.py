@@ -69,7 +69,8 @@ def main(args: argparse.Namespace) -> int:
         "canonical_pass": sum(v.passed for v in warm[:n]),
         "buggy_not_pass": sum(not v.passed for v in warm[n:]),
     }
-    print(f"HumanEvalFix: {n} tasks, {len(items)} candidates (canonical + buggy); {workers} cores")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"HumanEvalFix: {n} tasks, {len(items)} candidates (canonical + buggy); {workers} cores, load {load}")
     print(f"limits: timeout {BENCH_LIMITS.timeout_s:g} s, memory {BENCH_LIMITS.memory_mb} MB, "
           f"file {BENCH_LIMITS.file_mb} MB, {BENCH_LIMITS.max_procs} processes")
     print(f"warm executor : {workers} fork servers         {warm_s:7.2f} s  {warm_per_s:7.2f} candidates/s"
