@@ -25,7 +25,8 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check agentq controller tests benchmarks
-	$(BIN)/python -m pytest -q
+	# The operator tests need kube-apiserver + etcd: built once, cached outside the repo (scripts/testenv.sh).
+	bins="$$(scripts/testenv.sh)" && AGENTQ_TESTENV_BIN="$$bins" $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check agentq controller tests benchmarks

@@ -66,8 +66,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
             bound = "minimum" if key == "exclusiveMinimum" else "maximum"
             out[bound], out[key] = value, True
-        elif key == "default" and value is None:
-            continue
+        elif key == "default" and value in (None, ""):
+            continue  # kube 1.20 reads an empty-string default as null and rejects the CRD
         else:
             out[key] = value
     if nullable:

@@ -73,6 +73,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.priority = random.randint(1, 1_000_000)
     settings.posting.level = logging.INFO
     settings.persistence.finalizer = "agentq.dev/cleanup"
+    # kopf's own bookkeeping in annotations only: the whole status belongs to the reconciler.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="agentq.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="agentq.dev")
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
@@ -100,9 +103,8 @@ def inspect_job(kube: Kube, job: dict[str, Any], log_lines: int) -> Inspection:
     reason = job_failure_reason(job)
     if term:
         reason += f"; container: {term.get('reason', 'Error')} (exit code {term.get('exitCode', '?')})"
-    logs = kube.pod_log_tail(meta["namespace"], pods[-1]["metadata"]["name"], log_lines) if pods else None
-    if logs is None:
-        logs = message
+    logs = (kube.pod_log_tail(meta["namespace"], pods[-1]["metadata"]["name"], log_lines) if pods else None) \
+        or message
     tail = "\n".join(logs.strip().splitlines()[-log_lines:])
     return {"reason": reason, "logs": tail}
 

@@ -32,7 +32,7 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 REPO = Path(__file__).resolve().parent.parent
 
 
-class TestEnvMissing(RuntimeError):
+class EnvMissing(RuntimeError):
     """The binaries are not there; the message says how to get them."""
 
 
@@ -40,7 +40,7 @@ def bin_dir() -> Path:
     for candidate in (os.environ.get("AGENTQ_TESTENV_BIN"), os.environ.get("KUBEBUILDER_ASSETS"), DEFAULT_CACHE):
         if candidate and all((Path(candidate) / b).exists() for b in ("kube-apiserver", "etcd", "kubectl")):
             return Path(candidate)
-    raise TestEnvMissing("kube-apiserver/etcd/kubectl not found in $AGENTQ_TESTENV_BIN, $KUBEBUILDER_ASSETS or "
+    raise EnvMissing("kube-apiserver/etcd/kubectl not found in $AGENTQ_TESTENV_BIN, $KUBEBUILDER_ASSETS or "
                          f"{DEFAULT_CACHE}; run scripts/testenv.sh (it prints the directory to export)")
 
 
@@ -143,8 +143,11 @@ class LocalCluster:
         return out
 
     def api(self) -> Any:
+        import urllib3
         from kubernetes import config
 
+        # The test server's certificate is self-signed on every start; the warning would drown the output.
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         return config.new_client_from_config(str(self.kubeconfig))
 
     def stop(self) -> None:

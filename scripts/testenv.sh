@@ -82,10 +82,22 @@ if [[ ! -x "$BIN/kube-apiserver" ]]; then
   # Kubernetes 1.20 builds in GOPATH mode with its vendor tree (its go.mod predates Go 1.19's checks).
   export PATH="$GOROOT/bin:$PATH" CGO_ENABLED=0 GOPROXY=off GO111MODULE=off GOFLAGS=
   mkdir -p "$GOPATH/src/k8s.io" && ln -sfn "$BUILD" "$GOPATH/src/k8s.io/kubernetes"
-  # A plain `go build` rather than `make WHAT=...`: the make rules need rsync, which a bare machine lacks,
-  # and the generated files they would produce are already in the source package.
-  v="k8s.io/kubernetes/vendor/k8s.io/component-base/version"
-  ldflags="-s -w -X $v.gitVersion=v1.20.2 -X $v.gitMajor=1 -X $v.gitMinor=20 -X $v.gitTreeState=clean"
+  # A plain `go build` rather than `make WHAT=...`: the make rules need rsync, which a bare machine lacks.
+  # Of the files `make` would generate, only the OpenAPI definitions are missing from the source package;
+  # generate them as Makefile.generated_files does (every package tagged +k8s:openapi-gen).
+  cd "$GOPATH/src/k8s.io/kubernetes"
+  "${NICE[@]}" go build -o "$GOPATH/bin/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen >&2
+  inputs=$(grep -rl --include='*.go' -e '+k8s:openapi-gen=' --exclude-dir=vendor --exclude-dir=_output . \
+    | sed 's|^./staging/src/|vendor/|; s|^./||; s|/[^/]*$||' \
+    | grep -v '^vendor/k8s.io/code-generator/\|^vendor/k8s.io/sample-apiserver/' | LC_ALL=C sort -u \
+    | sed 's|^|k8s.io/kubernetes/|' | paste -sd, -)
+  "${NICE[@]}" "$GOPATH/bin/openapi-gen" --logtostderr -i "$inputs" -p k8s.io/kubernetes/pkg/generated/openapi \
+    -O zz_generated.openapi -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt -r "$GOPATH/violations.report" >&2
+  cd - >/dev/null
+  ldflags="-s -w"
+  for v in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $v.gitVersion=v1.20.2 -X $v.gitMajor=1 -X $v.gitMinor=20 -X $v.gitTreeState=clean"
+  done
   log "building kube-apiserver (several minutes)"
   (cd "$GOPATH/src/k8s.io/kubernetes" && "${NICE[@]}" go build -trimpath -ldflags "$ldflags" -o "$BIN/kube-apiserver.tmp" \
     ./cmd/kube-apiserver >&2)

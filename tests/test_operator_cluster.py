@@ -1,0 +1,342 @@
+"""The operator against a real kube-apiserver + etcd (scripts/testenv.sh builds them), run as a separate
+`kopf run` process; the tests play the Job controller and kubelet (controller.testenv.finish_job)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.testenv import EnvMissing, LocalCluster, Operator, bin_dir, finish_job, start_job
+
+pytestmark = pytest.mark.cluster
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "manifests" / "examples" / "round-scripted.yaml"
+OPERATOR_CONFIG = {"pools": {"inference": {"nodeSelector": {"agentq.dev/pool": "inference"}},
+                             "training": {"nodeSelector": {"agentq.dev/pool": "training"}}},
+                   "sandboxUrl": "http://agentq-sandbox.agentq-system:8080", "resyncSeconds": 5}
+
+
+def _require_testenv() -> None:
+    try:
+        bin_dir()
+    except EnvMissing as err:
+        if os.environ.get("CI") or os.environ.get("AGENTQ_TESTENV_BIN"):
+            raise  # in CI (and via `make test`) a missing test environment is a failure, not a skip
+        pytest.skip(str(err))
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Harness:
+    """What a test needs: the cluster, the operator process, and a namespace of its own."""
+
+    def __init__(self, cluster: LocalCluster, operator: Operator, namespace: str) -> None:
+        from kubernetes import client
+
+        self.cluster, self.operator, self.ns = cluster, operator, namespace
+        self.api = cluster.api()
+        self.batch, self.core = client.BatchV1Api(self.api), client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core.create_namespace({"metadata": {"name": namespace}})
+
+    def apply(self, doc: dict | Path) -> None:
+        if isinstance(doc, Path):
+            self.cluster.kubectl("apply", "-n", self.ns, "-f", str(doc))
+        else:
+            self.cluster.kubectl("apply", "-n", self.ns, "-f", "-", stdin=yaml.safe_dump(doc))
+
+    def round(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object("agentq.dev", "v1alpha1", self.ns, "agentqrounds", name)
+
+    def status(self, name: str) -> dict:
+        return self.round(name).get("status") or {}
+
+    def jobs(self, name: str) -> list[str]:
+        items = self.batch.list_namespaced_job(self.ns, label_selector=f"agentq.dev/round={name}").items
+        return sorted(j.metadata.name for j in items)
+
+    def _wait(self, check: Callable[[], Any], what: str, timeout: float) -> Any:
+        try:
+            return wait_for(check, what, timeout)
+        except AssertionError as err:  # the operator's log is what explains a timeout
+            raise AssertionError(f"{err}\n--- operator log tail ---\n{self.operator.output()[-4000:]}") from None
+
+    def wait_jobs(self, name: str, expected: list[str], timeout: float = 20.0) -> None:
+        self._wait(lambda: set(expected) <= set(self.jobs(name)), f"Jobs {expected} of {name}", timeout)
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 20.0) -> dict:
+        return self._wait(lambda: self.status(name) if self.status(name).get("phase") == phase else None,
+                          f"{name} phase {phase}", timeout)
+
+    def finish(self, job: str, result: dict | None = None, *, ok: bool = True, logs: str = "") -> None:
+        start_job(self.api, self.ns, job)
+        finish_job(self.api, self.ns, job, succeeded=ok, message=json.dumps(result or {}) if ok else logs)
+
+    def events(self, name: str) -> list[tuple[str, str]]:
+        items = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}").items
+        return [(e.type, e.reason) for e in items]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    _require_testenv()
+    c = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        c.kubectl("apply", "-f", str(REPO / "manifests" / "crd.yaml"))
+        c.kubectl("wait", "--for=condition=Established", "crd/agentqrounds.agentq.dev", "--timeout=30s")
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator"), config=OPERATOR_CONFIG).start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.fixture
+def h(cluster: LocalCluster, operator: Operator, request: pytest.FixtureRequest) -> Harness:
+    ns = request.node.name.replace("_", "-")[:40].rstrip("-").lower()
+    return Harness(cluster, operator, ns)
+
+
+def small_round(name: str, **spec: Any) -> dict:
+    body = {"dataset": {"train": "/artifacts/data/train.jsonl", "test": "/artifacts/data/test.jsonl"},
+            "model": {"backend": "scripted", "base": "tiny"}, "collect": {"shards": 2},
+            "evaluate": {"shards": 1}, "store": {"pvc": "agentq-artifacts"}}
+    body.update(spec)
+    return {"apiVersion": "agentq.dev/v1alpha1", "kind": "AgentQRound", "metadata": {"name": name}, "spec": body}
+
+
+def drive_to(h: Harness, name: str, step: str, shards: int = 2) -> None:
+    """Finish every Job before `step`, checking the operator creates each next one."""
+    order = [[f"{name}-collect-{i}" for i in range(shards)], [f"{name}-preferences"], [f"{name}-train"],
+             [f"{name}-merge"], [f"{name}-evaluate-0"], [f"{name}-report"]]
+    for stage in order:
+        h.wait_jobs(name, stage)
+        if stage[0].startswith(f"{name}-{step}"):
+            return
+        for job in stage:
+            h.finish(job, {"pairs": 12} if "preferences" in job else {})
+
+
+def test_happy_path_through_every_phase(h: Harness):
+    h.apply(EXAMPLE)  # exactly as a user would: kubectl apply -f
+    name = "scripted-demo"
+    seen = [h.wait_phase(name, "Collecting")["phase"]]
+    h.wait_jobs(name, [f"{name}-collect-0", f"{name}-collect-1"])
+    cm = h.core.read_namespaced_config_map(f"{name}-spec", h.ns)
+    assert "name: scripted-demo" in cm.data["round.yaml"]
+    job = h.batch.read_namespaced_job(f"{name}-collect-0", h.ns)
+    assert job.spec.template.spec.node_selector == {"agentq.dev/pool": "inference"}
+    assert job.spec.template.spec.containers[0].resources.limits == {"nvidia.com/gpu": "1"}
+    assert job.metadata.owner_references[0].kind == "AgentQRound"
+
+    steps = [(["collect-0", "collect-1"], {"trajectories": 5}, "Preferences"),
+             (["preferences"], {"pairs": 12}, "Training"),
+             (["train"], {"rewardAccuracy": 0.75}, "Merging"),
+             (["merge"], {}, "Evaluating"),
+             (["evaluate-0", "evaluate-1"], {}, "Evaluating"),
+             (["report"], {"passRate": {"zero_shot": 0.2, "full_rewrite": 0.4}}, "Succeeded")]
+    for units, result, next_phase in steps:
+        h.wait_jobs(name, [f"{name}-{u}" for u in units])
+        for unit in units:
+            h.finish(f"{name}-{unit}", result)
+        seen.append(h.wait_phase(name, next_phase)["phase"])
+    status = h.wait_phase(name, "Succeeded")
+    assert seen == ["Collecting", "Preferences", "Training", "Merging", "Evaluating", "Evaluating", "Succeeded"]
+    assert status["results"]["pairs"] == 12 and status["results"]["rewardAccuracy"] == 0.75
+    assert status["results"]["passRate"] == {"zero_shot": 0.2, "full_rewrite": 0.4}
+    assert status["artifacts"]["merged"] == "pvc://agentq-artifacts/rounds/scripted-demo/merged"
+    assert status["completionTime"] and status["startTime"] and status["observedGeneration"] == 1
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
+    expected = [f"{name}-{u}" for u in ("collect-0", "collect-1", "preferences", "train", "merge",
+                                        "evaluate-0", "evaluate-1", "report")]
+    assert h.jobs(name) == sorted(expected)  # one Job per unit, no duplicates
+    reasons = wait_for(lambda: {r for _, r in h.events(name)} >= {"Collecting", "Training", "Succeeded"}
+                       and {r for _, r in h.events(name)}, "transition events")
+    assert "JobCreated" in reasons
+    table = h.cluster.kubectl("get", "agentqrounds", "-n", h.ns).stdout
+    header = table.splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "STEP", "PASS-RATE", "AGE"], table
+    assert "Succeeded" in table and "zero_shot=0.20" in table
+    short = h.cluster.kubectl("get", "aqr", "-n", h.ns).stdout  # the short name
+    assert [line.split()[:4] for line in short.splitlines()] == [line.split()[:4] for line in table.splitlines()]
+
+
+def test_collect_shard_failing_twice_then_succeeding(h: Harness):
+    h.apply(small_round("flaky", backoffLimit=2))
+    h.wait_jobs("flaky", ["flaky-collect-0", "flaky-collect-1"])
+    h.finish("flaky-collect-1", {})
+    h.finish("flaky-collect-0", ok=False, logs="sandbox unreachable")
+    h.wait_jobs("flaky", ["flaky-collect-0-r1"])
+    h.finish("flaky-collect-0-r1", ok=False, logs="sandbox unreachable")
+    h.wait_jobs("flaky", ["flaky-collect-0-r2"])
+    assert h.status("flaky")["phase"] == "Collecting"
+    h.finish("flaky-collect-0-r2", {})
+    h.wait_jobs("flaky", ["flaky-preferences"])
+    assert h.jobs("flaky") == ["flaky-collect-0", "flaky-collect-0-r1", "flaky-collect-0-r2", "flaky-collect-1",
+                               "flaky-preferences"]
+    assert h.wait_phase("flaky", "Preferences")["jobs"]["collect-0"]["attempts"] == 3
+    wait_for(lambda: [e for e in h.events("flaky") if e == ("Warning", "JobFailed")], "JobFailed events")
+
+
+def test_job_failing_past_backoff_limit_fails_the_round(h: Harness):
+    h.apply(small_round("doomed", backoffLimit=1))
+    h.wait_jobs("doomed", ["doomed-collect-0", "doomed-collect-1"])
+    logs = "\n".join(f"line {i}" for i in range(40)) + "\nValueError: task 3 has no tests"
+    h.finish("doomed-collect-0", ok=False, logs=logs)
+    h.wait_jobs("doomed", ["doomed-collect-0-r1"])
+    h.finish("doomed-collect-0-r1", ok=False, logs=logs)
+    status = h.wait_phase("doomed", "Failed")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "JobFailed"
+    assert "Job doomed-collect-0-r1 failed after 2 attempt(s)" in failed["message"]
+    assert "BackoffLimitExceeded" in failed["message"] and "exit code 1" in failed["message"]
+    assert "ValueError: task 3 has no tests" in failed["message"] and "line 5\n" not in failed["message"]
+    time.sleep(1.0)
+    assert "doomed-collect-0-r2" not in h.jobs("doomed") and "doomed-preferences" not in h.jobs("doomed")
+    assert ("Warning", "Failed") in wait_for(lambda: h.events("doomed"), "events")
+
+
+def test_operator_killed_and_restarted_during_training(h: Harness):
+    h.apply(small_round("phoenix"))
+    drive_to(h, "phoenix", "train")
+    h.wait_phase("phoenix", "Training")
+    h.operator.kill()
+    # The train Job finishes while no operator is watching: its event is missed for good.
+    h.finish("phoenix-train", {"rewardAccuracy": 0.6})
+    h.operator.start()
+    h.wait_jobs("phoenix", ["phoenix-merge"], timeout=60)
+    assert h.wait_phase("phoenix", "Merging")["results"]["rewardAccuracy"] == 0.6
+    assert h.jobs("phoenix") == ["phoenix-collect-0", "phoenix-collect-1", "phoenix-merge", "phoenix-preferences",
+                                 "phoenix-train"]
+
+
+def test_invalid_round_rejected_by_the_api_server(h: Harness):
+    bad = small_round("bad-shards", collect={"shards": 0})
+    bad["spec"]["model"]["backend"] = "gpt"
+    out = h.cluster.kubectl("apply", "-n", h.ns, "-f", "-", stdin=yaml.safe_dump(bad), check=False)
+    assert out.returncode != 0
+    assert "spec.collect.shards" in out.stderr and "should be greater than or equal to 1" in out.stderr
+    assert 'Unsupported value: "gpt"' in out.stderr
+    no_store = small_round("no-store")
+    del no_store["spec"]["store"]
+    out = h.cluster.kubectl("apply", "-n", h.ns, "-f", "-", stdin=yaml.safe_dump(no_store), check=False)
+    assert out.returncode != 0 and 'missing required field "store"' in out.stderr  # kubectl, from the schema
+    out = h.cluster.kubectl("apply", "--validate=false", "-n", h.ns, "-f", "-", stdin=yaml.safe_dump(no_store),
+                            check=False)
+    assert out.returncode != 0 and "spec.store: Required value" in out.stderr  # and the API server itself
+    both = small_round("two-stores", store={"pvc": "a", "path": "/b"})
+    out = h.cluster.kubectl("apply", "-n", h.ns, "-f", "-", stdin=yaml.safe_dump(both), check=False)
+    assert out.returncode != 0 and "spec.store" in out.stderr and "oneOf" in out.stderr, out.stderr
+    # What a schema cannot say about metadata.name, the operator says in a condition.
+    h.apply(small_round("dotted.name"))
+    status = h.wait_phase("dotted.name", "Failed")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec" and "metadata.name" in failed["message"]
+    assert h.jobs("dotted.name") == []
+
+
+def test_suspend_and_resume(h: Harness):
+    h.apply(small_round("napper", suspend=True))
+    h.wait_phase("napper", "Suspended")
+    time.sleep(1.0)
+    assert h.jobs("napper") == []
+    h.custom.patch_namespaced_custom_object("agentq.dev", "v1alpha1", h.ns, "agentqrounds", "napper",
+                                            {"spec": {"suspend": False}})
+    h.wait_jobs("napper", ["napper-collect-0", "napper-collect-1"])
+    h.wait_phase("napper", "Collecting")
+    # suspended mid-step: running Jobs finish, but no next step starts
+    h.custom.patch_namespaced_custom_object("agentq.dev", "v1alpha1", h.ns, "agentqrounds", "napper",
+                                            {"spec": {"suspend": True}})
+    h.wait_phase("napper", "Suspended")
+    h.finish("napper-collect-0", {})
+    h.finish("napper-collect-1", {})
+    time.sleep(1.5)
+    assert "napper-preferences" not in h.jobs("napper")
+    h.custom.patch_namespaced_custom_object("agentq.dev", "v1alpha1", h.ns, "agentqrounds", "napper",
+                                            {"spec": {"suspend": False}})
+    h.wait_jobs("napper", ["napper-preferences"])
+    assert h.wait_phase("napper", "Preferences")["observedGeneration"] == 4
+
+
+def test_delete_removes_the_jobs(h: Harness):
+    h.apply(small_round("goner"))
+    h.wait_jobs("goner", ["goner-collect-0", "goner-collect-1"])
+    h.finish("goner-collect-0", {})
+    h.cluster.kubectl("delete", "agentqround", "goner", "-n", h.ns, "--wait=true", "--timeout=30s")
+    wait_for(lambda: h.jobs("goner") == [], "the round's Jobs to be gone")
+    names = [c.metadata.name for c in h.core.list_namespaced_config_map(h.ns).items]
+    assert "goner-spec" not in names
+
+
+def test_chained_round_waits_for_its_predecessor(h: Harness):
+    h.apply(small_round("second", model={"backend": "scripted", "base": "tiny", "fromRound": "first"}))
+    status = h.wait_phase("second", "Pending")
+    assert "waiting for round first to succeed (it does not exist)" in status["conditions"][0]["message"]
+    h.apply(small_round("first"))
+    drive_to(h, "first", "report")
+    wait_for(lambda: "first to succeed (it is" in h.status("second")["conditions"][0]["message"],
+             "second to see first running")
+    assert h.jobs("second") == []
+    h.finish("first-report", {"passRate": {"full_rewrite": 0.5}})
+    h.wait_phase("first", "Succeeded")
+    h.wait_jobs("second", ["second-collect-0", "second-collect-1"])
+    h.wait_phase("second", "Collecting")
+
+
+def test_operator_under_its_own_rbac_role(tmp_path: Path):
+    _require_testenv()
+    cluster = LocalCluster(tmp_path / "rbac-cluster", rbac=True).start()
+    op = None
+    try:
+        for manifest in ("crd.yaml", "peering.yaml", "rbac.yaml"):
+            cluster.kubectl("apply", "-f", str(REPO / "manifests" / manifest))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=30s")
+        cluster.kubectl("apply", "-f", str(REPO / "manifests" / "peering-object.yaml"))
+        sa = "system:serviceaccount:agentq-system:agentq-operator"
+        assert cluster.kubectl("auth", "can-i", "create", "jobs", f"--as={sa}", "-A", check=False).stdout.strip() \
+            == "yes"
+        for verb, what in (("get", "secrets"), ("create", "pods"), ("delete", "agentqrounds")):
+            assert cluster.kubectl("auth", "can-i", verb, what, f"--as={sa}", "-A", check=False).stdout.strip() \
+                == "no"
+        op = Operator(cluster.operator_kubeconfig, tmp_path, config=OPERATOR_CONFIG,
+                      args=("--peering", "agentq")).start()
+        h = Harness(cluster, op, "rbac")
+        h.apply(small_round("guarded"))
+        h.wait_jobs("guarded", ["guarded-collect-0", "guarded-collect-1"], timeout=60)
+        h.finish("guarded-collect-0", {})
+        h.finish("guarded-collect-1", {"trajectories": 2})
+        h.wait_jobs("guarded", ["guarded-preferences"])
+        assert h.wait_phase("guarded", "Preferences")["jobs"]["collect-1"]["result"] == {"trajectories": 2}
+        wait_for(lambda: ("Normal", "Collecting") in h.events("guarded"), "events posted under RBAC")
+        peering = h.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "agentq")
+        assert peering.get("status"), "the operator did not register in its peering object"
+        cluster.kubectl("delete", "agentqround", "guarded", "-n", "rbac", "--timeout=30s")
+        wait_for(lambda: h.jobs("guarded") == [], "Jobs deleted under RBAC")
+        assert "Forbidden" not in op.output() and "403" not in op.output(), op.output()[-3000:]
+    finally:
+        if op:
+            op.stop()
+        cluster.stop()
