@@ -11,7 +11,9 @@ import argparse
 import time
 from typing import Any
 
-from agentq.config import RoundFile, load_round
+import yaml
+
+from agentq.config import RoundFile, load_round, parse_model
 from agentq.workspace import STEPS, RoundWorkspace
 
 
@@ -94,7 +96,11 @@ def step_states(ws: RoundWorkspace) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def status_main(args: argparse.Namespace) -> int:
-    ws = RoundWorkspace(load_round(args.file), str(args.file), save_spec=False)
+    round_file = load_round(args.file)
+    ws = RoundWorkspace(round_file, str(args.file), save_spec=False)
+    stored = ws.store.get_text(ws.key("spec.yaml")) if ws.store.exists(ws.key("spec.yaml")) else None
+    if stored is not None:  # the spec the steps actually ran with (a preset may have changed it)
+        ws.round = parse_model(yaml.safe_load(stored), RoundFile, ws.describe("spec.yaml"))
     print(f"round {ws.name} (store {ws.store.url})")
     for step, state, result in step_states(ws):
         numbers = ", ".join(f"{k}={v}" for k, v in result.items())

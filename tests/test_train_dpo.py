@@ -243,3 +243,15 @@ def test_empty_preferences_name_the_store_file(ws):
     ):
         dpo.run(ws)
     assert ws.store.list(ws.key("adapter")) == []
+
+
+def test_split_keeps_each_task_on_one_side():
+    pairs = [{"prompt": [{"role": "user", "content": str(i)}], "chosen": [], "rejected": []} for i in range(12)]
+    groups = [f"task-{i // 3}" for i in range(12)]  # four tasks, three sibling pairs each
+    train, held = split_pairs(pairs, 0.25, seed=1, groups=groups)
+    side = {g: (p in held) for p, g in zip(pairs, groups, strict=True)}
+    assert all(side[g] == (p in held) for p, g in zip(pairs, groups, strict=True))
+    assert len(held) == 3 and len(train) == 9
+    # one task only: fall back to splitting by pair rather than holding out nothing
+    train, held = split_pairs(pairs[:3], 0.5, seed=1, groups=["t"] * 3)
+    assert len(held) >= 1 and len(train) >= 1

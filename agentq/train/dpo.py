@@ -8,6 +8,7 @@ ships a worse model than one the run already had.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import random
@@ -63,15 +64,35 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     return pairs
 
 
-def split_pairs(pairs: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, held out): a seeded shuffle, at least one held-out pair whenever share > 0 and there are two."""
+def pair_groups(path: str | Path) -> list[str]:
+    """The task each pair came from (its prompt when a file has no task ids), in file order."""
+    return [str(r.get("task_id") or json.dumps(r.get("prompt"), sort_keys=True)) for r in read_jsonl(path)]
+
+
+def split_pairs(pairs: list[dict], share: float, seed: int,
+                groups: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """(train, held out): a seeded shuffle, at least one held-out pair whenever share > 0 and there are two.
+
+    With `groups`, whole groups (tasks) go to one side: sibling pairs of one task share a prompt and
+    often a chosen answer, so splitting them would let eval reward accuracy measure memorisation.
+    A single group can only be split by pair.
+    """
     if share <= 0 or len(pairs) < 2:
         return list(pairs), []
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    n_eval = min(max(1, round(share * len(pairs))), len(pairs) - 1)
-    held = set(order[:n_eval])
-    return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(held)]
+    groups = groups if groups is not None and len(set(groups)) > 1 else [str(i) for i in range(len(pairs))]
+    names = sorted(set(groups))
+    random.Random(seed).shuffle(names)
+    target = max(1, round(share * len(pairs)))
+    held_names: set[str] = set()
+    held_count = 0
+    for name in names[:-1]:  # always leave at least one group to train on
+        if held_count >= target:
+            break
+        held_names.add(name)
+        held_count += groups.count(name)
+    train = [p for p, g in zip(pairs, groups, strict=True) if g not in held_names]
+    held = [p for p, g in zip(pairs, groups, strict=True) if g in held_names]
+    return train, held
 
 
 def is_improvement(best: float | None, value: float) -> bool:
@@ -227,7 +248,7 @@ def train_dpo(
     device = device or default_device()
     out_dir = Path(out_dir)
     pairs = read_pairs(pairs_path)
-    train, held_out = split_pairs(pairs, spec.eval_share, spec.seed)
+    train, held_out = split_pairs(pairs, spec.eval_share, spec.seed, groups=pair_groups(pairs_path))
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / ".trainer"
     log_path = out_dir / "train_log.jsonl"
