@@ -161,6 +161,23 @@ def _is_perm(values: list, start: int) -> bool:
     return all(_is_int(v) for v in values) and sorted(values) == list(range(start, start + len(values)))
 
 
+def _order_columns(row: list, here: Position) -> None:
+    """Rows of a fixed width ([start, end, duration]) keep every column order all examples' rows share."""
+    rows = here.lists()
+    if len(rows) < 2 or {len(r) for r in rows} != {len(row)} or not all(_is_int(x) for r in rows + [row] for x in r):
+        return
+    columns = range(len(row))
+    pairs = [(a, b) for a in columns for b in columns if a != b and all(r[a] <= r[b] for r in rows)]
+    for _ in columns:
+        for a, b in pairs:
+            if row[a] > row[b]:
+                row[a], row[b] = row[b], row[a]
+
+
+class _Redraw(Exception):
+    """A draw that cannot meet a required shape (two distinct values from a range of one)."""
+
+
 def _relation_holds(kind: str, a: Any, b: Any) -> bool:
     if kind == "len_eq":
         return len(a) == len(b)
@@ -325,6 +342,7 @@ class InputModel:
     def _list(self, rng: random.Random, name: str, depth: int, length: int | None, cap: int | None) -> list:
         here = self.positions[(name, depth)]
         lists = here.lists()
+        required = length
         if length is None:
             length = self._length(rng, name, depth, [len(v) for v in lists], MAX_LEN.get(depth, 4))
         children = self.positions.get((name, depth + 1))
@@ -345,13 +363,27 @@ class InputModel:
         same_strings = here.all_lists(lambda v: all(type(s) is str for s in v) and len({len(s) for s in v}) == 1)
         if same_strings and strings:
             fixed = self._length(rng, name, depth + 1, [len(s) for s in strings], MAX_STR)
-        values = [self._value(rng, name, depth + 1, fixed, cap) for _ in range(length)]
-        if here.all_lists(lambda v: len(set(map(repr, v))) == len(v)):
-            values = list({repr(v): v for v in values}.values())
+        if here.all_lists(lambda v: all(_is_int(x) and 0 <= x < len(v) for x in v)):
+            cap = length - 1 if cap is None else min(cap, length - 1)  # values that index the list itself
+        distinct = here.all_lists(lambda v: len(set(map(repr, v))) == len(v))
+        values, seen = [], set()
+        for _ in range(length):
+            # Distinct lists redraw a repeated value a few times, and end shorter only if the range is too small.
+            for _ in range(20 if distinct else 1):
+                value = self._value(rng, name, depth + 1, fixed, cap)
+                if repr(value) not in seen:
+                    break
+            if not distinct or repr(value) not in seen:
+                values.append(value)
+                seen.add(repr(value))
+        if required is not None and len(values) != required:
+            raise _Redraw(f"no {required} distinct values for {name}")
         if here.all_lists(lambda v: all(_is_int(x) for x in v) and v == sorted(v)):
             values.sort()
         elif here.all_lists(lambda v: all(_is_int(x) for x in v) and v == sorted(v, reverse=True)):
             values.sort(reverse=True)
+        else:
+            _order_columns(values, here)
         return values
 
     def _tree(self, rng: random.Random, name: str, cap: int | None) -> list:
@@ -410,11 +442,14 @@ class InputModel:
             values: dict[str, Any] = {}
             scalars = [n for n in self.params if not isinstance(self.examples[0][n], list | str)]
             order = scalars + [n for n in self.params if n not in scalars]
-            if rng.random() < 0.4:
-                values = self._perturb(rng)
-            else:
-                for name in order:
-                    values[name] = self._draw(rng, name, values)
+            try:
+                if rng.random() < 0.4:
+                    values = self._perturb(rng)
+                else:
+                    for name in order:
+                        values[name] = self._draw(rng, name, values)
+            except _Redraw:
+                continue
             self._repair(rng, values)
             if self.holds(values):
                 return {name: values[name] for name in self.params}
