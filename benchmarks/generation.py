@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 32 CPU, 512 GPU")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads; 1 is far faster on a CPU other processes also load (no "
+                             "OpenMP threads waiting on each other's time slices)")
     parser.add_argument("--no-greedy-row", action="store_true",
                         help="skip the single-sequence greedy row per model (hf fp32 on CPU, bf16 on GPU)")
     parser.add_argument("--write-docs", default=None, nargs="?", const="docs/benchmarks.md",
@@ -196,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from agentq.tasks.humanevalfix import load_humanevalfix
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gpu = torch.cuda.is_available()
     big = args.model_shape == "qwen2.5-7b"
     if big and not gpu:
