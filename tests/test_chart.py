@@ -279,3 +279,12 @@ def test_each_rendering_is_accepted_by_the_api_server(cluster, rendering, tmp_pa
     done = cluster.kubectl("apply", "--dry-run=server", "-n", "agentq-system", "-f", str(manifest), check=False)
     assert done.returncode == 0, f"{rendering.name}:\n{done.stdout}{done.stderr}"
     assert done.stdout.count("(server dry run)") == len(rendering.docs) - 2
+
+
+@pytest.mark.cluster
+def test_kind_round_is_accepted_by_the_api_server(cluster):
+    """The round scripts/e2e-kind.sh applies, applied the same way (kubectl apply -f) against the chart's CRD."""
+    done = cluster.kubectl("apply", "--dry-run=server", "-n", "agentq-system", "-f",
+                           str(ROOT / "images" / "mock-model" / "round.yaml"), check=False)
+    assert done.returncode == 0 and "agentqround.agentq.dev/kind-smoke created (server dry run)" in done.stdout, \
+        done.stdout + done.stderr
