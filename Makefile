@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
 DATA ?= ../shared/data
 
-.PHONY: setup run test lint
+.PHONY: setup run test lint corpus bench
 setup: $(STAMP)
 
 $(STAMP):
@@ -20,7 +20,13 @@ $(STAMP):
 
 run: setup
 	$(BIN)/agentq tasks build --source humanevalfix --data-dir $(DATA) --out data/humanevalfix.jsonl
-	$(BIN)/agentq tasks build --source debugbench --data-dir $(DATA) --out data/debugbench.jsonl
+	$(BIN)/agentq round run examples/quickstart.yaml
+
+# The full DebugBench corpus with 10 hidden differential tests per task, and the sandbox benchmark.
+corpus: setup
+	$(BIN)/agentq tasks build --source debugbench --data-dir $(DATA) --out data/debugbench.jsonl --hidden 10
+
+bench: setup
 	$(BIN)/agentq sandbox bench --data-dir $(DATA)
 
 test: setup

@@ -78,11 +78,15 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
         else None
     start = time.perf_counter()
     with make_executor(spec.sandbox) as executor:
-        for task in tqdm(todo, desc=f"collect shard {shard}/{num_shards}", unit="task",
-                         disable=None, initial=len(done), total=len(mine)):
+        bar = tqdm(todo, desc=f"collect shard {shard}/{num_shards}", unit="task", disable=None,
+                   initial=len(done), total=len(mine))
+        for task in bar:
             search = Search(task, policy, executor, params, critic=critic).run()
             append_jsonl(local, {**search.record(), "inputs_digest": inputs_digest})
             ws.publish(key)
+            if bar.disable:  # no terminal (a Job's log): one line per task instead of a bar
+                print(f"collect: {task.id}: solved={search.solved} samples={search.stats.samples} "
+                      f"{search.stats.wall_s:.1f}s", flush=True)
     records = list(read_jsonl(local))
     result = {"tasks": len(records), "solved": sum(r["solved"] for r in records),
               "samples": sum(r["stats"]["samples"] for r in records)}

@@ -117,11 +117,13 @@ def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
                 if local.exists() else set()
             if local.exists() and not done:
                 local.unlink()
-            for task in tqdm([t for t in mine if t.id not in done], desc=f"evaluate {mode}", unit="task",
-                             disable=None):
+            bar = tqdm([t for t in mine if t.id not in done], desc=f"evaluate {mode}", unit="task", disable=None)
+            for task in bar:
                 record = evaluate_task(task, mode, policy, executor, spec)
                 append_jsonl(local, {**record, "inputs_digest": inputs_digest})
                 ws.publish(key)
+                if bar.disable:
+                    print(f"evaluate {mode}: {task.id}: {record['status']} {record['seconds']:.1f}s", flush=True)
     ws.mark_done(step, inputs_digest)
 
 

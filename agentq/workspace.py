@@ -22,7 +22,7 @@ from typing import Any
 
 from agentq.config import ConfigError, RoundFile, StoreSpec, dump_round, load_round
 from agentq.io import atomic_write_json, read_jsonl, write_jsonl
-from agentq.store import Store, open_store
+from agentq.store import Store, StoreError, check_key, open_store
 from agentq.tasks.schema import Task, read_tasks
 
 STEPS = ("collect", "preferences", "train", "merge", "evaluate")
@@ -40,6 +40,14 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+def _is_key(value: str) -> bool:
+    try:
+        check_key(value)
+    except StoreError:
+        return False
+    return True
 
 
 def _relative_to(spec: StoreSpec, base: Path) -> StoreSpec:
@@ -109,7 +117,7 @@ class RoundWorkspace:
             candidates = [path]
         else:
             candidates = []
-            if self.store.exists(value):
+            if _is_key(value) and self.store.exists(value):
                 local = self.work / "data" / value
                 self.store.get_file(value, local)
                 candidates.append(local)
