@@ -59,6 +59,8 @@ def main(args: argparse.Namespace) -> int:
             tasks, stats = add_hidden_tests(tasks, executor, args.hidden, args.seed)
             dropped = ", ".join(f"{k} {v}" for k, v in stats.dropped.most_common()) or "none"
             print(f"hidden tests: {stats.problems} problems probed in {stats.seconds:.1f}s; inputs dropped: {dropped}")
+            if args.source == "humanevalfix":
+                print("hidden tests: none for humanevalfix: its upstream check() tests already go beyond the examples")
         invalid = check_tasks(tasks, executor)
     groups = {t.id: t.group for t in tasks}
     rejected += [{"id": i.id, "group": groups[i.id], "reason": i.reason, "detail": i.detail} for i in invalid]
