@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tasks = sub.add_parser("tasks", help="build and validate task corpora").add_subparsers(dest="tasks_cmd", required=True)
+    tasks = sub.add_parser("tasks", help="build and validate task corpora")
+    tasks = tasks.add_subparsers(dest="tasks_cmd", required=True)
     p = tasks.add_parser("build", help="convert a raw data set into validated task JSONL + a train/test split")
     p.add_argument("--source", required=True, choices=["debugbench", "humanevalfix"])
     p.add_argument("--data-dir", default="../shared/data", help="folder holding debugbench/ and humanevalfix/")
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only combine finished shards into the report")
     p.set_defaults(func=_lazy("agentq.evaluate:main"))
 
-    rnd = sub.add_parser("round", help="run a whole round on this machine").add_subparsers(dest="round_cmd", required=True)
+    rnd = sub.add_parser("round", help="run a whole round on this machine")
+    rnd = rnd.add_subparsers(dest="round_cmd", required=True)
     p = rnd.add_parser("run", help="collect -> preferences -> train -> merge -> evaluate, resuming finished steps")
     p.add_argument("file", metavar="ROUND_YAML")
     p.add_argument("--preset", choices=["tiny"], default=None, help="tiny: tiny random model + scripted critique")
