@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def main() -> int:
             player = JobPlayer(api)
             player.start()
             applied: dict[str, float] = {}
+            cpu0 = operator.cpu_seconds()
             t0 = time.monotonic()
             for i in range(args.rounds):
                 name = f"bench-{i:03d}"
@@ -112,7 +114,7 @@ def main() -> int:
                         done.setdefault(item["metadata"]["name"], time.monotonic())
                 time.sleep(0.2)
             wall = (max(done.values()) if done else time.monotonic()) - t0
-            rss = operator.peak_rss_mb()
+            rss, cpu = operator.peak_rss_mb(), operator.cpu_seconds() - cpu0
             player.stop_flag.set()
             jobs = batch.list_namespaced_job(NS, label_selector=ROUND_LABEL).items
             per_unit = Counter((j.metadata.labels[ROUND_LABEL], j.metadata.labels[UNIT_LABEL]) for j in jobs)
@@ -127,6 +129,10 @@ def main() -> int:
             print(f"rounds reconciled per second: {len(done) / wall:.2f} (all steps, {wall:.1f}s wall)")
             print(f"duplicate Jobs:               {duplicates}")
             print(f"operator peak RSS:            {rss:.0f} MiB")
+            print(f"operator CPU:                 {cpu:.1f}s for {args.rounds} rounds "
+                  f"({cpu / args.rounds * 1000:.0f} ms per round of 8 Jobs)")
+            print(f"load average (1/5/15 min):    {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+                  f"on {os.cpu_count()} cores")
             if player.errors:
                 print(f"job-player errors:            {len(player.errors)} (first: {player.errors[0]})")
             ok = len(done) == args.rounds and duplicates == 0 and not player.errors

@@ -32,7 +32,7 @@ from controller.jobs import (
     spec_configmap_name,
 )
 from controller.kube import Kube
-from controller.reconcile import Inspection, Plan, job_failure_reason, plan
+from controller.reconcile import Inspection, Plan, job_failure_reason, job_state, plan
 from controller.settings import OperatorSettings, load_settings
 
 log = logging.getLogger("agentq.operator")
@@ -47,10 +47,13 @@ class Runtime:
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="reconcile")
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.follows: dict[tuple[str, str], str] = {}  # (namespace, round) -> the round it starts from
+        self.own_writes: dict[tuple[str, str], str] = {}  # the resourceVersion of our last status write
 
-    def wake(self, namespace: str, name: str) -> None:
+    def wake(self, namespace: str, name: str, resource_version: str | None = None) -> None:
+        """Wake the round's daemon, unless the event is the echo of its own status write, and the daemons
+        of the rounds that start from it (its phase may have just become Succeeded)."""
         event = self.wakers.get((namespace, name))
-        if event:
+        if event and (resource_version is None or self.own_writes.get((namespace, name)) != resource_version):
             event.set()
         for (ns, follower), predecessor in self.follows.items():
             if ns == namespace and predecessor == name and (ns, follower) in self.wakers:
@@ -132,7 +135,7 @@ def reconcile_once(namespace: str, name: str) -> Plan | None:
             result.events.append(("Normal", "JobCreated", f"created Job {job['metadata']['name']}"))
     if result.status != (body.get("status") or {}):
         try:
-            kube.replace_round_status(body, result.status)
+            RT.own_writes[(namespace, name)] = kube.replace_round_status(body, result.status)
         except ApiException as err:
             if err.status != 409:
                 raise
@@ -174,17 +177,21 @@ async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.Da
     finally:
         RT.wakers.pop(key, None)
         RT.follows.pop(key, None)
+        RT.own_writes.pop(key, None)
 
 
 # Async on purpose: they run on the event loop, which owns the daemons' asyncio.Events.
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def round_event(name: str, namespace: str, **_: Any) -> None:
-    RT.wake(namespace, name)
+async def round_event(name: str, namespace: str, meta: kopf.Meta, **_: Any) -> None:
+    RT.wake(namespace, name, meta.get("resourceVersion"))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={ROUND_LABEL: kopf.PRESENT})
-async def job_event(labels: dict[str, str], namespace: str, **_: Any) -> None:
-    RT.wake(namespace, labels[ROUND_LABEL])
+async def job_event(type: str, body: kopf.Body, labels: dict[str, str], namespace: str, **_: Any) -> None:
+    # Only a finished or vanished Job can change what the round does next; the Job controller's
+    # intermediate writes (active pods) would just cost a reconcile pass each.
+    if type == "DELETED" or job_state(dict(body)) in ("Succeeded", "Failed"):
+        RT.wake(namespace, labels[ROUND_LABEL])
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

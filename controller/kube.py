@@ -47,16 +47,17 @@ class Kube:
                 return None
             raise
 
-    def replace_round_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+    def replace_round_status(self, body: dict[str, Any], status: dict[str, Any]) -> str:
         """PUT with the resourceVersion the plan was made from: a concurrent change answers 409 and the
-        caller simply reconciles again from fresh observations."""
+        caller simply reconciles again from fresh observations. Returns the new resourceVersion."""
         meta = body["metadata"]
         obj = {"apiVersion": body["apiVersion"], "kind": body["kind"],
                "metadata": {"name": meta["name"], "namespace": meta["namespace"],
                             "resourceVersion": meta["resourceVersion"]},
                "spec": body["spec"], "status": status}
-        self.custom.replace_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL,
-                                                            meta["name"], obj, _preload_content=False)
+        resp = self.custom.replace_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL,
+                                                                   meta["name"], obj, _preload_content=False)
+        return _raw(resp)["metadata"]["resourceVersion"]
 
     def list_jobs(self, namespace: str, round_name: str) -> list[dict[str, Any]]:
         resp = self.batch.list_namespaced_job(namespace, label_selector=f"{ROUND_LABEL}={round_name}",

@@ -309,7 +309,7 @@ def test_chained_round_waits_for_its_predecessor(h: Harness):
 def test_operator_under_its_own_rbac_role(tmp_path: Path):
     _require_testenv()
     cluster = LocalCluster(tmp_path / "rbac-cluster", rbac=True).start()
-    op = None
+    op = standby = None
     try:
         for manifest in ("crd.yaml", "peering.yaml", "rbac.yaml"):
             cluster.kubectl("apply", "-f", str(REPO / "manifests" / manifest))
@@ -322,7 +322,10 @@ def test_operator_under_its_own_rbac_role(tmp_path: Path):
             assert cluster.kubectl("auth", "can-i", verb, what, f"--as={sa}", "-A", check=False).stdout.strip() \
                 == "no"
         op = Operator(cluster.operator_kubeconfig, tmp_path, config=OPERATOR_CONFIG,
-                      args=("--peering", "agentq")).start()
+                      args=("--peering", "agentq", "--priority", "100")).start()
+        # A second replica with a lower priority must stand by, not act, until the first one goes away.
+        standby = Operator(cluster.operator_kubeconfig, tmp_path, config=OPERATOR_CONFIG, name="standby",
+                           args=("--peering", "agentq", "--priority", "50")).start()
         h = Harness(cluster, op, "rbac")
         h.apply(small_round("guarded"))
         h.wait_jobs("guarded", ["guarded-collect-0", "guarded-collect-1"], timeout=60)
@@ -332,11 +335,20 @@ def test_operator_under_its_own_rbac_role(tmp_path: Path):
         assert h.wait_phase("guarded", "Preferences")["jobs"]["collect-1"]["result"] == {"trajectories": 2}
         wait_for(lambda: ("Normal", "Collecting") in h.events("guarded"), "events posted under RBAC")
         peering = h.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "agentq")
-        assert peering.get("status"), "the operator did not register in its peering object"
+        assert len(peering.get("status") or {}) == 2, "both replicas register in the peering object"
+        assert "run_round" not in standby.output() and "job_event" not in standby.output()
+        # A rolling update stops the active replica: the standby takes over and carries the round on.
+        op.stop()
+        wait_for(lambda: "Resuming operations" in standby.output(), "the standby to take over", 30)
+        h.operator = standby
+        h.finish("guarded-preferences", {"pairs": 4})
+        h.wait_jobs("guarded", ["guarded-train"], timeout=30)
         cluster.kubectl("delete", "agentqround", "guarded", "-n", "rbac", "--timeout=30s")
         wait_for(lambda: h.jobs("guarded") == [], "Jobs deleted under RBAC")
-        assert "Forbidden" not in op.output() and "403" not in op.output(), op.output()[-3000:]
+        for replica in (op, standby):
+            assert "Forbidden" not in replica.output() and " 403" not in replica.output(), replica.output()[-3000:]
     finally:
-        if op:
-            op.stop()
+        for replica in (op, standby):
+            if replica:
+                replica.stop()
         cluster.stop()
