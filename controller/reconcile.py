@@ -102,6 +102,15 @@ def _pass_rate_text(results: dict[str, Any]) -> str | None:
     return " ".join(f"{mode}={float(rate):.2f}" for mode, rate in rates.items())
 
 
+def _fold(into: dict[str, Any], found: dict[str, Any], sharded: bool) -> None:
+    """Shards of one step report their own share (tasks, samples): counts add up; anything else is kept."""
+    for key, value in found.items():
+        if sharded and isinstance(value, int | float) and isinstance(into.get(key), int | float):
+            into[key] += value
+        else:
+            into[key] = value
+
+
 def _failure_message(job: dict[str, Any], found: Inspection, attempts: int) -> str:
     name = job["metadata"]["name"]
     msg = f"Job {name} failed after {attempts} attempt(s): {found.get('reason') or job_failure_reason(job)}"
@@ -162,6 +171,7 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     failed: tuple[dict, Inspection, int] | None = None
     for stage in units(spec):
         stage_done = True
+        stage_results: dict[str, Any] = {}
         for unit in stage:
             seen = sorted(by_unit.get(unit.key, []), key=lambda j: int(j["metadata"]["labels"][ATTEMPT_LABEL]))
             recorded = old_jobs.get(unit.key) or {}
@@ -178,7 +188,7 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
                 found = recorded.get("result") if same and "result" in recorded else \
                     (inspect(latest).get("result") or {})
                 entry["result"] = found
-                results.update(found)
+                _fold(stage_results, found, sharded=unit.shard is not None)
             else:
                 stage_done = False
             if state == "Failed":
@@ -197,6 +207,7 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
             jobs_status[unit.key] = entry
             if state != "Succeeded":
                 current_names.append(entry["name"])
+        results.update(stage_results)
         if not stage_done:  # only the first unfinished stage gets Jobs; later stages wait for it
             current = stage[0].step
             break

@@ -289,6 +289,15 @@ def test_delete_removes_the_jobs(h: Harness):
     wait_for(lambda: h.jobs("goner") == [], "the round's Jobs to be gone")
     names = [c.metadata.name for c in h.core.list_namespaced_config_map(h.ns).items]
     assert "goner-spec" not in names
+    # Artifacts stay unless the round asks otherwise; then a cleanup Job outlives the round.
+    h.apply(small_round("wiper", deleteArtifacts=True))
+    h.wait_jobs("wiper", ["wiper-collect-0", "wiper-collect-1"])
+    h.cluster.kubectl("delete", "agentqround", "wiper", "-n", h.ns, "--wait=true", "--timeout=30s")
+    wait_for(lambda: h.jobs("wiper") == ["wiper-cleanup"], "only the cleanup Job to remain")
+    cleanup = h.batch.read_namespaced_job("wiper-cleanup", h.ns)
+    assert "delete_prefix" in cleanup.spec.template.spec.containers[0].command[2]
+    cm = h.core.read_namespaced_config_map("wiper-cleanup", h.ns)
+    assert cm.metadata.owner_references[0].uid == cleanup.metadata.uid and "name: wiper" in cm.data["round.yaml"]
 
 
 def test_chained_round_waits_for_its_predecessor(h: Harness):

@@ -167,6 +167,7 @@ def test_plan_moves_on_only_when_every_shard_succeeded_and_records_results():
     p = plan(b, jobs, lambda j: {"result": {"trajectories": 3}}, "T2")
     assert [(u.key, a) for u, a in p.create] == [("preferences", 0)]
     assert p.status["phase"] == "Preferences" and p.status["jobs"]["collect-1"]["result"] == {"trajectories": 3}
+    assert p.status["results"] == {"trajectories": 6}  # shards' counts add up
     # the next pass reads recorded results from status instead of asking the pods again
     b2 = {**b, "status": p.status}
     jobs.append(job(b, Unit("preferences"), 0, "Running"))
