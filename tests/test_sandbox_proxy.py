@@ -6,6 +6,7 @@ LocalExecutor, and the same candidates through the naive baseline must agree wit
 
 from __future__ import annotations
 
+import collections
 import math
 import textwrap
 
@@ -34,7 +35,8 @@ def _codec() -> Codec:
     "value",
     [
         None, True, 0, -(10**40), 2**70, 1.5, -0.0, "héllo\ud800", [1, [2, [3]]], (1, (2,)), {1: "a", (2, 3): [4]},
-        {"k": {"nested": {1, 2}}}, frozenset({1, 2}), b"\x00\xff", bytearray(b"ab"), 3 + 4j, range(1, 10, 3), [],
+        {"k": {"nested": {1, 2}}}, frozenset({1, 2}), collections.deque([1, (2,)]), b"\x00\xff", bytearray(b"ab"),
+        3 + 4j, range(1, 10, 3), [],
     ],
 )
 def test_codec_round_trips_plain_data_exactly(value):

@@ -10,9 +10,11 @@ How a run is kept honest (details in forkserver.py, harness.py, wire.py, isolati
 * The test process reports each test on a pipe the candidate does not hold; a pass needs every test
   found here statically (with `ast`, before anything runs) reported run and passed, an end marker and a
   clean exit.
-* The candidate runs under its own unprivileged uid, in an empty network namespace, with a scrubbed
-  environment, a fresh working directory, rlimits and a pids cgroup, and everything it starts dies after
-  the run. A weaker set-up (not root) is reported in `Verdict.isolation`.
+* The candidate runs under an unprivileged uid of its own worker (not a shared 65534: one candidate must
+  not be able to kill another worker's candidate, and RLIMIT_NPROC must count only its own processes), in
+  an empty network namespace and a private mount namespace whose /tmp, /var/tmp and /dev/shm are small
+  tmpfs mounts, with a scrubbed environment, a fresh working directory, rlimits and a pids cgroup; all it
+  started dies after the run. A weaker set-up (not root) is reported in `Verdict.isolation`.
 """
 
 from __future__ import annotations

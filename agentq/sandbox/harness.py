@@ -9,6 +9,7 @@ faked from the candidate. Each test's outcome is written to a pipe the candidate
 
 from __future__ import annotations
 
+import collections
 import importlib
 import sys
 import traceback
@@ -139,6 +140,9 @@ def _update_in_place(target: Any, new: Any) -> None:
     """Make the test's own argument object look like the candidate's after the call."""
     if type(target) is list and type(new) is list or type(target) is bytearray and type(new) is bytearray:
         target[:] = new
+    elif type(target) is collections.deque and type(new) is collections.deque:
+        target.clear()
+        target.extend(new)
     elif type(target) is dict and type(new) is dict or type(target) is set and type(new) is set:
         target.clear()
         target.update(new)
@@ -164,7 +168,7 @@ class Remote:
         return self._channel.call(self._ref, args, kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") and name.endswith("__"):
+        if name in Remote.__slots__ or (name.startswith("__") and name.endswith("__")):
             raise AttributeError(name)
         return self._channel.getattr(self._ref, name)
 

@@ -45,12 +45,12 @@ def verdict_from_run(raw: dict[str, Any], test_names: list[str], limits: Limits)
     }
     cand_exit = raw.get("candidate_exit")
     kinds = {e.get("e"): e for e in reversed(events)}  # first event of each kind wins
-    if raw.get("fatal"):
-        return Verdict(status="error", message=f"sandbox failure: {raw['fatal']}", **common)
     if raw.get("timed_out"):
         pending = next((n for n in test_names if n not in by_name), None)
         where = f" while running {pending}" if pending else ""
         return Verdict(status="timeout", message=f"timed out after {limits.timeout_s:g}s{where}", **common)
+    if raw.get("fatal"):
+        return Verdict(status="error", message=f"sandbox failure: {raw['fatal']}", **common)
     if "import_error" in kinds:
         info = kinds["import_error"]
         if not info.get("type"):

@@ -5,7 +5,7 @@ own `ListNode`/`TreeNode`, and opaque handles. So an object whose `__eq__` alway
 subclass, or any other object with behaviour cannot reach the side that runs the asserts: at worst it
 arrives as a handle that compares by identity. Tags cover what JSON lacks:
 
-    tuple, set, frozenset, dict (any keys, order kept), bytes, bytearray, complex, range,
+    tuple, set, frozenset, deque, dict (any keys, order kept), bytes, bytearray, complex, range,
     big int (hex), float nan/inf, iterator (materialised), list_node / tree_node (LeetCode level order),
     ref (a handle to an object that stays on the side that owns it).
 """
@@ -13,6 +13,7 @@ arrives as a handle that compares by identity. Tags cover what JSON lacks:
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import math
 import socket
@@ -24,7 +25,7 @@ from agentq.sandbox import leetcode
 
 MAX_MESSAGE = 64 << 20
 _BIG = 1 << 62
-MUTABLE_TAGS = frozenset({"dict", "set", "bytearray", "list_node", "tree_node"})
+MUTABLE_TAGS = frozenset({"dict", "set", "bytearray", "deque", "list_node", "tree_node"})
 
 
 class ProtocolError(Exception):
@@ -96,6 +97,8 @@ class Codec:
             return {"t": "tuple", "v": [self.encode(x) for x in tuple.__iter__(v)]}
         if isinstance(v, dict):
             return {"t": "dict", "v": [[self.encode(k), self.encode(x)] for k, x in dict.items(v)]}
+        if isinstance(v, collections.deque):
+            return {"t": "deque", "v": [self.encode(x) for x in list(v)]}
         if isinstance(v, frozenset):
             return {"t": "frozenset", "v": [self.encode(x) for x in frozenset.__iter__(v)]}
         if isinstance(v, set):
@@ -158,6 +161,8 @@ class Codec:
             return set(items)
         if tag == "frozenset":
             return frozenset(items)
+        if tag == "deque":
+            return collections.deque(items)
         if tag == "complex":
             return complex(*items)
         if tag == "iter":
