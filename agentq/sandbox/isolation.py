@@ -219,10 +219,12 @@ class Confinement:
             os.setresuid(uid, uid, uid)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
 
-    def kill_candidates(self, pgid: int) -> None:
-        """Kill the candidate's process group and every process it left anywhere else."""
+    def kill_candidates(self, pid: int) -> None:
+        """Kill the candidate (a session leader), its process group and every process it left elsewhere."""
         with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # once it is gone the cgroup usually lists nothing more: no polling
         if self.cgroup is not None:
             self._kill_cgroup()
         elif self.root:
