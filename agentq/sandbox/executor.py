@@ -142,12 +142,20 @@ class _Worker:
             self.proc.wait()
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (a pinned container sees fewer than os.cpu_count() reports)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 class LocalExecutor:
     """Runs candidates on this machine. Thread-safe; `run_many` keeps the input order."""
 
     def __init__(self, workers: int | None = None, limits: Limits | None = None):
         self.limits = limits or Limits()
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or _usable_cores()
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
