@@ -109,17 +109,20 @@ class Server:
         gc.freeze()
 
     def serve(self) -> None:
-        wire.send(self.conn, {"ready": True, "pid": os.getpid(), "isolation": self.notes})
+        """Answer jobs until the executor hangs up (closing its end is how it stops a worker)."""
         try:
+            wire.send(self.conn, {"ready": True, "pid": os.getpid(), "isolation": self.notes})
             while True:
                 try:
                     job = wire.recv(self.conn)
-                except EOFError:
+                except (EOFError, ConnectionError):
                     return
                 result = self.run(job)
                 wire.send(self.conn, result)
                 if result.get("fatal"):
                     return
+        except ConnectionError:
+            return
         finally:
             self.conf.close()
 
