@@ -59,7 +59,10 @@ def test_missing_gguf_file_in_local_dir(tmp_path):
 
 
 def test_unreachable_hub_model_error_names_it(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    # The hub reads HF_HUB_OFFLINE at import; patch the constant so no network retries are attempted.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelLoadError, match="agentq-test/definitely-not-cached"):
         load_tokenizer(resolve_model("agentq-test/definitely-not-cached"))
 
