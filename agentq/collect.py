@@ -18,7 +18,6 @@ from tqdm import tqdm
 from agentq.config import ConfigError
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl
 from agentq.policy.base import load_policy
-from agentq.sandbox import make_executor
 from agentq.search.mcts import Search, SearchParams
 from agentq.tasks.schema import Task
 from agentq.workspace import RoundWorkspace, digest
@@ -62,11 +61,9 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
     inputs_digest = collect_digest(ws, tasks_digest, model_digest)
     step = f"collect-shard-{shard}-of-{num_shards}"
     mine = shard_tasks(tasks, shard, num_shards)
-    if ws.is_done(step, inputs_digest):
-        print(f"collect: shard {shard}/{num_shards} already complete ({len(mine)} tasks)")
-        result = ws.marker(step)["result"]
-        ws.report_result(result)
-        return result
+    done_result = ws.finished(step, inputs_digest, f"collect: shard {shard}/{num_shards} ({len(mine)} tasks)")
+    if done_result is not None:
+        return done_result
 
     key = ws.shard_key(shard, num_shards)
     local = ws.fetch(key)
@@ -77,7 +74,7 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
     critic = load_policy(spec.model.model_copy(update={"backend": "scripted"})) if spec.collect.critic == "scripted" \
         else None
     start = time.perf_counter()
-    with make_executor(spec.sandbox) as executor:
+    with ws.executor() as executor:
         bar = tqdm(todo, desc=f"collect shard {shard}/{num_shards}", unit="task", disable=None,
                    initial=len(done), total=len(mine))
         for task in bar:
@@ -90,8 +87,6 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
     records = list(read_jsonl(local))
     result = {"tasks": len(records), "solved": sum(r["solved"] for r in records),
               "samples": sum(r["stats"]["samples"] for r in records)}
-    ws.mark_done(step, inputs_digest, result)
-    print(f"collect: shard {shard}/{num_shards}: {result['solved']}/{result['tasks']} tasks solved, "
-          f"{result['samples']} samples, {time.perf_counter() - start:.1f}s -> {ws.describe(key)}")
-    ws.report_result(result)
-    return result
+    return ws.finish(step, inputs_digest, result,
+                     f"collect: shard {shard}/{num_shards}: {result['solved']}/{result['tasks']} tasks solved, "
+                     f"{result['samples']} samples, {time.perf_counter() - start:.1f}s -> {ws.describe(key)}")

@@ -24,7 +24,6 @@ from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import Policy, load_policy
 from agentq.policy.prompts import extract_code, rewrite_prompt, zero_shot_prompt
 from agentq.report import write_report
-from agentq.sandbox import make_executor
 from agentq.sandbox.verdict import Verdict
 from agentq.search.mcts import Executor, Search, SearchParams
 from agentq.tasks.schema import Task
@@ -104,11 +103,10 @@ def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
     mine = [t for i, t in enumerate(dedupe_by_group(tasks)) if i % num_shards == shard]
     inputs_digest = eval_digest(ws, tasks_digest)
     step = f"evaluate-shard-{shard}-of-{num_shards}"
-    if ws.is_done(step, inputs_digest):
-        print(f"evaluate: shard {shard}/{num_shards} already complete")
+    if ws.finished(step, inputs_digest, f"evaluate: shard {shard}/{num_shards}") is not None:
         return
     policy = load_policy(spec.model, path_override=ws.model_dir("merged"))
-    with make_executor(spec.sandbox) as executor:
+    with ws.executor() as executor:
         for mode in spec.evaluate.modes:
             key = shard_file(mode, shard, num_shards)
             local = ws.fetch(key)
@@ -124,7 +122,7 @@ def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
                 ws.publish(key)
                 if bar.disable:
                     print(f"evaluate {mode}: {task.id}: {record['status']} {record['seconds']:.1f}s", flush=True)
-    ws.mark_done(step, inputs_digest)
+    ws.finish(step, inputs_digest, {})
 
 
 def combine(ws: RoundWorkspace) -> dict[str, Any]:
@@ -156,12 +154,10 @@ def report(ws: RoundWorkspace) -> dict[str, Any]:
     """Combine finished shards (the operator's `report` Job; the embedded runner calls it directly)."""
     summary = combine(ws)
     result = {"passRate": {m: round(s["pass_rate"], 4) for m, s in summary["modes"].items()}}
-    ws.mark_done("evaluate", eval_digest(ws, ws.tasks("test")[1]), result)
-    for mode, s in summary["modes"].items():
-        print(f"evaluate: {mode}: {s['solved']}/{s['tasks']} solved ({s['pass_rate']:.1%}; visible-only "
-              f"{s['visible_pass_rate']:.1%}), {s['parse_failures']} parse failures")
-    ws.report_result(result)
-    return result
+    lines = [f"evaluate: {mode}: {s['solved']}/{s['tasks']} solved ({s['pass_rate']:.1%}; visible-only "
+             f"{s['visible_pass_rate']:.1%}), {s['parse_failures']} parse failures"
+             for mode, s in summary["modes"].items()]
+    return ws.finish("evaluate", eval_digest(ws, ws.tasks("test")[1]), result, "\n".join(lines))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -109,19 +109,17 @@ def preferences_digest(ws: RoundWorkspace) -> str:
 
 def run(ws: RoundWorkspace) -> dict[str, Any]:
     inputs_digest = preferences_digest(ws)
-    if ws.is_done("preferences", inputs_digest):
-        result = ws.marker("preferences")["result"]
-    else:
-        spec = ws.round.spec.preferences
-        pairs, stats = build_pairs(ws.read_trajectories(), PairPolicy(spec.alpha, spec.threshold))
-        ws.write_preferences(pairs, stats)
-        result = {"pairs": stats["pairs"], "flagged": stats["flagged_candidates"],
-                  "chosenPassShare": round(stats["chosen_passes_all_share"], 4)}
-        ws.mark_done("preferences", inputs_digest, result)
-    print(f"preferences: {result['pairs']} pairs ({result['chosenPassShare']:.0%} of chosen pass all tests, "
-          f"{result['flagged']} candidates flagged) -> {ws.describe('preferences.jsonl')}")
-    ws.report_result(result)
-    return result
+    done_result = ws.finished("preferences", inputs_digest, "preferences")
+    if done_result is not None:
+        return done_result
+    spec = ws.round.spec.preferences
+    pairs, stats = build_pairs(ws.read_trajectories(), PairPolicy(spec.alpha, spec.threshold))
+    ws.write_preferences(pairs, stats)
+    result = {"pairs": stats["pairs"], "flagged": stats["flagged_candidates"],
+              "chosenPassShare": round(stats["chosen_passes_all_share"], 4)}
+    return ws.finish("preferences", inputs_digest, result,
+                     f"preferences: {result['pairs']} pairs ({result['chosenPassShare']:.0%} of chosen pass all "
+                     f"tests, {result['flagged']} candidates flagged) -> {ws.describe('preferences.jsonl')}")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -18,12 +18,16 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentq.config import ConfigError, RoundFile, StoreSpec, dump_round, load_round
 from agentq.io import atomic_write_json, read_jsonl, write_jsonl
+from agentq.sandbox import make_executor
 from agentq.store import Store, StoreError, check_key, open_store
 from agentq.tasks.schema import Task, read_tasks
+
+if TYPE_CHECKING:
+    from agentq.sandbox import LocalExecutor, RemoteExecutor
 
 STEPS = ("collect", "preferences", "train", "merge", "evaluate")
 RESULT_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
@@ -153,18 +157,36 @@ class RoundWorkspace:
             return str(self.store.local_dir(f"{prefix}/merged")), marker["digest"]
         return model.base, digest(model.base, model.gguf_file)
 
+    def executor(self) -> LocalExecutor | RemoteExecutor:
+        """The sandbox for this step: SANDBOX_URL (set on the operator's collect/evaluate Jobs, pointing at the
+        sandbox pods) wins over spec.sandbox.url; with neither, candidates run in a local executor."""
+        spec = self.round.spec.sandbox
+        url = os.environ.get("SANDBOX_URL") or spec.url
+        return make_executor(spec.model_copy(update={"url": url}))
+
     # ---- completion markers -------------------------------------------------------------------------------
 
     def marker(self, step: str) -> dict[str, Any] | None:
         return self.get_json(self.key(f"steps/{step}.json"))
 
-    def is_done(self, step: str, inputs_digest: str) -> bool:
+    def finished(self, step: str, inputs_digest: str, done_line: str = "") -> dict[str, Any] | None:
+        """The result of a step that already ran with these inputs (reported again for the operator), or None."""
         marker = self.marker(step)
-        return marker is not None and marker.get("digest") == inputs_digest
+        if marker is None or marker.get("digest") != inputs_digest:
+            return None
+        if done_line:
+            print(f"{done_line}: already complete", flush=True)
+        self.report_result(marker["result"])
+        return marker["result"]
 
-    def mark_done(self, step: str, inputs_digest: str, result: dict[str, Any] | None = None) -> None:
+    def finish(self, step: str, inputs_digest: str, result: dict[str, Any], line: str = "") -> dict[str, Any]:
+        """Record the step as done for these inputs, say so, and leave the result for the operator."""
         self.store.put_json(self.key(f"steps/{step}.json"),
-                            {"digest": inputs_digest, "finished_at": time.time(), "result": result or {}})
+                            {"digest": inputs_digest, "finished_at": time.time(), "result": result})
+        if line:
+            print(line, flush=True)
+        self.report_result(result)
+        return result
 
     def step_digest(self, step: str) -> str:
         """Digest a step's marker must hold; raises when an upstream step has not finished."""

@@ -210,8 +210,6 @@ def test_mock_model_steps_run_as_the_kind_jobs_would(tmp_path, sandbox):
     assert set(results) == {"collect-0", "collect-1", "preferences", "train", "merge", "evaluate-0", "report"}
 
 
-@pytest.mark.xfail(strict=True, reason="gap: agentq steps read only spec.sandbox.url, not the SANDBOX_URL the "
-                                       "operator's collect/evaluate Jobs get; remove this mark once they do")
 def test_collect_uses_the_sandbox_at_sandbox_url(tmp_path, sandbox):
     url, calls = sandbox
     _run_units(tmp_path, url, {"collect"})

@@ -156,7 +156,8 @@ def test_tiny_run_ships_the_best_checkpoint(tmp_path):
     # eval_steps=2 evaluates at step 2; the last step (3) is always evaluated as well
     assert sorted(real) == [2, 3] and all(0.0 <= v <= 1.0 for v in real.values())
     assert summary["steps"] == 3 and summary["best_step"] == 2 and summary["best_eval_reward_accuracy"] == 0.72
-    assert (summary["train_pairs"], summary["eval_pairs"]) == (12, 4)
+    # 16 pairs from 3 tasks: one whole task is held out, never a few of its sibling pairs
+    assert (summary["train_pairs"], summary["eval_pairs"]) in {(10, 6), (11, 5)}
     assert sorted(p.name for p in out.iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -212,7 +213,7 @@ def ws(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_train_then_merge_publish_to_the_store(ws):
     ws.store.put_text(ws.key("preferences.jsonl"), "".join(json.dumps(pair(i, task_id="t")) + "\n" for i in range(8)))
-    ws.mark_done("preferences", "prefs-digest", {"pairs": 8})
+    ws.finish("preferences", "prefs-digest", {"pairs": 8})
 
     result = dpo.run(ws)
     assert result["steps"] == 2 and result["pairs"] == 8 and result["bestStep"] in (1, 2)
@@ -235,7 +236,7 @@ def test_train_then_merge_publish_to_the_store(ws):
 @pytest.mark.slow
 def test_empty_preferences_name_the_store_file(ws):
     ws.store.put_text(ws.key("preferences.jsonl"), "")
-    ws.mark_done("preferences", "prefs-digest", {"pairs": 0})
+    ws.finish("preferences", "prefs-digest", {"pairs": 0})
     with pytest.raises(
         PreferenceFileError,
         match=r"no preference pairs in file://.*/rounds/r1/preferences\.jsonl; "

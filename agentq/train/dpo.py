@@ -291,9 +291,9 @@ def run(ws: Any) -> dict[str, Any]:
     spec = ws.round.spec.train
     _, model_digest = ws.model_source()
     inputs_digest = digest("train", spec, model_digest, ws.step_digest("preferences"))
-    if ws.is_done("train", inputs_digest):
-        print(f"train: already complete -> {ws.describe('adapter')}")
-        return ws.marker("train")["result"]
+    done_result = ws.finished("train", inputs_digest, "train")
+    if done_result is not None:
+        return done_result
     pairs_path = ws.fetch("preferences.jsonl")
     if not pairs_path.exists() or pairs_path.stat().st_size == 0:
         raise PreferenceFileError(
@@ -307,13 +307,11 @@ def run(ws: Any) -> dict[str, Any]:
         "bestStep": summary["best_step"],
         "rewardAccuracy": summary["best_eval_reward_accuracy"],
     }
-    ws.mark_done("train", inputs_digest, result)
-    print(
+    return ws.finish(
+        "train", inputs_digest, result,
         f"train: {summary['steps']} steps on {summary['train_pairs']} pairs; best step {summary['best_step']} "
-        f"(eval reward accuracy {summary['best_eval_reward_accuracy']}) -> {ws.describe('adapter')}"
+        f"(eval reward accuracy {summary['best_eval_reward_accuracy']}) -> {ws.describe('adapter')}",
     )
-    ws.report_result(result)
-    return result
 
 
 def main(args: argparse.Namespace) -> int:

@@ -165,20 +165,18 @@ def run(ws: Any) -> dict[str, Any]:
 
     _, model_digest = ws.model_source()
     inputs_digest = digest("merge", model_digest, ws.step_digest("train"))
-    if ws.is_done("merge", inputs_digest):
-        print(f"merge: already complete -> {ws.describe('merged')}")
-        return ws.marker("merge")["result"]
+    done_result = ws.finished("merge", inputs_digest, "merge")
+    if done_result is not None:
+        return done_result
     adapter_dir = ws.model_dir("adapter")
     with ws.store.writing_dir(ws.key("merged")) as out_dir:
         summary = merge_adapter(base_model_dir(ws), adapter_dir, out_dir)
     result = {"maxAbsLogitDiff": summary["max_abs_diff"]}
-    ws.mark_done("merge", inputs_digest, result)
-    print(
+    return ws.finish(
+        "merge", inputs_digest, result,
         f"merge: max abs logit diff {summary['max_abs_diff']:.3g} (tolerance {summary['tolerance']:.3g}) "
-        f"-> {ws.describe('merged')}"
+        f"-> {ws.describe('merged')}",
     )
-    ws.report_result(result)
-    return result
 
 
 def main(args: argparse.Namespace) -> int:
