@@ -117,5 +117,7 @@ if [[ ! -x "$BIN/kubectl" || ! -x "$BIN/helm" ]]; then
 fi
 
 have_all "$BIN" || { log "incomplete: $BIN lacks kube-apiserver, etcd or kubectl"; exit 1; }
+# Only the binaries are kept: the toolchain, sources and package lists (about 650 MB) served the build.
+rm -rf "$CACHE/root" "$CACHE/debs" "$CACHE/src" "$APT_DIR"
 log "ready in $(( $(date +%s) - start ))s: $BIN"
 echo "$BIN"
