@@ -77,3 +77,15 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield obj
+
+
+def replace_markdown_section(path: str | Path, title: str, section: str) -> None:
+    """Replace the `## title` section of a markdown file (or append it), leaving the other sections alone,
+    so each benchmark can rewrite its own figures in a shared docs page."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find(f"\n## {title}\n")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + text[end if end >= 0 else len(text):]
+    atomic_write_text(path, text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")

@@ -29,20 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from agentq.config import TrainSpec
+from agentq.io import replace_markdown_section
+from agentq.policy.tiny import QWEN25_CODER_7B_ARCH
 
-# Qwen2.5-Coder-7B-Instruct's architecture (config.json on the hub), random weights.
-QWEN25_7B = dict(
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=152064,
-    max_position_embeddings=32768,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=False,
-)
+SECTION = "DPO step"
 ORIGINAL_MINUTES, ORIGINAL_PAIRS = 19, 1352  # the original round on one H100
 VARIANTS: dict[str, dict[str, Any]] = {
     "original": {},
@@ -127,7 +117,7 @@ def random_7b(device: str) -> Any:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     with torch.device(device):
-        return Qwen2ForCausalLM(Qwen2Config(**QWEN25_7B)).to(torch.bfloat16)
+        return Qwen2ForCausalLM(Qwen2Config(**QWEN25_CODER_7B_ARCH)).to(torch.bfloat16)
 
 
 def run_variant(
@@ -243,17 +233,6 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(path: Path, section: str) -> None:
-    from agentq.io import atomic_write_text
-
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find("\n## DPO step")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + text[end if end >= 0 else len(text) :]
-    atomic_write_text(path, text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-shape", choices=["tiny", "qwen2.5-7b"], default="tiny")
@@ -322,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(section)
     if args.write_docs:
-        write_docs(Path(args.write_docs), section)
+        replace_markdown_section(args.write_docs, SECTION, section)
         print(f"wrote the DPO step section of {args.write_docs}")
     if args.json:
         print(json.dumps(rows))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agentq.config import ModelSpec
+from agentq.io import replace_markdown_section
 from agentq.policy.base import PolicyError, Prompt, load_policy
 from agentq.policy.prompts import rewrite_prompt
 
@@ -161,18 +162,6 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def replace_section(path: Path, title: str, section: str) -> None:
-    """Replace the `## title` section of a markdown file (or append it), leaving the others alone."""
-    from agentq.io import atomic_write_text
-
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(f"\n## {title}\n")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + text[end if end >= 0 else len(text):]
-    atomic_write_text(path, text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-shape", choices=["small", "qwen2.5-7b"], default="small",
@@ -251,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(section)
     if args.write_docs:
-        replace_section(Path(args.write_docs), SECTION, section)
+        replace_markdown_section(args.write_docs, SECTION, section)
         print(f"wrote the {SECTION} section of {args.write_docs}")
     if args.json:
         print(json.dumps(rows))

@@ -40,7 +40,7 @@ TINY_ARCH = dict(
 )
 QWEN25_CODER_7B_ARCH = dict(
     hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, intermediate_size=18944,
-    vocab_size=152064, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False,
+    vocab_size=152064, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False,
 )
 
 
