@@ -21,7 +21,7 @@ def fenced(code: str) -> str:
 class ScriptPolicy:
     """Answers rewrite prompts from a queue of completions and critique prompts with a fixed answer."""
 
-    def __init__(self, completions: list[str], critique: str = "RANKING: 2 > 1") -> None:
+    def __init__(self, completions: list[str], critique: str = "2 > 1") -> None:
         self.completions = list(completions)
         self.critique = critique
         self.calls: list[tuple[str, int, float]] = []
@@ -88,7 +88,7 @@ def test_first_rollout_expands_root_tests_and_backpropagates_running_mean():
     assert root.visits == 2 and root.q_mcts == pytest.approx(0.5)
     assert (a.visits, b.visits) == (1, 1)
     assert sandbox.runs == 2
-    # critique "RANKING: 2 > 1" ranks the second candidate best
+    # critique "2 > 1" (after the prompt's "RANKING:" prefix) ranks the second candidate best
     assert (a.q_ai, b.q_ai) == (0.0, 1.0)
     assert [c[0] for c in policy.calls] == ["rewrite", "critique"]
 

@@ -129,9 +129,12 @@ def test_mutation_kinds():
 
 
 def critique(mode: str, candidates: list[str], seed: int = 0) -> str:
+    """The full answer as a parser sees it: the prompt's answer prefix, then what the mock continued with."""
     pol = policy(critique=mode)
-    return pol.generate([critique_prompt(make_task(), candidates)], n=1, temperature=0.2,
-                        max_new_tokens=50, seed=seed)[0][0].text
+    prompt = critique_prompt(make_task(), candidates)
+    answer = pol.generate([prompt], n=1, temperature=0.2, max_new_tokens=50, seed=seed)[0][0].text
+    assert not answer.startswith("RANKING")  # the label is already in the prefix
+    return prompt.answer_prefix + answer
 
 
 CANDIDATES = [

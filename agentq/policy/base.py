@@ -25,6 +25,9 @@ class Prompt:
     task: Task | None = None
     purpose: Purpose = "rewrite"
     candidates: list[str] = field(default_factory=list)
+    # The start of the assistant's answer, already written; backends return only what follows it. Small
+    # models keep to an answer format far more reliably when its label is already in place.
+    answer_prefix: str = ""
 
     def text(self) -> str:
         return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)

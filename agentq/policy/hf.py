@@ -96,7 +96,7 @@ class HFPolicy:
 
     def _encode(self, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
         texts = [
-            self.tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
+            self.tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True) + p.answer_prefix
             for p in prompts
         ]
         # The chat template already holds any BOS token; adding special tokens again would double it.

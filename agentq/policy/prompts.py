@@ -76,14 +76,15 @@ def critique_prompt(task: Task, candidates: Sequence[str]) -> Prompt:
     example = " > ".join(str(i) for i in range(1, len(candidates) + 1))
     user = (
         f"{_problem(task)}\n\n## Candidate fixes\n{shown}\n\n"
-        "Rank the candidates from most to least likely to be a correct fix. Think briefly, then end with "
-        f"one line in exactly this format, using every candidate number once:\n{RANKING_LABEL} {example}"
+        "Rank the candidates from most to least likely to be a correct fix. Answer with one line in exactly "
+        f"this format, using every candidate number once:\n{RANKING_LABEL} {example}"
     )
     return Prompt(
         messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
         task=task,
         purpose="critique",
         candidates=list(candidates),
+        answer_prefix=f"{RANKING_LABEL} ",
     )
 
 

@@ -183,4 +183,5 @@ class ScriptedPolicy:
             order.reverse()
         elif mode == "random":
             rng.shuffle(order)
-        return f"Candidate {order[0] + 1} looks most likely to be correct.\n{format_ranking(order)}"
+        # The prompt's answer prefix already holds the "RANKING:" label; answer only what follows it.
+        return format_ranking(order).removeprefix(prompt.answer_prefix.strip()).strip()

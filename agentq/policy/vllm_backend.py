@@ -39,7 +39,7 @@ class VllmPolicy:
         if not prompts:
             return []
         texts = [
-            self.tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
+            self.tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True) + p.answer_prefix
             for p in prompts
         ]
         greedy = temperature <= 0

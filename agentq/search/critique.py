@@ -44,7 +44,7 @@ def critique_siblings(
         return Critique([NEUTRAL_Q] * len(candidates), "", True)
     prompt = critique_prompt(task, candidates)
     answer = policy.generate([prompt], n=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)[0][0]
-    ranking = parse_ranking(answer.text, len(candidates))
+    ranking = parse_ranking(prompt.answer_prefix + answer.text, len(candidates))
     if ranking is None:
         return Critique([NEUTRAL_Q] * len(candidates), answer.text, False)
     return Critique(rank_to_q(ranking), answer.text, True)
