@@ -139,7 +139,9 @@ def reconcile_once(namespace: str, name: str) -> Plan | None:
         except ApiException as err:
             if err.status != 409:
                 raise
-            result.status = {}  # stale: the next pass plans again from fresh observations
+            # Stale: the next pass plans again from fresh observations and announces the transitions then.
+            result.status = {}
+            result.events = [e for e in result.events if e[1] == "JobCreated"]
     return result
 
 

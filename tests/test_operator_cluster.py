@@ -332,10 +332,15 @@ def test_operator_under_its_own_rbac_role(tmp_path: Path):
                 == "no"
         op = Operator(cluster.operator_kubeconfig, tmp_path, config=OPERATOR_CONFIG,
                       args=("--peering", "agentq", "--priority", "100")).start()
-        # A second replica with a lower priority must stand by, not act, until the first one goes away.
+        wait_for(lambda: "Resuming operations" in op.output(), "the operator to join the peering", 30)
+        # A second replica (a rolling update's new pod) with a lower priority must stand by, not act, until
+        # the first one goes away. Started together, kopf lets each act until it has seen the other.
         standby = Operator(cluster.operator_kubeconfig, tmp_path, config=OPERATOR_CONFIG, name="standby",
                            args=("--peering", "agentq", "--priority", "50")).start()
         h = Harness(cluster, op, "rbac")
+        wait_for(lambda: len(h.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
+                                                                 "agentq").get("status") or {}) == 2,
+                 "both replicas in the peering object", 30)
         h.apply(small_round("guarded"))
         h.wait_jobs("guarded", ["guarded-collect-0", "guarded-collect-1"], timeout=60)
         h.finish("guarded-collect-0", {})
@@ -343,8 +348,6 @@ def test_operator_under_its_own_rbac_role(tmp_path: Path):
         h.wait_jobs("guarded", ["guarded-preferences"])
         assert h.wait_phase("guarded", "Preferences")["jobs"]["collect-1"]["result"] == {"trajectories": 2}
         wait_for(lambda: ("Normal", "Collecting") in h.events("guarded"), "events posted under RBAC")
-        peering = h.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "agentq")
-        assert len(peering.get("status") or {}) == 2, "both replicas register in the peering object"
         assert "run_round" not in standby.output() and "job_event" not in standby.output()
         # A rolling update stops the active replica: the standby takes over and carries the round on.
         op.stop()
