@@ -4,6 +4,8 @@ without a cluster."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import yaml
 
@@ -213,3 +215,10 @@ def test_plan_rejects_an_invalid_name_with_a_clear_condition():
     p = plan(b, [], no_inspect, "T")
     assert p.status["phase"] == "Failed"
     assert "metadata.name" in p.status["conditions"][2]["message"]
+
+
+def test_controller_never_imports_the_ml_stack():
+    code = ("import sys, controller.handlers, controller.testenv; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'trl', 'peft')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
