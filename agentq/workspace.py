@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,10 +190,13 @@ class RoundWorkspace:
         return result
 
     def step_digest(self, step: str) -> str:
-        """Digest a step's marker must hold; raises when an upstream step has not finished."""
+        """Digest a step's marker must hold; raises, naming the command to run, when it has not finished."""
         marker = self.marker(step)
         if marker is None:
-            raise ConfigError(f"round {self.name}: step {step!r} has not finished; run it first")
+            match = re.fullmatch(r"collect-shard-(\d+)-of-(\d+)", step)
+            command = (f"agentq collect --round {self.source} --shard {match[1]} --num-shards {match[2]}" if match
+                       else f"agentq {step} --round {self.source}")
+            raise ConfigError(f"round {self.name}: step {step!r} has not finished; run `{command}` first")
         return marker["digest"]
 
     # ---- step outputs -------------------------------------------------------------------------------------
