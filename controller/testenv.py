@@ -86,6 +86,14 @@ class LocalCluster:
     server: str = ""
 
     def start(self) -> LocalCluster:
+        """Both processes up and the `default` namespace present; on any failure nothing is left running."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> LocalCluster:
         bins = bin_dir()
         self.bins = bins
         self.workdir.mkdir(parents=True, exist_ok=True)
