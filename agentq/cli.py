@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = rnd.add_parser("status", help="each step's state and the headline numbers")
     p.add_argument("file", metavar="ROUND_YAML")
     p.set_defaults(func=_lazy("agentq.round:status_main"))
+    p = rnd.add_parser("clean", help="delete the round's artifacts from its store")
+    p.add_argument("file", metavar="ROUND_YAML")
+    p.set_defaults(func=_lazy("agentq.round:clean_main"))
     return parser
 
 

@@ -106,3 +106,11 @@ def status_main(args: argparse.Namespace) -> int:
         numbers = ", ".join(f"{k}={v}" for k, v in result.items())
         print(f"  {step:<12} {state:<8} {numbers}")
     return 0
+
+
+def clean_main(args: argparse.Namespace) -> int:
+    """Remove a round's artifacts (the operator's cleanup Job for `deleteArtifacts: true` runs this)."""
+    ws = RoundWorkspace(load_round(args.file), str(args.file), save_spec=False)
+    removed = ws.store.delete_prefix(ws.prefix)
+    print(f"removed {removed} objects of round {ws.name} from {ws.store.url}")
+    return 0

@@ -213,16 +213,6 @@ def build_job(body: dict[str, Any], unit: Unit, attempt: int, settings: Operator
     return _job(body, job_name(round_name, unit, attempt), labels, pod)
 
 
-CLEANUP_SCRIPT = (
-    "import sys\n"
-    "from agentq.config import load_round\n"
-    "from agentq.store import open_store\n"
-    "r = load_round(sys.argv[1])\n"
-    "n = open_store(r.spec.store).delete_prefix(f'rounds/{r.name}')\n"
-    "print(f'removed {n} objects of round {r.name}')\n"
-)
-
-
 def cleanup_name(round_name: str) -> str:
     return _fit(f"{round_name}-cleanup")
 
@@ -233,7 +223,7 @@ def cleanup_job(body: dict[str, Any], settings: OperatorSettings) -> dict[str, A
     spec = RoundSpec.model_validate(body["spec"])
     round_name = body["metadata"]["name"]
     container = {"name": "cleanup", "image": settings.images.infer,
-                 "command": ["python", "-c", CLEANUP_SCRIPT, ROUND_PATH]}
+                 "command": ["agentq", "round", "clean", ROUND_PATH]}
     labels = {ROUND_LABEL: round_name, STEP_LABEL: "cleanup", UNIT_LABEL: "cleanup", ATTEMPT_LABEL: "0"}
     pod = _pod_spec(spec, cleanup_name(round_name), container, settings)
     job = _job(body, cleanup_name(round_name), labels, pod, owned=False)

@@ -44,3 +44,6 @@ def test_two_shards_then_preferences_on_20_tasks(tmp_path, capsys):
     pairs = list(read_jsonl(out / "preferences.jsonl"))
     assert pairs and all(p["chosen"][0]["role"] == "assistant" and p["delta_q"] > 0.1 for p in pairs)
     assert {p["task_id"] for p in pairs} <= set(ids[0] + ids[1])
+    assert main(["round", "clean", round_yaml]) == 0
+    assert not (tmp_path / "store" / "rounds" / "c").exists()
+    assert "removed" in capsys.readouterr().out
