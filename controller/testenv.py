@@ -77,6 +77,18 @@ def _wait(check: Any, timeout: float, what: str, proc: subprocess.Popen | None =
 
 
 @dataclass
+def stop_process(proc: subprocess.Popen, grace_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL after a grace period: servers under test get a chance to shut down cleanly."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class LocalCluster:
     """etcd + kube-apiserver in `workdir`; `rbac=True` turns on RBAC authorization."""
 
@@ -160,13 +172,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
         self.procs.clear()
 
 

@@ -25,6 +25,7 @@ import yaml
 from agentq.config import load_round
 from controller.jobs import PVC_MOUNT, RESULT_FILE, ROUND_PATH, build_job, spec_configmap, units
 from controller.settings import OperatorSettings
+from controller.testenv import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -145,12 +146,7 @@ def sandbox(tmp_path):
             proxy.shutdown()
             proxy.server_close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _container_env(job: dict, store: Path, result: Path, home: Path) -> dict[str, str]:
