@@ -76,7 +76,6 @@ def _wait(check: Any, timeout: float, what: str, proc: subprocess.Popen | None =
     raise TimeoutError(f"{what} not ready after {timeout}s")
 
 
-@dataclass
 def stop_process(proc: subprocess.Popen, grace_s: float = 10) -> None:
     """SIGTERM, then SIGKILL after a grace period: servers under test get a chance to shut down cleanly."""
     if proc.poll() is not None:
@@ -89,6 +88,7 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 10) -> None:
         proc.wait()
 
 
+@dataclass
 class LocalCluster:
     """etcd + kube-apiserver in `workdir`; `rbac=True` turns on RBAC authorization."""
 
