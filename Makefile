@@ -10,7 +10,9 @@ DATA ?= ../shared/data
 setup: $(STAMP)
 
 $(STAMP):
-	$(PYTHON) -m venv $(VENV)
+	# Debian's own python3 ships venv separately (python3-venv); install it when it is missing.
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); apt-get update -q && apt-get install -y -q python3-venv \
+		&& $(PYTHON) -m venv $(VENV); }
 	# The CPU build of torch first: an unpinned torch would pull gigabytes of CUDA wheels.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[infer,train,eval,controller,s3,dev]'
