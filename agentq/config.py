@@ -116,6 +116,7 @@ class EvaluateSpec(Spec):
 class SandboxSpec(Spec):
     url: str | None = Field(None, description="Remote sandbox (`agentq sandbox serve`); in-process when unset.")
     timeout_seconds: float = Field(5.0, gt=0)
+    cpu_seconds: int | None = Field(None, ge=1, description="CPU time per candidate (default: the timeout + 1 s).")
     memory_mb: int = Field(1024, ge=64)
     workers: int | None = Field(None, ge=1, description="Warm workers; defaults to the CPU count.")
 

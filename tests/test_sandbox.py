@@ -134,6 +134,14 @@ def test_infinite_loop_times_out(ex):
     assert candidate_processes(ex) == []
 
 
+def test_busy_loop_is_cut_by_cpu_time_before_the_wall_clock(ex):
+    limits = Limits(timeout_s=20.0, cpu_s=1, memory_mb=512)
+    verdict = ex.run("def add(a, b):\n    while True:\n        pass\n", TESTS, limits=limits)
+    assert verdict.status == "timeout" and "used up its CPU time" in verdict.message, verdict
+    assert verdict.duration_s < 10  # the 20 s wall clock never came into it
+    assert ex.run(GOOD, TESTS, limits=limits).passed
+
+
 def test_sleeping_candidate_times_out_by_wall_clock(ex):
     check(ex, "import time\ndef add(a, b):\n    time.sleep(60)\n", "timeout")
 

@@ -39,7 +39,7 @@ def make_executor(spec: SandboxSpec) -> LocalExecutor | RemoteExecutor:
     from agentq.sandbox.executor import LocalExecutor
     from agentq.sandbox.limits import Limits
 
-    limits = Limits(timeout_s=spec.timeout_seconds, memory_mb=spec.memory_mb)
+    limits = Limits(timeout_s=spec.timeout_seconds, cpu_s=spec.cpu_seconds or 0, memory_mb=spec.memory_mb)
     if spec.url:
         return RemoteExecutor(spec.url, limits=limits)
     return LocalExecutor(workers=spec.workers, limits=limits)

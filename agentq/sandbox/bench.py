@@ -22,7 +22,8 @@ from agentq.tasks.humanevalfix import load_humanevalfix
 
 # Three buggy HumanEvalFix programs loop forever, so the timeout is part of the measured cost. Canonical
 # runs take well under 0.1 s warm; 2 s leaves room for a busy machine without dominating the total.
-BENCH_LIMITS = Limits(timeout_s=2.0, memory_mb=1024)
+# A busy loop is cut at 1 s of CPU on both sides; the 2 s wall clock is for programs that block or sleep.
+BENCH_LIMITS = Limits(timeout_s=2.0, cpu_s=1, memory_mb=1024)
 
 
 def _run_naive_all(items: list[tuple[str, str]], workers: int) -> list[Verdict]:
@@ -71,8 +72,8 @@ def main(args: argparse.Namespace) -> int:
     }
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"HumanEvalFix: {n} tasks, {len(items)} candidates (canonical + buggy); {workers} cores, load {load}")
-    print(f"limits: timeout {BENCH_LIMITS.timeout_s:g} s, memory {BENCH_LIMITS.memory_mb} MB, "
-          f"file {BENCH_LIMITS.file_mb} MB, {BENCH_LIMITS.max_procs} processes")
+    print(f"limits: timeout {BENCH_LIMITS.timeout_s:g} s, cpu {BENCH_LIMITS.cpu_s} s, "
+          f"memory {BENCH_LIMITS.memory_mb} MB, file {BENCH_LIMITS.file_mb} MB, {BENCH_LIMITS.max_procs} processes")
     print(f"warm executor : {workers} fork servers         {warm_s:7.2f} s  {warm_per_s:7.2f} candidates/s"
           f"  (fork-server start-up {startup:.2f} s, not counted)")
     print(f"naive baseline: fresh pytest, {workers} in parallel  {naive_s:7.2f} s  {naive_per_s:7.2f} candidates/s"

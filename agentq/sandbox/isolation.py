@@ -129,17 +129,19 @@ def kill_uid(uid: int) -> None:
 
 
 def set_limits(limits: dict[str, float], nproc: int) -> None:
-    cpu = int(limits["timeout_s"]) + 1
+    cpu = int(limits["cpu_s"])
     mem = int(limits["memory_mb"]) << 20
     fsize = int(limits["file_mb"]) << 20
     for res, value in (
         (resource.RLIMIT_AS, mem),
-        (resource.RLIMIT_CPU, cpu),
         (resource.RLIMIT_FSIZE, fsize),
         (resource.RLIMIT_NPROC, nproc),
         (resource.RLIMIT_CORE, 0),
     ):
         resource.setrlimit(res, (value, value))
+    # Soft limit: SIGXCPU, reported as a CPU-time timeout. With hard == soft the kernel sends SIGKILL on the
+    # same tick instead; the hard limit a second later only stops a candidate that ignores SIGXCPU.
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 
 
 def _remove_stale_groups(parent: Path) -> None:

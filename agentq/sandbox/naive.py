@@ -33,7 +33,7 @@ def _command(limits: Limits, uid: int | None) -> list[str]:
     rlimits = [
         "prlimit",
         f"--as={limits.memory_mb << 20}",
-        f"--cpu={int(limits.timeout_s) + 1}",
+        f"--cpu={limits.cpu_s}:{limits.cpu_s + 1}",
         f"--fsize={limits.file_mb << 20}",
         f"--nproc={limits.max_procs}",
         "--core=0",
