@@ -19,7 +19,6 @@ import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -502,58 +501,3 @@ def open_store(spec: StoreSpec, *, pvc_root: str | None = None, **s3_options: An
     store = S3Store(spec.s3, _s3_client(spec.s3), **s3_options)
     store.check()
     return store
-
-
-@dataclass(frozen=True)
-class RoundLayout:
-    """Keys of one round's artifacts (DESIGN.md, "Artifacts"); steps never spell these paths themselves."""
-
-    round: str
-
-    @property
-    def root(self) -> str:
-        return f"rounds/{self.round}"
-
-    @property
-    def spec(self) -> str:
-        return f"{self.root}/spec.yaml"
-
-    @property
-    def trajectories(self) -> str:
-        return f"{self.root}/trajectories"
-
-    def shard(self, index: int, count: int) -> str:
-        if not 0 <= index < count:
-            raise ValueError(f"shard index {index} outside 0..{count - 1}")
-        return f"{self.trajectories}/shard-{index}-of-{count}.jsonl"
-
-    @property
-    def preferences(self) -> str:
-        return f"{self.root}/preferences.jsonl"
-
-    @property
-    def adapter(self) -> str:
-        return f"{self.root}/adapter"
-
-    @property
-    def merged(self) -> str:
-        return f"{self.root}/merged"
-
-    @property
-    def eval(self) -> str:
-        return f"{self.root}/eval"
-
-    def eval_results(self, mode: str) -> str:
-        return f"{self.eval}/{mode}.jsonl"
-
-    @property
-    def eval_summary(self) -> str:
-        return f"{self.eval}/summary.json"
-
-    @property
-    def eval_report(self) -> str:
-        return f"{self.eval}/report.md"
-
-    @property
-    def eval_plot(self) -> str:
-        return f"{self.eval}/pass_rate.png"

@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from agentq.config import S3Spec, StoreSpec
-from agentq.store import FileStore, IntegrityError, RoundLayout, StoreError, StoreKeyError, open_store
+from agentq.store import FileStore, IntegrityError, StoreError, StoreKeyError, open_store
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -279,19 +279,3 @@ def test_pvc_root_comes_from_the_job_environment(tmp_path, monkeypatch):
     store = open_store(StoreSpec(pvc="agentq-artifacts"))
     assert isinstance(store, FileStore) and store.root == tmp_path / "mnt"
     assert open_store(StoreSpec(pvc="x"), pvc_root=str(tmp_path / "other")).root == tmp_path / "other"
-
-
-def test_round_layout_matches_design():
-    lay = RoundLayout("round-1")
-    assert lay.spec == "rounds/round-1/spec.yaml"
-    assert lay.shard(1, 2) == "rounds/round-1/trajectories/shard-1-of-2.jsonl"
-    assert lay.preferences == "rounds/round-1/preferences.jsonl"
-    assert (lay.adapter, lay.merged) == ("rounds/round-1/adapter", "rounds/round-1/merged")
-    assert lay.eval_results("mcts") == "rounds/round-1/eval/mcts.jsonl"
-    assert [lay.eval_summary, lay.eval_report, lay.eval_plot] == [
-        "rounds/round-1/eval/summary.json",
-        "rounds/round-1/eval/report.md",
-        "rounds/round-1/eval/pass_rate.png",
-    ]
-    with pytest.raises(ValueError, match="shard index 2"):
-        lay.shard(2, 2)
