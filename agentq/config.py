@@ -18,7 +18,6 @@ API_VERSION = "agentq.dev/v1alpha1"
 KIND = "AgentQRound"
 DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-EVAL_MODES = ("zero_shot", "full_rewrite", "mcts")
 EvalMode = Literal["zero_shot", "full_rewrite", "mcts"]
 
 

@@ -59,10 +59,6 @@ def check_key(key: str, *, allow_root: bool = False) -> str:
     return key
 
 
-def _under(prefix: str, key: str) -> bool:
-    return not prefix or key == prefix or key.startswith(prefix + "/")
-
-
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -11,7 +11,7 @@ import pytest
 from agentq.cli import main as cli_main
 from agentq.tasks.build import main as build_main
 from agentq.tasks.schema import Task, read_tasks, write_tasks
-from agentq.tasks.split import split_by_group
+from agentq.tasks.split import split_leak_free
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -32,26 +32,26 @@ def make_task(i: int, group: str, **fields) -> Task:
 
 def test_split_is_deterministic_and_never_shares_a_group():
     tasks = [make_task(i, f"g{i % 40}") for i in range(400)]
-    train, test = split_by_group(tasks, 0.25, seed=3)
-    assert (train, test) == split_by_group(list(tasks), 0.25, seed=3)
+    train, test = split_leak_free(tasks, 0.25, seed=3, merge=False)[:2]
+    assert (train, test) == split_leak_free(list(tasks), 0.25, seed=3, merge=False)[:2]
     assert not {t.group for t in train} & {t.group for t in test}
     assert len(train) + len(test) == 400
     assert 4 <= len({t.group for t in test}) <= 18  # about a quarter of 40 groups
-    other_seed = split_by_group(tasks, 0.25, seed=4)[1]
+    other_seed = split_leak_free(tasks, 0.25, seed=4, merge=False)[1]
     assert {t.group for t in other_seed} != {t.group for t in test}
 
 
 def test_a_group_keeps_its_side_when_others_are_added():
     small = [make_task(i, f"g{i}") for i in range(30)]
     large = small + [make_task(100 + i, f"new{i}") for i in range(30)]
-    small_test = {t.group for t in split_by_group(small, 0.3)[1]}
-    large_test = {t.group for t in split_by_group(large, 0.3)[1]}
+    small_test = {t.group for t in split_leak_free(small, 0.3, merge=False)[1]}
+    large_test = {t.group for t in split_leak_free(large, 0.3, merge=False)[1]}
     assert small_test == {g for g in large_test if g.startswith("g")}
 
 
 def test_split_rejects_a_share_outside_zero_to_one():
     with pytest.raises(ValueError, match="between 0 and 1"):
-        split_by_group([], 1.5)
+        split_leak_free([], 1.5, merge=False)
 
 
 def test_validate_names_line_and_field_of_a_malformed_task(tmp_path, capsys):

@@ -17,10 +17,17 @@ from agentq.train.dpo import (
     _best_callback,
     is_improvement,
     read_pairs,
-    select_best,
     split_pairs,
 )
 
+
+def select_best(history: list[tuple[int, float]]) -> tuple[int, float] | None:
+    """The (step, metric) a run following `is_improvement` ships, for a sequence of evaluations."""
+    best: tuple[int, float] | None = None
+    for step, value in history:
+        if is_improvement(best[1] if best else None, value):
+            best = (step, value)
+    return best
 
 def pair(i: int, **extra) -> dict:
     return {

@@ -40,9 +40,6 @@ class TreeNode:
         self.right = right
 '''
 
-PRELUDE_LINES = PRELUDE.count("\n")
-
-
 def prelude_namespace() -> dict[str, Any]:
     """A fresh module namespace holding everything PRELUDE defines (its classes are new each call)."""
     namespace: dict[str, Any] = {"__name__": "solution"}

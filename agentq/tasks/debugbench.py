@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,9 +76,6 @@ class Rejected:
 class Loaded:
     tasks: list[Task] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-
-    def reject_counts(self) -> Counter:
-        return Counter(r.reason for r in self.rejected)
 
 
 def annotation_kind(annotation: ast.expr | None) -> str:

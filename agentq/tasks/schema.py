@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentq.io import read_jsonl, write_jsonl
 
-SCHEMA_VERSION = 1
 # Hidden test functions carry this prefix, so feedback shown to a model can leave them out.
 HIDDEN_TEST_PREFIX = "test_hidden_"
 

@@ -21,21 +21,13 @@ def in_test(group: str, test_share: float, seed: int = 0) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < test_share
 
 
-def split_by_group(tasks: list[Task], test_share: float = 0.2, seed: int = 0) -> tuple[list[Task], list[Task]]:
-    """(train, test), each in input order."""
-    if not 0.0 <= test_share <= 1.0:
-        raise ValueError(f"test share must be between 0 and 1, got {test_share}")
-    train, test = [], []
-    for task in tasks:
-        (test if in_test(task.group, test_share, seed) else train).append(task)
-    return train, test
-
-
 def split_leak_free(
     tasks: list[Task], test_share: float = 0.2, seed: int = 0, merge: bool = True
 ) -> tuple[list[Task], list[Task], list[Leak]]:
     """(train, test, leaks). Groups linked by a near-duplicate are merged first, so leaks is empty unless
     `merge` is off; the check is run either way, independently of how the split was made."""
+    if not 0.0 <= test_share <= 1.0:
+        raise ValueError(f"test share must be between 0 and 1, got {test_share}")
     merged = merge_groups(tasks) if merge else {t.group: t.group for t in tasks}
     train, test = [], []
     for task in tasks:

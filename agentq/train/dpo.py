@@ -100,15 +100,6 @@ def is_improvement(best: float | None, value: float) -> bool:
     return not math.isnan(value) and (best is None or value > best)
 
 
-def select_best(history: list[tuple[int, float]]) -> tuple[int, float] | None:
-    """The (step, metric) a run following `is_improvement` ships, for a sequence of evaluations."""
-    best: tuple[int, float] | None = None
-    for step, value in history:
-        if is_improvement(best[1] if best else None, value):
-            best = (step, value)
-    return best
-
-
 def default_device() -> str:
     import torch
 
