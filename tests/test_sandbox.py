@@ -134,6 +134,12 @@ def test_infinite_loop_times_out(ex):
     assert candidate_processes(ex) == []
 
 
+def test_annotations_are_evaluated_as_plain_python_would(ex):
+    """The sandbox's own `from __future__ import annotations` must not make a candidate's annotations lazy."""
+    verdict = check(ex, "def add(a: ArrayList[int], b) -> int:\n    return a + b\n", "error")
+    assert "NameError" in verdict.message and "ArrayList" in verdict.message
+
+
 def test_busy_loop_is_cut_by_cpu_time_before_the_wall_clock(ex):
     limits = Limits(timeout_s=20.0, cpu_s=1, memory_mb=512)
     verdict = ex.run("def add(a, b):\n    while True:\n        pass\n", TESTS, limits=limits)

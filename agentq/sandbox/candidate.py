@@ -74,7 +74,9 @@ def serve(sock: Any, code: str, filename: str, prelude: dict[str, Any]) -> NoRet
     module.__dict__.update(prelude)
     sys.modules["solution"] = module
     try:
-        exec(compile(code, filename, "exec"), module.__dict__)
+        # dont_inherit: this module's `from __future__ import annotations` must not leak into the candidate,
+        # where it would make annotations lazy and hide NameErrors that plain Python (and LeetCode) raise.
+        exec(compile(code, filename, "exec", dont_inherit=True), module.__dict__)
     except BaseException as err:  # noqa: BLE001 - SystemExit and friends are candidate failures too
         wire.send(sock, {"import_error": describe_exception(err, filename)})
         os._exit(0)

@@ -66,7 +66,7 @@ def find_tests(tests: str) -> CompiledTests | str:
     """
     try:
         tree = ast.parse(tests)
-        code = compile(tree, "tests.py", "exec")
+        code = compile(tree, "tests.py", "exec", dont_inherit=True)
     except SyntaxError as err:
         return f"the tests do not compile: {err.msg} (tests.py line {err.lineno})"
     except ValueError as err:

@@ -43,7 +43,7 @@ class TreeNode:
 def prelude_namespace() -> dict[str, Any]:
     """A fresh module namespace holding everything PRELUDE defines (its classes are new each call)."""
     namespace: dict[str, Any] = {"__name__": "solution"}
-    exec(compile(PRELUDE, "<leetcode prelude>", "exec"), namespace)
+    exec(compile(PRELUDE, "<leetcode prelude>", "exec", dont_inherit=True), namespace)
     return namespace
 
 
