@@ -23,8 +23,10 @@ from bisect import *
 from itertools import *
 from functools import *
 from math import *
-import bisect, collections, functools, heapq, itertools, math, operator, random, re, string
-from builtins import pow
+from operator import *
+from statistics import *
+import bisect, collections, functools, heapq, itertools, math, operator, random, re, statistics, string
+from builtins import abs, pow
 
 
 class ListNode:
