@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agentq.config import S3Spec, StoreSpec
-from agentq.io import atomic_write_text
+from agentq.io import FILE_MODE, atomic_write_text
 
 CHUNK = 1 << 20
 # Everything the store keeps for itself lives under this top-level name, never a valid key.
@@ -181,6 +181,7 @@ class FileStore(Store):
         target = self._path(key)
         digest = hashlib.sha256()
         fd, tmp = tempfile.mkstemp(dir=self._tmp, suffix=".part")
+        os.fchmod(fd, FILE_MODE)
         try:
             with os.fdopen(fd, "wb") as out:
                 while block := src.read(CHUNK):
@@ -282,6 +283,7 @@ def _copy_verified(dest: str | Path, fetch: Any, verify: Any) -> None:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         fetch(tmp)

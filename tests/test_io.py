@@ -16,6 +16,14 @@ def test_append_and_repair_a_torn_tail(tmp_path):
     assert repair_jsonl(path) == 0
 
 
+def test_written_files_are_readable_by_other_users(tmp_path):
+    from agentq.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.json", "{}")
+    append_jsonl(tmp_path / "b.jsonl", {})
+    assert {oct((tmp_path / n).stat().st_mode & 0o777) for n in ("a.json", "b.jsonl")} == {"0o644"}
+
+
 def test_bad_line_is_named(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\nnot json\n')
