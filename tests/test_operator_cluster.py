@@ -295,7 +295,7 @@ def test_delete_removes_the_jobs(h: Harness):
     h.cluster.kubectl("delete", "agentqround", "wiper", "-n", h.ns, "--wait=true", "--timeout=30s")
     wait_for(lambda: h.jobs("wiper") == ["wiper-cleanup"], "only the cleanup Job to remain")
     cleanup = h.batch.read_namespaced_job("wiper-cleanup", h.ns)
-    assert "delete_prefix" in cleanup.spec.template.spec.containers[0].command[2]
+    assert cleanup.spec.template.spec.containers[0].command[:3] == ["agentq", "round", "clean"]
     cm = h.core.read_namespaced_config_map("wiper-cleanup", h.ns)
     assert cm.metadata.owner_references[0].uid == cleanup.metadata.uid and "name: wiper" in cm.data["round.yaml"]
 
