@@ -9,8 +9,9 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Sequence
+from typing import Any
 
-from agentq.policy.base import Prompt
+from agentq.policy.base import Prompt, Purpose
 from agentq.tasks.schema import Task
 
 SYSTEM = "You are an expert Python programmer. You fix bugs in programs and reply with complete, runnable code."
@@ -37,6 +38,11 @@ def _entry_hint(task: Task) -> str:
     return f"Keep the name and signature of `{task.entry_point}`."
 
 
+def _chat(user: str, task: Task, purpose: Purpose, **fields: Any) -> Prompt:
+    return Prompt(messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
+                  task=task, purpose=purpose, **fields)
+
+
 def rewrite_prompt(task: Task, parent_code: str | None = None, parent_feedback: str | None = None) -> Prompt:
     """Ask for a full corrected program; a child node also sees its parent attempt and the test feedback."""
     parts = [f"Fix the bug in the following Python program.\n\n{_problem(task)}"]
@@ -50,8 +56,7 @@ def rewrite_prompt(task: Task, parent_code: str | None = None, parent_feedback: 
     parts.append(
         f"Reply with the complete corrected program in a single ```python code block. {_entry_hint(task)}"
     )
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
-    return Prompt(messages=messages, task=task, purpose="rewrite")
+    return _chat("\n\n".join(parts), task, "rewrite")
 
 
 def zero_shot_prompt(task: Task) -> Prompt:
@@ -63,11 +68,7 @@ def zero_shot_prompt(task: Task) -> Prompt:
         "CODE:\n```python\n<the complete corrected program>\n```\n"
         f"{_entry_hint(task)}"
     )
-    return Prompt(
-        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
-        task=task,
-        purpose="zero_shot",
-    )
+    return _chat(user, task, "zero_shot")
 
 
 def critique_prompt(task: Task, candidates: Sequence[str]) -> Prompt:
@@ -79,13 +80,7 @@ def critique_prompt(task: Task, candidates: Sequence[str]) -> Prompt:
         "Rank the candidates from most to least likely to be a correct fix. Answer with one line in exactly "
         f"this format, using every candidate number once:\n{RANKING_LABEL} {example}"
     )
-    return Prompt(
-        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
-        task=task,
-        purpose="critique",
-        candidates=list(candidates),
-        answer_prefix=f"{RANKING_LABEL} ",
-    )
+    return _chat(user, task, "critique", candidates=list(candidates), answer_prefix=f"{RANKING_LABEL} ")
 
 
 def _parses(code: str) -> bool:
