@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from agentq.cache import cache_root
 from agentq.config import S3Spec, StoreSpec
 from agentq.io import FILE_MODE, atomic_write_text
 
@@ -313,8 +314,7 @@ class S3Store(Store):
         self.transfer = transfer_config or TransferConfig(
             multipart_threshold=16 * CHUNK, multipart_chunksize=16 * CHUNK
         )
-        default_cache = Path(os.environ.get("AGENTQ_CACHE") or Path.home() / ".cache" / "agentq" / "store")
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache / self.bucket
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "store" / self.bucket
 
     def _k(self, key: str, *, allow_root: bool = False) -> str:
         key = check_key(key, allow_root=allow_root)

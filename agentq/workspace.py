@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentq.cache import cache_root
 from agentq.config import ConfigError, RoundFile, StoreSpec, dump_round, load_round
 from agentq.io import atomic_write_json, read_jsonl, write_jsonl
 from agentq.sandbox import make_executor
@@ -69,9 +70,8 @@ class RoundWorkspace:
         self.source = source
         self.store = store or open_store(_relative_to(round_file.spec.store, Path(source).parent))
         self.prefix = f"rounds/{round_file.name}"
-        cache = Path(os.environ.get("AGENTQ_CACHE", Path.home() / ".cache" / "agentq"))
         # Steps build outputs here, then publish them through the store (atomic, with a digest).
-        self.work = Path(os.environ.get("AGENTQ_WORK_DIR", cache / "work" / round_file.name))
+        self.work = Path(os.environ.get("AGENTQ_WORK_DIR", cache_root() / "work" / round_file.name))
         if save_spec:  # the store keeps the spec each step actually ran with
             self.store.put_text(f"{self.prefix}/spec.yaml", dump_round(round_file))
 

@@ -80,7 +80,7 @@ def random_7b_dir() -> Path:
 
     import torch
 
-    from agentq.policy.cache import cached_build
+    from agentq.cache import cached_build
     from agentq.policy.tiny import QWEN25_CODER_7B_ARCH, build_random_model
 
     key = hashlib.sha256(repr(sorted(QWEN25_CODER_7B_ARCH.items())).encode()).hexdigest()[:12]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from agentq.cache import build_dir_atomically, cached_build
 from agentq.config import ModelSpec
-from agentq.policy.cache import build_dir_atomically, cached_build
 from agentq.policy.tiny import tiny_model_dir
 
 TINY = "tiny"

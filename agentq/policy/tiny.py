@@ -16,7 +16,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from agentq.policy.cache import cached_build
+from agentq.cache import cached_build
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"

@@ -1,4 +1,4 @@
-"""Model directories built on this machine (tiny model, dequantised GGUF), shared by parallel processes."""
+"""This machine's cache (built models, S3 downloads, step work dirs) and directories built into it atomically."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def cache_root() -> Path:
-    """Where built models live: $AGENTQ_CACHE, else ~/.cache/agentq."""
+    """$AGENTQ_CACHE, else ~/.cache/agentq; everything AgentQ keeps on local disk lives below it."""
     return Path(os.environ.get("AGENTQ_CACHE") or Path.home() / ".cache" / "agentq")
 
 
