@@ -25,7 +25,7 @@ from agentq.cache import cache_root
 from agentq.config import ConfigError, RoundFile, StoreSpec, dump_round, load_round
 from agentq.io import atomic_write_json, read_jsonl, write_jsonl
 from agentq.sandbox import make_executor
-from agentq.store import Store, StoreError, check_key, open_store
+from agentq.store import Store, StoreError, check_key, open_store, sha256_file
 from agentq.tasks.schema import Task, read_tasks
 
 if TYPE_CHECKING:
@@ -38,14 +38,6 @@ RESULT_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination mess
 def digest(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def _is_key(value: str) -> bool:
@@ -142,7 +134,7 @@ class RoundWorkspace:
             tasks = tasks[: dataset.limit]
         if not tasks:
             raise ConfigError(f"{self.source}: spec.dataset.{split}: {path} holds no tasks")
-        return tasks, digest(file_digest(path), dataset.limit)
+        return tasks, digest(sha256_file(path), dataset.limit)
 
     def model_source(self) -> tuple[str, str]:
         """(what to load, its identity for digests): the base model, or an earlier round's merged model."""

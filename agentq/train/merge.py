@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agentq.io import atomic_write_json
+from agentq.train.dpo import base_model_dir, default_device
 
 PROBE_PROMPTS = (
     "Fix the bug:\ndef add(a, b):\n    return a - b",
@@ -91,12 +92,6 @@ def _saved_dtype(base_dir: str | Path) -> str:
     return str(config.get("dtype") or config.get("torch_dtype") or "float32")
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def check_merge(
     merged_dir: str | Path,
     base_dir: str | Path,
@@ -109,7 +104,7 @@ def check_merge(
     """Compare an existing merged directory with base+adapter (what merge_adapter runs before publishing)."""
     from peft import PeftModel
 
-    device = device or _default_device()
+    device = device or default_device()
     tokenizer = _tokenizer(base_dir)
     reference = probe_logits(PeftModel.from_pretrained(_load(base_dir, device), adapter_dir).eval(), tokenizer)
     return compare(
@@ -133,7 +128,7 @@ def merge_adapter(
     import torch
     from peft import PeftModel
 
-    device = device or _default_device()
+    device = device or default_device()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     dtype = _saved_dtype(base_dir)
@@ -160,7 +155,6 @@ def merge_adapter(
 
 def run(ws: Any) -> dict[str, Any]:
     """The round step: rounds/<r>/adapter + the round's base model -> rounds/<r>/merged."""
-    from agentq.train.dpo import base_model_dir
     from agentq.workspace import digest
 
     _, model_digest = ws.model_source()
