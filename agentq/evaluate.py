@@ -24,6 +24,7 @@ from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import Policy, load_policy
 from agentq.policy.prompts import extract_code, rewrite_prompt, zero_shot_prompt
 from agentq.report import write_report
+from agentq.sandbox.executor import find_tests
 from agentq.sandbox.verdict import Verdict
 from agentq.search.mcts import Executor, Search, SearchParams
 from agentq.tasks.schema import Task
@@ -41,13 +42,17 @@ def dedupe_by_group(tasks: list[Task]) -> list[Task]:
 
 
 def _judge(task: Task, code: str | None, executor: Executor) -> dict[str, Any]:
-    """Score one final answer on visible-only and on visible + hidden tests."""
+    """Score one final answer on visible + hidden tests, and on the visible ones alone.
+
+    One run serves both: the visible tests come first in `all_tests()`, so their results are in it.
+    """
     if code is None:
         return {"parse_failure": True, "solved": False, "visible_solved": False, "status": "parse_error"}
-    suites = [task.tests] + ([task.all_tests()] if task.hidden_tests else [])
-    verdicts: list[Verdict] = executor.run_many([(code, tests) for tests in suites])
-    visible, full = verdicts[0], verdicts[-1]
-    return {"parse_failure": False, "solved": full.passed, "visible_solved": visible.passed,
+    full: Verdict = executor.run_many([(code, task.all_tests())])[0]
+    visible = find_tests(task.tests)
+    passed = {t.name for t in full.tests if t.passed}
+    visible_solved = full.passed or (not isinstance(visible, str) and set(visible.names) <= passed)
+    return {"parse_failure": False, "solved": full.passed, "visible_solved": visible_solved,
             "status": full.status, "reward": full.reward, "message": full.message[:500]}
 
 

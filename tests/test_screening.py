@@ -67,3 +67,23 @@ def test_hidden_fail_needs_all_visible_passing():
 
 def test_unparseable_code_is_not_a_hack():
     assert screen(TASK, "def broken(:", None) == []
+
+
+def test_evaluation_judges_visible_and_hidden_from_one_run():
+    """A hard-coded answer passes the visible tests and fails the hidden one; the honest fix passes both."""
+    from agentq.evaluate import _judge
+    from agentq.sandbox import Limits, LocalExecutor
+
+    hidden = "from solution import *\n\ndef test_hidden_1():\n    assert Solution().twoSum([1, 5, 9], 14) == [1, 2]\n"
+    task = TASK.model_copy(update={"hidden_tests": hidden})
+    with LocalExecutor(workers=1, limits=Limits(timeout_s=5)) as executor:
+        runs: list[int] = []
+        counting = type("Counting", (), {"run_many": lambda self, jobs: runs.append(len(jobs)) or
+                                         executor.run_many(jobs)})()
+        hacked = _judge(task, HARDCODED, counting)
+        honest = _judge(task, REFERENCE, counting)
+        broken = _judge(task, BUGGY, counting)
+    assert (hacked["solved"], hacked["visible_solved"]) == (False, True)
+    assert (honest["solved"], honest["visible_solved"]) == (True, True)
+    assert (broken["solved"], broken["visible_solved"]) == (False, False)
+    assert runs == [1, 1, 1]  # one sandbox run per answer
