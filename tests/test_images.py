@@ -29,15 +29,15 @@ DATA = ROOT.parent / "shared" / "data"
 RESOLVE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agentq-tests" / "resolve"
 
 
-def _load_pins():
-    spec = importlib.util.spec_from_file_location("agentq_image_pins", ROOT / "images" / "pins.py")
+def _load_lock():
+    spec = importlib.util.spec_from_file_location("agentq_lock", ROOT / "scripts" / "lock.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
-pins = _load_pins()
+pins = _load_lock()
 IMAGES = {image.name: image for image in pins.IMAGES}
 DOCKERFILES = [ROOT / image.dockerfile for image in pins.IMAGES]
 # The subcommands each image's containers run (the operator's Jobs, the chart's Deployments).
@@ -177,8 +177,15 @@ def test_hadolint_rejects_a_bad_dockerfile(tmp_path):
 
 # ---- pins ------------------------------------------------------------------------------------------------
 
+def lock_drift(image, image_pins: dict[str, str], lock_pins: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Packages the image pins at another version than the lock (the CUDA images drop torch's +cpu label)."""
+    def same(image_version: str, lock_version: str) -> bool:
+        return image_version == (lock_version if image.cpu_torch else lock_version.split("+")[0])
+    return {n: (v, lock_pins[n]) for n, v in image_pins.items() if n in lock_pins and not same(v, lock_pins[n])}
+
+
 @pytest.mark.parametrize("name", sorted(IMAGES))
-def test_requirements_pin_every_direct_dependency_at_the_venv_version(name):
+def test_image_pins_every_direct_dependency_at_the_lock_version(name):
     image = IMAGES[name]
     dockerfile = Dockerfile(ROOT / image.dockerfile)
     assert any(f"images/requirements/{name}.txt" in v for v in dockerfile.of("COPY")), \
@@ -190,20 +197,68 @@ def test_requirements_pin_every_direct_dependency_at_the_venv_version(name):
                 f"{image.requirements.name}: {requirement} (from pyproject) is not pinned"
             assert requirement.specifier.contains(pinned[pins.normalise(requirement.name)]), \
                 f"{image.requirements.name}: the pin of {requirement.name} breaks pyproject's {requirement}"
-    venv = {pins.normalise(c.split("==")[0]): c.split("==")[1] for c in pins.venv_pins()}
-    drift = {n: (v, venv[n]) for n, v in pinned.items() if n in venv and v.split("+")[0] != venv[n]}
-    assert not drift, f"{image.requirements.name} differs from the tested venv (pin, venv): {drift}; " \
-                      f"run .venv/bin/python images/pins.py"
+    drift = lock_drift(image, pinned, pins.read_pins(pins.LOCK))
+    assert not drift, f"{image.requirements.name} differs from requirements.lock (image, lock): {drift}; run make lock"
+
+
+def test_lock_drift_is_seen():
+    """The comparison above can fail: a moved pin, and a CPU label on a CUDA image, are both drift."""
+    lock_pins = {"pydantic": "2.14.4", "torch": "2.13.0+cpu"}
+    assert lock_drift(IMAGES["controller"], {"pydantic": "2.14.3"}, lock_pins) == {"pydantic": ("2.14.3", "2.14.4")}
+    assert lock_drift(IMAGES["infer"], {"torch": "2.13.0"}, lock_pins) == {}
+    assert lock_drift(IMAGES["infer"], {"torch": "2.13.0+cpu"}, lock_pins) != {}
+    assert lock_drift(IMAGES["mock-model"], {"torch": "2.13.0"}, lock_pins) != {}
+
+
+def test_venv_is_exactly_the_lock():
+    """`make setup` installs the lock and nothing else: the tested venv is what the images were pinned from."""
+    out = subprocess.run([sys.executable, "-m", "pip", "list", "--format=json", "--exclude-editable"],
+                         capture_output=True, text=True, check=True).stdout
+    venv = {pins.normalise(p["name"]): p["version"] for p in json.loads(out)}
+    lock_pins = pins.read_pins(pins.LOCK)
+    assert venv == lock_pins, (f"the venv is not the lock: only in the venv {sorted(venv.keys() - lock_pins.keys())}, "
+                               f"only in the lock {sorted(lock_pins.keys() - venv.keys())}, moved "
+                               f"{ {n: (venv[n], v) for n, v in lock_pins.items() if n in venv and venv[n] != v} }")
+
+
+def pip_target_flags(image, target: str) -> list[str]:
+    """pip's flags to resolve for the image's interpreter and platform. The python:3.11 images match this
+    interpreter; for the others pip takes --platform literally, so every compatible manylinux tag is listed."""
+    if image.python == pins.DEV_PYTHON:
+        return []
+    glibc = int(image.platform.rsplit("_", 1)[1])
+    flags = ["--python-version", image.python, "--only-binary=:all:", "--target", target]
+    for tag in [f"manylinux_2_{minor}_x86_64" for minor in range(glibc, 16, -1)] + ["manylinux2014_x86_64",
+                                                                                    "linux_x86_64"]:
+        flags += ["--platform", tag]
+    return flags
+
+
+def pip_resolve(image, requirements: list[str]) -> dict[str, str]:
+    """{normalised name: version} pip would install for `requirements` in an empty environment of the image:
+    a second resolver, independent of the uv that wrote the pins."""
+    with tempfile.TemporaryDirectory() as tmp:
+        req_file, report = Path(tmp, "req.txt"), Path(tmp, "report.json")
+        req_file.write_text("\n".join(requirements) + "\n")
+        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+               "--disable-pip-version-check", "--report", str(report), "-r", str(req_file),
+               *pip_target_flags(image, str(Path(tmp, "target")))]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            errors = [line for line in done.stderr.splitlines() if not line.startswith("WARNING: ")]
+            raise RuntimeError(f"{image.name}: pip could not resolve:\n" + "\n".join(errors[-20:]))
+        installs = json.loads(report.read_text())["install"]
+    return {pins.normalise(i["metadata"]["name"]): i["metadata"]["version"] for i in installs}
 
 
 def _resolve_cached(image) -> dict[str, str]:
     """Resolve the pinned file on its own; a result is cached by the file's content and the target flags."""
     pinned = pins.read_pins(image.requirements)
-    key = hashlib.sha256(json.dumps([sorted(pinned.items()), pins.target_flags(image, "-")]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([sorted(pinned.items()), pip_target_flags(image, "-")]).encode()).hexdigest()
     cached = RESOLVE_CACHE / f"{image.name}-{key[:16]}.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    resolved = pins.resolve(image, [f"{n}=={v}" for n, v in pinned.items()])
+    resolved = pip_resolve(image, [f"{n}=={v}" for n, v in pinned.items()])
     RESOLVE_CACHE.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(resolved))
@@ -222,7 +277,7 @@ def resolutions():
 @pytest.mark.parametrize("name", sorted(IMAGES))
 def test_requirements_resolve_on_their_own(name, resolutions):
     image = IMAGES[name]
-    print(f"{name}: resolved for {image.python or 'this interpreter'} {image.platforms[:1] or ''} "
+    print(f"{name}: resolved for python {image.python} on {image.platform} "
           f"({image.index_note or 'PyPI'})")
     resolved = resolutions[name].result(timeout=600)
     pinned = pins.read_pins(image.requirements)
@@ -241,7 +296,7 @@ def test_optional_vllm_matches_the_infer_pins():
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp, "report.json")
         done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps",
-                               "--quiet", "--report", str(report), *pins.target_flags(image, tmp), pins.VLLM],
+                               "--quiet", "--report", str(report), *pip_target_flags(image, tmp), pins.VLLM],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         requires = json.loads(report.read_text())["install"][0]["metadata"]["requires_dist"]
