@@ -44,9 +44,9 @@ bench: setup
 	$(BIN)/agentq sandbox bench --data-dir $(DATA)
 
 test: setup
-	$(BIN)/ruff check agentq controller tests benchmarks
+	$(BIN)/ruff check agentq controller tests benchmarks scripts
 	# The operator tests need kube-apiserver + etcd: built once, cached outside the repo (scripts/testenv.sh).
 	bins="$$(scripts/testenv.sh)" && AGENTQ_TESTENV_BIN="$$bins" $(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check agentq controller tests benchmarks
+	$(BIN)/ruff check agentq controller tests benchmarks scripts

@@ -211,7 +211,8 @@ def main() -> int:
         tmp_path = path.with_suffix(".tmp")
         tmp_path.write_text(text)
         tmp_path.replace(path)
-        print(f"{path.relative_to(ROOT)}: {len(read_pins(path))} pins{' (changed)' if str(path.relative_to(ROOT)) in stale else ''}")
+        name = str(path.relative_to(ROOT))
+        print(f"{name}: {len(read_pins(path))} pins{' (changed)' if name in stale else ''}")
     return 0
 
 
