@@ -9,8 +9,10 @@ STAMP := $(VENV)/.installed-$(shell cat $(LOCK) Makefile | sha256sum | cut -c1-1
 # The installer is the lock's own uv, so set-up needs nothing but Python and pip to begin with.
 UV_PIN := $(shell grep -m1 -o '^uv==[^ ]*' $(LOCK))
 # The lock pins the CPU build of torch (torch==2.13.0+cpu), never the CUDA wheels PyPI serves: uv takes it
-# from the PyTorch CPU index's torch page, or from a local folder where the machine keeps it for pip.
-export UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
+# from a local folder where the machine keeps it for pip (environment or pip.conf), else from the PyTorch
+# CPU index's torch page.
+export UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),\
+	https://download.pytorch.org/whl/cpu/torch/)
 DATA ?= ../shared/data
 
 .PHONY: setup run test lint lock corpus bench

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 from collections.abc import Callable
 
 from agentq.config import ConfigError
@@ -106,8 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_output() -> None:
+    """Keep what a step prints for a person: agentq's own bar per step (each passes `disable` itself) and the
+    step summaries. The model libraries would bury them under a bar per load or save (transformers' "Loading
+    weights" and "Writing model shards", the GGUF de-quantisation bar, datasets' map bars) and FutureWarnings
+    meant for library developers. Set before those libraries are imported; a user's own settings win."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm's default for bars whose caller does not choose
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' and datasets' own bars
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.simplefilter("ignore", FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_library_output()
     try:
         rc = args.func(args)
     except ConfigError as err:
