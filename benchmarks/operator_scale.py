@@ -22,12 +22,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+# The local cluster is test infrastructure (tests/testenv.py); the benchmark borrows it.
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from kubernetes import client, watch  # noqa: E402
+from testenv import LocalCluster, Operator, finish_job, start_job  # noqa: E402
 
 from controller.jobs import ROUND_LABEL, UNIT_LABEL  # noqa: E402
-from controller.testenv import LocalCluster, Operator, finish_job, start_job  # noqa: E402
 
 NS = "bench"
 
@@ -87,7 +89,7 @@ def main() -> int:
         cluster = LocalCluster(Path(tmp) / "cluster").start()
         operator = None
         try:
-            cluster.kubectl("apply", "-f", str(Path(__file__).resolve().parent.parent / "manifests" / "crd.yaml"))
+            cluster.kubectl("apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
             cluster.kubectl("wait", "--for=condition=Established", "crd/agentqrounds.agentq.dev", "--timeout=30s")
             api = cluster.api()
             core, custom, batch = client.CoreV1Api(api), client.CustomObjectsApi(api), client.BatchV1Api(api)

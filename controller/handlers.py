@@ -112,6 +112,14 @@ def inspect_job(kube: Kube, job: dict[str, Any], log_lines: int) -> Inspection:
     return {"reason": reason, "logs": tail}
 
 
+def api_message(err: ApiException) -> str:
+    """The API server's own words for a refused request (its Status message), not the client's repr."""
+    try:
+        return json.loads(err.body or "{}").get("message") or f"{err.status} {err.reason}"
+    except (json.JSONDecodeError, AttributeError):
+        return f"{err.status} {err.reason}"
+
+
 def reconcile_once(namespace: str, name: str) -> Plan | None:
     """One pass: observe, plan, act. Runs in a worker thread (blocking client)."""
     kube, settings = RT.kube, RT.settings
@@ -126,13 +134,29 @@ def reconcile_once(namespace: str, name: str) -> Plan | None:
         pred = kube.get_round(namespace, from_round)
         predecessor_phase = ((pred or {}).get("status") or {}).get("phase") or ("Pending" if pred else "")
     jobs = kube.list_jobs(namespace, name)
-    result = plan(body, jobs, lambda job: inspect_job(kube, job, settings.log_lines), now(), predecessor_phase)
+    running = any(job_state(j) in ("Pending", "Running") for j in jobs)
+    pods = kube.round_pods(namespace, name) if running else []
+    result = plan(body, jobs, lambda job: inspect_job(kube, job, settings.log_lines), now(), predecessor_phase,
+                  pods)
+    # Jobs are built from the spec the round started with (plus suspend/backoffLimit), never a mid-round edit.
+    acting = {**body, "spec": result.spec}
+    refused: list[tuple[str, str]] = []
     if result.create:
-        kube.apply_configmap(spec_configmap(body))
+        kube.apply_configmap(spec_configmap(acting))
     for unit, attempt in result.create:
-        job = build_job(body, unit, attempt, settings)
-        if kube.create_job(job) is not None:
+        job = build_job(acting, unit, attempt, settings)
+        try:
+            created = kube.create_job(job)
+        except ApiException as err:
+            if err.status not in (400, 403, 404, 422):
+                raise
+            refused.append(("JobCreateFailed", f"creating Job {job['metadata']['name']} was refused: "
+                                               f"{api_message(err)}"))
+            continue
+        if created is not None:
             result.events.append(("Normal", "JobCreated", f"created Job {job['metadata']['name']}"))
+    if refused:
+        result.block(refused, now())
     if result.status != (body.get("status") or {}):
         try:
             RT.own_writes[(namespace, name)] = kube.replace_round_status(body, result.status)
@@ -154,20 +178,29 @@ async def _sleep_until_woken(event: asyncio.Event, stopped: kopf.DaemonStopped, 
             w.cancel()
 
 
+def _backoff(failures: int) -> float:
+    """1, 2, 4 ... seconds, capped at the resync period."""
+    return min(2.0 ** max(failures - 1, 0), RT.settings.resync_seconds)
+
+
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
 async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
                     **_: Any) -> None:
     key = (namespace, name)
     wake = RT.wakers[key] = asyncio.Event()
     loop = asyncio.get_running_loop()
+    failures = 0
     try:
         while not stopped:
             wake.clear()
             try:
                 result = await loop.run_in_executor(RT.pool, reconcile_once, namespace, name)
             except ApiException as err:
-                log.warning("round %s/%s: API error %s %s; retrying", namespace, name, err.status, err.reason)
-                await _sleep_until_woken(wake, stopped, 2.0)
+                failures += 1
+                delay = _backoff(failures)
+                log.warning("round %s/%s: API error %s: %s; retrying in %.0fs", namespace, name, err.status,
+                            api_message(err), delay)
+                await _sleep_until_woken(wake, stopped, delay)
                 continue
             if result is None:
                 return
@@ -175,7 +208,11 @@ async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.Da
                 kopf.event(body, type=kind, reason=reason, message=message[:1000])
             if result.done:
                 return
-            await _sleep_until_woken(wake, stopped, RT.settings.resync_seconds if result.status else 0.2)
+            # A blocked round (a refused create, a stuck pod) is retried with a growing delay, not every pass.
+            failures = failures + 1 if result.problems else 0
+            delay = _backoff(failures) if result.problems else \
+                (RT.settings.resync_seconds if result.status else 0.2)
+            await _sleep_until_woken(wake, stopped, delay)
     finally:
         RT.wakers.pop(key, None)
         RT.follows.pop(key, None)

@@ -8,6 +8,7 @@ through the `<round>-spec` ConfigMap mounted at /etc/agentq/.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,10 @@ ROUND_LABEL = "agentq.dev/round"
 UNIT_LABEL = "agentq.dev/unit"
 STEP_LABEL = "agentq.dev/step"
 ATTEMPT_LABEL = "agentq.dev/attempt"
+SPEC_HASH_ANNOTATION = "agentq.dev/spec-hash"
+CLEANUP_UNIT = "cleanup"
+# What may change once a round has started: everything else would mix two settings in one round's artifacts.
+MUTABLE_FIELDS = ("suspend", "backoffLimit")
 SPEC_DIR = "/etc/agentq"
 ROUND_PATH = f"{SPEC_DIR}/round.yaml"
 PVC_MOUNT = "/artifacts"
@@ -65,6 +70,12 @@ def units(spec: RoundSpec) -> list[list[Unit]]:
         else:
             stages.append([Unit(step, i, shards) for i in range(shards)])
     return stages
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """What a Job was made from, stamped on it: the spec without the fields that may change mid-round."""
+    fixed = {k: v for k, v in spec.items() if k not in MUTABLE_FIELDS}
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _fit(name: str) -> str:
@@ -210,7 +221,9 @@ def build_job(body: dict[str, Any], unit: Unit, attempt: int, settings: Operator
         container["resources"] = {"limits": {"nvidia.com/gpu": gpus}, "requests": {"nvidia.com/gpu": gpus}}
     labels = {ROUND_LABEL: round_name, STEP_LABEL: unit.step, UNIT_LABEL: unit.key, ATTEMPT_LABEL: str(attempt)}
     pod = _pod_spec(spec, spec_configmap_name(round_name), container, settings, node_selector, tolerations)
-    return _job(body, job_name(round_name, unit, attempt), labels, pod)
+    job = _job(body, job_name(round_name, unit, attempt), labels, pod)
+    job["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(body["spec"])}
+    return job
 
 
 def cleanup_name(round_name: str) -> str:
@@ -224,7 +237,7 @@ def cleanup_job(body: dict[str, Any], settings: OperatorSettings) -> dict[str, A
     round_name = body["metadata"]["name"]
     container = {"name": "cleanup", "image": settings.images.infer,
                  "command": ["agentq", "round", "clean", ROUND_PATH]}
-    labels = {ROUND_LABEL: round_name, STEP_LABEL: "cleanup", UNIT_LABEL: "cleanup", ATTEMPT_LABEL: "0"}
+    labels = {ROUND_LABEL: round_name, STEP_LABEL: CLEANUP_UNIT, UNIT_LABEL: CLEANUP_UNIT, ATTEMPT_LABEL: "0"}
     pod = _pod_spec(spec, cleanup_name(round_name), container, settings)
     job = _job(body, cleanup_name(round_name), labels, pod, owned=False)
     job["spec"]["ttlSecondsAfterFinished"] = 3600

@@ -101,6 +101,12 @@ class Kube:
                 raise
         return len(jobs)
 
+    def round_pods(self, namespace: str, round_name: str) -> list[dict[str, Any]]:
+        """Every pod of the round's Jobs (they carry the round label from the Job template)."""
+        resp = self.core.list_namespaced_pod(namespace, label_selector=f"{ROUND_LABEL}={round_name}",
+                                             _preload_content=False)
+        return _raw(resp)["items"]
+
     def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         resp = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}",
                                              _preload_content=False)

@@ -14,9 +14,22 @@ from typing import Any
 from pydantic import ValidationError
 
 from agentq.config import RoundFile, RoundSpec, describe_errors
-from controller.jobs import ATTEMPT_LABEL, PHASE_OF_STEP, UNIT_LABEL, Unit, job_name, units
+from controller.jobs import (
+    ATTEMPT_LABEL,
+    CLEANUP_UNIT,
+    MUTABLE_FIELDS,
+    PHASE_OF_STEP,
+    UNIT_LABEL,
+    Unit,
+    job_name,
+    spec_hash,
+    units,
+)
 
 TERMINAL = ("Succeeded", "Failed")
+# Pod states that will not resolve by waiting: a person has to act (fix the image, the quota, the taints).
+STUCK_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+                 "CreateContainerError"}
 # What `inspect(job)` returns: the parsed termination-message result of a succeeded Job, or for a failed
 # one the reason a person can act on and the last log lines.
 Inspection = dict[str, Any]
@@ -28,10 +41,31 @@ class Plan:
     status: dict[str, Any]
     create: list[tuple[Unit, int]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    # The spec the Jobs are built from: the one the round started with, plus the fields that may change.
+    spec: dict[str, Any] = field(default_factory=dict)
+    # What keeps the round from progressing until a person acts: (reason, message); the Blocked condition.
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    old_conditions: list[dict] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
         return self.status.get("phase") in TERMINAL
+
+    def block(self, problems: list[tuple[str, str]], now: str) -> None:
+        """Show `problems` (found while planning, or after it: a refused Job create) in the Blocked condition,
+        with a Warning event for each one the previous status did not show yet."""
+        self.problems += problems
+        before = next((c for c in self.old_conditions if c.get("type") == "Blocked" and c.get("status") == "True"),
+                      {})
+        blocked = bool(self.problems) and not self.done
+        condition = _condition(self.old_conditions, "Blocked", blocked,
+                               ",".join(sorted({r for r, _ in self.problems})) if blocked else "NotBlocked",
+                               "; ".join(m for _, m in self.problems) if blocked else "", now,
+                               self.status.get("observedGeneration"))
+        self.status["conditions"] = [c for c in self.status.get("conditions") or [] if c["type"] != "Blocked"]
+        self.status["conditions"].append(condition)
+        if blocked:
+            self.events += [("Warning", r, m) for r, m in problems if m not in before.get("message", "")]
 
 
 def job_state(job: dict[str, Any]) -> str:
@@ -63,23 +97,69 @@ def validate(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _condition(old: list[dict], ctype: str, status: bool, reason: str, message: str, now: str) -> dict:
+def _condition(old: list[dict], ctype: str, status: bool, reason: str, message: str, now: str,
+               generation: int | None) -> dict:
     """metav1.Condition: lastTransitionTime moves only when the status flips, so a no-op reconcile is a no-op."""
     value = "True" if status else "False"
     prev = next((c for c in old if c.get("type") == ctype), None)
     since = prev["lastTransitionTime"] if prev and prev.get("status") == value else now
-    return {"type": ctype, "status": value, "reason": reason, "message": message, "lastTransitionTime": since}
+    return {"type": ctype, "status": value, "reason": reason, "message": message, "lastTransitionTime": since,
+            "observedGeneration": generation}
 
 
-def _conditions(old: list[dict], phase: str, reason: str, message: str, now: str) -> list[dict]:
+def _conditions(old: list[dict], phase: str, reason: str, message: str, now: str, generation: int | None,
+                spec_changed: str) -> list[dict]:
     running = phase not in TERMINAL and phase not in ("Suspended", "Pending")
     return [
-        _condition(old, "Progressing", running, reason, message, now),
+        _condition(old, "Progressing", running, reason, message, now, generation),
         _condition(old, "Succeeded", phase == "Succeeded", reason if phase == "Succeeded" else phase,
-                   message if phase == "Succeeded" else "", now),
+                   message if phase == "Succeeded" else "", now, generation),
         _condition(old, "Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
-                   message if phase == "Failed" else "", now),
+                   message if phase == "Failed" else "", now, generation),
+        _condition(old, "SpecChanged", bool(spec_changed), "SpecChanged" if spec_changed else "AsStarted",
+                   spec_changed, now, generation),
     ]
+
+
+def pod_problems(pods: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Pods of the round's running Jobs that will not start by waiting: unschedulable, or an image that
+    cannot be pulled, or a container that cannot be created. (reason, message a person can act on)."""
+    problems = []
+    for pod in pods:
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
+            continue
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
+                    and cond.get("reason") == "Unschedulable":
+                problems.append(("Unschedulable", f"pod {meta['name']} is unschedulable: {cond.get('message', '')}"))
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_WAITING:
+                problems.append((waiting["reason"], f"pod {meta['name']}: {waiting['reason']}: "
+                                                    f"{waiting.get('message', '')}".rstrip(": ")))
+    return problems
+
+
+def _owned(job: dict[str, Any], uid: str | None) -> bool:
+    """A Job of this round: owned by its UID, so a look-alike (same labels, another owner) is never counted."""
+    return uid is None or any(ref.get("uid") == uid for ref in job["metadata"].get("ownerReferences") or [])
+
+
+def _effective_spec(live: dict[str, Any], accepted: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """The spec to act on, and what a person is told when the live spec moved away from it after the start."""
+    if accepted is None:
+        return live, ""
+    effective = {k: v for k, v in accepted.items() if k not in MUTABLE_FIELDS}
+    effective.update({k: live[k] for k in MUTABLE_FIELDS if k in live})
+    changed = sorted(k for k in set(live) | set(accepted)
+                     if k not in MUTABLE_FIELDS and live.get(k) != accepted.get(k))
+    if not changed:
+        return effective, ""
+    fields = ", ".join(f"spec.{k}" for k in changed)
+    return effective, (f"{fields} changed after the round started; only spec.suspend and spec.backoffLimit may "
+                       "change. The round goes on with the spec it started with: delete and re-create it (or "
+                       "create a new round) to run the new settings")
 
 
 def _artifacts(spec: RoundSpec, round_name: str) -> dict[str, str]:
@@ -119,45 +199,68 @@ def _failure_message(job: dict[str, Any], found: Inspection, attempts: int) -> s
 
 
 def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now: str,
-         predecessor_phase: str | None = None) -> Plan:
+         predecessor_phase: str | None = None, pods: list[dict[str, Any]] | None = None) -> Plan:
     """The next status and the Jobs to create. `predecessor_phase` is the fromRound's phase ("" when that
-    round does not exist); `inspect` is only called for finished Jobs whose outcome is not yet recorded."""
+    round does not exist); `inspect` is only called for finished Jobs whose outcome is not yet recorded;
+    `pods` are the round's pods, read for problems a person must fix (unschedulable, image pull)."""
     old = dict(body.get("status") or {})
     if old.get("phase") in TERMINAL:
-        return Plan(status=old)
+        return Plan(status=old, spec=body.get("spec") or {}, old_conditions=old.get("conditions") or [])
     meta = body["metadata"]
     name = meta["name"]
-    status: dict[str, Any] = {**old, "observedGeneration": meta.get("generation")}
+    generation = meta.get("generation")
+    status: dict[str, Any] = {**old, "observedGeneration": generation}
     old_conditions = old.get("conditions") or []
     old_jobs = old.get("jobs") or {}
+    spec_dict, spec_changed = _effective_spec(body.get("spec") or {}, old.get("acceptedSpec"))
+    problems: list[tuple[str, str]] = pod_problems(pods or [])
+    warnings: list[tuple[str, str, str]] = []
 
     def finish(phase: str, reason: str, message: str, step: str | None = None) -> Plan:
         status["phase"] = phase
         if step:
             status["step"] = step
-        status["conditions"] = _conditions(old_conditions, phase, reason, message, now)
+        status["conditions"] = _conditions(old_conditions, phase, reason, message, now, generation, spec_changed)
         if phase in TERMINAL:
             status.setdefault("completionTime", now)
-        result = Plan(status=status)
+        result = Plan(status=status, spec=spec_dict, events=list(warnings), old_conditions=old_conditions)
         if phase != old.get("phase"):
             kind = "Warning" if phase == "Failed" else "Normal"
             result.events.append((kind, phase, message or phase))
+        shown = next((c for c in old_conditions if c.get("type") == "SpecChanged" and c.get("status") == "True"), {})
+        if spec_changed and shown.get("message") != spec_changed:
+            result.events.append(("Warning", "SpecChanged", spec_changed))
+        result.block(problems, now)
         return result
 
-    problem = validate(body)
+    problem = validate({**body, "spec": spec_dict})
     if problem:
         return finish("Failed", "InvalidSpec", problem)
-    spec = RoundSpec.model_validate(body["spec"])
+    spec = RoundSpec.model_validate(spec_dict)
     status["artifacts"] = _artifacts(spec, name)
 
+    uid = meta.get("uid")
     by_unit: dict[str, list[dict]] = {}
+    foreign: dict[str, dict] = {}
+    cleanup_running = None
     for job in jobs:
         labels = job["metadata"].get("labels") or {}
-        if UNIT_LABEL in labels and not job["metadata"].get("deletionTimestamp"):
+        if job["metadata"].get("deletionTimestamp"):
+            continue
+        if labels.get(UNIT_LABEL) == CLEANUP_UNIT:
+            if job_state(job) not in TERMINAL:
+                cleanup_running = job["metadata"]["name"]
+        elif not _owned(job, uid):
+            foreign[job["metadata"]["name"]] = job
+        elif UNIT_LABEL in labels:
             by_unit.setdefault(labels[UNIT_LABEL], []).append(job)
 
+    if cleanup_running and not by_unit:
+        return finish("Pending", "CleanupRunning",
+                      f"Job {cleanup_running} is still deleting the artifacts of an earlier round named {name}; "
+                      "this round starts when it has finished")
     from_round = spec.model.from_round
-    if from_round and predecessor_phase != "Succeeded" and not by_unit:
+    if from_round and predecessor_phase != "Succeeded" and not by_unit and not old_jobs:
         why = "does not exist" if not predecessor_phase else f"is {predecessor_phase}"
         return finish("Pending", "WaitingForRound",
                       f"waiting for round {from_round} to succeed (it {why}); this round starts from its merged model")
@@ -165,7 +268,6 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     jobs_status: dict[str, Any] = {}
     results: dict[str, Any] = {}
     creates: list[tuple[Unit, int]] = []
-    events: list[tuple[str, str, str]] = []
     current: str | None = None
     current_names: list[str] = []
     failed: tuple[dict, Inspection, int] | None = None
@@ -175,15 +277,28 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
         for unit in stage:
             seen = sorted(by_unit.get(unit.key, []), key=lambda j: int(j["metadata"]["labels"][ATTEMPT_LABEL]))
             recorded = old_jobs.get(unit.key) or {}
-            if not seen:
+            latest = seen[-1] if seen else None
+            attempt = int(latest["metadata"]["labels"][ATTEMPT_LABEL]) if latest else -1
+            if recorded.get("state") in TERMINAL and recorded.get("attempts", 0) - 1 >= attempt and \
+                    (latest is None or latest["metadata"]["name"] != recorded.get("name")):
+                # The Job that decided this unit is gone (deleted by hand, or by a TTL): its recorded outcome
+                # stands, so the round never goes back a step and a deleted attempt still counts.
+                entry = {**recorded, "jobDeleted": True}
+                if not recorded.get("jobDeleted"):
+                    warnings.append(("Warning", "JobDeleted",
+                                     f"Job {recorded['name']} ({unit.key}, {recorded['state']}) was deleted; "
+                                     "keeping its recorded outcome"))
+                state, attempt = recorded["state"], recorded["attempts"] - 1
+                latest = {"metadata": {"name": recorded["name"]}}
+                same = True
+            elif latest is None:
                 stage_done = False
                 creates.append((unit, 0))
                 continue
-            latest = seen[-1]
-            attempt = int(latest["metadata"]["labels"][ATTEMPT_LABEL])
-            state = job_state(latest)
-            entry: dict[str, Any] = {"name": latest["metadata"]["name"], "state": state, "attempts": attempt + 1}
-            same = recorded.get("name") == entry["name"] and recorded.get("state") == state
+            else:
+                state = job_state(latest)
+                entry = {"name": latest["metadata"]["name"], "state": state, "attempts": attempt + 1}
+                same = recorded.get("name") == entry["name"] and recorded.get("state") == state
             if state == "Succeeded":
                 found = recorded.get("result") if same and "result" in recorded else \
                     (inspect(latest).get("result") or {})
@@ -199,9 +314,9 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
                 if attempt < spec.backoff_limit:
                     creates.append((unit, attempt + 1))
                     if not same:
-                        events.append(("Warning", "JobFailed",
-                                       f"{entry['name']} failed ({entry['reason']}); retrying as "
-                                       f"{job_name(name, unit, attempt + 1)}"))
+                        warnings.append(("Warning", "JobFailed",
+                                         f"{entry['name']} failed ({entry['reason']}); retrying as "
+                                         f"{job_name(name, unit, attempt + 1)}"))
                 elif failed is None:
                     failed = (latest, found, attempt + 1)
             jobs_status[unit.key] = entry
@@ -218,25 +333,21 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
         status["passRate"] = text
     if any(j["state"] != "Pending" for j in jobs_status.values()) or creates:
         status.setdefault("startTime", now)
+        status.setdefault("acceptedSpec", spec_dict)
+        status["specHash"] = spec_hash(status["acceptedSpec"])
 
     if failed is not None:
         job, found, attempts = failed
-        out = finish("Failed", "JobFailed", _failure_message(job, found, attempts), current)
-        out.events = events + out.events
-        return out
+        return finish("Failed", "JobFailed", _failure_message(job, found, attempts), current)
     if current is None:
-        out = finish("Succeeded", "RoundComplete", f"all steps done; results: {results or 'none reported'}",
-                     "done")
-        out.events = events + out.events
-        return out
+        return finish("Succeeded", "RoundComplete", f"all steps done; results: {results or 'none reported'}", "done")
     if spec.suspend:
-        out = finish("Suspended", "Suspended",
-                     f"spec.suspend is true: no new Jobs; resumes at step {current} when set to false", current)
-        out.events = events + out.events
-        return out
+        return finish("Suspended", "Suspended",
+                      f"spec.suspend is true: no new Jobs; resumes at step {current} when set to false", current)
     new_names = [job_name(name, unit, attempt) for unit, attempt in creates]
+    problems += [("ForeignJob", f"Job {n} exists but is not owned by this round (uid {uid}); delete or rename it")
+                 for n in new_names if n in foreign]
     message = f"step {current}: " + ", ".join(sorted(set(current_names + new_names)))
     out = finish(PHASE_OF_STEP[current], PHASE_OF_STEP[current], message, current)
-    out.create = creates
-    out.events = events + out.events
+    out.create = [(unit, attempt) for unit, attempt in creates if job_name(name, unit, attempt) not in foreign]
     return out

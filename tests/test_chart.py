@@ -1,6 +1,6 @@
 """The Helm chart with the real helm binary: lint, render a values matrix, validate every object against the
 Kubernetes 1.30 schemas, check the security settings a sandbox must have, and apply each rendering with
-`kubectl apply --dry-run=server` to the real test API server (controller.testenv)."""
+`kubectl apply --dry-run=server` to the real test API server (tests/testenv.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import testenv
 import yaml
 
-from controller import testenv
 from controller.jobs import SANDBOX_STEPS, STEP_LABEL
 from controller.settings import load_settings
 
@@ -257,7 +257,7 @@ def test_bad_values_are_rejected_with_a_readable_message(tmp_path, values, expec
 def cluster(tmp_path_factory) -> Iterator[testenv.LocalCluster]:
     try:
         testenv.bin_dir()
-    except RuntimeError as err:  # controller.testenv's "binaries missing" error
+    except RuntimeError as err:  # tests/testenv.py's "binaries missing" error
         if os.environ.get("CI") or os.environ.get("AGENTQ_TESTENV_BIN"):
             raise
         pytest.skip(str(err))

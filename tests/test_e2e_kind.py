@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from testenv import stop_process
 
 from agentq.config import load_round
 from controller.jobs import PVC_MOUNT, RESULT_FILE, ROUND_PATH, build_job, spec_configmap, units
 from controller.settings import OperatorSettings
-from controller.testenv import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -1,5 +1,5 @@
 """The operator against a real kube-apiserver + etcd (scripts/testenv.sh builds them), run as a separate
-`kopf run` process; the tests play the Job controller and kubelet (controller.testenv.finish_job)."""
+`kopf run` process; the tests play the Job controller and kubelet (tests/testenv.py finish_job)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from controller.testenv import EnvMissing, LocalCluster, Operator, bin_dir, finish_job, start_job
+from testenv import EnvMissing, LocalCluster, Operator, bin_dir, finish_job, job_pod, start_job
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parent.parent
@@ -91,6 +90,18 @@ class Harness:
     def events(self, name: str) -> list[tuple[str, str]]:
         items = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}").items
         return [(e.type, e.reason) for e in items]
+
+    def condition(self, name: str, ctype: str) -> dict:
+        return next((c for c in self.status(name).get("conditions") or [] if c["type"] == ctype), {})
+
+    def wait_condition(self, name: str, ctype: str, reason: str, timeout: float = 20.0) -> dict:
+        return self._wait(lambda: self.condition(name, ctype) if self.condition(name, ctype).get("status") == "True"
+                          and reason in self.condition(name, ctype).get("reason", "") else None,
+                          f"{name} condition {ctype}={reason}", timeout)
+
+    def patch_spec(self, name: str, spec: dict) -> None:
+        self.custom.patch_namespaced_custom_object("agentq.dev", "v1alpha1", self.ns, "agentqrounds", name,
+                                                   {"spec": spec})
 
 
 @pytest.fixture(scope="module")
@@ -364,3 +375,91 @@ def test_operator_under_its_own_rbac_role(tmp_path: Path):
             if replica:
                 replica.stop()
         cluster.stop()
+
+
+# --- durable outcomes, frozen specs, problems a person must fix -------------------------------------------
+
+
+def test_deleting_a_finished_job_neither_reruns_its_step_nor_moves_the_phase_back(h: Harness):
+    h.apply(small_round("keeper"))
+    drive_to(h, "keeper", "train")
+    h.wait_phase("keeper", "Training")
+    # A TTL controller (or a person) removes the finished collect Job while the round trains.
+    h.batch.delete_namespaced_job("keeper-collect-0", h.ns, propagation_policy="Background")
+    wait_for(lambda: ("Warning", "JobDeleted") in h.events("keeper"), "a JobDeleted warning")
+    time.sleep(1.0)
+    status = h.status("keeper")
+    assert status["phase"] == "Training" and status["jobs"]["collect-0"]["state"] == "Succeeded"
+    assert "keeper-collect-0" not in h.jobs("keeper")
+    h.finish("keeper-train", {"rewardAccuracy": 0.7})
+    h.wait_jobs("keeper", ["keeper-merge"])
+    assert h.wait_phase("keeper", "Merging")["results"]["rewardAccuracy"] == 0.7
+
+
+def test_a_mid_round_edit_is_reported_and_not_mixed_into_the_round(h: Harness):
+    h.apply(small_round("steady"))
+    drive_to(h, "steady", "preferences")
+    h.wait_phase("steady", "Preferences")
+    h.patch_spec("steady", {"collect": {"shards": 3}})
+    changed = h.wait_condition("steady", "SpecChanged", "SpecChanged")
+    assert "spec.collect changed after the round started" in changed["message"] and changed["observedGeneration"] == 2
+    assert h.status("steady")["phase"] == "Preferences" and "steady-collect-2" not in h.jobs("steady")
+    wait_for(lambda: ("Warning", "SpecChanged") in h.events("steady"), "a SpecChanged warning")
+    h.finish("steady-preferences", {"pairs": 3})
+    h.wait_jobs("steady", ["steady-train"])
+    train = h.batch.read_namespaced_job("steady-train", h.ns)
+    first = h.batch.read_namespaced_job("steady-collect-0", h.ns)
+    assert train.metadata.annotations["agentq.dev/spec-hash"] == first.metadata.annotations["agentq.dev/spec-hash"]
+    cm = h.core.read_namespaced_config_map("steady-spec", h.ns)
+    assert "shards: 2" in cm.data["round.yaml"] and "shards: 3" not in cm.data["round.yaml"]
+
+
+def test_a_refused_job_create_shows_the_api_servers_reason(h: Harness):
+    h.apply(small_round("refused", placement={"inference": {"nodeSelector": {"pool": "gpu nodes"}}}))
+    blocked = h.wait_condition("refused", "Blocked", "JobCreateFailed")
+    assert "creating Job refused-collect-0 was refused" in blocked["message"]
+    assert "Invalid value" in blocked["message"] and "gpu nodes" in blocked["message"]
+    wait_for(lambda: ("Warning", "JobCreateFailed") in h.events("refused"), "a JobCreateFailed warning")
+    assert h.jobs("refused") == []
+
+
+def test_an_unschedulable_pod_is_reported_within_one_resync(h: Harness):
+    h.apply(small_round("unplaced"))
+    h.wait_jobs("unplaced", ["unplaced-collect-0", "unplaced-collect-1"])
+    start_job(h.api, h.ns, "unplaced-collect-0")
+    job_pod(h.api, h.ns, "unplaced-collect-0", {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]})
+    blocked = h.wait_condition("unplaced", "Blocked", "Unschedulable", timeout=OPERATOR_CONFIG["resyncSeconds"] + 10)
+    assert "Insufficient nvidia.com/gpu" in blocked["message"]
+    assert h.status("unplaced")["phase"] == "Collecting"
+
+
+def test_a_look_alike_job_is_never_adopted(h: Harness):
+    impostor = {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": "mimic-collect-0", "labels": {
+                    "agentq.dev/round": "mimic", "agentq.dev/unit": "collect-0", "agentq.dev/attempt": "0"}},
+                "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                               "containers": [{"name": "x", "image": "busybox:1"}]}}}}
+    h.batch.create_namespaced_job(h.ns, impostor)
+    h.finish("mimic-collect-0", {"trajectories": 999})
+    h.apply(small_round("mimic"))
+    blocked = h.wait_condition("mimic", "Blocked", "ForeignJob")
+    assert "mimic-collect-0 exists but is not owned by this round" in blocked["message"]
+    status = h.status("mimic")
+    assert status["phase"] == "Collecting" and "collect-0" not in status["jobs"]
+    assert "trajectories" not in status.get("results", {})
+
+
+def test_a_round_recreated_during_its_cleanup_waits_for_it(h: Harness):
+    h.apply(small_round("again", deleteArtifacts=True))
+    h.wait_jobs("again", ["again-collect-0", "again-collect-1"])
+    h.cluster.kubectl("delete", "agentqround", "again", "-n", h.ns, "--wait=true", "--timeout=30s")
+    wait_for(lambda: h.jobs("again") == ["again-cleanup"], "only the cleanup Job to remain")
+    h.apply(small_round("again"))
+    pending = h.wait_phase("again", "Pending")
+    assert "again-cleanup is still deleting the artifacts" in pending["conditions"][0]["message"]
+    time.sleep(1.0)
+    assert h.jobs("again") == ["again-cleanup"]
+    h.finish("again-cleanup", {})
+    h.wait_jobs("again", ["again-collect-0", "again-collect-1"])

@@ -218,7 +218,137 @@ def test_plan_rejects_an_invalid_name_with_a_clear_condition():
 
 
 def test_controller_never_imports_the_ml_stack():
-    code = ("import sys, controller.handlers, controller.testenv; "
+    code = ("import sys, controller.handlers; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'trl', 'peft')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- durable outcomes, frozen specs, problems a person must fix -------------------------------------------
+
+
+def advance(b: dict, jobs: list[dict], inspect=lambda j: {"result": {}}, **kw):
+    """One pass whose status becomes the round's status, as the operator writes it."""
+    p = plan(b, jobs, inspect, "T", **kw)
+    b["status"] = copy.deepcopy(p.status)
+    return p
+
+
+def condition(p, ctype: str) -> dict:
+    return next(c for c in p.status["conditions"] if c["type"] == ctype)
+
+
+def test_a_deleted_finished_job_keeps_its_outcome_and_the_round_never_goes_back():
+    b = body()
+    jobs = [job(b, Unit("collect", i, 2), 0, "Succeeded") for i in range(2)]
+    p = advance(b, jobs, lambda j: {"result": {"trajectories": 3}})
+    assert p.status["phase"] == "Preferences"
+    jobs = [jobs[1], job(b, Unit("preferences"), 0, "Running")]  # collect-0 deleted (by hand or a TTL)
+    p = advance(b, jobs, no_inspect)
+    assert p.status["phase"] == "Preferences" and p.create == []
+    assert p.status["jobs"]["collect-0"]["state"] == "Succeeded" and p.status["results"]["trajectories"] == 6
+    assert [e[1] for e in p.events] == ["JobDeleted"]
+    assert advance(b, jobs, no_inspect).events == []  # said once
+
+
+def test_retry_count_survives_deleted_attempts():
+    b = body(backoffLimit=2)
+    failing = {"reason": "BackoffLimitExceeded", "logs": "boom"}
+    advance(b, [job(b, Unit("collect", 0, 2), 0, "Failed"), job(b, Unit("collect", 1, 2), 0, "Running")],
+            lambda j: failing)
+    p = advance(b, [job(b, Unit("collect", 0, 2), 1, "Failed"), job(b, Unit("collect", 1, 2), 0, "Running")],
+                lambda j: failing)
+    assert p.status["jobs"]["collect-0"]["attempts"] == 2
+    p = advance(b, [job(b, Unit("collect", 1, 2), 0, "Running")], no_inspect)  # both attempts deleted
+    assert [(u.key, a) for u, a in p.create] == [("collect-0", 2)]
+
+
+def test_a_mid_round_spec_edit_is_reported_and_not_acted_on():
+    b = body()
+    advance(b, [job(b, Unit("collect", i, 2), 0, "Succeeded") for i in range(2)])
+    assert b["status"]["acceptedSpec"]["collect"] == {"shards": 2}
+    b["spec"] = {**b["spec"], "collect": {"shards": 3}, "backoffLimit": 5}
+    b["metadata"]["generation"] = 2
+    p = advance(b, [job(b, Unit("collect", i, 2), 0, "Succeeded") for i in range(2)], no_inspect)
+    assert p.status["phase"] == "Preferences" and [(u.key, a) for u, a in p.create] == [("preferences", 0)]
+    changed = condition(p, "SpecChanged")
+    assert changed["status"] == "True" and "spec.collect changed" in changed["message"]
+    assert changed["observedGeneration"] == 2 and ("Warning", "SpecChanged", changed["message"]) in p.events
+    assert p.spec["collect"] == {"shards": 2} and p.spec["backoffLimit"] == 5  # the allowed field does change
+    built = build_job({**b, "spec": p.spec}, Unit("preferences"), 0, SETTINGS)
+    original = build_job(body(), Unit("preferences"), 0, SETTINGS)
+    assert built["metadata"]["annotations"] == original["metadata"]["annotations"]  # same spec hash
+    assert advance(b, [job(b, Unit("collect", i, 2), 0, "Succeeded") for i in range(2)], no_inspect).events == []
+
+
+def test_jobs_carry_the_hash_of_the_spec_they_were_made_from():
+    a = build_job(body(), Unit("train"), 0, SETTINGS)["metadata"]["annotations"]["agentq.dev/spec-hash"]
+    assert a == build_job(body(suspend=True), Unit("train"), 0, SETTINGS)["metadata"]["annotations"][
+        "agentq.dev/spec-hash"]
+    assert a != build_job(body(collect={"shards": 3}), Unit("train"), 0, SETTINGS)["metadata"]["annotations"][
+        "agentq.dev/spec-hash"]
+
+
+def test_a_look_alike_job_of_another_owner_is_not_counted():
+    b = body()
+    foreign = job(b, Unit("collect", 0, 2), 0, "Succeeded")
+    foreign["metadata"]["ownerReferences"] = [{**foreign["metadata"]["ownerReferences"][0], "uid": "someone-else"}]
+    p = advance(b, [foreign, job(b, Unit("collect", 1, 2), 0, "Succeeded")], lambda j: {"result": {}})
+    assert p.status["phase"] == "Collecting" and "collect-0" not in p.status["jobs"]
+    assert p.create == [] and condition(p, "Blocked")["reason"] == "ForeignJob"
+    assert "r1-collect-0 exists but is not owned by this round" in condition(p, "Blocked")["message"]
+
+
+def test_a_cleanup_job_of_an_earlier_round_of_that_name_holds_the_new_one():
+    b = body()
+    cleanup = cleanup_job(b, SETTINGS)
+    cleanup["status"] = {"active": 1}
+    p = advance(b, [cleanup], no_inspect)
+    assert p.status["phase"] == "Pending" and p.create == []
+    assert "r1-cleanup is still deleting the artifacts" in condition(p, "Progressing")["message"]
+    cleanup["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    assert advance(b, [cleanup], no_inspect).create
+
+
+def pod(name: str, *, unschedulable: str = "", waiting: str = "") -> dict:
+    status: dict = {"phase": "Pending", "conditions": [], "containerStatuses": []}
+    if unschedulable:
+        status["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                     "message": unschedulable})
+    if waiting:
+        status["containerStatuses"].append({"name": "step", "state": {"waiting": {"reason": waiting,
+                                                                                  "message": "not found"}}})
+    return {"metadata": {"name": name}, "status": status}
+
+
+def test_stuck_pods_block_the_round_with_a_reason_and_one_event():
+    b = body()
+    running = [job(b, Unit("collect", i, 2), 0, "Running") for i in range(2)]
+    stuck = [pod("r1-collect-0-x", unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu."),
+             pod("r1-collect-1-y", waiting="ImagePullBackOff")]
+    p = advance(b, running, no_inspect, pods=stuck)
+    blocked = condition(p, "Blocked")
+    assert blocked["status"] == "True" and blocked["reason"] == "ImagePullBackOff,Unschedulable"
+    assert "Insufficient nvidia.com/gpu" in blocked["message"] and "r1-collect-1-y: ImagePullBackOff" in \
+        blocked["message"]
+    assert sorted(e[1] for e in p.events if e[0] == "Warning") == ["ImagePullBackOff", "Unschedulable"]
+    assert advance(b, running, no_inspect, pods=stuck).events == []
+    p = advance(b, running, no_inspect, pods=[])
+    assert condition(p, "Blocked")["status"] == "False" and p.problems == []
+
+
+def test_a_refused_create_found_after_planning_blocks_the_round():
+    b = body()
+    p = plan(b, [], no_inspect, "T")
+    p.block([("JobCreateFailed", "creating Job r1-collect-0 was refused: nodeSelector: Invalid value")], "T")
+    assert condition(p, "Blocked")["reason"] == "JobCreateFailed" and p.events[-1][1] == "JobCreateFailed"
+    b["status"] = p.status
+    again = plan(b, [], no_inspect, "T2")
+    again.block([("JobCreateFailed", "creating Job r1-collect-0 was refused: nodeSelector: Invalid value")], "T2")
+    assert condition(again, "Blocked")["lastTransitionTime"] == "T" and again.events == []
+
+
+def test_every_condition_names_the_generation_it_describes():
+    b = body()
+    b["metadata"]["generation"] = 7
+    assert {c["observedGeneration"] for c in plan(b, [], no_inspect, "T").status["conditions"]} == {7}

@@ -236,10 +236,10 @@ def _ts() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def finish_job(api: Any, namespace: str, job_name: str, *, succeeded: bool, message: str = "",
-               exit_code: int | None = None, reason: str | None = None) -> None:
-    """Play kubelet + Job controller for one Job: a pod from its template that terminated with
-    `message` as its termination message, then the Job's status as the Job controller would write it."""
+def job_pod(api: Any, namespace: str, job_name: str, status: dict[str, Any]) -> str:
+    """Play the Job controller and kubelet: a pod from the Job's template, with `status` as the kubelet
+    (or the scheduler) would report it; its containerStatuses get the template container's name and image.
+    Returns the pod's name."""
     from kubernetes import client
 
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
@@ -254,15 +254,26 @@ def finish_job(api: Any, namespace: str, job_name: str, *, succeeded: bool, mess
                                              "uid": job["metadata"]["uid"], "controller": True}]},
            "spec": template["spec"]}
     core.create_namespaced_pod(namespace, pod, _preload_content=False)
-    now = _ts()
     container = template["spec"]["containers"][0]
+    statuses = [{"name": container["name"], "image": container["image"], "imageID": "", "ready": False,
+                 "restartCount": 0, **cs} for cs in status.get("containerStatuses") or []]
+    core.patch_namespaced_pod_status(pod_name, namespace, {"status": {**status, "containerStatuses": statuses}})
+    return pod_name
+
+
+def finish_job(api: Any, namespace: str, job_name: str, *, succeeded: bool, message: str = "",
+               exit_code: int | None = None, reason: str | None = None) -> None:
+    """Play kubelet + Job controller for one Job: a pod from its template that terminated with
+    `message` as its termination message, then the Job's status as the Job controller would write it."""
+    from kubernetes import client
+
+    now = _ts()
     code = exit_code if exit_code is not None else (0 if succeeded else 1)
     term = {"exitCode": code, "reason": reason or ("Completed" if succeeded else "Error"),
             "message": message, "startedAt": now, "finishedAt": now}
-    status = {"phase": "Succeeded" if succeeded else "Failed", "startTime": now,
-              "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
-                                     "ready": False, "restartCount": 0, "state": {"terminated": term}}]}
-    core.patch_namespaced_pod_status(pod_name, namespace, {"status": status})
+    job_pod(api, namespace, job_name, {
+        "phase": "Succeeded" if succeeded else "Failed", "startTime": now,
+        "containerStatuses": [{"state": {"terminated": term}}]})
     if succeeded:
         jstatus = {"startTime": now, "completionTime": now, "succeeded": 1,
                    "conditions": [{"type": "Complete", "status": "True", "lastProbeTime": now,
@@ -272,7 +283,7 @@ def finish_job(api: Any, namespace: str, job_name: str, *, succeeded: bool, mess
                    "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
                                    "message": "Job has reached the specified backoff limit",
                                    "lastProbeTime": now, "lastTransitionTime": now}]}
-    batch.patch_namespaced_job_status(job_name, namespace, {"status": jstatus})
+    client.BatchV1Api(api).patch_namespaced_job_status(job_name, namespace, {"status": jstatus})
 
 
 def start_job(api: Any, namespace: str, job_name: str) -> None:
