@@ -8,10 +8,10 @@ are camelCase on the wire (as Kubernetes users expect) and snake_case in Python.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "agentq.dev/v1alpha1"
@@ -151,10 +151,29 @@ class Toleration(Spec):
     toleration_seconds: int | None = None
 
 
+# A Kubernetes resource quantity ("500m", "16Gi", 4): YAML numbers are taken as their text.
+Quantity = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) else v),
+                     WithJsonSchema({"x-kubernetes-int-or-string": True})]
+
+
+class Resources(Spec):
+    """Container requests and limits, as in a pod spec (GPUs are set by `gpus`, not here)."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+
 class PoolSpec(Spec):
+    """Where and how a step's pods run; in a round, each field set here overrides the operator's pool."""
+
     node_selector: dict[str, str] | None = None
     tolerations: list[Toleration] | None = None
     gpus: int | None = Field(None, ge=0, description="nvidia.com/gpu per Job (per shard for collect/evaluate).")
+    resources: Resources | None = Field(None, description="Requests and limits of the step container.")
+    shm_size: Quantity | None = Field(None, description="A memory-backed /dev/shm of this size (dataloaders, NCCL).")
+    scratch_size: Quantity | None = Field(
+        None, description="An emptyDir at /scratch of this size: the step's cache (models copied from S3) and TMPDIR.")
+    priority_class_name: str | None = None
 
 
 class PlacementSpec(Spec):
@@ -162,6 +181,25 @@ class PlacementSpec(Spec):
 
     inference: PoolSpec = Field(default_factory=PoolSpec)
     training: PoolSpec = Field(default_factory=PoolSpec)
+    cpu: PoolSpec = Field(default_factory=PoolSpec, description="preferences and report: CPU work.")
+
+
+class StepDeadlines(Spec):
+    """activeDeadlineSeconds of each step's Jobs: a Job running longer fails (and is retried like any failure)."""
+
+    collect: int | None = Field(None, ge=1)
+    preferences: int | None = Field(None, ge=1)
+    train: int | None = Field(None, ge=1)
+    merge: int | None = Field(None, ge=1)
+    evaluate: int | None = Field(None, ge=1)
+    report: int | None = Field(None, ge=1)
+
+
+class JobTemplateSpec(Spec):
+    """Passed through to every step Job and its pods, e.g. `kueue.x-k8s.io/queue-name` for Kueue."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
 
 
 class RoundSpec(Spec):
@@ -174,6 +212,9 @@ class RoundSpec(Spec):
     store: StoreSpec
     sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    job_template: JobTemplateSpec = Field(default_factory=JobTemplateSpec)
+    active_deadline_seconds: StepDeadlines = Field(default_factory=StepDeadlines,
+                                                   description="Per step, in seconds (Kubernetes runs).")
     image: str | None = Field(None, description="Override the step image (Kubernetes runs).")
     suspend: bool = False
     backoff_limit: int = Field(2, ge=0, description="Retries of a failed step Job before the round fails.")

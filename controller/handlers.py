@@ -155,6 +155,15 @@ def reconcile_once(namespace: str, name: str) -> Plan | None:
             continue
         if created is not None:
             result.events.append(("Normal", "JobCreated", f"created Job {job['metadata']['name']}"))
+    for job_name, suspended in result.suspend.items():
+        try:
+            kube.patch_job(namespace, job_name, {"spec": {"suspend": suspended}})
+        except ApiException as err:
+            if err.status != 404:  # finished and deleted meanwhile: nothing left to suspend
+                raise
+            continue
+        result.events.append(("Normal", "JobSuspended" if suspended else "JobResumed",
+                              f"{'suspended' if suspended else 'resumed'} Job {job_name}"))
     if refused:
         result.block(refused, now())
     if result.status != (body.get("status") or {}):

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from agentq.config import API_VERSION, KIND, PoolSpec, RoundFile, RoundSpec, dump_round
-from controller.settings import OperatorSettings
+from agentq.config import API_VERSION, KIND, RoundFile, RoundSpec, dump_round
+from controller.settings import OperatorSettings, Pool
 
 ROUND_LABEL = "agentq.dev/round"
 UNIT_LABEL = "agentq.dev/unit"
@@ -26,6 +26,7 @@ MUTABLE_FIELDS = ("suspend", "backoffLimit")
 SPEC_DIR = "/etc/agentq"
 ROUND_PATH = f"{SPEC_DIR}/round.yaml"
 PVC_MOUNT = "/artifacts"
+SCRATCH_MOUNT = "/scratch"
 RESULT_FILE = "/dev/termination-log"
 MAX_NAME = 63  # Job names become the pods' `job-name` label value
 
@@ -120,22 +121,40 @@ def spec_configmap(body: dict[str, Any], name: str | None = None, owner: dict | 
     }
 
 
-def _pool(unit: Unit, spec: RoundSpec, settings: OperatorSettings) -> tuple[dict, list[dict], int]:
-    """nodeSelector, tolerations and GPUs for a unit: operator pools, overridden field by field by the round."""
+@dataclass(frozen=True)
+class Placement:
+    """Where one unit's pod runs and what it gets: the operator's pool, overridden field by field by the round."""
+
+    node_selector: dict[str, str]
+    tolerations: list[dict[str, Any]]
+    gpus: int
+    resources: dict[str, dict[str, str]]
+    shm_size: str | None
+    scratch_size: str | None
+    priority_class_name: str | None
+
+
+def placement(unit: Unit, spec: RoundSpec, settings: OperatorSettings) -> Placement:
+    base: Pool
     if unit.step in INFERENCE_STEPS:
         base, override = settings.pools.inference, spec.placement.inference
-        gpus = base.gpus_per_shard
+        gpus = override.gpus if override.gpus is not None else settings.pools.inference.gpus_per_shard
     elif unit.step in TRAINING_STEPS:
         base, override = settings.pools.training, spec.placement.training
-        gpus = base.gpus
-    else:  # preferences and report are CPU work: default nodes, no GPU
-        return {}, [], 0
-    override = override or PoolSpec()
-    selector = override.node_selector if override.node_selector is not None else base.node_selector
-    tolerations = override.tolerations if override.tolerations is not None else base.tolerations
-    gpus = override.gpus if override.gpus is not None else gpus
-    dumped = [t.model_dump(by_alias=True, exclude_none=True) for t in tolerations]
-    return dict(selector), dumped, gpus
+        gpus = override.gpus if override.gpus is not None else settings.pools.training.gpus
+    else:  # preferences and report are CPU work: the CPU pool, never a GPU
+        base, override, gpus = settings.pools.cpu, spec.placement.cpu, 0
+
+    def pick(name: str) -> Any:
+        value = getattr(override, name)
+        return value if value is not None else getattr(base, name)
+
+    return Placement(
+        node_selector=dict(pick("node_selector")),
+        tolerations=[t.model_dump(by_alias=True, exclude_none=True) for t in pick("tolerations")],
+        gpus=gpus,
+        resources={k: dict(v) for k, v in pick("resources").model_dump().items() if v},
+        shm_size=pick("shm_size"), scratch_size=pick("scratch_size"), priority_class_name=pick("priority_class_name"))
 
 
 def _store_wiring(spec: RoundSpec) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
@@ -158,45 +177,79 @@ def _store_wiring(spec: RoundSpec) -> tuple[list[dict], list[dict], list[dict], 
     return env, env_from, volumes, mounts
 
 
+# The "restricted" Pod Security level: every step image runs as a numeric non-root uid (10001).
+POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+
+
 def _pod_spec(spec: RoundSpec, configmap: str, container: dict, settings: OperatorSettings,
-              node_selector: dict | None = None, tolerations: list | None = None) -> dict[str, Any]:
+              where: Placement | None = None) -> dict[str, Any]:
     env, env_from, volumes, mounts = _store_wiring(spec)
     volumes.append({"name": "round-spec", "configMap": {"name": configmap}})
     mounts.append({"name": "round-spec", "mountPath": SPEC_DIR, "readOnly": True})
+    if where and where.shm_size:
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": where.shm_size}})
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    if where and where.scratch_size:
+        volumes.append({"name": "scratch", "emptyDir": {"sizeLimit": where.scratch_size}})
+        mounts.append({"name": "scratch", "mountPath": SCRATCH_MOUNT})
+        # agentq's local cache (models copied from the store, built models) and temporary files go there.
+        env += [{"name": "AGENTQ_CACHE", "value": f"{SCRATCH_MOUNT}/cache"}, {"name": "TMPDIR", "value": SCRATCH_MOUNT}]
     container = {
         **container,
         "imagePullPolicy": settings.images.pull_policy,
         "env": env + container.get("env", []),
         "volumeMounts": mounts,
+        "securityContext": CONTAINER_SECURITY,
         # The step writes its JSON result here; on a crash the log tail lands here instead.
         "terminationMessagePath": RESULT_FILE,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if env_from:
         container["envFrom"] = env_from
-    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}
-    if node_selector:
-        pod["nodeSelector"] = node_selector
-    if tolerations:
-        pod["tolerations"] = tolerations
+    # Steps never call the Kubernetes API: no token in the pod.
+    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes,
+                           "securityContext": POD_SECURITY, "automountServiceAccountToken": False}
+    if where and where.node_selector:
+        pod["nodeSelector"] = where.node_selector
+    if where and where.tolerations:
+        pod["tolerations"] = where.tolerations
+    if where and where.priority_class_name:
+        pod["priorityClassName"] = where.priority_class_name
     if settings.job_service_account:
         pod["serviceAccountName"] = settings.job_service_account
+    if settings.images.pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in settings.images.pull_secrets]
     return pod
 
 
 def _job(body: dict[str, Any], name: str, labels: dict[str, str], pod: dict[str, Any],
          owned: bool = True) -> dict[str, Any]:
     meta = body["metadata"]
+    spec = RoundSpec.model_validate(body["spec"])
+    # The round's pass-through labels (a Kueue queue, a cost centre) never replace agentq's own.
+    labels = {**spec.job_template.labels, **labels}
+    annotations = dict(spec.job_template.annotations)
     metadata: dict[str, Any] = {"name": name, "namespace": meta["namespace"], "labels": labels}
+    if annotations:
+        metadata["annotations"] = annotations
     if owned:
         metadata["ownerReferences"] = [owner_reference(body)]
+    template_meta: dict[str, Any] = {"labels": labels, **({"annotations": annotations} if annotations else {})}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": metadata,
-        # Retries are the operator's (spec.backoffLimit, new Job name per attempt), so each attempt's
-        # failure reason and logs stay inspectable.
-        "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": labels}, "spec": pod}},
+        "spec": {
+            # Retries are the operator's (spec.backoffLimit, new Job name per attempt), so each attempt's
+            # failure reason and logs stay inspectable.
+            "backoffLimit": 0,
+            # A pod evicted by a node drain or preempted is not the step's failure: the Job controller starts
+            # another pod instead of failing the attempt (Kubernetes 1.26+; older servers drop the field).
+            "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [
+                {"type": "DisruptionTarget", "status": "True"}]}]},
+            "template": {"metadata": template_meta, "spec": pod},
+        },
     }
 
 
@@ -210,19 +263,26 @@ def build_job(body: dict[str, Any], unit: Unit, attempt: int, settings: Operator
     """The Job for one attempt at one unit of the round `body`."""
     spec = RoundSpec.model_validate(body["spec"])
     round_name = body["metadata"]["name"]
-    node_selector, tolerations, gpus = _pool(unit, spec, settings)
+    where = placement(unit, spec, settings)
     env = [{"name": "AGENTQ_RESULT_FILE", "value": RESULT_FILE}]
     sandbox_url = spec.sandbox.url or settings.sandbox_url
     if unit.step in SANDBOX_STEPS and sandbox_url:
         env.append({"name": "SANDBOX_URL", "value": sandbox_url})
     container: dict[str, Any] = {"name": "step", "image": image_for(unit.step, spec, settings),
                                  "command": unit.command(), "env": env}
-    if gpus:
-        container["resources"] = {"limits": {"nvidia.com/gpu": gpus}, "requests": {"nvidia.com/gpu": gpus}}
+    resources = {kind: dict(values) for kind, values in where.resources.items()}
+    if where.gpus:
+        for kind in ("limits", "requests"):
+            resources.setdefault(kind, {})["nvidia.com/gpu"] = where.gpus
+    if resources:
+        container["resources"] = resources
     labels = {ROUND_LABEL: round_name, STEP_LABEL: unit.step, UNIT_LABEL: unit.key, ATTEMPT_LABEL: str(attempt)}
-    pod = _pod_spec(spec, spec_configmap_name(round_name), container, settings, node_selector, tolerations)
+    pod = _pod_spec(spec, spec_configmap_name(round_name), container, settings, where)
     job = _job(body, job_name(round_name, unit, attempt), labels, pod)
-    job["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(body["spec"])}
+    job["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = spec_hash(body["spec"])
+    deadline = getattr(spec.active_deadline_seconds, unit.step)
+    if deadline:
+        job["spec"]["activeDeadlineSeconds"] = deadline
     return job
 
 

@@ -74,6 +74,9 @@ class Kube:
                 return None
             raise
 
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.batch.patch_namespaced_job(name, namespace, patch, _preload_content=False)
+
     def apply_configmap(self, cm: dict[str, Any]) -> None:
         meta = cm["metadata"]
         try:

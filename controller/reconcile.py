@@ -45,6 +45,8 @@ class Plan:
     spec: dict[str, Any] = field(default_factory=dict)
     # What keeps the round from progressing until a person acts: (reason, message); the Blocked condition.
     problems: list[tuple[str, str]] = field(default_factory=list)
+    # Running Jobs whose Job.spec.suspend must be set (True) or cleared (False): spec.suspend reaches them too.
+    suspend: dict[str, bool] = field(default_factory=dict)
     old_conditions: list[dict] = field(default_factory=list)
 
     @property
@@ -331,6 +333,13 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     text = _pass_rate_text(results)
     if text:
         status["passRate"] = text
+    # spec.suspend also suspends the step's running Jobs (their pods stop; Kueue can take the quota back);
+    # the Jobs suspended so far are recorded, so each is patched once and resumed only by the operator.
+    unfinished = {e["name"] for e in jobs_status.values() if e["state"] not in TERMINAL and not e.get("jobDeleted")}
+    was = set(old.get("suspendedJobs") or [])
+    want = unfinished if spec.suspend else set()
+    suspend = {n: True for n in want - was} | {n: False for n in (was - want) & unfinished}
+    status["suspendedJobs"] = sorted(want)
     if any(j["state"] != "Pending" for j in jobs_status.values()) or creates:
         status.setdefault("startTime", now)
         status.setdefault("acceptedSpec", spec_dict)
@@ -342,12 +351,16 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     if current is None:
         return finish("Succeeded", "RoundComplete", f"all steps done; results: {results or 'none reported'}", "done")
     if spec.suspend:
-        return finish("Suspended", "Suspended",
-                      f"spec.suspend is true: no new Jobs; resumes at step {current} when set to false", current)
+        out = finish("Suspended", "Suspended",
+                     f"spec.suspend is true: no new Jobs, running ones suspended; resumes at step {current} when "
+                     "set to false", current)
+        out.suspend = suspend
+        return out
     new_names = [job_name(name, unit, attempt) for unit, attempt in creates]
     problems += [("ForeignJob", f"Job {n} exists but is not owned by this round (uid {uid}); delete or rename it")
                  for n in new_names if n in foreign]
     message = f"step {current}: " + ", ".join(sorted(set(current_names + new_names)))
     out = finish(PHASE_OF_STEP[current], PHASE_OF_STEP[current], message, current)
     out.create = [(unit, attempt) for unit, attempt in creates if job_name(name, unit, attempt) not in foreign]
+    out.suspend = suspend
     return out

@@ -11,32 +11,41 @@ from pathlib import Path
 
 from pydantic import Field
 
-from agentq.config import ConfigError, Spec, Toleration, load_yaml
+from agentq.config import ConfigError, Quantity, Resources, Spec, Toleration, load_yaml
 
 CONFIG_ENV = "AGENTQ_OPERATOR_CONFIG"
 
 
-class InferencePool(Spec):
+class Pool(Spec):
+    """A node pool's placement and the shape of its step pods; a round's spec.placement overrides each field."""
+
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+    shm_size: Quantity | None = Field(None, description="A memory-backed /dev/shm of this size.")
+    scratch_size: Quantity | None = Field(None, description="An emptyDir at /scratch of this size (cache, TMPDIR).")
+    priority_class_name: str | None = None
+
+
+class InferencePool(Pool):
     gpus_per_shard: int = Field(1, ge=0, description="nvidia.com/gpu per collect/evaluate shard and per merge Job.")
 
 
-class TrainingPool(Spec):
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+class TrainingPool(Pool):
     gpus: int = Field(1, ge=0, description="nvidia.com/gpu for the DPO Job.")
 
 
 class Pools(Spec):
     inference: InferencePool = Field(default_factory=InferencePool)
     training: TrainingPool = Field(default_factory=TrainingPool)
+    cpu: Pool = Field(default_factory=Pool, description="preferences and report (no GPU).")
 
 
 class Images(Spec):
     infer: str = "ghcr.io/agentq/agentq-infer:0.1.0"
     train: str = "ghcr.io/agentq/agentq-train:0.1.0"
     pull_policy: str = "IfNotPresent"
+    pull_secrets: list[str] = Field(default_factory=list, description="imagePullSecrets of every step pod.")
 
 
 class OperatorSettings(Spec):

@@ -151,6 +151,27 @@ def test_operator_config_loads_with_the_operators_loader(rendering, tmp_path):
     port = service["spec"]["ports"][0]["port"]
     assert settings.sandbox_url == f"http://{service['metadata']['name']}.agentq-system.svc:{port}"
     assert settings.job_service_account == (values["operator"]["jobServiceAccount"] or None)
+    assert settings.images.pull_secrets == [secret["name"] for secret in values["images"]["pullSecrets"]]
+    for name in ("inference", "training", "cpu"):
+        pool, wanted = getattr(settings.pools, name), values["pools"][name]
+        assert pool.node_selector == wanted["nodeSelector"]
+        resources = {kind: {k: str(v) for k, v in (wanted["resources"].get(kind) or {}).items()}
+                     for kind in ("requests", "limits")}
+        assert pool.resources.model_dump() == resources
+        assert (pool.shm_size, pool.scratch_size, pool.priority_class_name) == \
+            (wanted.get("shmSize"), wanted.get("scratchSize"), wanted.get("priorityClassName"))
+
+
+def test_job_service_account_is_created_only_when_asked(rendering):
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    if VALUES[rendering.name]:
+        values = _merged(values, yaml.safe_load(VALUES[rendering.name].read_text()))
+    accounts = [d for d in rendering.docs if d["kind"] == "ServiceAccount"
+                and d["metadata"]["name"] == values["operator"]["jobServiceAccount"]]
+    if values["operator"]["createJobServiceAccount"] and values["operator"]["jobServiceAccount"]:
+        assert len(accounts) == 1 and accounts[0]["automountServiceAccountToken"] is False
+    else:
+        assert accounts == []
 
 
 def test_operator_runs_with_peering_and_its_flags_exist(rendering):

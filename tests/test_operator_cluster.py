@@ -278,10 +278,12 @@ def test_suspend_and_resume(h: Harness):
                                             {"spec": {"suspend": False}})
     h.wait_jobs("napper", ["napper-collect-0", "napper-collect-1"])
     h.wait_phase("napper", "Collecting")
-    # suspended mid-step: running Jobs finish, but no next step starts
+    # suspended mid-step: the running Jobs are suspended too (Job.spec.suspend; the 1.20 test server drops
+    # the field, so the events are what shows it), and no next step starts
     h.custom.patch_namespaced_custom_object("agentq.dev", "v1alpha1", h.ns, "agentqrounds", "napper",
                                             {"spec": {"suspend": True}})
     h.wait_phase("napper", "Suspended")
+    wait_for(lambda: [e for e in h.events("napper") if e == ("Normal", "JobSuspended")][1:], "two JobSuspended")
     h.finish("napper-collect-0", {})
     h.finish("napper-collect-1", {})
     time.sleep(1.5)

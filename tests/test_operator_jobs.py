@@ -81,6 +81,87 @@ def test_round_placement_and_image_override_the_operator_pools():
     assert container(job)["image"] == "custom:2"
 
 
+FULL = OperatorSettings.model_validate({
+    "pools": {
+        "inference": {"nodeSelector": {"pool": "inference"}, "gpusPerShard": 1, "shmSize": "16Gi",
+                      "resources": {"requests": {"cpu": 8, "memory": "64Gi"}, "limits": {"memory": "96Gi"}},
+                      "priorityClassName": "agentq-batch"},
+        "training": {"nodeSelector": {"pool": "training"}, "gpus": 1, "scratchSize": "200Gi"},
+        "cpu": {"nodeSelector": {"pool": "cpu"}, "tolerations": [{"key": "cpu-only", "operator": "Exists"}],
+                "resources": {"requests": {"cpu": "2", "memory": "4Gi"}}},
+    },
+    "images": {"infer": "infer:1", "train": "train:1", "pullSecrets": ["registry-creds"]},
+    "jobServiceAccount": "agentq-steps",
+})
+
+
+def test_cpu_steps_go_to_the_cpu_pool_with_its_resources():
+    for step in ("preferences", "report"):
+        pod = build_job(body(), Unit(step), 0, FULL)["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"pool": "cpu"} and pod["tolerations"][0]["key"] == "cpu-only"
+        assert pod["containers"][0]["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"}}
+    b = body(placement={"cpu": {"nodeSelector": {"pool": "spot"}, "resources": {"requests": {"cpu": 1}}}})
+    pod = build_job(b, Unit("preferences"), 0, FULL)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "spot"} and pod["containers"][0]["resources"] == {"requests": {"cpu": "1"}}
+
+
+def test_pool_resources_shared_memory_scratch_and_priority():
+    collect = build_job(body(), Unit("collect", 0, 2), 0, FULL)
+    pod = collect["spec"]["template"]["spec"]
+    assert container(collect)["resources"] == {"requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": 1},
+                                               "limits": {"memory": "96Gi", "nvidia.com/gpu": 1}}
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container(collect)["volumeMounts"]
+    assert pod["priorityClassName"] == "agentq-batch"
+    train = build_job(body(), Unit("train"), 0, FULL)
+    env = {e["name"]: e["value"] for e in container(train)["env"]}
+    assert env["AGENTQ_CACHE"] == "/scratch/cache" and env["TMPDIR"] == "/scratch"
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "200Gi"}} in train["spec"]["template"]["spec"]["volumes"]
+    override = body(placement={"training": {"scratchSize": "50Gi", "resources": {"limits": {"memory": "32Gi"}}}})
+    train = build_job(override, Unit("train"), 0, FULL)
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}} in train["spec"]["template"]["spec"]["volumes"]
+    assert container(train)["resources"] == {"limits": {"memory": "32Gi", "nvidia.com/gpu": 1},
+                                             "requests": {"nvidia.com/gpu": 1}}
+
+
+def test_every_step_pod_meets_the_restricted_pod_security_level():
+    for stage in units(RoundFile.model_validate({"metadata": {"name": "r"}, "spec": body()["spec"]}).spec):
+        for unit in stage:
+            pod = build_job(body(), unit, 0, FULL)["spec"]["template"]["spec"]
+            assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+            sc = pod["containers"][0]["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+            assert pod["serviceAccountName"] == "agentq-steps"
+            assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+    cleanup = cleanup_job(body(deleteArtifacts=True), FULL)["spec"]["template"]["spec"]
+    assert cleanup["securityContext"]["runAsNonRoot"] and cleanup["imagePullSecrets"]
+
+
+def test_pass_through_labels_annotations_deadlines_and_disruption_policy():
+    b = body(jobTemplate={"labels": {"kueue.x-k8s.io/queue-name": "gpu-queue", "agentq.dev/step": "spoof"},
+                          "annotations": {"team": "repair"}},
+             activeDeadlineSeconds={"train": 7200})
+    train = build_job(b, Unit("train"), 0, FULL)
+    for meta in (train["metadata"], train["spec"]["template"]["metadata"]):
+        assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+        assert meta["labels"]["agentq.dev/step"] == "train"  # agentq's own labels are never replaced
+        assert meta["annotations"]["team"] == "repair"
+    assert train["spec"]["activeDeadlineSeconds"] == 7200
+    assert "activeDeadlineSeconds" not in build_job(b, Unit("merge"), 0, FULL)["spec"]
+    assert train["spec"]["podFailurePolicy"]["rules"] == [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+
+
+def test_a_fully_configured_job_is_valid_for_current_kubernetes():
+    """The 1.20 test server drops what it does not know (podFailurePolicy): check against 1.33's schema."""
+    import kubernetes_validate
+
+    b = body(jobTemplate={"labels": {"kueue.x-k8s.io/queue-name": "q"}}, activeDeadlineSeconds={"collect": 60})
+    for unit in (Unit("collect", 0, 2), Unit("train"), Unit("preferences")):
+        kubernetes_validate.validate(build_job(b, unit, 0, FULL), "1.33", strict=True)
+    kubernetes_validate.validate(cleanup_job(b, FULL), "1.33", strict=True)
+
+
 def test_s3_store_gives_env_and_secret_not_a_volume():
     b = body(store={"s3": {"bucket": "b", "endpoint": "http://minio:9000", "secretRef": "s3-creds"}})
     job = build_job(b, Unit("merge"), 0, SETTINGS)
@@ -352,3 +433,17 @@ def test_every_condition_names_the_generation_it_describes():
     b = body()
     b["metadata"]["generation"] = 7
     assert {c["observedGeneration"] for c in plan(b, [], no_inspect, "T").status["conditions"]} == {7}
+
+
+def test_suspend_reaches_running_jobs_once_and_resume_clears_it():
+    b = body()
+    running = [job(b, Unit("collect", 0, 2), 0, "Running"), job(b, Unit("collect", 1, 2), 0, "Succeeded")]
+    assert advance(b, running).suspend == {}
+    b["spec"]["suspend"] = True
+    p = advance(b, running, no_inspect)
+    assert p.status["phase"] == "Suspended" and p.suspend == {"r1-collect-0": True}
+    assert advance(b, running, no_inspect).suspend == {}  # patched once
+    b["spec"]["suspend"] = False
+    p = advance(b, running, no_inspect)
+    assert p.suspend == {"r1-collect-0": False} and p.status["phase"] == "Collecting"
+    assert advance(b, running, no_inspect).suspend == {}
