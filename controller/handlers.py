@@ -16,12 +16,14 @@ import datetime
 import json
 import logging
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from controller import metrics
 from controller.crd import GROUP, PLURAL, VERSION
 from controller.jobs import (
     ROUND_LABEL,
@@ -79,6 +81,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf's own bookkeeping in annotations only: the whole status belongs to the reconciler.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="agentq.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="agentq.dev")
+    if RT.settings.metrics_port:
+        metrics.serve(RT.settings.metrics_port)
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +125,22 @@ def api_message(err: ApiException) -> str:
 
 
 def reconcile_once(namespace: str, name: str) -> Plan | None:
-    """One pass: observe, plan, act. Runs in a worker thread (blocking client)."""
+    """One pass: observe, plan, act, timed for /metrics. Runs in a worker thread (blocking client)."""
+    started = time.perf_counter()
+    try:
+        result = _reconcile(namespace, name)
+    except ApiException as err:
+        metrics.RECONCILE_ERRORS.labels(code=str(err.status)).inc()
+        raise
+    metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    if result is None:
+        metrics.ROUNDS.forget((namespace, name))
+    elif result.status:
+        metrics.ROUNDS.observe((namespace, name), result.status.get("phase"), bool(result.problems))
+    return result
+
+
+def _reconcile(namespace: str, name: str) -> Plan | None:
     kube, settings = RT.kube, RT.settings
     assert kube is not None
     body = kube.get_round(namespace, name)
@@ -154,6 +173,7 @@ def reconcile_once(namespace: str, name: str) -> Plan | None:
                                                f"{api_message(err)}"))
             continue
         if created is not None:
+            metrics.JOBS_CREATED.labels(step=unit.step).inc()
             result.events.append(("Normal", "JobCreated", f"created Job {job['metadata']['name']}"))
     for job_name, suspended in result.suspend.items():
         try:
@@ -248,6 +268,7 @@ def delete_round(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, lo
     """Remove the round's Jobs and spec ConfigMap; its artifacts stay unless spec.deleteArtifacts."""
     kube = RT.kube
     assert kube is not None
+    metrics.ROUNDS.forget((namespace, name))
     removed = kube.delete_round_objects(namespace, name, spec_configmap_name(name))
     logger.info("removed %d Job(s) of round %s", removed, name)
     if spec.get("deleteArtifacts"):

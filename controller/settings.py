@@ -55,6 +55,7 @@ class OperatorSettings(Spec):
     job_service_account: str | None = Field(None, description="ServiceAccount of step pods (none: the default).")
     log_lines: int = Field(20, ge=1, description="Last log lines of a failed Job quoted in the condition.")
     resync_seconds: float = Field(30.0, gt=0, description="Re-check every round this often even without events.")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus /metrics on this port.")
 
 
 def load_settings(path: str | Path | None = None) -> OperatorSettings:

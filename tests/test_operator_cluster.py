@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 import yaml
-from testenv import EnvMissing, LocalCluster, Operator, bin_dir, finish_job, job_pod, start_job
+from testenv import EnvMissing, LocalCluster, Operator, bin_dir, finish_job, free_port, job_pod, start_job
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "manifests" / "examples" / "round-scripted.yaml"
 OPERATOR_CONFIG = {"pools": {"inference": {"nodeSelector": {"agentq.dev/pool": "inference"}},
                              "training": {"nodeSelector": {"agentq.dev/pool": "training"}}},
-                   "sandboxUrl": "http://agentq-sandbox.agentq-system:8080", "resyncSeconds": 5}
+                   "sandboxUrl": "http://agentq-sandbox.agentq-system:8080", "resyncSeconds": 5,
+                   "metricsPort": free_port()}
 
 
 def _require_testenv() -> None:
@@ -343,12 +344,14 @@ def test_operator_under_its_own_rbac_role(tmp_path: Path):
         for verb, what in (("get", "secrets"), ("create", "pods"), ("delete", "agentqrounds")):
             assert cluster.kubectl("auth", "can-i", verb, what, f"--as={sa}", "-A", check=False).stdout.strip() \
                 == "no"
-        op = Operator(cluster.operator_kubeconfig, tmp_path, config=OPERATOR_CONFIG,
+        # Two replicas on one machine: only one of them can have the metrics port.
+        config = {k: v for k, v in OPERATOR_CONFIG.items() if k != "metricsPort"}
+        op = Operator(cluster.operator_kubeconfig, tmp_path, config=config,
                       args=("--peering", "agentq", "--priority", "100")).start()
         wait_for(lambda: "Resuming operations" in op.output(), "the operator to join the peering", 30)
         # A second replica (a rolling update's new pod) with a lower priority must stand by, not act, until
         # the first one goes away. Started together, kopf lets each act until it has seen the other.
-        standby = Operator(cluster.operator_kubeconfig, tmp_path, config=OPERATOR_CONFIG, name="standby",
+        standby = Operator(cluster.operator_kubeconfig, tmp_path, config=config, name="standby",
                            args=("--peering", "agentq", "--priority", "50")).start()
         h = Harness(cluster, op, "rbac")
         wait_for(lambda: len(h.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
@@ -465,3 +468,22 @@ def test_a_round_recreated_during_its_cleanup_waits_for_it(h: Harness):
     assert h.jobs("again") == ["again-cleanup"]
     h.finish("again-cleanup", {})
     h.wait_jobs("again", ["again-collect-0", "again-collect-1"])
+
+
+def test_operator_metrics_count_rounds_jobs_and_passes(h: Harness):
+    import urllib.request
+
+    def scrape() -> dict[str, float]:
+        url = f"http://127.0.0.1:{OPERATOR_CONFIG['metricsPort']}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line and not line.startswith("#")}
+
+    before = scrape().get('agentq_operator_jobs_created_total{step="collect"}', 0.0)
+    h.apply(small_round("counted"))
+    drive_to(h, "counted", "preferences")
+    h.wait_phase("counted", "Preferences")
+    after = wait_for(lambda: (m := scrape()).get('agentq_operator_rounds{phase="Preferences"}', 0) >= 1 and m,
+                     "the round counted in its phase")
+    assert after['agentq_operator_jobs_created_total{step="collect"}'] - before == 2
+    assert after["agentq_operator_reconcile_seconds_count"] > 0 and "agentq_operator_rounds_blocked" in after
