@@ -1,4 +1,5 @@
-"""The kopf operator: one daemon per AgentQRound runs reconcile passes; Job and round events wake it.
+"""The kopf operator: one daemon per AgentQRound (and per AgentQCampaign) runs reconcile passes; Job and
+round events wake it.
 
 Run it with `kopf run -m controller.handlers --all-namespaces [--peering agentq | --standalone]`.
 
@@ -24,7 +25,8 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from controller import metrics
-from controller.crd import GROUP, PLURAL, VERSION
+from controller.campaign import CAMPAIGN_LABEL, CampaignPlan, plan_campaign
+from controller.crd import CAMPAIGN_PLURAL, GROUP, PLURAL, VERSION
 from controller.jobs import (
     ROUND_LABEL,
     build_job,
@@ -50,6 +52,7 @@ class Runtime:
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.follows: dict[tuple[str, str], str] = {}  # (namespace, round) -> the round it starts from
         self.own_writes: dict[tuple[str, str], str] = {}  # the resourceVersion of our last status write
+        self.campaign_wakers: dict[tuple[str, str], asyncio.Event] = {}
 
     def wake(self, namespace: str, name: str, resource_version: str | None = None) -> None:
         """Wake the round's daemon, unless the event is the echo of its own status write, and the daemons
@@ -212,22 +215,22 @@ def _backoff(failures: int) -> float:
     return min(2.0 ** max(failures - 1, 0), RT.settings.resync_seconds)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
-async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
-                    **_: Any) -> None:
-    key = (namespace, name)
-    wake = RT.wakers[key] = asyncio.Event()
+async def _serve(what: str, key: tuple[str, str], body: kopf.Body, stopped: kopf.DaemonStopped,
+                 wakers: dict[tuple[str, str], asyncio.Event], reconcile: Any) -> None:
+    """One resource's daemon: reconcile passes in a worker thread, woken by events or the resync timer."""
+    namespace, name = key
+    wake = wakers[key] = asyncio.Event()
     loop = asyncio.get_running_loop()
     failures = 0
     try:
         while not stopped:
             wake.clear()
             try:
-                result = await loop.run_in_executor(RT.pool, reconcile_once, namespace, name)
+                result = await loop.run_in_executor(RT.pool, reconcile, namespace, name)
             except ApiException as err:
                 failures += 1
                 delay = _backoff(failures)
-                log.warning("round %s/%s: API error %s: %s; retrying in %.0fs", namespace, name, err.status,
+                log.warning("%s %s/%s: API error %s: %s; retrying in %.0fs", what, namespace, name, err.status,
                             api_message(err), delay)
                 await _sleep_until_woken(wake, stopped, delay)
                 continue
@@ -238,20 +241,62 @@ async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.Da
             if result.done:
                 return
             # A blocked round (a refused create, a stuck pod) is retried with a growing delay, not every pass.
-            failures = failures + 1 if result.problems else 0
-            delay = _backoff(failures) if result.problems else \
-                (RT.settings.resync_seconds if result.status else 0.2)
+            problems = getattr(result, "problems", [])
+            failures = failures + 1 if problems else 0
+            delay = _backoff(failures) if problems else (RT.settings.resync_seconds if result.status else 0.2)
             await _sleep_until_woken(wake, stopped, delay)
     finally:
-        RT.wakers.pop(key, None)
+        wakers.pop(key, None)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
+                    **_: Any) -> None:
+    key = (namespace, name)
+    try:
+        await _serve("round", key, body, stopped, RT.wakers, reconcile_once)
+    finally:
         RT.follows.pop(key, None)
         RT.own_writes.pop(key, None)
 
 
+def reconcile_campaign(namespace: str, name: str) -> CampaignPlan | None:
+    """One campaign pass: its rounds as they are now, the plan, the rounds it creates, its status."""
+    kube = RT.kube
+    assert kube is not None
+    body = kube.get_campaign(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    # Every round named like the campaign's, labelled or not: a look-alike must be seen to be refused.
+    rounds = {r["metadata"]["name"]: r for r in kube.list_rounds(namespace, "")
+              if r["metadata"]["name"].startswith(f"{name}-r")}
+    result = plan_campaign(body, rounds, now())
+    for manifest in result.create:
+        if kube.create_round(manifest) is not None:
+            result.events.append(("Normal", "RoundCreated", f"created AgentQRound {manifest['metadata']['name']}"))
+    if result.status != (body.get("status") or {}):
+        try:
+            kube.replace_round_status(body, result.status, CAMPAIGN_PLURAL)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            result.status, result.events = {}, []
+    return result
+
+
+@kopf.daemon(GROUP, VERSION, CAMPAIGN_PLURAL, cancellation_timeout=10.0)
+async def run_campaign(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
+                       **_: Any) -> None:
+    await _serve("campaign", (namespace, name), body, stopped, RT.campaign_wakers, reconcile_campaign)
+
+
 # Async on purpose: they run on the event loop, which owns the daemons' asyncio.Events.
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def round_event(name: str, namespace: str, meta: kopf.Meta, **_: Any) -> None:
+async def round_event(name: str, namespace: str, meta: kopf.Meta, labels: dict[str, str], **_: Any) -> None:
     RT.wake(namespace, name, meta.get("resourceVersion"))
+    campaign = RT.campaign_wakers.get((namespace, labels.get(CAMPAIGN_LABEL, "")))
+    if campaign:  # a round's phase may be what its campaign waits for
+        campaign.set()
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={ROUND_LABEL: kopf.PRESENT})

@@ -103,12 +103,13 @@ def test_every_object_validates_strictly_against_kubernetes_1_30(rendering):
 
 
 def test_crds_are_the_operators(rendering):
-    assert (CHART / "crds" / "agentqrounds.yaml").read_text() == (ROOT / "manifests" / "crd.yaml").read_text(), \
-        "charts/agentq/crds/agentqrounds.yaml is stale: cp manifests/crd.yaml charts/agentq/crds/agentqrounds.yaml"
+    for chart_file, manifest in (("agentqrounds.yaml", "crd.yaml"), ("agentqcampaigns.yaml", "campaign-crd.yaml")):
+        assert (CHART / "crds" / chart_file).read_text() == (ROOT / "manifests" / manifest).read_text(), \
+            f"charts/agentq/crds/{chart_file} is stale: cp manifests/{manifest} charts/agentq/crds/{chart_file}"
     peering = [d for d in yaml.safe_load_all((ROOT / "manifests" / "peering.yaml").read_text())
                if d["kind"] == "CustomResourceDefinition"]
     assert list(yaml.safe_load_all((CHART / "crds" / "kopfpeerings.yaml").read_text())) == peering
-    assert rendering.kinds().count("CustomResourceDefinition") == 3
+    assert rendering.kinds().count("CustomResourceDefinition") == 4
 
 
 def test_rbac_is_the_operators_least_privilege_role(rendering):

@@ -110,8 +110,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     _require_testenv()
     c = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
     try:
-        c.kubectl("apply", "-f", str(REPO / "manifests" / "crd.yaml"))
-        c.kubectl("wait", "--for=condition=Established", "crd/agentqrounds.agentq.dev", "--timeout=30s")
+        for manifest in ("crd.yaml", "campaign-crd.yaml"):
+            c.kubectl("apply", "-f", str(REPO / "manifests" / manifest))
+        c.kubectl("wait", "--for=condition=Established", "crd/agentqrounds.agentq.dev",
+                  "crd/agentqcampaigns.agentq.dev", "--timeout=30s")
         yield c
     finally:
         c.stop()
@@ -334,7 +336,7 @@ def test_operator_under_its_own_rbac_role(tmp_path: Path):
     cluster = LocalCluster(tmp_path / "rbac-cluster", rbac=True).start()
     op = standby = None
     try:
-        for manifest in ("crd.yaml", "peering.yaml", "rbac.yaml"):
+        for manifest in ("crd.yaml", "campaign-crd.yaml", "peering.yaml", "rbac.yaml"):
             cluster.kubectl("apply", "-f", str(REPO / "manifests" / manifest))
         cluster.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=30s")
         cluster.kubectl("apply", "-f", str(REPO / "manifests" / "peering-object.yaml"))
@@ -487,3 +489,27 @@ def test_operator_metrics_count_rounds_jobs_and_passes(h: Harness):
                      "the round counted in its phase")
     assert after['agentq_operator_jobs_created_total{step="collect"}'] - before == 2
     assert after["agentq_operator_reconcile_seconds_count"] > 0 and "agentq_operator_rounds_blocked" in after
+
+
+def test_a_two_round_campaign_on_the_cluster(h: Harness):
+    template = small_round("x")["spec"]
+    template["evaluate"]["modes"] = ["full_rewrite"]
+    h.apply({"apiVersion": "agentq.dev/v1alpha1", "kind": "AgentQCampaign", "metadata": {"name": "climb"},
+             "spec": {"rounds": 2, "stop": {"patience": 2}, "template": template}})
+    campaign = lambda: h.custom.get_namespaced_custom_object(  # noqa: E731
+        "agentq.dev", "v1alpha1", h.ns, "agentqcampaigns", "climb").get("status") or {}
+    for index, rate in ((1, 0.3), (2, 0.4)):
+        name = f"climb-r{index}"
+        wait_for(lambda n=name: n in [r["metadata"]["name"] for r in h.custom.list_namespaced_custom_object(
+            "agentq.dev", "v1alpha1", h.ns, "agentqrounds")["items"]], f"the campaign to create {name}")
+        if index == 2:
+            assert h.round(name)["spec"]["model"]["fromRound"] == "climb-r1"
+        drive_to(h, name, "report")
+        h.finish(f"{name}-report", {"passRate": {"full_rewrite": rate}, "deltaPassAt1": {"full_rewrite": 0.1}})
+        h.wait_phase(name, "Succeeded")
+    status = wait_for(lambda: campaign() if campaign().get("phase") == "Succeeded" else None, "the campaign to end")
+    assert [p["passRate"] for p in status["learningCurve"]] == [0.3, 0.4]
+    assert status["bestPassRate"] == "full_rewrite=0.40"
+    table = h.cluster.kubectl("get", "aqc", "-n", h.ns).stdout
+    assert table.splitlines()[0].split() == ["NAME", "PHASE", "ROUND", "BEST", "AGE"], table
+    assert "climb-r2" in table and "Succeeded" in table

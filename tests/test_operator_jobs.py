@@ -198,9 +198,12 @@ def test_units_in_order_with_shards():
                                                     ["merge"], ["evaluate-0", "evaluate-1"], ["report"]]
 
 
-def test_checked_in_crd_is_not_stale():
+def test_checked_in_crds_are_not_stale():
     with open("manifests/crd.yaml") as fh:
         assert fh.read() == render(), "manifests/crd.yaml is stale: python -m controller.crd > manifests/crd.yaml"
+    with open("manifests/campaign-crd.yaml") as fh:
+        assert fh.read() == render("campaign"), \
+            "manifests/campaign-crd.yaml is stale: python -m controller.crd campaign > manifests/campaign-crd.yaml"
 
 
 def test_crd_schema_keeps_validation():
