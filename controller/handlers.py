@@ -159,7 +159,7 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
     running = any(job_state(j) in ("Pending", "Running") for j in jobs)
     pods = kube.round_pods(namespace, name) if running else []
     result = plan(body, jobs, lambda job: inspect_job(kube, job, settings.log_lines), now(), predecessor_phase,
-                  pods)
+                  pods, settings.retry_backoff_seconds)
     # Jobs are built from the spec the round started with (plus suspend/backoffLimit), never a mid-round edit.
     acting = {**body, "spec": result.spec}
     refused: list[tuple[str, str]] = []
@@ -244,6 +244,8 @@ async def _serve(what: str, key: tuple[str, str], body: kopf.Body, stopped: kopf
             problems = getattr(result, "problems", [])
             failures = failures + 1 if problems else 0
             delay = _backoff(failures) if problems else (RT.settings.resync_seconds if result.status else 0.2)
+            if getattr(result, "wake_after", None) is not None:  # a retry held back until then
+                delay = min(delay, result.wake_after + 0.5)
             await _sleep_until_woken(wake, stopped, delay)
     finally:
         wakers.pop(key, None)

@@ -20,6 +20,7 @@ EXAMPLE = REPO / "manifests" / "examples" / "round-scripted.yaml"
 OPERATOR_CONFIG = {"pools": {"inference": {"nodeSelector": {"agentq.dev/pool": "inference"}},
                              "training": {"nodeSelector": {"agentq.dev/pool": "training"}}},
                    "sandboxUrl": "http://agentq-sandbox.agentq-system:8080", "resyncSeconds": 5,
+                   "retryBackoffSeconds": 1,
                    "metricsPort": free_port()}
 
 
