@@ -31,6 +31,10 @@ def _round_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round", required=True, metavar="ROUND_YAML", help="AgentQRound file (same as kubectl apply)")
 
 
+def _preset_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=["tiny"], default=None, help="tiny: tiny random model + scripted critique")
+
+
 def _shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", type=int, default=0, help="this shard's index (0-based)")
     p.add_argument("--num-shards", type=int, default=1, help="how many shards split the tasks")
@@ -97,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     rnd = rnd.add_subparsers(dest="round_cmd", required=True)
     p = rnd.add_parser("run", help="collect -> preferences -> train -> merge -> evaluate, resuming finished steps")
     p.add_argument("file", metavar="ROUND_YAML")
-    p.add_argument("--preset", choices=["tiny"], default=None, help="tiny: tiny random model + scripted critique")
+    _preset_arg(p)
     p.set_defaults(func=_lazy("agentq.round:run_main"))
     p = rnd.add_parser("status", help="each step's state and the headline numbers")
     p.add_argument("file", metavar="ROUND_YAML")
@@ -110,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     campaign = campaign.add_subparsers(dest="campaign_cmd", required=True)
     p = campaign.add_parser("run", help="run the rounds until the last one or until no gain for stop.patience")
     p.add_argument("file", metavar="CAMPAIGN_YAML")
-    p.add_argument("--preset", choices=["tiny"], default=None, help="tiny: tiny random model + scripted critique")
+    _preset_arg(p)
     p.set_defaults(func=_lazy("agentq.campaign:run_main"))
     return parser
 

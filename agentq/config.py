@@ -222,20 +222,28 @@ class RoundSpec(Spec):
     delete_artifacts: bool = Field(False, description="Remove the round's artifacts when the round is deleted.")
 
 
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
 class Metadata(Spec):
     model_config = ConfigDict(extra="allow")
-    name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=52)
+    name: str = Field(..., pattern=NAME_PATTERN, max_length=52)
 
 
-class RoundFile(Spec):
+class Document(Spec):
+    """A Kubernetes-style file: the same document works with the embedded runner and with kubectl apply."""
+
     api_version: Literal["agentq.dev/v1alpha1"] = API_VERSION
-    kind: Literal["AgentQRound"] = KIND
-    metadata: Metadata
-    spec: RoundSpec
 
     @property
     def name(self) -> str:
-        return self.metadata.name
+        return self.metadata.name  # type: ignore[attr-defined]
+
+
+class RoundFile(Document):
+    kind: Literal["AgentQRound"] = KIND
+    metadata: Metadata
+    spec: RoundSpec
 
 
 class CampaignStopSpec(Spec):
@@ -255,21 +263,15 @@ class CampaignSpec(Spec):
     stop: CampaignStopSpec = Field(default_factory=CampaignStopSpec)
 
 
-class CampaignMetadata(Spec):
-    model_config = ConfigDict(extra="allow")
+class CampaignMetadata(Metadata):
     # Rounds are named <campaign>-r<N>, which must fit a round name (52).
-    name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=48)
+    name: str = Field(..., pattern=NAME_PATTERN, max_length=48)
 
 
-class CampaignFile(Spec):
-    api_version: Literal["agentq.dev/v1alpha1"] = API_VERSION
+class CampaignFile(Document):
     kind: Literal["AgentQCampaign"] = CAMPAIGN_KIND
     metadata: CampaignMetadata
     spec: CampaignSpec
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
 
 M = TypeVar("M", bound=BaseModel)
