@@ -36,7 +36,7 @@ from controller.jobs import (
     spec_configmap_name,
 )
 from controller.kube import Kube
-from controller.reconcile import Inspection, Plan, job_failure_reason, job_state, plan
+from controller.reconcile import Inspection, Plan, job_failure_reason, job_state, long_unfinished, plan
 from controller.settings import OperatorSettings, load_settings
 
 log = logging.getLogger("agentq.operator")
@@ -156,9 +156,9 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
         pred = kube.get_round(namespace, from_round)
         predecessor_phase = ((pred or {}).get("status") or {}).get("phase") or ("Pending" if pred else "")
     jobs = kube.list_jobs(namespace, name)
-    running = any(job_state(j) in ("Pending", "Running") for j in jobs)
-    pods = kube.round_pods(namespace, name) if running else []
-    result = plan(body, jobs, lambda job: inspect_job(kube, job, settings.log_lines), now(), predecessor_phase,
+    stamp = now()
+    pods = kube.round_pods(namespace, name) if long_unfinished(jobs, stamp, settings.resync_seconds) else []
+    result = plan(body, jobs, lambda job: inspect_job(kube, job, settings.log_lines), stamp, predecessor_phase,
                   pods, settings.retry_backoff_seconds)
     # Jobs are built from the spec the round started with (plus suspend/backoffLimit), never a mid-round edit.
     acting = {**body, "spec": result.spec}

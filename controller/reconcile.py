@@ -217,6 +217,14 @@ def retry_wait(job: dict[str, Any], attempt: int, now: str, backoff: float) -> f
     return max(0.0, min(backoff * 2 ** attempt, 600.0) - elapsed)
 
 
+def long_unfinished(jobs: list[dict[str, Any]], now: str, older_than: float) -> bool:
+    """Whether a Job has been unfinished for longer than `older_than` seconds: only then are its pods worth
+    reading for a problem a person must fix, so a round that moves along costs no pod listings."""
+    return any(job_state(j) not in TERMINAL and j["metadata"].get("creationTimestamp")
+               and (_time(now) - _time(j["metadata"]["creationTimestamp"])).total_seconds() > older_than
+               for j in jobs)
+
+
 def _time(stamp: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 

@@ -12,7 +12,7 @@ import yaml
 from agentq.config import RoundFile
 from controller.crd import render
 from controller.jobs import Unit, build_job, cleanup_job, job_name, spec_configmap, units
-from controller.reconcile import plan
+from controller.reconcile import long_unfinished, plan
 from controller.settings import OperatorSettings
 
 SETTINGS = OperatorSettings.model_validate({
@@ -465,3 +465,13 @@ def test_a_failed_step_is_retried_after_a_growing_delay():
     p = plan(b, jobs, lambda j: failing, "2026-12-02T10:00:20Z", retry_backoff=10)
     assert [(u.key, a) for u, a in p.create] == [("collect-0", 2)] and p.wake_after is None
     assert plan(b, jobs, lambda j: failing, "2026-12-02T10:00:01Z").create  # backoff off: at once
+
+
+def test_pods_are_read_only_for_jobs_unfinished_past_a_resync():
+    fresh = job(body(), Unit("collect", 0, 2), 0, "Running")
+    fresh["metadata"]["creationTimestamp"] = "2026-12-02T10:00:00Z"
+    assert not long_unfinished([fresh], "2026-12-02T10:00:20Z", 30)
+    assert long_unfinished([fresh], "2026-12-02T10:00:31Z", 30)
+    done = job(body(), Unit("collect", 1, 2), 0, "Succeeded")
+    done["metadata"]["creationTimestamp"] = "2026-12-02T09:00:00Z"
+    assert not long_unfinished([done], "2026-12-02T10:00:31Z", 30)
