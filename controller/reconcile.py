@@ -230,11 +230,12 @@ def _time(stamp: str) -> datetime.datetime:
 
 
 def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now: str,
-         predecessor_phase: str | None = None, pods: list[dict[str, Any]] | None = None,
+         predecessor_phase: str | None = None, stuck: list[tuple[str, str]] | None = None,
          retry_backoff: float = 0.0) -> Plan:
     """The next status and the Jobs to create. `predecessor_phase` is the fromRound's phase ("" when that
     round does not exist); `inspect` is only called for finished Jobs whose outcome is not yet recorded;
-    `pods` are the round's pods, read for problems a person must fix (unschedulable, image pull);
+    `stuck` are the problems observed around the round's Jobs that a person must fix (pod_problems,
+    a missing ServiceAccount), shown in the Blocked condition;
     `retry_backoff` spaces out the retries of a failed step (see retry_wait)."""
     old = dict(body.get("status") or {})
     if old.get("phase") in TERMINAL:
@@ -246,7 +247,7 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     old_conditions = old.get("conditions") or []
     old_jobs = old.get("jobs") or {}
     spec_dict, spec_changed = _effective_spec(body.get("spec") or {}, old.get("acceptedSpec"))
-    problems: list[tuple[str, str]] = pod_problems(pods or [])
+    problems: list[tuple[str, str]] = list(stuck or [])
     warnings: list[tuple[str, str, str]] = []
 
     def finish(phase: str, reason: str, message: str, step: str | None = None) -> Plan:

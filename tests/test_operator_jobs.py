@@ -12,7 +12,7 @@ import yaml
 from agentq.config import RoundFile
 from controller.crd import render
 from controller.jobs import Unit, build_job, cleanup_job, job_name, spec_configmap, units
-from controller.reconcile import long_unfinished, plan
+from controller.reconcile import long_unfinished, plan, pod_problems
 from controller.settings import OperatorSettings
 
 SETTINGS = OperatorSettings.model_validate({
@@ -410,14 +410,14 @@ def test_stuck_pods_block_the_round_with_a_reason_and_one_event():
     running = [job(b, Unit("collect", i, 2), 0, "Running") for i in range(2)]
     stuck = [pod("r1-collect-0-x", unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu."),
              pod("r1-collect-1-y", waiting="ImagePullBackOff")]
-    p = advance(b, running, no_inspect, pods=stuck)
+    p = advance(b, running, no_inspect, stuck=pod_problems(stuck))
     blocked = condition(p, "Blocked")
     assert blocked["status"] == "True" and blocked["reason"] == "ImagePullBackOff,Unschedulable"
     assert "Insufficient nvidia.com/gpu" in blocked["message"] and "r1-collect-1-y: ImagePullBackOff" in \
         blocked["message"]
     assert sorted(e[1] for e in p.events if e[0] == "Warning") == ["ImagePullBackOff", "Unschedulable"]
-    assert advance(b, running, no_inspect, pods=stuck).events == []
-    p = advance(b, running, no_inspect, pods=[])
+    assert advance(b, running, no_inspect, stuck=pod_problems(stuck)).events == []
+    p = advance(b, running, no_inspect, stuck=[])
     assert condition(p, "Blocked")["status"] == "False" and p.problems == []
 
 
@@ -475,3 +475,21 @@ def test_pods_are_read_only_for_jobs_unfinished_past_a_resync():
     done = job(body(), Unit("collect", 1, 2), 0, "Succeeded")
     done["metadata"]["creationTimestamp"] = "2026-12-02T09:00:00Z"
     assert not long_unfinished([done], "2026-12-02T10:00:31Z", 30)
+
+
+def test_a_missing_step_service_account_is_named():
+    from controller.handlers import stuck_problems
+
+    class Cluster:  # the two observations stuck_problems makes
+        def round_pods(self, namespace, name):
+            return [pod("r1-collect-0-x", waiting="ErrImagePull")]
+
+        def service_account_exists(self, namespace, name):
+            return name == "present"
+
+    settings = OperatorSettings.model_validate({"jobServiceAccount": "agentq-steps"})
+    problems = stuck_problems(Cluster(), "ns", "r1", settings)
+    assert [r for r, _ in problems] == ["ErrImagePull", "ServiceAccountMissing"]
+    assert "ServiceAccount agentq-steps (operator.jobServiceAccount) does not exist in namespace ns" in problems[1][1]
+    ok = OperatorSettings.model_validate({"jobServiceAccount": "present"})
+    assert [r for r, _ in stuck_problems(Cluster(), "ns", "r1", ok)] == ["ErrImagePull"]
