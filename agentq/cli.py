@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only combine finished shards into the report")
     p.set_defaults(func=_lazy("agentq.evaluate:main"))
 
+    model = sub.add_parser("model", help="the round's base model")
+    model = model.add_subparsers(dest="model_cmd", required=True)
+    p = model.add_parser("fetch", help="copy spec.model.fetchFrom into the store at spec.model.base (store:<key>)")
+    _round_arg(p)
+    p.set_defaults(func=_lazy("agentq.fetch:main"))
+
     rnd = sub.add_parser("round", help="run a whole round on this machine")
     rnd = rnd.add_subparsers(dest="round_cmd", required=True)
     p = rnd.add_parser("run", help="collect -> preferences -> train -> merge -> evaluate, resuming finished steps")

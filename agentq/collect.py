@@ -70,7 +70,7 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
     done = finished_ids(local, inputs_digest)
     todo = [t for t in mine if t.id not in done]
     params = SearchParams.for_collect(spec)
-    policy = load_policy(spec.model, path_override=model_path if spec.model.from_round else None)
+    policy = load_policy(spec.model, path_override=model_path)  # the base, the store's copy, or fromRound's merge
     critic = load_policy(spec.model.model_copy(update={"backend": "scripted"})) if spec.collect.critic == "scripted" \
         else None
     start = time.perf_counter()

@@ -44,8 +44,12 @@ class ScriptedSpec(Spec):
     )
 
 
+STORE_MODEL = "store:"  # model.base naming a model directory in the round's artifact store
+
+
 class ModelSpec(Spec):
-    base: str = Field(DEFAULT_BASE_MODEL, min_length=1, description="Hub name, local directory or store path.")
+    base: str = Field(DEFAULT_BASE_MODEL, min_length=1, description="Hub name, local directory, or `store:<key>`: a "
+                      "model directory in the round's artifact store (PVC or S3).")
     from_round: str | None = Field(None, description="Start from this earlier round's merged model.")
     backend: Literal["hf", "vllm", "scripted"] = "hf"
     gguf_file: str | None = Field(None, description="GGUF file inside `base` (dequantised on load).")
@@ -53,6 +57,16 @@ class ModelSpec(Spec):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_new_tokens: int = Field(768, ge=1)
     scripted: ScriptedSpec = Field(default_factory=ScriptedSpec)
+    fetch_from: str | None = Field(None, description="With base `store:<key>`: the hub name (or directory) the model "
+                                   "step copies there once, before collect.")
+    token_secret: str | None = Field(None, description="Kubernetes Secret whose `token` key is the model step's "
+                                     "HF_TOKEN (gated or private hub models).")
+
+    @model_validator(mode="after")
+    def _fetch_needs_a_store_base(self) -> ModelSpec:
+        if self.fetch_from and not self.base.startswith(STORE_MODEL):
+            raise ValueError(f"fetchFrom needs base: {STORE_MODEL}<key> (the place in the store it is copied to)")
+        return self
 
 
 class DatasetSpec(Spec):
@@ -188,6 +202,7 @@ class PlacementSpec(Spec):
 class StepDeadlines(Spec):
     """activeDeadlineSeconds of each step's Jobs: a Job running longer fails (and is retried like any failure)."""
 
+    model: int | None = Field(None, ge=1)
     collect: int | None = Field(None, ge=1)
     preferences: int | None = Field(None, ge=1)
     train: int | None = Field(None, ge=1)

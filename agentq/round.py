@@ -45,6 +45,13 @@ def run_round(ws: RoundWorkspace) -> dict[str, Any]:
 
     spec = ws.round.spec
     timings: dict[str, float] = {}
+    if spec.model.fetch_from:
+        from agentq import fetch
+
+        start = time.perf_counter()
+        print(f"== {ws.name}: model", flush=True)
+        fetch.run(ws)
+        timings["model"] = round(time.perf_counter() - start, 1)
     for step in STEPS:
         start = time.perf_counter()
         print(f"== {ws.name}: {step}", flush=True)

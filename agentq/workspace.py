@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentq.cache import cache_root
-from agentq.config import ConfigError, RoundFile, StoreSpec, dump_round, load_round
+from agentq.config import STORE_MODEL, ConfigError, RoundFile, StoreSpec, dump_round, load_round
 from agentq.io import atomic_write_json, read_jsonl, write_jsonl
 from agentq.sandbox import make_executor
 from agentq.store import Store, StoreError, check_key, open_store, sha256_file
@@ -137,7 +137,8 @@ class RoundWorkspace:
         return tasks, digest(sha256_file(path), dataset.limit)
 
     def model_source(self) -> tuple[str, str]:
-        """(what to load, its identity for digests): the base model, or an earlier round's merged model."""
+        """(what to load, its identity for digests): the base model (from the store when it is `store:<key>`),
+        or an earlier round's merged model."""
         model = self.round.spec.model
         if model.from_round:
             prefix = f"rounds/{model.from_round}"
@@ -148,6 +149,12 @@ class RoundWorkspace:
                     f"(expected {self.store.url}/{prefix}/merged)"
                 )
             return str(self.store.local_dir(f"{prefix}/merged")), marker["digest"]
+        if model.base.startswith(STORE_MODEL):
+            key = model.base.removeprefix(STORE_MODEL)
+            if not self.store.exists(f"{key}/config.json"):
+                raise ConfigError(f"{self.source}: spec.model.base: no model at {self.store.url}/{key} (set "
+                                  f"spec.model.fetchFrom, or run `agentq model fetch --round {self.source}`)")
+            return str(self.store.local_dir(key)), digest(model.base, model.gguf_file)
         return model.base, digest(model.base, model.gguf_file)
 
     def executor(self) -> LocalExecutor | RemoteExecutor:

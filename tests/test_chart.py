@@ -152,6 +152,8 @@ def test_operator_config_loads_with_the_operators_loader(rendering, tmp_path):
     assert settings.sandbox_url == f"http://{service['metadata']['name']}.agentq-system.svc:{port}"
     assert settings.job_service_account == (values["operator"]["jobServiceAccount"] or None)
     assert settings.images.pull_secrets == [secret["name"] for secret in values["images"]["pullSecrets"]]
+    cache = values["modelCache"]
+    assert (settings.model_cache.pvc if settings.model_cache else "") == cache["pvc"]
     for name in ("inference", "training", "cpu"):
         pool, wanted = getattr(settings.pools, name), values["pools"][name]
         assert pool.node_selector == wanted["nodeSelector"]

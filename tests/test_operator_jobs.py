@@ -493,3 +493,30 @@ def test_a_missing_step_service_account_is_named():
     assert "ServiceAccount agentq-steps (operator.jobServiceAccount) does not exist in namespace ns" in problems[1][1]
     ok = OperatorSettings.model_validate({"jobServiceAccount": "present"})
     assert [r for r, _ in stuck_problems(Cluster(), "ns", "r1", ok)] == ["ErrImagePull"]
+
+
+def test_a_round_that_fetches_its_model_starts_with_the_model_step():
+    b = body(model={"base": "store:models/qwen7b", "fetchFrom": "Qwen/Qwen2.5-Coder-7B-Instruct",
+                    "tokenSecret": "hf-token"})
+    stages = units(RoundFile.model_validate({"metadata": {"name": "r1"}, "spec": b["spec"]}).spec)
+    assert [u.key for u in stages[0]] == ["model"] and stages[1][0].step == "collect"
+    fetch = build_job(b, stages[0][0], 0, FULL)
+    c = container(fetch)
+    assert c["command"] == ["agentq", "model", "fetch", "--round", "/etc/agentq/round.yaml"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HF_HUB_OFFLINE"]["value"] == "0"
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+    assert fetch["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "cpu"}  # no GPU to copy files
+    assert "HF_TOKEN" not in {e["name"] for e in container(build_job(b, stages[1][0], 0, FULL))["env"]}
+    p = plan(b, [], no_inspect, "T")
+    assert p.status["phase"] == "Initializing" and [(u.key, a) for u, a in p.create] == [("model", 0)]
+    assert [u.key for u in units(RoundFile.model_validate({"metadata": {"name": "r"}, "spec": body()["spec"]}).spec)[0]
+            ] == ["collect-0", "collect-1"]
+
+
+def test_a_shared_model_cache_is_mounted_as_hf_home():
+    settings = OperatorSettings.model_validate({"modelCache": {"pvc": "hf-cache"}})
+    job_ = build_job(body(), Unit("train"), 0, settings)
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}} in \
+        job_["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "HF_HOME", "value": "/models"} in container(job_)["env"]
