@@ -63,12 +63,12 @@ class Plan:
         before = next((c for c in self.old_conditions if c.get("type") == "Blocked" and c.get("status") == "True"),
                       {})
         blocked = bool(self.problems) and not self.done
-        condition = _condition(self.old_conditions, "Blocked", blocked,
-                               ",".join(sorted({r for r, _ in self.problems})) if blocked else "NotBlocked",
-                               "; ".join(m for _, m in self.problems) if blocked else "", now,
-                               self.status.get("observedGeneration"))
+        shown = condition(self.old_conditions, "Blocked", blocked,
+                          ",".join(sorted({r for r, _ in self.problems})) if blocked else "NotBlocked",
+                          "; ".join(m for _, m in self.problems) if blocked else "", now,
+                          self.status.get("observedGeneration"))
         self.status["conditions"] = [c for c in self.status.get("conditions") or [] if c["type"] != "Blocked"]
-        self.status["conditions"].append(condition)
+        self.status["conditions"].append(shown)
         if blocked:
             self.events += [("Warning", r, m) for r, m in problems if m not in before.get("message", "")]
 
@@ -102,7 +102,7 @@ def validate(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _condition(old: list[dict], ctype: str, status: bool, reason: str, message: str, now: str,
+def condition(old: list[dict], ctype: str, status: bool, reason: str, message: str, now: str,
                generation: int | None) -> dict:
     """metav1.Condition: lastTransitionTime moves only when the status flips, so a no-op reconcile is a no-op."""
     value = "True" if status else "False"
@@ -116,12 +116,12 @@ def _conditions(old: list[dict], phase: str, reason: str, message: str, now: str
                 spec_changed: str) -> list[dict]:
     running = phase not in TERMINAL and phase not in ("Suspended", "Pending")
     return [
-        _condition(old, "Progressing", running, reason, message, now, generation),
-        _condition(old, "Succeeded", phase == "Succeeded", reason if phase == "Succeeded" else phase,
+        condition(old, "Progressing", running, reason, message, now, generation),
+        condition(old, "Succeeded", phase == "Succeeded", reason if phase == "Succeeded" else phase,
                    message if phase == "Succeeded" else "", now, generation),
-        _condition(old, "Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
+        condition(old, "Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
                    message if phase == "Failed" else "", now, generation),
-        _condition(old, "SpecChanged", bool(spec_changed), "SpecChanged" if spec_changed else "AsStarted",
+        condition(old, "SpecChanged", bool(spec_changed), "SpecChanged" if spec_changed else "AsStarted",
                    spec_changed, now, generation),
     ]
 
