@@ -34,13 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentq.sandbox import wire
+from agentq.sandbox import jail, wire
 from agentq.sandbox.limits import Limits
 from agentq.sandbox.outcome import verdict_from_run
 from agentq.sandbox.verdict import Verdict
 
 # The executor waits this long beyond the run's own timeout before it declares the worker hung.
 GRACE_S = 30.0
+WEAK_HINT = ("set sandbox.allowWeakIsolation: true (agentq sandbox serve --allow-weak-isolation) to run anyway, "
+             "or see docs/deploy.md for what the sandbox needs")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -84,14 +86,23 @@ def find_tests(tests: str) -> CompiledTests | str:
 
 
 class _Worker:
-    """One fork server process and the socket to it; used by one thread at a time."""
+    """One fork server process (inside its bubblewrap sandbox) and the socket to it; one thread at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, allow_weak: bool) -> None:
         ours, theirs = socket.socketpair()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": _PACKAGE_ROOT,
                "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        prefix: list[str] = []
+        self.jail: jail.Jail | None = None
+        try:
+            self.jail = jail.make_jail()
+            prefix, env = self.jail.argv, self.jail.env
+        except jail.IsolationUnavailable as err:
+            if not allow_weak:
+                raise jail.IsolationUnavailable(f"{err}; {WEAK_HINT}") from None
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "agentq.sandbox.forkserver", str(theirs.fileno())],
+            [*prefix, os.path.realpath(sys.executable), "-P", "-s", "-m", "agentq.sandbox.forkserver",
+             str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             env=env,
             cwd="/",
@@ -102,12 +113,13 @@ class _Worker:
         theirs.close()
         self.sock = ours
         self.isolation: list[str] | None = None
+        self.jail_notes = self.jail.notes if self.jail else []
 
     def _ready(self) -> None:
         if self.isolation is None:
             self.sock.settimeout(GRACE_S)
             hello = wire.recv(self.sock)
-            self.isolation = list(hello.get("isolation", []))
+            self.isolation = list(dict.fromkeys([*self.jail_notes, *hello.get("isolation", [])]))
 
     def run(self, code: str, tests: CompiledTests, limits: Limits) -> dict[str, Any]:
         try:
@@ -140,6 +152,8 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.jail is not None:
+            self.jail.close()
 
 
 def _usable_cores() -> int:
@@ -151,21 +165,43 @@ def _usable_cores() -> int:
 
 
 class LocalExecutor:
-    """Runs candidates on this machine. Thread-safe; `run_many` keeps the input order."""
+    """Runs candidates on this machine. Thread-safe; `run_many` keeps the input order.
 
-    def __init__(self, workers: int | None = None, limits: Limits | None = None):
+    Refuses to start (IsolationUnavailable) when full isolation cannot be had, unless `allow_weak_isolation`;
+    then every verdict lists what was weakened in `Verdict.isolation`.
+    """
+
+    def __init__(self, workers: int | None = None, limits: Limits | None = None, allow_weak_isolation: bool = False):
         self.limits = limits or Limits()
         self.workers = workers or _usable_cores()
+        self.allow_weak = allow_weak_isolation
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
-        for _ in range(self.workers):
-            self._idle.put(self._spawn())
+        self.isolation: list[str] = []
+        try:
+            for _ in range(self.workers):
+                self._idle.put(self._spawn())
+            first = self._idle.get()
+            try:
+                first._ready()
+            except (OSError, EOFError, wire.ProtocolError) as err:
+                raise WorkerDied(f"sandbox worker {first.proc.pid} did not start: {err}") from None
+            finally:
+                self._idle.put(first)
+            self.isolation = list(first.isolation or [])
+            if self.isolation and not self.allow_weak:
+                raise jail.IsolationUnavailable(
+                    f"full sandbox isolation is not available here ({'; '.join(self.isolation)}); {WEAK_HINT}"
+                )
+        except BaseException:
+            self._close_workers()
+            raise
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
 
     def _spawn(self) -> _Worker:
-        worker = _Worker()
+        worker = _Worker(self.allow_weak)
         with self._lock:
             self._all = [w for w in self._all if w.alive] + [worker]
         return worker
@@ -206,6 +242,9 @@ class LocalExecutor:
             return
         self._closed = True
         self._pool.shutdown(wait=True)
+        self._close_workers()
+
+    def _close_workers(self) -> None:
         with self._lock:
             workers = list(self._all)
         for worker in workers:

@@ -1,0 +1,205 @@
+"""The bubblewrap sandbox each fork server (and so every candidate it forks) lives in.
+
+Why bubblewrap around a warm fork server, rather than around each candidate: starting `bwrap` and a fresh
+interpreter costs 30-80 ms here, ten times a whole warm run, and would lose the executor its throughput. So
+`bwrap` builds, once per worker, what is expensive and must be right: a minimal read-only root (the
+interpreter's standard library and the sandbox package only; no task data, no artifacts, no home, no /work),
+its own PID, IPC, UTS, network and mount namespaces, no capabilities beyond what the trusted server needs,
+`--die-with-parent`. Per run, the server only adds what must be fresh (isolation.py): a PID, IPC and mount
+namespace for the candidate, a new tmpfs scratch directory and /proc, a cgroup for the whole tree.
+
+As root, workers get cgroups (memory and pids, bound into the sandbox) and two uids each that no other
+process uses. Without root, bubblewrap maps a single uid, so the candidate keeps the test process's kernel
+uid (its /proc entries are still closed to the candidate: the test process is not dumpable, and the
+candidate sees only its own PID namespace) and there is no cgroup: both are reported as weakened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import signal
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PKG_MOUNT = "/opt/agentq"
+CGROUP_MOUNT = "/run/agentq-cgroup"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_CONTROLLERS = ("pids", "memory")
+CGROUP_PARENT = "agentq-sandbox"
+CANDIDATE_UID_BASE = 1_000_000_000
+TESTS_UID_BASE = 2_200_000_000
+_SLOTS = itertools.count()
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../agentq
+
+
+class IsolationUnavailable(RuntimeError):
+    """Full isolation cannot be had here and weak isolation was not allowed."""
+
+
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+@dataclass
+class Jail:
+    """How to start one worker: the command prefix, its uids, its cgroups and what is weakened."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cgroups: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Kill whatever is left in the worker's cgroups and remove them."""
+        for group in self.cgroups:
+            _empty_and_remove(group)
+
+
+def _empty_and_remove(group: Path) -> None:
+    for _ in range(100):
+        try:
+            pids = (group / "cgroup.procs").read_text().split()
+        except OSError:
+            break
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), signal.SIGKILL)
+        time.sleep(0.002)
+    with contextlib.suppress(OSError):
+        group.rmdir()
+
+
+def _remove_stale(parent: Path) -> None:
+    """Groups of executors that died without closing (named `<executor pid>-<slot>`)."""
+    with contextlib.suppress(OSError):
+        for group in parent.iterdir():
+            owner = group.name.partition("-")[0]
+            if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+                _empty_and_remove(group)
+
+
+def _make_cgroups(name: str) -> list[Path] | str:
+    """One group per controller for this worker, or why there are none."""
+    if os.geteuid() != 0:
+        return "no cgroup: not root, so memory is limited per process only and processes are not counted"
+    made: list[Path] = []
+    for controller in CGROUP_CONTROLLERS:
+        parent = CGROUP_ROOT / controller / CGROUP_PARENT
+        try:
+            parent.mkdir(exist_ok=True)
+            _remove_stale(parent)
+            group = parent / name
+            group.mkdir(exist_ok=True)
+            made.append(group)
+        except OSError as err:
+            for group in made:
+                _empty_and_remove(group)
+            return f"no cgroup: cannot create {parent / name} ({err.strerror})"
+    return made
+
+
+def _interpreter_binds() -> list[str]:
+    """Read-only binds for the interpreter and its standard library, nothing else from its prefix."""
+    exe = os.path.realpath(sys.executable)
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix, "installed_base": sys.base_prefix,
+            "installed_platbase": sys.base_exec_prefix}  # the interpreter's own, not a virtualenv's
+    stdlib = os.path.realpath(sysconfig.get_path("stdlib", vars=base))
+    platstdlib = os.path.realpath(sysconfig.get_path("platstdlib", vars=base))
+    args = ["--ro-bind", exe, exe]
+    for lib in dict.fromkeys([stdlib, platstdlib]):
+        args += ["--ro-bind", lib, lib]
+        site = os.path.join(lib, "site-packages")
+        if os.path.isdir(site):
+            args += ["--tmpfs", site]  # third-party packages are not the standard library
+    libdir = sysconfig.get_config_var("LIBDIR")
+    ldlib = sysconfig.get_config_var("LDLIBRARY")
+    if libdir and ldlib and os.path.exists(os.path.join(libdir, ldlib)) and not libdir.startswith("/usr/"):
+        real = os.path.realpath(os.path.join(libdir, ldlib))
+        args += ["--ro-bind", real, real, "--symlink", real, os.path.join(libdir, ldlib)]
+    return _parents(args) + args
+
+
+def _parents(args: list[str]) -> list[str]:
+    """World-searchable directories above each bind target (bwrap would make /root 0700, like the host's)."""
+    targets = [args[i + 2] for i, a in enumerate(args) if a in ("--ro-bind", "--symlink")]
+    dirs = sorted({str(p) for t in targets for p in Path(t).parents if str(p) != "/" and not str(p).startswith("/usr")})
+    out: list[str] = []
+    for d in dirs:
+        out += ["--perms", "0755", "--dir", d]
+    return out
+
+
+def _system_binds() -> list[str]:
+    """Shared libraries and the usual programs: /usr read-only, the merged-/usr links as on the host."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = f"/{top}"
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def _package_binds() -> list[str]:
+    """Only agentq/__init__.py and agentq/sandbox/: the rest of the package is not the server's business."""
+    dest = f"{PKG_MOUNT}/agentq"
+    return [
+        "--ro-bind", str(_PACKAGE_DIR / "__init__.py"), f"{dest}/__init__.py",
+        "--ro-bind", str(_PACKAGE_DIR / "sandbox"), f"{dest}/sandbox",
+    ]
+
+
+def _uids() -> tuple[int, int]:
+    """Two uids no other live worker on this machine uses (executor pid and a per-process slot)."""
+    slot = next(_SLOTS) % 256
+    offset = (os.getpid() % 4_000_000) * 256 + slot
+    return CANDIDATE_UID_BASE + offset, TESTS_UID_BASE + offset
+
+
+def make_jail() -> Jail:
+    """The bwrap command that starts one fork server, or IsolationUnavailable's reason as a note."""
+    bwrap = bwrap_path()
+    if bwrap is None:
+        raise IsolationUnavailable("bubblewrap (bwrap) is not installed")
+    root = os.geteuid() == 0
+    notes: list[str] = []
+    argv = [
+        bwrap, "--die-with-parent", "--new-session",
+        "--unshare-pid", "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+        "--hostname", "sandbox", "--chdir", "/",
+        *_system_binds(), *_interpreter_binds(), *_package_binds(),
+        "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--tmpfs", "/tmp",
+    ]
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": PKG_MOUNT,
+           "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+    cgroups: list[Path] = []
+    if root:
+        cand_uid, tests_uid = _uids()
+        made = _make_cgroups(f"{os.getpid()}-{cand_uid - CANDIDATE_UID_BASE}")
+        if isinstance(made, str):
+            notes.append(made)
+        else:
+            cgroups = made
+            for group in made:
+                argv += ["--bind", str(group), f"{CGROUP_MOUNT}/{group.parent.parent.name}"]
+        argv += ["--cap-add", "ALL"]  # the trusted server switches uids, mounts and joins cgroups per run
+    else:
+        cand_uid = tests_uid = 0
+        argv += ["--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "ALL"]
+        notes.append("no distinct uid: not root, so the candidate keeps the test process's kernel uid "
+                     "(its /proc entries stay closed: the test process is not dumpable and not in the "
+                     "candidate's PID namespace)")
+        notes.append("no cgroup: not root, so memory is limited per process only and processes are not counted")
+    argv += ["--remount-ro", "/"]
+    env["AGENTQ_SANDBOX_UIDS"] = f"{cand_uid},{tests_uid}"
+    env["AGENTQ_SANDBOX_CGROUPS"] = ",".join(f"{CGROUP_MOUNT}/{g.parent.parent.name}" for g in cgroups)
+    return Jail(argv=[*argv, "--"], env=env, cgroups=cgroups, notes=notes)
