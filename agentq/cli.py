@@ -63,9 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = sub.add_parser("sandbox", help="run candidates safely").add_subparsers(dest="sandbox_cmd", required=True)
     p = sandbox.add_parser("serve", help="HTTP sandbox server (what sandbox pods run)")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (another than loopback needs "
+                   "AGENTQ_SANDBOX_TOKEN)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--max-timeout", type=float, default=60.0, help="largest wall-clock limit a caller may ask for")
+    p.add_argument("--max-memory-mb", type=int, default=2048, help="largest memory limit a caller may ask for")
+    p.add_argument("--max-procs", type=int, default=64, help="largest process limit a caller may ask for")
+    p.add_argument("--allow-weak-isolation", action="store_true",
+                   help="serve even where full isolation is missing (logged, and listed in every verdict)")
     p.set_defaults(func=_lazy("agentq.sandbox.server:main"))
     p = sandbox.add_parser("bench", help="warm executor vs one fresh pytest per candidate, on HumanEvalFix")
     p.add_argument("--data-dir", default="../shared/data")

@@ -41,6 +41,7 @@ from agentq.sandbox.verdict import Verdict
 
 # The executor waits this long beyond the run's own timeout before it declares the worker hung.
 GRACE_S = 30.0
+MAX_CODE_BYTES = 4 << 20
 WEAK_HINT = ("set sandbox.allowWeakIsolation: true (agentq sandbox serve --allow-weak-isolation) to run anyway, "
              "or see docs/deploy.md for what the sandbox needs")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -83,6 +84,17 @@ def find_tests(tests: str) -> CompiledTests | str:
     marshalled = marshal.dumps(code)
     payload = marshalled + tests.encode("utf-8", "surrogatepass")
     return CompiledTests(tuple(dict.fromkeys(names)), payload, len(marshalled))
+
+
+def _unusable_code(code: str) -> str | None:
+    """Why this code cannot even be handed to a worker (it would break the framing or the file write)."""
+    try:
+        size = len(code.encode("utf-8"))
+    except UnicodeEncodeError as err:
+        return f"the code is not valid text: {err.reason} at position {err.start}"
+    if size > MAX_CODE_BYTES:
+        return f"the code is {size} bytes; the sandbox takes at most {MAX_CODE_BYTES}"
+    return None
 
 
 class _Worker:
@@ -213,6 +225,9 @@ class LocalExecutor:
         compiled = find_tests(tests)
         if isinstance(compiled, str):
             return Verdict(status="error", message=compiled)
+        unusable = _unusable_code(code)
+        if unusable:
+            return Verdict(status="error", expected_tests=len(compiled.names), message=unusable)
         names = list(compiled.names)
         worker = self._idle.get()
         try:

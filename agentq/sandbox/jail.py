@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agentq.config import ConfigError
+
 PKG_MOUNT = "/opt/agentq"
 CGROUP_MOUNT = "/run/agentq-cgroup"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -38,8 +40,8 @@ _SLOTS = itertools.count()
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../agentq
 
 
-class IsolationUnavailable(RuntimeError):
-    """Full isolation cannot be had here and weak isolation was not allowed."""
+class IsolationUnavailable(ConfigError):
+    """Full isolation cannot be had here and weak isolation was not allowed (a setting the user must change)."""
 
 
 def bwrap_path() -> str | None:
