@@ -234,6 +234,7 @@ class LocalExecutor:
             for attempt in range(2):
                 try:
                     raw = worker.run(code, compiled, limits)
+                    raw["isolation"] = worker.isolation  # what bwrap could not do, and what the server could not
                     break
                 except WorkerDied as err:
                     # Not the candidate's doing when isolation holds (it cannot signal the server), so retry

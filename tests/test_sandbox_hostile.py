@@ -1,0 +1,129 @@
+"""Issue 11's hostile candidates, as root and as an unprivileged user, through the local executor and through
+the server (tests/hostile_driver.py runs them in a process of that user): none passes, none leaves anything
+behind on the host. As an unprivileged user full isolation is impossible (one uid, no cgroups), so the executor
+must refuse until weak isolation is allowed, and then say so in every verdict."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hostile_driver import ORDER, shm_key
+
+REPO = Path(__file__).resolve().parents[1]
+NOBODY = 65534
+
+
+def _python_for(uid: int) -> list[str]:
+    """An interpreter of this version that `uid` can run (a pyenv one under /root is closed to others)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for exe in (os.path.realpath(sys.executable), f"/usr/bin/python{version}"):
+        try:
+            probe = subprocess.run([exe, "-c", "import pydantic"], user=uid, env=_env(), capture_output=True)
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            return [exe]
+    pytest.fail(f"no Python {version} that uid {uid} can run with this checkout's packages: cannot test "
+                "the unprivileged case here")
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    site = sysconfig.get_paths()["purelib"]
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": f"{REPO}:{site}", "LANG": "C.UTF-8", **(extra or {})}
+
+
+def _cmdlines() -> str:
+    text = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                text.append(fh.read().decode("utf-8", "replace"))
+        except OSError:
+            pass
+    return "\n".join(text)
+
+
+@pytest.fixture()
+def answer_file():
+    """A world-readable file holding the answer, like a task file or ../shared/data on the host."""
+    folder = tempfile.mkdtemp(prefix="agentq-oracle-")
+    os.chmod(folder, 0o755)
+    marker = secrets.token_hex(6)
+    path = Path(folder) / "tasks.jsonl"
+    path.write_text(f'{{"reference": "ANSWER-{marker}=3"}}\n')
+    path.chmod(0o644)
+    yield marker, str(path)
+    path.unlink()
+    os.rmdir(folder)
+
+
+@pytest.mark.parametrize("mode", ["local", "server"])
+@pytest.mark.parametrize("user", ["root", "unprivileged"])
+def test_hostile_candidates_neither_pass_nor_survive(user, mode, answer_file):
+    marker, oracle = answer_file
+    if user == "root" and os.geteuid() != 0:
+        pytest.skip("the root case needs root")
+    uid = NOBODY if user == "unprivileged" and os.geteuid() == 0 else os.geteuid()
+    snooped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", f"ANSWER-{marker}=3"])
+    paths = [oracle, str(REPO / "README.md"), str(REPO.parent / "shared" / "data")]
+    args = [str(REPO / "tests" / "hostile_driver.py"), "--mode", mode, "--marker", marker, "--paths", json.dumps(paths)]
+    if user == "unprivileged":
+        args.append("--allow-weak")
+    try:
+        python = _python_for(uid) if uid != os.geteuid() else [sys.executable]
+        proc = subprocess.run([*python, *args], user=uid, env=_env({"LEAK": f"ANSWER-{marker}=3"}), cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        snooped.kill()
+        snooped.wait()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    verdicts = result["verdicts"]
+    assert list(verdicts) == ORDER
+    weak = user == "unprivileged"
+    if weak:
+        assert result["refused"] and "allowWeakIsolation" in result["refused"]
+        assert all(v["isolation"] for v in verdicts.values())
+    else:
+        assert result["refused"] is None
+        assert all(v["isolation"] == [] for v in verdicts.values())
+    for name, verdict in verdicts.items():
+        if name == "memory_across_processes" and weak:
+            # no cgroup without root: the verdict must own up to it rather than pass silently
+            assert verdict["status"] != "passed" or any("no cgroup" in n for n in verdict["isolation"]), verdict
+            continue
+        assert verdict["status"] != "passed", (name, verdict)
+    # Nothing survives on the host: no daemon, no SysV segment, no planted file.
+    time.sleep(0.2)
+    assert f"DAEMON-{marker}" not in _cmdlines()
+    with open("/proc/sysvipc/shm") as fh:
+        keys = {int(line.split()[0]) for line in list(fh)[1:]}
+    assert shm_key(marker) not in keys
+    for folder in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", str(REPO), str(REPO.parent)):
+        assert not os.path.exists(os.path.join(folder, f"agentq-{marker}")), folder
+
+
+def test_candidate_holds_no_capability_and_sees_only_its_own_processes():
+    from agentq.sandbox import LocalExecutor
+
+    code = (
+        "import os\n"
+        "def probe():\n"
+        "    status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines() if ':' in l)\n"
+        "    caps = [status[k].strip() for k in ('CapEff', 'CapPrm', 'CapInh', 'CapBnd', 'CapAmb')]\n"
+        "    return caps, sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), os.path.exists('/work')\n"
+    )
+    tests = "from solution import *\ndef test_probe():\n    caps, pids, work = probe()\n" \
+            "    assert caps == ['0000000000000000'] * 5, caps\n    assert pids == [1, 2], pids\n    assert not work\n"
+    with LocalExecutor(workers=1) as executor:
+        verdict = executor.run(code, tests)
+    assert verdict.passed, verdict
