@@ -44,9 +44,7 @@ def finished_ids(path: Path, inputs_digest: str) -> set[str]:
 
 
 def collect_digest(ws: RoundWorkspace, tasks_digest: str, model_digest: str) -> str:
-    spec = ws.round.spec
-    return digest("collect", spec.collect, spec.model.backend, spec.model.scripted, spec.model.max_new_tokens,
-                  spec.preferences.alpha, tasks_digest, model_digest)
+    return digest("collect", ws.settings("collect"), tasks_digest, model_digest)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -66,7 +64,8 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
         return done_result
 
     key = ws.shard_key(shard, num_shards)
-    local = ws.fetch(key)
+    partial = ws.partial(key, inputs_digest)  # the finished shard of other settings stays as it is meanwhile
+    local = ws.fetch(partial)
     done = finished_ids(local, inputs_digest)
     todo = [t for t in mine if t.id not in done]
     params = SearchParams.for_collect(spec)
@@ -80,13 +79,16 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
         for task in bar:
             search = Search(task, policy, executor, params, critic=critic).run()
             append_jsonl(local, {**search.record(), "inputs_digest": inputs_digest})
-            ws.publish(key)
+            ws.publish(partial)
             if bar.disable:  # no terminal (a Job's log): one line per task instead of a bar
                 print(f"collect: {task.id}: solved={search.solved} samples={search.stats.samples} "
                       f"{search.stats.wall_s:.1f}s", flush=True)
-    records = list(read_jsonl(local))
+    records = list(read_jsonl(local)) if local.exists() else []
     result = {"tasks": len(records), "solved": sum(r["solved"] for r in records),
               "samples": sum(r["stats"]["samples"] for r in records)}
+    local.touch()
+    ws.complete(key, local)
     return ws.finish(step, inputs_digest, result,
                      f"collect: shard {shard}/{num_shards}: {result['solved']}/{result['tasks']} tasks solved, "
-                     f"{result['samples']} samples, {time.perf_counter() - start:.1f}s -> {ws.describe(key)}")
+                     f"{result['samples']} samples, {time.perf_counter() - start:.1f}s -> {ws.describe(key)}",
+                     outputs=[key])

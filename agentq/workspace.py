@@ -12,6 +12,7 @@ collect settings re-runs everything downstream, and nothing else.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -38,6 +39,71 @@ RESULT_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination mess
 def digest(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Every RoundSpec setting is in exactly one of these three tables (tests/test_round_digests.py enumerates
+# the spec's fields and fails on one that is in none): a setting that changes a step's output must re-run it.
+STEP_SETTINGS: dict[str, tuple[str, ...]] = {
+    "collect": ("collect", "preferences.alpha", "model.backend", "model.scripted", "model.max_new_tokens",
+                "model.dtype", "model.quantization", "sandbox.timeout_seconds", "sandbox.cpu_seconds",
+                "sandbox.memory_mb", "sandbox.allow_weak_isolation"),
+    "preferences": ("preferences",),
+    "train": ("train",),
+    "merge": (),
+    "evaluate": ("evaluate", "collect.seed", "model.backend", "model.scripted", "model.max_new_tokens",
+                 "model.dtype", "model.quantization", "sandbox.timeout_seconds", "sandbox.cpu_seconds",
+                 "sandbox.memory_mb", "sandbox.allow_weak_isolation"),
+}
+# Digested through an input's identity instead: the model (model_source) and the task files (tasks).
+DIGESTED_AS_INPUTS = ("model.base", "model.gguf_file", "model.from_round", "dataset")
+OUTPUT_NEUTRAL: dict[str, str] = {
+    "store": "where outputs are kept, not what they hold",
+    "placement": "which nodes run the steps",
+    "image": "the step image's code is the code under test, not a setting",
+    "suspend": "pauses the operator",
+    "backoff_limit": "how often a failed Job is retried",
+    "delete_artifacts": "what happens on deletion",
+    "sandbox.url": "which sandbox runs candidates; the limits that decide verdicts are digested",
+    "sandbox.workers": "parallelism only",
+}
+
+
+_HELD_LOCKS: dict[Path, int] = {}
+
+
+def lock_step(folder: Path, step: str, what: str) -> None:
+    """Hold `folder/<step>.lock` (flock: the kernel drops it when the process dies, however it dies).
+
+    A process may take its own lock again (a resumed run in the same process); another process is refused.
+    """
+    path = folder / f"{step}.lock"
+    if path in _HELD_LOCKS:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(f"{what}: step {step!r} is already running on this machine (pid {holder}, lock {path}); "
+                          "wait for it to finish or stop it, then run again") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD_LOCKS[path] = fd
+
+
+def unlock_step(folder: Path, step: str) -> None:
+    fd = _HELD_LOCKS.pop(folder / f"{step}.lock", None)
+    if fd is not None:
+        os.close(fd)
+
+
+def spec_value(spec: Any, path: str) -> Any:
+    value = spec
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
 def _is_key(value: str) -> bool:
@@ -77,6 +143,10 @@ class RoundWorkspace:
 
     def key(self, relative: str) -> str:
         return f"{self.prefix}/{relative}"
+
+    def settings(self, step: str) -> dict[str, Any]:
+        """The settings `step`'s output depends on (STEP_SETTINGS), for its digest."""
+        return {path: spec_value(self.round.spec, path) for path in STEP_SETTINGS[step]}
 
     def describe(self, relative: str) -> str:
         return f"{self.store.url}/{self.key(relative)}"
@@ -163,23 +233,52 @@ class RoundWorkspace:
         return self.get_json(self.key(f"steps/{step}.json"))
 
     def finished(self, step: str, inputs_digest: str, done_line: str = "") -> dict[str, Any] | None:
-        """The result of a step that already ran with these inputs (reported again for the operator), or None."""
+        """The result of a step that already ran with these inputs (reported again for the operator), or None.
+
+        Takes the step's lock first (held until `finish`), so a second run of the same step refuses. A marker
+        counts only while the outputs it recorded are still the ones it saw written.
+        """
+        lock_step(self.work / "locks", step, f"round {self.name}")
         marker = self.marker(step)
         if marker is None or marker.get("digest") != inputs_digest:
             return None
+        for relative, sha in (marker.get("outputs") or {}).items():
+            if self.store.sha256(self.key(relative)) != sha:
+                print(f"{step}: {self.describe(relative)} changed since the step finished; running it again")
+                return None
         if done_line:
             print(f"{done_line}: already complete", flush=True)
+        unlock_step(self.work / "locks", step)
         self.report_result(marker["result"])
         return marker["result"]
 
-    def finish(self, step: str, inputs_digest: str, result: dict[str, Any], line: str = "") -> dict[str, Any]:
-        """Record the step as done for these inputs, say so, and leave the result for the operator."""
-        self.store.put_json(self.key(f"steps/{step}.json"),
-                            {"digest": inputs_digest, "finished_at": time.time(), "result": result})
+    def finish(self, step: str, inputs_digest: str, result: dict[str, Any], line: str = "",
+               outputs: list[str] | None = None) -> dict[str, Any]:
+        """Record the step as done for these inputs (and the checksums of `outputs`), say so, and leave the
+        result for the operator."""
+        marker: dict[str, Any] = {"digest": inputs_digest, "finished_at": time.time(), "result": result}
+        if outputs:
+            marker["outputs"] = {relative: self.store.sha256(self.key(relative)) for relative in outputs}
+        self.store.put_json(self.key(f"steps/{step}.json"), marker)
+        unlock_step(self.work / "locks", step)
         if line:
             print(line, flush=True)
         self.report_result(result)
         return result
+
+    def partial(self, relative: str, inputs_digest: str) -> str:
+        """Where a step builds `relative` for these inputs until it finishes: the finished output of other
+        settings stays untouched until this one is complete (a revert then finds it intact)."""
+        return f"{relative}.partial-{inputs_digest}"
+
+    def complete(self, relative: str, local: Path) -> None:
+        """Publish a finished output over the previous one and drop every partial of it."""
+        self.store.put_file(self.key(relative), local)
+        name = Path(relative).name
+        parent = self.key(str(Path(relative).parent)) if Path(relative).parent != Path(".") else self.prefix
+        for key in self.store.list(parent):
+            if Path(key).name.startswith(f"{name}.partial-"):
+                self.store.delete_prefix(key)
 
     def step_digest(self, step: str) -> str:
         """Digest a step's marker must hold; raises, naming the command to run, when it has not finished."""
