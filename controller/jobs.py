@@ -204,6 +204,9 @@ def build_job(body: dict[str, Any], unit: Unit, attempt: int, settings: Operator
     sandbox_url = spec.sandbox.url or settings.sandbox_url
     if unit.step in SANDBOX_STEPS and sandbox_url:
         env.append({"name": "SANDBOX_URL", "value": sandbox_url})
+        if settings.sandbox_token_secret:
+            ref = {"name": settings.sandbox_token_secret, "key": "token"}
+            env.append({"name": "AGENTQ_SANDBOX_TOKEN", "valueFrom": {"secretKeyRef": ref}})
     container: dict[str, Any] = {"name": "step", "image": image_for(unit.step, spec, settings),
                                  "command": unit.command(), "env": env}
     if gpus:

@@ -127,3 +127,14 @@ def test_candidate_holds_no_capability_and_sees_only_its_own_processes():
     with LocalExecutor(workers=1) as executor:
         verdict = executor.run(code, tests)
     assert verdict.passed, verdict
+
+
+def test_sandbox_uids_fit_the_user_namespace():
+    from agentq.sandbox.jail import CANDIDATE_UID_BASE, pick_uids
+
+    host = "         0          0 4294967295\n"
+    assert pick_uids(host, 1234, 3)[0] == CANDIDATE_UID_BASE + 1234 * 256 + 3
+    pod = "         0     165536      65536\n"  # a pod with hostUsers: false
+    cand, tests = pick_uids(pod, 4_000_123, 7)
+    assert 32768 <= cand < 49152 <= tests < 65536 and cand != tests
+    assert pick_uids(pod, 10, 1) != pick_uids(pod, 10, 2)

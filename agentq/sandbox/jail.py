@@ -160,11 +160,31 @@ def _package_binds() -> list[str]:
     ]
 
 
+def mapped_uids(uid_map: str) -> tuple[int, int]:
+    """(first, count) of the largest uid range of this user namespace (`/proc/self/uid_map`'s text)."""
+    extents = [(int(f[0]), int(f[2])) for f in (line.split() for line in uid_map.splitlines()) if len(f) == 3]
+    return max(extents, key=lambda e: e[1], default=(0, 0))
+
+
+def pick_uids(uid_map: str, pid: int, slot: int) -> tuple[int, int]:
+    """Two uids, candidate and tests, that no other live worker uses and that exist in this namespace.
+
+    On a host (the whole 32-bit range mapped) they come from the executor's pid and a per-process slot; in a
+    user-namespaced pod (typically 65536 ids) from the upper half of what is mapped.
+    """
+    first, count = mapped_uids(uid_map)
+    offset = (pid % 4_000_000) * 256 + slot % 256
+    if count >= 1 << 31:
+        return CANDIDATE_UID_BASE + offset, TESTS_UID_BASE + offset
+    quarter = count // 4
+    if quarter < 1:
+        raise IsolationUnavailable(f"too few uids in this user namespace ({count}) for distinct sandbox users")
+    return first + 2 * quarter + offset % quarter, first + 3 * quarter + offset % quarter
+
+
 def _uids() -> tuple[int, int]:
-    """Two uids no other live worker on this machine uses (executor pid and a per-process slot)."""
-    slot = next(_SLOTS) % 256
-    offset = (os.getpid() % 4_000_000) * 256 + slot
-    return CANDIDATE_UID_BASE + offset, TESTS_UID_BASE + offset
+    with open("/proc/self/uid_map") as fh:
+        return pick_uids(fh.read(), os.getpid(), next(_SLOTS))
 
 
 def make_jail() -> Jail:

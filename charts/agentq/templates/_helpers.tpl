@@ -29,6 +29,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}
 
+{{- define "agentq.sandboxTokenSecret" -}}
+{{- .Values.sandbox.token.existingSecret | default (printf "%s-sandbox-token" (include "agentq.fullname" .)) -}}
+{{- end -}}
+
 {{- define "agentq.sandboxUrl" -}}
 {{- if .Values.sandbox.url -}}
 {{- .Values.sandbox.url -}}
