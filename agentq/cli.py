@@ -112,11 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors that are the user's to fix (a bad file, an unreachable store or sandbox): one line, never a traceback.
+# Named rather than imported, so `agentq --help` stays free of the modules that define them.
+USER_ERRORS = frozenset({
+    "agentq.tasks.schema.TaskFileError",
+    "agentq.store.StoreError",
+    "agentq.sandbox.client.SandboxUnavailable",
+    "agentq.sandbox.executor.WorkerDied",
+})
+
+
+def is_user_error(err: BaseException) -> bool:
+    return isinstance(err, ConfigError) or any(f"{c.__module__}.{c.__qualname__}" in USER_ERRORS
+                                                for c in type(err).__mro__)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rc = args.func(args)
-    except ConfigError as err:
+    except Exception as err:  # noqa: BLE001 - user errors become one line; anything else is a bug, re-raised
+        if not is_user_error(err):
+            raise
         print(f"agentq: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

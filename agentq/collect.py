@@ -15,17 +15,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from agentq.config import ConfigError
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl
 from agentq.policy.base import load_policy
 from agentq.search.mcts import Search, SearchParams
 from agentq.tasks.schema import Task
-from agentq.workspace import RoundWorkspace, digest
+from agentq.workspace import RoundWorkspace, check_shard, digest
 
 
 def shard_tasks(tasks: list[Task], shard: int, num_shards: int) -> list[Task]:
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise ConfigError(f"--shard {shard} --num-shards {num_shards}: need 0 <= shard < num_shards")
+    check_shard(shard, num_shards)
     return [t for i, t in enumerate(tasks) if i % num_shards == shard]
 
 

@@ -28,7 +28,7 @@ from agentq.sandbox.executor import find_tests
 from agentq.sandbox.verdict import Verdict
 from agentq.search.mcts import Executor, Search, SearchParams
 from agentq.tasks.schema import Task
-from agentq.workspace import RoundWorkspace, digest
+from agentq.workspace import RoundWorkspace, check_shard, digest
 
 
 def dedupe_by_group(tasks: list[Task]) -> list[Task]:
@@ -101,6 +101,7 @@ def shard_file(mode: str, shard: int, num_shards: int) -> str:
 
 
 def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
+    check_shard(shard, num_shards)
     spec = ws.round.spec
     tasks, tasks_digest = ws.tasks("test")
     mine = [t for i, t in enumerate(dedupe_by_group(tasks)) if i % num_shards == shard]

@@ -68,6 +68,12 @@ OUTPUT_NEUTRAL: dict[str, str] = {
 }
 
 
+def check_shard(shard: int, num_shards: int) -> None:
+    """`--shard 5 --num-shards 2` would select no task and succeed doing nothing."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ConfigError(f"--shard {shard} --num-shards {num_shards}: need 0 <= shard < num_shards")
+
+
 _HELD_LOCKS: dict[Path, int] = {}
 
 

@@ -162,3 +162,22 @@ def test_8_changed_settings_rerun_collect_and_evaluate(folder, setting, changes)
     assert (base[0] != changed[0] and base[1] != changed[1]) is changes, (setting, base, changed)
     if not changes:
         assert base == changed
+
+
+def test_user_errors_are_one_line_and_bad_shards_or_untestable_tasks_stop_the_run(folder, capsys):
+    round_a = write_round(folder)
+    assert main(["evaluate", "--round", round_a, "--shard", "5", "--num-shards", "2"]) == 2
+    assert "--shard 5 --num-shards 2: need 0 <= shard < num_shards" in capsys.readouterr().err
+
+    tasks = load_humanevalfix(DATA)[:3]
+    broken = tasks[1].model_copy(update={"tests": "from solution import *\ndef test_x(:\n    pass\n"})
+    write_tasks(folder / "train.jsonl", [tasks[0], broken, tasks[2]])
+    assert main(["round", "run", round_a, "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert f"spec.dataset.train: 1 task(s) in train.jsonl have tests that cannot run: {broken.id}" in err
+    assert not (folder / "store" / "rounds" / "data" / "trajectories").exists()
+
+    (folder / "train.jsonl").write_text('{"id": "x"}\n')
+    assert main(["collect", "--round", round_a]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "train.jsonl" in err and len(err.strip().splitlines()) == 1, err

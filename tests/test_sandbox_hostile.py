@@ -138,3 +138,17 @@ def test_sandbox_uids_fit_the_user_namespace():
     cand, tests = pick_uids(pod, 4_000_123, 7)
     assert 32768 <= cand < 49152 <= tests < 65536 and cand != tests
     assert pick_uids(pod, 10, 1) != pick_uids(pod, 10, 2)
+
+
+def test_bubblewrap_that_cannot_start_means_refusal_or_an_explicit_weak_run(monkeypatch):
+    """A pod whose seccomp profile forbids user namespaces: bwrap exits at once."""
+    from agentq.sandbox import LocalExecutor, jail
+    from agentq.sandbox.executor import WorkerDied
+
+    monkeypatch.setattr(jail, "bwrap_path", lambda: "/bin/false")
+    with pytest.raises(WorkerDied, match="did not start.*allowWeakIsolation"):
+        LocalExecutor(workers=1)
+    with LocalExecutor(workers=1, allow_weak_isolation=True) as executor:
+        tests = "from solution import *\ndef test_f():\n    assert f() == 1\n"
+        verdict = executor.run("def f():\n    return 1\n", tests)
+    assert verdict.passed and any("bubblewrap cannot start" in note for note in verdict.isolation), verdict

@@ -100,18 +100,21 @@ def _unusable_code(code: str) -> str | None:
 class _Worker:
     """One fork server process (inside its bubblewrap sandbox) and the socket to it; one thread at a time."""
 
-    def __init__(self, allow_weak: bool) -> None:
+    def __init__(self, allow_weak: bool, jailed: bool = True) -> None:
         ours, theirs = socket.socketpair()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": _PACKAGE_ROOT,
                "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
         prefix: list[str] = []
         self.jail: jail.Jail | None = None
         try:
+            if not jailed:
+                raise jail.IsolationUnavailable("bubblewrap cannot start here (no user namespaces allowed?)")
             self.jail = jail.make_jail()
             prefix, env = self.jail.argv, self.jail.env
         except jail.IsolationUnavailable as err:
             if not allow_weak:
                 raise jail.IsolationUnavailable(f"{err}; {WEAK_HINT}") from None
+            self.weak_reason = str(err)
         self.proc = subprocess.Popen(
             [*prefix, os.path.realpath(sys.executable), "-P", "-s", "-m", "agentq.sandbox.forkserver",
              str(theirs.fileno())],
@@ -125,7 +128,7 @@ class _Worker:
         theirs.close()
         self.sock = ours
         self.isolation: list[str] | None = None
-        self.jail_notes = self.jail.notes if self.jail else []
+        self.jail_notes = self.jail.notes if self.jail else [self.weak_reason]
 
     def _ready(self) -> None:
         if self.isolation is None:
@@ -191,17 +194,10 @@ class LocalExecutor:
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._jailed = True
         self.isolation: list[str] = []
         try:
-            for _ in range(self.workers):
-                self._idle.put(self._spawn())
-            first = self._idle.get()
-            try:
-                first._ready()
-            except (OSError, EOFError, wire.ProtocolError) as err:
-                raise WorkerDied(f"sandbox worker {first.proc.pid} did not start: {err}") from None
-            finally:
-                self._idle.put(first)
+            first = self._start_workers()
             self.isolation = list(first.isolation or [])
             if self.isolation and not self.allow_weak:
                 raise jail.IsolationUnavailable(
@@ -212,8 +208,28 @@ class LocalExecutor:
             raise
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
 
+    def _start_workers(self) -> _Worker:
+        """Start the pool and wait for one worker's hello (what isolation it has); bubblewrap failing to start
+        (a pod without user namespaces) falls back to unjailed workers only when weak isolation is allowed."""
+        for _ in range(self.workers):
+            self._idle.put(self._spawn())
+        first = self._idle.get()
+        try:
+            first._ready()
+        except (OSError, EOFError, wire.ProtocolError) as err:
+            self._idle.put(first)
+            if first.jail is None or not self.allow_weak:
+                hint = f"; {WEAK_HINT}" if first.jail is not None else ""
+                raise WorkerDied(f"sandbox worker {first.proc.pid} did not start: {err}{hint}") from None
+            self._close_workers()
+            self._idle = queue.SimpleQueue()
+            self._jailed = False
+            return self._start_workers()
+        self._idle.put(first)
+        return first
+
     def _spawn(self) -> _Worker:
-        worker = _Worker(self.allow_weak)
+        worker = _Worker(self.allow_weak, self._jailed)
         with self._lock:
             self._all = [w for w in self._all if w.alive] + [worker]
         return worker
