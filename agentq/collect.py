@@ -72,6 +72,7 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
         else None
     start = time.perf_counter()
     with ws.executor() as executor:
+        weak = list(executor.isolation)
         bar = tqdm(todo, desc=f"collect shard {shard}/{num_shards}", unit="task", disable=None,
                    initial=len(done), total=len(mine))
         for task in bar:
@@ -84,6 +85,8 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
     records = list(read_jsonl(local)) if local.exists() else []
     result = {"tasks": len(records), "solved": sum(r["solved"] for r in records),
               "samples": sum(r["stats"]["samples"] for r in records)}
+    if weak:  # the round's report repeats it: verdicts from a weakened sandbox are less trustworthy
+        result["weakIsolation"] = "; ".join(weak)
     local.touch()
     ws.complete(key, local)
     return ws.finish(step, inputs_digest, result,

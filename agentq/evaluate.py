@@ -111,6 +111,7 @@ def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
         return
     policy = load_policy(spec.model, path_override=ws.model_dir("merged"))
     with ws.executor() as executor:
+        weak = list(executor.isolation)
         for mode in spec.evaluate.modes:
             key = shard_file(mode, shard, num_shards)
             partial = ws.partial(key, inputs_digest)  # the finished shard of other settings stays meanwhile
@@ -132,7 +133,7 @@ def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
         local = ws.work_path(ws.partial(relative, inputs_digest))
         local.touch()
         ws.complete(relative, local)
-    ws.finish(step, inputs_digest, {}, outputs=outputs)
+    ws.finish(step, inputs_digest, {"weakIsolation": "; ".join(weak)} if weak else {}, outputs=outputs)
 
 
 def combine(ws: RoundWorkspace) -> dict[str, Any]:
@@ -156,6 +157,7 @@ def combine(ws: RoundWorkspace) -> dict[str, Any]:
         summary["modes"][mode] = summarize(records)
     flagged = ws.get_json(ws.key("preferences.stats.json")) or {}
     summary["flagged_candidates"] = flagged.get("flagged_candidates", 0)
+    summary["weak_isolation"] = ws.weak_isolation()
     write_report(ws, summary)
     return summary
 

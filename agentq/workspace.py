@@ -272,6 +272,14 @@ class RoundWorkspace:
         self.report_result(result)
         return result
 
+    def weak_isolation(self) -> list[str]:
+        """What the sandbox could not enforce for this round's collect and evaluate shards (from their markers)."""
+        spec = self.round.spec
+        steps = [f"collect-shard-{i}-of-{spec.collect.shards}" for i in range(spec.collect.shards)]
+        steps += [f"evaluate-shard-{i}-of-{spec.evaluate.shards}" for i in range(spec.evaluate.shards)]
+        notes = [((self.marker(s) or {}).get("result") or {}).get("weakIsolation") for s in steps]
+        return sorted({n for note in notes if note for n in note.split("; ")})
+
     def partial(self, relative: str, inputs_digest: str) -> str:
         """Where a step builds `relative` for these inputs until it finishes: the finished output of other
         settings stays untouched until this one is complete (a revert then finds it intact)."""

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from agentq import collect
 from agentq.cli import main
 from agentq.config import RoundSpec, load_round
-from agentq.evaluate import eval_digest
+from agentq.evaluate import eval_digest, summarize
 from agentq.io import read_jsonl
 from agentq.tasks.humanevalfix import load_humanevalfix
 from agentq.tasks.schema import write_tasks
@@ -181,3 +181,24 @@ def test_user_errors_are_one_line_and_bad_shards_or_untestable_tasks_stop_the_ru
     assert main(["collect", "--round", round_a]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "train.jsonl" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_weak_isolation_is_recorded_and_reaches_the_round_report(folder, monkeypatch):
+    from agentq.report import write_report
+    from agentq.sandbox import jail
+
+    round_a = write_round(folder, extra="  sandbox: {allowWeakIsolation: true}\n")
+    monkeypatch.setattr(jail, "bwrap_path", lambda: None)  # a machine without bubblewrap
+    assert main(["collect", "--round", round_a]) == 0
+    ws = RoundWorkspace(load_round(round_a), round_a)
+    assert "bubblewrap (bwrap) is not installed" in ws.marker("collect-shard-0-of-1")["result"]["weakIsolation"]
+    notes = ws.weak_isolation()
+    assert any("bubblewrap" in n for n in notes)
+    record = {"solved": True, "visible_solved": True, "parse_failure": False}
+    write_report(ws, {"round": ws.name, "model": "tiny", "from_round": None, "flagged_candidates": 0,
+                      "modes": {"zero_shot": summarize([record])}, "weak_isolation": notes})
+    report = (folder / "store" / "rounds" / "data" / "eval" / "report.md").read_text()
+    assert "Weak sandbox isolation" in report and "bubblewrap (bwrap) is not installed" in report
+    # without the setting the same machine refuses, in one line
+    write_round(folder)
+    assert main(["collect", "--round", round_a]) == 2

@@ -84,6 +84,7 @@ def test_make_executor_follows_the_spec(server):
     url, _ = server
     remote = make_executor(SandboxSpec(url=url, timeout_seconds=1.5))
     assert isinstance(remote, RemoteExecutor) and remote.run(CASES[0], TESTS).passed
+    assert remote.isolation == []  # the server's /healthz: nothing weakened here
     with make_executor(SandboxSpec(workers=1, timeout_seconds=2, memory_mb=256)) as local:
         assert isinstance(local, LocalExecutor) and local.limits.memory_mb == 256 and local.workers == 1
 

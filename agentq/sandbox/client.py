@@ -34,6 +34,7 @@ class RemoteExecutor:
     ):
         self.url = url.rstrip("/")
         self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        self._isolation: list[str] | None = None
         self.retries = max(1, retries)
         self.backoff_s = backoff_s
         self.limits = limits or Limits()
@@ -62,6 +63,17 @@ class RemoteExecutor:
             except (urllib.error.URLError, OSError, ValueError) as err:
                 last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
         raise SandboxUnavailable(f"sandbox at {self.url} unreachable after {self.retries} tries: {last}")
+
+    @property
+    def isolation(self) -> list[str]:
+        """What the server's sandbox could not enforce (its /healthz), as LocalExecutor.isolation."""
+        if self._isolation is None:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=10) as response:
+                    self._isolation = [str(n) for n in json.load(response).get("isolation", [])]
+            except (urllib.error.URLError, OSError, ValueError):
+                return []
+        return self._isolation
 
     def run(self, code: str, tests: str, limits: Limits | None = None) -> Verdict:
         limits = limits or self.limits
