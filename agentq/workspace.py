@@ -26,7 +26,7 @@ from agentq.cache import cache_root
 from agentq.config import ConfigError, RoundFile, StoreSpec, dump_round, load_round
 from agentq.io import atomic_write_json, read_jsonl, write_jsonl
 from agentq.sandbox import make_executor
-from agentq.store import Store, StoreError, check_key, open_store, sha256_file
+from agentq.store import RESERVED, FileStore, Store, StoreError, check_key, open_store, sha256_file
 from agentq.tasks.schema import Task, read_tasks
 
 if TYPE_CHECKING:
@@ -244,7 +244,8 @@ class RoundWorkspace:
         Takes the step's lock first (held until `finish`), so a second run of the same step refuses. A marker
         counts only while the outputs it recorded are still the ones it saw written.
         """
-        lock_step(self.work / "locks", step, f"round {self.name}")
+        for folder in self._lock_folders():
+            lock_step(folder, step, f"round {self.name}")
         marker = self.marker(step)
         if marker is None or marker.get("digest") != inputs_digest:
             return None
@@ -254,7 +255,7 @@ class RoundWorkspace:
                 return None
         if done_line:
             print(f"{done_line}: already complete", flush=True)
-        unlock_step(self.work / "locks", step)
+        self._unlock(step)
         self.report_result(marker["result"])
         return marker["result"]
 
@@ -266,7 +267,7 @@ class RoundWorkspace:
         if outputs:
             marker["outputs"] = {relative: self.store.sha256(self.key(relative)) for relative in outputs}
         self.store.put_json(self.key(f"steps/{step}.json"), marker)
-        unlock_step(self.work / "locks", step)
+        self._unlock(step)
         if line:
             print(line, flush=True)
         self.report_result(result)
@@ -279,6 +280,18 @@ class RoundWorkspace:
         steps += [f"evaluate-shard-{i}-of-{spec.evaluate.shards}" for i in range(spec.evaluate.shards)]
         notes = [((self.marker(s) or {}).get("result") or {}).get("weakIsolation") for s in steps]
         return sorted({n for note in notes if note for n in note.split("; ")})
+
+    def _lock_folders(self) -> list[Path]:
+        """The local work directory, and on a shared directory store (a PVC mounted by several pods or
+        machines) the store itself: flock there is seen by every client of the volume (NFSv4 included)."""
+        folders = [self.work / "locks"]
+        if isinstance(self.store, FileStore):
+            folders.append(self.store.root / RESERVED / "locks" / self.name)
+        return folders
+
+    def _unlock(self, step: str) -> None:
+        for folder in self._lock_folders():
+            unlock_step(folder, step)
 
     def partial(self, relative: str, inputs_digest: str) -> str:
         """Where a step builds `relative` for these inputs until it finishes: the finished output of other

@@ -202,3 +202,23 @@ def test_weak_isolation_is_recorded_and_reaches_the_round_report(folder, monkeyp
     # without the setting the same machine refuses, in one line
     write_round(folder)
     assert main(["collect", "--round", round_a]) == 2
+
+
+def test_7_the_lock_is_also_taken_in_a_shared_directory_store(folder, capsys):
+    """Two machines with their own work directories but one PVC: the store's lock stops the second."""
+    round_a = write_round(folder)
+    store_locks = folder / "store" / ".agentq" / "locks" / "data"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from agentq.workspace import lock_step\n"
+         "lock_step(Path(sys.argv[1]), 'collect-shard-0-of-1', 'round data'); print('held', flush=True)\n"
+         "time.sleep(60)", str(store_locks)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["collect", "--round", round_a]) == 2
+        assert str(store_locks) in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
