@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
@@ -261,7 +262,8 @@ class FileStore(Store):
     @contextlib.contextmanager
     def writing_dir(self, prefix: str) -> Iterator[Path]:
         target = self._path(prefix)
-        staging = self._tmp / f"dir-{uuid.uuid4().hex}"
+        remove_dead_staging(self._tmp)
+        staging = self._tmp / staging_name()
         staging.mkdir()
         new = staging / "new"
         try:
@@ -269,14 +271,52 @@ class FileStore(Store):
             if not new.is_dir():
                 raise StoreError(f"{self.url}: the writer for {prefix!r} created no directory at {new}")
             sums = {p: sha256_file(p) for p in new.rglob("*") if p.is_file()}
-            self.delete_prefix(prefix)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(new, target)  # same filesystem: the whole directory appears at once
+            if target.is_dir() and _exchange(new, target):
+                pass  # one atomic swap: readers see the old directory or the new one, never neither
+            else:
+                self.delete_prefix(prefix)
+                os.replace(new, target)  # same filesystem: the whole directory appears at once
+            for path in [p for p in self._sums.joinpath(check_key(prefix)).rglob("*") if p.is_file()]:
+                path.unlink()  # digests of the old version's files
             for path, digest in sums.items():
                 key = f"{check_key(prefix)}/{path.relative_to(new).as_posix()}"
                 atomic_write_text(self._sum_path(key), digest + "\n")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (renameat2 RENAME_EXCHANGE); False where the filesystem cannot."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    try:
+        return libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), _RENAME_EXCHANGE) == 0
+    except AttributeError:  # a libc without renameat2
+        return False
+
+
+def staging_name() -> str:
+    """Staging directories carry their writer's host and pid, so a later writer can tell a dead one's."""
+    return f"dir-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def remove_dead_staging(folder: Path) -> None:
+    """Staging left by writers on this host that were killed (a kill during train or merge)."""
+    host = socket.gethostname()
+    for path in folder.glob(f"dir-{host}-*-*"):
+        pid = path.name[len(f"dir-{host}-"):].split("-", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(path, ignore_errors=True)
+    for path in folder.glob(".writing-*"):  # S3 staging in the local cache, same naming after the prefix
+        pid = path.name.split("-")[1] if path.name.count("-") >= 2 else ""
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _copy_verified(dest: str | Path, fetch: Any, verify: Any) -> None:
@@ -468,7 +508,8 @@ class S3Store(Store):
     @contextlib.contextmanager
     def writing_dir(self, prefix: str) -> Iterator[Path]:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".writing-") as staging:
+        remove_dead_staging(self.cache_dir)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=f".writing-{os.getpid()}-") as staging:
             new = Path(staging) / "new"
             yield new
             if not new.is_dir():

@@ -279,3 +279,31 @@ def test_pvc_root_comes_from_the_job_environment(tmp_path, monkeypatch):
     store = open_store(StoreSpec(pvc="agentq-artifacts"))
     assert isinstance(store, FileStore) and store.root == tmp_path / "mnt"
     assert open_store(StoreSpec(pvc="x"), pvc_root=str(tmp_path / "other")).root == tmp_path / "other"
+
+
+def test_staging_of_a_killed_writer_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    """A kill during train or merge leaves its staging copy; the next publish on this host removes it."""
+    monkeypatch.setenv("AGENTQ_CACHE", str(tmp_path / "cache"))
+    store = FileStore(tmp_path / "store")
+    child = subprocess.Popen([sys.executable, "-c", CHILD_WRITER, str(store.root)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "staging"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    left = list((store.root / ".agentq" / "tmp").glob("dir-*"))
+    assert len(left) == 1 and (left[0] / "new" / "weights.bin").exists()
+    with store.writing_dir("rounds/r1/adapter") as d:
+        d.mkdir()
+        (d / "a.txt").write_text("ok")
+    assert list((store.root / ".agentq" / "tmp").glob("dir-*")) == []
+    assert store.get_text("rounds/r1/adapter/a.txt") == "ok"
+
+
+CHILD_WRITER = textwrap.dedent("""
+    import sys, time
+    from agentq.store import FileStore
+    with FileStore(sys.argv[1]).writing_dir("rounds/r1/adapter") as d:
+        d.mkdir()
+        (d / "weights.bin").write_bytes(b"x" * 1000)
+        print("staging", flush=True)
+        time.sleep(60)
+""")
