@@ -30,6 +30,9 @@ from agentq.io import FILE_MODE, atomic_write_text
 CHUNK = 1 << 20
 # Everything the store keeps for itself lives under this top-level name, never a valid key.
 RESERVED = ".agentq"
+# S3 directory publishes: <dir>.versions/<id>/... holds each version, <dir>.current names the one readers see.
+VERSIONS = ".versions"
+CURRENT = ".current"
 DEFAULT_PVC_ROOT = "/artifacts"
 
 
@@ -420,6 +423,9 @@ class S3Store(Store):
             data = obj["Body"].read()
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                located = self._versioned(key)
+                if located is not None:
+                    return self.get_bytes(located)
                 raise self._missing(key) from None
             raise self._error(f"reading {key!r}", err) from None
         except BotoCoreError as err:
@@ -430,7 +436,10 @@ class S3Store(Store):
     def get_file(self, key: str, path: str | Path) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        expected = self._head_or_missing(key).get("Metadata", {}).get("sha256")
+        head = self._head(key)
+        if head is None and (located := self._versioned(key)) is not None:
+            key, head = located, self._head(located)
+        expected = (head or self._head_or_missing(key)).get("Metadata", {}).get("sha256")
 
         def fetch(tmp: str) -> None:
             try:
@@ -441,7 +450,45 @@ class S3Store(Store):
         _copy_verified(path, fetch, lambda actual: self._verify(key, expected, actual))
 
     def exists(self, key: str) -> bool:
-        return self._head(key) is not None
+        return self._head(key) is not None or self._versioned(key) is not None
+
+    # ---- directories published by writing_dir: <dir>.versions/<id>/..., made current by <dir>.current ----
+
+    def _pointer(self, directory: str) -> dict[str, Any] | None:
+        """The published version of `directory` ({"version", "files": {relative: sha256}}), if any."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._k(directory + CURRENT))
+            pointer = json.loads(obj["Body"].read())
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise self._error(f"reading {directory + CURRENT!r}", err) from None
+        except (BotoCoreError, ValueError) as err:
+            raise self._error(f"reading {directory + CURRENT!r}", err) from None
+        return pointer if isinstance(pointer, dict) and isinstance(pointer.get("files"), dict) else None
+
+    def _versioned(self, key: str) -> str | None:
+        """Where `key` lives when it is a file of a published directory (only asked once the key is missing)."""
+        parts = check_key(key).split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            directory, relative = "/".join(parts[:i]), "/".join(parts[i:])
+            pointer = self._pointer(directory)
+            if pointer is not None:
+                return f"{directory}{VERSIONS}/{pointer['version']}/{relative}" if relative in pointer["files"] \
+                    else None
+        return None
+
+    def _delete_raw(self, keys: list[str]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            for i in range(0, len(keys), 1000):
+                batch = [{"Key": k} for k in keys[i : i + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        except (BotoCoreError, ClientError) as err:
+            raise self._error(f"deleting {len(keys)} objects", err) from None
 
     def _list_raw(self, prefix: str) -> list[dict]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -461,24 +508,42 @@ class S3Store(Store):
         return found
 
     def list(self, prefix: str = "") -> list[str]:
+        """Keys as readers see them: a published directory's files under its own name, never its versions."""
         cut = len(self.prefix) + 1 if self.prefix else 0
-        return sorted(obj["Key"][cut:] for obj in self._list_raw(prefix))
+        prefix = check_key(prefix, allow_root=True)
+        found: set[str] = set()
+        for key in (obj["Key"][cut:] for obj in self._list_raw(prefix)):
+            if any(part.endswith(VERSIONS) for part in key.split("/")[:-1]):
+                continue
+            if key.endswith(CURRENT):
+                directory = key[: -len(CURRENT)]
+                found |= {f"{directory}/{rel}" for rel in (self._pointer(directory) or {"files": {}})["files"]}
+            else:
+                found.add(key)
+        parts = prefix.split("/") if prefix else []
+        for i in range(len(parts), 0, -1):  # the prefix is (inside) a published directory
+            directory = "/".join(parts[:i])
+            pointer = self._pointer(directory)
+            if pointer is not None:
+                found |= {f"{directory}/{rel}" for rel in pointer["files"]}
+                break
+        return sorted(k for k in found if not prefix or k == prefix or k.startswith(prefix + "/"))
 
     def delete_prefix(self, prefix: str) -> int:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        keys = [obj["Key"] for obj in self._list_raw(check_key(prefix))]
-        try:
-            for i in range(0, len(keys), 1000):
-                batch = [{"Key": k} for k in keys[i : i + 1000]]
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
-        except (BotoCoreError, ClientError) as err:
-            raise self._error(f"deleting {prefix!r}", err) from None
+        prefix = check_key(prefix)
+        keys = [obj["Key"] for obj in self._list_raw(prefix)]
+        keys += [obj["Key"] for obj in self._list_raw(prefix + VERSIONS)]
+        if self._head(prefix + CURRENT) is not None:
+            keys.append(self._k(prefix + CURRENT))
+        self._delete_raw(keys)
         return len(keys)
 
     def sha256(self, key: str) -> str | None:
         head = self._head(key)
-        return None if head is None else head.get("Metadata", {}).get("sha256")
+        if head is None:
+            located = self._versioned(key)
+            return None if located is None else self.sha256(located)
+        return head.get("Metadata", {}).get("sha256")
 
     def local_dir(self, prefix: str) -> Path:
         """Mirror prefix into the cache, downloading only objects whose digest changed since last time."""
@@ -507,6 +572,10 @@ class S3Store(Store):
 
     @contextlib.contextmanager
     def writing_dir(self, prefix: str) -> Iterator[Path]:
+        """Upload to `<prefix>.versions/<new id>/`, then switch `<prefix>.current` to it (one PUT: readers see
+        the old version or the new one, never a mix), then delete the old version. Versions that no pointer
+        names (a failed or killed publish) are deleted by the next publish."""
+        prefix = check_key(prefix)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         remove_dead_staging(self.cache_dir)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=f".writing-{os.getpid()}-") as staging:
@@ -514,8 +583,20 @@ class S3Store(Store):
             yield new
             if not new.is_dir():
                 raise StoreError(f"{self.url}: the writer for {prefix!r} created no directory at {new}")
-            self.delete_prefix(prefix)
-            self.put_dir(prefix, new)
+            version = uuid.uuid4().hex
+            base = f"{prefix}{VERSIONS}/{version}"
+            try:
+                keys = self.put_dir(base, new)
+            except BaseException:
+                with contextlib.suppress(StoreError):
+                    self._delete_raw([obj["Key"] for obj in self._list_raw(base)])
+                raise
+            files = {k[len(base) + 1 :]: sha256_file(new / k[len(base) + 1 :]) for k in keys}
+            self.put_json(prefix + CURRENT, {"version": version, "files": files})
+            stale = [obj["Key"] for obj in self._list_raw(prefix)]  # objects of the pre-pointer layout
+            stale += [obj["Key"] for obj in self._list_raw(prefix + VERSIONS)
+                      if not obj["Key"].startswith(self._k(base) + "/")]
+            self._delete_raw(stale)
 
 
 def _s3_client(spec: S3Spec) -> Any:

@@ -307,3 +307,50 @@ CHILD_WRITER = textwrap.dedent("""
         print("staging", flush=True)
         time.sleep(60)
 """)
+
+
+def test_s3_directory_publish_is_atomic_and_failed_ones_leave_nothing(s3_endpoint, tmp_path, monkeypatch):
+    """The old version stays whole until the new one is complete; leftovers of failed or killed publishes are
+    invisible to readers and gone after the next publish."""
+    monkeypatch.setenv("AGENTQ_CACHE", str(tmp_path / "cache"))
+    bucket = _bucket(s3_endpoint)
+    store = open_store(StoreSpec(s3=S3Spec(bucket=bucket, endpoint=s3_endpoint)))
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+    def raw_keys() -> list[str]:
+        return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+    with store.writing_dir("rounds/r1/merged") as d:
+        d.mkdir()
+        (d / "a.txt").write_text("v1")
+        (d / "b.txt").write_text("v1")
+    real_put = store.put_file
+    calls = []
+
+    def failing_put(key, path):
+        calls.append(key)
+        if len(calls) == 2:
+            raise StoreError("network gone")
+        real_put(key, path)
+
+    monkeypatch.setattr(store, "put_file", failing_put)
+    with pytest.raises(StoreError, match="network gone"), store.writing_dir("rounds/r1/merged") as d:
+        d.mkdir()
+        (d / "a.txt").write_text("v2")
+        (d / "b.txt").write_text("v2")
+    monkeypatch.setattr(store, "put_file", real_put)
+    assert store.list("rounds/r1/merged") == ["rounds/r1/merged/a.txt", "rounds/r1/merged/b.txt"]
+    assert store.get_text("rounds/r1/merged/b.txt") == "v1"
+    local = store.local_dir("rounds/r1/merged")
+    assert sorted(p.name for p in local.iterdir()) == ["a.txt", "b.txt"] and (local / "a.txt").read_text() == "v1"
+
+    # a killed publisher's half-uploaded version: nobody reads it, the next publish deletes it
+    client.put_object(Bucket=bucket, Key="rounds/r1/merged.versions/deadbeef/a.txt", Body=b"half")
+    assert "rounds/r1/merged/a.txt" in store.list("rounds") and store.get_text("rounds/r1/merged/a.txt") == "v1"
+    with store.writing_dir("rounds/r1/merged") as d:
+        d.mkdir()
+        (d / "a.txt").write_text("v3")
+    assert store.list("rounds/r1/merged") == ["rounds/r1/merged/a.txt"]
+    assert store.get_text("rounds/r1/merged/a.txt") == "v3" and not store.exists("rounds/r1/merged/b.txt")
+    assert [k for k in raw_keys() if "deadbeef" in k or "b.txt" in k] == []
+    assert store.delete_prefix("rounds/r1") >= 2 and raw_keys() == []
