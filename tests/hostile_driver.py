@@ -118,8 +118,9 @@ ATTACKS: dict[str, str] = {
     """,
     # Six processes of 150 MB each under a 512 MB limit: all six alive means the limit is per process only.
     "memory_across_processes": """
-        import os, time
+        import os, select, time
         def attack():
+            r, w = os.pipe()
             kids = []
             for _ in range(6):
                 pid = os.fork()
@@ -127,12 +128,15 @@ ATTACKS: dict[str, str] = {
                     block = bytearray(150 << 20)
                     for i in range(0, len(block), 4096):
                         block[i] = 1
+                    os.write(w, b"x")  # all 150 MB touched
                     time.sleep(10)
                     os._exit(0)
                 kids.append(pid)
-            time.sleep(2)
+            done, deadline = 0, time.monotonic() + 4
+            while done < 6 and select.select([r], [], [], max(0, deadline - time.monotonic()))[0]:
+                done += len(os.read(r, 6))
             alive = sum(os.waitpid(k, os.WNOHANG)[0] == 0 for k in kids)
-            return 3 if alive == 6 else 0
+            return 3 if done == 6 and alive == 6 else 0
     """,
     # A double-forked daemon in its own session, to outlive the run (the test looks for it on the host).
     "daemon": """
@@ -185,7 +189,7 @@ def main() -> int:
     from agentq.sandbox.jail import IsolationUnavailable
     from agentq.sandbox.server import SandboxServer
 
-    limits = Limits(timeout_s=6, memory_mb=512)
+    limits = Limits(timeout_s=8, memory_mb=512)
     out: dict[str, object] = {}
     try:
         LocalExecutor(workers=1, limits=limits).close()

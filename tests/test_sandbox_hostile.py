@@ -152,3 +152,25 @@ def test_bubblewrap_that_cannot_start_means_refusal_or_an_explicit_weak_run(monk
         tests = "from solution import *\ndef test_f():\n    assert f() == 1\n"
         verdict = executor.run("def f():\n    return 1\n", tests)
     assert verdict.passed and any("bubblewrap cannot start" in note for note in verdict.isolation), verdict
+
+
+def test_seccomp_refuses_tracing_keyrings_and_new_user_namespaces_but_not_threads_or_programs():
+    from agentq.sandbox import LocalExecutor
+
+    code = (
+        "import ctypes, subprocess, threading\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "def probe():\n"
+        "    def errno_of(result):\n"
+        "        return ctypes.get_errno() if result == -1 else 0\n"
+        "    t = threading.Thread(target=lambda: None)\n"
+        "    t.start()\n"
+        "    t.join()\n"
+        "    echoed = subprocess.run(['/usr/bin/echo', 'hi'], capture_output=True).stdout\n"
+        "    return [echoed, errno_of(libc.ptrace(0, 0, 0, 0)), errno_of(libc.unshare(0x10000000)),\n"
+        "            errno_of(libc.syscall(250, 0, 0, 0, 0, 0))]  # keyctl\n"
+    )
+    tests = "from solution import *\ndef test_probe():\n    assert probe() == [b'hi\\n', 1, 1, 1]\n"
+    with LocalExecutor(workers=1) as executor:
+        verdict = executor.run(code, tests)
+    assert verdict.passed, verdict

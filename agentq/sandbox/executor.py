@@ -118,7 +118,7 @@ class _Worker:
         self.proc = subprocess.Popen(
             [*prefix, os.path.realpath(sys.executable), "-P", "-s", "-m", "agentq.sandbox.forkserver",
              str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
+            pass_fds=[theirs.fileno(), *(self.jail.pass_fds if self.jail else [])],
             env=env,
             cwd="/",
             stdin=subprocess.DEVNULL,
@@ -126,6 +126,8 @@ class _Worker:
             start_new_session=True,
         )
         theirs.close()
+        if self.jail is not None:
+            self.jail.started()
         self.sock = ours
         self.isolation: list[str] | None = None
         self.jail_notes = self.jail.notes if self.jail else [self.weak_reason]

@@ -17,12 +17,14 @@ candidate sees only its own PID namespace) and there is no cgroup: both are repo
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import shutil
 import signal
 import sys
 import sysconfig
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,12 @@ class Jail:
     env: dict[str, str]
     cgroups: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    pass_fds: list[int] = field(default_factory=list)  # for bwrap; closed here once it has started
+
+    def started(self) -> None:
+        for fd in self.pass_fds:
+            os.close(fd)
+        self.pass_fds = []
 
     def close(self) -> None:
         """Kill whatever is left in the worker's cgroups and remove them."""
@@ -160,6 +168,43 @@ def _package_binds() -> list[str]:
     ]
 
 
+# Syscalls nothing in the sandbox needs and every candidate could use to reach more kernel than it should:
+# tracing and cross-process memory, keyrings, BPF, perf, userfaultfd, io_uring, module and kexec loading.
+DENIED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "keyctl", "add_key", "request_key", "bpf",
+    "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load",
+    "kexec_file_load", "init_module", "finit_module", "delete_module", "open_by_handle_at", "name_to_handle_at",
+    "acct", "swapon", "swapoff", "reboot", "syslog", "quotactl", "lookup_dcookie",
+)
+CLONE_NEWUSER = 0x10000000
+
+
+def seccomp_program() -> bytes | str:
+    """The seccomp filter (compiled BPF, made with libseccomp) that bwrap puts on the sandbox, or why none.
+
+    Besides DENIED_SYSCALLS it refuses new user namespaces (the server never needs one once bwrap has set up,
+    and inside one a candidate would hold every capability against much of the kernel) and answers clone3
+    with ENOSYS, as container runtimes do, since its flags cannot be inspected: libc falls back to clone.
+    """
+    try:
+        import pyseccomp as seccomp
+
+        rules = seccomp.SyscallFilter(seccomp.ALLOW)
+        for name in DENIED_SYSCALLS:
+            with contextlib.suppress(Exception):  # a syscall this architecture does not have
+                rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
+        for name in ("unshare", "clone"):
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), name,
+                           seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER))
+        rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+        with tempfile.TemporaryFile() as fh:
+            rules.export_bpf(fh)
+            fh.seek(0)
+            return fh.read()
+    except Exception as err:  # noqa: BLE001 - pyseccomp or libseccomp missing or refusing: say so
+        return f"no seccomp filter: libseccomp via pyseccomp is unavailable ({type(err).__name__}: {err})"
+
+
 def mapped_uids(uid_map: str) -> tuple[int, int]:
     """(first, count) of the largest uid range of this user namespace (`/proc/self/uid_map`'s text)."""
     extents = [(int(f[0]), int(f[2])) for f in (line.split() for line in uid_map.splitlines()) if len(f) == 3]
@@ -222,6 +267,16 @@ def make_jail() -> Jail:
                      "candidate's PID namespace)")
         notes.append("no cgroup: not root, so memory is limited per process only and processes are not counted")
     argv += ["--remount-ro", "/"]
+    pass_fds: list[int] = []
+    program = seccomp_program()
+    if isinstance(program, str):
+        notes.append(program)
+    else:
+        fd = os.memfd_create("agentq-seccomp", 0)
+        os.write(fd, program)
+        os.lseek(fd, 0, os.SEEK_SET)
+        pass_fds.append(fd)
+        argv += ["--seccomp", str(fd)]
     env["AGENTQ_SANDBOX_UIDS"] = f"{cand_uid},{tests_uid}"
     env["AGENTQ_SANDBOX_CGROUPS"] = ",".join(f"{CGROUP_MOUNT}/{g.parent.parent.name}" for g in cgroups)
-    return Jail(argv=[*argv, "--"], env=env, cgroups=cgroups, notes=notes)
+    return Jail(argv=[*argv, "--"], env=env, cgroups=cgroups, notes=notes, pass_fds=pass_fds)
