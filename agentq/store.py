@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -47,6 +48,10 @@ class StoreKeyError(StoreError, KeyError):
 
 class IntegrityError(StoreError):
     """An object whose bytes no longer match the sha256 recorded when it was written."""
+
+
+class LeaseHeld(StoreError):
+    """Another live run holds the lease (a lock with an expiry) on this key."""
 
 
 def check_key(key: str, *, allow_root: bool = False) -> str:
@@ -116,6 +121,19 @@ class Store(ABC):
         The prefix's old contents are replaced only once the body has finished, so a crashed writer
         leaves the previous version (or nothing) in place, never a half-written model.
         """
+
+    def acquire_lease(self, key: str, owner: str, ttl_s: float) -> str | None:
+        """Take the lease at `key` for `ttl_s` seconds (a token for renew/release), or raise LeaseHeld.
+
+        Only stores without a shared lock of their own need one: a directory store (a PVC) is locked with
+        flock by the caller, so here it is a no-op."""
+        return None
+
+    def renew_lease(self, key: str, owner: str, token: str, ttl_s: float) -> str:
+        return token
+
+    def release_lease(self, key: str, token: str) -> None:  # noqa: B027 - a no-op unless a store needs leases
+        """Give the lease up (nothing if it has passed to someone else meanwhile)."""
 
     def put_text(self, key: str, text: str) -> None:
         self.put_bytes(key, text.encode())
@@ -479,6 +497,63 @@ class S3Store(Store):
                 return f"{directory}{VERSIONS}/{pointer['version']}/{relative}" if relative in pointer["files"] \
                     else None
         return None
+
+    # ---- leases: conditional writes (If-None-Match / If-Match), so two writers can never both win ----
+
+    def _lease_put(self, key: str, owner: str, ttl_s: float, **condition: str) -> str | None:
+        """Write the lease if the condition holds: its new ETag, or None when another write won."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        body = json.dumps({"owner": owner, "expires": time.time() + ttl_s}).encode()
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=body, **condition)["ETag"]
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                                             "NoSuchKey", "404"):
+                return None
+            raise self._error(f"writing the lease {key!r}", err) from None
+        except BotoCoreError as err:
+            raise self._error(f"writing the lease {key!r}", err) from None
+
+    def _lease_read(self, key: str) -> tuple[dict[str, Any], str] | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._k(key))
+            return json.loads(obj["Body"].read()), obj["ETag"]
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise self._error(f"reading the lease {key!r}", err) from None
+        except (BotoCoreError, ValueError) as err:
+            raise self._error(f"reading the lease {key!r}", err) from None
+
+    def acquire_lease(self, key: str, owner: str, ttl_s: float) -> str | None:
+        token = self._lease_put(key, owner, ttl_s, IfNoneMatch="*")
+        if token is not None:
+            return token
+        current = self._lease_read(key)
+        if current is None:  # released between our two requests
+            return self.acquire_lease(key, owner, ttl_s)
+        holder, etag = current
+        if holder.get("owner") != owner and float(holder.get("expires", 0)) > time.time():
+            when = time.strftime("%H:%M:%S", time.localtime(float(holder["expires"])))
+            raise LeaseHeld(f"{self.url}/{key} is held by {holder.get('owner')} (renewed until {when})")
+        token = self._lease_put(key, owner, ttl_s, IfMatch=etag)  # expired (its holder died): take it over
+        if token is None:
+            raise LeaseHeld(f"{self.url}/{key} was taken by another run at the same moment")
+        return token
+
+    def renew_lease(self, key: str, owner: str, token: str, ttl_s: float) -> str:
+        renewed = self._lease_put(key, owner, ttl_s, IfMatch=token)
+        if renewed is None:
+            raise LeaseHeld(f"{self.url}/{key}: lease lost (it expired and another run took it)")
+        return renewed
+
+    def release_lease(self, key: str, token: str) -> None:
+        current = self._lease_read(key)
+        if current is not None and current[1] == token:
+            self._delete_raw([self._k(key)])
 
     def _delete_raw(self, keys: list[str]) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

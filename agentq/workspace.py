@@ -12,11 +12,14 @@ collect settings re-runs everything downstream, and nothing else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +29,7 @@ from agentq.cache import cache_root
 from agentq.config import ConfigError, RoundFile, StoreSpec, dump_round, load_round
 from agentq.io import atomic_write_json, read_jsonl, write_jsonl
 from agentq.sandbox import make_executor
-from agentq.store import RESERVED, FileStore, Store, StoreError, check_key, open_store, sha256_file
+from agentq.store import RESERVED, FileStore, LeaseHeld, Store, StoreError, check_key, open_store, sha256_file
 from agentq.tasks.schema import Task, read_tasks
 
 if TYPE_CHECKING:
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 STEPS = ("collect", "preferences", "train", "merge", "evaluate")
 RESULT_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
+LEASE_TTL_S = 60.0
 
 
 def digest(*parts: Any) -> str:
@@ -72,6 +76,47 @@ def check_shard(shard: int, num_shards: int) -> None:
     """`--shard 5 --num-shards 2` would select no task and succeed doing nothing."""
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ConfigError(f"--shard {shard} --num-shards {num_shards}: need 0 <= shard < num_shards")
+
+
+class Lease:
+    """A store lease held for one step while it runs, renewed in the background (S3: two machines without a
+    shared filesystem). A holder that died stops renewing; after LEASE_TTL_S the next run takes it over, and a
+    run finding a lease waits up to twice that long before it refuses."""
+
+    def __init__(self, store: Store, key: str, ttl_s: float | None = None, wait_s: float | None = None):
+        self.store, self.key = store, key
+        self.ttl_s = ttl_s or LEASE_TTL_S
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"  # per process: a resumed run in it takes it back
+        deadline = time.monotonic() + (2 * self.ttl_s if wait_s is None else wait_s)
+        while True:
+            try:
+                self.token = store.acquire_lease(key, self.owner, self.ttl_s)
+                break
+            except LeaseHeld:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(5.0, self.ttl_s / 4))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.token is not None:
+            self._thread = threading.Thread(target=self._renew, daemon=True, name=f"lease {key}")
+            self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                self.token = self.store.renew_lease(self.key, self.owner, self.token or "", self.ttl_s)
+            except StoreError as err:
+                print(f"agentq: warning: {err}", flush=True)
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.token is not None:
+            with contextlib.suppress(StoreError):
+                self.store.release_lease(self.key, self.token)
 
 
 _HELD_LOCKS: dict[Path, int] = {}
@@ -134,6 +179,7 @@ class RoundWorkspace:
         self.source = source
         self.store = store or open_store(_relative_to(round_file.spec.store, Path(source).parent))
         self.prefix = f"rounds/{round_file.name}"
+        self._leases: dict[str, Lease] = {}
         # Steps build outputs here, then publish them through the store (atomic, with a digest).
         self.work = Path(os.environ.get("AGENTQ_WORK_DIR", cache_root() / "work" / round_file.name))
         if save_spec:  # the store keeps the spec each step actually ran with
@@ -246,6 +292,13 @@ class RoundWorkspace:
         """
         for folder in self._lock_folders():
             lock_step(folder, step, f"round {self.name}")
+        if step not in self._leases:
+            try:
+                self._leases[step] = Lease(self.store, self.key(f"locks/{step}.lease"))
+            except LeaseHeld as err:
+                self._unlock(step)
+                raise ConfigError(f"round {self.name}: step {step!r} is running elsewhere: {err}; wait for it to "
+                                  "finish or stop it (a dead run's lease expires by itself)") from None
         marker = self.marker(step)
         if marker is None or marker.get("digest") != inputs_digest:
             return None
@@ -292,6 +345,9 @@ class RoundWorkspace:
     def _unlock(self, step: str) -> None:
         for folder in self._lock_folders():
             unlock_step(folder, step)
+        lease = self._leases.pop(step, None)
+        if lease is not None:
+            lease.release()
 
     def partial(self, relative: str, inputs_digest: str) -> str:
         """Where a step builds `relative` for these inputs until it finishes: the finished output of other

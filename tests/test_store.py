@@ -354,3 +354,71 @@ def test_s3_directory_publish_is_atomic_and_failed_ones_leave_nothing(s3_endpoin
     assert store.get_text("rounds/r1/merged/a.txt") == "v3" and not store.exists("rounds/r1/merged/b.txt")
     assert [k for k in raw_keys() if "deadbeef" in k or "b.txt" in k] == []
     assert store.delete_prefix("rounds/r1") >= 2 and raw_keys() == []
+
+
+def test_s3_lease_excludes_a_second_run_until_released_or_expired(s3_endpoint, tmp_path, monkeypatch):
+    from agentq.store import LeaseHeld
+    from agentq.workspace import Lease
+
+    monkeypatch.setenv("AGENTQ_CACHE", str(tmp_path / "cache"))
+    store = open_store(StoreSpec(s3=S3Spec(bucket=_bucket(s3_endpoint), endpoint=s3_endpoint)))
+    key = "rounds/r1/locks/collect-shard-0-of-1.lease"
+    first = store.acquire_lease(key, "machine-a:1", ttl_s=30)
+    with pytest.raises(LeaseHeld, match="held by machine-a:1"):
+        store.acquire_lease(key, "machine-b:2", ttl_s=30)
+    renewed = store.renew_lease(key, "machine-a:1", first, ttl_s=30)
+    with pytest.raises(LeaseHeld, match="lease lost"):
+        store.renew_lease(key, "machine-a:1", first, ttl_s=30)  # a stale token cannot renew
+    store.release_lease(key, renewed)
+    second = store.acquire_lease(key, "machine-b:2", ttl_s=0.5)  # free again
+    time.sleep(0.7)
+    third = store.acquire_lease(key, "machine-c:3", ttl_s=30)  # machine-b died: its lease expired, taken over
+    with pytest.raises(LeaseHeld, match="lease lost"):
+        store.renew_lease(key, "machine-b:2", second, ttl_s=30)
+    store.release_lease(key, third)
+
+    # the workspace's Lease renews in the background while a step runs, so a long step keeps it
+    held = Lease(store, key, ttl_s=1.0)
+    time.sleep(1.5)
+    with pytest.raises(LeaseHeld):
+        store.acquire_lease(key, "machine-d:4", ttl_s=30)
+    held.release()
+    assert not store.exists(key)
+
+
+def test_a_step_running_on_another_machine_with_an_s3_store_is_refused(s3_endpoint, tmp_path, monkeypatch, capsys):
+    """No shared filesystem: only the store's lease can tell the second machine that the step is running."""
+    import agentq.workspace
+    from agentq.cli import main
+
+    bucket = _bucket(s3_endpoint)
+    from agentq.tasks.schema import Task, write_tasks
+
+    write_tasks(tmp_path / "t.jsonl", [Task(id="t1", source="test", group="g", description="add one",
+                                            buggy_code="def inc(x):\n    return x\n",
+                                            reference_code="def inc(x):\n    return x + 1\n", entry_point="inc",
+                                            tests="from solution import *\ndef test_one():\n    assert inc(1) == 2\n")])
+    round_yaml = tmp_path / "round.yaml"
+    round_yaml.write_text(
+        "apiVersion: agentq.dev/v1alpha1\nkind: AgentQRound\nmetadata: {name: r}\nspec:\n"
+        "  model: {base: tiny, backend: scripted}\n  dataset: {train: t.jsonl, test: t.jsonl}\n"
+        f"  store: {{s3: {{bucket: {bucket}, endpoint: '{s3_endpoint}'}}}}\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom agentq.config import load_round\nfrom agentq.workspace import RoundWorkspace\n"
+         "ws = RoundWorkspace(load_round(sys.argv[1]), sys.argv[1])\nws.finished('collect-shard-0-of-2', 'd')\n"
+         "print('held', flush=True)\ntime.sleep(60)", str(round_yaml)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "AGENTQ_WORK_DIR": str(tmp_path / "machine-a")},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("AGENTQ_WORK_DIR", str(tmp_path / "machine-b"))
+        monkeypatch.setattr(agentq.workspace, "LEASE_TTL_S", 0.5)  # wait 1 s, not 2 minutes, before refusing
+        assert main(["collect", "--round", str(round_yaml), "--shard", "0", "--num-shards", "2"]) == 2
+        err = capsys.readouterr().err
+        assert "step 'collect-shard-0-of-2' is running elsewhere" in err
+        assert f"{os.uname().nodename}:{holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()
