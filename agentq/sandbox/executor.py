@@ -10,11 +10,13 @@ How a run is kept honest (details in forkserver.py, harness.py, wire.py, isolati
 * The test process reports each test on a pipe the candidate does not hold; a pass needs every test
   found here statically (with `ast`, before anything runs) reported run and passed, an end marker and a
   clean exit.
-* The candidate runs under an unprivileged uid of its own worker (not a shared 65534: one candidate must
-  not be able to kill another worker's candidate, and RLIMIT_NPROC must count only its own processes), in
-  an empty network namespace and a private mount namespace whose /tmp, /var/tmp and /dev/shm are small
-  tmpfs mounts, with a scrubbed environment, a fresh working directory, rlimits and a pids cgroup; all it
-  started dies after the run. A weaker set-up (not root) is reported in `Verdict.isolation`.
+* Each worker lives in a bubblewrap sandbox (jail.py: minimal read-only root, own PID/IPC/UTS/network
+  namespaces, seccomp). Each candidate runs under an unprivileged uid of its own worker (not a shared
+  65534: one candidate must not be able to kill another worker's candidate), in a PID, IPC and mount
+  namespace of its own with fresh tmpfs /tmp and /dev/shm and a fresh /proc, with a scrubbed environment,
+  no capabilities, rlimits and memory/pids cgroups; all it started dies with the run's init.
+* Without full isolation (no bubblewrap, not root) the executor refuses to start unless
+  `allow_weak_isolation`; then what is missing is listed in `self.isolation` and every `Verdict.isolation`.
 """
 
 from __future__ import annotations

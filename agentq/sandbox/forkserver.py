@@ -1,13 +1,16 @@
 """A warm sandbox worker: one per core, started once, forks two processes per run.
 
-Start-up of Python dominates a short test run, so the server imports the harness, the wire codec and the
-LeetCode prelude once, enters an empty network namespace once, and then for each job forks
+Start-up of Python dominates a short test run, so the server (already inside its bubblewrap sandbox, see
+jail.py) imports the harness, the wire codec and the LeetCode prelude once, and then for each job forks
 
-* the candidate process: new session, fresh working directory, scrubbed environment, rlimits, its own
-  unprivileged uid and the server's pids cgroup; it imports the candidate and answers calls;
-* the test process: own process group, another unprivileged uid, rlimits; it reads the tests straight
-  from the executor's socket (so they are never in memory a candidate is forked from), runs them against a
-  proxy of the candidate and reports each result on a pipe only the server holds.
+* the run's init, pid 1 of a new PID namespace (trusted code only): it joins the worker's cgroups, takes
+  new IPC and mount namespaces with fresh tmpfs /tmp and /dev/shm and a fresh /proc, writes solution.py,
+  forks the candidate process and reaps; when it dies, the kernel kills everything in the namespace;
+* the candidate process: new session, scrubbed environment, rlimits, its own unprivileged uid and no
+  capabilities; it imports the candidate and answers calls;
+* the test process: own process group, another unprivileged uid, not dumpable, rlimits; it reads the
+  tests straight from the executor's socket (so they are never in memory a candidate is forked from), runs
+  them against a proxy of the candidate and reports each result on a pipe only the server holds.
 
 The server enforces the wall-clock deadline, kills everything the candidate started, and answers the
 executor with the raw facts; the executor turns them into a Verdict (outcome.py).

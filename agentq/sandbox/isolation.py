@@ -1,11 +1,11 @@
-"""Kernel-level confinement for the processes a fork server starts.
+"""Kernel-level confinement for the processes a fork server starts, inside what bubblewrap set up (jail.py).
 
-Each fork server gets its own pair of unprivileged uids derived from its pid (unique among live servers),
-one for candidates and one for test processes. A candidate therefore cannot signal, ptrace or read the
-memory of the test process, the server, or another worker's candidate, and RLIMIT_NPROC counts only its
-own processes. A `pids` cgroup per server (cgroup v1 or v2, where writable) caps forks and lists every
-process a candidate left behind, even ones that escaped its session, so all of them die after each run.
-Where a step is not permitted (not root, no cgroup), the run goes on and the step is listed as weakened.
+Each fork server has its own pair of unprivileged uids (chosen by the executor, unique among live
+workers), one for candidates and one for test processes, and cgroups (memory and pids) that hold each
+candidate's whole tree. Per run it adds what must be fresh for each candidate: a PID namespace whose init
+is trusted, IPC and mount namespaces, tmpfs scratch and a new /proc; the candidate then drops every
+capability for good. Run without bubblewrap (weak isolation allowed), the older set-up below applies
+(private /tmp, empty network namespace, uids from the server's pid), and what is missing is listed.
 """
 
 from __future__ import annotations

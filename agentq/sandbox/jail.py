@@ -5,8 +5,9 @@ interpreter costs 30-80 ms here, ten times a whole warm run, and would lose the 
 `bwrap` builds, once per worker, what is expensive and must be right: a minimal read-only root (the
 interpreter's standard library and the sandbox package only; no task data, no artifacts, no home, no /work),
 its own PID, IPC, UTS, network and mount namespaces, no capabilities beyond what the trusted server needs,
-`--die-with-parent`. Per run, the server only adds what must be fresh (isolation.py): a PID, IPC and mount
-namespace for the candidate, a new tmpfs scratch directory and /proc, a cgroup for the whole tree.
+`--die-with-parent`, and a seccomp filter compiled with libseccomp. Per run, the server only adds what must
+be fresh (isolation.py): a PID, IPC and mount namespace for the candidate, a new tmpfs scratch directory
+and /proc, a cgroup for the whole tree.
 
 As root, workers get cgroups (memory and pids, bound into the sandbox) and two uids each that no other
 process uses. Without root, bubblewrap maps a single uid, so the candidate keeps the test process's kernel
