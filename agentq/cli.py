@@ -29,6 +29,11 @@ def _round_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round", required=True, metavar="ROUND_YAML", help="AgentQRound file (same as kubectl apply)")
 
 
+def _weak_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-weak-isolation", action="store_true",
+                   help="run candidates even where full sandbox isolation is missing (each verdict says what is)")
+
+
 def _shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", type=int, default=0, help="this shard's index (0-based)")
     p.add_argument("--num-shards", type=int, default=1, help="how many shards split the tasks")
@@ -48,10 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", type=int, default=0, help="hidden differential test cases to add per task")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
+    _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.tasks.build:main"))
     p = tasks.add_parser("validate", help="check every reference passes and every buggy program fails")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
+    _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.tasks.validate:main"))
     p = tasks.add_parser("split", help="train/test split by group, refused if train and test share a problem")
     p.add_argument("file")
@@ -70,12 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-timeout", type=float, default=60.0, help="largest wall-clock limit a caller may ask for")
     p.add_argument("--max-memory-mb", type=int, default=2048, help="largest memory limit a caller may ask for")
     p.add_argument("--max-procs", type=int, default=64, help="largest process limit a caller may ask for")
-    p.add_argument("--allow-weak-isolation", action="store_true",
-                   help="serve even where full isolation is missing (logged, and listed in every verdict)")
+    _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.sandbox.server:main"))
     p = sandbox.add_parser("bench", help="warm executor vs one fresh pytest per candidate, on HumanEvalFix")
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
+    _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.sandbox.bench:main"))
 
     p = sub.add_parser("collect", help="MCTS over full rewrites; writes trajectories/shard-i-of-n.jsonl")

@@ -174,3 +174,19 @@ def test_seccomp_refuses_tracing_keyrings_and_new_user_namespaces_but_not_thread
     with LocalExecutor(workers=1) as executor:
         verdict = executor.run(code, tests)
     assert verdict.passed, verdict
+
+
+def test_commands_refuse_without_isolation_in_one_line_unless_told(monkeypatch, tmp_path, capsys):
+    from agentq.cli import main
+    from agentq.sandbox import jail
+    from agentq.tasks.schema import Task, write_tasks
+
+    task = Task(id="t1", source="test", group="g", description="add one", buggy_code="def inc(x):\n    return x\n",
+                reference_code="def inc(x):\n    return x + 1\n", entry_point="inc",
+                tests="from solution import *\ndef test_one():\n    assert inc(1) == 2\n")
+    write_tasks(tmp_path / "tasks.jsonl", [task])
+    monkeypatch.setattr(jail, "bwrap_path", lambda: None)  # a machine without bubblewrap
+    assert main(["tasks", "validate", str(tmp_path / "tasks.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("agentq: bubblewrap (bwrap) is not installed") and len(err.strip().splitlines()) == 1
+    assert main(["tasks", "validate", str(tmp_path / "tasks.jsonl"), "--allow-weak-isolation"]) == 0
