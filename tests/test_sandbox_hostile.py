@@ -190,3 +190,35 @@ def test_commands_refuse_without_isolation_in_one_line_unless_told(monkeypatch, 
     err = capsys.readouterr().err
     assert err.startswith("agentq: bubblewrap (bwrap) is not installed") and len(err.strip().splitlines()) == 1
     assert main(["tasks", "validate", str(tmp_path / "tasks.jsonl"), "--allow-weak-isolation"]) == 0
+
+
+def test_the_candidates_whole_tree_shares_one_core_and_one_memory_limit():
+    """Processes of a candidate are in the worker's cpu, memory and pids cgroups, with one core between them."""
+    import threading
+
+    from agentq.sandbox import Limits, LocalExecutor
+
+    code = "import os, time\ndef f():\n    pid = os.fork()\n    if pid == 0:\n        time.sleep(3)\n" \
+           "        os._exit(0)\n    time.sleep(2)\n    return 1\n"
+    tests = "from solution import *\ndef test_f():\n    assert f() == 1\n"
+    with LocalExecutor(workers=1, limits=Limits(timeout_s=6, memory_mb=300)) as executor:
+        (worker,) = executor._all
+        groups = {g.parent.parent.name: g for g in worker.jail.cgroups}
+        seen: dict[str, int] = {}
+
+        def watch() -> None:
+            time.sleep(1.2)
+            for name, group in groups.items():
+                seen[name] = len((group / "cgroup.procs").read_text().split())
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        verdict = executor.run(code, tests)
+        watcher.join()
+        assert verdict.passed, verdict
+        assert set(groups) == {"pids", "memory", "cpu"}
+        assert all(n >= 3 for n in seen.values()), seen  # the run's init, the candidate and its child
+        assert (groups["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "100000"
+        assert (groups["cpu"] / "cpu.cfs_period_us").read_text().strip() == "100000"
+        assert (groups["memory"] / "memory.limit_in_bytes").read_text().strip() == str(300 << 20)
+        assert all((g / "cgroup.procs").read_text().split() == [] for g in groups.values())  # all gone after

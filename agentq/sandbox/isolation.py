@@ -29,6 +29,7 @@ CANDIDATE_UID_BASE = 1_500_000_000
 TESTS_UID_BASE = 1_600_000_000
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
 CGROUP_PARENT = "agentq-sandbox"
+CPU_PERIOD_US = 100_000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -187,6 +188,7 @@ class Confinement:
             if group is None:
                 self.notes.append("no pids cgroup: processes a candidate detaches are found by uid instead")
         self._memory_mb: int | None = None
+        self._cpu_set = False
 
     @staticmethod
     def _can_switch_uid(uid: int) -> bool:
@@ -224,6 +226,11 @@ class Confinement:
     def prepare_run(self, limits: dict[str, float]) -> None:
         """In the server, before forking a run: the cgroups' limits for the candidate's whole tree."""
         for group in self.cgroups:
+            quota = group / "cpu.cfs_quota_us"
+            if quota.exists() and not self._cpu_set:  # one core for the whole tree, however many processes
+                (group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+                quota.write_text(str(CPU_PERIOD_US))
+                self._cpu_set = True
             if (group / "pids.max").exists():
                 (group / "pids.max").write_text(str(int(limits["max_procs"]) + 1))  # +1: the run's init
             memory = int(limits["memory_mb"])

@@ -9,7 +9,7 @@ its own PID, IPC, UTS, network and mount namespaces, no capabilities beyond what
 be fresh (isolation.py): a PID, IPC and mount namespace for the candidate, a new tmpfs scratch directory
 and /proc, a cgroup for the whole tree.
 
-As root, workers get cgroups (memory and pids, bound into the sandbox) and two uids each that no other
+As root, workers get cgroups (memory, pids and cpu, bound into the sandbox) and two uids each that no other
 process uses. Without root, bubblewrap maps a single uid, so the candidate keeps the test process's kernel
 uid (its /proc entries are still closed to the candidate: the test process is not dumpable, and the
 candidate sees only its own PID namespace) and there is no cgroup: both are reported as weakened.
@@ -35,7 +35,7 @@ from agentq.config import ConfigError
 PKG_MOUNT = "/opt/agentq"
 CGROUP_MOUNT = "/run/agentq-cgroup"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-CGROUP_CONTROLLERS = ("pids", "memory")
+CGROUP_CONTROLLERS = ("pids", "memory", "cpu")
 CGROUP_PARENT = "agentq-sandbox"
 CANDIDATE_UID_BASE = 1_000_000_000
 TESTS_UID_BASE = 2_200_000_000
