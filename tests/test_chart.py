@@ -227,6 +227,11 @@ def test_user_namespace_isolation_gives_bubblewrap_what_it_needs():
     assert csec["procMount"] == "Unmasked" and "SYS_ADMIN" in csec["capabilities"]["add"]
     assert csec["readOnlyRootFilesystem"] is True and csec["allowPrivilegeEscalation"] is False
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    out = helm("template", "agentq", str(CHART), "-n", "agentq-system", "--set", "sandbox.isolation.mode=userNamespace",
+               "--set", "sandbox.isolation.allowWeak=true").stdout
+    pod = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"
+               and d["metadata"]["name"].endswith("-sandbox"))
+    assert "--allow-weak-isolation" in pod["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_sandbox_network_policy_denies_all_egress_and_admits_only_step_pods(rendering):
