@@ -222,3 +222,15 @@ def test_7_the_lock_is_also_taken_in_a_shared_directory_store(folder, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_corrupted_artifact_is_one_line_not_a_traceback(folder, capsys):
+    round_a = write_round(folder)
+    assert main(["collect", "--round", round_a]) == 0
+    marker = folder / "store" / "rounds" / "data" / "steps" / "collect-shard-0-of-1.json"
+    marker.write_text(marker.read_text().replace('"tasks"', '"tasks!"'))  # a flipped byte on the volume
+    capsys.readouterr()
+    assert main(["collect", "--round", round_a]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("agentq: ") and "collect-shard-0-of-1.json" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
