@@ -216,9 +216,29 @@ def test_the_candidates_whole_tree_shares_one_core_and_one_memory_limit():
         verdict = executor.run(code, tests)
         watcher.join()
         assert verdict.passed, verdict
-        assert set(groups) == {"pids", "memory", "cpu"}
         assert all(n >= 3 for n in seen.values()), seen  # the run's init, the candidate and its child
-        assert (groups["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "100000"
-        assert (groups["cpu"] / "cpu.cfs_period_us").read_text().strip() == "100000"
-        assert (groups["memory"] / "memory.limit_in_bytes").read_text().strip() == str(300 << 20)
+        if set(groups) == {"cgroup"}:  # cgroup v2: one group with every controller
+            (group,) = groups.values()
+            assert (group / "cpu.max").read_text().split() == ["100000", "100000"]
+            assert (group / "memory.max").read_text().strip() == str(300 << 20)
+        else:
+            assert set(groups) == {"pids", "memory", "cpu"}
+            assert (groups["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "100000"
+            assert (groups["cpu"] / "cpu.cfs_period_us").read_text().strip() == "100000"
+            assert (groups["memory"] / "memory.limit_in_bytes").read_text().strip() == str(300 << 20)
         assert all((g / "cgroup.procs").read_text().split() == [] for g in groups.values())  # all gone after
+
+
+def test_cgroup_v2_delegates_the_three_controllers_or_says_why_not(tmp_path):
+    """Against a stand-in for /sys/fs/cgroup (this machine may run cgroup v1): what is written where."""
+    from agentq.sandbox.jail import _make_cgroup_v2
+
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    (group,) = _make_cgroup_v2("123-4", tmp_path)
+    assert group == tmp_path / "agentq-sandbox" / "123-4" and group.is_dir()
+    for level in (tmp_path, tmp_path / "agentq-sandbox"):
+        assert (level / "cgroup.subtree_control").read_text() == "+pids +memory +cpu"
+    (tmp_path / "cgroup.controllers").write_text("cpu io\n")
+    assert _make_cgroup_v2("123-5", tmp_path) == "no cgroup: cgroup v2 at " + str(tmp_path) + \
+        " lacks the memory, pids controller(s)"

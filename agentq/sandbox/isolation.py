@@ -231,6 +231,14 @@ class Confinement:
                 (group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
                 quota.write_text(str(CPU_PERIOD_US))
                 self._cpu_set = True
+            if (group / "cpu.max").exists() and not self._cpu_set:  # the same on cgroup v2
+                (group / "cpu.max").write_text(f"{CPU_PERIOD_US} {CPU_PERIOD_US}")
+                self._cpu_set = True
+            if (group / "memory.max").exists() and int(limits["memory_mb"]) != self._memory_mb:  # cgroup v2
+                (group / "memory.max").write_text(str(int(limits["memory_mb"]) << 20))
+                if (group / "memory.swap.max").exists():
+                    (group / "memory.swap.max").write_text("0")
+                self._memory_mb = int(limits["memory_mb"])
             if (group / "pids.max").exists():
                 (group / "pids.max").write_text(str(int(limits["max_procs"]) + 1))  # +1: the run's init
             memory = int(limits["memory_mb"])

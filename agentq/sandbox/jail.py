@@ -97,13 +97,16 @@ def _remove_stale(parent: Path) -> None:
                 _empty_and_remove(group)
 
 
-def _make_cgroups(name: str) -> list[Path] | str:
-    """One group per controller for this worker, or why there are none."""
+def _make_cgroups(name: str, root: Path = CGROUP_ROOT) -> list[Path] | str:
+    """The worker's groups (cgroup v1: one per controller; v2: one with all three), or why there are none."""
     if os.geteuid() != 0:
         return "no cgroup: not root, so memory is limited per process only and processes are not counted"
+    if (root / "cgroup.controllers").exists():
+        return _make_cgroup_v2(name, root)
     made: list[Path] = []
+    root_v1 = root
     for controller in CGROUP_CONTROLLERS:
-        parent = CGROUP_ROOT / controller / CGROUP_PARENT
+        parent = root_v1 / controller / CGROUP_PARENT
         try:
             parent.mkdir(exist_ok=True)
             _remove_stale(parent)
@@ -115,6 +118,29 @@ def _make_cgroups(name: str) -> list[Path] | str:
                 _empty_and_remove(group)
             return f"no cgroup: cannot create {parent / name} ({err.strerror})"
     return made
+
+
+def _make_cgroup_v2(name: str, root: Path) -> list[Path] | str:
+    """cgroup v2: <root>/agentq-sandbox/<name> with the pids, memory and cpu controllers delegated down to it.
+
+    Fails (and says why) where the hierarchy is not ours to change, as in most containers, whose cgroup holds
+    processes and so cannot hand controllers to children."""
+    parent = root / CGROUP_PARENT
+    wanted = " ".join(f"+{c}" for c in CGROUP_CONTROLLERS)
+    try:
+        available = set((root / "cgroup.controllers").read_text().split())
+        missing = set(CGROUP_CONTROLLERS) - available
+        if missing:
+            return f"no cgroup: cgroup v2 at {root} lacks the {', '.join(sorted(missing))} controller(s)"
+        (root / "cgroup.subtree_control").write_text(wanted)
+        parent.mkdir(exist_ok=True)
+        (parent / "cgroup.subtree_control").write_text(wanted)
+        _remove_stale(parent)
+        group = parent / name
+        group.mkdir(exist_ok=True)
+    except OSError as err:
+        return f"no cgroup: cannot set up {parent / name} on cgroup v2 ({err.strerror})"
+    return [group]
 
 
 def _interpreter_binds() -> list[str]:
@@ -242,7 +268,7 @@ def make_jail() -> Jail:
     notes: list[str] = []
     argv = [
         bwrap, "--die-with-parent", "--new-session",
-        "--unshare-pid", "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+        "--unshare-pid", "--unshare-ipc", "--unshare-net", "--unshare-uts",
         "--hostname", "sandbox", "--chdir", "/",
         *_system_binds(), *_interpreter_binds(), *_package_binds(),
         "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--tmpfs", "/tmp",
@@ -257,12 +283,16 @@ def make_jail() -> Jail:
             notes.append(made)
         else:
             cgroups = made
-            for group in made:
+            for group in made:  # v1: pids, memory, cpu; v2: one group, mounted as "cgroup"
                 argv += ["--bind", str(group), f"{CGROUP_MOUNT}/{group.parent.parent.name}"]
+        if not (cgroups and (CGROUP_ROOT / "cgroup.controllers").exists()):
+            # Hide the host's cgroup paths, except on cgroup v2, where a process may move others only
+            # within its own cgroup namespace (the server must move each run's init into the worker's group).
+            argv += ["--unshare-cgroup-try"]
         argv += ["--cap-add", "ALL"]  # the trusted server switches uids, mounts and joins cgroups per run
     else:
         cand_uid = tests_uid = 0
-        argv += ["--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "ALL"]
+        argv += ["--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "ALL", "--unshare-cgroup-try"]
         notes.append("no distinct uid: not root, so the candidate keeps the test process's kernel uid "
                      "(its /proc entries stay closed: the test process is not dumpable and not in the "
                      "candidate's PID namespace)")
