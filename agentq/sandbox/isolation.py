@@ -1,7 +1,7 @@
 """Kernel-level confinement for the processes a fork server starts, inside what bubblewrap set up (jail.py).
 
 Each fork server has its own pair of unprivileged uids (chosen by the executor, unique among live
-workers), one for candidates and one for test processes, and cgroups (memory and pids) that hold each
+workers), one for candidates and one for test processes, and cgroups (memory, pids, cpu) that hold each
 candidate's whole tree. Per run it adds what must be fresh for each candidate: a PID namespace whose init
 is trusted, IPC and mount namespaces, tmpfs scratch and a new /proc; the candidate then drops every
 capability for good. Run without bubblewrap (weak isolation allowed), the older set-up below applies
