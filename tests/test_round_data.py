@@ -92,17 +92,23 @@ def test_6_an_output_changed_behind_the_markers_back_reruns_the_step(folder, cap
     assert len(list(read_jsonl(shard))) == 6
 
 
-def test_7_a_second_run_of_a_running_step_refuses_clearly(folder, capsys):
-    round_a = write_round(folder)
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process (another run of the round) holding collect shard 0's lock in `folder`."""
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; from pathlib import Path; from agentq.workspace import lock_step\n"
          "lock_step(Path(sys.argv[1]), 'collect-shard-0-of-1', 'round data'); print('held', flush=True)\n"
-         "time.sleep(60)", str(folder / "work" / "locks")],
+         "time.sleep(60)", str(folder)],
         stdout=subprocess.PIPE, text=True,
     )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_7_a_second_run_of_a_running_step_refuses_clearly(folder, capsys):
+    round_a = write_round(folder)
+    holder = hold_lock(folder / "work" / "locks")
     try:
-        assert holder.stdout.readline().strip() == "held"
         assert main(["collect", "--round", round_a]) == 2
         err = capsys.readouterr().err
         assert "step 'collect-shard-0-of-1' is already running on this machine" in err
@@ -208,15 +214,8 @@ def test_7_the_lock_is_also_taken_in_a_shared_directory_store(folder, capsys):
     """Two machines with their own work directories but one PVC: the store's lock stops the second."""
     round_a = write_round(folder)
     store_locks = folder / "store" / ".agentq" / "locks" / "data"
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from agentq.workspace import lock_step\n"
-         "lock_step(Path(sys.argv[1]), 'collect-shard-0-of-1', 'round data'); print('held', flush=True)\n"
-         "time.sleep(60)", str(store_locks)],
-        stdout=subprocess.PIPE, text=True,
-    )
+    holder = hold_lock(store_locks)
     try:
-        assert holder.stdout.readline().strip() == "held"
         assert main(["collect", "--round", round_a]) == 2
         assert str(store_locks) in capsys.readouterr().err
     finally:
