@@ -133,6 +133,9 @@ class SandboxSpec(Spec):
     cpu_seconds: int | None = Field(None, ge=1, description="CPU time per candidate (default: the timeout + 1 s).")
     memory_mb: int = Field(1024, ge=64)
     workers: int | None = Field(None, ge=1, description="Warm workers; defaults to the CPU count.")
+    allow_weak_isolation: bool = Field(False, description="Run candidates even where full isolation (bubblewrap, "
+                                       "root or user namespaces, cgroups) is missing; every verdict then says "
+                                       "what was weakened. Off: the executor refuses to start.")
 
 
 class S3Spec(Spec):

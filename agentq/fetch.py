@@ -15,6 +15,8 @@ from typing import Any
 from agentq.config import STORE_MODEL, ConfigError
 from agentq.workspace import RoundWorkspace, digest
 
+ORIGIN = "agentq-fetched-from.txt"  # beside the weights: what the copy was made from
+
 
 def run(ws: RoundWorkspace) -> dict[str, Any]:
     model = ws.round.spec.model
@@ -23,11 +25,17 @@ def run(ws: RoundWorkspace) -> dict[str, Any]:
     key = model.base.removeprefix(STORE_MODEL)
     inputs = digest(model.fetch_from, key)
     if ws.store.exists(f"{key}/config.json"):
+        origin = ws.store.get_text(f"{key}/{ORIGIN}").strip() if ws.store.exists(f"{key}/{ORIGIN}") else None
+        if origin != model.fetch_from:
+            raise ConfigError(f"{ws.source}: spec.model.base: {ws.store.url}/{key} already holds a model "
+                              f"({'copied from ' + origin if origin else 'not fetched by agentq'}), not "
+                              f"{model.fetch_from}: name another key")
         return ws.finish("model", inputs, {"model": key}, f"model: {model.fetch_from} already at {ws.store.url}/{key}")
     from agentq.policy.models import materialize_model
 
     with ws.store.writing_dir(key) as out_dir:
         materialize_model(model.fetch_from, out_dir)
+        (out_dir / ORIGIN).write_text(model.fetch_from + "\n")
     return ws.finish("model", inputs, {"model": key}, f"model: {model.fetch_from} -> {ws.store.url}/{key}")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from agentq.config import RoundFile, load_round, parse_model
+from agentq.config import ConfigError, RoundFile, load_round, parse_model
 from agentq.workspace import STEPS, RoundWorkspace
 
 
@@ -39,11 +39,27 @@ def apply_preset(round_file: RoundFile, preset: str | None) -> RoundFile:
     return round_file.model_copy(update={"spec": spec})
 
 
+def check_task_tests(ws: RoundWorkspace) -> None:
+    """Stop before any work on tasks whose tests cannot run (they would train on noise, silently)."""
+    from agentq.sandbox.executor import find_tests
+
+    for split in ("train", "test"):
+        tasks, _ = ws.tasks(split)
+        bad = [(t.id, why) for t in tasks if isinstance(why := find_tests(t.tests), str)]
+        if bad:
+            listed = "; ".join(f"{task_id}: {why}" for task_id, why in bad[:5])
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            path = getattr(ws.round.spec.dataset, split)
+            raise ConfigError(f"{ws.source}: spec.dataset.{split}: {len(bad)} task(s) in {path} have tests that "
+                              f"cannot run: {listed}{more}; fix or drop them (`agentq tasks validate {path}`)")
+
+
 def run_round(ws: RoundWorkspace) -> dict[str, Any]:
     from agentq import collect, evaluate, preferences
     from agentq.train import dpo, merge
 
     spec = ws.round.spec
+    check_task_tests(ws)
     timings: dict[str, float] = {}
     if spec.model.fetch_from:
         from agentq import fetch

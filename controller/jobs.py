@@ -278,6 +278,9 @@ def build_job(body: dict[str, Any], unit: Unit, attempt: int, settings: Operator
     sandbox_url = spec.sandbox.url or settings.sandbox_url
     if unit.step in SANDBOX_STEPS and sandbox_url:
         env.append({"name": "SANDBOX_URL", "value": sandbox_url})
+        if settings.sandbox_token_secret:
+            ref = {"name": settings.sandbox_token_secret, "key": "token"}
+            env.append({"name": "AGENTQ_SANDBOX_TOKEN", "valueFrom": {"secretKeyRef": ref}})
     if unit.step == "model":  # the one step that may reach the hub: the images are offline otherwise
         env.append({"name": "HF_HUB_OFFLINE", "value": "0"})
         if spec.model.token_secret:

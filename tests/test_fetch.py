@@ -31,6 +31,8 @@ def test_fetch_copies_once_and_the_round_loads_from_the_store(tmp_path, capsys):
     ws = RoundWorkspace(load_round(path), str(path))
     location, identity = ws.model_source()
     assert Path(location) == copy and identity
+    other = round_file(tmp_path, "store:models/tiny-copy", "smollm2-135m")
+    assert main(["model", "fetch", "--round", str(other)]) == 2  # the key holds another model: refused
 
 
 def test_a_store_model_that_is_not_there_names_the_fix(tmp_path):

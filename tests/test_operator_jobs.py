@@ -23,6 +23,7 @@ SETTINGS = OperatorSettings.model_validate({
     },
     "images": {"infer": "infer:1", "train": "train:1"},
     "sandboxUrl": "http://sandbox.agentq:8080",
+    "sandboxTokenSecret": "agentq-sandbox-token",
 })
 
 
@@ -48,8 +49,9 @@ def test_collect_shard_goes_to_inference_pool_with_one_gpu_and_sandbox():
     assert pod["nodeSelector"] == {"pool": "inference"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": 1}
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
     assert env["SANDBOX_URL"] == "http://sandbox.agentq:8080"
+    assert env["AGENTQ_SANDBOX_TOKEN"] == {"secretKeyRef": {"name": "agentq-sandbox-token", "key": "token"}}
     assert env["AGENTQ_STORE_PATH"] == "/artifacts"
     assert env["AGENTQ_RESULT_FILE"] == "/dev/termination-log"
     assert c["image"] == "infer:1"
