@@ -337,3 +337,21 @@ def test_worker_that_dies_is_replaced(ex):
     victim.proc.wait()
     verdicts = ex.run_many([(GOOD, TESTS)] * 4)
     assert all(v.passed for v in verdicts), verdicts
+
+
+def test_default_workers_follow_the_cgroup_cpu_limit(tmp_path):
+    """A sandbox pod limited to 2 CPUs on a big node starts 2 warm workers (cgroup v2 and v1 layouts)."""
+    from agentq.sandbox.executor import _usable_cores
+
+    cores = _usable_cores(str(tmp_path / "none"))
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "cpu.max").write_text("150000 100000\n")
+    assert _usable_cores(str(tmp_path / "v2")) == min(cores, 2)
+    (tmp_path / "v2" / "cpu.max").write_text("max 100000\n")
+    assert _usable_cores(str(tmp_path / "v2")) == cores
+    (tmp_path / "v1" / "cpu").mkdir(parents=True)
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _usable_cores(str(tmp_path / "v1")) == 1
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _usable_cores(str(tmp_path / "v1")) == cores

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import functools
 import marshal
+import math
 import os
 import queue
 import socket
@@ -175,12 +176,31 @@ class _Worker:
             self.jail.close()
 
 
-def _usable_cores() -> int:
-    """Cores this process may run on (a pinned container sees fewer than os.cpu_count() reports)."""
+def _usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """Cores this process may use: the CPUs it may run on (a pinned container sees fewer than os.cpu_count()),
+    capped by its cgroup's CPU quota (a pod's CPU limit), so a sandbox pod limited to 2 CPUs on a 64-core
+    node starts 2 warm workers, not 64 that the limit would throttle."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cores = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = _cpu_quota(cgroup_root)
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def _cpu_quota(root: str) -> float | None:
+    """The CPU limit in cores from cgroup v2 (cpu.max) or v1 (cpu.cfs_quota_us / cfs_period_us); None: none."""
+    try:
+        limit, period = Path(root, "cpu.max").read_text().split()
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path(root, "cpu", "cpu.cfs_quota_us").read_text())
+        period = int(Path(root, "cpu", "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 class LocalExecutor:
