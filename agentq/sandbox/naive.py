@@ -23,6 +23,9 @@ from agentq.sandbox.verdict import Status, Verdict
 
 NAIVE_UID_BASE = 1_700_000_000
 STARTUP_ALLOWANCE_S = 5.0
+# A fresh interpreter plus pytest's collection costs about 0.7 s of CPU here before the first test line runs
+# (the warm path has paid it once, up front): without an allowance the baseline kills correct programs.
+STARTUP_CPU_S = 2
 _EXIT_STATUS: dict[int, Status] = {0: "passed", 1: "failed"}
 
 
@@ -33,7 +36,7 @@ def _command(limits: Limits, uid: int | None) -> list[str]:
     rlimits = [
         "prlimit",
         f"--as={limits.memory_mb << 20}",
-        f"--cpu={limits.cpu_s}:{limits.cpu_s + 1}",
+        f"--cpu={limits.cpu_s + STARTUP_CPU_S}:{limits.cpu_s + STARTUP_CPU_S + 1}",
         f"--fsize={limits.file_mb << 20}",
         f"--nproc={limits.max_procs}",
         "--core=0",
@@ -46,7 +49,8 @@ def run_naive(code: str, tests: str, limits: Limits, slot: int = 0) -> Verdict:
     """One candidate, one fresh interpreter. `slot` keeps concurrent runs on distinct uids.
 
     The wall clock also has to cover interpreter and pytest start-up (about 0.3 s idle, seconds on a busy
-    machine), which the warm path never pays, so it gets STARTUP_ALLOWANCE_S on top; the CPU limit is the same.
+    machine), which the warm path never pays, so it gets STARTUP_ALLOWANCE_S on top, and STARTUP_CPU_S on top
+    of the CPU limit for the same reason.
     """
     root = os.geteuid() == 0 and all(shutil.which(tool) for tool in ("unshare", "prlimit", "setpriv"))
     uid = NAIVE_UID_BASE + (os.getpid() << 4) + slot if root else None
