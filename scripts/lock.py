@@ -39,7 +39,7 @@ REQUIREMENTS = ROOT / "images" / "requirements"
 DIGEST_PREFIX = "# pyproject digest: "
 
 # The development environment: every extra but the CUDA-only ones, for this machine's interpreter.
-DEV_EXTRAS = ("infer", "train", "eval", "controller", "s3", "dev")
+DEV_EXTRAS = ("infer", "train", "eval", "controller", "s3", "serve", "dev")
 DEV_PYTHON = "3.11"
 # The CPU torch wheel (torch==2.13.0+cpu) is manylinux_2_28; so is Debian 12's glibc (2.36) and newer.
 DEV_PLATFORM = "x86_64-manylinux_2_28"
