@@ -39,7 +39,53 @@ def apply_preset(round_file: RoundFile, preset: str | None) -> RoundFile:
     return round_file.model_copy(update={"spec": spec})
 
 
+PHASE_OF_STEP = {"collect": "Collecting", "preferences": "Preferences", "train": "Training",
+                 "merge": "Merging", "evaluate": "Evaluating"}
+
+
+class Progress:
+    """`rounds/<name>/status.json`: what the embedded runner is doing, as the operator's resource status says it
+    on Kubernetes (phase, step, each step's start and end). The dashboard reads it to show a round live; the
+    completion markers alone cannot tell a running step from an abandoned one."""
+
+    def __init__(self, ws: RoundWorkspace) -> None:
+        self.ws = ws
+        self.status: dict[str, Any] = {"phase": "Pending", "step": None, "startTime": time.time(),
+                                       "steps": {step: {"state": "Pending"} for step in STEPS}}
+
+    def _save(self) -> None:
+        self.status["updatedTime"] = time.time()
+        self.ws.store.put_json(self.ws.key("status.json"), self.status)
+
+    def start(self, step: str) -> None:
+        self.status.update(phase=PHASE_OF_STEP[step], step=step)
+        self.status["steps"][step] = {"state": "Running", "startTime": time.time()}
+        self._save()
+
+    def done(self, step: str) -> None:
+        self.status["steps"][step].update(state="Succeeded", completionTime=time.time())
+        self._save()
+
+    def end(self, phase: str, message: str = "") -> None:
+        self.status.update(phase=phase, message=message, completionTime=time.time())
+        step = self.status.get("step")
+        if phase == "Failed" and step and self.status["steps"][step]["state"] == "Running":
+            self.status["steps"][step].update(state="Failed", completionTime=time.time())
+        self._save()
+
+
 def run_round(ws: RoundWorkspace) -> dict[str, Any]:
+    progress = Progress(ws)
+    try:
+        timings = _run_steps(ws, progress)
+    except BaseException as err:
+        progress.end("Failed", f"{type(err).__name__}: {err}"[:500])
+        raise
+    progress.end("Succeeded")
+    return timings
+
+
+def _run_steps(ws: RoundWorkspace, progress: Progress) -> dict[str, float]:
     from agentq import collect, evaluate, preferences
     from agentq.train import dpo, merge
 
@@ -47,6 +93,7 @@ def run_round(ws: RoundWorkspace) -> dict[str, Any]:
     timings: dict[str, float] = {}
     for step in STEPS:
         start = time.perf_counter()
+        progress.start(step)
         print(f"== {ws.name}: {step}", flush=True)
         if step == "collect":
             for shard in range(spec.collect.shards):
@@ -61,6 +108,7 @@ def run_round(ws: RoundWorkspace) -> dict[str, Any]:
             for shard in range(spec.evaluate.shards):
                 evaluate.run_shard(ws, shard, spec.evaluate.shards)
             evaluate.report(ws)
+        progress.done(step)
         timings[step] = round(time.perf_counter() - start, 1)
     return timings
 
