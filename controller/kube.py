@@ -47,6 +47,14 @@ class Kube:
                 return None
             raise
 
+    def list_rounds(self, namespace: str | None) -> list[dict[str, Any]]:
+        """AgentQRounds of one namespace, or of all (the dashboard reads them; the operator is told by kopf)."""
+        if namespace:
+            resp = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _preload_content=False)
+        else:
+            resp = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _preload_content=False)
+        return _raw(resp)["items"]
+
     def replace_round_status(self, body: dict[str, Any], status: dict[str, Any]) -> str:
         """PUT with the resourceVersion the plan was made from: a concurrent change answers 409 and the
         caller simply reconciles again from fresh observations. Returns the new resourceVersion."""

@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
+from agentq.round import PHASE_OF_STEP
+from agentq.serve.summary import headline
 from agentq.store import Store, StoreError
 from agentq.workspace import STEPS
 
-PHASE_OF_STEP = {"collect": "Collecting", "preferences": "Preferences", "train": "Training",
-                 "merge": "Merging", "evaluate": "Evaluating"}
 TERMINAL = ("Succeeded", "Failed", "Interrupted")
 
 
@@ -43,7 +43,7 @@ def parse_jsonl(text: str) -> list[dict[str, Any]]:
     return records
 
 
-def _fold(results: list[dict[str, Any]]) -> dict[str, Any]:
+def fold_results(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Shard results summed (numbers) or taken as they are (anything else)."""
     out: dict[str, Any] = {}
     for result in results:
@@ -136,7 +136,7 @@ class StoreReader:
             rows.append({"name": step, "state": state, "startTime": start, "completionTime": end,
                          "seconds": round(end - start, 1) if start and end else None,
                          "shards": {"done": len(found), "total": len(markers)},
-                         "result": _fold([m.get("result") or {} for m in found])})
+                         "result": fold_results([m.get("result") or {} for m in found])})
         return rows
 
     def round(self, name: str) -> dict[str, Any]:
@@ -152,8 +152,7 @@ class StoreReader:
                 ("Pending" if all(s["state"] == "Pending" for s in steps) else PHASE_OF_STEP[pending["name"]])
             step = pending["name"] if pending else None
         summary = self.json(f"rounds/{name}/eval/summary.json")
-        pass_rate = {mode: m.get("pass_at_1", m.get("pass_rate"))
-                     for mode, m in ((summary or {}).get("modes") or {}).items()}
+        pass_rate = headline(summary)
         return {"name": name, "source": "store", "phase": phase, "step": step, "message": status.get("message", ""),
                 "startTime": status.get("startTime"), "completionTime": status.get("completionTime"),
                 "updatedTime": status.get("updatedTime"), "conditions": [], "steps": steps,

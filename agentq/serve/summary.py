@@ -56,3 +56,8 @@ def normalise(summary: dict[str, Any]) -> dict[str, Any]:
     return {"round": summary.get("round"), "model": summary.get("model"), "from_round": summary.get("from_round"),
             "finished_at": summary.get("finished_at"), "arms": arms, "comparison": summary.get("comparison") or {},
             "flagged_candidates": summary.get("flagged_candidates"), "pairs": summary.get("pairs")}
+
+
+def headline(summary: dict[str, Any] | None) -> dict[str, float]:
+    """{mode: the round's pass rate (pass@1 where the summary has it)}, for lists and status lines."""
+    return {mode: m.get("pass_at_1", m.get("pass_rate")) for mode, m in ((summary or {}).get("modes") or {}).items()}

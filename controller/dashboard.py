@@ -1,0 +1,133 @@
+"""The dashboard on a cluster: rounds' live state from the AgentQRound resources, artifacts from the store.
+
+`agentq serve` alone reads status.json, which only the embedded runner writes; on Kubernetes the truth is
+the resource status the operator keeps (phase, conditions, one entry per Job) and the Jobs themselves
+(when each started and finished). This module turns those into the same round view the store reader
+gives, and runs the same app with it, so the page and the API do not know where a round ran. It lives
+here because agentq/ never imports kubernetes.
+
+    python -m controller.dashboard --store /artifacts --namespace agentq   # what the chart's Deployment runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from typing import Any
+
+from agentq.cli import serve_args
+from agentq.config import ConfigError
+from agentq.serve.reader import NotFound, StoreReader, fold_results
+from agentq.serve.summary import headline
+from agentq.workspace import STEPS
+from controller.jobs import UNIT_LABEL
+
+
+def _epoch(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def step_of(unit_key: str) -> str:
+    """Unit keys are `collect-0`, `evaluate-1`, `train`, ...; the report Job belongs to evaluate."""
+    step = unit_key.rsplit("-", 1)[0] if unit_key.rsplit("-", 1)[-1].isdigit() else unit_key
+    return "evaluate" if step == "report" else step
+
+
+def round_view(body: dict[str, Any], jobs: list[dict[str, Any]], summary: dict[str, Any] | None) -> dict[str, Any]:
+    """A resource, its Jobs and its evaluation summary (if any) as the dashboard's round view (pure)."""
+    meta, status = body["metadata"], body.get("status") or {}
+    spec = body.get("spec") or {}
+    phase = status.get("phase") or "Pending"
+    times: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        unit = (job["metadata"].get("labels") or {}).get(UNIT_LABEL)
+        if unit:
+            times.setdefault(step_of(unit), []).append(job.get("status") or {})
+    entries: dict[str, list[dict[str, Any]]] = {}
+    for key, entry in (status.get("jobs") or {}).items():
+        entries.setdefault(step_of(key), []).append(entry)
+    steps = []
+    for step in STEPS:
+        mine = entries.get(step, [])
+        states = {e.get("state") for e in mine}
+        if mine and states == {"Succeeded"} and (step != status.get("step") or phase == "Succeeded"):
+            state = "Succeeded"
+        elif "Failed" in states and phase == "Failed":
+            state = "Failed"
+        elif mine or (step == status.get("step") and phase not in ("Succeeded", "Failed", "Pending")):
+            state = "Running"
+        else:
+            state = "Pending"
+        starts = [t for t in (_epoch(s.get("startTime")) for s in times.get(step, [])) if t]
+        ends = [t for t in (_epoch(s.get("completionTime")) for s in times.get(step, [])) if t]
+        start = min(starts, default=None)
+        end = max(ends, default=None) if state == "Succeeded" else None
+        done = sum(e.get("state") == "Succeeded" for e in mine)
+        steps.append({"name": step, "state": state, "startTime": start, "completionTime": end,
+                      "seconds": round(end - start, 1) if start and end else None,
+                      "shards": {"done": done, "total": max(len(mine), 1)},
+                      "result": fold_results([e.get("result") or {} for e in mine])})
+    pass_rate = headline(summary) or (status.get("results") or {}).get("passRate") or {}
+    progressing = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})
+    failed = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed"), {})
+    return {"name": meta["name"], "namespace": meta.get("namespace"), "source": "cluster", "phase": phase,
+            "step": status.get("step"), "message": failed.get("message") or progressing.get("message") or "",
+            "startTime": _epoch(status.get("startTime")), "completionTime": _epoch(status.get("completionTime")),
+            "updatedTime": None, "conditions": status.get("conditions") or [], "steps": steps,
+            "model": (spec.get("model") or {}).get("base"), "fromRound": (spec.get("model") or {}).get("fromRound"),
+            "passRate": pass_rate, "spec": spec}
+
+
+class ClusterRounds:
+    """The dashboard's round source on a cluster: one namespace's AgentQRounds, or every namespace's."""
+
+    def __init__(self, kube: Any, reader: StoreReader, namespace: str | None = None) -> None:
+        self.kube = kube
+        self.reader = reader
+        self.namespace = namespace
+
+    def _view(self, body: dict[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        jobs = self.kube.list_jobs(meta["namespace"], meta["name"])
+        return round_view(body, jobs, self.reader.json(f"rounds/{meta['name']}/eval/summary.json"))
+
+    def rounds(self) -> list[dict[str, Any]]:
+        bodies = self.kube.list_rounds(self.namespace)
+        return sorted((self._view(b) for b in bodies), key=lambda r: r["name"])
+
+    def round(self, name: str) -> dict[str, Any]:
+        if self.namespace:
+            body = self.kube.get_round(self.namespace, name)
+        else:
+            body = next((b for b in self.kube.list_rounds(None) if b["metadata"]["name"] == name), None)
+        if body is None:
+            where = f"namespace {self.namespace}" if self.namespace else "any namespace"
+            raise NotFound(f"no AgentQRound {name!r} in {where}")
+        return self._view(body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m controller.dashboard", description=__doc__.splitlines()[0])
+    serve_args(parser)
+    parser.add_argument("--namespace", default=None, help="the rounds' namespace; default: every namespace")
+    args = parser.parse_args(argv)
+    from agentq.serve.app import create_app
+    from agentq.serve.main import configure_logging, open_named_store, read_token, serve
+    from controller.kube import Kube
+
+    configure_logging(args.log_level)
+    try:
+        token = read_token(args.token_file)
+        reader = StoreReader(open_named_store(args.store))
+    except ConfigError as err:
+        print(f"controller.dashboard: {err}", file=sys.stderr)
+        return 2
+    source = ClusterRounds(Kube(), reader, args.namespace)
+    return serve(create_app(reader, source, token=token, poll_interval=args.poll_interval), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

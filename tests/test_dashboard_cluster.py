@@ -1,0 +1,111 @@
+"""The dashboard's cluster reader (controller/dashboard.py): an AgentQRound's status and Jobs become the same
+round view the store reader gives, and the same app serves it. The Kubernetes API is played by a fake with
+the resource and Job shapes the operator writes (tests/test_operator_cluster.py covers the real server)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import dashboard_store
+import pytest
+from fastapi.testclient import TestClient
+
+from agentq.serve.app import create_app
+from agentq.serve.reader import StoreReader
+from controller.dashboard import ClusterRounds, round_view
+from controller.jobs import UNIT_LABEL
+
+
+def job(unit: str, start: str | None, end: str | None) -> dict:
+    return {"metadata": {"name": f"r2-{unit}-r0", "labels": {UNIT_LABEL: unit}},
+            "status": {"startTime": start, "completionTime": end}}
+
+
+def resource(name: str, phase: str, step: str, jobs: dict) -> dict:
+    return {"metadata": {"name": name, "namespace": "ns"}, "spec": {"model": {"base": "tiny", "fromRound": "r1"}},
+            "status": {"phase": phase, "step": step, "jobs": jobs, "startTime": "2026-01-01T00:00:00Z",
+                       "conditions": [{"type": "Progressing", "status": "True", "message": f"step {step}: r2-x"}],
+                       "results": {"passRate": {"zero_shot": 0.1}}}}
+
+
+TRAINING = resource("r2", "Training", "train", {
+    "collect-0": {"name": "r2-collect-0-r0", "state": "Succeeded", "attempts": 1, "result": {"tasks": 2}},
+    "collect-1": {"name": "r2-collect-1-r0", "state": "Succeeded", "attempts": 1, "result": {"tasks": 3}},
+    "preferences": {"name": "r2-preferences-r0", "state": "Succeeded", "attempts": 1, "result": {"pairs": 4}},
+    "train": {"name": "r2-train-r0", "state": "Running", "attempts": 1},
+})
+JOBS = [job("collect-0", "2026-01-01T00:00:10Z", "2026-01-01T00:01:00Z"),
+        job("collect-1", "2026-01-01T00:00:12Z", "2026-01-01T00:01:30Z"),
+        job("preferences", "2026-01-01T00:01:31Z", "2026-01-01T00:01:41Z"),
+        job("train", "2026-01-01T00:01:42Z", None)]
+
+
+class FakeKube:
+    def __init__(self, bodies: list[dict], jobs: list[dict]) -> None:
+        self.bodies, self.jobs = bodies, jobs
+
+    def list_rounds(self, namespace):
+        return [b for b in self.bodies if namespace in (None, b["metadata"]["namespace"])]
+
+    def get_round(self, namespace, name):
+        return next((b for b in self.list_rounds(namespace) if b["metadata"]["name"] == name), None)
+
+    def list_jobs(self, namespace, round_name):
+        return self.jobs
+
+
+def test_status_and_jobs_become_steps_with_timings():
+    view = round_view(TRAINING, JOBS, None)
+    steps = {s["name"]: s for s in view["steps"]}
+    assert [s["state"] for s in view["steps"]] == ["Succeeded", "Succeeded", "Running", "Pending", "Pending"]
+    assert steps["collect"]["seconds"] == 80.0  # first shard's start to the last shard's end
+    assert steps["collect"]["result"] == {"tasks": 5} and steps["collect"]["shards"] == {"done": 2, "total": 2}
+    assert steps["train"]["startTime"] is not None and steps["train"]["seconds"] is None
+    assert view["phase"] == "Training" and view["source"] == "cluster" and view["message"] == "step train: r2-x"
+    assert view["passRate"] == {"zero_shot": 0.1}  # the operator's results until a summary is in the store
+
+
+def test_the_report_job_counts_as_evaluate_and_a_failed_round_shows_its_step_failed():
+    body = resource("r2", "Failed", "evaluate", {
+        **{k: {**v, "state": "Succeeded"} for k, v in TRAINING["status"]["jobs"].items()},
+        "merge": {"state": "Succeeded"}, "evaluate-0": {"state": "Succeeded"},
+        "report": {"state": "Failed", "reason": "OOMKilled"}})
+    body["status"]["conditions"].append({"type": "Failed", "status": "True", "message": "report: OOMKilled"})
+    view = round_view(body, [], None)
+    assert [s["state"] for s in view["steps"]] == ["Succeeded"] * 4 + ["Failed"]
+    assert view["message"] == "report: OOMKilled"
+
+
+def test_the_app_serves_cluster_rounds_with_store_artifacts(tmp_path):
+    reader = StoreReader(dashboard_store.build(tmp_path / "store"), ttl=0)
+    client = TestClient(create_app(reader, ClusterRounds(FakeKube([TRAINING], JOBS), reader, "ns")))
+    rounds = client.get("/api/rounds").json()
+    assert [(r["name"], r["phase"], r["source"]) for r in rounds] == [("r2", "Training", "cluster")]
+    assert rounds[0]["passRate"] == {"zero_shot": 0.5}  # the store's summary wins over the status
+    assert client.get("/api/rounds/r2/eval/summary").json()["arms"][0]["arm"] == "baseline"
+    assert client.get("/api/rounds/r2/trajectories").status_code == 200
+    missing = client.get("/api/rounds/r9")
+    assert missing.status_code == 404 and missing.json()["detail"] == "no AgentQRound 'r9' in namespace ns"
+    with client.websocket_connect("/api/rounds/r2/events") as ws:
+        assert ws.receive_json()["data"]["steps"][2]["state"] == "Running"
+
+
+def test_dashboard_entry_point_rejects_a_missing_store(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "controller.dashboard", "--store", str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().startswith("controller.dashboard: --store")
+
+
+def test_cluster_dashboard_imports_no_ml_stack():
+    code = ("import sys, controller.dashboard; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'trl', 'peft')))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "[]"
+
+
+@pytest.mark.parametrize("unit,step", [("collect-12", "collect"), ("report", "evaluate"), ("train", "train")])
+def test_unit_keys_map_to_steps(unit, step):
+    from controller.dashboard import step_of
+
+    assert step_of(unit) == step
