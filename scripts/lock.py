@@ -79,7 +79,8 @@ IMAGES = (
           "CUDA torch from PyPI, for the nvidia/cuda ubuntu24.04 base's python3.12"),
     Image("mock-model", "images/mock-model/Dockerfile", ("infer", "train", "eval", "s3"), cpu_torch=True,
           index_note="CPU torch (+cpu) from the PyTorch CPU index"),
-    Image("controller", "images/controller/Dockerfile", ("controller",)),
+    # The operator's image also runs the dashboard service (controller.dashboard): its web stack and boto3 for S3.
+    Image("controller", "images/controller/Dockerfile", ("controller", "serve", "s3")),
     Image("sandbox", "images/sandbox/Dockerfile", ()),
 )
 
