@@ -101,6 +101,14 @@ def finished_round(store: FileStore, name: str, summary: dict[str, Any], from_ro
     store.put_text(f"rounds/{name}/eval/zero_shot.shard-0-of-1.jsonl", "{}\n")  # never listed as a mode
 
 
+CAMPAIGN = {"campaign": "c", "mode": "zero_shot", "rounds": 2, "plannedRounds": 3, "stopped": "NoGain",
+            "bestPassRate": 0.5, "learningCurve": [
+                {"round": 1, "name": "r1", "mode": "zero_shot", "passRate": 0.3, "delta": None, "deltaCi95": None,
+                 "gain": False},
+                {"round": 2, "name": "r2", "mode": "zero_shot", "passRate": 0.5, "delta": 0.2,
+                 "deltaCi95": [-0.1, 0.5], "gain": False}]}
+
+
 def build(root: Path) -> FileStore:
     store = FileStore(root)
     finished_round(store, "r1", OLD_SUMMARY)
@@ -108,4 +116,5 @@ def build(root: Path) -> FileStore:
     store.put_text("rounds/half/spec.yaml", spec("half", shards=2))
     marker(store, "half", "collect-shard-0-of-2", {"tasks": 1, "samples": 3}, 1.0)
     marker(store, "half", "collect-shard-1-of-2", {"tasks": 2, "samples": 4}, 2.0)
+    store.put_json("campaigns/c/campaign.json", CAMPAIGN)
     return store

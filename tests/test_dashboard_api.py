@@ -115,6 +115,13 @@ def test_preferences_filter_and_page(client):
     assert client.get("/api/rounds/r1/preferences", params={"limit": 0}).status_code == 422
 
 
+def test_campaigns_show_their_learning_curve_and_which_rounds_are_in_the_store(client):
+    (campaign,) = client.get("/api/campaigns").json()
+    assert campaign["name"] == "c" and campaign["stopped"] == "NoGain" and campaign["roundsInStore"] == ["r1", "r2"]
+    assert [p["passRate"] for p in client.get("/api/campaigns/c").json()["learningCurve"]] == [0.3, 0.5]
+    assert client.get("/api/campaigns/nope").status_code == 404
+
+
 def test_missing_things_are_one_line_404s(client):
     for path, words in (("/api/rounds/nope", "no round 'nope'"), ("/api/rounds/r1/trajectories/task/zz", "task/zz"),
                         ("/api/rounds/half/eval/summary", "no evaluation summary"),

@@ -141,6 +141,14 @@ def create_app(reader: StoreReader, source: RoundSource | None = None, *, token:
         return {"total": len(pairs), "offset": offset, "pairs": pairs[offset: offset + limit],
                 "stats": reader.pair_stats(name)}
 
+    @app.get("/api/campaigns", dependencies=api)
+    def campaigns() -> list[dict[str, Any]]:
+        return [reader.campaign(n) for n in reader.campaign_names()]
+
+    @app.get("/api/campaigns/{name}", dependencies=api)
+    def campaign(name: str) -> dict[str, Any]:
+        return reader.campaign(name)
+
     @app.websocket("/api/rounds/{name}/events")
     async def events(ws: WebSocket, name: str, after_seq: int = 0, token_q: str | None = Query(None, alias="token")
                      ) -> None:

@@ -206,6 +206,20 @@ class StoreReader:
         self._require(name)
         return self.json(f"rounds/{name}/preferences.stats.json")
 
+    # ---- campaigns ----------------------------------------------------------------------------------------
+
+    def campaign_names(self) -> list[str]:
+        """Campaigns with a result in the store (`agentq campaign run` writes campaigns/<name>/campaign.json)."""
+        return sorted({k.split("/")[1] for k in self.store.list("campaigns") if k.endswith("/campaign.json")})
+
+    def campaign(self, name: str) -> dict[str, Any]:
+        found = self.json(f"campaigns/{name}/campaign.json")
+        if found is None:
+            raise NotFound(f"no campaign {name!r} in {self.store.url} (expected campaigns/{name}/campaign.json)")
+        rounds = set(self.round_names())
+        curve = found.get("learningCurve") or []
+        return {"name": name, **found, "roundsInStore": [p.get("name") for p in curve if p.get("name") in rounds]}
+
     def _require(self, name: str) -> None:
         if name not in self.round_names():
             raise NotFound(f"no round {name!r} in {self.store.url}")

@@ -128,7 +128,12 @@ async function roundsPage() {
       <td>${esc(r.model || "")}${r.fromRound ? ` <span class="muted">from ${esc(r.fromRound)}</span>` : ""}</td>
       <td>${Object.entries(r.passRate || {}).map(([m, v]) => `${esc(m)} ${pct(v)}`).join("<br>") || "–"}</td>
       <td class="muted">${when(r.updatedTime || r.completionTime)}</td></tr>`);
-    view.innerHTML = `<h1>Rounds</h1><div class="panel"><table id="rounds-table"><thead><tr><th>round</th><th>phase</th><th>steps</th><th>model</th><th>pass rate</th><th>updated</th></tr></thead><tbody>${rows.join("")}</tbody></table></div>`;
+    const campaigns = (await api("/api/campaigns")) || [];
+    const campaignRows = campaigns.map((c) => `<tr class="link" data-campaign="${esc(c.name)}" onclick="location.hash='#/campaign/${encodeURIComponent(c.name)}'">
+      <td><a href="#/campaign/${encodeURIComponent(c.name)}">${esc(c.name)}</a></td><td class="num">${c.rounds} / ${c.plannedRounds}</td>
+      <td>${esc(c.stopped || "running")}</td><td>${esc(c.mode)}</td><td class="num">${pct(c.bestPassRate)}</td></tr>`);
+    const campaignPanel = campaigns.length ? `<h1>Campaigns</h1><div class="panel"><table id="campaigns-table"><thead><tr><th>campaign</th><th class="num">rounds</th><th>stopped</th><th>mode judged</th><th class="num">best pass@1</th></tr></thead><tbody>${campaignRows.join("")}</tbody></table></div>` : "";
+    view.innerHTML = `${campaignPanel}<h1>Rounds</h1><div class="panel"><table id="rounds-table"><thead><tr><th>round</th><th>phase</th><th>steps</th><th>model</th><th>pass rate</th><th>updated</th></tr></thead><tbody>${rows.join("")}</tbody></table></div>`;
   };
   await draw();
   const timer = setInterval(() => draw().catch(showError), 2000);
@@ -211,6 +216,20 @@ async function roundPage(name) {
     const stepsChanged = (event.changes || []).some((c) => c.what === "step");
     if (event.type === "final" || stepsChanged) await Promise.all([drawResults(), drawTrees()]);
   });
+}
+
+async function campaignPage(name) {
+  setCrumbs([["rounds", "#/"], [`campaign ${name}`]]);
+  const c = await api(`/api/campaigns/${encodeURIComponent(name)}`);
+  if (!c) { view.innerHTML = `<div class="panel error">No campaign ${esc(name)} in this store.</div>`; return; }
+  const curve = c.learningCurve || [];
+  const points = curve.map((p, i) => [i, p.passRate]).filter(([, v]) => v != null);
+  const rows = curve.map((p) => `<tr><td>${c.roundsInStore.includes(p.name) ? `<a href="#/round/${encodeURIComponent(p.name)}">${esc(p.name)}</a>` : esc(p.name)}</td>
+    <td class="num">${pct(p.passRate)}</td><td class="num">${signed(p.delta)}</td><td class="num">${p.deltaCi95 ? `[${signed(p.deltaCi95[0])}, ${signed(p.deltaCi95[1])}]` : "–"}</td><td>${p.gain ? "gain" : "no gain"}</td></tr>`);
+  view.innerHTML = `<h1>Campaign ${esc(name)} <span class="badge">${esc(c.stopped || "running")}</span></h1>
+    <p class="muted">${c.rounds} of ${c.plannedRounds} rounds · mode judged: ${esc(c.mode)} · best pass@1 ${pct(c.bestPassRate)}</p>
+    <div class="grid"><div class="panel"><h2>Learning curve</h2>${lineChart("campaign-curve", [{name: c.mode, points}], curve.map((p) => p.name), "pass@1 by round")}</div>
+    <div class="panel"><h2>Rounds</h2><table><thead><tr><th>round</th><th class="num">pass@1</th><th class="num">Δ vs its start</th><th class="num">95% CI</th><th>reading</th></tr></thead><tbody>${rows.join("")}</tbody></table></div></div>`;
 }
 
 function watch(name, onEvent) {
@@ -339,6 +358,7 @@ async function route() {
   try {
     if (parts[0] === "round" && parts[1] && parts[2] === "tree") await treePage(parts[1], parts.slice(3).join("/"));
     else if (parts[0] === "round" && parts[1]) await roundPage(parts[1]);
+    else if (parts[0] === "campaign" && parts[1]) await campaignPage(parts[1]);
     else await roundsPage();
   } catch (err) { showError(err); }
 }
