@@ -118,13 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     from agentq.serve.main import configure_logging, open_named_store, read_token, serve
     from controller.kube import Kube
 
-    configure_logging(args.log_level)
     try:
         token = read_token(args.token_file)
         reader = StoreReader(open_named_store(args.store))
     except ConfigError as err:
         print(f"controller.dashboard: {err}", file=sys.stderr)
         return 2
+    configure_logging(args.log_level)
     source = ClusterRounds(Kube(), reader, args.namespace)
     return serve(create_app(reader, source, token=token, poll_interval=args.poll_interval), args)
 

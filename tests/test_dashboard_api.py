@@ -203,12 +203,13 @@ def test_metrics_lines(client):
 
 
 def test_logs_are_json_lines_with_the_round_bound(client, capsys):
+    before = structlog.get_config()
     configure_logging("info")
     try:
         client.get("/api/rounds/r1/steps")
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     finally:
-        structlog.reset_defaults()
+        structlog.configure(**before)  # later tests must not print to this test's (closed) capture
     request = next(line for line in lines if line.get("event") == "request")
     assert request["round"] == "r1" and request["status"] == 200 and request["level"] == "info"
     assert request["path"] == "/api/rounds/r1/steps" and "timestamp" in request

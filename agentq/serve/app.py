@@ -156,6 +156,8 @@ def create_app(reader: StoreReader, source: RoundSource | None = None, *, token:
             await ws.close(code=4401, reason="missing or wrong bearer token")
             return
         await ws.accept()
+        stream_log = log.bind(round=name, after_seq=after_seq)
+        stream_log.info("stream opened")
         try:
             log_ = await asyncio.to_thread(hub.poll, name)
         except NotFound as err:
@@ -175,8 +177,12 @@ def create_app(reader: StoreReader, source: RoundSource | None = None, *, token:
                     await ws.close(code=1000)
                     return
                 await asyncio.sleep(poll_interval)
-                await asyncio.to_thread(hub.poll, name)
+                try:
+                    await asyncio.to_thread(hub.poll, name)
+                except StoreError as err:  # a store hiccup: keep the stream, try again next time
+                    stream_log.warning("store error", error=str(err).splitlines()[0])
         except (WebSocketDisconnect, RuntimeError):
+            stream_log.info("stream closed", seq=cursor)
             return
 
     @app.get("/", include_in_schema=False)

@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
     from agentq.serve.app import create_app
     from agentq.serve.reader import StoreReader
 
-    configure_logging(args.log_level)
-    token = read_token(args.token_file)
+    token = read_token(args.token_file)  # a bad flag fails in one line before anything is configured
     reader = StoreReader(open_named_store(args.store))
+    configure_logging(args.log_level)
     return serve(create_app(reader, token=token, poll_interval=args.poll_interval), args)

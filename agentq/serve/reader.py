@@ -18,7 +18,7 @@ import yaml
 
 from agentq.round import PHASE_OF_STEP
 from agentq.serve.summary import headline
-from agentq.store import Store, StoreError
+from agentq.store import IntegrityError, Store, StoreError
 from agentq.workspace import STEPS
 
 TERMINAL = ("Succeeded", "Failed", "Interrupted")
@@ -79,14 +79,25 @@ class StoreReader:
         return [k[len(prefix):] for k in self.keys() if k.startswith(prefix)]
 
     def _cached(self, key: str, parse: Any) -> Any:
-        """Parsed object, re-read only when the object's digest changed (trajectory files are large)."""
-        digest = self.store.sha256(key)
-        hit = self._parsed.get(key)
-        if hit is not None and digest is not None and hit[0] == digest:
-            return hit[1]
-        value = parse(self.store.get_text(key))
-        self._parsed[key] = (digest, value)
-        return value
+        """Parsed object, re-read only when the object's digest changed (trajectory files are large).
+
+        A file store records an object's new digest just before it renames the new bytes into place, so a
+        read in between fails its integrity check; that is a write in progress, not corruption: read again."""
+        for attempt in range(3):
+            digest = self.store.sha256(key)
+            hit = self._parsed.get(key)
+            if hit is not None and digest is not None and hit[0] == digest:
+                return hit[1]
+            try:
+                value = parse(self.store.get_text(key))
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.05)
+                continue
+            self._parsed[key] = (digest, value)
+            return value
+        raise AssertionError("unreachable")
 
     def json(self, key: str) -> Any:
         try:
