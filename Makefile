@@ -32,9 +32,10 @@ $(STAMP): $(LOCK)
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Refresh the lock after a change to pyproject.toml's dependencies (tests/test_lock.py fails until then).
+# Refresh the lock after a change to pyproject.toml's dependencies (tests/test_lock.py fails until then);
+# other pins stay. `make lock ARGS=--upgrade` moves everything to the newest versions.
 lock: setup
-	$(BIN)/python scripts/lock.py
+	$(BIN)/python scripts/lock.py $(ARGS)
 	$(MAKE) setup
 
 run: setup

@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="ROUND_YAML")
     p.set_defaults(func=_lazy("agentq.round:clean_main"))
 
+    campaign = sub.add_parser("campaign", help="rounds 1..N, each from the previous round's merged model")
+    campaign = campaign.add_subparsers(dest="campaign_cmd", required=True)
+    p = campaign.add_parser("run", help="run the rounds until the last one or until no gain for stop.patience")
+    p.add_argument("file", metavar="CAMPAIGN_YAML")
+    p.add_argument("--preset", choices=["tiny"], default=None, help="tiny: tiny random model + scripted critique")
+    p.set_defaults(func=_lazy("agentq.campaign:run_main"))
+
     p = sub.add_parser("serve", help="the dashboard: REST API, live event stream, /metrics and a page over a store")
     serve_args(p)
     p.set_defaults(func=_lazy("agentq.serve.main:main"))

@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 
 API_VERSION = "agentq.dev/v1alpha1"
 KIND = "AgentQRound"
+CAMPAIGN_KIND = "AgentQCampaign"
 DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 EvalMode = Literal["zero_shot", "full_rewrite", "mcts"]
@@ -231,6 +232,40 @@ class RoundFile(Spec):
     kind: Literal["AgentQRound"] = KIND
     metadata: Metadata
     spec: RoundSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class CampaignStopSpec(Spec):
+    """When a campaign stops before its last round: the evaluation shows no gain, `patience` rounds in a row."""
+
+    patience: int = Field(1, ge=1, description="Rounds in a row without a gain before the campaign stops.")
+    mode: EvalMode | None = Field(None, description="The evaluation mode judged (default: the template's first).")
+    min_delta: float = Field(0.0, ge=-1, le=1, description="A gain: the paired pass@1 delta's 95% interval lies "
+                                                            "above this (its point estimate, without an interval).")
+
+
+class CampaignSpec(Spec):
+    """Rounds 1..N with one template, each starting from the previous round's merged model."""
+
+    rounds: int = Field(3, ge=1, le=50)
+    template: RoundSpec = Field(..., description="Every round's spec; round 1 keeps the template's fromRound.")
+    stop: CampaignStopSpec = Field(default_factory=CampaignStopSpec)
+
+
+class CampaignMetadata(Spec):
+    model_config = ConfigDict(extra="allow")
+    # Rounds are named <campaign>-r<N>, which must fit a round name (52).
+    name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=48)
+
+
+class CampaignFile(Spec):
+    api_version: Literal["agentq.dev/v1alpha1"] = API_VERSION
+    kind: Literal["AgentQCampaign"] = CAMPAIGN_KIND
+    metadata: CampaignMetadata
+    spec: CampaignSpec
 
     @property
     def name(self) -> str:

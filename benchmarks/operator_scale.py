@@ -89,7 +89,8 @@ def main() -> int:
         cluster = LocalCluster(Path(tmp) / "cluster").start()
         operator = None
         try:
-            cluster.kubectl("apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
+            for manifest in ("crd.yaml", "campaign-crd.yaml"):
+                cluster.kubectl("apply", "-f", str(ROOT / "manifests" / manifest))
             cluster.kubectl("wait", "--for=condition=Established", "crd/agentqrounds.agentq.dev", "--timeout=30s")
             api = cluster.api()
             core, custom, batch = client.CoreV1Api(api), client.CustomObjectsApi(api), client.BatchV1Api(api)

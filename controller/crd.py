@@ -1,24 +1,51 @@
-"""The AgentQRound CRD, generated from agentq.config's RoundSpec so the two can never disagree.
+"""The AgentQRound and AgentQCampaign CRDs, generated from agentq.config's RoundSpec and CampaignSpec so
+the resources and the embedded files can never disagree.
 
-`python -m controller.crd > manifests/crd.yaml` regenerates the checked-in manifest; a test fails when it is
-stale. Pydantic emits JSON Schema (2020-12) while Kubernetes wants an OpenAPI v3.0 *structural* schema, so
-the translation inlines $refs, turns `anyOf [X, null]` into `nullable`, and drops what structural schemas
-reject (titles, `additionalProperties: false`, `const`, null defaults). No CEL: the test server is 1.20.
+`python -m controller.crd > manifests/crd.yaml` and `python -m controller.crd campaign >
+manifests/campaign-crd.yaml` regenerate the checked-in manifests; a test fails when one is stale. Pydantic
+emits JSON Schema (2020-12) while Kubernetes wants an OpenAPI v3.0 *structural* schema, so the translation
+inlines $refs, turns `anyOf [X, null]` into `nullable`, and drops what structural schemas reject (titles,
+`additionalProperties: false`, `const`, null defaults). No CEL: the test server is 1.20.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
-from agentq.config import API_VERSION, KIND, RoundSpec
+from agentq.config import API_VERSION, CAMPAIGN_KIND, KIND, CampaignSpec, RoundSpec
 
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "agentqrounds"
-SINGULAR = "agentqround"
-SHORT_NAMES = ["aqr"]
+CAMPAIGN_PLURAL = "agentqcampaigns"
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str
+    plural: str
+    short_names: list[str]
+    spec: type[BaseModel]
+    columns: list[dict[str, str]]
+
+
+def _column(name: str, path: str, kind: str = "string") -> dict[str, str]:
+    return {"name": name, "type": kind, "jsonPath": path}
+
+
+AGE = _column("Age", ".metadata.creationTimestamp", "date")
+RESOURCES = {
+    "round": Resource(KIND, PLURAL, ["aqr"], RoundSpec, [
+        _column("Phase", ".status.phase"), _column("Step", ".status.step"), _column("Pass-Rate", ".status.passRate"),
+        AGE]),
+    "campaign": Resource(CAMPAIGN_KIND, CAMPAIGN_PLURAL, ["aqc"], CampaignSpec, [
+        _column("Phase", ".status.phase"), _column("Round", ".status.currentRound"),
+        _column("Best", ".status.bestPassRate"), AGE]),
+}
 
 # Cross-field rules the pydantic model states in code (a model_validator) and a structural schema can only
 # state as `oneOf` branches that carry nothing but `required`.
@@ -76,12 +103,13 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def spec_schema() -> dict[str, Any]:
-    raw = RoundSpec.model_json_schema(by_alias=True, mode="validation")
+def spec_schema(model: type[BaseModel] = RoundSpec) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
     return _structural(raw, raw.get("$defs", {}))
 
 
-def crd() -> dict[str, Any]:
+def crd(resource: str = "round") -> dict[str, Any]:
+    what = RESOURCES[resource]
     schema = {
         "type": "object",
         "required": ["spec"],
@@ -89,41 +117,37 @@ def crd() -> dict[str, Any]:
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": spec_schema(),
+            "spec": spec_schema(what.spec),
             "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
         },
     }
-    columns = [
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Step", "type": "string", "jsonPath": ".status.step"},
-        {"name": "Pass-Rate", "type": "string", "jsonPath": ".status.passRate"},
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": f"{what.plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {"plural": PLURAL, "singular": SINGULAR, "kind": KIND, "shortNames": SHORT_NAMES,
-                      "listKind": f"{KIND}List"},
+            "names": {"plural": what.plural, "singular": what.kind.lower(), "kind": what.kind,
+                      "shortNames": what.short_names, "listKind": f"{what.kind}List"},
             "versions": [{
                 "name": VERSION,
                 "served": True,
                 "storage": True,
                 "schema": {"openAPIV3Schema": schema},
                 "subresources": {"status": {}},
-                "additionalPrinterColumns": columns,
+                "additionalPrinterColumns": what.columns,
             }],
         },
     }
 
 
-def render() -> str:
-    header = "# Generated by `python -m controller.crd` from agentq.config.RoundSpec; do not edit by hand.\n"
-    return header + yaml.safe_dump(crd(), sort_keys=False, width=110)
+def render(resource: str = "round") -> str:
+    what = RESOURCES[resource]
+    command = "python -m controller.crd" + ("" if resource == "round" else f" {resource}")
+    header = f"# Generated by `{command}` from agentq.config.{what.spec.__name__}; do not edit by hand.\n"
+    return header + yaml.safe_dump(crd(resource), sort_keys=False, width=110)
 
 
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    sys.stdout.write(render(*sys.argv[1:2]))

@@ -1,4 +1,5 @@
-"""The kopf operator: one daemon per AgentQRound runs reconcile passes; Job and round events wake it.
+"""The kopf operator: one daemon per AgentQRound (and per AgentQCampaign) runs reconcile passes; Job and
+round events wake it.
 
 Run it with `kopf run -m controller.handlers --all-namespaces [--peering agentq | --standalone]`.
 
@@ -16,13 +17,16 @@ import datetime
 import json
 import logging
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from controller.crd import GROUP, PLURAL, VERSION
+from controller import metrics
+from controller.campaign import CAMPAIGN_LABEL, CampaignPlan, plan_campaign
+from controller.crd import CAMPAIGN_PLURAL, GROUP, PLURAL, VERSION
 from controller.jobs import (
     ROUND_LABEL,
     build_job,
@@ -48,6 +52,7 @@ class Runtime:
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.follows: dict[tuple[str, str], str] = {}  # (namespace, round) -> the round it starts from
         self.own_writes: dict[tuple[str, str], str] = {}  # the resourceVersion of our last status write
+        self.campaign_wakers: dict[tuple[str, str], asyncio.Event] = {}
 
     def wake(self, namespace: str, name: str, resource_version: str | None = None) -> None:
         """Wake the round's daemon, unless the event is the echo of its own status write, and the daemons
@@ -79,6 +84,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf's own bookkeeping in annotations only: the whole status belongs to the reconciler.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="agentq.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="agentq.dev")
+    if RT.settings.metrics_port:
+        metrics.serve(RT.settings.metrics_port)
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +128,22 @@ def api_message(err: ApiException) -> str:
 
 
 def reconcile_once(namespace: str, name: str) -> Plan | None:
-    """One pass: observe, plan, act. Runs in a worker thread (blocking client)."""
+    """One pass: observe, plan, act, timed for /metrics. Runs in a worker thread (blocking client)."""
+    started = time.perf_counter()
+    try:
+        result = _reconcile(namespace, name)
+    except ApiException as err:
+        metrics.RECONCILE_ERRORS.labels(code=str(err.status)).inc()
+        raise
+    metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    if result is None:
+        metrics.ROUNDS.forget((namespace, name))
+    elif result.status:
+        metrics.ROUNDS.observe((namespace, name), result.status.get("phase"), bool(result.problems))
+    return result
+
+
+def _reconcile(namespace: str, name: str) -> Plan | None:
     kube, settings = RT.kube, RT.settings
     assert kube is not None
     body = kube.get_round(namespace, name)
@@ -137,7 +159,7 @@ def reconcile_once(namespace: str, name: str) -> Plan | None:
     running = any(job_state(j) in ("Pending", "Running") for j in jobs)
     pods = kube.round_pods(namespace, name) if running else []
     result = plan(body, jobs, lambda job: inspect_job(kube, job, settings.log_lines), now(), predecessor_phase,
-                  pods)
+                  pods, settings.retry_backoff_seconds)
     # Jobs are built from the spec the round started with (plus suspend/backoffLimit), never a mid-round edit.
     acting = {**body, "spec": result.spec}
     refused: list[tuple[str, str]] = []
@@ -154,6 +176,7 @@ def reconcile_once(namespace: str, name: str) -> Plan | None:
                                                f"{api_message(err)}"))
             continue
         if created is not None:
+            metrics.JOBS_CREATED.labels(step=unit.step).inc()
             result.events.append(("Normal", "JobCreated", f"created Job {job['metadata']['name']}"))
     for job_name, suspended in result.suspend.items():
         try:
@@ -192,22 +215,22 @@ def _backoff(failures: int) -> float:
     return min(2.0 ** max(failures - 1, 0), RT.settings.resync_seconds)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
-async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
-                    **_: Any) -> None:
-    key = (namespace, name)
-    wake = RT.wakers[key] = asyncio.Event()
+async def _serve(what: str, key: tuple[str, str], body: kopf.Body, stopped: kopf.DaemonStopped,
+                 wakers: dict[tuple[str, str], asyncio.Event], reconcile: Any) -> None:
+    """One resource's daemon: reconcile passes in a worker thread, woken by events or the resync timer."""
+    namespace, name = key
+    wake = wakers[key] = asyncio.Event()
     loop = asyncio.get_running_loop()
     failures = 0
     try:
         while not stopped:
             wake.clear()
             try:
-                result = await loop.run_in_executor(RT.pool, reconcile_once, namespace, name)
+                result = await loop.run_in_executor(RT.pool, reconcile, namespace, name)
             except ApiException as err:
                 failures += 1
                 delay = _backoff(failures)
-                log.warning("round %s/%s: API error %s: %s; retrying in %.0fs", namespace, name, err.status,
+                log.warning("%s %s/%s: API error %s: %s; retrying in %.0fs", what, namespace, name, err.status,
                             api_message(err), delay)
                 await _sleep_until_woken(wake, stopped, delay)
                 continue
@@ -218,20 +241,64 @@ async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.Da
             if result.done:
                 return
             # A blocked round (a refused create, a stuck pod) is retried with a growing delay, not every pass.
-            failures = failures + 1 if result.problems else 0
-            delay = _backoff(failures) if result.problems else \
-                (RT.settings.resync_seconds if result.status else 0.2)
+            problems = getattr(result, "problems", [])
+            failures = failures + 1 if problems else 0
+            delay = _backoff(failures) if problems else (RT.settings.resync_seconds if result.status else 0.2)
+            if getattr(result, "wake_after", None) is not None:  # a retry held back until then
+                delay = min(delay, result.wake_after + 0.5)
             await _sleep_until_woken(wake, stopped, delay)
     finally:
-        RT.wakers.pop(key, None)
+        wakers.pop(key, None)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
+                    **_: Any) -> None:
+    key = (namespace, name)
+    try:
+        await _serve("round", key, body, stopped, RT.wakers, reconcile_once)
+    finally:
         RT.follows.pop(key, None)
         RT.own_writes.pop(key, None)
 
 
+def reconcile_campaign(namespace: str, name: str) -> CampaignPlan | None:
+    """One campaign pass: its rounds as they are now, the plan, the rounds it creates, its status."""
+    kube = RT.kube
+    assert kube is not None
+    body = kube.get_campaign(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    # Every round named like the campaign's, labelled or not: a look-alike must be seen to be refused.
+    rounds = {r["metadata"]["name"]: r for r in kube.list_rounds(namespace, "")
+              if r["metadata"]["name"].startswith(f"{name}-r")}
+    result = plan_campaign(body, rounds, now())
+    for manifest in result.create:
+        if kube.create_round(manifest) is not None:
+            result.events.append(("Normal", "RoundCreated", f"created AgentQRound {manifest['metadata']['name']}"))
+    if result.status != (body.get("status") or {}):
+        try:
+            kube.replace_round_status(body, result.status, CAMPAIGN_PLURAL)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            result.status, result.events = {}, []
+    return result
+
+
+@kopf.daemon(GROUP, VERSION, CAMPAIGN_PLURAL, cancellation_timeout=10.0)
+async def run_campaign(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
+                       **_: Any) -> None:
+    await _serve("campaign", (namespace, name), body, stopped, RT.campaign_wakers, reconcile_campaign)
+
+
 # Async on purpose: they run on the event loop, which owns the daemons' asyncio.Events.
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def round_event(name: str, namespace: str, meta: kopf.Meta, **_: Any) -> None:
+async def round_event(name: str, namespace: str, meta: kopf.Meta, labels: dict[str, str], **_: Any) -> None:
     RT.wake(namespace, name, meta.get("resourceVersion"))
+    campaign = RT.campaign_wakers.get((namespace, labels.get(CAMPAIGN_LABEL, "")))
+    if campaign:  # a round's phase may be what its campaign waits for
+        campaign.set()
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={ROUND_LABEL: kopf.PRESENT})
@@ -248,6 +315,7 @@ def delete_round(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, lo
     """Remove the round's Jobs and spec ConfigMap; its artifacts stay unless spec.deleteArtifacts."""
     kube = RT.kube
     assert kube is not None
+    metrics.ROUNDS.forget((namespace, name))
     removed = kube.delete_round_objects(namespace, name, spec_configmap_name(name))
     logger.info("removed %d Job(s) of round %s", removed, name)
     if spec.get("deleteArtifacts"):

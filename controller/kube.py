@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from controller.crd import GROUP, PLURAL, VERSION
+from controller.crd import CAMPAIGN_PLURAL, GROUP, PLURAL, VERSION
 from controller.jobs import ROUND_LABEL
 
 
@@ -38,24 +38,20 @@ class Kube:
         self.batch = client.BatchV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
 
-    def get_round(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def get_round(self, namespace: str, name: str, plural: str = PLURAL) -> dict[str, Any] | None:
+        """A round (or, with plural=CAMPAIGN_PLURAL, a campaign); None when it does not exist."""
         try:
-            return _raw(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+            return _raw(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name,
                                                                  _preload_content=False))
         except ApiException as err:
             if err.status == 404:
                 return None
             raise
 
-    def list_rounds(self, namespace: str | None) -> list[dict[str, Any]]:
-        """AgentQRounds of one namespace, or of all (the dashboard reads them; the operator is told by kopf)."""
-        if namespace:
-            resp = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _preload_content=False)
-        else:
-            resp = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _preload_content=False)
-        return _raw(resp)["items"]
+    def get_campaign(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get_round(namespace, name, CAMPAIGN_PLURAL)
 
-    def replace_round_status(self, body: dict[str, Any], status: dict[str, Any]) -> str:
+    def replace_round_status(self, body: dict[str, Any], status: dict[str, Any], plural: str = PLURAL) -> str:
         """PUT with the resourceVersion the plan was made from: a concurrent change answers 409 and the
         caller simply reconciles again from fresh observations. Returns the new resourceVersion."""
         meta = body["metadata"]
@@ -63,9 +59,29 @@ class Kube:
                "metadata": {"name": meta["name"], "namespace": meta["namespace"],
                             "resourceVersion": meta["resourceVersion"]},
                "spec": body["spec"], "status": status}
-        resp = self.custom.replace_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL,
+        resp = self.custom.replace_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], plural,
                                                                    meta["name"], obj, _preload_content=False)
         return _raw(resp)["metadata"]["resourceVersion"]
+
+    def list_rounds(self, namespace: str | None, label_selector: str = "") -> list[dict[str, Any]]:
+        """AgentQRounds of one namespace, or of every namespace with None (the dashboard's view)."""
+        if namespace:
+            resp = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                             label_selector=label_selector, _preload_content=False)
+        else:
+            resp = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=label_selector,
+                                                          _preload_content=False)
+        return _raw(resp)["items"]
+
+    def create_round(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The created round, or None when one of that name already exists (a repeated create)."""
+        try:
+            return _raw(self.custom.create_namespaced_custom_object(GROUP, VERSION, body["metadata"]["namespace"],
+                                                                    PLURAL, body, _preload_content=False))
+        except ApiException as err:
+            if err.status == 409:
+                return None
+            raise
 
     def list_jobs(self, namespace: str, round_name: str) -> list[dict[str, Any]]:
         resp = self.batch.list_namespaced_job(namespace, label_selector=f"{ROUND_LABEL}={round_name}",

@@ -7,6 +7,7 @@ same plan from the same observations, and deterministic Job names turn a repeate
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,8 @@ class Plan:
     problems: list[tuple[str, str]] = field(default_factory=list)
     # Running Jobs whose Job.spec.suspend must be set (True) or cleared (False): spec.suspend reaches them too.
     suspend: dict[str, bool] = field(default_factory=dict)
+    # Seconds until a held-back retry may start: the next pass is due then.
+    wake_after: float | None = None
     old_conditions: list[dict] = field(default_factory=list)
 
     @property
@@ -200,11 +203,31 @@ def _failure_message(job: dict[str, Any], found: Inspection, attempts: int) -> s
     return f"{msg}\nlast log lines:\n{logs}" if logs else msg
 
 
+def retry_wait(job: dict[str, Any], attempt: int, now: str, backoff: float) -> float:
+    """Seconds until the retry of a Job that failed on `attempt` may start: `backoff` doubled per attempt
+    (capped at 10 minutes) after the failure, so a step failing on a transient cause is not retried in a
+    tight loop. 0 when backoff is off or the failure time is unknown (a deleted Job)."""
+    if backoff <= 0:
+        return 0.0
+    failed_at = next((c.get("lastTransitionTime") for c in (job.get("status") or {}).get("conditions") or []
+                      if c.get("type") == "Failed" and c.get("status") == "True"), None)
+    if not failed_at:
+        return 0.0
+    elapsed = (_time(now) - _time(failed_at)).total_seconds()
+    return max(0.0, min(backoff * 2 ** attempt, 600.0) - elapsed)
+
+
+def _time(stamp: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now: str,
-         predecessor_phase: str | None = None, pods: list[dict[str, Any]] | None = None) -> Plan:
+         predecessor_phase: str | None = None, pods: list[dict[str, Any]] | None = None,
+         retry_backoff: float = 0.0) -> Plan:
     """The next status and the Jobs to create. `predecessor_phase` is the fromRound's phase ("" when that
     round does not exist); `inspect` is only called for finished Jobs whose outcome is not yet recorded;
-    `pods` are the round's pods, read for problems a person must fix (unschedulable, image pull)."""
+    `pods` are the round's pods, read for problems a person must fix (unschedulable, image pull);
+    `retry_backoff` spaces out the retries of a failed step (see retry_wait)."""
     old = dict(body.get("status") or {})
     if old.get("phase") in TERMINAL:
         return Plan(status=old, spec=body.get("spec") or {}, old_conditions=old.get("conditions") or [])
@@ -270,6 +293,7 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     jobs_status: dict[str, Any] = {}
     results: dict[str, Any] = {}
     creates: list[tuple[Unit, int]] = []
+    waits: list[float] = []
     current: str | None = None
     current_names: list[str] = []
     failed: tuple[dict, Inspection, int] | None = None
@@ -314,11 +338,16 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
                 entry["reason"] = found.get("reason") or job_failure_reason(latest)
                 entry["logs"] = found.get("logs") or ""
                 if attempt < spec.backoff_limit:
-                    creates.append((unit, attempt + 1))
+                    wait = retry_wait(latest, attempt, now, retry_backoff)
+                    retry = job_name(name, unit, attempt + 1)
+                    if wait > 0:
+                        waits.append(wait)
+                        current_names.append(f"{retry} in {wait:.0f}s")
+                    else:
+                        creates.append((unit, attempt + 1))
                     if not same:
-                        warnings.append(("Warning", "JobFailed",
-                                         f"{entry['name']} failed ({entry['reason']}); retrying as "
-                                         f"{job_name(name, unit, attempt + 1)}"))
+                        warnings.append(("Warning", "JobFailed", f"{entry['name']} failed ({entry['reason']}); "
+                                                                 f"retrying as {retry}"))
                 elif failed is None:
                     failed = (latest, found, attempt + 1)
             jobs_status[unit.key] = entry
@@ -363,4 +392,5 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     out = finish(PHASE_OF_STEP[current], PHASE_OF_STEP[current], message, current)
     out.create = [(unit, attempt) for unit, attempt in creates if job_name(name, unit, attempt) not in foreign]
     out.suspend = suspend
+    out.wake_after = min(waits, default=None)
     return out

@@ -55,6 +55,9 @@ class OperatorSettings(Spec):
     job_service_account: str | None = Field(None, description="ServiceAccount of step pods (none: the default).")
     log_lines: int = Field(20, ge=1, description="Last log lines of a failed Job quoted in the condition.")
     resync_seconds: float = Field(30.0, gt=0, description="Re-check every round this often even without events.")
+    retry_backoff_seconds: float = Field(10.0, ge=0, description="Wait before retrying a failed step Job, "
+                                         "doubled per attempt (at most 10 minutes); 0 retries at once.")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus /metrics on this port.")
 
 
 def load_settings(path: str | Path | None = None) -> OperatorSettings:

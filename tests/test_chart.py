@@ -81,8 +81,7 @@ def test_lint_strict(name):
 
 def _crd_schemas() -> dict[tuple[str, str], dict]:
     schemas = {}
-    for path in (CHART / "crds").glob("*.yaml"):
-        crd = yaml.safe_load(path.read_text())
+    for crd in (d for path in (CHART / "crds").glob("*.yaml") for d in yaml.safe_load_all(path.read_text())):
         for version in crd["spec"]["versions"]:
             api_version = f"{crd['spec']['group']}/{version['name']}"
             schemas[(api_version, crd["spec"]["names"]["kind"])] = version["schema"]["openAPIV3Schema"]
@@ -104,12 +103,13 @@ def test_every_object_validates_strictly_against_kubernetes_1_30(rendering):
 
 
 def test_crds_are_the_operators(rendering):
-    assert (CHART / "crds" / "agentqrounds.yaml").read_text() == (ROOT / "manifests" / "crd.yaml").read_text(), \
-        "charts/agentq/crds/agentqrounds.yaml is stale: cp manifests/crd.yaml charts/agentq/crds/agentqrounds.yaml"
+    for chart_file, manifest in (("agentqrounds.yaml", "crd.yaml"), ("agentqcampaigns.yaml", "campaign-crd.yaml")):
+        assert (CHART / "crds" / chart_file).read_text() == (ROOT / "manifests" / manifest).read_text(), \
+            f"charts/agentq/crds/{chart_file} is stale: cp manifests/{manifest} charts/agentq/crds/{chart_file}"
     peering = [d for d in yaml.safe_load_all((ROOT / "manifests" / "peering.yaml").read_text())
                if d["kind"] == "CustomResourceDefinition"]
-    assert yaml.safe_load((CHART / "crds" / "kopfpeerings.yaml").read_text()) == peering[0]
-    assert rendering.kinds().count("CustomResourceDefinition") == 2
+    assert list(yaml.safe_load_all((CHART / "crds" / "kopfpeerings.yaml").read_text())) == peering
+    assert rendering.kinds().count("CustomResourceDefinition") == 4
 
 
 def test_rbac_is_the_operators_least_privilege_role(rendering):
@@ -180,7 +180,8 @@ def test_operator_runs_with_peering_and_its_flags_exist(rendering):
     container = pod["containers"][0]
     args = container["args"]
     peering = rendering.one("ClusterKopfPeering")
-    assert args[args.index("--peering") + 1] == peering["metadata"]["name"]
+    assert f"--peering={peering['metadata']['name']}" in args and "--all-namespaces" in args
+    assert peering["metadata"]["name"] == "agentq"  # the release's full name: two releases never share one
     assert "--standalone" not in args
     env = {e["name"]: e["value"] for e in container["env"]}
     mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
@@ -194,6 +195,21 @@ def test_operator_runs_with_peering_and_its_flags_exist(rendering):
     assert done.returncode == 0, done.stderr
     if rendering.name == "gpu-pools-values":
         assert deployment["spec"]["replicas"] == 2
+
+
+def test_watched_namespaces_get_their_own_peering_objects():
+    out = helm("template", "team-a", str(CHART), "-n", "agentq-system", "--set", "operator.watchNamespaces={ml,ml-dev}",
+               "--set", "operator.metricsPort=9191").stdout
+    rendering = Rendering("watch", out)
+    args = rendering.one("Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["--namespace=ml", "--namespace=ml-dev"] and "--all-namespaces" not in args
+    peerings = [d for d in rendering.docs if d["kind"] == "KopfPeering"]
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["ml", "ml-dev"]
+    assert {p["metadata"]["name"] for p in peerings} == {"team-a-agentq"}
+    assert "ClusterKopfPeering" not in rendering.kinds()
+    assert f"--peering={peerings[0]['metadata']['name']}" in args
+    config = yaml.safe_load(rendering.one("ConfigMap", "-operator")["data"]["config.yaml"])
+    assert config["metricsPort"] == 9191
 
 
 def _hardened(pod: dict[str, Any], where: str) -> None:
@@ -296,10 +312,11 @@ def cluster(tmp_path_factory) -> Iterator[testenv.LocalCluster]:
 @pytest.mark.cluster
 def test_each_rendering_is_accepted_by_the_api_server(cluster, rendering, tmp_path):
     manifest = tmp_path / f"{rendering.name}.yaml"
-    manifest.write_text(yaml.safe_dump_all(d for d in rendering.docs if d["kind"] != "CustomResourceDefinition"))
+    objects = [d for d in rendering.docs if d["kind"] != "CustomResourceDefinition"]
+    manifest.write_text(yaml.safe_dump_all(objects))
     done = cluster.kubectl("apply", "--dry-run=server", "-n", "agentq-system", "-f", str(manifest), check=False)
     assert done.returncode == 0, f"{rendering.name}:\n{done.stdout}{done.stderr}"
-    assert done.stdout.count("(server dry run)") == len(rendering.docs) - 2
+    assert done.stdout.count("(server dry run)") == len(objects)
 
 
 @pytest.mark.cluster

@@ -12,14 +12,16 @@ from typing import Any
 
 import pytest
 import yaml
-from testenv import EnvMissing, LocalCluster, Operator, bin_dir, finish_job, job_pod, start_job
+from testenv import EnvMissing, LocalCluster, Operator, bin_dir, finish_job, free_port, job_pod, start_job
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "manifests" / "examples" / "round-scripted.yaml"
 OPERATOR_CONFIG = {"pools": {"inference": {"nodeSelector": {"agentq.dev/pool": "inference"}},
                              "training": {"nodeSelector": {"agentq.dev/pool": "training"}}},
-                   "sandboxUrl": "http://agentq-sandbox.agentq-system:8080", "resyncSeconds": 5}
+                   "sandboxUrl": "http://agentq-sandbox.agentq-system:8080", "resyncSeconds": 5,
+                   "retryBackoffSeconds": 1,
+                   "metricsPort": free_port()}
 
 
 def _require_testenv() -> None:
@@ -109,8 +111,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     _require_testenv()
     c = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
     try:
-        c.kubectl("apply", "-f", str(REPO / "manifests" / "crd.yaml"))
-        c.kubectl("wait", "--for=condition=Established", "crd/agentqrounds.agentq.dev", "--timeout=30s")
+        for manifest in ("crd.yaml", "campaign-crd.yaml"):
+            c.kubectl("apply", "-f", str(REPO / "manifests" / manifest))
+        c.kubectl("wait", "--for=condition=Established", "crd/agentqrounds.agentq.dev",
+                  "crd/agentqcampaigns.agentq.dev", "--timeout=30s")
         yield c
     finally:
         c.stop()
@@ -333,7 +337,7 @@ def test_operator_under_its_own_rbac_role(tmp_path: Path):
     cluster = LocalCluster(tmp_path / "rbac-cluster", rbac=True).start()
     op = standby = None
     try:
-        for manifest in ("crd.yaml", "peering.yaml", "rbac.yaml"):
+        for manifest in ("crd.yaml", "campaign-crd.yaml", "peering.yaml", "rbac.yaml"):
             cluster.kubectl("apply", "-f", str(REPO / "manifests" / manifest))
         cluster.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=30s")
         cluster.kubectl("apply", "-f", str(REPO / "manifests" / "peering-object.yaml"))
@@ -343,12 +347,14 @@ def test_operator_under_its_own_rbac_role(tmp_path: Path):
         for verb, what in (("get", "secrets"), ("create", "pods"), ("delete", "agentqrounds")):
             assert cluster.kubectl("auth", "can-i", verb, what, f"--as={sa}", "-A", check=False).stdout.strip() \
                 == "no"
-        op = Operator(cluster.operator_kubeconfig, tmp_path, config=OPERATOR_CONFIG,
+        # Two replicas on one machine: only one of them can have the metrics port.
+        config = {k: v for k, v in OPERATOR_CONFIG.items() if k != "metricsPort"}
+        op = Operator(cluster.operator_kubeconfig, tmp_path, config=config,
                       args=("--peering", "agentq", "--priority", "100")).start()
         wait_for(lambda: "Resuming operations" in op.output(), "the operator to join the peering", 30)
         # A second replica (a rolling update's new pod) with a lower priority must stand by, not act, until
         # the first one goes away. Started together, kopf lets each act until it has seen the other.
-        standby = Operator(cluster.operator_kubeconfig, tmp_path, config=OPERATOR_CONFIG, name="standby",
+        standby = Operator(cluster.operator_kubeconfig, tmp_path, config=config, name="standby",
                            args=("--peering", "agentq", "--priority", "50")).start()
         h = Harness(cluster, op, "rbac")
         wait_for(lambda: len(h.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
@@ -465,3 +471,46 @@ def test_a_round_recreated_during_its_cleanup_waits_for_it(h: Harness):
     assert h.jobs("again") == ["again-cleanup"]
     h.finish("again-cleanup", {})
     h.wait_jobs("again", ["again-collect-0", "again-collect-1"])
+
+
+def test_operator_metrics_count_rounds_jobs_and_passes(h: Harness):
+    import urllib.request
+
+    def scrape() -> dict[str, float]:
+        url = f"http://127.0.0.1:{OPERATOR_CONFIG['metricsPort']}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line and not line.startswith("#")}
+
+    before = scrape().get('agentq_operator_jobs_created_total{step="collect"}', 0.0)
+    h.apply(small_round("counted"))
+    drive_to(h, "counted", "preferences")
+    h.wait_phase("counted", "Preferences")
+    after = wait_for(lambda: (m := scrape()).get('agentq_operator_rounds{phase="Preferences"}', 0) >= 1 and m,
+                     "the round counted in its phase")
+    assert after['agentq_operator_jobs_created_total{step="collect"}'] - before == 2
+    assert after["agentq_operator_reconcile_seconds_count"] > 0 and "agentq_operator_rounds_blocked" in after
+
+
+def test_a_two_round_campaign_on_the_cluster(h: Harness):
+    template = small_round("x")["spec"]
+    template["evaluate"]["modes"] = ["full_rewrite"]
+    h.apply({"apiVersion": "agentq.dev/v1alpha1", "kind": "AgentQCampaign", "metadata": {"name": "climb"},
+             "spec": {"rounds": 2, "stop": {"patience": 2}, "template": template}})
+    campaign = lambda: h.custom.get_namespaced_custom_object(  # noqa: E731
+        "agentq.dev", "v1alpha1", h.ns, "agentqcampaigns", "climb").get("status") or {}
+    for index, rate in ((1, 0.3), (2, 0.4)):
+        name = f"climb-r{index}"
+        wait_for(lambda n=name: n in [r["metadata"]["name"] for r in h.custom.list_namespaced_custom_object(
+            "agentq.dev", "v1alpha1", h.ns, "agentqrounds")["items"]], f"the campaign to create {name}")
+        if index == 2:
+            assert h.round(name)["spec"]["model"]["fromRound"] == "climb-r1"
+        drive_to(h, name, "report")
+        h.finish(f"{name}-report", {"passRate": {"full_rewrite": rate}, "deltaPassAt1": {"full_rewrite": 0.1}})
+        h.wait_phase(name, "Succeeded")
+    status = wait_for(lambda: campaign() if campaign().get("phase") == "Succeeded" else None, "the campaign to end")
+    assert [p["passRate"] for p in status["learningCurve"]] == [0.3, 0.4]
+    assert status["bestPassRate"] == "full_rewrite=0.40"
+    table = h.cluster.kubectl("get", "aqc", "-n", h.ns).stdout
+    assert table.splitlines()[0].split() == ["NAME", "PHASE", "ROUND", "BEST", "AGE"], table
+    assert "climb-r2" in table and "Succeeded" in table

@@ -198,9 +198,12 @@ def test_units_in_order_with_shards():
                                                     ["merge"], ["evaluate-0", "evaluate-1"], ["report"]]
 
 
-def test_checked_in_crd_is_not_stale():
+def test_checked_in_crds_are_not_stale():
     with open("manifests/crd.yaml") as fh:
         assert fh.read() == render(), "manifests/crd.yaml is stale: python -m controller.crd > manifests/crd.yaml"
+    with open("manifests/campaign-crd.yaml") as fh:
+        assert fh.read() == render("campaign"), \
+            "manifests/campaign-crd.yaml is stale: python -m controller.crd campaign > manifests/campaign-crd.yaml"
 
 
 def test_crd_schema_keeps_validation():
@@ -447,3 +450,18 @@ def test_suspend_reaches_running_jobs_once_and_resume_clears_it():
     p = advance(b, running, no_inspect)
     assert p.suspend == {"r1-collect-0": False} and p.status["phase"] == "Collecting"
     assert advance(b, running, no_inspect).suspend == {}
+
+
+def test_a_failed_step_is_retried_after_a_growing_delay():
+    b = body(backoffLimit=3)
+    failing = {"reason": "BackoffLimitExceeded", "logs": "boom"}
+    failed = job(b, Unit("collect", 0, 2), 1, "Failed")
+    failed["status"]["conditions"][0]["lastTransitionTime"] = "2026-12-02T10:00:00Z"
+    jobs = [failed, job(b, Unit("collect", 1, 2), 0, "Running")]
+    p = plan(b, jobs, lambda j: failing, "2026-12-02T10:00:05Z", retry_backoff=10)
+    assert p.create == [] and p.wake_after == 15  # attempt 1 failed: 10 s doubled, 5 s of it gone
+    assert "r1-collect-0-r2 in 15s" in condition(p, "Progressing")["message"]
+    assert [e[1] for e in p.events if e[0] == "Warning"] == ["JobFailed"]
+    p = plan(b, jobs, lambda j: failing, "2026-12-02T10:00:20Z", retry_backoff=10)
+    assert [(u.key, a) for u, a in p.create] == [("collect-0", 2)] and p.wake_after is None
+    assert plan(b, jobs, lambda j: failing, "2026-12-02T10:00:01Z").create  # backoff off: at once

@@ -29,6 +29,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .repository .tag -}}
 {{- end -}}
 
+{{/* The peering name: per release by default, so two releases' operators never pause each other. */}}
+{{- define "agentq.peering" -}}
+{{- .Values.operator.peering | default (include "agentq.fullname" .) -}}
+{{- end -}}
+
 {{- define "agentq.sandboxUrl" -}}
 {{- if .Values.sandbox.url -}}
 {{- .Values.sandbox.url -}}
