@@ -231,3 +231,22 @@ def test_the_service_imports_neither_torch_nor_kubernetes():
             "'kubernetes', 'kopf'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_page_ships_in_the_wheel(tmp_path):
+    """The controller image installs agentq from a wheel, not editable: the static page must be in it."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"  # what the Dockerfile copies: no egg-info or build/ left by an editable install
+    for name in ("agentq", "controller"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(root / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("agentq-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"agentq/serve/static/{n}" for n in ("index.html", "app.js", "style.css")} <= names

@@ -115,9 +115,7 @@ def create_app(reader: StoreReader, source: RoundSource | None = None, *, token:
 
     @app.get("/api/rounds/{name}/eval/results", dependencies=api)
     def results(name: str, arm: str | None = None, mode: str | None = None) -> dict[str, Any]:
-        found = reader.eval_results(name) if name in reader.round_names() else None
-        if found is None:
-            raise NotFound(f"no round {name!r} in {reader.store.url}")
+        found = reader.eval_results(name)
         if arm is not None:
             found = {arm: found.get(arm, {})}
         if mode is not None:

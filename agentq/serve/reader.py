@@ -181,6 +181,7 @@ class StoreReader:
 
     def eval_results(self, name: str) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """{arm: {mode: per-task records}} from eval/<mode>.jsonl and eval/baseline/<mode>.jsonl."""
+        self._require(name)
         out: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for rel in self.round_keys(name):
             parts = rel.split("/")
