@@ -16,11 +16,15 @@ import sys
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
+from agentq.campaign import summary as campaign_summary
 from agentq.cli import serve_args
-from agentq.config import ConfigError
+from agentq.config import CampaignFile, ConfigError, describe_errors
 from agentq.serve.reader import NotFound, StoreReader, fold_results
 from agentq.serve.summary import headline
 from agentq.workspace import STEPS
+from controller.crd import CAMPAIGN_PLURAL
 from controller.jobs import UNIT_LABEL
 
 
@@ -81,6 +85,28 @@ def round_view(body: dict[str, Any], jobs: list[dict[str, Any]], summary: dict[s
             "passRate": pass_rate, "spec": spec}
 
 
+def campaign_view(body: dict[str, Any], rounds_in_store: set[str]) -> dict[str, Any]:
+    """An AgentQCampaign as the dashboard's campaign view: the same fields `agentq campaign run` writes to
+    campaigns/<name>/campaign.json, computed by the same function, plus the phase and the round in progress."""
+    meta, status = body["metadata"], body.get("status") or {}
+    curve = status.get("learningCurve") or []
+    stopped = None
+    if status.get("phase") in ("Succeeded", "Failed"):
+        done = next((c for c in status.get("conditions") or [] if c.get("type") == status["phase"]), {})
+        stopped = done.get("reason") or status["phase"]
+    try:
+        campaign = CampaignFile.model_validate({"metadata": {"name": meta["name"]}, "spec": body.get("spec") or {}})
+    except ValidationError as err:  # the operator marks it Failed; the page still lists it, saying why
+        view = {"campaign": meta["name"], "mode": None, "rounds": len(curve), "plannedRounds": None,
+                "stopped": stopped, "bestPassRate": None, "learningCurve": curve,
+                "error": describe_errors(f"AgentQCampaign {meta['name']}", err)}
+    else:
+        view = campaign_summary(campaign, curve, stopped)
+    return {"name": meta["name"], **view, "phase": status.get("phase"),
+            "currentRound": status.get("currentRound"),
+            "roundsInStore": [p.get("name") for p in curve if p.get("name") in rounds_in_store]}
+
+
 class ClusterRounds:
     """The dashboard's round source on a cluster: one namespace's AgentQRounds, or every namespace's."""
 
@@ -107,6 +133,18 @@ class ClusterRounds:
             where = f"namespace {self.namespace}" if self.namespace else "any namespace"
             raise NotFound(f"no AgentQRound {name!r} in {where}")
         return self._view(body)
+
+    def campaigns(self) -> list[dict[str, Any]]:
+        names = set(self.reader.round_names())
+        bodies = self.kube.list_rounds(self.namespace, plural=CAMPAIGN_PLURAL)
+        return sorted((campaign_view(b, names) for b in bodies), key=lambda c: c["name"])
+
+    def campaign(self, name: str) -> dict[str, Any]:
+        found = next((c for c in self.campaigns() if c["name"] == name), None)
+        if found is None:
+            where = f"namespace {self.namespace}" if self.namespace else "any namespace"
+            raise NotFound(f"no AgentQCampaign {name!r} in {where}")
+        return found
 
 
 def main(argv: list[str] | None = None) -> int:

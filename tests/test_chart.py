@@ -368,7 +368,7 @@ def test_dashboard_rbac_is_read_only(rendering):
     role = rendering.one("ClusterRole", "-dashboard")
     for rule in role["rules"]:
         assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
-    assert {r for rule in role["rules"] for r in rule["resources"]} == {"agentqrounds", "jobs"}
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"agentqrounds", "agentqcampaigns", "jobs"}
     binding = rendering.one("ClusterRoleBinding", "-dashboard")
     account = rendering.one("ServiceAccount", "-dashboard")
     assert binding["subjects"][0]["name"] == account["metadata"]["name"]

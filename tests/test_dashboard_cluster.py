@@ -41,12 +41,23 @@ JOBS = [job("collect-0", "2026-01-01T00:00:10Z", "2026-01-01T00:01:00Z"),
         job("train", "2026-01-01T00:01:42Z", None)]
 
 
-class FakeKube:
-    def __init__(self, bodies: list[dict], jobs: list[dict]) -> None:
-        self.bodies, self.jobs = bodies, jobs
+CAMPAIGN = {"metadata": {"name": "learn", "namespace": "ns"},
+            "spec": {"rounds": 3, "stop": {"patience": 2},
+                     "template": {"model": {"base": "tiny", "backend": "scripted"},
+                                  "dataset": {"train": "t.jsonl", "test": "t.jsonl"}, "store": {"pvc": "a"},
+                                  "evaluate": {"modes": ["zero_shot"]}}},
+            "status": {"phase": "Running", "currentRound": "r2", "learningCurve": [
+                {"round": 1, "name": "r1", "mode": "zero_shot", "passRate": 0.3, "delta": 0.1,
+                 "deltaCi95": [0.05, 0.2], "gain": True}]}}
 
-    def list_rounds(self, namespace):
-        return [b for b in self.bodies if namespace in (None, b["metadata"]["namespace"])]
+
+class FakeKube:
+    def __init__(self, bodies: list[dict], jobs: list[dict], campaigns: list[dict] = ()) -> None:
+        self.bodies, self.jobs, self.campaigns = bodies, jobs, list(campaigns)
+
+    def list_rounds(self, namespace, label_selector="", plural="agentqrounds"):
+        items = self.campaigns if plural == "agentqcampaigns" else self.bodies
+        return [b for b in items if namespace in (None, b["metadata"]["namespace"])]
 
     def get_round(self, namespace, name):
         return next((b for b in self.list_rounds(namespace) if b["metadata"]["name"] == name), None)
@@ -109,3 +120,22 @@ def test_unit_keys_map_to_steps(unit, step):
     from controller.dashboard import step_of
 
     assert step_of(unit) == step
+
+
+def test_cluster_campaigns_come_from_their_resources(tmp_path):
+    reader = StoreReader(dashboard_store.build(tmp_path / "store"), ttl=0)
+    kube = FakeKube([TRAINING], JOBS, [CAMPAIGN])
+    client = TestClient(create_app(reader, ClusterRounds(kube, reader, "ns")))
+    (campaign,) = client.get("/api/campaigns").json()
+    assert (campaign["name"], campaign["phase"], campaign["currentRound"]) == ("learn", "Running", "r2")
+    assert campaign["plannedRounds"] == 3 and campaign["bestPassRate"] == 0.3 and campaign["stopped"] is None
+    assert campaign["roundsInStore"] == ["r1"] and campaign["mode"] == "zero_shot"
+    assert client.get("/api/campaigns/c").status_code == 404  # the store's campaign is not the cluster's
+
+
+def test_an_invalid_campaign_is_listed_with_why():
+    from controller.dashboard import campaign_view
+
+    bad = {**CAMPAIGN, "spec": {"rounds": 0}}
+    view = campaign_view(bad, set())
+    assert view["name"] == "learn" and "AgentQCampaign learn" in view["error"] and view["rounds"] == 1

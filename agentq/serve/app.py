@@ -41,6 +41,10 @@ class RoundSource(Protocol):
 
     def round(self, name: str) -> dict[str, Any]: ...
 
+    def campaigns(self) -> list[dict[str, Any]]: ...
+
+    def campaign(self, name: str) -> dict[str, Any]: ...
+
 
 def create_app(reader: StoreReader, source: RoundSource | None = None, *, token: str | None = None,
                poll_interval: float = 1.0) -> FastAPI:
@@ -141,11 +145,11 @@ def create_app(reader: StoreReader, source: RoundSource | None = None, *, token:
 
     @app.get("/api/campaigns", dependencies=api)
     def campaigns() -> list[dict[str, Any]]:
-        return [reader.campaign(n) for n in reader.campaign_names()]
+        return source.campaigns()
 
     @app.get("/api/campaigns/{name}", dependencies=api)
     def campaign(name: str) -> dict[str, Any]:
-        return reader.campaign(name)
+        return source.campaign(name)
 
     @app.websocket("/api/rounds/{name}/events")
     async def events(ws: WebSocket, name: str, after_seq: int = 0, token_q: str | None = Query(None, alias="token")

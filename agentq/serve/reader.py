@@ -224,6 +224,9 @@ class StoreReader:
         """Campaigns with a result in the store (`agentq campaign run` writes campaigns/<name>/campaign.json)."""
         return sorted({k.split("/")[1] for k in self.store.list("campaigns") if k.endswith("/campaign.json")})
 
+    def campaigns(self) -> list[dict[str, Any]]:
+        return [self.campaign(n) for n in self.campaign_names()]
+
     def campaign(self, name: str) -> dict[str, Any]:
         found = self.json(f"campaigns/{name}/campaign.json")
         if found is None:
