@@ -99,7 +99,8 @@ function lineChart(id, series, xLabels, yLabel) {
   // series: [{name, color, points: [[xIndex, value]]}]
   const W = 560, H = 240, left = 44, bottom = 44, top = 14, right = 16;
   const n = Math.max(xLabels.length - 1, 1);
-  const x = (i) => left + (W - left - right) * (xLabels.length === 1 ? 0.5 : i / n);
+  const inset = 36;  // room for the first and last labels
+  const x = (i) => left + inset + (W - left - right - 2 * inset) * (xLabels.length === 1 ? 0.5 : i / n);
   const y = (v) => top + (H - top - bottom) * (1 - v);
   let svg = `<svg id="${id}" viewBox="0 0 ${W} ${H}" width="100%" role="img" aria-label="${esc(yLabel)}">`;
   for (const t of [0, 0.25, 0.5, 0.75, 1]) {
