@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
@@ -40,16 +41,32 @@ def step_of(unit_key: str) -> str:
     return "evaluate" if step == "report" else step
 
 
-def round_view(body: dict[str, Any], jobs: list[dict[str, Any]], summary: dict[str, Any] | None) -> dict[str, Any]:
+def gpu_hours(job: dict[str, Any], now: float) -> float:
+    """GPU-hours a Job has held: the GPUs its pod template asks for times its running time (to `now` while it
+    runs). An allocation, not a utilisation: what the cluster reserved for the step."""
+    containers = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    gpus = sum(float(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu", 0)) for c in containers)
+    status = job.get("status") or {}
+    start = _epoch(status.get("startTime"))
+    if not gpus or start is None:
+        return 0.0
+    return gpus * max(0.0, (_epoch(status.get("completionTime")) or now) - start) / 3600
+
+
+def round_view(body: dict[str, Any], jobs: list[dict[str, Any]], summary: dict[str, Any] | None,
+               now: float | None = None) -> dict[str, Any]:
     """A resource, its Jobs and its evaluation summary (if any) as the dashboard's round view (pure)."""
+    now = time.time() if now is None else now
     meta, status = body["metadata"], body.get("status") or {}
     spec = body.get("spec") or {}
     phase = status.get("phase") or "Pending"
     times: dict[str, list[dict[str, Any]]] = {}
+    held: dict[str, float] = {}
     for job in jobs:
         unit = (job["metadata"].get("labels") or {}).get(UNIT_LABEL)
         if unit:
             times.setdefault(step_of(unit), []).append(job.get("status") or {})
+            held[step_of(unit)] = held.get(step_of(unit), 0.0) + gpu_hours(job, now)
     entries: dict[str, list[dict[str, Any]]] = {}
     for key, entry in (status.get("jobs") or {}).items():
         entries.setdefault(step_of(key), []).append(entry)
@@ -72,7 +89,7 @@ def round_view(body: dict[str, Any], jobs: list[dict[str, Any]], summary: dict[s
         done = sum(e.get("state") == "Succeeded" for e in mine)
         steps.append({"name": step, "state": state, "startTime": start, "completionTime": end,
                       "seconds": round(end - start, 1) if start and end else None,
-                      "shards": {"done": done, "total": max(len(mine), 1)},
+                      "shards": {"done": done, "total": max(len(mine), 1)}, "gpuHours": round(held.get(step, 0.0), 4),
                       "result": fold_results([e.get("result") or {} for e in mine])})
     pass_rate = headline(summary) or (status.get("results") or {}).get("passRate") or {}
     progressing = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})

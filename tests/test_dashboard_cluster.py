@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import dashboard_store
 import pytest
@@ -17,8 +18,10 @@ from controller.dashboard import ClusterRounds, round_view
 from controller.jobs import UNIT_LABEL
 
 
-def job(unit: str, start: str | None, end: str | None) -> dict:
+def job(unit: str, start: str | None, end: str | None, gpus: int = 0) -> dict:
+    limits = {"nvidia.com/gpu": gpus} if gpus else {}
     return {"metadata": {"name": f"r2-{unit}-r0", "labels": {UNIT_LABEL: unit}},
+            "spec": {"template": {"spec": {"containers": [{"resources": {"limits": {"cpu": "1", **limits}}}]}}},
             "status": {"startTime": start, "completionTime": end}}
 
 
@@ -35,10 +38,10 @@ TRAINING = resource("r2", "Training", "train", {
     "preferences": {"name": "r2-preferences-r0", "state": "Succeeded", "attempts": 1, "result": {"pairs": 4}},
     "train": {"name": "r2-train-r0", "state": "Running", "attempts": 1},
 })
-JOBS = [job("collect-0", "2026-01-01T00:00:10Z", "2026-01-01T00:01:00Z"),
-        job("collect-1", "2026-01-01T00:00:12Z", "2026-01-01T00:01:30Z"),
+JOBS = [job("collect-0", "2026-01-01T00:00:10Z", "2026-01-01T00:01:00Z", gpus=1),
+        job("collect-1", "2026-01-01T00:00:12Z", "2026-01-01T00:01:30Z", gpus=1),
         job("preferences", "2026-01-01T00:01:31Z", "2026-01-01T00:01:41Z"),
-        job("train", "2026-01-01T00:01:42Z", None)]
+        job("train", "2026-01-01T00:01:42Z", None, gpus=2)]
 
 
 CAMPAIGN = {"metadata": {"name": "learn", "namespace": "ns"},
@@ -77,6 +80,13 @@ def test_status_and_jobs_become_steps_with_timings():
     assert view["passRate"] == {"zero_shot": 0.1}  # the operator's results until a summary is in the store
 
 
+def test_gpu_hours_are_what_the_jobs_held():
+    now = datetime(2026, 1, 1, 0, 31, 42, tzinfo=UTC).timestamp()  # train has run for 30 minutes
+    steps = {s["name"]: s for s in round_view(TRAINING, JOBS, None, now=now)["steps"]}
+    assert steps["collect"]["gpuHours"] == round((50 + 78) / 3600, 4)  # one GPU per shard
+    assert steps["preferences"]["gpuHours"] == 0.0 and steps["train"]["gpuHours"] == 1.0  # 2 GPUs x 0.5 h
+
+
 def test_the_report_job_counts_as_evaluate_and_a_failed_round_shows_its_step_failed():
     body = resource("r2", "Failed", "evaluate", {
         **{k: {**v, "state": "Succeeded"} for k, v in TRAINING["status"]["jobs"].items()},
@@ -100,6 +110,7 @@ def test_the_app_serves_cluster_rounds_with_store_artifacts(tmp_path):
     assert missing.status_code == 404 and missing.json()["detail"] == "no AgentQRound 'r9' in namespace ns"
     with client.websocket_connect("/api/rounds/r2/events") as ws:
         assert ws.receive_json()["data"]["steps"][2]["state"] == "Running"
+    assert 'agentq_step_gpu_hours{round="r2",step="collect"} 0.0356' in client.get("/metrics").text
 
 
 def test_dashboard_entry_point_rejects_a_missing_store(tmp_path):

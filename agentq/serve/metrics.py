@@ -3,8 +3,9 @@
 The round metrics are computed at scrape time from the same readers the API uses (a custom collector), so
 they can never disagree with the page and need no background thread. Samples and sandbox runs are
 counters over each round's collected trees: Prometheus' rate() turns them into per-second figures.
-Tokens, GPU-hours and cost are not exported: no step records them yet, and a made-up estimate would be
-read as a measurement.
+GPU-hours are what a cluster round's Jobs held (GPUs requested times running time); multiply by a price in
+the query for cost. Tokens are not exported: no step records them yet, and a made-up estimate would be read
+as a measurement.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class RoundCollector:
                                       labels=["round", "arm", "mode"])
         samples = CounterMetricFamily("agentq_collect_samples", "Model samples drawn by collection",
                                       labels=["round"])
+        gpu_hours = GaugeMetricFamily("agentq_step_gpu_hours", "GPU-hours the step's Jobs have held (cluster rounds; "
+                                      "times a price per GPU-hour gives the cost)", labels=["round", "step"])
         runs = CounterMetricFamily("agentq_sandbox_runs", "Candidates run in the sandbox by collection",
                                    labels=["round"])
         for r in rounds:
@@ -49,6 +52,8 @@ class RoundCollector:
             for step in r.get("steps", []):
                 if step.get("seconds") is not None:
                     durations.add_metric([name, step["name"]], step["seconds"])
+                if step.get("gpuHours"):
+                    gpu_hours.add_metric([name, step["name"]], step["gpuHours"])
             summary = self.artifacts.json(f"rounds/{name}/eval/summary.json")
             if summary:
                 for arm in normalise(summary)["arms"]:
@@ -57,7 +62,7 @@ class RoundCollector:
             trees = [t for key in self.artifacts.trajectory_files(name) for t in self.artifacts.jsonl(key)]
             samples.add_metric([name], sum((t.get("stats") or {}).get("samples", 0) for t in trees))
             runs.add_metric([name], sum((t.get("stats") or {}).get("executions", 0) for t in trees))
-        yield from (durations, pass_rate, samples, runs)
+        yield from (durations, gpu_hours, pass_rate, samples, runs)
 
 
 class ServiceMetrics:
