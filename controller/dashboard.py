@@ -88,7 +88,7 @@ def round_view(body: dict[str, Any], jobs: list[dict[str, Any]], summary: dict[s
         end = max(ends, default=None) if state == "Succeeded" else None
         done = sum(e.get("state") == "Succeeded" for e in mine)
         steps.append({"name": step, "state": state, "startTime": start, "completionTime": end,
-                      "seconds": round(end - start, 1) if start and end else None,
+                      "seconds": round(end - start, 1) if start is not None and end is not None else None,
                       "shards": {"done": done, "total": max(len(mine), 1)}, "gpuHours": round(held.get(step, 0.0), 4),
                       "result": fold_results([e.get("result") or {} for e in mine])})
     pass_rate = headline(summary) or (status.get("results") or {}).get("passRate") or {}

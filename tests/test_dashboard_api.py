@@ -38,6 +38,7 @@ def test_rounds_list_phases_and_step_timings(client):
     steps = {s["name"]: s for s in rounds["r1"]["steps"]}
     assert [s["state"] for s in steps.values()] == ["Succeeded"] * 5
     assert steps["train"]["startTime"] == 20.0 and steps["train"]["seconds"] == 5.0
+    assert steps["collect"]["seconds"] == 5.0  # a start time of 0 is a time, not a missing one
     assert rounds["r1"]["passRate"] == {"zero_shot": 0.3}
     assert rounds["r2"]["fromRound"] == "r1"
 

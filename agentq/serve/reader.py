@@ -145,7 +145,7 @@ class StoreReader:
             if state != "Succeeded" and state != "Failed":
                 end = None
             rows.append({"name": step, "state": state, "startTime": start, "completionTime": end,
-                         "seconds": round(end - start, 1) if start and end else None,
+                         "seconds": round(end - start, 1) if start is not None and end is not None else None,
                          "shards": {"done": len(found), "total": len(markers)},
                          "result": fold_results([m.get("result") or {} for m in found])})
         return rows

@@ -22,7 +22,7 @@ function duration(seconds) {
   const m = Math.floor(seconds / 60);
   return m < 60 ? `${m}m ${Math.round(seconds % 60)}s` : `${Math.floor(m / 60)}h ${m % 60}m`;
 }
-const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "–");
+const when = (t) => (t != null ? new Date(t * 1000).toLocaleString() : "–");
 const token = () => localStorage.getItem("agentq-token") || "";
 
 async function api(path) {
