@@ -15,8 +15,12 @@ export UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config g
 	https://download.pytorch.org/whl/cpu/torch/)
 DATA ?= ../shared/data
 
-.PHONY: setup run test lint lock corpus bench
-setup: $(STAMP)
+.PHONY: setup system run test lint lock corpus bench
+setup: system $(STAMP)
+
+# Debian packages by name, installed when missing: bubblewrap runs the candidates' sandbox.
+system:
+	@command -v bwrap >/dev/null || { apt-get update -q && apt-get install -y -q bubblewrap; }
 
 $(STAMP): $(LOCK)
 	# Debian's own python3 ships venv separately (python3-venv); install it when it is missing.

@@ -31,6 +31,15 @@ def _round_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round", required=True, metavar="ROUND_YAML", help="AgentQRound file (same as kubectl apply)")
 
 
+def _preset_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=["tiny"], default=None, help="tiny: tiny random model + scripted critique")
+
+
+def _weak_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-weak-isolation", action="store_true",
+                   help="run candidates even where full sandbox isolation is missing (each verdict says what is)")
+
+
 def _shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", type=int, default=0, help="this shard's index (0-based)")
     p.add_argument("--num-shards", type=int, default=1, help="how many shards split the tasks")
@@ -60,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", type=int, default=0, help="hidden differential test cases to add per task")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
+    _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.tasks.build:main"))
     p = tasks.add_parser("validate", help="check every reference passes and every buggy program fails")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
+    _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.tasks.validate:main"))
     p = tasks.add_parser("split", help="train/test split by group, refused if train and test share a problem")
     p.add_argument("file")
@@ -75,13 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = sub.add_parser("sandbox", help="run candidates safely").add_subparsers(dest="sandbox_cmd", required=True)
     p = sandbox.add_parser("serve", help="HTTP sandbox server (what sandbox pods run)")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (another than loopback needs "
+                   "AGENTQ_SANDBOX_TOKEN)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--max-timeout", type=float, default=60.0, help="largest wall-clock limit a caller may ask for")
+    p.add_argument("--max-memory-mb", type=int, default=2048, help="largest memory limit a caller may ask for")
+    p.add_argument("--max-procs", type=int, default=64, help="largest process limit a caller may ask for")
+    _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.sandbox.server:main"))
     p = sandbox.add_parser("bench", help="warm executor vs one fresh pytest per candidate, on HumanEvalFix")
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
+    _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.sandbox.bench:main"))
 
     p = sub.add_parser("collect", help="MCTS over full rewrites; writes trajectories/shard-i-of-n.jsonl")
@@ -103,11 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only combine finished shards into the report")
     p.set_defaults(func=_lazy("agentq.evaluate:main"))
 
+    model = sub.add_parser("model", help="the round's base model")
+    model = model.add_subparsers(dest="model_cmd", required=True)
+    p = model.add_parser("fetch", help="copy spec.model.fetchFrom into the store at spec.model.base (store:<key>)")
+    _round_arg(p)
+    p.set_defaults(func=_lazy("agentq.fetch:main"))
+
     rnd = sub.add_parser("round", help="run a whole round on this machine")
     rnd = rnd.add_subparsers(dest="round_cmd", required=True)
     p = rnd.add_parser("run", help="collect -> preferences -> train -> merge -> evaluate, resuming finished steps")
     p.add_argument("file", metavar="ROUND_YAML")
-    p.add_argument("--preset", choices=["tiny"], default=None, help="tiny: tiny random model + scripted critique")
+    _preset_arg(p)
     p.set_defaults(func=_lazy("agentq.round:run_main"))
     p = rnd.add_parser("status", help="each step's state and the headline numbers")
     p.add_argument("file", metavar="ROUND_YAML")
@@ -120,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     campaign = campaign.add_subparsers(dest="campaign_cmd", required=True)
     p = campaign.add_parser("run", help="run the rounds until the last one or until no gain for stop.patience")
     p.add_argument("file", metavar="CAMPAIGN_YAML")
-    p.add_argument("--preset", choices=["tiny"], default=None, help="tiny: tiny random model + scripted critique")
+    _preset_arg(p)
     p.set_defaults(func=_lazy("agentq.campaign:run_main"))
 
     p = sub.add_parser("serve", help="the dashboard: REST API, live event stream, /metrics and a page over a store")
@@ -140,12 +163,29 @@ def quiet_library_output() -> None:
     warnings.simplefilter("ignore", FutureWarning)
 
 
+# Errors that are the user's to fix (a bad file, an unreachable store or sandbox): one line, never a traceback.
+# Named rather than imported, so `agentq --help` stays free of the modules that define them.
+USER_ERRORS = frozenset({
+    "agentq.tasks.schema.TaskFileError",
+    "agentq.store.StoreError",
+    "agentq.sandbox.client.SandboxUnavailable",
+    "agentq.sandbox.executor.WorkerDied",
+})
+
+
+def is_user_error(err: BaseException) -> bool:
+    return isinstance(err, ConfigError) or any(f"{c.__module__}.{c.__qualname__}" in USER_ERRORS
+                                                for c in type(err).__mro__)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_library_output()
     try:
         rc = args.func(args)
-    except ConfigError as err:
+    except Exception as err:  # noqa: BLE001 - user errors become one line; anything else is a bug, re-raised
+        if not is_user_error(err):
+            raise
         print(f"agentq: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

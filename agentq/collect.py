@@ -15,17 +15,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from agentq.config import ConfigError
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl
 from agentq.policy.base import load_policy
 from agentq.search.mcts import Search, SearchParams
 from agentq.tasks.schema import Task
-from agentq.workspace import RoundWorkspace, digest
+from agentq.workspace import RoundWorkspace, check_shard, digest
 
 
 def shard_tasks(tasks: list[Task], shard: int, num_shards: int) -> list[Task]:
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise ConfigError(f"--shard {shard} --num-shards {num_shards}: need 0 <= shard < num_shards")
+    check_shard(shard, num_shards)
     return [t for i, t in enumerate(tasks) if i % num_shards == shard]
 
 
@@ -44,9 +42,7 @@ def finished_ids(path: Path, inputs_digest: str) -> set[str]:
 
 
 def collect_digest(ws: RoundWorkspace, tasks_digest: str, model_digest: str) -> str:
-    spec = ws.round.spec
-    return digest("collect", spec.collect, spec.model.backend, spec.model.scripted, spec.model.max_new_tokens,
-                  spec.preferences.alpha, tasks_digest, model_digest)
+    return digest("collect", ws.settings("collect"), tasks_digest, model_digest)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -66,27 +62,34 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
         return done_result
 
     key = ws.shard_key(shard, num_shards)
-    local = ws.fetch(key)
+    partial = ws.partial(key, inputs_digest)  # the finished shard of other settings stays as it is meanwhile
+    local = ws.fetch(partial)
     done = finished_ids(local, inputs_digest)
     todo = [t for t in mine if t.id not in done]
     params = SearchParams.for_collect(spec)
-    policy = load_policy(spec.model, path_override=model_path if spec.model.from_round else None)
+    policy = load_policy(spec.model, path_override=model_path)  # the base, the store's copy, or fromRound's merge
     critic = load_policy(spec.model.model_copy(update={"backend": "scripted"})) if spec.collect.critic == "scripted" \
         else None
     start = time.perf_counter()
     with ws.executor() as executor:
+        weak = list(executor.isolation)
         bar = tqdm(todo, desc=f"collect shard {shard}/{num_shards}", unit="task", disable=None,
                    initial=len(done), total=len(mine))
         for task in bar:
             search = Search(task, policy, executor, params, critic=critic).run()
             append_jsonl(local, {**search.record(), "inputs_digest": inputs_digest})
-            ws.publish(key)
+            ws.publish(partial)
             if bar.disable:  # no terminal (a Job's log): one line per task instead of a bar
                 print(f"collect: {task.id}: solved={search.solved} samples={search.stats.samples} "
                       f"{search.stats.wall_s:.1f}s", flush=True)
-    records = list(read_jsonl(local))
+    records = list(read_jsonl(local)) if local.exists() else []
     result = {"tasks": len(records), "solved": sum(r["solved"] for r in records),
               "samples": sum(r["stats"]["samples"] for r in records)}
+    if weak:  # the round's report repeats it: verdicts from a weakened sandbox are less trustworthy
+        result["weakIsolation"] = "; ".join(weak)
+    local.touch()
+    ws.complete(key, local)
     return ws.finish(step, inputs_digest, result,
                      f"collect: shard {shard}/{num_shards}: {result['solved']}/{result['tasks']} tasks solved, "
-                     f"{result['samples']} samples, {time.perf_counter() - start:.1f}s -> {ws.describe(key)}")
+                     f"{result['samples']} samples, {time.perf_counter() - start:.1f}s -> {ws.describe(key)}",
+                     outputs=[key])

@@ -44,8 +44,12 @@ class ScriptedSpec(Spec):
     )
 
 
+STORE_MODEL = "store:"  # model.base naming a model directory in the round's artifact store
+
+
 class ModelSpec(Spec):
-    base: str = Field(DEFAULT_BASE_MODEL, min_length=1, description="Hub name, local directory or store path.")
+    base: str = Field(DEFAULT_BASE_MODEL, min_length=1, description="Hub name, local directory, or `store:<key>`: a "
+                      "model directory in the round's artifact store (PVC or S3).")
     from_round: str | None = Field(None, description="Start from this earlier round's merged model.")
     backend: Literal["hf", "vllm", "scripted"] = "hf"
     gguf_file: str | None = Field(None, description="GGUF file inside `base` (dequantised on load).")
@@ -53,6 +57,16 @@ class ModelSpec(Spec):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_new_tokens: int = Field(768, ge=1)
     scripted: ScriptedSpec = Field(default_factory=ScriptedSpec)
+    fetch_from: str | None = Field(None, description="With base `store:<key>`: the hub name (or directory) the model "
+                                   "step copies there once, before collect.")
+    token_secret: str | None = Field(None, description="Kubernetes Secret whose `token` key is the model step's "
+                                     "HF_TOKEN (gated or private hub models).")
+
+    @model_validator(mode="after")
+    def _fetch_needs_a_store_base(self) -> ModelSpec:
+        if self.fetch_from and not self.base.startswith(STORE_MODEL):
+            raise ValueError(f"fetchFrom needs base: {STORE_MODEL}<key> (the place in the store it is copied to)")
+        return self
 
 
 class DatasetSpec(Spec):
@@ -119,6 +133,9 @@ class SandboxSpec(Spec):
     cpu_seconds: int | None = Field(None, ge=1, description="CPU time per candidate (default: the timeout + 1 s).")
     memory_mb: int = Field(1024, ge=64)
     workers: int | None = Field(None, ge=1, description="Warm workers; defaults to the CPU count.")
+    allow_weak_isolation: bool = Field(False, description="Run candidates even where full isolation (bubblewrap, "
+                                       "root or user namespaces, cgroups) is missing; every verdict then says "
+                                       "what was weakened. Off: the executor refuses to start.")
 
 
 class S3Spec(Spec):
@@ -188,6 +205,7 @@ class PlacementSpec(Spec):
 class StepDeadlines(Spec):
     """activeDeadlineSeconds of each step's Jobs: a Job running longer fails (and is retried like any failure)."""
 
+    model: int | None = Field(None, ge=1)
     collect: int | None = Field(None, ge=1)
     preferences: int | None = Field(None, ge=1)
     train: int | None = Field(None, ge=1)
@@ -222,20 +240,28 @@ class RoundSpec(Spec):
     delete_artifacts: bool = Field(False, description="Remove the round's artifacts when the round is deleted.")
 
 
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
 class Metadata(Spec):
     model_config = ConfigDict(extra="allow")
-    name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=52)
+    name: str = Field(..., pattern=NAME_PATTERN, max_length=52)
 
 
-class RoundFile(Spec):
+class Document(Spec):
+    """A Kubernetes-style file: the same document works with the embedded runner and with kubectl apply."""
+
     api_version: Literal["agentq.dev/v1alpha1"] = API_VERSION
-    kind: Literal["AgentQRound"] = KIND
-    metadata: Metadata
-    spec: RoundSpec
 
     @property
     def name(self) -> str:
-        return self.metadata.name
+        return self.metadata.name  # type: ignore[attr-defined]
+
+
+class RoundFile(Document):
+    kind: Literal["AgentQRound"] = KIND
+    metadata: Metadata
+    spec: RoundSpec
 
 
 class CampaignStopSpec(Spec):
@@ -255,21 +281,15 @@ class CampaignSpec(Spec):
     stop: CampaignStopSpec = Field(default_factory=CampaignStopSpec)
 
 
-class CampaignMetadata(Spec):
-    model_config = ConfigDict(extra="allow")
+class CampaignMetadata(Metadata):
     # Rounds are named <campaign>-r<N>, which must fit a round name (52).
-    name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=48)
+    name: str = Field(..., pattern=NAME_PATTERN, max_length=48)
 
 
-class CampaignFile(Spec):
-    api_version: Literal["agentq.dev/v1alpha1"] = API_VERSION
+class CampaignFile(Document):
     kind: Literal["AgentQCampaign"] = CAMPAIGN_KIND
     metadata: CampaignMetadata
     spec: CampaignSpec
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -28,7 +28,7 @@ from agentq.sandbox.executor import find_tests
 from agentq.sandbox.verdict import Verdict
 from agentq.search.mcts import Executor, Search, SearchParams
 from agentq.tasks.schema import Task
-from agentq.workspace import RoundWorkspace, digest
+from agentq.workspace import RoundWorkspace, check_shard, digest
 
 
 def dedupe_by_group(tasks: list[Task]) -> list[Task]:
@@ -93,9 +93,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def eval_digest(ws: RoundWorkspace, tasks_digest: str) -> str:
-    spec = ws.round.spec
-    return digest("evaluate", spec.evaluate, spec.collect.seed, spec.model.backend, spec.model.scripted,
-                  spec.model.max_new_tokens, ws.step_digest("merge"), tasks_digest)
+    return digest("evaluate", ws.settings("evaluate"), ws.step_digest("merge"), tasks_digest)
 
 
 def shard_file(mode: str, shard: int, num_shards: int) -> str:
@@ -103,6 +101,7 @@ def shard_file(mode: str, shard: int, num_shards: int) -> str:
 
 
 def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
+    check_shard(shard, num_shards)
     spec = ws.round.spec
     tasks, tasks_digest = ws.tasks("test")
     mine = [t for i, t in enumerate(dedupe_by_group(tasks)) if i % num_shards == shard]
@@ -112,9 +111,11 @@ def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
         return
     policy = load_policy(spec.model, path_override=ws.model_dir("merged"))
     with ws.executor() as executor:
+        weak = list(executor.isolation)
         for mode in spec.evaluate.modes:
             key = shard_file(mode, shard, num_shards)
-            local = ws.fetch(key)
+            partial = ws.partial(key, inputs_digest)  # the finished shard of other settings stays meanwhile
+            local = ws.fetch(partial)
             repair_jsonl(local)
             done = {r["task_id"] for r in read_jsonl(local) if r.get("inputs_digest") == inputs_digest} \
                 if local.exists() else set()
@@ -124,10 +125,15 @@ def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
             for task in bar:
                 record = evaluate_task(task, mode, policy, executor, spec)
                 append_jsonl(local, {**record, "inputs_digest": inputs_digest})
-                ws.publish(key)
+                ws.publish(partial)
                 if bar.disable:
                     print(f"evaluate {mode}: {task.id}: {record['status']} {record['seconds']:.1f}s", flush=True)
-    ws.finish(step, inputs_digest, {})
+    outputs = [shard_file(mode, shard, num_shards) for mode in spec.evaluate.modes]
+    for relative in outputs:
+        local = ws.work_path(ws.partial(relative, inputs_digest))
+        local.touch()
+        ws.complete(relative, local)
+    ws.finish(step, inputs_digest, {"weakIsolation": "; ".join(weak)} if weak else {}, outputs=outputs)
 
 
 def combine(ws: RoundWorkspace) -> dict[str, Any]:
@@ -151,6 +157,7 @@ def combine(ws: RoundWorkspace) -> dict[str, Any]:
         summary["modes"][mode] = summarize(records)
     flagged = ws.get_json(ws.key("preferences.stats.json")) or {}
     summary["flagged_candidates"] = flagged.get("flagged_candidates", 0)
+    summary["weak_isolation"] = ws.weak_isolation()
     write_report(ws, summary)
     return summary
 

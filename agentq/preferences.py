@@ -104,7 +104,7 @@ def build_pairs(records: Iterable[dict[str, Any]], policy: PairPolicy) -> tuple[
 def preferences_digest(ws: RoundWorkspace) -> str:
     n = ws.round.spec.collect.shards
     shards = [ws.step_digest(f"collect-shard-{i}-of-{n}") for i in range(n)]
-    return digest("preferences", ws.round.spec.preferences, shards)
+    return digest("preferences", ws.settings("preferences"), shards)
 
 
 def run(ws: RoundWorkspace) -> dict[str, Any]:

@@ -73,6 +73,10 @@ def write_report(ws: RoundWorkspace, summary: dict[str, Any]) -> None:
                  "visible-only column shows how many would pass on the examples shown in the prompt alone.")
     lines.append(f"Parse failures (no program in the answer) are counted apart from wrong fixes. "
                  f"Candidates flagged as reward hacks during collection: {summary.get('flagged_candidates', 0)}.")
+    if summary.get("weak_isolation"):
+        lines += ["", "**Weak sandbox isolation.** Candidates of this round ran in a sandbox that could not "
+                  "enforce everything (`sandbox.allowWeakIsolation`); their verdicts are less trustworthy: "
+                  + "; ".join(summary["weak_isolation"])]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     tmp_png = out / ".pass_rate.tmp.png"
     plot(summaries, str(tmp_png))

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from agentq.config import RoundFile, load_round, parse_model
+from agentq.config import ConfigError, RoundFile, load_round, parse_model
 from agentq.workspace import STEPS, RoundWorkspace
 
 
@@ -39,8 +39,23 @@ def apply_preset(round_file: RoundFile, preset: str | None) -> RoundFile:
     return round_file.model_copy(update={"spec": spec})
 
 
-PHASE_OF_STEP = {"collect": "Collecting", "preferences": "Preferences", "train": "Training",
-                 "merge": "Merging", "evaluate": "Evaluating"}
+def check_task_tests(ws: RoundWorkspace) -> None:
+    """Stop before any work on tasks whose tests cannot run (they would train on noise, silently)."""
+    from agentq.sandbox.executor import find_tests
+
+    for split in ("train", "test"):
+        tasks, _ = ws.tasks(split)
+        bad = [(t.id, why) for t in tasks if isinstance(why := find_tests(t.tests), str)]
+        if bad:
+            listed = "; ".join(f"{task_id}: {why}" for task_id, why in bad[:5])
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            path = getattr(ws.round.spec.dataset, split)
+            raise ConfigError(f"{ws.source}: spec.dataset.{split}: {len(bad)} task(s) in {path} have tests that "
+                              f"cannot run: {listed}{more}; fix or drop them (`agentq tasks validate {path}`)")
+
+
+PHASE_OF_STEP = {"model": "Initializing", "collect": "Collecting", "preferences": "Preferences",
+                 "train": "Training", "merge": "Merging", "evaluate": "Evaluating"}
 
 
 class Progress:
@@ -50,8 +65,9 @@ class Progress:
 
     def __init__(self, ws: RoundWorkspace) -> None:
         self.ws = ws
+        steps = ("model", *STEPS) if ws.round.spec.model.fetch_from else STEPS
         self.status: dict[str, Any] = {"phase": "Pending", "step": None, "startTime": time.time(),
-                                       "steps": {step: {"state": "Pending"} for step in STEPS}}
+                                       "steps": {step: {"state": "Pending"} for step in steps}}
 
     def _save(self) -> None:
         self.status["updatedTime"] = time.time()
@@ -69,8 +85,8 @@ class Progress:
     def end(self, phase: str, message: str = "") -> None:
         self.status.update(phase=phase, message=message, completionTime=time.time())
         step = self.status.get("step")
-        if phase == "Failed" and step and self.status["steps"][step]["state"] == "Running":
-            self.status["steps"][step].update(state="Failed", completionTime=time.time())
+        if phase != "Succeeded" and step and self.status["steps"][step]["state"] == "Running":
+            self.status["steps"][step].update(state=phase, completionTime=time.time())
         self._save()
 
 
@@ -79,7 +95,8 @@ def run_round(ws: RoundWorkspace) -> dict[str, Any]:
     try:
         timings = _run_steps(ws, progress)
     except BaseException as err:
-        progress.end("Failed", f"{type(err).__name__}: {err}"[:500])
+        phase = "Interrupted" if isinstance(err, KeyboardInterrupt) else "Failed"
+        progress.end(phase, f"{type(err).__name__}: {err}"[:500])
         raise
     progress.end("Succeeded")
     return timings
@@ -90,7 +107,17 @@ def _run_steps(ws: RoundWorkspace, progress: Progress) -> dict[str, float]:
     from agentq.train import dpo, merge
 
     spec = ws.round.spec
+    check_task_tests(ws)
     timings: dict[str, float] = {}
+    if spec.model.fetch_from:
+        from agentq import fetch
+
+        start = time.perf_counter()
+        progress.start("model")
+        print(f"== {ws.name}: model", flush=True)
+        fetch.run(ws)
+        progress.done("model")
+        timings["model"] = round(time.perf_counter() - start, 1)
     for step in STEPS:
         start = time.perf_counter()
         progress.start(step)

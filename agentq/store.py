@@ -15,7 +15,9 @@ import io
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -29,6 +31,9 @@ from agentq.io import FILE_MODE, atomic_write_text
 CHUNK = 1 << 20
 # Everything the store keeps for itself lives under this top-level name, never a valid key.
 RESERVED = ".agentq"
+# S3 directory publishes: <dir>.versions/<id>/... holds each version, <dir>.current names the one readers see.
+VERSIONS = ".versions"
+CURRENT = ".current"
 DEFAULT_PVC_ROOT = "/artifacts"
 
 
@@ -43,6 +48,10 @@ class StoreKeyError(StoreError, KeyError):
 
 class IntegrityError(StoreError):
     """An object whose bytes no longer match the sha256 recorded when it was written."""
+
+
+class LeaseHeld(StoreError):
+    """Another live run holds the lease (a lock with an expiry) on this key."""
 
 
 def check_key(key: str, *, allow_root: bool = False) -> str:
@@ -112,6 +121,19 @@ class Store(ABC):
         The prefix's old contents are replaced only once the body has finished, so a crashed writer
         leaves the previous version (or nothing) in place, never a half-written model.
         """
+
+    def acquire_lease(self, key: str, owner: str, ttl_s: float) -> str | None:
+        """Take the lease at `key` for `ttl_s` seconds (a token for renew/release), or raise LeaseHeld.
+
+        Only stores without a shared lock of their own need one: a directory store (a PVC) is locked with
+        flock by the caller, so here it is a no-op."""
+        return None
+
+    def renew_lease(self, key: str, owner: str, token: str, ttl_s: float) -> str:
+        return token
+
+    def release_lease(self, key: str, token: str) -> None:  # noqa: B027 - a no-op unless a store needs leases
+        """Give the lease up (nothing if it has passed to someone else meanwhile)."""
 
     def put_text(self, key: str, text: str) -> None:
         self.put_bytes(key, text.encode())
@@ -261,7 +283,8 @@ class FileStore(Store):
     @contextlib.contextmanager
     def writing_dir(self, prefix: str) -> Iterator[Path]:
         target = self._path(prefix)
-        staging = self._tmp / f"dir-{uuid.uuid4().hex}"
+        remove_dead_staging(self._tmp)
+        staging = self._tmp / staging_name()
         staging.mkdir()
         new = staging / "new"
         try:
@@ -269,14 +292,52 @@ class FileStore(Store):
             if not new.is_dir():
                 raise StoreError(f"{self.url}: the writer for {prefix!r} created no directory at {new}")
             sums = {p: sha256_file(p) for p in new.rglob("*") if p.is_file()}
-            self.delete_prefix(prefix)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(new, target)  # same filesystem: the whole directory appears at once
+            if target.is_dir() and _exchange(new, target):
+                pass  # one atomic swap: readers see the old directory or the new one, never neither
+            else:
+                self.delete_prefix(prefix)
+                os.replace(new, target)  # same filesystem: the whole directory appears at once
+            for path in [p for p in self._sums.joinpath(check_key(prefix)).rglob("*") if p.is_file()]:
+                path.unlink()  # digests of the old version's files
             for path, digest in sums.items():
                 key = f"{check_key(prefix)}/{path.relative_to(new).as_posix()}"
                 atomic_write_text(self._sum_path(key), digest + "\n")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (renameat2 RENAME_EXCHANGE); False where the filesystem cannot."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    try:
+        return libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), _RENAME_EXCHANGE) == 0
+    except AttributeError:  # a libc without renameat2
+        return False
+
+
+def staging_name() -> str:
+    """Staging directories carry their writer's host and pid, so a later writer can tell a dead one's."""
+    return f"dir-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def remove_dead_staging(folder: Path) -> None:
+    """Staging left by writers on this host that were killed (a kill during train or merge)."""
+    host = socket.gethostname()
+    for path in folder.glob(f"dir-{host}-*-*"):
+        pid = path.name[len(f"dir-{host}-"):].split("-", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(path, ignore_errors=True)
+    for path in folder.glob(".writing-*"):  # S3 staging in the local cache, same naming after the prefix
+        pid = path.name.split("-")[1] if path.name.count("-") >= 2 else ""
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _copy_verified(dest: str | Path, fetch: Any, verify: Any) -> None:
@@ -380,6 +441,9 @@ class S3Store(Store):
             data = obj["Body"].read()
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                located = self._versioned(key)
+                if located is not None:
+                    return self.get_bytes(located)
                 raise self._missing(key) from None
             raise self._error(f"reading {key!r}", err) from None
         except BotoCoreError as err:
@@ -390,7 +454,10 @@ class S3Store(Store):
     def get_file(self, key: str, path: str | Path) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        expected = self._head_or_missing(key).get("Metadata", {}).get("sha256")
+        head = self._head(key)
+        if head is None and (located := self._versioned(key)) is not None:
+            key, head = located, self._head(located)
+        expected = (head or self._head_or_missing(key)).get("Metadata", {}).get("sha256")
 
         def fetch(tmp: str) -> None:
             try:
@@ -401,7 +468,102 @@ class S3Store(Store):
         _copy_verified(path, fetch, lambda actual: self._verify(key, expected, actual))
 
     def exists(self, key: str) -> bool:
-        return self._head(key) is not None
+        return self._head(key) is not None or self._versioned(key) is not None
+
+    # ---- directories published by writing_dir: <dir>.versions/<id>/..., made current by <dir>.current ----
+
+    def _pointer(self, directory: str) -> dict[str, Any] | None:
+        """The published version of `directory` ({"version", "files": {relative: sha256}}), if any."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._k(directory + CURRENT))
+            pointer = json.loads(obj["Body"].read())
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise self._error(f"reading {directory + CURRENT!r}", err) from None
+        except (BotoCoreError, ValueError) as err:
+            raise self._error(f"reading {directory + CURRENT!r}", err) from None
+        return pointer if isinstance(pointer, dict) and isinstance(pointer.get("files"), dict) else None
+
+    def _versioned(self, key: str) -> str | None:
+        """Where `key` lives when it is a file of a published directory (only asked once the key is missing)."""
+        parts = check_key(key).split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            directory, relative = "/".join(parts[:i]), "/".join(parts[i:])
+            pointer = self._pointer(directory)
+            if pointer is not None:
+                return f"{directory}{VERSIONS}/{pointer['version']}/{relative}" if relative in pointer["files"] \
+                    else None
+        return None
+
+    # ---- leases: conditional writes (If-None-Match / If-Match), so two writers can never both win ----
+
+    def _lease_put(self, key: str, owner: str, ttl_s: float, **condition: str) -> str | None:
+        """Write the lease if the condition holds: its new ETag, or None when another write won."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        body = json.dumps({"owner": owner, "expires": time.time() + ttl_s}).encode()
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=body, **condition)["ETag"]
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                                             "NoSuchKey", "404"):
+                return None
+            raise self._error(f"writing the lease {key!r}", err) from None
+        except BotoCoreError as err:
+            raise self._error(f"writing the lease {key!r}", err) from None
+
+    def _lease_read(self, key: str) -> tuple[dict[str, Any], str] | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._k(key))
+            return json.loads(obj["Body"].read()), obj["ETag"]
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise self._error(f"reading the lease {key!r}", err) from None
+        except (BotoCoreError, ValueError) as err:
+            raise self._error(f"reading the lease {key!r}", err) from None
+
+    def acquire_lease(self, key: str, owner: str, ttl_s: float) -> str | None:
+        token = self._lease_put(key, owner, ttl_s, IfNoneMatch="*")
+        if token is not None:
+            return token
+        current = self._lease_read(key)
+        if current is None:  # released between our two requests
+            return self.acquire_lease(key, owner, ttl_s)
+        holder, etag = current
+        if holder.get("owner") != owner and float(holder.get("expires", 0)) > time.time():
+            when = time.strftime("%H:%M:%S", time.localtime(float(holder["expires"])))
+            raise LeaseHeld(f"{self.url}/{key} is held by {holder.get('owner')} (renewed until {when})")
+        token = self._lease_put(key, owner, ttl_s, IfMatch=etag)  # expired (its holder died): take it over
+        if token is None:
+            raise LeaseHeld(f"{self.url}/{key} was taken by another run at the same moment")
+        return token
+
+    def renew_lease(self, key: str, owner: str, token: str, ttl_s: float) -> str:
+        renewed = self._lease_put(key, owner, ttl_s, IfMatch=token)
+        if renewed is None:
+            raise LeaseHeld(f"{self.url}/{key}: lease lost (it expired and another run took it)")
+        return renewed
+
+    def release_lease(self, key: str, token: str) -> None:
+        current = self._lease_read(key)
+        if current is not None and current[1] == token:
+            self._delete_raw([self._k(key)])
+
+    def _delete_raw(self, keys: list[str]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            for i in range(0, len(keys), 1000):
+                batch = [{"Key": k} for k in keys[i : i + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        except (BotoCoreError, ClientError) as err:
+            raise self._error(f"deleting {len(keys)} objects", err) from None
 
     def _list_raw(self, prefix: str) -> list[dict]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -421,24 +583,42 @@ class S3Store(Store):
         return found
 
     def list(self, prefix: str = "") -> list[str]:
+        """Keys as readers see them: a published directory's files under its own name, never its versions."""
         cut = len(self.prefix) + 1 if self.prefix else 0
-        return sorted(obj["Key"][cut:] for obj in self._list_raw(prefix))
+        prefix = check_key(prefix, allow_root=True)
+        found: set[str] = set()
+        for key in (obj["Key"][cut:] for obj in self._list_raw(prefix)):
+            if any(part.endswith(VERSIONS) for part in key.split("/")[:-1]):
+                continue
+            if key.endswith(CURRENT):
+                directory = key[: -len(CURRENT)]
+                found |= {f"{directory}/{rel}" for rel in (self._pointer(directory) or {"files": {}})["files"]}
+            else:
+                found.add(key)
+        parts = prefix.split("/") if prefix else []
+        for i in range(len(parts), 0, -1):  # the prefix is (inside) a published directory
+            directory = "/".join(parts[:i])
+            pointer = self._pointer(directory)
+            if pointer is not None:
+                found |= {f"{directory}/{rel}" for rel in pointer["files"]}
+                break
+        return sorted(k for k in found if not prefix or k == prefix or k.startswith(prefix + "/"))
 
     def delete_prefix(self, prefix: str) -> int:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        keys = [obj["Key"] for obj in self._list_raw(check_key(prefix))]
-        try:
-            for i in range(0, len(keys), 1000):
-                batch = [{"Key": k} for k in keys[i : i + 1000]]
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
-        except (BotoCoreError, ClientError) as err:
-            raise self._error(f"deleting {prefix!r}", err) from None
+        prefix = check_key(prefix)
+        keys = [obj["Key"] for obj in self._list_raw(prefix)]
+        keys += [obj["Key"] for obj in self._list_raw(prefix + VERSIONS)]
+        if self._head(prefix + CURRENT) is not None:
+            keys.append(self._k(prefix + CURRENT))
+        self._delete_raw(keys)
         return len(keys)
 
     def sha256(self, key: str) -> str | None:
         head = self._head(key)
-        return None if head is None else head.get("Metadata", {}).get("sha256")
+        if head is None:
+            located = self._versioned(key)
+            return None if located is None else self.sha256(located)
+        return head.get("Metadata", {}).get("sha256")
 
     def local_dir(self, prefix: str) -> Path:
         """Mirror prefix into the cache, downloading only objects whose digest changed since last time."""
@@ -467,14 +647,31 @@ class S3Store(Store):
 
     @contextlib.contextmanager
     def writing_dir(self, prefix: str) -> Iterator[Path]:
+        """Upload to `<prefix>.versions/<new id>/`, then switch `<prefix>.current` to it (one PUT: readers see
+        the old version or the new one, never a mix), then delete the old version. Versions that no pointer
+        names (a failed or killed publish) are deleted by the next publish."""
+        prefix = check_key(prefix)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".writing-") as staging:
+        remove_dead_staging(self.cache_dir)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=f".writing-{os.getpid()}-") as staging:
             new = Path(staging) / "new"
             yield new
             if not new.is_dir():
                 raise StoreError(f"{self.url}: the writer for {prefix!r} created no directory at {new}")
-            self.delete_prefix(prefix)
-            self.put_dir(prefix, new)
+            version = uuid.uuid4().hex
+            base = f"{prefix}{VERSIONS}/{version}"
+            try:
+                keys = self.put_dir(base, new)
+            except BaseException:
+                with contextlib.suppress(StoreError):
+                    self._delete_raw([obj["Key"] for obj in self._list_raw(base)])
+                raise
+            files = {k[len(base) + 1 :]: sha256_file(new / k[len(base) + 1 :]) for k in keys}
+            self.put_json(prefix + CURRENT, {"version": version, "files": files})
+            stale = [obj["Key"] for obj in self._list_raw(prefix)]  # objects of the pre-pointer layout
+            stale += [obj["Key"] for obj in self._list_raw(prefix + VERSIONS)
+                      if not obj["Key"].startswith(self._k(base) + "/")]
+            self._delete_raw(stale)
 
 
 def _s3_client(spec: S3Spec) -> Any:

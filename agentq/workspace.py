@@ -12,20 +12,24 @@ collect settings re-runs everything downstream, and nothing else.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentq.cache import cache_root
-from agentq.config import ConfigError, RoundFile, StoreSpec, dump_round, load_round
+from agentq.config import STORE_MODEL, ConfigError, RoundFile, StoreSpec, dump_round, load_round
 from agentq.io import atomic_write_json, read_jsonl, write_jsonl
 from agentq.sandbox import make_executor
-from agentq.store import Store, StoreError, check_key, open_store, sha256_file
+from agentq.store import RESERVED, FileStore, LeaseHeld, Store, StoreError, check_key, open_store, sha256_file
 from agentq.tasks.schema import Task, read_tasks
 
 if TYPE_CHECKING:
@@ -33,11 +37,127 @@ if TYPE_CHECKING:
 
 STEPS = ("collect", "preferences", "train", "merge", "evaluate")
 RESULT_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
+LEASE_TTL_S = 60.0
 
 
 def digest(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Every RoundSpec setting is in exactly one of these three tables (tests/test_round_digests.py enumerates
+# the spec's fields and fails on one that is in none): a setting that changes a step's output must re-run it.
+STEP_SETTINGS: dict[str, tuple[str, ...]] = {
+    "collect": ("collect", "preferences.alpha", "model.backend", "model.scripted", "model.max_new_tokens",
+                "model.dtype", "model.quantization", "sandbox.timeout_seconds", "sandbox.cpu_seconds",
+                "sandbox.memory_mb", "sandbox.allow_weak_isolation"),
+    "preferences": ("preferences",),
+    "train": ("train",),
+    "merge": (),
+    "evaluate": ("evaluate", "collect.seed", "model.backend", "model.scripted", "model.max_new_tokens",
+                 "model.dtype", "model.quantization", "sandbox.timeout_seconds", "sandbox.cpu_seconds",
+                 "sandbox.memory_mb", "sandbox.allow_weak_isolation"),
+}
+# Digested through an input's identity instead: the model (model_source) and the task files (tasks).
+DIGESTED_AS_INPUTS = ("model.base", "model.gguf_file", "model.from_round", "model.fetch_from", "dataset")
+OUTPUT_NEUTRAL: dict[str, str] = {
+    "store": "where outputs are kept, not what they hold",
+    "placement": "which nodes run the steps",
+    "image": "the step image's code is the code under test, not a setting",
+    "suspend": "pauses the operator",
+    "backoff_limit": "how often a failed Job is retried",
+    "delete_artifacts": "what happens on deletion",
+    "sandbox.url": "which sandbox runs candidates; the limits that decide verdicts are digested",
+    "sandbox.workers": "parallelism only",
+    "model.token_secret": "credentials for the model step's download",
+    "job_template": "labels and annotations of the Kubernetes Jobs",
+    "active_deadline_seconds": "how long a Kubernetes Job may run",
+}
+
+
+def check_shard(shard: int, num_shards: int) -> None:
+    """`--shard 5 --num-shards 2` would select no task and succeed doing nothing."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ConfigError(f"--shard {shard} --num-shards {num_shards}: need 0 <= shard < num_shards")
+
+
+class Lease:
+    """A store lease held for one step while it runs, renewed in the background (S3: two machines without a
+    shared filesystem). A holder that died stops renewing; after LEASE_TTL_S the next run takes it over, and a
+    run finding a lease waits up to twice that long before it refuses."""
+
+    def __init__(self, store: Store, key: str, ttl_s: float | None = None, wait_s: float | None = None):
+        self.store, self.key = store, key
+        self.ttl_s = ttl_s or LEASE_TTL_S
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"  # per process: a resumed run in it takes it back
+        deadline = time.monotonic() + (2 * self.ttl_s if wait_s is None else wait_s)
+        while True:
+            try:
+                self.token = store.acquire_lease(key, self.owner, self.ttl_s)
+                break
+            except LeaseHeld:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(5.0, self.ttl_s / 4))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.token is not None:
+            self._thread = threading.Thread(target=self._renew, daemon=True, name=f"lease {key}")
+            self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                self.token = self.store.renew_lease(self.key, self.owner, self.token or "", self.ttl_s)
+            except StoreError as err:
+                print(f"agentq: warning: {err}", flush=True)
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.token is not None:
+            with contextlib.suppress(StoreError):
+                self.store.release_lease(self.key, self.token)
+
+
+_HELD_LOCKS: dict[Path, int] = {}
+
+
+def lock_step(folder: Path, step: str, what: str) -> None:
+    """Hold `folder/<step>.lock` (flock: the kernel drops it when the process dies, however it dies).
+
+    A process may take its own lock again (a resumed run in the same process); another process is refused.
+    """
+    path = folder / f"{step}.lock"
+    if path in _HELD_LOCKS:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(f"{what}: step {step!r} is already running on this machine (pid {holder}, lock {path}); "
+                          "wait for it to finish or stop it, then run again") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD_LOCKS[path] = fd
+
+
+def unlock_step(folder: Path, step: str) -> None:
+    fd = _HELD_LOCKS.pop(folder / f"{step}.lock", None)
+    if fd is not None:
+        os.close(fd)
+
+
+def spec_value(spec: Any, path: str) -> Any:
+    value = spec
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
 def _is_key(value: str) -> bool:
@@ -62,6 +182,7 @@ class RoundWorkspace:
         self.source = source
         self.store = store or open_store(_relative_to(round_file.spec.store, Path(source).parent))
         self.prefix = f"rounds/{round_file.name}"
+        self._leases: dict[str, Lease] = {}
         # Steps build outputs here, then publish them through the store (atomic, with a digest).
         self.work = Path(os.environ.get("AGENTQ_WORK_DIR", cache_root() / "work" / round_file.name))
         if save_spec:  # the store keeps the spec each step actually ran with
@@ -77,6 +198,10 @@ class RoundWorkspace:
 
     def key(self, relative: str) -> str:
         return f"{self.prefix}/{relative}"
+
+    def settings(self, step: str) -> dict[str, Any]:
+        """The settings `step`'s output depends on (STEP_SETTINGS), for its digest."""
+        return {path: spec_value(self.round.spec, path) for path in STEP_SETTINGS[step]}
 
     def describe(self, relative: str) -> str:
         return f"{self.store.url}/{self.key(relative)}"
@@ -137,7 +262,8 @@ class RoundWorkspace:
         return tasks, digest(sha256_file(path), dataset.limit)
 
     def model_source(self) -> tuple[str, str]:
-        """(what to load, its identity for digests): the base model, or an earlier round's merged model."""
+        """(what to load, its identity for digests): the base model (from the store when it is `store:<key>`),
+        or an earlier round's merged model."""
         model = self.round.spec.model
         if model.from_round:
             prefix = f"rounds/{model.from_round}"
@@ -148,6 +274,12 @@ class RoundWorkspace:
                     f"(expected {self.store.url}/{prefix}/merged)"
                 )
             return str(self.store.local_dir(f"{prefix}/merged")), marker["digest"]
+        if model.base.startswith(STORE_MODEL):
+            key = model.base.removeprefix(STORE_MODEL)
+            if not self.store.exists(f"{key}/config.json"):
+                raise ConfigError(f"{self.source}: spec.model.base: no model at {self.store.url}/{key} (set "
+                                  f"spec.model.fetchFrom, or run `agentq model fetch --round {self.source}`)")
+            return str(self.store.local_dir(key)), digest(model.base, model.gguf_file, model.fetch_from)
         return model.base, digest(model.base, model.gguf_file)
 
     def executor(self) -> LocalExecutor | RemoteExecutor:
@@ -163,23 +295,83 @@ class RoundWorkspace:
         return self.get_json(self.key(f"steps/{step}.json"))
 
     def finished(self, step: str, inputs_digest: str, done_line: str = "") -> dict[str, Any] | None:
-        """The result of a step that already ran with these inputs (reported again for the operator), or None."""
+        """The result of a step that already ran with these inputs (reported again for the operator), or None.
+
+        Takes the step's lock first (held until `finish`), so a second run of the same step refuses. A marker
+        counts only while the outputs it recorded are still the ones it saw written.
+        """
+        for folder in self._lock_folders():
+            lock_step(folder, step, f"round {self.name}")
+        if step not in self._leases:
+            try:
+                self._leases[step] = Lease(self.store, self.key(f"locks/{step}.lease"))
+            except LeaseHeld as err:
+                self._unlock(step)
+                raise ConfigError(f"round {self.name}: step {step!r} is running elsewhere: {err}; wait for it to "
+                                  "finish or stop it (a dead run's lease expires by itself)") from None
         marker = self.marker(step)
         if marker is None or marker.get("digest") != inputs_digest:
             return None
+        for relative, sha in (marker.get("outputs") or {}).items():
+            if self.store.sha256(self.key(relative)) != sha:
+                print(f"{step}: {self.describe(relative)} changed since the step finished; running it again")
+                return None
         if done_line:
             print(f"{done_line}: already complete", flush=True)
+        self._unlock(step)
         self.report_result(marker["result"])
         return marker["result"]
 
-    def finish(self, step: str, inputs_digest: str, result: dict[str, Any], line: str = "") -> dict[str, Any]:
-        """Record the step as done for these inputs, say so, and leave the result for the operator."""
-        self.store.put_json(self.key(f"steps/{step}.json"),
-                            {"digest": inputs_digest, "finished_at": time.time(), "result": result})
+    def finish(self, step: str, inputs_digest: str, result: dict[str, Any], line: str = "",
+               outputs: list[str] | None = None) -> dict[str, Any]:
+        """Record the step as done for these inputs (and the checksums of `outputs`), say so, and leave the
+        result for the operator."""
+        marker: dict[str, Any] = {"digest": inputs_digest, "finished_at": time.time(), "result": result}
+        if outputs:
+            marker["outputs"] = {relative: self.store.sha256(self.key(relative)) for relative in outputs}
+        self.store.put_json(self.key(f"steps/{step}.json"), marker)
+        self._unlock(step)
         if line:
             print(line, flush=True)
         self.report_result(result)
         return result
+
+    def weak_isolation(self) -> list[str]:
+        """What the sandbox could not enforce for this round's collect and evaluate shards (from their markers)."""
+        spec = self.round.spec
+        steps = [f"collect-shard-{i}-of-{spec.collect.shards}" for i in range(spec.collect.shards)]
+        steps += [f"evaluate-shard-{i}-of-{spec.evaluate.shards}" for i in range(spec.evaluate.shards)]
+        notes = [((self.marker(s) or {}).get("result") or {}).get("weakIsolation") for s in steps]
+        return sorted({n for note in notes if note for n in note.split("; ")})
+
+    def _lock_folders(self) -> list[Path]:
+        """The local work directory, and on a shared directory store (a PVC mounted by several pods or
+        machines) the store itself: flock there is seen by every client of the volume (NFSv4 included)."""
+        folders = [self.work / "locks"]
+        if isinstance(self.store, FileStore):
+            folders.append(self.store.root / RESERVED / "locks" / self.name)
+        return folders
+
+    def _unlock(self, step: str) -> None:
+        for folder in self._lock_folders():
+            unlock_step(folder, step)
+        lease = self._leases.pop(step, None)
+        if lease is not None:
+            lease.release()
+
+    def partial(self, relative: str, inputs_digest: str) -> str:
+        """Where a step builds `relative` for these inputs until it finishes: the finished output of other
+        settings stays untouched until this one is complete (a revert then finds it intact)."""
+        return f"{relative}.partial-{inputs_digest}"
+
+    def complete(self, relative: str, local: Path) -> None:
+        """Publish a finished output over the previous one and drop every partial of it."""
+        self.store.put_file(self.key(relative), local)
+        name = Path(relative).name
+        parent = self.key(str(Path(relative).parent)) if Path(relative).parent != Path(".") else self.prefix
+        for key in self.store.list(parent):
+            if Path(key).name.startswith(f"{name}.partial-"):
+                self.store.delete_prefix(key)
 
     def step_digest(self, step: str) -> str:
         """Digest a step's marker must hold; raises, naming the command to run, when it has not finished."""

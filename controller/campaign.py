@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from agentq.campaign import point, round_name, round_of, summary, verdict
 from agentq.config import API_VERSION, CAMPAIGN_KIND, KIND, CampaignFile, describe_errors
-from controller.reconcile import TERMINAL
+from controller.reconcile import TERMINAL, condition
 
 CAMPAIGN_LABEL = "agentq.dev/campaign"
 INDEX_LABEL = "agentq.dev/campaign-round"
@@ -48,20 +48,11 @@ def round_manifest(body: dict[str, Any], campaign: CampaignFile, index: int) -> 
             "spec": round_file.spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
 
-def _conditions(phase: str, reason: str, message: str, generation: int | None) -> list[dict[str, Any]]:
-    return [{"type": ctype, "status": "True" if on else "False", "reason": reason if on else f"Not{ctype}",
-             "message": message if on else "", "observedGeneration": generation}
+def _conditions(old: list[dict], phase: str, reason: str, message: str, now: str,
+                generation: int | None) -> list[dict[str, Any]]:
+    return [condition(old, ctype, on, reason if on else f"Not{ctype}", message if on else "", now, generation)
             for ctype, on in (("Progressing", phase == "Running"), ("Succeeded", phase == "Succeeded"),
                               ("Failed", phase == "Failed"))]
-
-
-def _with_transition_times(new: list[dict], old: list[dict], now: str) -> list[dict]:
-    before = {c.get("type"): c for c in old}
-    for cond in new:
-        prev = before.get(cond["type"])
-        cond["lastTransitionTime"] = prev["lastTransitionTime"] if prev and prev.get("status") == cond["status"] \
-            else now
-    return new
 
 
 def plan_campaign(body: dict[str, Any], rounds: dict[str, dict[str, Any]], now: str) -> CampaignPlan:
@@ -75,8 +66,8 @@ def plan_campaign(body: dict[str, Any], rounds: dict[str, dict[str, Any]], now: 
 
     def finish(phase: str, reason: str, message: str) -> CampaignPlan:
         status["phase"] = phase
-        status["conditions"] = _with_transition_times(
-            _conditions(phase, reason, message, meta.get("generation")), old.get("conditions") or [], now)
+        status["conditions"] = _conditions(old.get("conditions") or [], phase, reason, message, now,
+                                           meta.get("generation"))
         if phase in TERMINAL:
             status.setdefault("completionTime", now)
         if phase != old.get("phase") or (phase == "Running" and message != _message(old)):

@@ -71,7 +71,7 @@ def round_view(body: dict[str, Any], jobs: list[dict[str, Any]], summary: dict[s
     for key, entry in (status.get("jobs") or {}).items():
         entries.setdefault(step_of(key), []).append(entry)
     steps = []
-    for step in STEPS:
+    for step in ("model", *STEPS) if "model" in entries else STEPS:  # model: only rounds that fetch their base
         mine = entries.get(step, [])
         states = {e.get("state") for e in mine}
         if mine and states == {"Succeeded"} and (step != status.get("step") or phase == "Succeeded"):

@@ -36,7 +36,15 @@ from controller.jobs import (
     spec_configmap_name,
 )
 from controller.kube import Kube
-from controller.reconcile import Inspection, Plan, job_failure_reason, job_state, plan
+from controller.reconcile import (
+    Inspection,
+    Plan,
+    job_failure_reason,
+    job_state,
+    long_unfinished,
+    plan,
+    pod_problems,
+)
 from controller.settings import OperatorSettings, load_settings
 
 log = logging.getLogger("agentq.operator")
@@ -143,6 +151,17 @@ def reconcile_once(namespace: str, name: str) -> Plan | None:
     return result
 
 
+def stuck_problems(kube: Kube, namespace: str, name: str, settings: OperatorSettings) -> list[tuple[str, str]]:
+    """Why a round's Jobs may be waiting on a person: their pods (unschedulable, image pull), or the step
+    ServiceAccount missing from the namespace (then the Job controller cannot create a pod at all)."""
+    problems = pod_problems(kube.round_pods(namespace, name))
+    account = settings.job_service_account
+    if account and not kube.service_account_exists(namespace, account):
+        problems.append(("ServiceAccountMissing", f"ServiceAccount {account} (operator.jobServiceAccount) does not "
+                                                  f"exist in namespace {namespace}: step pods cannot be created"))
+    return problems
+
+
 def _reconcile(namespace: str, name: str) -> Plan | None:
     kube, settings = RT.kube, RT.settings
     assert kube is not None
@@ -156,10 +175,11 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
         pred = kube.get_round(namespace, from_round)
         predecessor_phase = ((pred or {}).get("status") or {}).get("phase") or ("Pending" if pred else "")
     jobs = kube.list_jobs(namespace, name)
-    running = any(job_state(j) in ("Pending", "Running") for j in jobs)
-    pods = kube.round_pods(namespace, name) if running else []
-    result = plan(body, jobs, lambda job: inspect_job(kube, job, settings.log_lines), now(), predecessor_phase,
-                  pods, settings.retry_backoff_seconds)
+    stamp = now()
+    stuck = stuck_problems(kube, namespace, name, settings) \
+        if long_unfinished(jobs, stamp, settings.resync_seconds) else []
+    result = plan(body, jobs, lambda job: inspect_job(kube, job, settings.log_lines), stamp, predecessor_phase,
+                  stuck, settings.retry_backoff_seconds)
     # Jobs are built from the spec the round started with (plus suspend/backoffLimit), never a mid-round edit.
     acting = {**body, "spec": result.spec}
     refused: list[tuple[str, str]] = []

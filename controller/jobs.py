@@ -32,9 +32,10 @@ MAX_NAME = 63  # Job names become the pods' `job-name` label value
 
 # The round's steps in order and the phase each one shows. `report` combines the evaluate shards
 # (`agentq evaluate --report-only`), so the round is still Evaluating while it runs.
-STEPS = ("collect", "preferences", "train", "merge", "evaluate", "report")
-PHASE_OF_STEP = {"collect": "Collecting", "preferences": "Preferences", "train": "Training",
-                 "merge": "Merging", "evaluate": "Evaluating", "report": "Evaluating"}
+# `model` (`agentq model fetch`) runs first only when the round copies its base model into the store.
+STEPS = ("model", "collect", "preferences", "train", "merge", "evaluate", "report")
+PHASE_OF_STEP = {"model": "Initializing", "collect": "Collecting", "preferences": "Preferences",
+                 "train": "Training", "merge": "Merging", "evaluate": "Evaluating", "report": "Evaluating"}
 INFERENCE_STEPS = {"collect", "evaluate", "merge"}
 TRAINING_STEPS = {"train"}
 SANDBOX_STEPS = {"collect", "evaluate"}
@@ -55,6 +56,8 @@ class Unit:
     def command(self) -> list[str]:
         if self.step == "report":
             return ["agentq", "evaluate", "--round", ROUND_PATH, "--report-only"]
+        if self.step == "model":
+            return ["agentq", "model", "fetch", "--round", ROUND_PATH]
         cmd = ["agentq", self.step, "--round", ROUND_PATH]
         if self.shard is not None:
             cmd += ["--shard", str(self.shard), "--num-shards", str(self.num_shards)]
@@ -65,6 +68,8 @@ def units(spec: RoundSpec) -> list[list[Unit]]:
     """The round as stages: every Unit of a stage may run at once; a stage starts when the previous is done."""
     stages: list[list[Unit]] = []
     for step in STEPS:
+        if step == "model" and not spec.model.fetch_from:
+            continue
         shards = {"collect": spec.collect.shards, "evaluate": spec.evaluate.shards}.get(step)
         if shards is None:
             stages.append([Unit(step)])
@@ -190,6 +195,11 @@ def _pod_spec(spec: RoundSpec, configmap: str, container: dict, settings: Operat
     if where and where.shm_size:
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": where.shm_size}})
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    if settings.model_cache:
+        # A shared Hugging Face cache (a ReadWriteMany PVC): hub models load from it with the hub offline.
+        volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": settings.model_cache.pvc}})
+        mounts.append({"name": "model-cache", "mountPath": settings.model_cache.mount_path})
+        env.append({"name": "HF_HOME", "value": settings.model_cache.mount_path})
     if where and where.scratch_size:
         volumes.append({"name": "scratch", "emptyDir": {"sizeLimit": where.scratch_size}})
         mounts.append({"name": "scratch", "mountPath": SCRATCH_MOUNT})
@@ -268,6 +278,14 @@ def build_job(body: dict[str, Any], unit: Unit, attempt: int, settings: Operator
     sandbox_url = spec.sandbox.url or settings.sandbox_url
     if unit.step in SANDBOX_STEPS and sandbox_url:
         env.append({"name": "SANDBOX_URL", "value": sandbox_url})
+        if settings.sandbox_token_secret:
+            ref = {"name": settings.sandbox_token_secret, "key": "token"}
+            env.append({"name": "AGENTQ_SANDBOX_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+    if unit.step == "model":  # the one step that may reach the hub: the images are offline otherwise
+        env.append({"name": "HF_HUB_OFFLINE", "value": "0"})
+        if spec.model.token_secret:
+            env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": spec.model.token_secret,
+                                                                           "key": "token"}}})
     container: dict[str, Any] = {"name": "step", "image": image_for(unit.step, spec, settings),
                                  "command": unit.command(), "env": env}
     resources = {kind: dict(values) for kind, values in where.resources.items()}

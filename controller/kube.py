@@ -135,6 +135,15 @@ class Kube:
                                              _preload_content=False)
         return _raw(resp)["items"]
 
+    def service_account_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.core.read_namespaced_service_account(name, namespace, _preload_content=False)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
     def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         resp = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}",
                                              _preload_content=False)

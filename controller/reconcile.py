@@ -63,12 +63,12 @@ class Plan:
         before = next((c for c in self.old_conditions if c.get("type") == "Blocked" and c.get("status") == "True"),
                       {})
         blocked = bool(self.problems) and not self.done
-        condition = _condition(self.old_conditions, "Blocked", blocked,
-                               ",".join(sorted({r for r, _ in self.problems})) if blocked else "NotBlocked",
-                               "; ".join(m for _, m in self.problems) if blocked else "", now,
-                               self.status.get("observedGeneration"))
+        shown = condition(self.old_conditions, "Blocked", blocked,
+                          ",".join(sorted({r for r, _ in self.problems})) if blocked else "NotBlocked",
+                          "; ".join(m for _, m in self.problems) if blocked else "", now,
+                          self.status.get("observedGeneration"))
         self.status["conditions"] = [c for c in self.status.get("conditions") or [] if c["type"] != "Blocked"]
-        self.status["conditions"].append(condition)
+        self.status["conditions"].append(shown)
         if blocked:
             self.events += [("Warning", r, m) for r, m in problems if m not in before.get("message", "")]
 
@@ -102,7 +102,7 @@ def validate(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _condition(old: list[dict], ctype: str, status: bool, reason: str, message: str, now: str,
+def condition(old: list[dict], ctype: str, status: bool, reason: str, message: str, now: str,
                generation: int | None) -> dict:
     """metav1.Condition: lastTransitionTime moves only when the status flips, so a no-op reconcile is a no-op."""
     value = "True" if status else "False"
@@ -116,12 +116,12 @@ def _conditions(old: list[dict], phase: str, reason: str, message: str, now: str
                 spec_changed: str) -> list[dict]:
     running = phase not in TERMINAL and phase not in ("Suspended", "Pending")
     return [
-        _condition(old, "Progressing", running, reason, message, now, generation),
-        _condition(old, "Succeeded", phase == "Succeeded", reason if phase == "Succeeded" else phase,
+        condition(old, "Progressing", running, reason, message, now, generation),
+        condition(old, "Succeeded", phase == "Succeeded", reason if phase == "Succeeded" else phase,
                    message if phase == "Succeeded" else "", now, generation),
-        _condition(old, "Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
+        condition(old, "Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
                    message if phase == "Failed" else "", now, generation),
-        _condition(old, "SpecChanged", bool(spec_changed), "SpecChanged" if spec_changed else "AsStarted",
+        condition(old, "SpecChanged", bool(spec_changed), "SpecChanged" if spec_changed else "AsStarted",
                    spec_changed, now, generation),
     ]
 
@@ -217,16 +217,25 @@ def retry_wait(job: dict[str, Any], attempt: int, now: str, backoff: float) -> f
     return max(0.0, min(backoff * 2 ** attempt, 600.0) - elapsed)
 
 
+def long_unfinished(jobs: list[dict[str, Any]], now: str, older_than: float) -> bool:
+    """Whether a Job has been unfinished for longer than `older_than` seconds: only then are its pods worth
+    reading for a problem a person must fix, so a round that moves along costs no pod listings."""
+    return any(job_state(j) not in TERMINAL and j["metadata"].get("creationTimestamp")
+               and (_time(now) - _time(j["metadata"]["creationTimestamp"])).total_seconds() > older_than
+               for j in jobs)
+
+
 def _time(stamp: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now: str,
-         predecessor_phase: str | None = None, pods: list[dict[str, Any]] | None = None,
+         predecessor_phase: str | None = None, stuck: list[tuple[str, str]] | None = None,
          retry_backoff: float = 0.0) -> Plan:
     """The next status and the Jobs to create. `predecessor_phase` is the fromRound's phase ("" when that
     round does not exist); `inspect` is only called for finished Jobs whose outcome is not yet recorded;
-    `pods` are the round's pods, read for problems a person must fix (unschedulable, image pull);
+    `stuck` are the problems observed around the round's Jobs that a person must fix (pod_problems,
+    a missing ServiceAccount), shown in the Blocked condition;
     `retry_backoff` spaces out the retries of a failed step (see retry_wait)."""
     old = dict(body.get("status") or {})
     if old.get("phase") in TERMINAL:
@@ -238,7 +247,7 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     old_conditions = old.get("conditions") or []
     old_jobs = old.get("jobs") or {}
     spec_dict, spec_changed = _effective_spec(body.get("spec") or {}, old.get("acceptedSpec"))
-    problems: list[tuple[str, str]] = pod_problems(pods or [])
+    problems: list[tuple[str, str]] = list(stuck or [])
     warnings: list[tuple[str, str, str]] = []
 
     def finish(phase: str, reason: str, message: str, step: str | None = None) -> Plan:

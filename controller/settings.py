@@ -48,10 +48,21 @@ class Images(Spec):
     pull_secrets: list[str] = Field(default_factory=list, description="imagePullSecrets of every step pod.")
 
 
+class ModelCache(Spec):
+    """A PersistentVolumeClaim holding a Hugging Face cache, mounted into every step pod as HF_HOME."""
+
+    pvc: str = Field(..., min_length=1)
+    mount_path: str = "/models"
+
+
 class OperatorSettings(Spec):
     pools: Pools = Field(default_factory=Pools)
     images: Images = Field(default_factory=Images)
     sandbox_url: str | None = Field(None, description="The sandbox Service URL given to collect/evaluate Jobs.")
+    model_cache: ModelCache | None = Field(None, description="A shared Hugging Face cache for every step pod.")
+    sandbox_token_secret: str | None = Field(
+        None, description="Secret (key `token`, in the Job's namespace) whose value collect/evaluate Jobs send to "
+        "the sandbox as AGENTQ_SANDBOX_TOKEN.")
     job_service_account: str | None = Field(None, description="ServiceAccount of step pods (none: the default).")
     log_lines: int = Field(20, ge=1, description="Last log lines of a failed Job quoted in the condition.")
     resync_seconds: float = Field(30.0, gt=0, description="Re-check every round this often even without events.")

@@ -69,3 +69,11 @@ def test_not_yaml_and_not_mapping(tmp_path):
 def test_examples_are_valid():
     for path in sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml")):
         assert isinstance(load_round(path), RoundFile)
+
+
+def test_fetch_from_needs_a_store_base():
+    from agentq.config import ModelSpec, parse_model
+
+    with pytest.raises(ConfigError, match="fetchFrom needs base: store:<key>"):
+        parse_model({"base": "Qwen/Qwen2.5-Coder-7B-Instruct", "fetchFrom": "Qwen/x"}, ModelSpec, "round.yaml")
+    assert parse_model({"base": "store:models/q", "fetchFrom": "Qwen/x"}, ModelSpec, "r").fetch_from == "Qwen/x"

@@ -59,6 +59,35 @@ def test_running_step_comes_from_status_json(client, store):
                      "evaluate": "Pending"}
 
 
+def test_a_round_that_fetched_its_model_shows_the_model_step_first(client, store):
+    dashboard_store.marker(store, "half", "model", {"model": "models/x"}, 0.5)
+    steps = client.get("/api/rounds/half/steps").json()
+    assert [s["name"] for s in steps][:2] == ["model", "collect"] and steps[0]["state"] == "Succeeded"
+    assert [s["name"] for s in client.get("/api/rounds/r1/steps").json()][0] == "collect"
+
+
+def test_the_runner_records_an_interrupted_round(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from agentq import round as runner
+    from agentq.store import FileStore
+
+    store = FileStore(tmp_path / "store")
+    ws = SimpleNamespace(store=store, key=lambda rel: f"rounds/x/{rel}",
+                         round=SimpleNamespace(spec=SimpleNamespace(model=SimpleNamespace(fetch_from=None))))
+
+    def interrupted(ws, progress):
+        progress.start("collect")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_run_steps", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_round(ws)
+    status = store.get_json("rounds/x/status.json")
+    assert status["phase"] == "Interrupted" and status["steps"]["collect"]["state"] == "Interrupted"
+    assert status["steps"]["train"] == {"state": "Pending"} and "model" not in status["steps"]
+
+
 def test_old_summary_gets_a_wilson_interval_and_says_so(client):
     summary = client.get("/api/rounds/r1/eval/summary").json()
     assert [a["arm"] for a in summary["arms"]] == ["round"]

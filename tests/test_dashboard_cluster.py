@@ -150,3 +150,10 @@ def test_an_invalid_campaign_is_listed_with_why():
     bad = {**CAMPAIGN, "spec": {"rounds": 0}}
     view = campaign_view(bad, set())
     assert view["name"] == "learn" and "AgentQCampaign learn" in view["error"] and view["rounds"] == 1
+
+
+def test_a_round_that_fetches_its_model_shows_the_model_step():
+    body = resource("r2", "Initializing", "model", {"model": {"name": "r2-model-r0", "state": "Running"}})
+    view = round_view(body, [job("model", "2026-01-01T00:00:01Z", None)], None, now=0)
+    assert [(s["name"], s["state"]) for s in view["steps"][:2]] == [("model", "Running"), ("collect", "Pending")]
+    assert view["phase"] == "Initializing"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from dockerfile_parse import DockerfileParser
+from lockfile import lock as pins
 from packaging.requirements import Requirement
 
 from agentq.cli import build_parser
@@ -29,15 +30,6 @@ DATA = ROOT.parent / "shared" / "data"
 RESOLVE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agentq-tests" / "resolve"
 
 
-def _load_lock():
-    spec = importlib.util.spec_from_file_location("agentq_lock", ROOT / "scripts" / "lock.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pins = _load_lock()
 IMAGES = {image.name: image for image in pins.IMAGES}
 DOCKERFILES = [ROOT / image.dockerfile for image in pins.IMAGES]
 # The subcommands each image's containers run (the operator's Jobs, the chart's Deployments).

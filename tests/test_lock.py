@@ -4,22 +4,8 @@ fail when pyproject.toml moved on without it, or when it stops pinning everythin
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_lock():
-    spec = importlib.util.spec_from_file_location("agentq_lock_script", ROOT / "scripts" / "lock.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-lock = _load_lock()
+from lockfile import lock
 
 
 def test_lock_was_refreshed_after_the_last_pyproject_change():

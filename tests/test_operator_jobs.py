@@ -12,7 +12,7 @@ import yaml
 from agentq.config import RoundFile
 from controller.crd import render
 from controller.jobs import Unit, build_job, cleanup_job, job_name, spec_configmap, units
-from controller.reconcile import plan
+from controller.reconcile import long_unfinished, plan, pod_problems
 from controller.settings import OperatorSettings
 
 SETTINGS = OperatorSettings.model_validate({
@@ -23,6 +23,7 @@ SETTINGS = OperatorSettings.model_validate({
     },
     "images": {"infer": "infer:1", "train": "train:1"},
     "sandboxUrl": "http://sandbox.agentq:8080",
+    "sandboxTokenSecret": "agentq-sandbox-token",
 })
 
 
@@ -48,8 +49,9 @@ def test_collect_shard_goes_to_inference_pool_with_one_gpu_and_sandbox():
     assert pod["nodeSelector"] == {"pool": "inference"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": 1}
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
     assert env["SANDBOX_URL"] == "http://sandbox.agentq:8080"
+    assert env["AGENTQ_SANDBOX_TOKEN"] == {"secretKeyRef": {"name": "agentq-sandbox-token", "key": "token"}}
     assert env["AGENTQ_STORE_PATH"] == "/artifacts"
     assert env["AGENTQ_RESULT_FILE"] == "/dev/termination-log"
     assert c["image"] == "infer:1"
@@ -410,14 +412,14 @@ def test_stuck_pods_block_the_round_with_a_reason_and_one_event():
     running = [job(b, Unit("collect", i, 2), 0, "Running") for i in range(2)]
     stuck = [pod("r1-collect-0-x", unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu."),
              pod("r1-collect-1-y", waiting="ImagePullBackOff")]
-    p = advance(b, running, no_inspect, pods=stuck)
+    p = advance(b, running, no_inspect, stuck=pod_problems(stuck))
     blocked = condition(p, "Blocked")
     assert blocked["status"] == "True" and blocked["reason"] == "ImagePullBackOff,Unschedulable"
     assert "Insufficient nvidia.com/gpu" in blocked["message"] and "r1-collect-1-y: ImagePullBackOff" in \
         blocked["message"]
     assert sorted(e[1] for e in p.events if e[0] == "Warning") == ["ImagePullBackOff", "Unschedulable"]
-    assert advance(b, running, no_inspect, pods=stuck).events == []
-    p = advance(b, running, no_inspect, pods=[])
+    assert advance(b, running, no_inspect, stuck=pod_problems(stuck)).events == []
+    p = advance(b, running, no_inspect, stuck=[])
     assert condition(p, "Blocked")["status"] == "False" and p.problems == []
 
 
@@ -465,3 +467,58 @@ def test_a_failed_step_is_retried_after_a_growing_delay():
     p = plan(b, jobs, lambda j: failing, "2026-12-02T10:00:20Z", retry_backoff=10)
     assert [(u.key, a) for u, a in p.create] == [("collect-0", 2)] and p.wake_after is None
     assert plan(b, jobs, lambda j: failing, "2026-12-02T10:00:01Z").create  # backoff off: at once
+
+
+def test_pods_are_read_only_for_jobs_unfinished_past_a_resync():
+    fresh = job(body(), Unit("collect", 0, 2), 0, "Running")
+    fresh["metadata"]["creationTimestamp"] = "2026-12-02T10:00:00Z"
+    assert not long_unfinished([fresh], "2026-12-02T10:00:20Z", 30)
+    assert long_unfinished([fresh], "2026-12-02T10:00:31Z", 30)
+    done = job(body(), Unit("collect", 1, 2), 0, "Succeeded")
+    done["metadata"]["creationTimestamp"] = "2026-12-02T09:00:00Z"
+    assert not long_unfinished([done], "2026-12-02T10:00:31Z", 30)
+
+
+def test_a_missing_step_service_account_is_named():
+    from controller.handlers import stuck_problems
+
+    class Cluster:  # the two observations stuck_problems makes
+        def round_pods(self, namespace, name):
+            return [pod("r1-collect-0-x", waiting="ErrImagePull")]
+
+        def service_account_exists(self, namespace, name):
+            return name == "present"
+
+    settings = OperatorSettings.model_validate({"jobServiceAccount": "agentq-steps"})
+    problems = stuck_problems(Cluster(), "ns", "r1", settings)
+    assert [r for r, _ in problems] == ["ErrImagePull", "ServiceAccountMissing"]
+    assert "ServiceAccount agentq-steps (operator.jobServiceAccount) does not exist in namespace ns" in problems[1][1]
+    ok = OperatorSettings.model_validate({"jobServiceAccount": "present"})
+    assert [r for r, _ in stuck_problems(Cluster(), "ns", "r1", ok)] == ["ErrImagePull"]
+
+
+def test_a_round_that_fetches_its_model_starts_with_the_model_step():
+    b = body(model={"base": "store:models/qwen7b", "fetchFrom": "Qwen/Qwen2.5-Coder-7B-Instruct",
+                    "tokenSecret": "hf-token"})
+    stages = units(RoundFile.model_validate({"metadata": {"name": "r1"}, "spec": b["spec"]}).spec)
+    assert [u.key for u in stages[0]] == ["model"] and stages[1][0].step == "collect"
+    fetch = build_job(b, stages[0][0], 0, FULL)
+    c = container(fetch)
+    assert c["command"] == ["agentq", "model", "fetch", "--round", "/etc/agentq/round.yaml"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HF_HUB_OFFLINE"]["value"] == "0"
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+    assert fetch["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "cpu"}  # no GPU to copy files
+    assert "HF_TOKEN" not in {e["name"] for e in container(build_job(b, stages[1][0], 0, FULL))["env"]}
+    p = plan(b, [], no_inspect, "T")
+    assert p.status["phase"] == "Initializing" and [(u.key, a) for u, a in p.create] == [("model", 0)]
+    assert [u.key for u in units(RoundFile.model_validate({"metadata": {"name": "r"}, "spec": body()["spec"]}).spec)[0]
+            ] == ["collect-0", "collect-1"]
+
+
+def test_a_shared_model_cache_is_mounted_as_hf_home():
+    settings = OperatorSettings.model_validate({"modelCache": {"pvc": "hf-cache"}})
+    job_ = build_job(body(), Unit("train"), 0, settings)
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}} in \
+        job_["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "HF_HOME", "value": "/models"} in container(job_)["env"]

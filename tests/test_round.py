@@ -87,7 +87,10 @@ def test_collect_resumes_after_a_kill_without_redoing_finished_tasks(workdir, mo
     assert main(["round", "run", str(path), "--preset", "tiny"]) == 130
     shard = workdir / "store" / "rounds" / "resume" / "trajectories" / "shard-0-of-1.jsonl"
     finished = calls[:2]
-    assert [r["task_id"] for r in read_jsonl(shard)] == finished
+    # until the shard is complete it is built beside the final name, under its settings' digest
+    assert not shard.exists()
+    (partial,) = shard.parent.glob("shard-0-of-1.jsonl.partial-*")
+    assert [r["task_id"] for r in read_jsonl(partial)] == finished
 
     seen: list[str] = []
     monkeypatch.setattr(collect.Search, "run", lambda self: (seen.append(self.task.id), real_run(self))[1])
@@ -95,6 +98,7 @@ def test_collect_resumes_after_a_kill_without_redoing_finished_tasks(workdir, mo
     collected = [t for t in seen if t in {r["task_id"] for r in read_jsonl(shard)}]  # evaluation searches too
     assert len(collected) == 4 and not set(collected) & set(finished)
     assert len(list(read_jsonl(shard))) == 6
+    assert not list(shard.parent.glob("*.partial-*"))  # published, and the partial gone
 
 
 def test_bad_round_yaml_exits_2_naming_the_field(tmp_path, capsys):

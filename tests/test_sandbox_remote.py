@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -17,6 +19,7 @@ from agentq.sandbox import Limits, LocalExecutor, RemoteExecutor, SandboxUnavail
 from agentq.sandbox.server import SandboxServer
 
 LIMITS = Limits(timeout_s=1.5)
+JSON = {"Content-Type": "application/json"}
 TESTS = "from solution import *\n\ndef test_a():\n    assert f(2) == 4\n\ndef test_b():\n    assert f(-1) == 1\n"
 CASES = [
     "def f(x):\n    return x * x\n",  # passed
@@ -58,8 +61,8 @@ def test_remote_verdicts_equal_local_ones(server):
 def test_health_and_bad_requests(server):
     url, _ = server
     with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
-        assert json.load(response) == {"ok": True, "workers": 2}
-    request = urllib.request.Request(url + "/run", data=b'{"code": 1}', method="POST")
+        assert json.load(response) == {"ok": True, "workers": 2, "isolation": []}
+    request = urllib.request.Request(url + "/run", data=b'{"code": 1}', method="POST", headers=JSON)
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request, timeout=5)
     assert err.value.code == 400 and "code" in err.value.read().decode()
@@ -81,6 +84,7 @@ def test_make_executor_follows_the_spec(server):
     url, _ = server
     remote = make_executor(SandboxSpec(url=url, timeout_seconds=1.5))
     assert isinstance(remote, RemoteExecutor) and remote.run(CASES[0], TESTS).passed
+    assert remote.isolation == []  # the server's /healthz: nothing weakened here
     with make_executor(SandboxSpec(workers=1, timeout_seconds=2, memory_mb=256)) as local:
         assert isinstance(local, LocalExecutor) and local.limits.memory_mb == 256 and local.workers == 1
 
@@ -100,3 +104,94 @@ def test_cli_serve_starts_and_answers():
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
+
+
+# --- hardening: who may run code, and how much -------------------------------------------------------------
+
+
+@pytest.fixture()
+def guarded():
+    """A server with a token, small limits, one request at a time and a short read timeout."""
+    with LocalExecutor(workers=1, limits=LIMITS) as executor:
+        httpd = SandboxServer(("127.0.0.1", 0), executor, token="s3cret", max_concurrent=1, read_timeout_s=1.0)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(url + "/run", data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_token_is_required_and_checked(guarded, monkeypatch):
+    url, _ = guarded
+    body = json.dumps({"code": CASES[0], "tests": TESTS}).encode()
+    assert _post(url, body, JSON)[0] == 401
+    assert _post(url, body, {**JSON, "Authorization": "Bearer wrong"})[0] == 401
+    status, answer = _post(url, body, {**JSON, "Authorization": "Bearer s3cret"})
+    assert status == 200 and json.loads(answer)["status"] == "passed"
+    with pytest.raises(SandboxUnavailable, match="refused the token"):
+        RemoteExecutor(url, token="wrong").run(CASES[0], TESTS)
+    monkeypatch.setenv("AGENTQ_SANDBOX_TOKEN", "s3cret")  # what the chart's Secret sets in Job pods
+    assert RemoteExecutor(url).run(CASES[0], TESTS).passed
+
+
+def test_only_json_and_only_text_that_encodes(guarded):
+    url, _ = guarded
+    auth = {"Authorization": "Bearer s3cret"}
+    body = json.dumps({"code": CASES[0], "tests": TESTS}).encode()
+    assert _post(url, body, {**auth, "Content-Type": "text/plain"})[0] == 415
+    code = b'"x = \\"\\ud800\\"\\ndef f(x):\\n    return x * x\\n"'  # a lone surrogate, legal in JSON
+    lone = b'{"code": ' + code + b', "tests": ' + json.dumps(TESTS).encode() + b"}"
+    status, answer = _post(url, lone, {**auth, **JSON})
+    assert status == 400 and "body.code" in answer and "UTF-8" in answer
+    assert _post(url, b"[1, 2", {**auth, **JSON})[0] == 400
+    with socket.create_connection(("127.0.0.1", guarded[1].server_address[1]), timeout=5) as raw:
+        raw.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 9437184\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 400")  # answered before a byte of the 9 MB is read
+    # the executor itself answers unencodable code with a verdict, without bothering (or crashing) a worker
+    verdict = guarded[1].executor.run("x = '\ud800'\n", TESTS)
+    assert verdict.status == "error" and "not valid text" in verdict.message
+
+
+def test_caller_limits_are_clamped_to_the_servers(guarded):
+    url, _ = guarded
+    remote = RemoteExecutor(url, token="s3cret", limits=Limits(timeout_s=600, max_procs=250, memory_mb=64 << 10))
+    verdict = remote.run("def f(x):\n    while True:\n        pass\n", TESTS)
+    assert verdict.status == "timeout" and "after 1.5s" in verdict.message, verdict
+
+
+def test_concurrency_cap_and_read_timeout(guarded):
+    url, httpd = guarded
+    port = httpd.server_address[1]
+    stalled = socket.create_connection(("127.0.0.1", port))
+    try:
+        # a half-sent request holds the only slot until the read timeout drops it, then the slot is free again
+        stalled.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.3)
+        body = json.dumps({"code": CASES[0], "tests": TESTS}).encode()
+        assert _post(url, body, {**JSON, "Authorization": "Bearer s3cret"})[0] == 503
+        stalled.settimeout(5)
+        assert stalled.recv(100) == b""  # closed by the server after its 1 s read timeout
+        assert _post(url, body, {**JSON, "Authorization": "Bearer s3cret"})[0] == 200
+    finally:
+        stalled.close()
+
+
+def test_cli_serve_binds_loopback_and_refuses_other_addresses_without_a_token():
+    env = {k: v for k, v in os.environ.items() if k != "AGENTQ_SANDBOX_TOKEN"}
+    proc = subprocess.run([sys.executable, "-m", "agentq.cli", "sandbox", "serve", "--host", "0.0.0.0"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and "AGENTQ_SANDBOX_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
+    from agentq.cli import build_parser
+
+    assert build_parser().parse_args(["sandbox", "serve"]).host == "127.0.0.1"

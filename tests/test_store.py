@@ -279,3 +279,146 @@ def test_pvc_root_comes_from_the_job_environment(tmp_path, monkeypatch):
     store = open_store(StoreSpec(pvc="agentq-artifacts"))
     assert isinstance(store, FileStore) and store.root == tmp_path / "mnt"
     assert open_store(StoreSpec(pvc="x"), pvc_root=str(tmp_path / "other")).root == tmp_path / "other"
+
+
+def test_staging_of_a_killed_writer_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    """A kill during train or merge leaves its staging copy; the next publish on this host removes it."""
+    monkeypatch.setenv("AGENTQ_CACHE", str(tmp_path / "cache"))
+    store = FileStore(tmp_path / "store")
+    child = subprocess.Popen([sys.executable, "-c", CHILD_WRITER, str(store.root)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "staging"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    left = list((store.root / ".agentq" / "tmp").glob("dir-*"))
+    assert len(left) == 1 and (left[0] / "new" / "weights.bin").exists()
+    with store.writing_dir("rounds/r1/adapter") as d:
+        d.mkdir()
+        (d / "a.txt").write_text("ok")
+    assert list((store.root / ".agentq" / "tmp").glob("dir-*")) == []
+    assert store.get_text("rounds/r1/adapter/a.txt") == "ok"
+
+
+CHILD_WRITER = textwrap.dedent("""
+    import sys, time
+    from agentq.store import FileStore
+    with FileStore(sys.argv[1]).writing_dir("rounds/r1/adapter") as d:
+        d.mkdir()
+        (d / "weights.bin").write_bytes(b"x" * 1000)
+        print("staging", flush=True)
+        time.sleep(60)
+""")
+
+
+def test_s3_directory_publish_is_atomic_and_failed_ones_leave_nothing(s3_endpoint, tmp_path, monkeypatch):
+    """The old version stays whole until the new one is complete; leftovers of failed or killed publishes are
+    invisible to readers and gone after the next publish."""
+    monkeypatch.setenv("AGENTQ_CACHE", str(tmp_path / "cache"))
+    bucket = _bucket(s3_endpoint)
+    store = open_store(StoreSpec(s3=S3Spec(bucket=bucket, endpoint=s3_endpoint)))
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+    def raw_keys() -> list[str]:
+        return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+    with store.writing_dir("rounds/r1/merged") as d:
+        d.mkdir()
+        (d / "a.txt").write_text("v1")
+        (d / "b.txt").write_text("v1")
+    real_put = store.put_file
+    calls = []
+
+    def failing_put(key, path):
+        calls.append(key)
+        if len(calls) == 2:
+            raise StoreError("network gone")
+        real_put(key, path)
+
+    monkeypatch.setattr(store, "put_file", failing_put)
+    with pytest.raises(StoreError, match="network gone"), store.writing_dir("rounds/r1/merged") as d:
+        d.mkdir()
+        (d / "a.txt").write_text("v2")
+        (d / "b.txt").write_text("v2")
+    monkeypatch.setattr(store, "put_file", real_put)
+    assert store.list("rounds/r1/merged") == ["rounds/r1/merged/a.txt", "rounds/r1/merged/b.txt"]
+    assert store.get_text("rounds/r1/merged/b.txt") == "v1"
+    local = store.local_dir("rounds/r1/merged")
+    assert sorted(p.name for p in local.iterdir()) == ["a.txt", "b.txt"] and (local / "a.txt").read_text() == "v1"
+
+    # a killed publisher's half-uploaded version: nobody reads it, the next publish deletes it
+    client.put_object(Bucket=bucket, Key="rounds/r1/merged.versions/deadbeef/a.txt", Body=b"half")
+    assert "rounds/r1/merged/a.txt" in store.list("rounds") and store.get_text("rounds/r1/merged/a.txt") == "v1"
+    with store.writing_dir("rounds/r1/merged") as d:
+        d.mkdir()
+        (d / "a.txt").write_text("v3")
+    assert store.list("rounds/r1/merged") == ["rounds/r1/merged/a.txt"]
+    assert store.get_text("rounds/r1/merged/a.txt") == "v3" and not store.exists("rounds/r1/merged/b.txt")
+    assert [k for k in raw_keys() if "deadbeef" in k or "b.txt" in k] == []
+    assert store.delete_prefix("rounds/r1") >= 2 and raw_keys() == []
+
+
+def test_s3_lease_excludes_a_second_run_until_released_or_expired(s3_endpoint, tmp_path, monkeypatch):
+    from agentq.store import LeaseHeld
+    from agentq.workspace import Lease
+
+    monkeypatch.setenv("AGENTQ_CACHE", str(tmp_path / "cache"))
+    store = open_store(StoreSpec(s3=S3Spec(bucket=_bucket(s3_endpoint), endpoint=s3_endpoint)))
+    key = "rounds/r1/locks/collect-shard-0-of-1.lease"
+    first = store.acquire_lease(key, "machine-a:1", ttl_s=30)
+    with pytest.raises(LeaseHeld, match="held by machine-a:1"):
+        store.acquire_lease(key, "machine-b:2", ttl_s=30)
+    renewed = store.renew_lease(key, "machine-a:1", first, ttl_s=30)
+    with pytest.raises(LeaseHeld, match="lease lost"):
+        store.renew_lease(key, "machine-a:1", first, ttl_s=30)  # a stale token cannot renew
+    store.release_lease(key, renewed)
+    second = store.acquire_lease(key, "machine-b:2", ttl_s=0.5)  # free again
+    time.sleep(0.7)
+    third = store.acquire_lease(key, "machine-c:3", ttl_s=30)  # machine-b died: its lease expired, taken over
+    with pytest.raises(LeaseHeld, match="lease lost"):
+        store.renew_lease(key, "machine-b:2", second, ttl_s=30)
+    store.release_lease(key, third)
+
+    # the workspace's Lease renews in the background while a step runs, so a long step keeps it
+    held = Lease(store, key, ttl_s=1.0)
+    time.sleep(1.5)
+    with pytest.raises(LeaseHeld):
+        store.acquire_lease(key, "machine-d:4", ttl_s=30)
+    held.release()
+    assert not store.exists(key)
+
+
+def test_a_step_running_on_another_machine_with_an_s3_store_is_refused(s3_endpoint, tmp_path, monkeypatch, capsys):
+    """No shared filesystem: only the store's lease can tell the second machine that the step is running."""
+    import agentq.workspace
+    from agentq.cli import main
+
+    bucket = _bucket(s3_endpoint)
+    from agentq.tasks.schema import Task, write_tasks
+
+    write_tasks(tmp_path / "t.jsonl", [Task(id="t1", source="test", group="g", description="add one",
+                                            buggy_code="def inc(x):\n    return x\n",
+                                            reference_code="def inc(x):\n    return x + 1\n", entry_point="inc",
+                                            tests="from solution import *\ndef test_one():\n    assert inc(1) == 2\n")])
+    round_yaml = tmp_path / "round.yaml"
+    round_yaml.write_text(
+        "apiVersion: agentq.dev/v1alpha1\nkind: AgentQRound\nmetadata: {name: r}\nspec:\n"
+        "  model: {base: tiny, backend: scripted}\n  dataset: {train: t.jsonl, test: t.jsonl}\n"
+        f"  store: {{s3: {{bucket: {bucket}, endpoint: '{s3_endpoint}'}}}}\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom agentq.config import load_round\nfrom agentq.workspace import RoundWorkspace\n"
+         "ws = RoundWorkspace(load_round(sys.argv[1]), sys.argv[1])\nws.finished('collect-shard-0-of-2', 'd')\n"
+         "print('held', flush=True)\ntime.sleep(60)", str(round_yaml)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "AGENTQ_WORK_DIR": str(tmp_path / "machine-a")},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("AGENTQ_WORK_DIR", str(tmp_path / "machine-b"))
+        monkeypatch.setattr(agentq.workspace, "LEASE_TTL_S", 0.5)  # wait 1 s, not 2 minutes, before refusing
+        assert main(["collect", "--round", str(round_yaml), "--shard", "0", "--num-shards", "2"]) == 2
+        err = capsys.readouterr().err
+        assert "step 'collect-shard-0-of-2' is running elsewhere" in err
+        assert f"{os.uname().nodename}:{holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()

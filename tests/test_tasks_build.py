@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from agentq.cli import main as cli_main
+from agentq.sandbox import LocalExecutor
 from agentq.tasks.build import main as build_main
+from agentq.tasks.humanevalfix import load_humanevalfix
 from agentq.tasks.schema import Task, read_tasks, write_tasks
 from agentq.tasks.split import split_leak_free
 
@@ -159,3 +161,20 @@ def test_build_refuses_a_missing_data_dir(tmp_path, capsys):
     )
     assert build_main(args) == 2
     assert "python3_*.json" in capsys.readouterr().err
+
+
+def test_helpers_the_tests_call_come_from_the_reference_not_the_candidate():
+    """HumanEval-32's check calls `poly`; a candidate redefining `poly` to agree with anything must not pass."""
+    tasks = {t.id: t for t in load_humanevalfix(DATA)}
+    helped = sorted(t.id for t in tasks.values() if "helpers from the reference" in t.tests)
+    assert helped == ["humanevalfix/HumanEval-32", "humanevalfix/HumanEval-38", "humanevalfix/HumanEval-50"]
+    task = tasks["humanevalfix/HumanEval-32"]
+    cheat = "def poly(xs, x):\n    return 0.0\n\ndef find_zero(xs):\n    return 12345.0\n"
+    cheat_38 = "def encode_cyclic(s):\n    return s\n\ndef decode_cyclic(s):\n    return s\n"
+    with LocalExecutor(workers=2) as executor:
+        reference, buggy, cheating, cheating_38 = executor.run_many(
+            [(task.reference_code, task.tests), (task.buggy_code, task.tests), (cheat, task.tests),
+             (cheat_38, tasks["humanevalfix/HumanEval-38"].tests)]
+        )
+    assert reference.passed, reference
+    assert not buggy.passed and not cheating.passed and not cheating_38.passed, (cheating, cheating_38)

@@ -42,4 +42,4 @@ def make_executor(spec: SandboxSpec) -> LocalExecutor | RemoteExecutor:
     limits = Limits(timeout_s=spec.timeout_seconds, cpu_s=spec.cpu_seconds or 0, memory_mb=spec.memory_mb)
     if spec.url:
         return RemoteExecutor(spec.url, limits=limits)
-    return LocalExecutor(workers=spec.workers, limits=limits)
+    return LocalExecutor(workers=spec.workers, limits=limits, allow_weak_isolation=spec.allow_weak_isolation)

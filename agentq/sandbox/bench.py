@@ -50,7 +50,8 @@ def main(args: argparse.Namespace) -> int:
     workers = os.cpu_count() or 1
 
     start = time.perf_counter()
-    with LocalExecutor(workers=workers, limits=BENCH_LIMITS) as executor:
+    with LocalExecutor(workers=workers, limits=BENCH_LIMITS,
+                       allow_weak_isolation=getattr(args, "allow_weak_isolation", False)) as executor:
         executor.run_many(items[:workers])  # wait for the fork servers to be up
         startup = time.perf_counter() - start
         start = time.perf_counter()

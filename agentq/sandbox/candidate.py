@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 import types
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from agentq.sandbox import wire
@@ -31,7 +32,24 @@ def describe_exception(err: BaseException, filename: str) -> dict[str, str]:
             where = f"solution.py line {frame.lineno}: {(frame.line or '').strip()}"
     if isinstance(err, SyntaxError) and err.filename == filename:
         where = f"solution.py line {err.lineno}: {(err.text or '').strip()}"
-    return {"type": type(err).__name__, "message": message[:MAX_TEXT], "where": where[:MAX_TEXT]}
+    info = {"type": type(err).__name__, "message": message[:MAX_TEXT], "where": where[:MAX_TEXT],
+            "base": builtin_base(type(err))}
+    args = getattr(err, "args", ())
+    if type(args) is tuple and len(args) <= 8 and all(type(a) in _PLAIN for a in args) \
+            and sum(len(a) for a in args if type(a) is str) <= MAX_TEXT:
+        info["args"] = list(args)  # so str(err) and err.args on the trusted side are what they were here
+    return info
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def builtin_base(cls: type) -> str:
+    """The nearest builtin exception class of `cls` (ValueError for `class Bad(ValueError)`), by name."""
+    for klass in cls.__mro__:
+        if klass.__module__ == "builtins":
+            return klass.__name__
+    return "Exception"
 
 
 class _Handles:
@@ -43,7 +61,10 @@ class _Handles:
     def to_ref(self, obj: Any) -> dict[str, Any]:
         self.objects.append(obj)
         name = getattr(type(obj), "__name__", "object")
-        return {"t": "ref", "id": len(self.objects) - 1, "cls": str(name)[:100], "callable": callable(obj)}
+        ref = {"t": "ref", "id": len(self.objects) - 1, "cls": str(name)[:100], "callable": callable(obj)}
+        if isinstance(obj, Iterator):  # generators and other iterators are pulled lazily, one `next` at a time
+            ref["iter"] = "generator" if isinstance(obj, types.GeneratorType) else "iterator"
+        return ref
 
     def from_ref(self, ref: dict[str, Any]) -> Any:
         return self.objects[ref["id"]]
@@ -62,6 +83,8 @@ def _export(name: str, value: Any, prelude: dict[str, Any], codec: wire.Codec) -
         return {"t": "prelude", "name": name}
     if isinstance(value, types.ModuleType):
         return {"t": "module", "name": value.__name__}
+    if isinstance(value, type) and issubclass(value, BaseException):
+        return {"t": "exc_class", "name": value.__name__, "base": builtin_base(value)}
     if callable(value):
         return codec.to_ref(value)
     return codec.encode(value)
@@ -114,6 +137,11 @@ def _answer(request: dict[str, Any], handles: _Handles, codec: wire.Codec) -> di
     target = handles.objects[request["ref"]]
     if request["op"] == "getattr":
         return {"ok": codec.encode(getattr(target, request["name"]))}
+    if request["op"] == "next":
+        try:
+            return {"ok": codec.encode(next(target))}
+        except StopIteration:
+            return {"stop": True}
     raw_args, raw_kwargs = request["a"], request["k"]
     args = [codec.decode(a) for a in raw_args]
     kwargs = {k: codec.decode(v) for k, v in raw_kwargs.items()}

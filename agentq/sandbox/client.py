@@ -8,6 +8,7 @@ decoded into the same Verdict model, so callers cannot tell the two apart.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -22,9 +23,18 @@ class SandboxUnavailable(RuntimeError):
     """The remote sandbox could not be reached (or kept failing) after every retry."""
 
 
+TOKEN_ENV = "AGENTQ_SANDBOX_TOKEN"
+
+
 class RemoteExecutor:
-    def __init__(self, url: str, retries: int = 5, backoff_s: float = 0.5, limits: Limits | None = None):
+    """`token` (default: $AGENTQ_SANDBOX_TOKEN) is sent as a bearer token; the server checks it."""
+
+    def __init__(
+        self, url: str, retries: int = 5, backoff_s: float = 0.5, limits: Limits | None = None, token: str | None = None
+    ):
         self.url = url.rstrip("/")
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        self._isolation: list[str] | None = None
         self.retries = max(1, retries)
         self.backoff_s = backoff_s
         self.limits = limits or Limits()
@@ -35,20 +45,35 @@ class RemoteExecutor:
         for attempt in range(self.retries):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            request = urllib.request.Request(
-                self.url + path, data=data, headers={"Content-Type": "application/json"}, method="POST"
-            )
+            headers = {"Content-Type": "application/json"}
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
+            request = urllib.request.Request(self.url + path, data=data, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     return json.load(response)
             except urllib.error.HTTPError as err:
                 detail = err.read().decode("utf-8", "replace")[:500]
+                if err.code == 401:
+                    raise SandboxUnavailable(f"sandbox at {self.url} refused the token: set {TOKEN_ENV} to the "
+                                             "server's token") from None
                 if err.code < 500:
                     raise ValueError(f"sandbox at {self.url} rejected the request: HTTP {err.code}: {detail}") from None
                 last = f"HTTP {err.code}: {detail}"
             except (urllib.error.URLError, OSError, ValueError) as err:
                 last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
         raise SandboxUnavailable(f"sandbox at {self.url} unreachable after {self.retries} tries: {last}")
+
+    @property
+    def isolation(self) -> list[str]:
+        """What the server's sandbox could not enforce (its /healthz), as LocalExecutor.isolation."""
+        if self._isolation is None:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=10) as response:
+                    self._isolation = [str(n) for n in json.load(response).get("isolation", [])]
+            except (urllib.error.URLError, OSError, ValueError):
+                return []
+        return self._isolation
 
     def run(self, code: str, tests: str, limits: Limits | None = None) -> Verdict:
         limits = limits or self.limits

@@ -10,11 +10,13 @@ How a run is kept honest (details in forkserver.py, harness.py, wire.py, isolati
 * The test process reports each test on a pipe the candidate does not hold; a pass needs every test
   found here statically (with `ast`, before anything runs) reported run and passed, an end marker and a
   clean exit.
-* The candidate runs under an unprivileged uid of its own worker (not a shared 65534: one candidate must
-  not be able to kill another worker's candidate, and RLIMIT_NPROC must count only its own processes), in
-  an empty network namespace and a private mount namespace whose /tmp, /var/tmp and /dev/shm are small
-  tmpfs mounts, with a scrubbed environment, a fresh working directory, rlimits and a pids cgroup; all it
-  started dies after the run. A weaker set-up (not root) is reported in `Verdict.isolation`.
+* Each worker lives in a bubblewrap sandbox (jail.py: minimal read-only root, own PID/IPC/UTS/network
+  namespaces, seccomp). Each candidate runs under an unprivileged uid of its own worker (not a shared
+  65534: one candidate must not be able to kill another worker's candidate), in a PID, IPC and mount
+  namespace of its own with fresh tmpfs /tmp and /dev/shm and a fresh /proc, with a scrubbed environment,
+  no capabilities, rlimits and memory/pids cgroups; all it started dies with the run's init.
+* Without full isolation (no bubblewrap, not root) the executor refuses to start unless
+  `allow_weak_isolation`; then what is missing is listed in `self.isolation` and every `Verdict.isolation`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import ast
 import functools
 import marshal
+import math
 import os
 import queue
 import socket
@@ -34,13 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentq.sandbox import wire
+from agentq.sandbox import jail, wire
 from agentq.sandbox.limits import Limits
 from agentq.sandbox.outcome import verdict_from_run
 from agentq.sandbox.verdict import Verdict
 
 # The executor waits this long beyond the run's own timeout before it declares the worker hung.
 GRACE_S = 30.0
+MAX_CODE_BYTES = 4 << 20
+WEAK_HINT = ("set sandbox.allowWeakIsolation: true (agentq sandbox serve --allow-weak-isolation) to run anyway, "
+             "or see docs/deploy.md for what the sandbox needs")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -83,16 +89,39 @@ def find_tests(tests: str) -> CompiledTests | str:
     return CompiledTests(tuple(dict.fromkeys(names)), payload, len(marshalled))
 
 
-class _Worker:
-    """One fork server process and the socket to it; used by one thread at a time."""
+def _unusable_code(code: str) -> str | None:
+    """Why this code cannot even be handed to a worker (it would break the framing or the file write)."""
+    try:
+        size = len(code.encode("utf-8"))
+    except UnicodeEncodeError as err:
+        return f"the code is not valid text: {err.reason} at position {err.start}"
+    if size > MAX_CODE_BYTES:
+        return f"the code is {size} bytes; the sandbox takes at most {MAX_CODE_BYTES}"
+    return None
 
-    def __init__(self) -> None:
+
+class _Worker:
+    """One fork server process (inside its bubblewrap sandbox) and the socket to it; one thread at a time."""
+
+    def __init__(self, allow_weak: bool, jailed: bool = True) -> None:
         ours, theirs = socket.socketpair()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": _PACKAGE_ROOT,
                "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        prefix: list[str] = []
+        self.jail: jail.Jail | None = None
+        try:
+            if not jailed:
+                raise jail.IsolationUnavailable("bubblewrap cannot start here (no user namespaces allowed?)")
+            self.jail = jail.make_jail()
+            prefix, env = self.jail.argv, self.jail.env
+        except jail.IsolationUnavailable as err:
+            if not allow_weak:
+                raise jail.IsolationUnavailable(f"{err}; {WEAK_HINT}") from None
+            self.weak_reason = str(err)
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "agentq.sandbox.forkserver", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
+            [*prefix, os.path.realpath(sys.executable), "-P", "-s", "-m", "agentq.sandbox.forkserver",
+             str(theirs.fileno())],
+            pass_fds=[theirs.fileno(), *(self.jail.pass_fds if self.jail else [])],
             env=env,
             cwd="/",
             stdin=subprocess.DEVNULL,
@@ -100,14 +129,17 @@ class _Worker:
             start_new_session=True,
         )
         theirs.close()
+        if self.jail is not None:
+            self.jail.started()
         self.sock = ours
         self.isolation: list[str] | None = None
+        self.jail_notes = self.jail.notes if self.jail else [self.weak_reason]
 
     def _ready(self) -> None:
         if self.isolation is None:
             self.sock.settimeout(GRACE_S)
             hello = wire.recv(self.sock)
-            self.isolation = list(hello.get("isolation", []))
+            self.isolation = list(dict.fromkeys([*self.jail_notes, *hello.get("isolation", [])]))
 
     def run(self, code: str, tests: CompiledTests, limits: Limits) -> dict[str, Any]:
         try:
@@ -140,32 +172,88 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.jail is not None:
+            self.jail.close()
 
 
-def _usable_cores() -> int:
-    """Cores this process may run on (a pinned container sees fewer than os.cpu_count() reports)."""
+def _usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """Cores this process may use: the CPUs it may run on (a pinned container sees fewer than os.cpu_count()),
+    capped by its cgroup's CPU quota (a pod's CPU limit), so a sandbox pod limited to 2 CPUs on a 64-core
+    node starts 2 warm workers, not 64 that the limit would throttle."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cores = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = _cpu_quota(cgroup_root)
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def _cpu_quota(root: str) -> float | None:
+    """The CPU limit in cores from cgroup v2 (cpu.max) or v1 (cpu.cfs_quota_us / cfs_period_us); None: none."""
+    try:
+        limit, period = Path(root, "cpu.max").read_text().split()
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path(root, "cpu", "cpu.cfs_quota_us").read_text())
+        period = int(Path(root, "cpu", "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 class LocalExecutor:
-    """Runs candidates on this machine. Thread-safe; `run_many` keeps the input order."""
+    """Runs candidates on this machine. Thread-safe; `run_many` keeps the input order.
 
-    def __init__(self, workers: int | None = None, limits: Limits | None = None):
+    Refuses to start (IsolationUnavailable) when full isolation cannot be had, unless `allow_weak_isolation`;
+    then every verdict lists what was weakened in `Verdict.isolation`.
+    """
+
+    def __init__(self, workers: int | None = None, limits: Limits | None = None, allow_weak_isolation: bool = False):
         self.limits = limits or Limits()
         self.workers = workers or _usable_cores()
+        self.allow_weak = allow_weak_isolation
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
-        for _ in range(self.workers):
-            self._idle.put(self._spawn())
+        self._jailed = True
+        self.isolation: list[str] = []
+        try:
+            first = self._start_workers()
+            self.isolation = list(first.isolation or [])
+            if self.isolation and not self.allow_weak:
+                raise jail.IsolationUnavailable(
+                    f"full sandbox isolation is not available here ({'; '.join(self.isolation)}); {WEAK_HINT}"
+                )
+        except BaseException:
+            self._close_workers()
+            raise
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
 
+    def _start_workers(self) -> _Worker:
+        """Start the pool and wait for one worker's hello (what isolation it has); bubblewrap failing to start
+        (a pod without user namespaces) falls back to unjailed workers only when weak isolation is allowed."""
+        for _ in range(self.workers):
+            self._idle.put(self._spawn())
+        first = self._idle.get()
+        try:
+            first._ready()
+        except (OSError, EOFError, wire.ProtocolError) as err:
+            self._idle.put(first)
+            if first.jail is None or not self.allow_weak:
+                hint = f"; {WEAK_HINT}" if first.jail is not None else ""
+                raise WorkerDied(f"sandbox worker {first.proc.pid} did not start: {err}{hint}") from None
+            self._close_workers()
+            self._idle = queue.SimpleQueue()
+            self._jailed = False
+            return self._start_workers()
+        self._idle.put(first)
+        return first
+
     def _spawn(self) -> _Worker:
-        worker = _Worker()
+        worker = _Worker(self.allow_weak, self._jailed)
         with self._lock:
             self._all = [w for w in self._all if w.alive] + [worker]
         return worker
@@ -177,12 +265,16 @@ class LocalExecutor:
         compiled = find_tests(tests)
         if isinstance(compiled, str):
             return Verdict(status="error", message=compiled)
+        unusable = _unusable_code(code)
+        if unusable:
+            return Verdict(status="error", expected_tests=len(compiled.names), message=unusable)
         names = list(compiled.names)
         worker = self._idle.get()
         try:
             for attempt in range(2):
                 try:
                     raw = worker.run(code, compiled, limits)
+                    raw["isolation"] = worker.isolation  # what bwrap could not do, and what the server could not
                     break
                 except WorkerDied as err:
                     # Not the candidate's doing when isolation holds (it cannot signal the server), so retry
@@ -206,6 +298,9 @@ class LocalExecutor:
             return
         self._closed = True
         self._pool.shutdown(wait=True)
+        self._close_workers()
+
+    def _close_workers(self) -> None:
         with self._lock:
             workers = list(self._all)
         for worker in workers:

@@ -1,13 +1,16 @@
 """A warm sandbox worker: one per core, started once, forks two processes per run.
 
-Start-up of Python dominates a short test run, so the server imports the harness, the wire codec and the
-LeetCode prelude once, enters an empty network namespace once, and then for each job forks
+Start-up of Python dominates a short test run, so the server (already inside its bubblewrap sandbox, see
+jail.py) imports the harness, the wire codec and the LeetCode prelude once, and then for each job forks
 
-* the candidate process: new session, fresh working directory, scrubbed environment, rlimits, its own
-  unprivileged uid and the server's pids cgroup; it imports the candidate and answers calls;
-* the test process: own process group, another unprivileged uid, rlimits; it reads the tests straight
-  from the executor's socket (so they are never in memory a candidate is forked from), runs them against a
-  proxy of the candidate and reports each result on a pipe only the server holds.
+* the run's init, pid 1 of a new PID namespace (trusted code only): it joins the worker's cgroups, takes
+  new IPC and mount namespaces with fresh tmpfs /tmp and /dev/shm and a fresh /proc, writes solution.py,
+  forks the candidate process and reaps; when it dies, the kernel kills everything in the namespace;
+* the candidate process: new session, scrubbed environment, rlimits, its own unprivileged uid and no
+  capabilities; it imports the candidate and answers calls;
+* the test process: own process group, another unprivileged uid, not dumpable, rlimits; it reads the
+  tests straight from the executor's socket (so they are never in memory a candidate is forked from), runs
+  them against a proxy of the candidate and reports each result on a pipe only the server holds.
 
 The server enforces the wall-clock deadline, kills everything the candidate started, and answers the
 executor with the raw facts; the executor turns them into a Verdict (outcome.py).
@@ -39,6 +42,7 @@ from agentq.sandbox import candidate, harness, isolation, leetcode, wire
 
 TESTS_NPROC = 4
 TMPFS_MB = 512
+TMPFS_MIN_MB = 64
 MAX_EVENTS_BYTES = 4 << 20
 
 
@@ -82,6 +86,17 @@ def _wait_briefly(pid: int, seconds: float = 0.2) -> int | None:
     return None
 
 
+def _candidate_status(status_r: int, init_status: int | None) -> int | None:
+    """The candidate's own wait status as its init reported it, else the init's."""
+    try:
+        data = os.read(status_r, 4)
+    except OSError:
+        data = b""
+    finally:
+        os.close(status_r)
+    return int.from_bytes(data, "little", signed=True) if len(data) == 4 else init_status
+
+
 def _tail(path: str, limit: int) -> str:
     try:
         with open(path, "rb") as fh:
@@ -96,17 +111,42 @@ class Server:
     def __init__(self, conn: socket.socket):
         self.conn = conn
         self.notes: list[str] = []
-        private = isolation.private_tmp(TMPFS_MB)
-        exposed = isolation.expose_interpreter() if private is None else None
-        self.notes.extend(filter(None, [isolation.unshare_network(), private, exposed]))
+        self.jailed = bool(os.environ.get("AGENTQ_SANDBOX_UIDS"))
+        if not self.jailed:  # run directly (weak isolation allowed): the old, weaker set-up
+            self.notes.append("no bubblewrap: the candidate sees the host's filesystem (read-only where "
+                              "permissions say so), its processes and its SysV IPC")
+            private = isolation.private_tmp(TMPFS_MB)
+            exposed = isolation.expose_interpreter() if private is None else None
+            self.notes.extend(filter(None, [isolation.unshare_network(), private, exposed]))
         isolation.become_subreaper()
+        isolation.not_dumpable()
         self.conf = isolation.Confinement()
         self.notes += self.conf.notes
+        self.pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
+        self.run_namespaces = self._probe_namespaces()
+        if not self.run_namespaces:
+            self.notes.append("no per-run namespaces: candidates share this worker's PID, IPC and mount namespaces")
         self.prelude = leetcode.prelude_namespace()
         self.devnull = os.open(os.devnull, os.O_RDWR)
         # Everything imported so far is shared with every child; keep the collector from touching (and so
         # copying) those pages in each of them.
         gc.freeze()
+
+    def _probe_namespaces(self) -> bool:
+        """Whether a run can get its own PID, IPC and mount namespaces here (it needs CAP_SYS_ADMIN)."""
+        try:
+            isolation.new_pid_namespace()
+        except OSError:
+            return False
+        child = os.fork()
+        if child == 0:
+            try:
+                isolation.fresh_run_mounts(self.conf.candidate_uid, 1)
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+            os._exit(0)
+        isolation.restore_pid_namespace(self.pid_ns)
+        return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
 
     def serve(self) -> None:
         """Answer jobs until the executor hangs up (closing its end is how it stops a worker)."""
@@ -136,30 +176,30 @@ class Server:
     def _run_in(self, rundir: str, job: dict[str, Any]) -> dict[str, Any]:
         limits = job["limits"]
         os.chmod(rundir, 0o711)
-        work = os.path.join(rundir, "work")
-        os.mkdir(work, 0o700)
-        solution = os.path.join(work, "solution.py")
-        with open(solution, "w") as fh:
-            fh.write(job["code"])
-        if self.conf.root:
-            os.chown(work, self.conf.candidate_uid, self.conf.candidate_uid)
-            os.chown(solution, self.conf.candidate_uid, self.conf.candidate_uid)
         out_path, err_path = os.path.join(rundir, "stdout"), os.path.join(rundir, "stderr")
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         out_fd, err_fd = os.open(out_path, flags, 0o600), os.open(err_path, flags, 0o600)
         cand_sock, test_sock = socket.socketpair()
         res_r, res_w = os.pipe()
+        status_r, status_w = os.pipe()
+        self.conf.prepare_run(limits)
         start = time.monotonic()
         deadline = start + float(limits["timeout_s"])
-        cand_pid = os.fork()
-        if cand_pid == 0:
-            self._candidate_child(cand_sock, out_fd, err_fd, work, solution, job["code"], limits)
+        if self.run_namespaces:
+            isolation.new_pid_namespace()
+        try:
+            cand_pid = os.fork()
+            if cand_pid == 0:
+                self._run_init(cand_sock, status_w, out_fd, err_fd, rundir, job["code"], limits)
+        finally:
+            if self.run_namespaces:
+                isolation.restore_pid_namespace(self.pid_ns)
         test_pid = os.fork()
         if test_pid == 0:
             self._tests_child(test_sock, res_w, out_fd, err_fd, rundir, job, limits)
         for closing in (cand_sock, test_sock):
             closing.close()
-        for fd in (res_w, out_fd, err_fd):
+        for fd in (res_w, status_w, out_fd, err_fd):
             os.close(fd)
         events, timed_out = self._collect(res_r, deadline)
         duration = time.monotonic() - start
@@ -171,6 +211,7 @@ class Server:
             cand_status = _wait_briefly(cand_pid)  # it closed its pipe while exiting; let it finish dying
         self.conf.kill_candidates(cand_pid)
         isolation.reap_orphans()
+        cand_status = _candidate_status(status_r, cand_status)
         limit = int(limits["output_bytes"])
         result: dict[str, Any] = {
             "events": events,
@@ -212,12 +253,44 @@ class Server:
                 events.append(event)
         return events, timed_out
 
-    def _candidate_child(
-        self, sock: socket.socket, out_fd: int, err_fd: int, work: str, solution: str, code: str, limits: dict
+    def _run_init(
+        self, sock: socket.socket, status_w: int, out_fd: int, err_fd: int, rundir: str, code: str, limits: dict
     ) -> NoReturn:
+        """The run's init (pid 1 of its own PID namespace, trusted code only): set up, start the candidate,
+        reap, and report the candidate's wait status. When it dies the kernel kills the whole namespace."""
         try:
             os.setsid()
-            (sock_fd,) = _arrange_fds(out_fd, err_fd, self.devnull, [sock.fileno()])
+            (sock_fd, status_fd) = _arrange_fds(out_fd, err_fd, self.devnull, [sock.fileno(), status_w])
+            self.conf.join()
+            uid = self.conf.candidate_uid
+            if self.run_namespaces:
+                isolation.fresh_run_mounts(uid, max(TMPFS_MIN_MB, 4 * int(limits["file_mb"])))
+                work = "/tmp"
+            else:
+                work = os.path.join(rundir, "work")
+                os.mkdir(work, 0o700)
+                if self.conf.root:
+                    os.chown(work, uid, uid)
+            solution = os.path.join(work, "solution.py")
+            with open(solution, "w", encoding="utf-8", errors="surrogatepass") as fh:
+                fh.write(code)
+            if self.conf.root:
+                os.chown(solution, uid, uid)
+            child = os.fork()
+            if child == 0:
+                os.close(status_fd)
+                self._candidate(sock_fd, work, solution, code, limits)
+            os.close(sock_fd)
+            while True:  # reap everything re-parented to us until the candidate itself is done
+                pid, status = os.waitpid(-1, 0)
+                if pid == child:
+                    os.write(status_fd, status.to_bytes(4, "little", signed=True))
+                    os._exit(0)
+        except BaseException:  # noqa: BLE001 - never return into the server's loop
+            os._exit(70)
+
+    def _candidate(self, sock_fd: int, work: str, solution: str, code: str, limits: dict) -> NoReturn:
+        try:
             os.chdir(work)
             os.environ.clear()
             os.environ.update(candidate_env(work))
@@ -225,7 +298,7 @@ class Server:
             random.seed(0)
             sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
             candidate.serve(socket.socket(fileno=sock_fd), code, solution, self.prelude)
-        except BaseException:  # noqa: BLE001 - never return into the server's loop
+        except BaseException:  # noqa: BLE001 - never return into the init's loop
             os._exit(70)
 
     def _tests_child(
@@ -237,6 +310,7 @@ class Server:
             conn_fd, sock_fd, res_fd = _arrange_fds(out_fd, err_fd, self.devnull, keep)
             os.chdir(rundir)
             self.conf.enter(limits, self.conf.tests_uid, TESTS_NPROC)
+            isolation.not_dumpable()  # setuid made it dumpable again
             random.seed(0)
             conn = socket.socket(fileno=conn_fd)
             payload = wire.recv_exact(conn, int(job["tests_len"]))

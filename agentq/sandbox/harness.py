@@ -14,7 +14,7 @@ import importlib
 import sys
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,18 +37,23 @@ class CandidateError(Exception):
     """An exception the candidate raised, re-raised here by type name and message."""
 
     remote_type = "Exception"
+    where = ""
 
 
-_ERROR_TYPES: dict[str, type[BaseException]] = {}
+_ERROR_TYPES: dict[str, type[CandidateError]] = {}
 
 
-def candidate_error(info: dict[str, Any]) -> CandidateError:
-    """A CandidateError that is also an instance of the same-named builtin exception where one exists,
-    so tests written as `with pytest.raises(ValueError)` or `except ValueError` still work."""
-    name = str(info.get("type", "Exception"))
+def error_class(name: str, base_name: str = "") -> type[CandidateError]:
+    """This process's stand-in for the candidate's exception class `name`: one class per name, so the class a
+    test imports from `solution` is the class of what the candidate raises, and also a subclass of the
+    nearest builtin (`class Bad(ValueError)` is caught by `except ValueError`, as in plain Python)."""
+    name = name if name.isidentifier() and len(name) <= 100 else "CandidateException"
     cls = _ERROR_TYPES.get(name)
     if cls is None:
-        base = getattr(__import__("builtins"), name, None)
+        builtins = __import__("builtins")
+        base = getattr(builtins, name, None)
+        if not (isinstance(base, type) and issubclass(base, Exception)):
+            base = getattr(builtins, base_name, None) if base_name.isidentifier() else None
         bases: tuple[type, ...] = (CandidateError,)
         if isinstance(base, type) and issubclass(base, Exception) and base is not Exception:
             bases = (CandidateError, base)
@@ -57,8 +62,21 @@ def candidate_error(info: dict[str, Any]) -> CandidateError:
         except TypeError:
             cls = type(name, (CandidateError,), {"remote_type": name})
         _ERROR_TYPES[name] = cls
-    where = f"({info['where']})" if info.get("where") else ""
-    return cls(" ".join(part for part in (str(info.get("message", "")), where) if part))
+    return cls
+
+
+def candidate_error(info: dict[str, Any]) -> CandidateError:
+    """The candidate's exception as an instance of `error_class`: same name, same message (`str(err)` is what
+    the candidate's own `str` gave); where it was raised is kept apart, for failure messages."""
+    cls = error_class(str(info.get("type", "Exception")), str(info.get("base", "")))
+    args = info.get("args")
+    plain = type(args) is list and all(type(a) in (str, int, float, bool, type(None)) for a in args)
+    try:
+        err = cls(*args) if plain else cls(str(info.get("message", "")))
+    except Exception:  # noqa: BLE001 - a builtin base that wants other arguments (UnicodeError and kin)
+        err = cls(str(info.get("message", "")))
+    err.where = str(info.get("where", ""))
+    return err
 
 
 class Channel:
@@ -74,10 +92,22 @@ class Channel:
             return {"t": "ref", "id": value._ref}
         raise TypeError(f"cannot pass a {type(value).__name__} to the candidate (plain data only)")
 
-    def _from_ref(self, ref: dict[str, Any]) -> Remote:
+    def _from_ref(self, ref: dict[str, Any]) -> Any:
         if type(ref.get("id")) is not int:
             raise wire.ProtocolError("ref without an integer id")
+        if ref.get("iter") == "generator":
+            return self._pull(ref["id"])
+        if ref.get("iter") == "iterator":
+            return RemoteIterator(self._pull(ref["id"]), str(ref.get("cls", "iterator"))[:100])
         return Remote(self, ref["id"], str(ref.get("cls", "object"))[:100])
+
+    def _pull(self, ref: int) -> Iterator[Any]:
+        """A real generator here that takes each item from the candidate's iterator when asked for it."""
+        while True:
+            item = self.request({"op": "next", "ref": ref})
+            if item is _STOP:
+                return
+            yield item[0]
 
     def receive(self) -> Any:
         if self.broken:
@@ -104,6 +134,8 @@ class Channel:
         reply = self.receive()
         if "exc" in reply and type(reply["exc"]) is dict:
             raise candidate_error(reply["exc"])
+        if reply.get("stop") is True and message.get("op") == "next":
+            return _STOP
         if "ok" not in reply:
             self.broken = "the candidate broke the call protocol: reply has neither 'ok' nor 'exc'"
             raise CandidateGone(self.broken)
@@ -156,6 +188,28 @@ def _update_in_place(target: Any, new: Any) -> None:
                 target.__dict__[attr] = None
 
 
+_STOP = object()  # the candidate's iterator is exhausted
+
+
+class RemoteIterator:
+    """The candidate's iterator that is not a generator (`map`, `zip`, its own class): an iterator here too,
+    pulled lazily, and not a generator (tests may tell the two apart)."""
+
+    __slots__ = ("_items", "_cls")
+
+    def __init__(self, items: Iterator[Any], cls: str):
+        self._items, self._cls = items, cls
+
+    def __iter__(self) -> RemoteIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._items)
+
+    def __repr__(self) -> str:
+        return f"<candidate {self._cls} iterator>"
+
+
 class Remote:
     """A function, class or object that lives in the candidate process. Compares by identity only."""
 
@@ -203,6 +257,8 @@ def build_proxy(names: dict[str, Any], channel: Channel, prelude: dict[str, Any]
             value = _import_local(str(raw.get("name")))
             if value is None:
                 continue
+        elif tag == "exc_class":
+            value = error_class(str(raw.get("name")), str(raw.get("base", "")))
         else:
             value = channel.codec.decode(raw)
         setattr(proxy, name, value)
@@ -220,6 +276,8 @@ def _failure_text(err: BaseException, test_lines: list[str]) -> str:
     """`AssertionError at tests.py line 12: assert candidate(...) == 3` style, for the model's feedback."""
     if isinstance(err, CandidateError):
         head = f"candidate raised {err.remote_type}: {err}" if str(err) else f"candidate raised {err.remote_type}"
+        if err.where:
+            head += f" ({err.where})"
     elif isinstance(err, CandidateGone):
         head = str(err)
     else:

@@ -1,11 +1,11 @@
-"""Kernel-level confinement for the processes a fork server starts.
+"""Kernel-level confinement for the processes a fork server starts, inside what bubblewrap set up (jail.py).
 
-Each fork server gets its own pair of unprivileged uids derived from its pid (unique among live servers),
-one for candidates and one for test processes. A candidate therefore cannot signal, ptrace or read the
-memory of the test process, the server, or another worker's candidate, and RLIMIT_NPROC counts only its
-own processes. A `pids` cgroup per server (cgroup v1 or v2, where writable) caps forks and lists every
-process a candidate left behind, even ones that escaped its session, so all of them die after each run.
-Where a step is not permitted (not root, no cgroup), the run goes on and the step is listed as weakened.
+Each fork server has its own pair of unprivileged uids (chosen by the executor, unique among live
+workers), one for candidates and one for test processes, and cgroups (memory, pids, cpu) that hold each
+candidate's whole tree. Per run it adds what must be fresh for each candidate: a PID namespace whose init
+is trusted, IPC and mount namespaces, tmpfs scratch and a new /proc; the candidate then drops every
+capability for good. Run without bubblewrap (weak isolation allowed), the older set-up below applies
+(private /tmp, empty network namespace, uids from the server's pid), and what is missing is listed.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ CANDIDATE_UID_BASE = 1_500_000_000
 TESTS_UID_BASE = 1_600_000_000
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
 CGROUP_PARENT = "agentq-sandbox"
+CPU_PERIOD_US = 100_000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -162,19 +163,32 @@ def _remove_stale_groups(parent: Path) -> None:
 
 
 class Confinement:
-    """Per-fork-server identities and process accounting; `notes` lists what could not be enforced."""
+    """Per-fork-server identities and process accounting; `notes` lists what could not be enforced.
+
+    Inside bubblewrap (jail.py) the executor chose the uids and bound the cgroups in, and passes both in the
+    environment; run directly (weak isolation allowed, no bwrap), the server derives them from its pid.
+    """
 
     def __init__(self) -> None:
         self.notes: list[str] = []
         pid = os.getpid()
-        self.root = os.geteuid() == 0 and self._can_switch_uid(CANDIDATE_UID_BASE + pid)
-        self.candidate_uid = CANDIDATE_UID_BASE + pid if self.root else os.getuid()
-        self.tests_uid = TESTS_UID_BASE + pid if self.root else os.getuid()
-        if not self.root:
-            self.notes.append("no uid switch: not root (or no such uid here), candidates run as the server's user")
-        self.cgroup = self._make_cgroup(pid)
-        if self.cgroup is None:
-            self.notes.append("no pids cgroup: processes a candidate detaches are found by uid instead")
+        given = os.environ.get("AGENTQ_SANDBOX_UIDS")
+        if given:
+            self.candidate_uid, self.tests_uid = (int(u) for u in given.split(","))
+            self.root = self.candidate_uid != self.tests_uid
+            self.cgroups = [Path(p) for p in os.environ.get("AGENTQ_SANDBOX_CGROUPS", "").split(",") if p]
+        else:
+            self.root = os.geteuid() == 0 and self._can_switch_uid(CANDIDATE_UID_BASE + pid)
+            self.candidate_uid = CANDIDATE_UID_BASE + pid if self.root else os.getuid()
+            self.tests_uid = TESTS_UID_BASE + pid if self.root else os.getuid()
+            if not self.root:
+                self.notes.append("no uid switch: not root (or no such uid here), candidates run as the server's user")
+            group = self._make_cgroup(pid)
+            self.cgroups = [group] if group is not None else []
+            if group is None:
+                self.notes.append("no pids cgroup: processes a candidate detaches are found by uid instead")
+        self._memory_mb: int | None = None
+        self._cpu_set = False
 
     @staticmethod
     def _can_switch_uid(uid: int) -> bool:
@@ -209,46 +223,152 @@ class Confinement:
                 continue
         return None
 
+    def prepare_run(self, limits: dict[str, float]) -> None:
+        """In the server, before forking a run: the cgroups' limits for the candidate's whole tree."""
+        for group in self.cgroups:
+            quota = group / "cpu.cfs_quota_us"
+            if quota.exists() and not self._cpu_set:  # one core for the whole tree, however many processes
+                (group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+                quota.write_text(str(CPU_PERIOD_US))
+                self._cpu_set = True
+            if (group / "cpu.max").exists() and not self._cpu_set:  # the same on cgroup v2
+                (group / "cpu.max").write_text(f"{CPU_PERIOD_US} {CPU_PERIOD_US}")
+                self._cpu_set = True
+            if (group / "memory.max").exists() and int(limits["memory_mb"]) != self._memory_mb:  # cgroup v2
+                (group / "memory.max").write_text(str(int(limits["memory_mb"]) << 20))
+                if (group / "memory.swap.max").exists():
+                    (group / "memory.swap.max").write_text("0")
+                self._memory_mb = int(limits["memory_mb"])
+            if (group / "pids.max").exists():
+                (group / "pids.max").write_text(str(int(limits["max_procs"]) + 1))  # +1: the run's init
+            memory = int(limits["memory_mb"])
+            if (group / "memory.limit_in_bytes").exists() and memory != self._memory_mb:
+                # memsw (memory + swap, where the kernel accounts it) must stay >= the memory limit, so the
+                # order of the two writes depends on the direction; EBUSY while the last run's pages linger.
+                files = [group / "memory.limit_in_bytes", group / "memory.memsw.limit_in_bytes"]
+                files = [f for f in files if f.exists()]
+                for order in (files, files[::-1]):
+                    with contextlib.suppress(OSError):
+                        for f in order:
+                            f.write_text(str(memory << 20))
+                        self._memory_mb = memory
+                        break
+                with contextlib.suppress(OSError):
+                    (group / "memory.swappiness").write_text("0")
+
+    def join(self) -> None:
+        """In the run's init, before anything else: it and every process of the candidate join the cgroups."""
+        for group in self.cgroups:
+            (group / "cgroup.procs").write_text("0")
+
     def enter(self, limits: dict[str, float], uid: int, nproc: int) -> None:
-        """In a freshly forked child: join the cgroup, apply rlimits, drop to `uid` for good."""
-        if self.cgroup is not None and uid == self.candidate_uid:
-            (self.cgroup / "pids.max").write_text(str(nproc))
-            (self.cgroup / "cgroup.procs").write_text("0")
+        """In a freshly forked child: apply rlimits, drop to `uid` for good and every capability with it."""
         set_limits(limits, nproc)
-        if self.root:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        drop_privileges(uid)
 
     def kill_candidates(self, pid: int) -> None:
-        """Kill the candidate (a session leader), its process group and every process it left elsewhere."""
+        """Kill the run's init (the kernel then kills its whole PID namespace) and whatever the cgroups list."""
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)  # once it is gone the cgroup usually lists nothing more: no polling
-        if self.cgroup is not None:
-            self._kill_cgroup()
-        elif self.root:
-            self._kill_uid()
+            os.waitpid(pid, 0)
+        if self.cgroups:
+            self._kill_cgroups()
+        elif self.root and self.candidate_uid != self.tests_uid and not os.environ.get("AGENTQ_SANDBOX_UIDS"):
+            kill_uid(self.candidate_uid)
 
-    def _kill_cgroup(self) -> None:
-        procs = self.cgroup / "cgroup.procs"  # type: ignore[operator]
-        for _ in range(200):
-            pids = procs.read_text().split()
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.kill(int(pid), signal.SIGKILL)
-            reap_orphans()  # a zombie stays listed until its parent (we, as subreaper) reaps it
-            time.sleep(0.0005)
-
-    def _kill_uid(self) -> None:
-        kill_uid(self.candidate_uid)
+    def _kill_cgroups(self) -> None:
+        for group in self.cgroups:
+            procs = group / "cgroup.procs"
+            for _ in range(200):
+                pids = procs.read_text().split()
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(OSError):
+                        os.kill(int(pid), signal.SIGKILL)
+                reap_orphans()  # a zombie stays listed until its parent (we, as subreaper) reaps it
+                time.sleep(0.0005)
 
     def close(self) -> None:
-        if self.cgroup is not None:
-            self._kill_cgroup()
-            with contextlib.suppress(OSError):
-                self.cgroup.rmdir()
+        if self.cgroups:
+            self._kill_cgroups()
+            if not os.environ.get("AGENTQ_SANDBOX_UIDS"):  # groups the executor made are its to remove
+                for group in self.cgroups:
+                    with contextlib.suppress(OSError):
+                        group.rmdir()
+
+
+# --- per-run namespaces -------------------------------------------------------------------------------
+# bubblewrap built the worker's sandbox once; these add, per run, only what must be fresh for each candidate.
+
+CLONE_NEWPID = 0x20000000
+CLONE_NEWIPC = 0x08000000
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+# SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP, SECBIT_KEEP_CAPS_LOCKED, SECBIT_NO_CAP_AMBIENT_RAISE and their locks
+SECUREBITS_LOCKED_DOWN = 0x1 | 0x2 | 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+CAP_LAST = 63
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise OSError(ctypes.get_errno(), f"{what}: {os.strerror(ctypes.get_errno())}")
+
+
+def not_dumpable() -> None:
+    """Processes of the same uid (the candidate, without root) can no longer open our /proc fds or memory."""
+    _prctl(PR_SET_DUMPABLE, 0)
+
+
+def new_pid_namespace() -> None:
+    """The next child is pid 1 of a new PID namespace (undone by `restore_pid_namespace`)."""
+    _check(_libc.unshare(CLONE_NEWPID) == 0, "unshare(CLONE_NEWPID)")
+
+
+def restore_pid_namespace(fd: int) -> None:
+    _check(_libc.setns(fd, CLONE_NEWPID) == 0, "setns(pid)")
+
+
+def fresh_run_mounts(uid: int, scratch_mb: int) -> None:
+    """In the run's init: own IPC and mount namespaces, a new /proc, and empty tmpfs scratch dirs.
+
+    SysV objects die with the IPC namespace, files with the tmpfs, when the run's last process ends.
+    """
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC) == 0, "unshare(CLONE_NEWNS|CLONE_NEWIPC)")
+    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0, "making mounts private")
+    options = f"size={scratch_mb}m,mode=0700,uid={uid},gid={uid}".encode()
+    for path in (b"/tmp", b"/dev/shm"):
+        _check(_libc.mount(b"tmpfs", path, b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0, f"tmpfs on {path!r}")
+    ok = _libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | 8, None) == 0  # 8: MS_NOEXEC
+    _check(ok, "mounting /proc")
+
+
+def drop_privileges(uid: int) -> None:
+    """Become `uid` with no capability, none in the bounding set and none regained by exec."""
+    if os.geteuid() == 0 and uid != 0:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+    for cap in range(CAP_LAST + 1):
+        _prctl(PR_CAPBSET_DROP, cap)
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN)
+    if os.geteuid() != uid:
+        os.setresuid(uid, uid, uid)
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(header), data) == 0, "capset")
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)

@@ -2,42 +2,74 @@
 
 POST /run       {"code", "tests", "limits"?}            -> Verdict JSON
 POST /run_many  {"items": [{"code", "tests"}], "limits"?} -> {"verdicts": [...]}
-GET  /healthz                                            -> {"ok": true, "workers": n}
+GET  /healthz                                            -> {"ok": true, "workers": n, "isolation": [...]}
+
+Whoever reaches the port can make it run code, so: POSTs need `Authorization: Bearer <token>` (the token comes
+from AGENTQ_SANDBOX_TOKEN, which the chart fills from a Secret; without one the server only binds loopback),
+bodies are JSON only and size-capped, caller limits are clamped to the server's maxima, at most a fixed number
+of requests run at once (the rest get 503, which the client retries), and an idle or half-sent connection is
+dropped after a read timeout.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
+import ipaddress
 import json
+import os
 import signal
 import sys
+import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pydantic import ValidationError
 
+from agentq.sandbox.client import TOKEN_ENV
 from agentq.sandbox.executor import LocalExecutor
 from agentq.sandbox.limits import Limits
 
-MAX_BODY = 64 << 20
+MAX_BODY = 8 << 20
+MAX_ITEMS = 256
+READ_TIMEOUT_S = 15.0
+CLAMPED = ("timeout_s", "cpu_s", "memory_mb", "file_mb", "max_procs", "output_bytes")
 
 
 class BadRequest(ValueError):
     pass
 
 
-def _source(item: Any, where: str) -> tuple[str, str]:
-    if not isinstance(item, dict) or not isinstance(item.get("code"), str) or not isinstance(item.get("tests"), str):
-        raise BadRequest(f"{where}: expected an object with string fields 'code' and 'tests'")
-    return item["code"], item["tests"]
-
-
-def _limits(body: dict[str, Any], default: Limits) -> Limits:
-    if body.get("limits") is None:
-        return default
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{where}: expected a string")
     try:
-        return Limits.model_validate(body["limits"])
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadRequest(f"{where}: not encodable as UTF-8 ({err.reason} at position {err.start})") from None
+    return value
+
+
+def _source(item: Any, where: str) -> tuple[str, str]:
+    if not isinstance(item, dict):
+        raise BadRequest(f"{where}: expected an object with string fields 'code' and 'tests'")
+    return _text(item.get("code"), f"{where}.code"), _text(item.get("tests"), f"{where}.tests")
+
+
+def clamp(requested: Limits, maximum: Limits) -> Limits:
+    """The caller's limits, none above the server's."""
+    values = requested.model_dump()
+    for name in CLAMPED:
+        values[name] = min(values[name], getattr(maximum, name))
+    return Limits.model_validate(values)
+
+
+def _limits(body: dict[str, Any], maximum: Limits) -> Limits:
+    if body.get("limits") is None:
+        return clamp(Limits(), maximum)
+    try:
+        return clamp(Limits.model_validate(body["limits"]), maximum)
     except ValidationError as err:
         raise BadRequest(f"limits: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
 
@@ -45,14 +77,30 @@ def _limits(body: dict[str, Any], default: Limits) -> Limits:
 class SandboxServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], executor: LocalExecutor):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        executor: LocalExecutor,
+        token: str | None = None,
+        max_limits: Limits | None = None,
+        max_concurrent: int | None = None,
+        read_timeout_s: float = READ_TIMEOUT_S,
+    ):
         super().__init__(address, _Handler)
+        self.read_timeout_s = read_timeout_s
         self.executor = executor
+        self.token = token
+        self.max_limits = max_limits or executor.limits
+        self.slots = threading.BoundedSemaphore(max_concurrent or 2 * executor.workers)
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: SandboxServer
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout_s  # every read: half-open connections do not pile up
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         """Requests are frequent and carry no news; errors are answered, not logged."""
@@ -62,38 +110,72 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if status >= 400:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if self.path == "/healthz":
-            self._answer(HTTPStatus.OK, {"ok": True, "workers": self.server.executor.workers})
+            executor = self.server.executor
+            self._answer(HTTPStatus.OK, {"ok": True, "workers": executor.workers, "isolation": executor.isolation})
         else:
             self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
 
+    def _authorised(self) -> bool:
+        if self.server.token is None:
+            return True
+        sent = self.headers.get("Authorization", "")
+        return hmac.compare_digest(sent.encode(), f"Bearer {self.server.token}".encode())
+
     def do_POST(self) -> None:  # noqa: N802
+        if not self._authorised():
+            wanted = f"missing or wrong token (Authorization: Bearer ${TOKEN_ENV})"
+            self._answer(HTTPStatus.UNAUTHORIZED, {"error": wanted})
+            return
+        if self.headers.get_content_type() != "application/json":
+            self._answer(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "Content-Type must be application/json"})
+            return
+        if not self.server.slots.acquire(blocking=False):
+            self._answer(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many requests at once; retry"})
+            return
         try:
-            length = int(self.headers.get("Content-Length") or 0)
+            self._post()
+        finally:
+            self.server.slots.release()
+
+    def _post(self) -> None:
+        try:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = 0
             if not 0 < length <= MAX_BODY:
-                raise BadRequest(f"body must be 1..{MAX_BODY} bytes of JSON")
-            body = json.loads(self.rfile.read(length))
+                raise BadRequest(f"body must be 1..{MAX_BODY} bytes of JSON with a Content-Length")
+            try:
+                body = json.loads(self.rfile.read(length))
+            except (ValueError, RecursionError) as err:
+                raise BadRequest(f"body is not JSON: {err}") from None
             if not isinstance(body, dict):
                 raise BadRequest("body must be a JSON object")
             executor = self.server.executor
-            limits = _limits(body, executor.limits)
+            limits = _limits(body, self.server.max_limits)
             if self.path == "/run":
                 code, tests = _source(body, "body")
                 self._answer(HTTPStatus.OK, executor.run(code, tests, limits).model_dump(mode="json"))
             elif self.path == "/run_many":
                 items = body.get("items")
-                if not isinstance(items, list):
-                    raise BadRequest("body.items: expected a list")
+                if not isinstance(items, list) or len(items) > MAX_ITEMS:
+                    raise BadRequest(f"body.items: expected a list of at most {MAX_ITEMS}")
                 pairs = [_source(item, f"items[{i}]") for i, item in enumerate(items)]
                 verdicts = executor.run_many(pairs, limits)
                 self._answer(HTTPStatus.OK, {"verdicts": [v.model_dump(mode="json") for v in verdicts]})
             else:
                 self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
-        except (BadRequest, ValueError) as err:
+        except TimeoutError:
+            self.close_connection = True  # the client stopped sending: drop it, nobody is listening for an answer
+        except BadRequest as err:
             self._answer(HTTPStatus.BAD_REQUEST, {"error": str(err)})
         except Exception as err:  # noqa: BLE001 - the client retries 5xx
             self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(err).__name__}: {err}"})
@@ -103,12 +185,28 @@ def _stop(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def main(args: argparse.Namespace) -> int:
+    token = os.environ.get(TOKEN_ENV) or None
+    if token is None and not _loopback(args.host):
+        print(f"agentq sandbox: refusing to serve {args.host} without a token: set {TOKEN_ENV} "
+              "(clients send the same value), or bind 127.0.0.1", file=sys.stderr)
+        return 2
+    limits = Limits(timeout_s=args.max_timeout, memory_mb=args.max_memory_mb, max_procs=args.max_procs)
     signal.signal(signal.SIGTERM, _stop)  # a pod being deleted: stop the workers cleanly
-    with LocalExecutor(workers=args.workers) as executor:
-        server = SandboxServer((args.host, args.port), executor)
+    with LocalExecutor(workers=args.workers, limits=limits, allow_weak_isolation=args.allow_weak_isolation) as executor:
+        server = SandboxServer((args.host, args.port), executor, token=token, max_limits=limits)
         host, port = server.server_address[:2]
-        print(f"agentq sandbox serving on http://{host}:{port} with {executor.workers} workers", flush=True)
+        auth = "token required" if token else "no token (loopback only)"
+        print(f"agentq sandbox serving on http://{host}:{port} with {executor.workers} workers; {auth}", flush=True)
+        for note in executor.isolation:
+            print(f"agentq sandbox: WEAK ISOLATION: {note}", flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:

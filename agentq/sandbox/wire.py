@@ -6,8 +6,9 @@ subclass, or any other object with behaviour cannot reach the side that runs the
 arrives as a handle that compares by identity. Tags cover what JSON lacks:
 
     tuple, set, frozenset, deque, dict (any keys, order kept), bytes, bytearray, complex, range,
-    big int (hex), float nan/inf, iterator (materialised), list_node / tree_node (LeetCode level order),
-    ref (a handle to an object that stays on the side that owns it).
+    big int (hex), float nan/inf, list_node / tree_node (LeetCode level order), ref (a handle to an object
+    that stays on the side that owns it; an iterator's handle is pulled one `next` at a time, so a generator
+    arrives as a generator, lazily, infinite ones included).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import collections
 import json
 import math
 import socket
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -115,8 +115,6 @@ class Codec:
             return {"t": "tree_node", "v": [self.encode(x) for x in leetcode.tree_values(v)]}
         if isinstance(v, list_cls) or (self.duck_nodes and leetcode.is_list_node(v)):
             return {"t": "list_node", "v": [self.encode(x) for x in leetcode.linked_values(v)]}
-        if self.duck_nodes and isinstance(v, types.GeneratorType | map | filter | zip | enumerate | reversed):
-            return {"t": "iter", "v": [self.encode(x) for x in v]}
         return self.to_ref(v)
 
     def decode(self, x: Any) -> Any:
@@ -165,8 +163,6 @@ class Codec:
             return collections.deque(items)
         if tag == "complex":
             return complex(*items)
-        if tag == "iter":
-            return iter(items)
         list_cls, tree_cls = self.node_classes()
         if tag == "list_node":
             return leetcode.build_linked(items, list_cls)

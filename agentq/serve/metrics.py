@@ -20,7 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from agentq.serve.summary import normalise
 
-PHASES = ("Pending", "Collecting", "Preferences", "Training", "Merging", "Evaluating", "Succeeded", "Failed")
+PHASES = ("Pending", "Initializing", "Collecting", "Preferences", "Training", "Merging", "Evaluating", "Succeeded",
+          "Failed")
 
 
 class RoundCollector:

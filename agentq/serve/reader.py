@@ -129,20 +129,22 @@ class StoreReader:
         shards = int((spec.get("collect") or {}).get("shards", 1))
         live = status.get("steps") or {}
         rows = []
-        for step in STEPS:
+        # `model` (fetching the base model into the store) runs only for rounds that ask for it
+        fetched = "model" in live or self.store.exists(f"rounds/{name}/steps/model.json")
+        for step in ("model", *STEPS) if fetched else STEPS:
             names = [f"collect-shard-{i}-of-{shards}" for i in range(shards)] if step == "collect" else [step]
             markers = [self.json(f"rounds/{name}/steps/{n}.json") for n in names]
             found = [m for m in markers if m]
             mine = live.get(step) or {}
             if found and len(found) == len(markers):
                 state = "Succeeded"
-            elif mine.get("state") in ("Running", "Failed"):
+            elif mine.get("state") in ("Running", "Failed", "Interrupted"):
                 state = mine["state"]
             else:
                 state = "Partial" if found else "Pending"
             end = mine.get("completionTime") or max((m.get("finished_at", 0) for m in found), default=None)
             start = mine.get("startTime")
-            if state != "Succeeded" and state != "Failed":
+            if state in ("Pending", "Partial", "Running"):
                 end = None
             rows.append({"name": step, "state": state, "startTime": start, "completionTime": end,
                          "seconds": round(end - start, 1) if start is not None and end is not None else None,

@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     instances = len(tasks) + len(rejected)
     print(f"{args.source}: {instances} instances, tests built for {len(tasks)}; validating in the sandbox...")
-    with LocalExecutor() as executor:
+    with LocalExecutor(allow_weak_isolation=getattr(args, "allow_weak_isolation", False)) as executor:
         if args.hidden > 0:
             tasks, stats = add_hidden_tests(tasks, executor, args.hidden, args.seed)
             dropped = ", ".join(f"{k} {v}" for k, v in stats.dropped.most_common()) or "none"

@@ -45,8 +45,31 @@ def _bound_names(tree: ast.AST) -> set[str]:
     return names
 
 
-def rewrite_check(test_source: str, entry_point: str, task_id: str) -> str:
-    """Upstream test module -> self-contained test file with `test_check` and canonicalised candidate values."""
+def reference_helpers(reference: str, wanted: set[str]) -> tuple[str, set[str]]:
+    """Source of the reference's top-level definitions among `wanted` (and those they use), with its imports.
+
+    Some upstream checks call helpers of the solution's module (`poly` for `find_zero`); taken from the
+    candidate, a candidate could redefine the helper to agree with any answer. Taken from here, it cannot.
+    """
+    tree = ast.parse(reference)
+    defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+    chosen: set[str] = set()
+    todo = [name for name in wanted if name in defs]
+    while todo:
+        name = todo.pop()
+        if name not in chosen:
+            chosen.add(name)
+            todo += [n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name) and n.id in defs]
+    if not chosen:
+        return "", set()
+    kept = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom) or getattr(n, "name", None) in chosen]
+    return "\n\n\n".join(ast.unparse(n) for n in kept) + "\n", chosen
+
+
+def rewrite_check(test_source: str, entry_point: str, task_id: str, reference: str = "") -> str:
+    """Upstream test module -> self-contained test file with `test_check` and canonicalised candidate values.
+
+    Helpers the check calls are copied from `reference` (after `from solution import *`, so they win)."""
     try:
         tree = ast.parse(test_source)
     except SyntaxError as err:
@@ -60,8 +83,12 @@ def rewrite_check(test_source: str, entry_point: str, task_id: str) -> str:
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     defined = _bound_names(tree) - {param}
     untrusted = {name for name in used if name not in defined and not is_builtin(name)} | {param}
+    helpers, trusted = reference_helpers(reference, untrusted - {param, entry_point}) if reference else ("", set())
+    untrusted -= trusted
     tree = ast.fix_missing_locations(_WrapCandidateCalls(untrusted).visit(tree))
     body = ast.unparse(tree)
+    if helpers:
+        body = f"# helpers from the reference solution, never the candidate's\n{helpers}\n\n{body}"
     return f"{module_prelude(used)}\n\n{body}\n\n\ndef test_check():\n    check({entry_point})\n"
 
 
@@ -80,7 +107,8 @@ def load_humanevalfix(data_dir: str | Path) -> list[Task]:
             try:
                 row = json.loads(line)
                 upstream, entry = row["task_id"], row["entry_point"]
-                tests = rewrite_check(row["test"], entry, upstream)
+                reference = row["declaration"] + row["canonical_solution"]
+                tests = rewrite_check(row["test"], entry, upstream, reference)
                 tasks.append(
                     Task(
                         id=task_id_for(upstream),
@@ -88,7 +116,7 @@ def load_humanevalfix(data_dir: str | Path) -> list[Task]:
                         group=upstream,
                         description=row["instruction"],
                         buggy_code=row["declaration"] + row["buggy_solution"],
-                        reference_code=row["declaration"] + row["canonical_solution"],
+                        reference_code=reference,
                         entry_point=entry,
                         tests=tests,
                         metadata={

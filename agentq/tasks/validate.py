@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
     except (TaskFileError, OSError) as err:
         print(f"agentq tasks validate: {err}", file=sys.stderr)
         return 2
-    with LocalExecutor() as executor:
+    with LocalExecutor(allow_weak_isolation=getattr(args, "allow_weak_isolation", False)) as executor:
         invalid = check_tasks(tasks, executor)
     for item in invalid:
         print(f"invalid {item.id}: {item.reason}: {item.detail[:300]}")

@@ -281,7 +281,7 @@ def run(ws: Any) -> dict[str, Any]:
 
     spec = ws.round.spec.train
     _, model_digest = ws.model_source()
-    inputs_digest = digest("train", spec, model_digest, ws.step_digest("preferences"))
+    inputs_digest = digest("train", ws.settings("train"), model_digest, ws.step_digest("preferences"))
     done_result = ws.finished("train", inputs_digest, "train")
     if done_result is not None:
         return done_result

@@ -158,7 +158,7 @@ def run(ws: Any) -> dict[str, Any]:
     from agentq.workspace import digest
 
     _, model_digest = ws.model_source()
-    inputs_digest = digest("merge", model_digest, ws.step_digest("train"))
+    inputs_digest = digest("merge", ws.settings("merge"), model_digest, ws.step_digest("train"))
     done_result = ws.finished("merge", inputs_digest, "merge")
     if done_result is not None:
         return done_result

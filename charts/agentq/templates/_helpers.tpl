@@ -34,6 +34,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.operator.peering | default (include "agentq.fullname" .) -}}
 {{- end -}}
 
+{{- define "agentq.sandboxTokenSecret" -}}
+{{- .Values.sandbox.token.existingSecret | default (printf "%s-sandbox-token" (include "agentq.fullname" .)) -}}
+{{- end -}}
+
 {{- define "agentq.sandboxUrl" -}}
 {{- if .Values.sandbox.url -}}
 {{- .Values.sandbox.url -}}

@@ -1,0 +1,223 @@
+"""Runs the hostile candidates of issue 11 through a LocalExecutor or a token-guarded `agentq sandbox serve`
+and prints one JSON object: each candidate's verdict. test_sandbox_hostile.py starts it as root and as an
+unprivileged user (a separate process, since an executor's workers inherit its uid) and checks the host
+afterwards for anything that survived.
+
+Each candidate's tests pass only if its attack worked: a forged result, an answer found on disk, in another
+process's command line or environment, in shared memory or a file left by the previous candidate, memory
+beyond the limit, or the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import threading
+
+ATTACKS: dict[str, str] = {
+    # Write pass events into every pipe or socket of every process it can see (the result pipe among them).
+    "forged_result_pipe": """
+        import os
+        FAKE = (b'{"e": "got_tests"}\\n{"e": "test", "name": "test_attack", "passed": true, "message": ""}\\n'
+                b'{"e": "end"}\\n')
+        def attack():
+            for pid in [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]:
+                try:
+                    fds = os.listdir(f"/proc/{pid}/fd")
+                except OSError:
+                    continue
+                for fd in fds:
+                    try:
+                        if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(("pipe:", "socket:")):
+                            w = os.open(f"/proc/{pid}/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK)
+                            os.write(w, FAKE)
+                            os.close(w)
+                    except OSError:
+                        pass
+            return 0
+    """,
+    # Look the task up on disk: known paths first, then every readable file outside /usr, /proc, /sys, /dev.
+    "disk_oracle": """
+        import os
+        def attack():
+            needle = "ANSWER-{marker}="
+            def look(path):
+                try:
+                    with open(path, errors="replace") as fh:
+                        text = fh.read(1 << 20)
+                except OSError:
+                    return None
+                if needle in text:
+                    return int(text.split(needle)[1][:1])
+            for path in {paths!r}:
+                found = look(path)
+                if found is not None:
+                    return found
+            for root, dirs, files in os.walk("/"):
+                dirs[:] = [d for d in dirs if os.path.join(root, d) not in ("/usr", "/proc", "/sys", "/dev")]
+                for name in files:
+                    found = look(os.path.join(root, name))
+                    if found is not None:
+                        return found
+            return 0
+    """,
+    # Read every process's command line (and environment) for the answer.
+    "process_snooping": """
+        import os
+        def attack():
+            for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+                for what in ("cmdline", "environ"):
+                    try:
+                        with open(f"/proc/{pid}/{what}", "rb") as fh:
+                            text = fh.read().decode("utf-8", "replace")
+                    except OSError:
+                        continue
+                    if "ANSWER-{marker}=" in text:
+                        return int(text.split("ANSWER-{marker}=")[1][:1])
+            return 0
+    """,
+    # Leave the answer in SysV shared memory, POSIX shared memory and every writable scratch place...
+    "plant": """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def attack():
+            shm = libc.shmget({key}, 4096, 0o1666)  # IPC_CREAT | 0666
+            if shm >= 0:
+                libc.shmat.restype = ctypes.c_void_p
+                addr = libc.shmat(shm, None, 0)
+                if addr not in (None, ctypes.c_void_p(-1).value):
+                    ctypes.memmove(addr, b"3", 1)
+            for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", os.path.expanduser("~"), os.getcwd(), ".."):
+                try:
+                    with open(os.path.join(d, "agentq-{marker}"), "w") as fh:
+                        fh.write("3")
+                except OSError:
+                    pass
+            return 0
+    """,
+    # ... and look for it in the next run.
+    "harvest": """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def attack():
+            shm = libc.shmget({key}, 0, 0)
+            if shm >= 0:
+                libc.shmat.restype = ctypes.c_void_p
+                addr = libc.shmat(shm, None, 0)
+                if addr not in (None, ctypes.c_void_p(-1).value) and ctypes.string_at(addr, 1) == b"3":
+                    return 3
+            for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", os.path.expanduser("~"), os.getcwd(), ".."):
+                try:
+                    with open(os.path.join(d, "agentq-{marker}")) as fh:
+                        return int(fh.read())
+                except (OSError, ValueError):
+                    pass
+            return 0
+    """,
+    # Six processes of 150 MB each under a 512 MB limit: all six alive means the limit is per process only.
+    "memory_across_processes": """
+        import os, select, time
+        def attack():
+            r, w = os.pipe()
+            kids = []
+            for _ in range(6):
+                pid = os.fork()
+                if pid == 0:
+                    block = bytearray(150 << 20)
+                    for i in range(0, len(block), 4096):
+                        block[i] = 1
+                    os.write(w, b"x")  # all 150 MB touched
+                    time.sleep(10)
+                    os._exit(0)
+                kids.append(pid)
+            done, deadline = 0, time.monotonic() + 4
+            while done < 6 and select.select([r], [], [], max(0, deadline - time.monotonic()))[0]:
+                done += len(os.read(r, 6))
+            alive = sum(os.waitpid(k, os.WNOHANG)[0] == 0 for k in kids)
+            return 3 if done == 6 and alive == 6 else 0
+    """,
+    # A double-forked daemon in its own session, to outlive the run (the test looks for it on the host).
+    "daemon": """
+        import os, sys
+        def attack():
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(120)", "DAEMON-{marker}"])
+                os._exit(0)
+            return 0
+    """,
+    # Reach the host's loopback listener or anything beyond.
+    "network": """
+        import socket
+        def attack():
+            for address in (("127.0.0.1", {port}), ("10.0.0.1", 80), ("1.1.1.1", 53)):
+                try:
+                    socket.create_connection(address, timeout=1).close()
+                    return 3
+                except OSError:
+                    pass
+            return 0
+    """,
+}
+TESTS = "from solution import *\n\ndef test_attack():\n    assert attack() == 3\n"
+ORDER = list(ATTACKS)  # plant runs right before harvest, on the same single worker
+
+
+def shm_key(marker: str) -> int:
+    return int(marker[-6:], 16) or 1
+
+
+def program(name: str, marker: str, paths: list[str], port: int) -> str:
+    source = textwrap.dedent(ATTACKS[name])
+    return (source.replace("{marker}", marker).replace("{paths!r}", repr(paths))
+            .replace("{key}", str(shm_key(marker))).replace("{port}", str(port)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["local", "server"], required=True)
+    parser.add_argument("--marker", required=True)
+    parser.add_argument("--paths", default="[]", help="JSON list of files holding ANSWER-<marker>=3")
+    parser.add_argument("--port", type=int, default=9)
+    parser.add_argument("--allow-weak", action="store_true")
+    args = parser.parse_args()
+
+    from agentq.sandbox import Limits, LocalExecutor, RemoteExecutor
+    from agentq.sandbox.jail import IsolationUnavailable
+    from agentq.sandbox.server import SandboxServer
+
+    limits = Limits(timeout_s=8, memory_mb=512)
+    out: dict[str, object] = {}
+    try:
+        LocalExecutor(workers=1, limits=limits).close()
+        out["refused"] = None
+    except IsolationUnavailable as err:
+        out["refused"] = str(err)
+    executor = LocalExecutor(workers=1, limits=limits, allow_weak_isolation=args.allow_weak)
+    runner: LocalExecutor | RemoteExecutor = executor
+    httpd = None
+    if args.mode == "server":
+        httpd = SandboxServer(("127.0.0.1", 0), executor, token=args.marker)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        runner = RemoteExecutor(f"http://127.0.0.1:{httpd.server_address[1]}", limits=limits, token=args.marker)
+    paths = json.loads(args.paths)
+    verdicts = {}
+    try:
+        for name in ORDER:
+            verdict = runner.run(program(name, args.marker, paths, args.port), TESTS)
+            verdicts[name] = verdict.model_dump(mode="json", include={"status", "message", "isolation"})
+    finally:
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        executor.close()
+    out["verdicts"] = verdicts
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
