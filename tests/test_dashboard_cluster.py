@@ -7,13 +7,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dashboard_store
 import pytest
 from fastapi.testclient import TestClient
 
 from agentq.serve.app import create_app
-from agentq.serve.reader import StoreReader
+from agentq.serve.reader import NotFound, StoreReader
 from controller.dashboard import ClusterRounds, round_view
 from controller.jobs import UNIT_LABEL
 
@@ -157,3 +158,74 @@ def test_a_round_that_fetches_its_model_shows_the_model_step():
     view = round_view(body, [job("model", "2026-01-01T00:00:01Z", None)], None, now=0)
     assert [(s["name"], s["state"]) for s in view["steps"][:2]] == [("model", "Running"), ("collect", "Pending")]
     assert view["phase"] == "Initializing"
+
+
+# ---- against the real API server (tests/testenv.py) --------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_the_cluster_reader_against_a_real_api_server(tmp_path):
+    """Rounds, their Jobs and a campaign created in a real kube-apiserver, read back through Kube and
+    ClusterRounds as the chart's dashboard pod reads them (the operator is not running: the test writes the
+    status it would write)."""
+    import os
+
+    import testenv
+    from kubernetes import client
+
+    from controller.kube import Kube
+
+    try:
+        testenv.bin_dir()
+    except testenv.EnvMissing as err:
+        if os.environ.get("CI") or os.environ.get("AGENTQ_TESTENV_BIN"):
+            raise  # in CI (and via `make test`) a missing test environment is a failure, not a skip
+        pytest.skip(str(err))
+    root = Path(__file__).resolve().parents[1]
+    cluster = testenv.LocalCluster(tmp_path / "cluster").start()
+    try:
+        for manifest in ("crd.yaml", "campaign-crd.yaml"):
+            cluster.kubectl("apply", "-f", str(root / "manifests" / manifest))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/agentqrounds.agentq.dev",
+                        "crd/agentqcampaigns.agentq.dev", "--timeout=30s")
+        api = cluster.api()
+        custom, batch, core = client.CustomObjectsApi(api), client.BatchV1Api(api), client.CoreV1Api(api)
+        for ns in ("a", "b"):
+            core.create_namespace({"metadata": {"name": ns}})
+        for ns, name in (("a", "r2"), ("b", "other")):
+            body = {"apiVersion": "agentq.dev/v1alpha1", "kind": "AgentQRound", "metadata": {"name": name},
+                    "spec": {"model": {"base": "tiny", "backend": "scripted"},
+                             "dataset": {"train": "t.jsonl", "test": "t.jsonl"}, "store": {"pvc": "x"}}}
+            created = custom.create_namespaced_custom_object("agentq.dev", "v1alpha1", ns, "agentqrounds", body)
+            custom.replace_namespaced_custom_object_status(
+                "agentq.dev", "v1alpha1", ns, "agentqrounds", name,
+                {**created, "status": TRAINING["status"]})
+        job = {"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": "r2-collect-0-r0", "labels": {"agentq.dev/round": "r2", UNIT_LABEL: "collect-0"}},
+               "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+                   {"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}}}
+        batch.create_namespaced_job("a", job)
+        testenv.finish_job(api, "a", "r2-collect-0-r0", succeeded=True)
+        campaign = {**CAMPAIGN, "apiVersion": "agentq.dev/v1alpha1", "kind": "AgentQCampaign",
+                    "metadata": {"name": "learn"}}
+        created = custom.create_namespaced_custom_object("agentq.dev", "v1alpha1", "a", "agentqcampaigns",
+                                                         {k: v for k, v in campaign.items() if k != "status"})
+        custom.replace_namespaced_custom_object_status("agentq.dev", "v1alpha1", "a", "agentqcampaigns", "learn",
+                                                       {**created, "status": CAMPAIGN["status"]})
+
+        reader = StoreReader(dashboard_store.build(tmp_path / "store"), ttl=0)
+        everywhere = ClusterRounds(Kube(api), reader)
+        assert [(r["name"], r["namespace"]) for r in everywhere.rounds()] == [("other", "b"), ("r2", "a")]
+        one = ClusterRounds(Kube(api), reader, "a")
+        r2 = one.round("r2")
+        assert r2["phase"] == "Training" and [s["state"] for s in r2["steps"]][:3] == ["Succeeded"] * 2 + ["Running"]
+        collect = r2["steps"][0]
+        assert collect["startTime"] is not None and collect["seconds"] is not None  # from the real Job's status
+        assert collect["gpuHours"] == 0.0  # one GPU, but the test's Job started and finished in the same second
+        assert [r["name"] for r in one.rounds()] == ["r2"]
+        with pytest.raises(NotFound, match="no AgentQRound 'other' in namespace a"):
+            one.round("other")
+        (learn,) = one.campaigns()
+        assert learn["currentRound"] == "r2" and learn["learningCurve"][0]["passRate"] == 0.3
+    finally:
+        cluster.stop()
