@@ -135,7 +135,9 @@ class ClusterRounds:
     def _view(self, body: dict[str, Any]) -> dict[str, Any]:
         meta = body["metadata"]
         jobs = self.kube.list_jobs(meta["namespace"], meta["name"])
-        return round_view(body, jobs, self.reader.json(f"rounds/{meta['name']}/eval/summary.json"))
+        view = round_view(body, jobs, self.reader.json(f"rounds/{meta['name']}/eval/summary.json"))
+        in_store = meta["name"] in self.reader.round_names()
+        return {**view, "collected": len(self.reader.trees(meta["name"])) if in_store else 0}
 
     def rounds(self) -> list[dict[str, Any]]:
         bodies = self.kube.list_rounds(self.namespace)

@@ -40,6 +40,7 @@ def test_rounds_list_phases_and_step_timings(client):
     assert steps["train"]["startTime"] == 20.0 and steps["train"]["seconds"] == 5.0
     assert steps["collect"]["seconds"] == 5.0  # a start time of 0 is a time, not a missing one
     assert rounds["r1"]["passRate"] == {"zero_shot": 0.3}
+    assert rounds["r1"]["collected"] == 2 and rounds["half"]["collected"] == 0  # search trees so far
     assert rounds["r2"]["fromRound"] == "r1"
 
 

@@ -104,6 +104,7 @@ def test_the_app_serves_cluster_rounds_with_store_artifacts(tmp_path):
     client = TestClient(create_app(reader, ClusterRounds(FakeKube([TRAINING], JOBS), reader, "ns")))
     rounds = client.get("/api/rounds").json()
     assert [(r["name"], r["phase"], r["source"]) for r in rounds] == [("r2", "Training", "cluster")]
+    assert rounds[0]["collected"] == 2  # the trees already in the store
     assert rounds[0]["passRate"] == {"zero_shot": 0.5}  # the store's summary wins over the status
     assert client.get("/api/rounds/r2/eval/summary").json()["arms"][0]["arm"] == "baseline"
     assert client.get("/api/rounds/r2/trajectories").status_code == 200

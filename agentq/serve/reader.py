@@ -170,7 +170,7 @@ class StoreReader:
                 "startTime": status.get("startTime"), "completionTime": status.get("completionTime"),
                 "updatedTime": status.get("updatedTime"), "conditions": [], "steps": steps,
                 "model": (spec.get("model") or {}).get("base"), "fromRound": (spec.get("model") or {}).get("fromRound"),
-                "passRate": pass_rate, "spec": spec}
+                "passRate": pass_rate, "collected": len(self.trees(name)), "spec": spec}
 
     def rounds(self) -> list[dict[str, Any]]:
         return [self.round(n) for n in self.round_names()]

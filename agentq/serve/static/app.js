@@ -54,9 +54,10 @@ function setCrumbs(parts) {
 
 const badge = (state) => `<span class="badge ${esc(state)}">${esc(state)}</span>`;
 
-function stepBar(steps, big = false) {
+function stepBar(steps, big = false, collected = null) {
   const cells = (steps || []).map((s) => {
-    const detail = s.state === "Succeeded" ? duration(s.seconds) : s.state === "Partial" ? `${s.shards.done}/${s.shards.total}` : s.state;
+    let detail = s.state === "Succeeded" ? duration(s.seconds) : s.state === "Partial" ? `${s.shards.done}/${s.shards.total}` : s.state;
+    if (s.name === "collect" && s.state === "Running" && collected) detail = `Running · ${collected} trees`;
     return `<div class="step ${esc(s.state)}" data-step="${esc(s.name)}" data-state="${esc(s.state)}" title="${esc(s.name)}: ${esc(s.state)}">${esc(s.name)}${big ? `<small>${esc(detail)}</small>` : ""}</div>`;
   });
   return `<div class="steps${big ? " big" : ""}">${cells.join("")}</div>`;
@@ -144,7 +145,7 @@ async function roundsPage() {
 function stepsPanel(round) {
   const rows = (round.steps || []).map((s) => `<tr><td>${esc(s.name)}</td><td>${badge(s.state)}</td><td class="muted">${when(s.startTime)}</td><td class="num">${duration(s.seconds)}</td>
     <td>${Object.entries(s.result || {}).map(([k, v]) => `${esc(k)}=${esc(typeof v === "object" ? JSON.stringify(v) : v)}`).join(", ")}</td></tr>`);
-  return `<h2>Steps</h2>${stepBar(round.steps, true)}
+  return `<h2>Steps</h2>${stepBar(round.steps, true, round.collected)}
     <table style="margin-top:10px"><thead><tr><th>step</th><th>state</th><th>started</th><th class="num">took</th><th>result</th></tr></thead><tbody>${rows.join("")}</tbody></table>
     ${round.message ? `<p class="error">${esc(round.message)}</p>` : ""}`;
 }
@@ -211,11 +212,14 @@ async function roundPage(name) {
     document.getElementById("trees").innerHTML = `<div class="panel"><h2>Search trees (collection)</h2>${trees.length ? `<table id="tree-list"><thead><tr><th>task</th><th>solved</th><th class="num">nodes</th><th class="num">samples</th><th class="num">sandbox runs</th><th class="num">best reward</th><th class="num">search time</th></tr></thead><tbody>${rows.join("")}</tbody></table>` : `<p class="muted">No trees collected yet.</p>`}</div>`;
   };
   await Promise.all([drawResults(), drawTrees()]);
+  let shownTrees = round.collected;
   watch(name, async (event) => {
     document.getElementById("phase").innerHTML = badge(event.data.phase);
     document.getElementById("steps-panel").innerHTML = stepsPanel(event.data);
     const stepsChanged = (event.changes || []).some((c) => c.what === "step");
     if (event.type === "final" || stepsChanged) await Promise.all([drawResults(), drawTrees()]);
+    else if (event.data.collected !== shownTrees) await drawTrees();  // a search tree finished
+    shownTrees = event.data.collected;
   });
 }
 
