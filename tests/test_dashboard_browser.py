@@ -158,3 +158,37 @@ def test_watch_a_tiny_round_to_succeeded_and_open_a_tree(round_dir, server, tmp_
         if runner.poll() is None:
             runner.terminate()
             runner.wait(timeout=10)
+
+
+def test_the_page_asks_for_the_token_and_then_works(tmp_path):
+    """With a token configured, the page prompts once, then the API calls and the event stream carry it."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make setup` (it installs Debian's chromium)")
+    import dashboard_store
+    from playwright.sync_api import sync_playwright
+
+    dashboard_store.build(tmp_path / "store")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "agentq.cli", "serve", "--store", str(tmp_path / "store"),
+                             "--port", str(port), "--poll-interval", "0.2"],
+                            env={**os.environ, "AGENTQ_SERVE_TOKEN": "s3cret"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz", proc)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/#/round/r2")
+            page.locator("#login[open]").wait_for(timeout=10_000)
+            page.fill("#token", "wrong")
+            page.click("#login button")
+            page.locator("#login[open]").wait_for(timeout=10_000)  # refused: asked again
+            page.fill("#token", "s3cret")
+            page.click("#login button")
+            page.locator("#pass-rate-chart rect[data-arm='baseline']").wait_for(timeout=10_000)
+            page.locator('#live[data-type="final"]').wait_for(timeout=10_000)  # the stream took ?token=
+            assert page.locator("#comparison").inner_text().count("no detectable difference") == 1
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
