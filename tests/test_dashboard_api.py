@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import dashboard_store
 import pytest
@@ -212,6 +213,46 @@ def test_event_stream_numbers_changes_replays_and_ends(client, store):
         ws.receive_json()
     with client.websocket_connect("/api/rounds/half/events?after_seq=99") as ws:  # the service restarted: replay
         assert ws.receive_json()["seq"] == 1
+
+
+def test_a_stream_whose_client_left_ends_even_if_the_round_never_does(store, tmp_path):
+    """Against a real uvicorn (TestClient cancels the handler itself when the client leaves, hiding a leak)."""
+    import socket
+    import urllib.request
+
+    from websockets.sync.client import connect
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "agentq.cli", "serve", "--store", str(store.root), "--port",
+                               str(port), "--poll-interval", "0.2"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
+    def open_streams() -> str:
+        text = urllib.request.urlopen(f"http://{base}/metrics", timeout=5).read().decode()
+        return next(line for line in text.splitlines() if line.startswith("agentq_event_streams "))
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                open_streams()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "agentq serve did not start"
+                time.sleep(0.2)
+        with connect(f"ws://{base}/api/rounds/half/events") as ws:  # half never finishes
+            assert json.loads(ws.recv())["type"] == "snapshot"
+            assert open_streams() == "agentq_event_streams 1.0"
+        deadline = time.monotonic() + 5
+        while open_streams() != "agentq_event_streams 0.0":
+            assert time.monotonic() < deadline, "the server still streams to a client that left"
+            time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def test_event_stream_for_an_unknown_round_says_so(client):

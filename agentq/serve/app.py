@@ -167,6 +167,7 @@ def create_app(reader: StoreReader, source: RoundSource | None = None, *, token:
             await ws.close(code=4404)
             return
         cursor = after_seq
+        metrics.streams.inc()
         try:
             while True:
                 for event in log_.after(cursor):
@@ -178,14 +179,23 @@ def create_app(reader: StoreReader, source: RoundSource | None = None, *, token:
                 if log_.final and cursor >= log_.seq:  # reconnected after the end: nothing more will come
                     await ws.close(code=1000)
                     return
-                await asyncio.sleep(poll_interval)
+                # Wait for the next poll by listening: a client that went away is noticed now, not never (a
+                # stream of a round that does not end would otherwise poll for a closed socket forever).
+                try:
+                    message = await asyncio.wait_for(ws.receive(), timeout=poll_interval)
+                    if message["type"] == "websocket.disconnect":
+                        return
+                except TimeoutError:
+                    pass
                 try:
                     await asyncio.to_thread(hub.poll, name)
                 except StoreError as err:  # a store hiccup: keep the stream, try again next time
                     stream_log.warning("store error", error=str(err).splitlines()[0])
         except (WebSocketDisconnect, RuntimeError):
-            stream_log.info("stream closed", seq=cursor)
             return
+        finally:
+            metrics.streams.dec()
+            stream_log.info("stream closed", seq=cursor)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

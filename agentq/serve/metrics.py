@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -74,5 +74,6 @@ class ServiceMetrics:
         self.registry.register(RoundCollector(rounds, artifacts))
         self.requests = PromCounter("agentq_http_requests", "HTTP requests served", ["method", "route", "status"],
                                     registry=self.registry)
+        self.streams = Gauge("agentq_event_streams", "Event streams (WebSockets) open now", registry=self.registry)
         self.latency = Histogram("agentq_http_request_seconds", "HTTP request latency", ["route"],
                                  registry=self.registry)
