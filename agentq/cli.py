@@ -45,6 +45,16 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-shards", type=int, default=1, help="how many shards split the tasks")
 
 
+def serve_args(p: argparse.ArgumentParser) -> None:
+    """`agentq serve`'s options; controller.dashboard (the cluster-side service) takes the same ones."""
+    p.add_argument("--store", required=True, help="the rounds' store: a directory or s3://bucket[/prefix]")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a pod)")
+    p.add_argument("--port", type=int, default=8265)
+    p.add_argument("--token-file", default=None, help="bearer token file (else env AGENTQ_SERVE_TOKEN; none: open)")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between reads for the event stream")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="CAMPAIGN_YAML")
     _preset_arg(p)
     p.set_defaults(func=_lazy("agentq.campaign:run_main"))
+
+    p = sub.add_parser("serve", help="the dashboard: REST API, live event stream, /metrics and a page over a store")
+    serve_args(p)
+    p.set_defaults(func=_lazy("agentq.serve.main:main"))
     return parser
 
 

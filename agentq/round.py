@@ -54,7 +54,55 @@ def check_task_tests(ws: RoundWorkspace) -> None:
                               f"cannot run: {listed}{more}; fix or drop them (`agentq tasks validate {path}`)")
 
 
+PHASE_OF_STEP = {"model": "Initializing", "collect": "Collecting", "preferences": "Preferences",
+                 "train": "Training", "merge": "Merging", "evaluate": "Evaluating"}
+
+
+class Progress:
+    """`rounds/<name>/status.json`: what the embedded runner is doing, as the operator's resource status says it
+    on Kubernetes (phase, step, each step's start and end). The dashboard reads it to show a round live; the
+    completion markers alone cannot tell a running step from an abandoned one."""
+
+    def __init__(self, ws: RoundWorkspace) -> None:
+        self.ws = ws
+        steps = ("model", *STEPS) if ws.round.spec.model.fetch_from else STEPS
+        self.status: dict[str, Any] = {"phase": "Pending", "step": None, "startTime": time.time(),
+                                       "steps": {step: {"state": "Pending"} for step in steps}}
+
+    def _save(self) -> None:
+        self.status["updatedTime"] = time.time()
+        self.ws.store.put_json(self.ws.key("status.json"), self.status)
+
+    def start(self, step: str) -> None:
+        self.status.update(phase=PHASE_OF_STEP[step], step=step)
+        self.status["steps"][step] = {"state": "Running", "startTime": time.time()}
+        self._save()
+
+    def done(self, step: str) -> None:
+        self.status["steps"][step].update(state="Succeeded", completionTime=time.time())
+        self._save()
+
+    def end(self, phase: str, message: str = "") -> None:
+        self.status.update(phase=phase, message=message, completionTime=time.time())
+        step = self.status.get("step")
+        if phase != "Succeeded" and step and self.status["steps"][step]["state"] == "Running":
+            self.status["steps"][step].update(state=phase, completionTime=time.time())
+        self._save()
+
+
 def run_round(ws: RoundWorkspace) -> dict[str, Any]:
+    progress = Progress(ws)
+    try:
+        timings = _run_steps(ws, progress)
+    except BaseException as err:
+        phase = "Interrupted" if isinstance(err, KeyboardInterrupt) else "Failed"
+        progress.end(phase, f"{type(err).__name__}: {err}"[:500])
+        raise
+    progress.end("Succeeded")
+    return timings
+
+
+def _run_steps(ws: RoundWorkspace, progress: Progress) -> dict[str, float]:
     from agentq import collect, evaluate, preferences
     from agentq.train import dpo, merge
 
@@ -65,11 +113,14 @@ def run_round(ws: RoundWorkspace) -> dict[str, Any]:
         from agentq import fetch
 
         start = time.perf_counter()
+        progress.start("model")
         print(f"== {ws.name}: model", flush=True)
         fetch.run(ws)
+        progress.done("model")
         timings["model"] = round(time.perf_counter() - start, 1)
     for step in STEPS:
         start = time.perf_counter()
+        progress.start(step)
         print(f"== {ws.name}: {step}", flush=True)
         if step == "collect":
             for shard in range(spec.collect.shards):
@@ -84,6 +135,7 @@ def run_round(ws: RoundWorkspace) -> dict[str, Any]:
             for shard in range(spec.evaluate.shards):
                 evaluate.run_shard(ws, shard, spec.evaluate.shards)
             evaluate.report(ws)
+        progress.done(step)
         timings[step] = round(time.perf_counter() - start, 1)
     return timings
 

@@ -63,9 +63,15 @@ class Kube:
                                                                    meta["name"], obj, _preload_content=False)
         return _raw(resp)["metadata"]["resourceVersion"]
 
-    def list_rounds(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        resp = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                         label_selector=label_selector, _preload_content=False)
+    def list_rounds(self, namespace: str | None, label_selector: str = "", plural: str = PLURAL
+                    ) -> list[dict[str, Any]]:
+        """AgentQRounds (or campaigns) of one namespace, or of every namespace with None (the dashboard's view)."""
+        if namespace:
+            resp = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural,
+                                                             label_selector=label_selector, _preload_content=False)
+        else:
+            resp = self.custom.list_cluster_custom_object(GROUP, VERSION, plural, label_selector=label_selector,
+                                                          _preload_content=False)
         return _raw(resp)["items"]
 
     def create_round(self, body: dict[str, Any]) -> dict[str, Any] | None:

@@ -41,7 +41,7 @@ REQUIREMENTS = ROOT / "images" / "requirements"
 DIGEST_PREFIX = "# pyproject digest: "
 
 # The development environment: every extra but the CUDA-only ones, for this machine's interpreter.
-DEV_EXTRAS = ("infer", "train", "eval", "controller", "s3", "dev")
+DEV_EXTRAS = ("infer", "train", "eval", "controller", "s3", "serve", "dev")
 DEV_PYTHON = "3.11"
 # The CPU torch wheel (torch==2.13.0+cpu) is manylinux_2_28; so is Debian 12's glibc (2.36) and newer.
 DEV_PLATFORM = "x86_64-manylinux_2_28"
@@ -81,7 +81,8 @@ IMAGES = (
           "CUDA torch from PyPI, for the nvidia/cuda ubuntu24.04 base's python3.12"),
     Image("mock-model", "images/mock-model/Dockerfile", ("infer", "train", "eval", "s3"), cpu_torch=True,
           index_note="CPU torch (+cpu) from the PyTorch CPU index"),
-    Image("controller", "images/controller/Dockerfile", ("controller",)),
+    # The operator's image also runs the dashboard service (controller.dashboard): its web stack and boto3 for S3.
+    Image("controller", "images/controller/Dockerfile", ("controller", "serve", "s3")),
     Image("sandbox", "images/sandbox/Dockerfile", ()),
 )
 

@@ -115,9 +115,9 @@ def test_crds_are_the_operators(rendering):
 
 def test_rbac_is_the_operators_least_privilege_role(rendering):
     manifest = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "manifests" / "rbac.yaml").read_text())}
-    role = rendering.one("ClusterRole")
+    role = rendering.one("ClusterRole", "-operator")
     assert role["rules"] == manifest["ClusterRole"]["rules"], "chart ClusterRole drifted from manifests/rbac.yaml"
-    binding = rendering.one("ClusterRoleBinding")
+    binding = rendering.one("ClusterRoleBinding", "-operator")
     account = rendering.one("ServiceAccount", "-operator")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
@@ -303,7 +303,7 @@ def test_values_matrix_changes_what_it_should(rendering):
         secret = rendering.one("Secret", "agentq-s3")
         assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     else:
-        assert all(name.endswith("-sandbox-token") for name in secrets)
+        assert all(name.endswith(("-sandbox-token", "-dashboard-token")) for name in secrets)
         rendering.one("PersistentVolumeClaim", "agentq-artifacts")
 
 
@@ -361,3 +361,108 @@ def test_kind_round_is_accepted_by_the_api_server(cluster):
                            str(ROOT / "images" / "mock-model" / "round.yaml"), check=False)
     assert done.returncode == 0 and "agentqround.agentq.dev/kind-smoke created (server dry run)" in done.stdout, \
         done.stdout + done.stderr
+
+
+# ---- the dashboard ----------------------------------------------------------------------------------------
+
+
+def test_dashboard_runs_with_flags_its_entry_point_accepts(rendering):
+    from controller.dashboard import main as dashboard_main
+
+    pod = rendering.one("Deployment", "-dashboard")["spec"]["template"]["spec"]
+    _hardened(pod, f"{rendering.name}: dashboard")
+    container = pod["containers"][0]
+    assert container["command"] == ["python", "-m", "controller.dashboard"]
+    assert container["image"] == rendering.one("Deployment", "-operator")["spec"]["template"]["spec"][
+        "containers"][0]["image"]
+    with pytest.raises(SystemExit) as done:  # the rendered args parse; --help stops before serving
+        dashboard_main([*container["args"], "--help"])
+    assert done.value.code == 0
+    args = container["args"]
+    store = args[args.index("--store") + 1]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    if rendering.name == "s3-values":
+        assert store.startswith("s3://") and "artifacts" not in mounts
+        assert container["envFrom"] == [{"secretRef": {"name": "agentq-s3"}}]
+    else:
+        assert mounts["artifacts"] == store
+        claim = next(v for v in pod["volumes"] if v["name"] == "artifacts")["persistentVolumeClaim"]["claimName"]
+        assert claim == "agentq-artifacts"
+    token_file = args[args.index("--token-file") + 1]
+    assert token_file.startswith(mounts["token"] + "/")
+    secret = next(v for v in pod["volumes"] if v["name"] == "token")["secret"]["secretName"]
+    if rendering.name == "dashboard-values":
+        assert secret == "my-dashboard-token" and args[args.index("--namespace") + 1] == "rounds"
+        secrets = [d["metadata"]["name"] for d in rendering.docs if d["kind"] == "Secret"]
+        assert not [name for name in secrets if name.endswith("-dashboard-token")]  # the user's own is used
+    else:
+        assert "--namespace" not in args
+        assert len(rendering.one("Secret", "-dashboard-token")["data"]["token"]) >= 40  # a random token, base64
+
+
+def test_dashboard_rbac_is_read_only(rendering):
+    role = rendering.one("ClusterRole", "-dashboard")
+    for rule in role["rules"]:
+        assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"agentqrounds", "agentqcampaigns", "jobs"}
+    binding = rendering.one("ClusterRoleBinding", "-dashboard")
+    account = rendering.one("ServiceAccount", "-dashboard")
+    assert binding["subjects"][0]["name"] == account["metadata"]["name"]
+    pod = rendering.one("Deployment", "-dashboard")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_dashboard_service_ingress_and_helm_test(rendering):
+    service = rendering.one("Service", "-dashboard")
+    deployment = rendering.one("Deployment", "-dashboard")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    port = service["spec"]["ports"][0]["port"]
+    ingresses = [d for d in rendering.docs if d["kind"] == "Ingress"]
+    if rendering.name == "dashboard-values":
+        (ingress,) = ingresses
+        rule = ingress["spec"]["rules"][0]
+        assert rule["host"] == "agentq.example.com" and ingress["spec"]["ingressClassName"] == "nginx"
+        backend = rule["http"]["paths"][0]["backend"]["service"]
+        assert backend == {"name": service["metadata"]["name"], "port": {"name": "http"}}
+    else:
+        assert ingresses == []
+    test = rendering.one("Pod", "-test-dashboard")
+    assert test["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = test["spec"]["containers"][0]["args"][0]
+    assert f'"http://{service["metadata"]["name"]}.agentq-system.svc:{port}"' in script
+    env = test["spec"]["containers"][0]["env"][0]
+    secret = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "token")["secret"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": secret["secretName"], "key": "token"}
+
+
+def test_dashboard_helm_test_script_passes_against_a_live_service_and_fails_without_the_token(tmp_path):
+    """The hook's own Python, run against `agentq serve` on 127.0.0.1: it exits 0 with the token, 1 without."""
+    import socket
+    import time
+    import urllib.request
+
+    rendering = Rendering("defaults", helm("template", "agentq", str(CHART), "-n", "agentq-system").stdout)
+    script = rendering.one("Pod", "-test-dashboard")["spec"]["containers"][0]["args"][0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    script = script.replace(script.split("base = ", 1)[1].split("\n", 1)[0], repr(url))
+    (tmp_path / "store").mkdir()
+    server = subprocess.Popen([sys.executable, "-m", "agentq.cli", "serve", "--store", str(tmp_path / "store"),
+                               "--port", str(port)], env={**os.environ, "AGENTQ_SERVE_TOKEN": "t0ken"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        for token, code in (("t0ken", 0), ("wrong", 1)):
+            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                                  env={**os.environ, "AGENTQ_SERVE_TOKEN": token})
+            assert done.returncode == code, done.stdout + done.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

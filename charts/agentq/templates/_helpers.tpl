@@ -63,3 +63,17 @@ privileged: false
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{/* The dashboard's bearer-token Secret: the user's own, or the one this chart makes. */}}
+{{- define "agentq.dashboardSecret" -}}
+{{- .Values.dashboard.auth.existingSecret | default (printf "%s-dashboard-token" (include "agentq.fullname" .)) -}}
+{{- end -}}
+
+{{/* What the dashboard's --store gets: dashboard.store, else the artifacts PVC mounted at /artifacts. */}}
+{{- define "agentq.dashboardStore" -}}
+{{- .Values.dashboard.store | default "/artifacts" -}}
+{{- end -}}
+
+{{- define "agentq.dashboardUrl" -}}
+{{- printf "http://%s-dashboard.%s.svc:%v" (include "agentq.fullname" .) .Release.Namespace .Values.dashboard.port -}}
+{{- end -}}

@@ -1,0 +1,120 @@
+"""A small round store written the way the steps write it, for the dashboard tests (no model, no sandbox).
+
+Two rounds: `r1` finished with an old-format summary (no intervals, no base) and `r2` finished with the
+paired format (a base arm, bootstrap intervals, a comparison); `half` was run step by step and has
+markers only, up to preferences.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from agentq.store import FileStore
+
+BUGGY = "def add(a, b):\n    return a - b\n"
+FIXED = "def add(a, b):\n    return a + b\n"
+WRONG = "def add(a, b):\n    return a * b\n"
+PROMPT = [{"role": "user", "content": "fix add"}]
+
+
+def spec(name: str, from_round: str | None = None, shards: int = 1) -> str:
+    model = f"{{base: tiny, backend: scripted{', fromRound: ' + from_round if from_round else ''}}}"
+    return (f"apiVersion: agentq.dev/v1alpha1\nkind: AgentQRound\nmetadata: {{name: {name}}}\nspec:\n"
+            f"  model: {model}\n  dataset: {{train: t.jsonl, test: t.jsonl}}\n  collect: {{shards: {shards}}}\n"
+            "  store: {path: store}\n")
+
+
+def verdict(status: str, passed: int, total: int) -> dict[str, Any]:
+    tests = [{"name": f"test_{i}", "passed": i < passed,
+              "message": "" if i < passed else f"assert add(1, {i}) == {1 + i}"} for i in range(total)]
+    return {"status": status, "tests": tests, "expected_tests": total, "message": "" if status == "passed" else
+            tests[passed]["message"]}
+
+
+def tree(task_id: str) -> dict[str, Any]:
+    nodes = [
+        {"id": 0, "parent": None, "depth": 0, "prompt": [], "completion": "", "code": BUGGY, "verdict": None,
+         "reward": 0.0, "flags": [], "q_mcts": 0.5, "q_ai": 0.5, "visits": 2, "children": [1, 2]},
+        {"id": 1, "parent": 0, "depth": 1, "prompt": PROMPT, "completion": f"```python\n{FIXED}```",
+         "code": FIXED, "verdict": verdict("passed", 2, 2), "reward": 1.0, "flags": [], "q_mcts": 1.0, "q_ai": 0.8,
+         "visits": 1, "children": []},
+        {"id": 2, "parent": 0, "depth": 1, "prompt": PROMPT, "completion": f"```python\n{WRONG}```",
+         "code": WRONG, "verdict": verdict("failed", 1, 2), "reward": 0.5, "flags": [], "q_mcts": 0.5, "q_ai": 0.2,
+         "visits": 1, "children": []},
+    ]
+    return {"task_id": task_id, "group": task_id, "params": {}, "solved": True,
+            "stats": {"samples": 2, "executions": 2, "wall_s": 0.5}, "nodes": nodes, "inputs_digest": "d"}
+
+
+def pair(task_id: str) -> dict[str, Any]:
+    return {"prompt": PROMPT, "chosen": [{"role": "assistant", "content": f"```python\n{FIXED}```"}],
+            "rejected": [{"role": "assistant", "content": f"```python\n{WRONG}```"}], "task_id": task_id,
+            "delta_reward": 0.5, "decided_by": "tests", "chosen_passed": True}
+
+
+OLD_SUMMARY = {"round": "r1", "model": "tiny", "from_round": None, "finished_at": 100.0,
+               "modes": {"zero_shot": {"tasks": 10, "solved": 3, "pass_rate": 0.3, "visible_pass_rate": 0.4,
+                                       "parse_failures": 1, "wrong_fixes": 6}}}
+NEW_SUMMARY = {
+    "round": "r2", "model": "tiny", "from_round": "r1", "finished_at": 200.0,
+    "modes": {"zero_shot": {"tasks": 10, "pass_at_1": 0.5, "pass_at_1_ci95": [0.2, 0.8], "pass_rate": 0.5,
+                            "greedy_solved": 5, "solved": 5, "visible_pass_rate": 0.6, "parse_failures": 0,
+                            "samples_per_task": 4, "pass_at_4": 0.7}},
+    "baseline": {"model": "r1", "modes": {"zero_shot": {"tasks": 10, "pass_at_1": 0.3, "pass_at_1_ci95": [0.1, 0.6],
+                                                         "pass_rate": 0.3, "greedy_solved": 3, "solved": 3,
+                                                         "visible_pass_rate": 0.4, "parse_failures": 1}}},
+    "comparison": {"zero_shot": {"tasks": 10, "groups": 10, "delta_pass_at_1": 0.2, "delta_ci95": [-0.1, 0.5],
+                                 "greedy_wins": 3, "greedy_losses": 1, "mcnemar_p": 0.625}},
+}
+
+
+def marker(store: FileStore, name: str, step: str, result: dict[str, Any], at: float) -> None:
+    store.put_json(f"rounds/{name}/steps/{step}.json", {"digest": "x", "finished_at": at, "result": result})
+
+
+def status(phase: str, step: str, done: list[str], running: str | None = None) -> dict[str, Any]:
+    steps: dict[str, Any] = {s: {"state": "Pending"} for s in ("collect", "preferences", "train", "merge", "evaluate")}
+    for i, s in enumerate(done):
+        steps[s] = {"state": "Succeeded", "startTime": 10.0 * i, "completionTime": 10.0 * i + 5}
+    if running:
+        steps[running] = {"state": "Running", "startTime": 1000.0}
+    return {"phase": phase, "step": step, "startTime": 0.0, "steps": steps, "updatedTime": 1.0}
+
+
+def finished_round(store: FileStore, name: str, summary: dict[str, Any], from_round: str | None = None) -> None:
+    store.put_text(f"rounds/{name}/spec.yaml", spec(name, from_round))
+    for i, step in enumerate(("collect-shard-0-of-1", "preferences", "train", "merge", "evaluate")):
+        marker(store, name, step, {"tasks": 2} if i == 0 else {}, 10.0 * i + 5)
+    store.put_json(f"rounds/{name}/status.json", {**status("Succeeded", "evaluate",
+                   ["collect", "preferences", "train", "merge", "evaluate"]), "completionTime": 50.0})
+    store.put_text(f"rounds/{name}/trajectories/shard-0-of-1.jsonl",
+                   "".join(json.dumps(tree(t)) + "\n" for t in ("task/a", "task/b")))
+    store.put_text(f"rounds/{name}/preferences.jsonl",
+                   "".join(json.dumps(pair(t)) + "\n" for t in ("task/a", "task/b")))
+    store.put_json(f"rounds/{name}/preferences.stats.json", {"pairs": 2})
+    store.put_json(f"rounds/{name}/eval/summary.json", summary)
+    for arm in ("", "baseline/") if summary.get("baseline") else ("",):
+        rows = [{"task_id": f"t{i}", "mode": "zero_shot", "solved": i < 3, "inputs_digest": "x"} for i in range(10)]
+        store.put_text(f"rounds/{name}/eval/{arm}zero_shot.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    store.put_text(f"rounds/{name}/eval/zero_shot.shard-0-of-1.jsonl", "{}\n")  # never listed as a mode
+
+
+CAMPAIGN = {"campaign": "c", "mode": "zero_shot", "rounds": 2, "plannedRounds": 3, "stopped": "NoGain",
+            "bestPassRate": 0.5, "learningCurve": [
+                {"round": 1, "name": "r1", "mode": "zero_shot", "passRate": 0.3, "delta": None, "deltaCi95": None,
+                 "gain": False},
+                {"round": 2, "name": "r2", "mode": "zero_shot", "passRate": 0.5, "delta": 0.2,
+                 "deltaCi95": [-0.1, 0.5], "gain": False}]}
+
+
+def build(root: Path) -> FileStore:
+    store = FileStore(root)
+    finished_round(store, "r1", OLD_SUMMARY)
+    finished_round(store, "r2", NEW_SUMMARY, from_round="r1")
+    store.put_text("rounds/half/spec.yaml", spec("half", shards=2))
+    marker(store, "half", "collect-shard-0-of-2", {"tasks": 1, "samples": 3}, 1.0)
+    marker(store, "half", "collect-shard-1-of-2", {"tasks": 2, "samples": 4}, 2.0)
+    store.put_json("campaigns/c/campaign.json", CAMPAIGN)
+    return store
