@@ -18,17 +18,17 @@ DATA ?= ../shared/data
 .PHONY: setup system run test lint lock corpus bench
 setup: system $(STAMP)
 
-# Debian packages by name, installed when missing: bubblewrap runs the candidates' sandbox.
+# Debian packages by name, installed when missing: bubblewrap runs the candidates' sandbox; chromium is the
+# browser the dashboard's tests drive through playwright's executable_path (never `playwright install`,
+# which downloads a browser of its own).
 system:
-	@command -v bwrap >/dev/null || { apt-get update -q && apt-get install -y -q bubblewrap; }
+	@command -v bwrap >/dev/null && test -x /usr/bin/chromium || \
+		{ apt-get update -q && apt-get install -y -q bubblewrap chromium; }
 
 $(STAMP): $(LOCK)
 	# Debian's own python3 ships venv separately (python3-venv); install it when it is missing.
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); apt-get update -q && apt-get install -y -q python3-venv \
 		&& $(PYTHON) -m venv $(VENV); }
-	# The dashboard's browser tests drive Debian's chromium through playwright's executable_path (never
-	# `playwright install`, which downloads a browser); install it when it is missing.
-	test -x /usr/bin/chromium || { apt-get update -q && apt-get install -y -q chromium; }
 	$(BIN)/pip install -q --disable-pip-version-check $(UV_PIN)
 	# Exactly the lock, nothing resolved: packages it does not list are removed, hashes are checked.
 	$(BIN)/uv pip sync -q --python $(BIN)/python --require-hashes $(LOCK)

@@ -21,7 +21,6 @@ How a run is kept honest (details in forkserver.py, harness.py, wire.py, isolati
 
 from __future__ import annotations
 
-import ast
 import functools
 import marshal
 import math
@@ -31,6 +30,7 @@ import socket
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,20 +68,18 @@ def find_tests(tests: str) -> CompiledTests | str:
     """Compile the tests here, outside the candidate's reach: their test_* names, or why they cannot run.
 
     Compiling once per distinct tests source (MCTS runs many candidates against the same tests) also saves
-    the test process about a millisecond and a half per run.
+    the test process about a millisecond and a half per run. The names come from the module's code object,
+    not from an `ast` tree: this runs on run_many's threads, and CPython 3.11's conversion of a parse into
+    `ast` objects is not thread-safe (SystemError "AST constructor recursion depth mismatch").
     """
     try:
-        tree = ast.parse(tests)
-        code = compile(tree, "tests.py", "exec", dont_inherit=True)
+        code = compile(tests, "tests.py", "exec", dont_inherit=True)
     except SyntaxError as err:
         return f"the tests do not compile: {err.msg} (tests.py line {err.lineno})"
     except ValueError as err:
         return f"the tests do not compile: {err}"
-    names = [
-        node.name
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_")
-    ]
+    # Every function defined at module level is a code object among the module's constants, in order.
+    names = [c.co_name for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name.startswith("test_")]
     if not names:
         return "the tests define no test_* function"
     marshalled = marshal.dumps(code)
