@@ -22,6 +22,7 @@ How a run is kept honest (details in forkserver.py, harness.py, wire.py, isolati
 from __future__ import annotations
 
 import functools
+import io
 import marshal
 import math
 import os
@@ -30,7 +31,7 @@ import socket
 import subprocess
 import sys
 import threading
-import types
+import tokenize
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,9 +69,9 @@ def find_tests(tests: str) -> CompiledTests | str:
     """Compile the tests here, outside the candidate's reach: their test_* names, or why they cannot run.
 
     Compiling once per distinct tests source (MCTS runs many candidates against the same tests) also saves
-    the test process about a millisecond and a half per run. The names come from the module's code object,
-    not from an `ast` tree: this runs on run_many's threads, and CPython 3.11's conversion of a parse into
-    `ast` objects is not thread-safe (SystemError "AST constructor recursion depth mismatch").
+    the test process about a millisecond and a half per run. The names come from the tokens, not from an
+    `ast` tree: this runs on run_many's threads, and CPython 3.11's conversion of a parse into `ast` objects
+    is not thread-safe (SystemError "AST constructor recursion depth mismatch").
     """
     try:
         code = compile(tests, "tests.py", "exec", dont_inherit=True)
@@ -78,13 +79,23 @@ def find_tests(tests: str) -> CompiledTests | str:
         return f"the tests do not compile: {err.msg} (tests.py line {err.lineno})"
     except ValueError as err:
         return f"the tests do not compile: {err}"
-    # Every function defined at module level is a code object among the module's constants, in order.
-    names = [c.co_name for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name.startswith("test_")]
+    names = [n for n in _module_level_functions(tests) if n.startswith("test_")]
     if not names:
         return "the tests define no test_* function"
     marshalled = marshal.dumps(code)
     payload = marshalled + tests.encode("utf-8", "surrogatepass")
     return CompiledTests(tuple(dict.fromkeys(names)), payload, len(marshalled))
+
+
+def _module_level_functions(source: str) -> list[str]:
+    """Names of the functions a module defines at its top level (`def`/`async def` at column 0), in order."""
+    names, after_def = [], False
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if after_def and tok.type == tokenize.NAME:
+            names.append(tok.string)
+        after_def = tok.type == tokenize.NAME and tok.string == "def" and (
+            tok.start[1] == 0 or tok.line[: tok.start[1]].strip() == "async")
+    return names
 
 
 def _unusable_code(code: str) -> str | None:
