@@ -16,6 +16,7 @@ from agentq.train.dpo import (
     PreferenceFileError,
     _best_callback,
     is_improvement,
+    pair_groups,
     read_pairs,
     split_pairs,
 )
@@ -260,6 +261,21 @@ def test_split_keeps_each_task_on_one_side():
     side = {g: (p in held) for p, g in zip(pairs, groups, strict=True)}
     assert all(side[g] == (p in held) for p, g in zip(pairs, groups, strict=True))
     assert len(held) == 3 and len(train) == 9
-    # one task only: fall back to splitting by pair rather than holding out nothing
-    train, held = split_pairs(pairs[:3], 0.5, seed=1, groups=["t"] * 3)
-    assert len(held) >= 1 and len(train) >= 1
+    # one problem only: holding any of it out would leak, so nothing is held out
+    assert split_pairs(pairs[:3], 0.5, seed=1, groups=["t"] * 3) == (pairs[:3], [])
+
+
+def test_held_out_pairs_share_no_group_with_training_pairs(tmp_path):
+    """Pairs of different tasks of one problem (DebugBench: one slug, many bug types) stay on one side."""
+    records = [pair(i, task_id=f"debugbench/bug{i % 5}-{i}", group=f"slug-{i % 4}") for i in range(40)]
+    records.append(pair(40, task_id="old-file-without-group"))  # an older file: its task id is its group
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    groups = pair_groups(path)
+    assert groups[:4] == ["slug-0", "slug-1", "slug-2", "slug-3"] and groups[-1] == "old-file-without-group"
+    for seed in range(5):
+        train, held = split_pairs(read_pairs(path), 0.25, seed=seed, groups=groups)
+        by_content = {json.dumps(r["prompt"]): g for r, g in zip(records, groups, strict=True)}
+        held_groups = {by_content[json.dumps(p["prompt"])] for p in held}
+        train_groups = {by_content[json.dumps(p["prompt"])] for p in train}
+        assert held and train and not held_groups & train_groups

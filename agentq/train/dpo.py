@@ -65,21 +65,28 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
 
 
 def pair_groups(path: str | Path) -> list[str]:
-    """The task each pair came from (its prompt when a file has no task ids), in file order."""
-    return [str(r.get("task_id") or json.dumps(r.get("prompt"), sort_keys=True)) for r in read_jsonl(path)]
+    """The problem (task `group`) each pair came from, in file order; older files without groups fall back
+    to the task id, then to the prompt. DebugBench has one problem under many bug types: split by task id,
+    94% of held-out pairs shared a problem with training pairs."""
+    return [str(r.get("group") or r.get("task_id") or json.dumps(r.get("prompt"), sort_keys=True))
+            for r in read_jsonl(path)]
 
 
 def split_pairs(pairs: list[dict], share: float, seed: int,
                 groups: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     """(train, held out): a seeded shuffle, at least one held-out pair whenever share > 0 and there are two.
 
-    With `groups`, whole groups (tasks) go to one side: sibling pairs of one task share a prompt and
+    With `groups`, whole groups (problems) go to one side: pairs of one problem share a statement and
     often a chosen answer, so splitting them would let eval reward accuracy measure memorisation.
-    A single group can only be split by pair.
+    A single group cannot be held out without leaking into training: then nothing is held out and the
+    last adapter ships.
     """
     if share <= 0 or len(pairs) < 2:
         return list(pairs), []
-    groups = groups if groups is not None and len(set(groups)) > 1 else [str(i) for i in range(len(pairs))]
+    if groups is None:
+        groups = [str(i) for i in range(len(pairs))]
+    if len(set(groups)) < 2:
+        return list(pairs), []
     names = sorted(set(groups))
     random.Random(seed).shuffle(names)
     target = max(1, round(share * len(pairs)))
