@@ -74,8 +74,9 @@ class CollectSpec(Spec):
     exploration: float = Field(1.0, ge=0, description="UCB1 exploration constant c.")
     stop_on_pass: bool = Field(False, description="End a tree at its first full pass (off: later siblings "
                                                   "still give pass-vs-fail contrast for pairs).")
-    critic: Literal["self", "scripted"] = Field(
-        "self", description="Who ranks siblings: the policy itself (Agent Q) or the scripted mock (tiny tests)."
+    critic: Literal["self", "scripted", "none"] = Field(
+        "self", description="Who ranks siblings: the policy itself (Agent Q), the scripted mock (tiny tests), or "
+                            "nobody (Q_ai stays neutral: pairs are decided by tests alone, UCB1 by Q_mcts)."
     )
     seed: int = 0
 

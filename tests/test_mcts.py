@@ -187,3 +187,10 @@ def test_record_holds_tree_and_every_parameter():
     assert [n["parent"] for n in record["nodes"]] == [None, 0, 0]
     assert {"prompt", "completion", "verdict", "q_mcts", "q_ai", "q_ai_votes", "batch", "visits", "flags"} \
         <= set(record["nodes"][1])
+
+
+def test_no_critic_makes_no_critique_calls_and_leaves_q_ai_neutral():
+    policy = ScriptPolicy([cand(1), cand(3), cand(2), cand(2)])
+    search = Search(TASK, policy, FakeSandbox(), SearchParams(k=2, rollouts=2, critique=False)).run()
+    assert [c[0] for c in policy.calls] == ["rewrite", "rewrite"] and search.stats.critique_calls == 0
+    assert all(n.q_ai == NEUTRAL_Q and n.q_ai_votes == [] for n in search.nodes)

@@ -42,6 +42,7 @@ class SearchParams:
     stop_on_pass: bool = True
     max_new_tokens: int = 768
     critique_max_new_tokens: int = 256
+    critique: bool = True  # False: no critique calls, every Q_ai stays neutral
     seed: int = 0
 
     @classmethod
@@ -52,7 +53,7 @@ class SearchParams:
             critique_temperature=c.critique_temperature, exploration=c.exploration,
             alpha=spec.preferences.alpha, stop_on_pass=c.stop_on_pass,
             max_new_tokens=spec.model.max_new_tokens, critique_max_new_tokens=c.critique_max_new_tokens,
-            seed=c.seed,
+            critique=c.critic != "none", seed=c.seed,
         )
 
     @classmethod
@@ -223,7 +224,7 @@ class Search:
     def _critique(self, siblings: list[Node], seed: int) -> None:
         """Rank one batch of siblings, each shown with its visible test results."""
         codes = [c.code or c.completion for c in siblings]
-        if len(codes) < 2:
+        if len(codes) < 2 or not self.params.critique:
             return
         critique = critique_siblings(self.critic, self.task, codes,
                                      feedback=[visible_feedback(c.verdict) for c in siblings],

@@ -122,6 +122,25 @@ def base_model_dir(ws: Any) -> str:
     return loadable_dir(resolve_model(spec if source == spec.base else source)).location
 
 
+def wandb_environment(out_dir: Path, project: str) -> None:
+    """Offline unless the environment says otherwise (a cluster Job usually has no route to wandb.ai), with
+    the run's files under `out_dir` (the round's adapter/, which is published), not in a deleted work dir."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise ConfigError("train.wandb: true needs the wandb package: pip install 'agentq[train]'") from None
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ["WANDB_DIR"] = str(out_dir)
+    os.environ.setdefault("WANDB_PROJECT", project)
+
+
+def _finish_wandb() -> None:
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()  # flush the run's files before adapter/ is published
+
+
 def _best_callback(log_path: Path, best_dir: Path, metric: str) -> Any:
     from transformers import TrainerCallback
 
@@ -151,18 +170,22 @@ def _best_callback(log_path: Path, best_dir: Path, metric: str) -> Any:
     return BestCheckpoint()
 
 
-def dpo_config(spec: TrainSpec, work_dir: Path, device: str, *, has_eval: bool, **overrides: Any) -> Any:
+def dpo_config(spec: TrainSpec, work_dir: Path, device: str, *, has_eval: bool, run_name: str | None = None,
+               **overrides: Any) -> Any:
     """The DPOConfig for a TrainSpec; overrides let the benchmark vary one setting at a time."""
     from trl import DPOConfig
 
     on_gpu = device != "cpu"
+    per_device = min(spec.per_device_batch_size, spec.effective_batch_size)  # never more than the batch asked for
     options: dict[str, Any] = dict(
         output_dir=str(work_dir),
         beta=spec.beta,
         learning_rate=spec.learning_rate,
-        per_device_train_batch_size=spec.per_device_batch_size,
-        per_device_eval_batch_size=spec.per_device_batch_size,
-        gradient_accumulation_steps=max(1, spec.effective_batch_size // spec.per_device_batch_size),
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
+        gradient_accumulation_steps=max(1, spec.effective_batch_size // per_device),
+        precompute_ref_log_probs=spec.precompute_ref_log_probs,
+        precompute_ref_batch_size=16,
         num_train_epochs=spec.epochs,
         max_steps=spec.max_steps or -1,
         max_length=spec.max_length,
@@ -175,6 +198,7 @@ def dpo_config(spec: TrainSpec, work_dir: Path, device: str, *, has_eval: bool, 
         eval_steps=spec.eval_steps,
         save_strategy="no",
         report_to=["wandb"] if spec.wandb else "none",
+        run_name=run_name,
         seed=spec.seed,
         data_seed=spec.seed,
         dataloader_num_workers=0,
@@ -192,6 +216,7 @@ def build_trainer(
     device: str,
     callbacks: list | None = None,
     model: Any = None,
+    run_name: str | None = None,
     **overrides: Any,
 ) -> Any:
     """A DPOTrainer; `model` replaces loading model_dir's weights (the benchmark builds random 7B-shaped
@@ -202,8 +227,6 @@ def build_trainer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
-    if spec.wandb:
-        os.environ.setdefault("WANDB_MODE", "offline")  # a cluster Job usually has no route to wandb.ai
     dtype = torch.bfloat16 if device != "cpu" else torch.float32
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
@@ -217,7 +240,7 @@ def build_trainer(
         target_modules=list(spec.lora.target_modules),
         task_type="CAUSAL_LM",
     )
-    args = dpo_config(spec, work_dir, device, has_eval=bool(held_out), **overrides)
+    args = dpo_config(spec, work_dir, device, has_eval=bool(held_out), run_name=run_name, **overrides)
     return DPOTrainer(
         model=model,
         args=args,
@@ -237,8 +260,11 @@ def train_dpo(
     *,
     device: str | None = None,
     callbacks: list | None = None,
+    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Train, then write the best adapter, train_log.jsonl and training_summary.json into out_dir.
+
+    With `spec.wandb` the W&B run (named `run_name`) is written offline under out_dir/wandb.
 
     Extra callbacks run before the checkpoint keeper, so whatever they observe in a log record is what
     the keeper judges.
@@ -252,9 +278,16 @@ def train_dpo(
     log_path = out_dir / "train_log.jsonl"
     log_path.unlink(missing_ok=True)
     best = _best_callback(log_path, work / "best", BEST_METRIC)
+    if spec.wandb:
+        wandb_environment(out_dir, project="agentq")
     start = time.perf_counter()
-    trainer = build_trainer(Path(model_dir), train, held_out, spec, work, device, callbacks=[*(callbacks or []), best])
-    result = trainer.train()
+    trainer = build_trainer(Path(model_dir), train, held_out, spec, work, device,
+                            callbacks=[*(callbacks or []), best], run_name=run_name)
+    try:
+        result = trainer.train()
+    finally:
+        if spec.wandb:
+            _finish_wandb()
     final = trainer.state.global_step
     if best.best_step is None:  # nothing held out: the last adapter is all there is
         trainer.model.save_pretrained(work / "best")
@@ -298,7 +331,7 @@ def run(ws: Any) -> dict[str, Any]:
             f"no preference pairs in {ws.describe('preferences.jsonl')}; collection produced none"
         )
     with ws.store.writing_dir(ws.key("adapter")) as out_dir:
-        summary = train_dpo(pairs_path, base_model_dir(ws), out_dir, spec)
+        summary = train_dpo(pairs_path, base_model_dir(ws), out_dir, spec, run_name=f"{ws.name}-train")
     result = {
         "pairs": summary["pairs"],
         "steps": summary["steps"],
