@@ -279,3 +279,22 @@ def test_held_out_pairs_share_no_group_with_training_pairs(tmp_path):
         held_groups = {by_content[json.dumps(p["prompt"])] for p in held}
         train_groups = {by_content[json.dumps(p["prompt"])] for p in train}
         assert held and train and not held_groups & train_groups
+
+
+@pytest.mark.slow
+def test_wandb_runs_offline_and_leaves_the_run_under_the_adapter(tmp_path, monkeypatch):
+    from agentq.policy.tiny import tiny_model_dir
+    from agentq.train.dpo import train_dpo
+
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_DIR", "/nonexistent")  # restored after the test; train_dpo must replace it
+    spec = TrainSpec(max_steps=1, effective_batch_size=2, eval_share=0.0, max_length=256,
+                     lora={"r": 4, "alpha": 8}, wandb=True)
+    out = tmp_path / "adapter"
+    train_dpo(write_pairs(tmp_path / "p.jsonl", 4), tiny_model_dir(), out, spec, device="cpu", run_name="r1-train")
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, sorted(p.name for p in (out / "wandb").iterdir())
+    files = {p.name for p in runs[0].rglob("*") if p.is_file()}
+    assert any(name.endswith(".wandb") for name in files)  # the run's event log, ready for `wandb sync`
+    assert (out / "adapter_model.safetensors").exists()
