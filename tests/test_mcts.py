@@ -194,3 +194,23 @@ def test_no_critic_makes_no_critique_calls_and_leaves_q_ai_neutral():
     search = Search(TASK, policy, FakeSandbox(), SearchParams(k=2, rollouts=2, critique=False)).run()
     assert [c[0] for c in policy.calls] == ["rewrite", "rewrite"] and search.stats.critique_calls == 0
     assert all(n.q_ai == NEUTRAL_Q and n.q_ai_votes == [] for n in search.nodes)
+
+
+class HiddenFailSandbox:
+    """Every candidate fails one visible test with a long message and one hidden test quoting its input."""
+
+    def run_many(self, jobs):
+        tests = [TestResult(name="test_visible", passed=False, message="visible: " + "v" * 1000),
+                 TestResult(name="test_hidden_1", passed=False, message="assert f(SECRET_INPUT) == 3")]
+        return [Verdict(status="failed", tests=tests, expected_tests=2, message="visible: " + "v" * 1000)
+                for _ in jobs]
+
+
+def test_prompts_keep_the_1500_char_feedback_and_never_quote_hidden_tests():
+    policy = ScriptPolicy([cand(1)] * 8)
+    Search(TASK, policy, HiddenFailSandbox(), SearchParams(k=2, rollouts=2, depth=2)).run()
+    texts = [p.messages[-1]["content"] for p in policy.prompts]
+    assert any("v" * 1000 in t for t in texts if "Test results of the buggy code" in t)  # not cut at 600
+    critique_texts = [p.messages[-1]["content"] for p in policy.prompts if p.purpose == "critique"]
+    assert critique_texts and all("1 hidden test(s) failed" in t for t in critique_texts)
+    assert not any("SECRET_INPUT" in t or "test_hidden" in t for t in texts)
