@@ -73,7 +73,7 @@ def _sample_answers(task: Task, mode: str, policy: Policy, spec: RoundSpec) -> t
     sampled = []
     if spec.evaluate.samples > 1:
         sampled = policy.generate([prompt], n=spec.evaluate.samples, temperature=spec.collect.temperature,
-                                  max_new_tokens=max_tokens, seed=spec.collect.seed)[0]
+                                  max_new_tokens=max_tokens, seed=spec.collect.seed + 1)[0]  # not the greedy draw
     texts = [s.text for s in greedy + sampled]
     return [extract_code(t, task.entry_point) for t in texts], {"completion": texts[0][:2000]}
 
