@@ -113,6 +113,9 @@ def summarize(records: list[dict[str, Any]], k: int = 1) -> dict[str, Any]:
     }
     if k > 1 and records and all(r.get("n", 1) >= k for r in records):
         summary[f"pass_at_{k}"] = sum(pass_at_k(r["n"], r["correct"], k) for r in records) / n
+    if summary["samples_per_task"] > 1:  # test-time compute: best-of-k with the tests as verifier, k = 1..n
+        summary["pass_at_k_curve"] = [sum(pass_at_k(r["n"], r["correct"], j) for r in records) / n
+                                      for j in range(1, summary["samples_per_task"] + 1)]
     return summary
 
 

@@ -8,6 +8,7 @@ round in the store with a summary, in the order they were evaluated, is a learni
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ def _model(s: dict[str, Any]) -> str:
 def arm_rows(summary: dict[str, Any]) -> str:
     """Base and round side by side, one row per arm and mode."""
     k_keys = sorted({key for arm in _arms(summary) for m in arm[2].values() for key in m
-                     if key.startswith("pass_at_") and key not in ("pass_at_1", "pass_at_1_ci95")})
+                     if re.fullmatch(r"pass_at_\d+", key) and key != "pass_at_1"})
     head = "| model | mode | tasks | samples/task | pass@1 | 95% CI | " + "".join(
         f"{k.replace('pass_at_', 'pass@')} | " for k in k_keys) + "greedy | visible-only (greedy) | parse failures |"
     rows = [head, "|---|---|---:|---:|---:|---|" + "---:|" * len(k_keys) + "---:|---:|---:|"]
@@ -91,6 +92,20 @@ def history_rows(summaries: list[dict[str, Any]]) -> str:
             p = f"{c['mcnemar_p']:.3g}" if c else "-"
             rows.append(f"| {s['round']} | {mode} | {_model(s)} | {m['tasks']} | {base} | {_pct(rate)} | {delta} "
                         f"| {p} |")
+    return "\n".join(rows)
+
+
+def compute_rows(summary: dict[str, Any]) -> str:
+    """pass@k for k = 1..n sampled answers per task: what more test-time samples buy, per arm and mode."""
+    curves = [(label, mode, m["pass_at_k_curve"]) for label, _, modes in _arms(summary)
+              for mode, m in modes.items() if m.get("pass_at_k_curve")]
+    if not curves:
+        return ""
+    n = max(len(c) for _, _, c in curves)
+    rows = ["| model | mode | " + " | ".join(f"k={k}" for k in range(1, n + 1)) + " |",
+            "|---|---|" + "---:|" * n]
+    for label, mode, curve in curves:
+        rows.append(f"| {label} | {mode} | " + " | ".join(_pct(v) for v in curve) + " |")
     return "\n".join(rows)
 
 
@@ -164,6 +179,9 @@ def write_report(ws: RoundWorkspace, summary: dict[str, Any]) -> None:
         lines += ["## Paired comparison with the base", "", comparison_rows(summary), "", verdict_line(summary), ""]
     else:
         lines += ["No base row: `evaluate.baseline` is off, so there is nothing to compare this round with.", ""]
+    curve = compute_rows(summary)
+    if curve:
+        lines += ["## Test-time compute: pass@k against samples per task", "", curve, ""]
     lines += ["## All rounds in this store", "", history_rows(summaries), ""]
     lines.append("pass@1 is the unbiased estimate of Chen et al. over each task's sampled answers (the greedy "
                  "answer when one sample per task); an answer counts only when it passes visible and hidden tests. "

@@ -60,6 +60,8 @@ def test_summary_reports_unbiased_pass_at_1_and_k_and_greedy():
     assert s["pass_at_1"] == pytest.approx((0.5 + 0 + 1) / 3)
     assert s["pass_at_2"] == pytest.approx((1 - 1 / 6 + 0 + 1) / 3)
     assert s["greedy_solved"] == 2 and s["samples_per_task"] == 4
+    assert s["pass_at_k_curve"][0] == pytest.approx(s["pass_at_1"]) and s["pass_at_k_curve"][1] == s["pass_at_2"]
+    assert s["pass_at_k_curve"] == sorted(s["pass_at_k_curve"]) and s["pass_at_k_curve"][3] == pytest.approx(2 / 3)
     low, high = s["pass_at_1_ci95"]
     assert low <= s["pass_at_1"] <= high
 
@@ -76,3 +78,21 @@ def test_paired_comparison_counts_wins_losses_and_pairs_by_task():
     assert 0 < c["delta_ci95"][0] <= 0.8 <= c["delta_ci95"][1]
     same = compare(base, base)
     assert same["delta_pass_at_1"] == 0 and same["mcnemar_p"] == 1.0
+
+
+def test_report_tables_carry_base_row_delta_interval_p_value_and_compute_curve():
+    from agentq.report import arm_rows, comparison_rows, compute_rows, verdict_line
+
+    base = [record(f"t{i}", f"g{i}", 0) for i in range(6)]
+    new = [record(f"t{i}", f"g{i}", 4 if i < 5 else 0, solved=i < 5) for i in range(6)]
+    summary = {"round": "r1", "model": "m", "from_round": None,
+               "modes": {"full_rewrite": summarize(new, 2)},
+               "baseline": {"model": "m", "modes": {"full_rewrite": summarize(base, 2)}},
+               "comparison": {"full_rewrite": compare(new, base)}}
+    table = arm_rows(summary)
+    assert "| base: m | full_rewrite | 6 | 4 | 0.0% |" in table and "| r1: m + adapter | full_rewrite |" in table
+    assert "pass@2" in table
+    comparison = comparison_rows(summary)
+    assert "+83.3%" in comparison and "5 / 0" in comparison and f"{2 / 32:.3g}" in comparison
+    assert "k=4" in compute_rows(summary)
+    assert "a gain: the interval excludes zero" in verdict_line(summary)
