@@ -298,3 +298,15 @@ def test_wandb_runs_offline_and_leaves_the_run_under_the_adapter(tmp_path, monke
     files = {p.name for p in runs[0].rglob("*") if p.is_file()}
     assert any(name.endswith(".wandb") for name in files)  # the run's event log, ready for `wandb sync`
     assert (out / "adapter_model.safetensors").exists()
+
+
+def test_config_defaults_and_the_optional_sft_term(tmp_path):
+    from agentq.train.dpo import dpo_config
+
+    plain = dpo_config(TrainSpec(effective_batch_size=2), tmp_path, "cpu", has_eval=False)
+    assert list(plain.loss_type) == ["sigmoid"] and plain.precompute_ref_log_probs
+    assert plain.per_device_train_batch_size == 2 and plain.gradient_accumulation_steps == 1  # never above the batch
+    wide = dpo_config(TrainSpec(effective_batch_size=16), tmp_path, "cpu", has_eval=False)
+    assert (wide.per_device_train_batch_size, wide.gradient_accumulation_steps) == (4, 4)
+    rpo = dpo_config(TrainSpec(sft_weight=0.5), tmp_path, "cpu", has_eval=False)
+    assert list(rpo.loss_type) == ["sigmoid", "sft"] and list(rpo.loss_weights) == [1.0, 0.5]
