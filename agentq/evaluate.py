@@ -23,9 +23,10 @@ import gc
 import time
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
-from agentq.config import RoundSpec
+from agentq.config import RoundFile, RoundSpec, parse_model
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import Policy, load_policy
 from agentq.policy.prompts import extract_code, rewrite_prompt, zero_shot_prompt
@@ -124,12 +125,15 @@ def compare(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> dict[str, A
     and an exact McNemar test on the greedy outcomes."""
     before = {r["task_id"]: r for r in old}
     paired = [(r, before[r["task_id"]]) for r in new if r["task_id"] in before]
-    diffs = [pass_at_k(a.get("n", 1), a.get("correct", int(a["solved"])), 1)
-             - pass_at_k(b.get("n", 1), b.get("correct", int(b["solved"])), 1) for a, b in paired]
+    new_rates = [pass_at_k(a.get("n", 1), a.get("correct", int(a["solved"])), 1) for a, _ in paired]
+    old_rates = [pass_at_k(b.get("n", 1), b.get("correct", int(b["solved"])), 1) for _, b in paired]
+    diffs = [x - y for x, y in zip(new_rates, old_rates, strict=True)]
     delta, low, high = bootstrap_mean(diffs, [a.get("group", a["task_id"]) for a, _ in paired])
     wins = sum(a["solved"] and not b["solved"] for a, b in paired)
     losses = sum(b["solved"] and not a["solved"] for a, b in paired)
     return {"tasks": len(paired), "groups": len({a.get("group", a["task_id"]) for a, _ in paired}),
+            "new_pass_at_1": sum(new_rates) / len(paired) if paired else 0.0,
+            "old_pass_at_1": sum(old_rates) / len(paired) if paired else 0.0,
             "delta_pass_at_1": delta, "delta_ci95": [low, high], "greedy_wins": wins, "greedy_losses": losses,
             "mcnemar_p": mcnemar_exact(wins, losses)}
 
@@ -221,6 +225,44 @@ def _read_arm(ws: RoundWorkspace, arm: str, mode: str) -> list[dict[str, Any]]:
     return records
 
 
+def chain_start(ws: RoundWorkspace) -> RoundFile | None:
+    """The first round of this round's fromRound chain (its baseline arm is the original base model)."""
+    name, seen = ws.round.spec.model.from_round, {ws.name}
+    found: RoundFile | None = None
+    while name and name not in seen:
+        seen.add(name)
+        text = ws.store.get_text(f"rounds/{name}/spec.yaml") if ws.store.exists(f"rounds/{name}/spec.yaml") else None
+        if text is None:
+            return None
+        found = parse_model(yaml.safe_load(text), RoundFile, f"{ws.store.url}/rounds/{name}/spec.yaml")
+        name = found.spec.model.from_round
+    return found
+
+
+def compare_with_chain_base(ws: RoundWorkspace, round_records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """A chained round against the chain's original base, through the first round's baseline records; only
+    when that round evaluated with the same settings (same tasks are then paired by id)."""
+    first = chain_start(ws)
+    out: dict[str, Any] = {"round": first.name if first else None, "comparison": {}}
+    if first is None or not first.spec.evaluate.baseline:
+        return out
+    mine, theirs = ws.round.spec, first.spec
+    same = (mine.evaluate.model_dump(exclude={"baseline", "shards"}) == theirs.evaluate.model_dump(
+        exclude={"baseline", "shards"}) and (mine.collect.seed, mine.collect.temperature) == (
+        theirs.collect.seed, theirs.collect.temperature))
+    out["model"] = theirs.model.base
+    if not same:
+        out["skipped"] = "the first round of the chain evaluated with other settings"
+        return out
+    for mode, records in round_records.items():
+        key = f"rounds/{first.name}/eval/baseline/{mode}.jsonl"
+        if ws.store.exists(key):
+            local = ws.work_path(f"chain-base/{first.name}/{mode}.jsonl")
+            ws.store.get_file(key, local)
+            out["comparison"][mode] = compare(records, list(read_jsonl(local)))
+    return out
+
+
 def combine(ws: RoundWorkspace) -> dict[str, Any]:
     """Merge the shards into eval/[baseline/]<mode>.jsonl, summary.json, report.md and pass_rate.png."""
     spec = ws.round.spec
@@ -230,8 +272,9 @@ def combine(ws: RoundWorkspace) -> dict[str, Any]:
     if spec.evaluate.baseline:
         summary["baseline"] = {"model": spec.model.from_round or spec.model.base, "modes": {}}
         summary["comparison"] = {}
+    round_records: dict[str, list[dict[str, Any]]] = {}
     for mode in spec.evaluate.modes:
-        records = _read_arm(ws, "round", mode)
+        records = round_records[mode] = _read_arm(ws, "round", mode)
         write_jsonl(ws.work_path(f"eval/{mode}.jsonl"), records)
         ws.publish(f"eval/{mode}.jsonl")
         summary["modes"][mode] = summarize(records, k)
@@ -241,6 +284,8 @@ def combine(ws: RoundWorkspace) -> dict[str, Any]:
             ws.publish(f"eval/baseline/{mode}.jsonl")
             summary["baseline"]["modes"][mode] = summarize(base, k)
             summary["comparison"][mode] = compare(records, base)
+    if spec.model.from_round:
+        summary["chain_base"] = compare_with_chain_base(ws, round_records)
     flagged = ws.get_json(ws.key("preferences.stats.json")) or {}
     summary["flagged_candidates"] = flagged.get("flagged_candidates", 0)
     summary["test_decided_pairs"] = flagged.get("decided_by_tests")

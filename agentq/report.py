@@ -71,11 +71,15 @@ def comparison_rows(summary: dict[str, Any]) -> str:
     rows = ["| mode | paired tasks (groups) | base pass@1 | round pass@1 | delta pass@1 | 95% CI (bootstrap by group) "
             "| greedy fixed / broken | McNemar p (exact) |",
             "|---|---:|---:|---:|---:|---|---:|---:|"]
-    for mode, c in summary.get("comparison", {}).items():
-        base, new = summary["baseline"]["modes"][mode], summary["modes"][mode]
-        rows.append(f"| {mode} | {c['tasks']} ({c['groups']}) | {_pct(base['pass_at_1'])} | {_pct(new['pass_at_1'])} | "
-                    f"{c['delta_pass_at_1']:+.1%} | {_interval(c['delta_ci95'], signed=True)} | "
-                    f"{c['greedy_wins']} / {c['greedy_losses']} | {c['mcnemar_p']:.3g} |")
+    chain = summary.get("chain_base") or {}
+    labelled = [(mode, c) for mode, c in summary.get("comparison", {}).items()] + [
+        (f"{mode} vs {chain.get('model')} (base of the chain, from {chain.get('round')})", c)
+        for mode, c in (chain.get("comparison") or {}).items()]
+    for label, c in labelled:
+        rows.append(f"| {label} | {c['tasks']} ({c['groups']}) | {_pct(c['old_pass_at_1'])} | "
+                    f"{_pct(c['new_pass_at_1'])} | {c['delta_pass_at_1']:+.1%} | "
+                    f"{_interval(c['delta_ci95'], signed=True)} | {c['greedy_wins']} / {c['greedy_losses']} | "
+                    f"{c['mcnemar_p']:.3g} |")
     return "\n".join(rows)
 
 

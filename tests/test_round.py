@@ -63,6 +63,10 @@ def test_tiny_round_then_chained_round(workdir, capsys):
     summary = json.loads((workdir / "store" / "rounds" / "r2" / "eval" / "summary.json").read_text())
     assert summary["baseline"]["model"] == "r1"  # round 2 is compared with the model it started from
     assert "## Paired comparison with the base" in report and "McNemar" in report
+    # ... and with the chain's original base, through round 1's baseline records
+    assert summary["chain_base"]["round"] == "r1" and summary["chain_base"]["model"] == "tiny"
+    assert set(summary["chain_base"]["comparison"]) == set(summary["modes"])
+    assert "vs tiny (base of the chain, from r1)" in report
 
     capsys.readouterr()
     assert main(["round", "status", str(round_yaml(workdir, "r2", from_round="r1"))]) == 0
