@@ -153,6 +153,11 @@ def run(ws: RoundWorkspace) -> dict[str, Any]:
     result = {"pairs": stats["pairs"], "flagged": stats["flagged_candidates"],
               "chosenPassShare": round(stats["chosen_passes_all_share"], 4),
               "testDecided": stats["decided_by_tests"]}
+    if not pairs:  # say why, before the train step refuses an empty file
+        ties = stats["sibling_comparisons"].get("tie", 0)
+        print(f"preferences: no sibling pair differs in test reward by more than {spec.threshold} ({ties} ties); "
+              "DPO needs at least one: give collection more budget (collect.rollouts, collect.rootK) or tasks the "
+              "model sometimes fixes", flush=True)
     return ws.finish("preferences", inputs_digest, result,
                      f"preferences: {result['pairs']} pairs ({stats['decided_by_tests']} decided by tests, "
                      f"{stats['decided_by_critique']} by the critique; {result['chosenPassShare']:.0%} of chosen "
