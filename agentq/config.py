@@ -78,21 +78,31 @@ class DatasetSpec(Spec):
 class CollectSpec(Spec):
     shards: int = Field(2, ge=1, description="Parallel collection Jobs (one GPU each on Kubernetes).")
     k: int = Field(2, ge=1, description="Rewrites proposed per expansion.")
-    rollouts: int = Field(10, ge=1)
+    root_k: int | None = Field(None, ge=1, description="Rewrites per expansion of the root (default: k).")
+    rollouts: int = Field(10, ge=1, description="Expansions each tree spends (nodes are widened when deeper "
+                                                "ones cannot grow), fewer only when stopOnPass ends it.")
     depth: int = Field(2, ge=1)
     temperature: float = Field(0.8, ge=0)
     critique_temperature: float = Field(0.2, ge=0)
+    critique_max_new_tokens: int = Field(256, ge=8, description="Room for the critique to reason before "
+                                                                "its RANKING line.")
     exploration: float = Field(1.0, ge=0, description="UCB1 exploration constant c.")
-    stop_on_pass: bool = True
-    critic: Literal["self", "scripted"] = Field(
-        "self", description="Who ranks siblings: the policy itself (Agent Q) or the scripted mock (tiny tests)."
+    stop_on_pass: bool = Field(False, description="End a tree at its first full pass (off: later siblings "
+                                                  "still give pass-vs-fail contrast for pairs).")
+    critic: Literal["self", "scripted", "none"] = Field(
+        "self", description="Who ranks siblings: the policy itself (Agent Q), the scripted mock (tiny tests), or "
+                            "nobody (Q_ai stays neutral: pairs are decided by tests alone, UCB1 by Q_mcts)."
     )
     seed: int = 0
 
 
 class PreferencesSpec(Spec):
-    alpha: float = Field(0.5, ge=0, le=1, description="Weight of Q_mcts against Q_ai in the blended Q.")
-    threshold: float = Field(0.1, ge=0, le=1, description="Keep a pair only when |dQ| exceeds this.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of Q_mcts against Q_ai in the search's "
+                                                      "blended Q (UCB1 selection).")
+    threshold: float = Field(0.1, ge=0, le=1, description="A pair is decided by the tests when the siblings' "
+                                                          "test rewards differ by more than this.")
+    critique_ties: bool = Field(False, description="Also keep pairs of siblings whose test rewards tie, when "
+                                                   "the critique prefers one in both presentation orders.")
 
 
 class LoraSpec(Spec):
@@ -106,7 +116,8 @@ class TrainSpec(Spec):
     beta: float = Field(0.1, gt=0)
     lora: LoraSpec = Field(default_factory=LoraSpec)
     effective_batch_size: int = Field(16, ge=1)
-    per_device_batch_size: int = Field(1, ge=1)
+    per_device_batch_size: int = Field(4, ge=1, description="4 x 4 accumulation was faster than 1 x 16 in "
+                                                            "benchmarks/dpo_step.py.")
     learning_rate: float = Field(5e-6, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
@@ -114,17 +125,33 @@ class TrainSpec(Spec):
     eval_steps: int = Field(10, ge=1)
     max_length: int = Field(2048, ge=16)
     gradient_checkpointing: bool = True
-    wandb: bool = False
+    sft_weight: float = Field(0.0, ge=0, description="Weight of an SFT (NLL) term on the chosen answers beside "
+                                                     "the DPO loss (RPO); 0 turns it off.")
+    precompute_ref_log_probs: bool = Field(True, description="Reference log-probs computed once before "
+                                                             "training (faster per step in dpo_step.py).")
+    wandb: bool = Field(False, description="Log to Weights & Biases, offline, run files under adapter/wandb.")
     seed: int = 0
 
 
 class EvaluateSpec(Spec):
     modes: list[EvalMode] = Field(default_factory=lambda: ["full_rewrite", "mcts"], min_length=1)
     shards: int = Field(1, ge=1)
-    pass_k: int = Field(1, ge=1, description="Samples per task for full_rewrite pass@k.")
+    baseline: bool = Field(True, description="Also evaluate the starting model (base or fromRound) the same "
+                                             "way, so the report can compare against it.")
+    samples: int = Field(1, ge=1, description="Sampled answers per task in full_rewrite and zero_shot, at the "
+                                              "collection temperature, beside the greedy one (pass@k).")
+    pass_k: int = Field(1, ge=1, description="k of the reported pass@k (at most `samples`).")
+    dedupe_by_group: bool = Field(False, description="Score one task per group instead of every task.")
     rollouts: int = Field(4, ge=1, description="MCTS budget at evaluation time.")
     depth: int = Field(2, ge=1)
     k: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _k_within_samples(self) -> EvaluateSpec:
+        if self.pass_k > self.samples:
+            raise ValueError(f"passK ({self.pass_k}) must not exceed samples ({self.samples}): pass@k needs at "
+                             "least k samples per task")
+        return self
 
 
 class SandboxSpec(Spec):

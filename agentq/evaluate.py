@@ -1,25 +1,32 @@
-"""`agentq evaluate`: pass rates of a round's merged model on the test split, in three modes.
+"""`agentq evaluate`: pass rates of a round's merged model and of the model it started from, paired.
 
-* zero_shot: one greedy answer in a structured THOUGHT/CODE format.
-* full_rewrite: one greedy full rewrite (pass@k with k samples at the collection temperature when asked).
+* zero_shot: a greedy answer in a structured THOUGHT/CODE format (plus `samples` sampled ones).
+* full_rewrite: a greedy full rewrite (plus `samples` sampled ones at the collection temperature).
 * mcts: the search itself with the evaluation budget.
 
-Tasks are deduplicated by group, so a problem that appears under several bug types counts once.
-A parse failure (no program in the answer) is counted apart from a wrong fix: the original project's
-0.4% zero-shot score was a format artefact, not a measure of skill. Searches see only the visible
-tests; every final answer is then judged on visible + hidden tests, and both rates are reported, so a
-gap between them shows answers that fit the examples but not the problem.
+A round is worth its *difference* from the model it started from, so with `evaluate.baseline` (the
+default) that model (the base, or the `fromRound` merge) is evaluated through this same code, on the same
+tasks with the same seeds, under the `baseline` arm; the report pairs the two per task (see
+agentq/stats.py). Every test task is scored by default: scoring one task per problem left about 50
+DebugBench tasks, too few to see a gain of under 12-18 points. Each sampled answer's verdict is stored,
+so pass@1 and pass@k are the unbiased estimates of Chen et al.; the greedy answer is reported beside
+them. A parse failure (no program in the answer) is counted apart from a wrong fix: the original
+project's 0.4% zero-shot score was a format artefact, not a measure of skill. Searches see only the
+visible tests; every final answer is then judged on visible + hidden tests, and both rates are
+reported, so a gap between them shows answers that fit the examples but not the problem.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
-from agentq.config import RoundSpec
+from agentq.config import RoundFile, RoundSpec, parse_model
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import Policy, load_policy
 from agentq.policy.prompts import extract_code, rewrite_prompt, zero_shot_prompt
@@ -27,8 +34,11 @@ from agentq.report import write_report
 from agentq.sandbox.executor import find_tests
 from agentq.sandbox.verdict import Verdict
 from agentq.search.mcts import Executor, Search, SearchParams
+from agentq.stats import bootstrap_mean, mcnemar_exact, pass_at_k
 from agentq.tasks.schema import Task
 from agentq.workspace import RoundWorkspace, check_shard, digest
+
+ARMS = ("baseline", "round")  # the starting model, then the round's merged model
 
 
 def dedupe_by_group(tasks: list[Task]) -> list[Task]:
@@ -56,64 +66,132 @@ def _judge(task: Task, code: str | None, executor: Executor) -> dict[str, Any]:
             "status": full.status, "reward": full.reward, "message": full.message[:500]}
 
 
+def _sample_answers(task: Task, mode: str, policy: Policy, spec: RoundSpec) -> tuple[list[str | None], dict]:
+    """[greedy, sampled...] answers for the single-prompt modes; one greedy answer when samples == 1."""
+    prompt = zero_shot_prompt(task) if mode == "zero_shot" else rewrite_prompt(task)
+    max_tokens = spec.model.max_new_tokens
+    greedy = policy.generate([prompt], n=1, temperature=0.0, max_new_tokens=max_tokens, seed=spec.collect.seed)[0]
+    sampled = []
+    if spec.evaluate.samples > 1:
+        sampled = policy.generate([prompt], n=spec.evaluate.samples, temperature=spec.collect.temperature,
+                                  max_new_tokens=max_tokens, seed=spec.collect.seed + 1)[0]  # not the greedy draw
+    texts = [s.text for s in greedy + sampled]
+    return [extract_code(t, task.entry_point) for t in texts], {"completion": texts[0][:2000]}
+
+
 def evaluate_task(task: Task, mode: str, policy: Policy, executor: Executor, spec: RoundSpec) -> dict[str, Any]:
-    ev, max_tokens = spec.evaluate, spec.model.max_new_tokens
+    """One task in one mode: the greedy answer's verdict, and every sampled answer's (pass@k counts these)."""
     start = time.perf_counter()
     if mode == "mcts":
-        params = SearchParams.for_evaluate(spec)
-        search = Search(task, policy, executor, params, reward_tests=task.tests).run()
+        search = Search(task, policy, executor, SearchParams.for_evaluate(spec), reward_tests=task.tests).run()
         best = search.best()
-        answers = [best.code if best else None]
-        extra = {"samples": search.stats.samples, "executions": search.stats.executions}
+        answers: list[str | None] = [best.code if best else None]
+        extra: dict[str, Any] = {"search_samples": search.stats.samples, "executions": search.stats.executions}
     else:
-        prompt = zero_shot_prompt(task) if mode == "zero_shot" else rewrite_prompt(task)
-        n = ev.pass_k if mode == "full_rewrite" else 1
-        temperature = 0.0 if n == 1 else spec.collect.temperature
-        samples = policy.generate([prompt], n=n, temperature=temperature, max_new_tokens=max_tokens,
-                                  seed=spec.collect.seed)[0]
-        answers = [extract_code(s.text, task.entry_point) for s in samples]
-        extra = {"samples": len(samples), "completion": samples[0].text[:2000]}
+        answers, extra = _sample_answers(task, mode, policy, spec)
     judged = [_judge(task, code, executor) for code in answers]
-    solved = next((j for j in judged if j["solved"]), judged[0])
-    return {"task_id": task.id, "group": task.group, "mode": mode, **solved,
-            "visible_solved": any(j["visible_solved"] for j in judged),
-            "parse_failure": all(j["parse_failure"] for j in judged), **extra,
+    greedy = judged[0]
+    samples = judged[1:] or judged  # with samples == 1 the greedy answer is the one sample
+    return {"task_id": task.id, "group": task.group, "mode": mode, **greedy,
+            "samples": [{k: j[k] for k in ("solved", "visible_solved", "parse_failure", "status")} for j in samples],
+            "n": len(samples), "correct": sum(j["solved"] for j in samples), **extra,
             "seconds": round(time.perf_counter() - start, 3)}
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(records: list[dict[str, Any]], k: int = 1) -> dict[str, Any]:
+    """Pass rates of one arm in one mode: unbiased pass@1 (with a group-bootstrap interval), pass@k, greedy."""
     n = len(records)
+    per_task = [pass_at_k(r.get("n", 1), r.get("correct", int(r["solved"])), 1) for r in records]
+    mean, low, high = bootstrap_mean(per_task, [r.get("group", r["task_id"]) for r in records])
     solved = sum(r["solved"] for r in records)
-    return {
-        "tasks": n, "solved": solved, "pass_rate": solved / n if n else 0.0,
+    summary = {
+        "tasks": n, "samples_per_task": min((r.get("n", 1) for r in records), default=0),
+        "pass_at_1": mean, "pass_at_1_ci95": [low, high], "pass_rate": mean,
+        "greedy_solved": solved, "greedy_pass_rate": solved / n if n else 0.0, "solved": solved,
         "visible_pass_rate": sum(r["visible_solved"] for r in records) / n if n else 0.0,
         "parse_failures": sum(r["parse_failure"] for r in records),
         "wrong_fixes": sum(not r["solved"] and not r["parse_failure"] for r in records),
     }
+    if k > 1 and records and all(r.get("n", 1) >= k for r in records):
+        summary[f"pass_at_{k}"] = sum(pass_at_k(r["n"], r["correct"], k) for r in records) / n
+    if summary["samples_per_task"] > 1:  # test-time compute: best-of-k with the tests as verifier, k = 1..n
+        summary["pass_at_k_curve"] = [sum(pass_at_k(r["n"], r["correct"], j) for r in records) / n
+                                      for j in range(1, summary["samples_per_task"] + 1)]
+    return summary
+
+
+def compare(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> dict[str, Any]:
+    """Paired comparison on the tasks both arms scored: pass@1 delta with a 95% interval resampled by group,
+    and an exact McNemar test on the greedy outcomes."""
+    before = {r["task_id"]: r for r in old}
+    paired = [(r, before[r["task_id"]]) for r in new if r["task_id"] in before]
+    new_rates = [pass_at_k(a.get("n", 1), a.get("correct", int(a["solved"])), 1) for a, _ in paired]
+    old_rates = [pass_at_k(b.get("n", 1), b.get("correct", int(b["solved"])), 1) for _, b in paired]
+    diffs = [x - y for x, y in zip(new_rates, old_rates, strict=True)]
+    delta, low, high = bootstrap_mean(diffs, [a.get("group", a["task_id"]) for a, _ in paired])
+    wins = sum(a["solved"] and not b["solved"] for a, b in paired)
+    losses = sum(b["solved"] and not a["solved"] for a, b in paired)
+    return {"tasks": len(paired), "groups": len({a.get("group", a["task_id"]) for a, _ in paired}),
+            "new_pass_at_1": sum(new_rates) / len(paired) if paired else 0.0,
+            "old_pass_at_1": sum(old_rates) / len(paired) if paired else 0.0,
+            "delta_pass_at_1": delta, "delta_ci95": [low, high], "greedy_wins": wins, "greedy_losses": losses,
+            "mcnemar_p": mcnemar_exact(wins, losses)}
+
+
+def eval_tasks(ws: RoundWorkspace) -> tuple[list[Task], str]:
+    tasks, tasks_digest = ws.tasks("test")
+    if ws.round.spec.evaluate.dedupe_by_group:
+        tasks = dedupe_by_group(tasks)
+    return tasks, tasks_digest
+
+
+def arm_digest(ws: RoundWorkspace, arm: str, tasks_digest: str) -> str:
+    """What one arm's results depend on: the evaluation settings, the tasks, and that arm's model. The
+    baseline does not depend on this round's training, so retraining never re-evaluates it."""
+    model = ws.step_digest("merge") if arm == "round" else ws.model_source()[1]
+    return digest("evaluate", arm, ws.settings("evaluate"), model, tasks_digest)
 
 
 def eval_digest(ws: RoundWorkspace, tasks_digest: str) -> str:
-    return digest("evaluate", ws.settings("evaluate"), ws.step_digest("merge"), tasks_digest)
+    return digest("evaluate-all", [arm_digest(ws, arm, tasks_digest) for arm in arms(ws)])
 
 
-def shard_file(mode: str, shard: int, num_shards: int) -> str:
-    return f"eval/{mode}.shard-{shard}-of-{num_shards}.jsonl"
+def arms(ws: RoundWorkspace) -> list[str]:
+    return list(ARMS) if ws.round.spec.evaluate.baseline else ["round"]
+
+
+def shard_file(mode: str, shard: int, num_shards: int, arm: str = "round") -> str:
+    folder = "eval/" if arm == "round" else f"eval/{arm}/"
+    return f"{folder}{mode}.shard-{shard}-of-{num_shards}.jsonl"
+
+
+def _load_arm_policy(ws: RoundWorkspace, arm: str) -> Policy:
+    spec = ws.round.spec
+    if arm == "round":
+        return load_policy(spec.model, path_override=ws.model_dir("merged"))
+    source, _ = ws.model_source()
+    return load_policy(spec.model, path_override=source)  # the base, the store's copy, or fromRound's merge
 
 
 def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
     check_shard(shard, num_shards)
+    tasks, tasks_digest = eval_tasks(ws)
+    mine = [t for i, t in enumerate(tasks) if i % num_shards == shard]
+    for arm in arms(ws):
+        _run_arm(ws, arm, mine, arm_digest(ws, arm, tasks_digest), shard, num_shards)
+
+
+def _run_arm(ws: RoundWorkspace, arm: str, mine: list[Task], inputs_digest: str, shard: int, num_shards: int) -> None:
     spec = ws.round.spec
-    tasks, tasks_digest = ws.tasks("test")
-    mine = [t for i, t in enumerate(dedupe_by_group(tasks)) if i % num_shards == shard]
-    inputs_digest = eval_digest(ws, tasks_digest)
-    step = f"evaluate-shard-{shard}-of-{num_shards}"
-    if ws.finished(step, inputs_digest, f"evaluate: shard {shard}/{num_shards}") is not None:
+    step = f"evaluate-shard-{shard}-of-{num_shards}" if arm == "round" else \
+        f"evaluate-{arm}-shard-{shard}-of-{num_shards}"
+    if ws.finished(step, inputs_digest, f"evaluate: {arm} shard {shard}/{num_shards}") is not None:
         return
-    policy = load_policy(spec.model, path_override=ws.model_dir("merged"))
+    policy = _load_arm_policy(ws, arm)
     with ws.executor() as executor:
         weak = list(executor.isolation)
         for mode in spec.evaluate.modes:
-            key = shard_file(mode, shard, num_shards)
+            key = shard_file(mode, shard, num_shards, arm)
             partial = ws.partial(key, inputs_digest)  # the finished shard of other settings stays meanwhile
             local = ws.fetch(partial)
             repair_jsonl(local)
@@ -121,14 +199,17 @@ def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
                 if local.exists() else set()
             if local.exists() and not done:
                 local.unlink()
-            bar = tqdm([t for t in mine if t.id not in done], desc=f"evaluate {mode}", unit="task", disable=None)
+            bar = tqdm([t for t in mine if t.id not in done], desc=f"evaluate {arm} {mode}", unit="task",
+                       disable=None)
             for task in bar:
                 record = evaluate_task(task, mode, policy, executor, spec)
                 append_jsonl(local, {**record, "inputs_digest": inputs_digest})
                 ws.publish(partial)
                 if bar.disable:
-                    print(f"evaluate {mode}: {task.id}: {record['status']} {record['seconds']:.1f}s", flush=True)
-    outputs = [shard_file(mode, shard, num_shards) for mode in spec.evaluate.modes]
+                    print(f"evaluate {arm} {mode}: {task.id}: {record['status']} {record['seconds']:.1f}s", flush=True)
+    del policy
+    gc.collect()  # the next arm loads its own model: do not hold two in memory
+    outputs = [shard_file(mode, shard, num_shards, arm) for mode in spec.evaluate.modes]
     for relative in outputs:
         local = ws.work_path(ws.partial(relative, inputs_digest))
         local.touch()
@@ -136,28 +217,85 @@ def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
     ws.finish(step, inputs_digest, {"weakIsolation": "; ".join(weak)} if weak else {}, outputs=outputs)
 
 
+def _read_arm(ws: RoundWorkspace, arm: str, mode: str) -> list[dict[str, Any]]:
+    n = ws.round.spec.evaluate.shards
+    records: list[dict[str, Any]] = []
+    for shard in range(n):
+        relative = shard_file(mode, shard, n, arm)
+        if not ws.store.exists(ws.key(relative)):
+            raise FileNotFoundError(f"evaluate shard {shard} of {n} has no {arm} {mode} results at "
+                                    f"{ws.describe(relative)}; run `agentq evaluate --shard {shard} --num-shards {n}`")
+        records += list(read_jsonl(ws.fetch(relative)))
+    records.sort(key=lambda r: r["task_id"])
+    return records
+
+
+def chain_start(ws: RoundWorkspace) -> RoundFile | None:
+    """The first round of this round's fromRound chain (its baseline arm is the original base model)."""
+    name, seen = ws.round.spec.model.from_round, {ws.name}
+    found: RoundFile | None = None
+    while name and name not in seen:
+        seen.add(name)
+        text = ws.store.get_text(f"rounds/{name}/spec.yaml") if ws.store.exists(f"rounds/{name}/spec.yaml") else None
+        if text is None:
+            return None
+        found = parse_model(yaml.safe_load(text), RoundFile, f"{ws.store.url}/rounds/{name}/spec.yaml")
+        name = found.spec.model.from_round
+    return found
+
+
+def compare_with_chain_base(ws: RoundWorkspace, round_records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """A chained round against the chain's original base, through the first round's baseline records; only
+    when that round evaluated with the same settings (same tasks are then paired by id)."""
+    first = chain_start(ws)
+    out: dict[str, Any] = {"round": first.name if first else None, "comparison": {}}
+    if first is None or not first.spec.evaluate.baseline:
+        return out
+    mine, theirs = ws.round.spec, first.spec
+    same = (mine.evaluate.model_dump(exclude={"baseline", "shards"}) == theirs.evaluate.model_dump(
+        exclude={"baseline", "shards"}) and (mine.collect.seed, mine.collect.temperature) == (
+        theirs.collect.seed, theirs.collect.temperature))
+    out["model"] = theirs.model.base
+    if not same:
+        out["skipped"] = "the first round of the chain evaluated with other settings"
+        return out
+    for mode, records in round_records.items():
+        key = f"rounds/{first.name}/eval/baseline/{mode}.jsonl"
+        if ws.store.exists(key):
+            local = ws.work_path(f"chain-base/{first.name}/{mode}.jsonl")
+            ws.store.get_file(key, local)
+            out["comparison"][mode] = compare(records, list(read_jsonl(local)))
+    return out
+
+
 def combine(ws: RoundWorkspace) -> dict[str, Any]:
-    """Merge the shards into eval/<mode>.jsonl, summary.json, report.md and pass_rate.png."""
+    """Merge the shards into eval/[baseline/]<mode>.jsonl, summary.json, report.md and pass_rate.png."""
     spec = ws.round.spec
-    n = spec.evaluate.shards
+    k = spec.evaluate.pass_k
     summary: dict[str, Any] = {"round": ws.name, "model": spec.model.base, "from_round": spec.model.from_round,
                                "modes": {}}
+    if spec.evaluate.baseline:
+        summary["baseline"] = {"model": spec.model.from_round or spec.model.base, "modes": {}}
+        summary["comparison"] = {}
+    round_records: dict[str, list[dict[str, Any]]] = {}
     for mode in spec.evaluate.modes:
-        records: list[dict[str, Any]] = []
-        for shard in range(n):
-            key = ws.key(shard_file(mode, shard, n))
-            if not ws.store.exists(key):
-                raise FileNotFoundError(f"evaluate shard {shard} of {n} has no {mode} results at "
-                                        f"{ws.describe(shard_file(mode, shard, n))}; run "
-                                        f"`agentq evaluate --shard {shard} --num-shards {n}`")
-            records += list(read_jsonl(ws.fetch(shard_file(mode, shard, n))))
-        records.sort(key=lambda r: r["task_id"])
+        records = round_records[mode] = _read_arm(ws, "round", mode)
         write_jsonl(ws.work_path(f"eval/{mode}.jsonl"), records)
         ws.publish(f"eval/{mode}.jsonl")
-        summary["modes"][mode] = summarize(records)
+        summary["modes"][mode] = summarize(records, k)
+        if spec.evaluate.baseline:
+            base = _read_arm(ws, "baseline", mode)
+            write_jsonl(ws.work_path(f"eval/baseline/{mode}.jsonl"), base)
+            ws.publish(f"eval/baseline/{mode}.jsonl")
+            summary["baseline"]["modes"][mode] = summarize(base, k)
+            summary["comparison"][mode] = compare(records, base)
+    if spec.model.from_round:
+        summary["chain_base"] = compare_with_chain_base(ws, round_records)
     flagged = ws.get_json(ws.key("preferences.stats.json")) or {}
     summary["flagged_candidates"] = flagged.get("flagged_candidates", 0)
     summary["weak_isolation"] = ws.weak_isolation()
+    summary["test_decided_pairs"] = flagged.get("decided_by_tests")
+    summary["pairs"] = flagged.get("pairs")
     write_report(ws, summary)
     return summary
 
@@ -165,10 +303,20 @@ def combine(ws: RoundWorkspace) -> dict[str, Any]:
 def report(ws: RoundWorkspace) -> dict[str, Any]:
     """Combine finished shards (the operator's `report` Job; the embedded runner calls it directly)."""
     summary = combine(ws)
-    result = {"passRate": {m: round(s["pass_rate"], 4) for m, s in summary["modes"].items()}}
-    lines = [f"evaluate: {mode}: {s['solved']}/{s['tasks']} solved ({s['pass_rate']:.1%}; visible-only "
-             f"{s['visible_pass_rate']:.1%}), {s['parse_failures']} parse failures"
-             for mode, s in summary["modes"].items()]
+    result: dict[str, Any] = {"passRate": {m: round(s["pass_rate"], 4) for m, s in summary["modes"].items()}}
+    lines = []
+    for mode, s in summary["modes"].items():
+        line = (f"evaluate: {mode}: pass@1 {s['pass_at_1']:.1%} over {s['tasks']} tasks x {s['samples_per_task']} "
+                f"samples (greedy {s['greedy_solved']}/{s['tasks']}; visible-only {s['visible_pass_rate']:.1%}), "
+                f"{s['parse_failures']} parse failures")
+        c = summary.get("comparison", {}).get(mode)
+        if c:
+            base = summary["baseline"]["modes"][mode]
+            line += (f"; base {base['pass_at_1']:.1%}, delta {c['delta_pass_at_1']:+.1%} "
+                     f"[{c['delta_ci95'][0]:+.1%}, {c['delta_ci95'][1]:+.1%}], McNemar p={c['mcnemar_p']:.3g}")
+        lines.append(line)
+    if "comparison" in summary:
+        result["deltaPassAt1"] = {m: round(c["delta_pass_at_1"], 4) for m, c in summary["comparison"].items()}
     return ws.finish("evaluate", eval_digest(ws, ws.tasks("test")[1]), result, "\n".join(lines))
 
 

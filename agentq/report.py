@@ -1,11 +1,14 @@
 """The evaluation report: summary.json, report.md and pass_rate.png.
 
-The table and the plot cover every round in the store that has a summary, ordered by when each was
-evaluated, so a round's report shows whether the loop is improving, not just one number.
+A report answers one question first: did this round's model fix more bugs than the model it started
+from? So it leads with both arms on the same tasks and the paired difference, with its interval and
+p-value; a difference whose interval spans zero is reported as such, not as a gain. Below that, every
+round in the store with a summary, in the order they were evaluated, is a learning curve for a chain.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,39 +28,146 @@ def all_summaries(ws: RoundWorkspace, current: dict[str, Any]) -> list[dict[str,
     return sorted(found.values(), key=lambda s: s.get("finished_at", 0))
 
 
-def table(summaries: list[dict[str, Any]]) -> str:
-    rows = ["| run | mode | model | tasks | solved | pass rate | visible-only pass rate | parse failures |",
-            "|---|---|---|---:|---:|---:|---:|---:|"]
-    for s in summaries:
-        model = s["model"] if not s.get("from_round") else f"{s['model']} (from {s['from_round']})"
-        for mode, m in s["modes"].items():
-            rows.append(f"| {s['round']} | {mode} | {model} | {m['tasks']} | {m['solved']} | {m['pass_rate']:.1%} | "
-                        f"{m['visible_pass_rate']:.1%} | {m['parse_failures']} |")
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def _interval(pair: list[float], signed: bool = False) -> str:
+    fmt = "{:+.1%}" if signed else "{:.1%}"
+    return f"[{fmt.format(pair[0])}, {fmt.format(pair[1])}]"
+
+
+def _model(s: dict[str, Any]) -> str:
+    return s["model"] if not s.get("from_round") else f"{s['model']} (from {s['from_round']})"
+
+
+def arm_rows(summary: dict[str, Any]) -> str:
+    """Base and round side by side, one row per arm and mode."""
+    k_keys = sorted({key for arm in _arms(summary) for m in arm[2].values() for key in m
+                     if re.fullmatch(r"pass_at_\d+", key) and key != "pass_at_1"})
+    head = "| model | mode | tasks | samples/task | pass@1 | 95% CI | " + "".join(
+        f"{k.replace('pass_at_', 'pass@')} | " for k in k_keys) + "greedy | visible-only (greedy) | parse failures |"
+    rows = [head, "|---|---|---:|---:|---:|---|" + "---:|" * len(k_keys) + "---:|---:|---:|"]
+    for label, _, modes in _arms(summary):
+        for mode, m in modes.items():
+            extra = "".join(f"{_pct(m[k])} | " if k in m else "- | " for k in k_keys)
+            rows.append(f"| {label} | {mode} | {m['tasks']} | {m.get('samples_per_task', 1)} | "
+                        f"{_pct(m['pass_at_1'])} | {_interval(m['pass_at_1_ci95'])} | "
+                        f"{extra}{m['greedy_solved']}/{m['tasks']} | "
+                        f"{_pct(m['visible_pass_rate'])} | {m['parse_failures']} |")
     return "\n".join(rows)
 
 
-def plot(summaries: list[dict[str, Any]], path: str) -> None:
+def _arms(summary: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, key, modes) for the baseline (when evaluated) and the round."""
+    arms = []
+    if summary.get("baseline"):
+        arms.append((f"base: {summary['baseline']['model']}", "baseline", summary["baseline"]["modes"]))
+    arms.append((f"{summary['round']}: {_model(summary)} + adapter", "round", summary["modes"]))
+    return arms
+
+
+def comparison_rows(summary: dict[str, Any]) -> str:
+    rows = ["| mode | paired tasks (groups) | base pass@1 | round pass@1 | delta pass@1 | 95% CI (bootstrap by group) "
+            "| greedy fixed / broken | McNemar p (exact) |",
+            "|---|---:|---:|---:|---:|---|---:|---:|"]
+    chain = summary.get("chain_base") or {}
+    labelled = [(mode, c) for mode, c in summary.get("comparison", {}).items()] + [
+        (f"{mode} vs {chain.get('model')} (base of the chain, from {chain.get('round')})", c)
+        for mode, c in (chain.get("comparison") or {}).items()]
+    for label, c in labelled:
+        rows.append(f"| {label} | {c['tasks']} ({c['groups']}) | {_pct(c['old_pass_at_1'])} | "
+                    f"{_pct(c['new_pass_at_1'])} | {c['delta_pass_at_1']:+.1%} | "
+                    f"{_interval(c['delta_ci95'], signed=True)} | {c['greedy_wins']} / {c['greedy_losses']} | "
+                    f"{c['mcnemar_p']:.3g} |")
+    return "\n".join(rows)
+
+
+def history_rows(summaries: list[dict[str, Any]]) -> str:
+    """The learning curve of every evaluated round: its base (when evaluated) and its own pass@1."""
+    rows = ["| run | mode | model | tasks | base pass@1 | pass@1 | delta [95% CI] | McNemar p |",
+            "|---|---|---|---:|---:|---:|---|---:|"]
+    for s in summaries:
+        for mode, m in s["modes"].items():
+            rate = m.get("pass_at_1", m.get("pass_rate", 0.0))
+            c = (s.get("comparison") or {}).get(mode)
+            base = _pct(s["baseline"]["modes"][mode]["pass_at_1"]) if c else "-"
+            delta = f"{c['delta_pass_at_1']:+.1%} {_interval(c['delta_ci95'], signed=True)}" if c else "-"
+            p = f"{c['mcnemar_p']:.3g}" if c else "-"
+            rows.append(f"| {s['round']} | {mode} | {_model(s)} | {m['tasks']} | {base} | {_pct(rate)} | {delta} "
+                        f"| {p} |")
+    return "\n".join(rows)
+
+
+def compute_rows(summary: dict[str, Any]) -> str:
+    """pass@k for k = 1..n sampled answers per task: what more test-time samples buy, per arm and mode."""
+    curves = [(label, mode, m["pass_at_k_curve"]) for label, _, modes in _arms(summary)
+              for mode, m in modes.items() if m.get("pass_at_k_curve")]
+    if not curves:
+        return ""
+    n = max(len(c) for _, _, c in curves)
+    rows = ["| model | mode | " + " | ".join(f"k={k}" for k in range(1, n + 1)) + " |",
+            "|---|---|" + "---:|" * n]
+    for label, mode, curve in curves:
+        rows.append(f"| {label} | {mode} | " + " | ".join(_pct(v) for v in curve) + " |")
+    return "\n".join(rows)
+
+
+def verdict_line(summary: dict[str, Any]) -> str:
+    lines = []
+    for mode, c in summary.get("comparison", {}).items():
+        low, high = c["delta_ci95"]
+        if low > 0:
+            word = "a gain: the interval excludes zero"
+        elif high < 0:
+            word = "a loss: the interval excludes zero"
+        else:
+            word = "no detectable difference: the interval includes zero"
+        lines.append(f"- {mode}: {c['delta_pass_at_1']:+.1%} pass@1 vs base, {word} (McNemar p={c['mcnemar_p']:.3g}).")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], summaries: list[dict[str, Any]], path: str) -> None:
+    """Left: base vs round per mode with 95% intervals. Right: pass@1 along the chain of rounds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = [s["round"] for s in summaries]
-    modes = sorted({mode for s in summaries for mode in s["modes"]})
-    width = 0.8 / len(modes)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rounds) * len(modes)), 3.5))
-    for i, mode in enumerate(modes):  # grouped bars: equal rates stay visible side by side
-        xs = [r + (i - (len(modes) - 1) / 2) * width for r in range(len(rounds))]
-        ys = [s["modes"][mode]["pass_rate"] * 100 if mode in s["modes"] else 0.0 for s in summaries]
-        bars = ax.bar(xs, ys, width=width, label=mode)
-        ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax.set_xticks(range(len(rounds)), rounds)
-    ax.set_xlabel("round")
-    ax.set_ylabel("pass rate (%)")
-    ax.set_ylim(0, 110)  # room for a label over a 100% bar
-    ax.set_title("Pass rate by round and mode")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    modes = list(summary["modes"])
+    arms = _arms(summary)
+    width = 0.8 / len(arms)
+    for i, (label, _, arm_modes) in enumerate(arms):
+        xs = [m + (i - (len(arms) - 1) / 2) * width for m in range(len(modes))]
+        ys = [arm_modes[mode]["pass_at_1"] * 100 for mode in modes]
+        lo = [y - arm_modes[mode]["pass_at_1_ci95"][0] * 100 for y, mode in zip(ys, modes, strict=True)]
+        hi = [arm_modes[mode]["pass_at_1_ci95"][1] * 100 - y for y, mode in zip(ys, modes, strict=True)]
+        bars = left.bar(xs, ys, width=width, label=label.split(":")[0], yerr=[lo, hi], capsize=4)
+        left.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
+    left.set_xticks(range(len(modes)), modes)
+    left.set_ylabel("pass@1 (%)")
+    left.set_ylim(0, 110)
+    left.set_title(f"{summary['round']}: base vs round (95% CI)")
+    left.legend()
+    left.grid(alpha=0.3)
+    for mode in sorted({m for s in summaries for m in s["modes"]}):
+        labels, ys = [], []
+        first = next((s for s in summaries if mode in s["modes"]), None)
+        if first and first.get("baseline") and mode in first["baseline"]["modes"]:
+            labels.append(f"{first['baseline']['model'][:14]}")
+            ys.append(first["baseline"]["modes"][mode]["pass_at_1"] * 100)
+        for s in summaries:
+            if mode in s["modes"]:
+                labels.append(s["round"])
+                ys.append(s["modes"][mode].get("pass_at_1", s["modes"][mode].get("pass_rate", 0.0)) * 100)
+        right.plot(range(len(ys)), ys, marker="o", label=mode)
+        right.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+    right.set_ylabel("pass@1 (%)")
+    right.set_ylim(0, 105)
+    right.set_title("learning curve (rounds in evaluation order)")
+    right.legend()
+    right.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -68,9 +178,22 @@ def write_report(ws: RoundWorkspace, summary: dict[str, Any]) -> None:
     summaries = all_summaries(ws, summary)
     out = ws.work_path("eval/summary.json").parent
     atomic_write_json(out / "summary.json", summary)
-    lines = [f"# AgentQ evaluation: {ws.name}", "", table(summaries), ""]
-    lines.append("Pass rate counts an answer as solved only when it passes visible and hidden tests; the "
-                 "visible-only column shows how many would pass on the examples shown in the prompt alone.")
+    lines = [f"# AgentQ evaluation: {ws.name}", "", arm_rows(summary), ""]
+    if summary.get("comparison"):
+        lines += ["## Paired comparison with the base", "", comparison_rows(summary), "", verdict_line(summary), ""]
+    else:
+        lines += ["No base row: `evaluate.baseline` is off, so there is nothing to compare this round with.", ""]
+    curve = compute_rows(summary)
+    if curve:
+        lines += ["## Test-time compute: pass@k against samples per task", "", curve, ""]
+    lines += ["## All rounds in this store", "", history_rows(summaries), ""]
+    lines.append("pass@1 is the unbiased estimate of Chen et al. over each task's sampled answers (the greedy "
+                 "answer when one sample per task); an answer counts only when it passes visible and hidden tests. "
+                 "Intervals resample whole groups (problems), so tasks of one problem are not counted as "
+                 "independent; the McNemar test pairs the greedy outcomes of each task under both models.")
+    pairs = summary.get("pairs")
+    if pairs is not None:
+        lines.append(f"Training pairs: {pairs}, of which decided by tests: {summary.get('test_decided_pairs')}.")
     lines.append(f"Parse failures (no program in the answer) are counted apart from wrong fixes. "
                  f"Candidates flagged as reward hacks during collection: {summary.get('flagged_candidates', 0)}.")
     if summary.get("weak_isolation"):
@@ -79,7 +202,7 @@ def write_report(ws: RoundWorkspace, summary: dict[str, Any]) -> None:
                   + "; ".join(summary["weak_isolation"])]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     tmp_png = out / ".pass_rate.tmp.png"
-    plot(summaries, str(tmp_png))
+    plot(summary, summaries, str(tmp_png))
     tmp_png.replace(out / "pass_rate.png")
     for name in ("pass_rate.png", "report.md", "summary.json"):
         ws.publish(f"eval/{name}")

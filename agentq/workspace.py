@@ -54,9 +54,9 @@ STEP_SETTINGS: dict[str, tuple[str, ...]] = {
     "preferences": ("preferences",),
     "train": ("train",),
     "merge": (),
-    "evaluate": ("evaluate", "collect.seed", "model.backend", "model.scripted", "model.max_new_tokens",
-                 "model.dtype", "model.quantization", "sandbox.timeout_seconds", "sandbox.cpu_seconds",
-                 "sandbox.memory_mb", "sandbox.allow_weak_isolation"),
+    "evaluate": ("evaluate", "collect.seed", "collect.temperature", "model.backend", "model.scripted",
+                 "model.max_new_tokens", "model.dtype", "model.quantization", "sandbox.timeout_seconds",
+                 "sandbox.cpu_seconds", "sandbox.memory_mb", "sandbox.allow_weak_isolation"),
 }
 # Digested through an input's identity instead: the model (model_source) and the task files (tasks).
 DIGESTED_AS_INPUTS = ("model.base", "model.gguf_file", "model.from_round", "model.fetch_from", "dataset")

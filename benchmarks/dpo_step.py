@@ -35,7 +35,7 @@ from agentq.policy.tiny import QWEN25_CODER_7B_ARCH
 SECTION = "DPO step"
 ORIGINAL_MINUTES, ORIGINAL_PAIRS = 19, 1352  # the original round on one H100
 VARIANTS: dict[str, dict[str, Any]] = {
-    "original": {},
+    "original": {"precompute_ref_log_probs": False},  # TrainSpec's default is now precompute on
     "+precompute": {"precompute_ref_log_probs": True, "precompute_ref_batch_size": 16},
     "+batch4": {"precompute_ref_log_probs": True, "precompute_ref_batch_size": 16, "per_device": 4},
     "+no-ckpt": {

@@ -42,8 +42,13 @@ def test_two_shards_then_preferences_on_20_tasks(tmp_path, capsys):
     assert len(ids[0]) == len(ids[1]) == 10 and not set(ids[0]) & set(ids[1])
     assert main(["preferences", "--round", round_yaml]) == 0
     pairs = list(read_jsonl(out / "preferences.jsonl"))
-    assert pairs and all(p["chosen"][0]["role"] == "assistant" and p["delta_q"] > 0.1 for p in pairs)
+    assert pairs and all(p["chosen"][0]["role"] == "assistant" and p["delta_reward"] > 0.1 for p in pairs)
+    assert all(p["decided_by"] == "tests" and p["chosen_reward"] > p["rejected_reward"] for p in pairs)
     assert {p["task_id"] for p in pairs} <= set(ids[0] + ids[1])
+    # each tree spent its budget: 4 expansions of k=2 samples, the buggy root run once
+    trees = list(read_jsonl(out / "trajectories/shard-0-of-2.jsonl"))
+    assert all(t["stats"]["rollouts"] == 4 and t["stats"]["samples"] == 8 for t in trees)
+    assert all(t["nodes"][0]["verdict"] is not None and t["group"] for t in trees)
     assert main(["round", "clean", round_yaml]) == 0
     assert not (tmp_path / "store" / "rounds" / "c").exists()
     assert "removed" in capsys.readouterr().out

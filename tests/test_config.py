@@ -29,6 +29,12 @@ def test_good_round_loads_with_defaults_and_camel_case(tmp_path):
     assert rf.spec.collect.k == 3 and rf.spec.collect.critique_temperature == 0.3
     assert rf.spec.train.lora.r == 32 and len(rf.spec.train.lora.target_modules) == 7
     assert rf.spec.model.base == "Qwen/Qwen2.5-Coder-7B-Instruct"
+    # defaults that give a learning signal and a comparison: contrast-keeping collection, test-decided pairs,
+    # a base row in every report
+    assert rf.spec.collect.stop_on_pass is False and rf.spec.collect.root_k is None
+    assert rf.spec.preferences.critique_ties is False
+    assert rf.spec.evaluate.baseline is True and rf.spec.evaluate.samples == 1
+    assert rf.spec.train.precompute_ref_log_probs is True
 
 
 def test_dump_round_trips(tmp_path):
@@ -47,6 +53,8 @@ def test_dump_round_trips(tmp_path):
         (("shards: 2", "shardz: 2"), "spec.collect.shardz: Extra inputs are not permitted"),
         (("name: round-1", "name: Round_1"), "metadata.name: String should match pattern"),
         (("  dataset: {train: data/train.jsonl, test: data/test.jsonl}\n", ""), "spec.dataset: Field required"),
+        (("  store:", "  evaluate: {samples: 2, passK: 5}\n  store:"),
+         "spec.evaluate: Value error, passK (5) must not exceed samples (2)"),
     ],
 )
 def test_bad_round_names_file_field_and_expectation(tmp_path, patch, expected):

@@ -21,17 +21,26 @@ def fenced(code: str) -> str:
 class ScriptPolicy:
     """Answers rewrite prompts from a queue of completions and critique prompts with a fixed answer."""
 
-    def __init__(self, completions: list[str], critique: str = "2 > 1") -> None:
+    def __init__(self, completions: list[str], critique: str = "by_score") -> None:
         self.completions = list(completions)
-        self.critique = critique
+        self.critique = critique  # "by_score": best test score first, whatever the order shown; else a fixed answer
         self.calls: list[tuple[str, int, float]] = []
+        self.prompts: list = []
 
     def generate(self, prompts, *, n, temperature, max_new_tokens, seed):
         purpose = prompts[0].purpose
         self.calls.append((purpose, n, temperature))
+        self.prompts += prompts
         if purpose == "critique":
-            return [[Sample(self.critique)]]
+            return [[Sample(self._rank(p))] for p in prompts]
         return [[Sample(self.completions.pop(0)) for _ in range(n)]]
+
+    def _rank(self, prompt) -> str:
+        if self.critique != "by_score":
+            return self.critique
+        scores = [int(c.split("# score ")[1].split()[0]) if "# score " in c else -1 for c in prompt.candidates]
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        return "Reasoning first.\nRANKING: " + " > ".join(str(i + 1) for i in order)
 
 
 class FakeSandbox:
@@ -78,19 +87,34 @@ def test_blended_q():
     assert blended_q(0.2, 1.0, 0.0) == 1.0
 
 
-def test_first_rollout_expands_root_tests_and_backpropagates_running_mean():
+def test_root_is_run_first_then_one_rollout_expands_tests_critiques_and_backpropagates():
     policy = ScriptPolicy([cand(1), cand(3)])
     sandbox = FakeSandbox()
     search = Search(TASK, policy, sandbox, SearchParams(k=2, rollouts=1, depth=2))
     search.run()
     root, a, b = search.nodes
+    assert root.verdict is not None and root.reward == 0.0  # the buggy program, tested once
     assert (a.reward, b.reward) == (0.25, 0.75)
     assert root.visits == 2 and root.q_mcts == pytest.approx(0.5)
     assert (a.visits, b.visits) == (1, 1)
-    assert sandbox.runs == 2
-    # critique "2 > 1" (after the prompt's "RANKING:" prefix) ranks the second candidate best
-    assert (a.q_ai, b.q_ai) == (0.0, 1.0)
+    assert sandbox.runs == 3
+    # judged in both orders, both times the better-scoring candidate first: consistent votes
+    assert (a.q_ai_votes, b.q_ai_votes) == ([0.0, 0.0], [1.0, 1.0]) and (a.q_ai, b.q_ai) == (0.0, 1.0)
     assert [c[0] for c in policy.calls] == ["rewrite", "critique"]
+    assert search.stats.critique_calls == 2 and search.stats.critique_flips == 0
+    # depth-1 prompts carry the buggy program's test results
+    assert "Test results of the buggy code" in a.prompt[-1]["content"]
+    critiques = [p for p in policy.prompts if p.purpose == "critique"]
+    assert [c.candidates for c in critiques] == [[a.code, b.code], [b.code, a.code]]
+    assert "Test results: failed: 1/4 tests passed." in critiques[0].messages[-1]["content"]
+
+
+def test_a_position_biased_critique_counts_as_no_preference():
+    policy = ScriptPolicy([cand(1), cand(3)], critique="RANKING: 1 > 2")  # always the first shown
+    search = Search(TASK, policy, FakeSandbox(), SearchParams(k=2, rollouts=1)).run()
+    a, b = search.nodes[1:]
+    assert (a.q_ai_votes, b.q_ai_votes) == ([1.0, 0.0], [0.0, 1.0]) and a.q_ai == b.q_ai == 0.5
+    assert search.stats.critique_flips == 1
 
 
 def test_selection_follows_ucb_and_child_prompt_carries_parent_and_feedback():
@@ -106,29 +130,54 @@ def test_selection_follows_ucb_and_child_prompt_carries_parent_and_feedback():
     assert search.nodes[0].visits == 4 and search.nodes[0].q_mcts == pytest.approx((0.25 + 0.75 + 1.0) / 4)
 
 
-def test_stops_early_on_full_pass_and_respects_depth():
-    search = Search(TASK, ScriptPolicy([cand(4), cand(0)]), FakeSandbox(), SearchParams(k=2, rollouts=5, depth=3))
+@pytest.mark.parametrize(("k", "root_k", "depth", "rollouts"), [(2, None, 2, 10), (1, None, 1, 5), (2, 4, 2, 7),
+                                                                 (3, None, 3, 9)])
+def test_the_budget_spent_is_rollouts(k, root_k, depth, rollouts):
+    """Every tree spends exactly `rollouts` expansions: nodes that cannot grow deeper are widened."""
+    policy = ScriptPolicy([cand(i % 4) for i in range(200)])
+    params = SearchParams(k=k, root_k=root_k, rollouts=rollouts, depth=depth, stop_on_pass=False)
+    search = Search(TASK, policy, FakeSandbox(), params).run()
+    rewrites = [c for c in policy.calls if c[0] == "rewrite"]
+    assert search.stats.rollouts == rollouts == len(rewrites)
+    root_batches = len(search.nodes[0].children) // (root_k or k)
+    assert search.stats.samples == root_batches * (root_k or k) + (rollouts - root_batches) * k
+    assert max(n.depth for n in search.nodes) <= depth
+    assert all(not n.children for n in search.nodes if n.depth == depth)
+
+
+def test_stops_early_on_full_pass_only_when_asked():
+    search = Search(TASK, ScriptPolicy([cand(4), cand(0)]), FakeSandbox(), SearchParams(k=2, rollouts=5, depth=3,
+                                                                                       stop_on_pass=True))
     search.run()
     assert search.solved and search.stats.rollouts == 1 and search.best().reward == 1.0
-    no_stop = SearchParams(k=1, rollouts=5, depth=1, stop_on_pass=False)
-    shallow = Search(TASK, ScriptPolicy([cand(1)] * 5), FakeSandbox(), no_stop).run()
-    assert max(n.depth for n in shallow.nodes) == 1 and shallow.stats.samples == 1  # depth 1: root only expands
+    policy = ScriptPolicy([cand(4), cand(0)] * 5)
+    full = Search(TASK, policy, FakeSandbox(), SearchParams(k=2, rollouts=5, depth=3, stop_on_pass=False)).run()
+    assert full.stats.rollouts == 5 and full.nodes[1].children == []  # a solved node is not expanded
 
 
-def test_unparseable_answer_is_a_parse_error_candidate_not_a_crash():
+def test_unparseable_answer_is_a_parse_error_candidate_never_expanded():
     sandbox = FakeSandbox()
-    search = Search(TASK, ScriptPolicy(["I cannot help with that.", cand(2)]), sandbox, SearchParams(k=2, rollouts=1))
+    policy = ScriptPolicy(["I cannot help with that.", cand(2), cand(1), cand(1)])
+    search = Search(TASK, policy, sandbox, SearchParams(k=2, rollouts=2, depth=2, exploration=0.0))
     search.run()
     bad = search.nodes[1]
     assert bad.code is None and bad.verdict.status == "parse_error" and bad.reward == 0.0
-    assert sandbox.runs == 1 and search.stats.parse_errors == 1
+    assert sandbox.runs == 1 + 1 + 2 and search.stats.parse_errors == 1
+    assert bad.children == [] and search.nodes[2].children == [3, 4]  # the parse error was never a parent
+    assert "# score 2" in search.nodes[3].prompt[-1]["content"]  # its children saw their real parent
+
+
+def test_parse_error_siblings_leave_the_root_to_widen():
+    policy = ScriptPolicy(["no code here", "nor here", cand(1), cand(2)])
+    search = Search(TASK, policy, FakeSandbox(), SearchParams(k=2, rollouts=2, depth=2)).run()
+    assert search.nodes[0].children == [1, 2, 3, 4] and search.stats.rollouts == 2
 
 
 def test_unusable_critique_falls_back_to_neutral_and_is_counted():
     policy = ScriptPolicy([cand(1), cand(2)], critique="they are both fine")
     search = Search(TASK, policy, FakeSandbox(), SearchParams(k=2, rollouts=1)).run()
     assert [n.q_ai for n in search.nodes[1:]] == [NEUTRAL_Q, NEUTRAL_Q]
-    assert search.stats.critique_fallbacks == 1 and search.stats.critique_calls == 1
+    assert search.stats.critique_fallbacks == 2 and search.stats.critique_calls == 2
 
 
 def test_record_holds_tree_and_every_parameter():
@@ -136,4 +185,32 @@ def test_record_holds_tree_and_every_parameter():
     record = search.record()
     assert record["params"]["k"] == 2 and record["params"]["exploration"] == 1.0
     assert [n["parent"] for n in record["nodes"]] == [None, 0, 0]
-    assert {"prompt", "completion", "verdict", "q_mcts", "q_ai", "visits", "flags"} <= set(record["nodes"][1])
+    assert {"prompt", "completion", "verdict", "q_mcts", "q_ai", "q_ai_votes", "batch", "visits", "flags"} \
+        <= set(record["nodes"][1])
+
+
+def test_no_critic_makes_no_critique_calls_and_leaves_q_ai_neutral():
+    policy = ScriptPolicy([cand(1), cand(3), cand(2), cand(2)])
+    search = Search(TASK, policy, FakeSandbox(), SearchParams(k=2, rollouts=2, critique=False)).run()
+    assert [c[0] for c in policy.calls] == ["rewrite", "rewrite"] and search.stats.critique_calls == 0
+    assert all(n.q_ai == NEUTRAL_Q and n.q_ai_votes == [] for n in search.nodes)
+
+
+class HiddenFailSandbox:
+    """Every candidate fails one visible test with a long message and one hidden test quoting its input."""
+
+    def run_many(self, jobs):
+        tests = [TestResult(name="test_visible", passed=False, message="visible: " + "v" * 1000),
+                 TestResult(name="test_hidden_1", passed=False, message="assert f(SECRET_INPUT) == 3")]
+        return [Verdict(status="failed", tests=tests, expected_tests=2, message="visible: " + "v" * 1000)
+                for _ in jobs]
+
+
+def test_prompts_keep_the_1500_char_feedback_and_never_quote_hidden_tests():
+    policy = ScriptPolicy([cand(1)] * 8)
+    Search(TASK, policy, HiddenFailSandbox(), SearchParams(k=2, rollouts=2, depth=2)).run()
+    texts = [p.messages[-1]["content"] for p in policy.prompts]
+    assert any("v" * 1000 in t for t in texts if "Test results of the buggy code" in t)  # not cut at 600
+    critique_texts = [p.messages[-1]["content"] for p in policy.prompts if p.purpose == "critique"]
+    assert critique_texts and all("1 hidden test(s) failed" in t for t in critique_texts)
+    assert not any("SECRET_INPUT" in t or "test_hidden" in t for t in texts)

@@ -40,9 +40,36 @@ def test_merge_matches_base_plus_adapter(base_and_adapter, tmp_path):
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
     assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(base).chat_template
     assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # no temporary directory left behind
+    assert summary["adapter_change_measurable"] and summary["adapter_change_kept"] > 0.99
     # the adapter is not a no-op: the unmerged base would fail the same check
     with pytest.raises(MergeCheckError, match="max abs logit diff"):
         check_merge(base, base, adapter, device="cpu")
+
+
+def test_a_lost_adapter_fails_even_under_a_loose_tolerance(base_and_adapter):
+    """rtol 5 lets any logit move by five times the largest logit: only the adapter-change check is left,
+    and the base model standing in for the merge has lost the whole adapter."""
+    base, adapter = base_and_adapter
+    with pytest.raises(MergeCheckError, match=r"merged model lost the adapter: .* 100% of the adapter's own change"):
+        check_merge(base, base, adapter, atol=1e-5, rtol=5.0, device="cpu")
+
+
+def test_adapter_change_check_on_synthetic_logits():
+    import torch
+
+    from agentq.train.merge import compare
+
+    base = torch.zeros(4, 8)
+    base[:, 0] = 30.0  # a large logit: bf16's 2% of it (0.6) exceeds the adapter's whole effect (0.3)
+    reference = base.clone()
+    reference[:, 1] += 0.3
+    assert compare(reference, base, "bfloat16")["max_abs_diff"] == pytest.approx(0.3)  # the old check alone passes
+    with pytest.raises(MergeCheckError, match="lost the adapter"):
+        compare(reference, base, "bfloat16", base=base)
+    kept = compare(reference, reference + 0.01, "bfloat16", base=base)
+    assert kept["adapter_change_kept"] == pytest.approx(1 - 0.01 / 0.3, rel=1e-3)
+    tiny = compare(base + 0.001, base, "bfloat16", base=base)  # a change below rounding cannot be judged
+    assert tiny["adapter_change_measurable"] is False
 
 
 def test_corrupted_merged_weight_fails_the_check(base_and_adapter, tmp_path):

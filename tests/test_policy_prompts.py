@@ -64,8 +64,39 @@ def test_critique_prompt_numbers_candidates_and_shows_the_ranking_format():
     text = user_text(prompt)
     for i, code in enumerate(cands, 1):
         assert f"Candidate {i}" in text and code.strip() in text
-    assert "RANKING: 1 > 2 > 3" in text and "SECRET" not in text
-    assert prompt.purpose == "critique" and prompt.candidates == cands
+    assert "RANKING:" in text and "SECRET" not in text
+    assert "1 > 2" not in text  # no concrete order to copy: small models copied "1 > 2" every time
+    assert prompt.purpose == "critique" and prompt.candidates == cands and prompt.answer_prefix == ""
+
+
+def test_critique_prompt_shows_each_candidates_test_results():
+    cands = ["def top2(xs):\n    return 1\n", "def top2(xs):\n    return 2\n"]
+    text = user_text(critique_prompt(TASK, cands, ["failed: 0/1 tests passed.", "All 1 tests passed."]))
+    first, second = text.split("### Candidate 2")
+    assert "Test results: failed: 0/1 tests passed." in first and "Test results: All 1 tests passed." in second
+    assert "Think" in text  # room to reason before the RANKING line
+
+
+def test_depth_one_prompt_carries_the_buggy_codes_results():
+    text = user_text(rewrite_prompt(TASK, parent_feedback="failed: 0/1 tests passed.\nassert 6 == 8"))
+    assert "## Test results of the buggy code\nfailed: 0/1 tests passed." in text and "previous attempt" not in text
+
+
+DEBUGBENCH_TASK = TASK.model_copy(update={
+    "description": "Given an array nums, return the sum of its two largest values.",
+    "metadata": {"examples": ["Input: nums = [1,5,3]\nOutput: 8", "Input: nums = [2,2]\nOutput: 4"],
+                 "constraints": "2 <= nums.length <= 10^5"},
+})
+
+
+@pytest.mark.parametrize("build", [rewrite_prompt, zero_shot_prompt, lambda t: critique_prompt(t, ["a", "b"])])
+def test_prompts_show_the_statements_examples_and_constraints(build):
+    text = user_text(build(DEBUGBENCH_TASK))
+    assert "Example 1:\nInput: nums = [1,5,3]\nOutput: 8" in text and "Example 2:" in text
+    assert "### Constraints\n2 <= nums.length <= 10^5" in text
+    # a description that already quotes its examples is not given them twice
+    quoted = DEBUGBENCH_TASK.model_copy(update={"description": "Sum. Input: nums = [1,5,3]\nOutput: 8"})
+    assert "### Examples" not in user_text(build(quoted))
 
 
 REF = "def top2(xs):\n    xs = sorted(xs)\n    return xs[-1] + xs[-2]\n"

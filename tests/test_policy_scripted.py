@@ -129,12 +129,14 @@ def test_mutation_kinds():
 
 
 def critique(mode: str, candidates: list[str], seed: int = 0) -> str:
-    """The full answer as a parser sees it: the prompt's answer prefix, then what the mock continued with."""
+    """The full answer as a parser sees it: some reasoning, then the RANKING line last."""
     pol = policy(critique=mode)
     prompt = critique_prompt(make_task(), candidates)
     answer = pol.generate([prompt], n=1, temperature=0.2, max_new_tokens=50, seed=seed)[0][0].text
-    assert not answer.startswith("RANKING")  # the label is already in the prefix
-    return prompt.answer_prefix + answer
+    assert prompt.answer_prefix + answer == answer  # no label forced in: the model has room to reason
+    if mode != "garbage":
+        assert not answer.startswith("RANKING") and answer.splitlines()[-1].startswith("RANKING:")
+    return answer
 
 
 CANDIDATES = [

@@ -3,6 +3,7 @@
 Slow-ish (a real DPO run on the tiny model); it is the test that proves a user's `agentq round run` works.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,13 @@ def test_tiny_round_then_chained_round(workdir, capsys):
     assert main(["round", "run", str(round_yaml(workdir, "r2", from_round="r1")), "--preset", "tiny"]) == 0
     report = (workdir / "store" / "rounds" / "r2" / "eval" / "report.md").read_text()
     assert "| r1 |" in report and "| r2 |" in report and "(from r1)" in report
+    summary = json.loads((workdir / "store" / "rounds" / "r2" / "eval" / "summary.json").read_text())
+    assert summary["baseline"]["model"] == "r1"  # round 2 is compared with the model it started from
+    assert "## Paired comparison with the base" in report and "McNemar" in report
+    # ... and with the chain's original base, through round 1's baseline records
+    assert summary["chain_base"]["round"] == "r1" and summary["chain_base"]["model"] == "tiny"
+    assert set(summary["chain_base"]["comparison"]) == set(summary["modes"])
+    assert "vs tiny (base of the chain, from r1)" in report
 
     capsys.readouterr()
     assert main(["round", "status", str(round_yaml(workdir, "r2", from_round="r1"))]) == 0

@@ -16,6 +16,7 @@ from agentq.train.dpo import (
     PreferenceFileError,
     _best_callback,
     is_improvement,
+    pair_groups,
     read_pairs,
     split_pairs,
 )
@@ -260,6 +261,52 @@ def test_split_keeps_each_task_on_one_side():
     side = {g: (p in held) for p, g in zip(pairs, groups, strict=True)}
     assert all(side[g] == (p in held) for p, g in zip(pairs, groups, strict=True))
     assert len(held) == 3 and len(train) == 9
-    # one task only: fall back to splitting by pair rather than holding out nothing
-    train, held = split_pairs(pairs[:3], 0.5, seed=1, groups=["t"] * 3)
-    assert len(held) >= 1 and len(train) >= 1
+    # one problem only: holding any of it out would leak, so nothing is held out
+    assert split_pairs(pairs[:3], 0.5, seed=1, groups=["t"] * 3) == (pairs[:3], [])
+
+
+def test_held_out_pairs_share_no_group_with_training_pairs(tmp_path):
+    """Pairs of different tasks of one problem (DebugBench: one slug, many bug types) stay on one side."""
+    records = [pair(i, task_id=f"debugbench/bug{i % 5}-{i}", group=f"slug-{i % 4}") for i in range(40)]
+    records.append(pair(40, task_id="old-file-without-group"))  # an older file: its task id is its group
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    groups = pair_groups(path)
+    assert groups[:4] == ["slug-0", "slug-1", "slug-2", "slug-3"] and groups[-1] == "old-file-without-group"
+    for seed in range(5):
+        train, held = split_pairs(read_pairs(path), 0.25, seed=seed, groups=groups)
+        by_content = {json.dumps(r["prompt"]): g for r, g in zip(records, groups, strict=True)}
+        held_groups = {by_content[json.dumps(p["prompt"])] for p in held}
+        train_groups = {by_content[json.dumps(p["prompt"])] for p in train}
+        assert held and train and not held_groups & train_groups
+
+
+@pytest.mark.slow
+def test_wandb_runs_offline_and_leaves_the_run_under_the_adapter(tmp_path, monkeypatch):
+    from agentq.policy.tiny import tiny_model_dir
+    from agentq.train.dpo import train_dpo
+
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_DIR", "/nonexistent")  # restored after the test; train_dpo must replace it
+    spec = TrainSpec(max_steps=1, effective_batch_size=2, eval_share=0.0, max_length=256,
+                     lora={"r": 4, "alpha": 8}, wandb=True)
+    out = tmp_path / "adapter"
+    train_dpo(write_pairs(tmp_path / "p.jsonl", 4), tiny_model_dir(), out, spec, device="cpu", run_name="r1-train")
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, sorted(p.name for p in (out / "wandb").iterdir())
+    files = {p.name for p in runs[0].rglob("*") if p.is_file()}
+    assert any(name.endswith(".wandb") for name in files)  # the run's event log, ready for `wandb sync`
+    assert (out / "adapter_model.safetensors").exists()
+
+
+def test_config_defaults_and_the_optional_sft_term(tmp_path):
+    from agentq.train.dpo import dpo_config
+
+    plain = dpo_config(TrainSpec(effective_batch_size=2), tmp_path, "cpu", has_eval=False)
+    assert list(plain.loss_type) == ["sigmoid"] and plain.precompute_ref_log_probs
+    assert plain.per_device_train_batch_size == 2 and plain.gradient_accumulation_steps == 1  # never above the batch
+    wide = dpo_config(TrainSpec(effective_batch_size=16), tmp_path, "cpu", has_eval=False)
+    assert (wide.per_device_train_batch_size, wide.gradient_accumulation_steps) == (4, 4)
+    rpo = dpo_config(TrainSpec(sft_weight=0.5), tmp_path, "cpu", has_eval=False)
+    assert list(rpo.loss_type) == ["sigmoid", "sft"] and list(rpo.loss_weights) == [1.0, 0.5]

@@ -1,7 +1,9 @@
 """What the model is asked, and how its free-text answers are read back.
 
-Prompts show only what a human fixer would see: the problem description (which already holds the
-visible examples) and code. Test sources, visible or hidden, never enter a prompt.
+Prompts show only what a human fixer would see: the problem description, its examples and constraints
+(DebugBench keeps them apart from the description, in the task's metadata: without them a model cannot
+know what the tests check), code, and feedback from visible tests. Test sources, visible or hidden, never
+enter a prompt.
 """
 
 from __future__ import annotations
@@ -30,8 +32,30 @@ def _fenced(code: str) -> str:
     return f"```python\n{code.rstrip()}\n```"
 
 
+def _statement(task: Task) -> str:
+    """The description plus the statement's examples and constraints when the task keeps them apart.
+
+    Examples are the visible tests' cases, so showing them reveals nothing hidden; a description that
+    already quotes an example is left as it is.
+    """
+    parts = [task.description.strip()]
+    examples = [str(e).strip() for e in task.metadata.get("examples") or [] if str(e).strip()]
+    if examples and not any(e.splitlines()[0] in task.description for e in examples):
+        parts.append("### Examples\n" + "\n\n".join(f"Example {i}:\n{e}" for i, e in enumerate(examples, 1)))
+    constraints = str(task.metadata.get("constraints") or "").strip()
+    if constraints and constraints not in task.description:
+        parts.append(f"### Constraints\n{constraints}")
+    return "\n\n".join(parts)
+
+
 def _problem(task: Task) -> str:
-    return f"## Problem\n{task.description.strip()}\n\n## Buggy code\n{_fenced(task.buggy_code)}"
+    return f"## Problem\n{_statement(task)}\n\n## Buggy code\n{_fenced(task.buggy_code)}"
+
+
+def clip_feedback(feedback: str) -> str:
+    """Test feedback cut to FEEDBACK_LIMIT characters, the one limit every prompt applies."""
+    feedback = feedback.strip()
+    return feedback if len(feedback) <= FEEDBACK_LIMIT else feedback[: FEEDBACK_LIMIT - 3] + "..."
 
 
 def _entry_hint(task: Task) -> str:
@@ -44,15 +68,16 @@ def _chat(user: str, task: Task, purpose: Purpose, **fields: Any) -> Prompt:
 
 
 def rewrite_prompt(task: Task, parent_code: str | None = None, parent_feedback: str | None = None) -> Prompt:
-    """Ask for a full corrected program; a child node also sees its parent attempt and the test feedback."""
+    """Ask for a full corrected program; a child node also sees its parent attempt and the test feedback.
+
+    Without `parent_code`, `parent_feedback` is the buggy program's own test results (a depth-1 prompt).
+    """
     parts = [f"Fix the bug in the following Python program.\n\n{_problem(task)}"]
     if parent_code is not None:
         parts.append(f"## A previous attempt\n{_fenced(parent_code)}")
-        if parent_feedback:
-            feedback = parent_feedback.strip()
-            if len(feedback) > FEEDBACK_LIMIT:
-                feedback = feedback[: FEEDBACK_LIMIT - 3] + "..."
-            parts.append(f"## Test results of the previous attempt\n{feedback}")
+    if parent_feedback:
+        whose = "the previous attempt" if parent_code is not None else "the buggy code"
+        parts.append(f"## Test results of {whose}\n{clip_feedback(parent_feedback)}")
     parts.append(
         f"Reply with the complete corrected program in a single ```python code block. {_entry_hint(task)}"
     )
@@ -71,16 +96,27 @@ def zero_shot_prompt(task: Task) -> Prompt:
     return _chat(user, task, "zero_shot")
 
 
-def critique_prompt(task: Task, candidates: Sequence[str]) -> Prompt:
-    """Ask the model to rank K sibling candidates best-first, in the format parse_ranking reads."""
-    shown = "\n\n".join(f"### Candidate {i}\n{_fenced(code)}" for i, code in enumerate(candidates, 1))
-    example = " > ".join(str(i) for i in range(1, len(candidates) + 1))
+def critique_prompt(task: Task, candidates: Sequence[str], feedback: Sequence[str | None] | None = None) -> Prompt:
+    """Ask the model to rank K sibling candidates best-first, in the format parse_ranking reads.
+
+    Each candidate is shown with its visible test results, and the model may reason before its final
+    RANKING line. The format is described, not exemplified with a concrete order: a "1 > 2" example
+    is copied by small models (11 of 11 quickstart critiques ranked candidate 1 first).
+    """
+    feedback = list(feedback) if feedback is not None else [None] * len(candidates)
+    blocks = []
+    for i, (code, result) in enumerate(zip(candidates, feedback, strict=True), 1):
+        block = f"### Candidate {i}\n{_fenced(code)}"
+        if result:
+            block += f"\nTest results: {clip_feedback(result)}"
+        blocks.append(block)
     user = (
-        f"{_problem(task)}\n\n## Candidate fixes\n{shown}\n\n"
-        "Rank the candidates from most to least likely to be a correct fix. Answer with one line in exactly "
-        f"this format, using every candidate number once:\n{RANKING_LABEL} {example}"
+        f"{_problem(task)}\n\n## Candidate fixes\n" + "\n\n".join(blocks) + "\n\n"
+        "Which candidate is most likely a correct fix? Think briefly about what each one does differently, "
+        f"then end with one line `{RANKING_LABEL} ` followed by all {len(candidates)} candidate numbers, "
+        "best first, separated by `>`."
     )
-    return _chat(user, task, "critique", candidates=list(candidates), answer_prefix=f"{RANKING_LABEL} ")
+    return _chat(user, task, "critique", candidates=list(candidates))
 
 
 def _parses(code: str) -> bool:

@@ -183,5 +183,6 @@ class ScriptedPolicy:
             order.reverse()
         elif mode == "random":
             rng.shuffle(order)
-        # The prompt's answer prefix already holds the "RANKING:" label; answer only what follows it.
-        return format_ranking(order).removeprefix(prompt.answer_prefix.strip()).strip()
+        # Reason first, rank last, as the prompt asks; a prefix already holding the label is not repeated.
+        answer = f"Candidate {order[0] + 1} looks most likely to be correct.\n{format_ranking(order)}"
+        return answer.removeprefix(prompt.answer_prefix.strip()).strip() if prompt.answer_prefix else answer

@@ -1,12 +1,16 @@
 """AI self-critique: the model ranks sibling rewrites, and the ranking becomes Q_ai in [0, 1].
 
 Agent Q uses the model's own judgement of sibling actions as a second value signal beside the search
-return, because sparse pass/fail rewards alone separate few siblings. A critique answer the parser
-cannot use must not stall or bias the search, so it falls back to a neutral value and is counted.
+return. Judges, small models above all, favour a position (11 of 11 quickstart critiques put candidate 1
+first), so each set of siblings is judged twice, in the shown order and reversed: the two judgements
+are kept as votes, Q_ai is their mean, and a preference between two siblings counts only when both
+votes agree (`consistent_preference`). A critique answer the parser cannot use gives a neutral vote and
+is counted, so it can neither stall nor bias the search.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentq.policy.base import Policy
@@ -29,22 +33,61 @@ def rank_to_q(ranking: list[int]) -> list[float]:
     return q
 
 
+def consistent_preference(votes_a: Sequence[float], votes_b: Sequence[float]) -> int:
+    """+1 when every judgement ranks a above b, -1 when every one ranks b above a, 0 otherwise.
+
+    A single judgement is not enough: without the reversed order nobody can tell a preference from a
+    position bias.
+    """
+    if len(votes_a) < 2 or len(votes_a) != len(votes_b):
+        return 0
+    gaps = [a - b for a, b in zip(votes_a, votes_b, strict=True)]
+    if all(g > 0 for g in gaps):
+        return 1
+    if all(g < 0 for g in gaps):
+        return -1
+    return 0
+
+
+def _flips(votes_a: Sequence[float], votes_b: Sequence[float]) -> bool:
+    """One judgement put a above b and another put b above a: the order decided, not the candidates."""
+    gaps = [a - b for a, b in zip(votes_a, votes_b, strict=True)]
+    return any(g > 0 for g in gaps) and any(g < 0 for g in gaps)
+
+
 @dataclass
 class Critique:
-    q_ai: list[float]
-    answer: str
-    usable: bool
+    q_ai: list[float]  # per candidate: mean of its votes
+    votes: list[list[float]]  # per candidate: Q_ai from each judgement (shown order, reversed order)
+    answers: list[str]
+    usable: int  # judgements the parser could read
+    flipped: int  # sibling pairs whose order changed with the presentation order
 
 
 def critique_siblings(
-    policy: Policy, task: Task, candidates: list[str], *, temperature: float, max_new_tokens: int, seed: int
+    policy: Policy, task: Task, candidates: list[str], *, feedback: Sequence[str | None] | None = None,
+    temperature: float, max_new_tokens: int, seed: int,
 ) -> Critique:
-    """Ask the model to rank the candidates; an unusable answer gives every sibling the neutral Q."""
-    if len(candidates) < 2:
-        return Critique([NEUTRAL_Q] * len(candidates), "", True)
-    prompt = critique_prompt(task, candidates)
-    answer = policy.generate([prompt], n=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)[0][0]
-    ranking = parse_ranking(prompt.answer_prefix + answer.text, len(candidates))
-    if ranking is None:
-        return Critique([NEUTRAL_Q] * len(candidates), answer.text, False)
-    return Critique(rank_to_q(ranking), answer.text, True)
+    """Judge the candidates in the shown order and reversed, in one batched call; see the module docstring."""
+    k = len(candidates)
+    if k < 2:
+        return Critique([NEUTRAL_Q] * k, [[NEUTRAL_Q] for _ in range(k)], [], 0, 0)
+    feedback = list(feedback) if feedback is not None else [None] * k
+    orders = [list(range(k)), list(reversed(range(k)))]
+    prompts = [critique_prompt(task, [candidates[i] for i in order], [feedback[i] for i in order])
+               for order in orders]
+    answers = [s[0] for s in policy.generate(prompts, n=1, temperature=temperature,
+                                             max_new_tokens=max_new_tokens, seed=seed)]
+    votes: list[list[float]] = [[] for _ in range(k)]
+    usable = 0
+    for order, prompt, answer in zip(orders, prompts, answers, strict=True):
+        ranking = parse_ranking(prompt.answer_prefix + answer.text, k)
+        if ranking is None:
+            q_shown = [NEUTRAL_Q] * k
+        else:
+            usable += 1
+            q_shown = rank_to_q(ranking)
+        for position, index in enumerate(order):
+            votes[index].append(q_shown[position])
+    flipped = sum(_flips(votes[a], votes[b]) for a in range(k) for b in range(a + 1, k))
+    return Critique([sum(v) / len(v) for v in votes], votes, [a.text for a in answers], usable, flipped)

@@ -1,10 +1,13 @@
 """Monte-Carlo tree search over full-rewrite candidates, after Agent Q (Putta et al., 2024).
 
-The root is the buggy program; every other node is one candidate rewrite, tested in the sandbox the
-moment it is proposed, so its reward (the fraction of tests passed) is known without a simulated
-rollout. One rollout = select a leaf by UCB1, expand it with K rewrites conditioned on the leaf's code
-and test feedback, let the model critique the K siblings, and back the K rewards up the path as a
-running mean. The whole tree is kept, because preference pairs are built from sibling comparisons.
+The root is the buggy program, run once so that depth-1 prompts carry its test feedback; every other
+node is one candidate rewrite, tested in the sandbox the moment it is proposed, so its reward (the
+fraction of tests passed) is known without a simulated rollout. One rollout = one expansion: walk down
+by UCB1 through children that can still grow, expand the node reached with K rewrites conditioned on its
+code and test feedback, let the model critique the siblings, and back the K rewards up the path as a
+running mean. A node whose children can no longer grow (depth limit, solved, no program) is widened
+with K more children instead, so a tree always spends `rollouts` expansions unless it stops on a pass.
+The whole tree is kept, because preference pairs are built from sibling comparisons.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Protocol
 
 from agentq.config import CollectSpec, EvaluateSpec, RoundSpec
 from agentq.policy.base import Policy
-from agentq.policy.prompts import extract_code, rewrite_prompt
+from agentq.policy.prompts import FEEDBACK_LIMIT, extract_code, rewrite_prompt
 from agentq.sandbox.verdict import Verdict
 from agentq.screening import screen
 from agentq.search.critique import NEUTRAL_Q, critique_siblings
@@ -29,6 +32,7 @@ class SearchParams:
     """Every knob of one search; recorded in each trajectory so runs can be compared and reproduced."""
 
     k: int = 2
+    root_k: int | None = None  # K for expansions of the root (None: k); a wider root gives more siblings
     rollouts: int = 10
     depth: int = 2
     temperature: float = 0.8
@@ -37,22 +41,26 @@ class SearchParams:
     alpha: float = 0.5
     stop_on_pass: bool = True
     max_new_tokens: int = 768
+    critique_max_new_tokens: int = 256
+    critique: bool = True  # False: no critique calls, every Q_ai stays neutral
     seed: int = 0
 
     @classmethod
     def for_collect(cls, spec: RoundSpec) -> SearchParams:
         c: CollectSpec = spec.collect
         return cls(
-            k=c.k, rollouts=c.rollouts, depth=c.depth, temperature=c.temperature,
+            k=c.k, root_k=c.root_k, rollouts=c.rollouts, depth=c.depth, temperature=c.temperature,
             critique_temperature=c.critique_temperature, exploration=c.exploration,
             alpha=spec.preferences.alpha, stop_on_pass=c.stop_on_pass,
-            max_new_tokens=spec.model.max_new_tokens, seed=c.seed,
+            max_new_tokens=spec.model.max_new_tokens, critique_max_new_tokens=c.critique_max_new_tokens,
+            critique=c.critic != "none", seed=c.seed,
         )
 
     @classmethod
     def for_evaluate(cls, spec: RoundSpec) -> SearchParams:
         e: EvaluateSpec = spec.evaluate
-        return cls.for_collect(spec).replace(k=e.k, rollouts=e.rollouts, depth=e.depth, stop_on_pass=True)
+        return cls.for_collect(spec).replace(k=e.k, root_k=None, rollouts=e.rollouts, depth=e.depth,
+                                             stop_on_pass=True)
 
     def replace(self, **changes: Any) -> SearchParams:
         return SearchParams(**{**asdict(self), **changes})
@@ -70,6 +78,8 @@ class Node:
     reward: float = 0.0
     flags: list[str] = field(default_factory=list)
     q_ai: float = NEUTRAL_Q
+    q_ai_votes: list[float] = field(default_factory=list)
+    batch: int = 0  # the expansion that made this node; critique votes compare only within one
     visits: int = 0
     value_sum: float = 0.0
     children: list[int] = field(default_factory=list)
@@ -87,7 +97,8 @@ class Node:
             "id": self.id, "parent": self.parent, "depth": self.depth, "prompt": self.prompt,
             "completion": self.completion, "code": self.code,
             "verdict": self.verdict.model_dump() if self.verdict else None,
-            "reward": self.reward, "flags": self.flags, "q_mcts": self.q_mcts, "q_ai": self.q_ai, "visits": self.visits,
+            "reward": self.reward, "flags": self.flags, "q_mcts": self.q_mcts, "q_ai": self.q_ai,
+            "q_ai_votes": self.q_ai_votes, "batch": self.batch, "visits": self.visits,
             "children": self.children,
         }
 
@@ -121,7 +132,8 @@ class SearchStats:
     parse_errors: int = 0
     critique_calls: int = 0
     critique_fallbacks: int = 0
-    rollouts: int = 0
+    critique_flips: int = 0
+    rollouts: int = 0  # expansions spent: the budget `rollouts` counts these
     wall_s: float = 0.0
 
 
@@ -140,36 +152,55 @@ class Search:
 
     @property
     def solved(self) -> bool:
-        return any(n.solved for n in self.nodes)
+        """A candidate passes (the root is the buggy program, never an answer)."""
+        return any(n.solved for n in self.nodes[1:])
 
     def select(self) -> list[Node]:
-        """Path from the root to a leaf, choosing children by UCB1 (ties: lowest id, for determinism)."""
+        """Path from the root to the node to expand: descend by UCB1 (ties: lowest id, for determinism)
+        through children that can still grow; stop where none can, and expand (or widen) that node."""
         path = [self.nodes[0]]
-        while path[-1].children:
+        while True:
             parent = path[-1]
-            kids = [self.nodes[i] for i in parent.children]
+            kids = [self.nodes[i] for i in parent.children if self.expandable(self.nodes[i])]
+            if not kids:
+                return path
             path.append(max(kids, key=lambda c: (ucb1(c, parent.visits, self.params), -c.id)))
-        return path
 
     def expandable(self, node: Node) -> bool:
-        return node.depth < self.params.depth and not node.solved
+        """Below the depth limit, not solved, and holding a program: a parse error has nothing to improve on."""
+        return node.depth < self.params.depth and not node.solved and node.code is not None
+
+    def run_root(self) -> None:
+        """Test the buggy program once, so depth-1 prompts carry what its tests say."""
+        root = self.nodes[0]
+        if root.verdict is None:
+            root.verdict = self.executor.run_many([(self.task.buggy_code, self.reward_tests)])[0]
+            root.reward = root.verdict.reward
+            self.stats.executions += 1
 
     def expand(self, leaf: Node) -> list[Node]:
-        """Propose K rewrites of the leaf, test each at once, and critique them as siblings."""
+        """Propose K rewrites of the leaf, test each at once, and critique them as siblings.
+
+        A widened node's new batch is critiqued on its own (prompts stay K candidates long); each node
+        records its batch, so critique votes are only ever compared within one judgement.
+        """
         p = self.params
+        feedback = visible_feedback(leaf.verdict)
         if leaf.parent is None:
-            prompt = rewrite_prompt(self.task)
+            prompt = rewrite_prompt(self.task, parent_feedback=feedback)
         else:
-            prompt = rewrite_prompt(self.task, parent_code=leaf.code,
-                                    parent_feedback=visible_feedback(leaf.verdict))
-        seed = node_seed(p.seed, self.task.id, leaf.id)
-        samples = self.policy.generate([prompt], n=p.k, temperature=p.temperature,
+            prompt = rewrite_prompt(self.task, parent_code=leaf.code, parent_feedback=feedback)
+        k = p.root_k if leaf.parent is None and p.root_k else p.k
+        # A widened node draws a fresh batch: its seed also counts the children it already has.
+        seed = node_seed(p.seed, self.task.id, leaf.id) + len(leaf.children)
+        samples = self.policy.generate([prompt], n=k, temperature=p.temperature,
                                        max_new_tokens=p.max_new_tokens, seed=seed)[0]
         self.stats.samples += len(samples)
         children = []
         for sample in samples:
             node = Node(id=len(self.nodes), parent=leaf.id, depth=leaf.depth + 1, prompt=prompt.messages,
-                        completion=sample.text, code=extract_code(sample.text, self.task.entry_point))
+                        completion=sample.text, code=extract_code(sample.text, self.task.entry_point),
+                        batch=self.stats.rollouts)
             self.nodes.append(node)
             leaf.children.append(node.id)
             children.append(node)
@@ -190,16 +221,20 @@ class Search:
                 child.verdict = Verdict(status="parse_error", message="no Python program found in the answer")
                 child.reward = 0.0
 
-    def _critique(self, children: list[Node], seed: int) -> None:
-        codes = [c.code or c.completion for c in children]
-        if len(codes) < 2:
+    def _critique(self, siblings: list[Node], seed: int) -> None:
+        """Rank one batch of siblings, each shown with its visible test results."""
+        codes = [c.code or c.completion for c in siblings]
+        if len(codes) < 2 or not self.params.critique:
             return
-        critique = critique_siblings(self.critic, self.task, codes, temperature=self.params.critique_temperature,
-                                     max_new_tokens=64, seed=seed + 1)
-        self.stats.critique_calls += 1
-        self.stats.critique_fallbacks += not critique.usable
-        for child, q in zip(children, critique.q_ai, strict=True):
-            child.q_ai = q
+        critique = critique_siblings(self.critic, self.task, codes,
+                                     feedback=[visible_feedback(c.verdict) for c in siblings],
+                                     temperature=self.params.critique_temperature,
+                                     max_new_tokens=self.params.critique_max_new_tokens, seed=seed + 1)
+        self.stats.critique_calls += len(critique.votes[0])
+        self.stats.critique_fallbacks += len(critique.votes[0]) - critique.usable
+        self.stats.critique_flips += critique.flipped
+        for child, q, votes in zip(siblings, critique.q_ai, critique.votes, strict=True):
+            child.q_ai, child.q_ai_votes = q, votes
 
     def backpropagate(self, path: list[Node], rewards: list[float]) -> None:
         """Each reward counts as one visit of every node on the path (a running mean of returns)."""
@@ -208,24 +243,23 @@ class Search:
             node.value_sum += sum(rewards)
 
     def rollout(self) -> None:
+        """One expansion: the unit `rollouts` counts."""
         path = self.select()
-        leaf = path[-1]
-        if self.expandable(leaf):
-            children = self.expand(leaf)
-            for child in children:
-                child.visits, child.value_sum = 1, child.reward
-            self.backpropagate(path, [c.reward for c in children])
-        else:
-            self.backpropagate(path, [leaf.reward])
+        children = self.expand(path[-1])
+        for child in children:
+            child.visits, child.value_sum = 1, child.reward
+        self.backpropagate(path, [c.reward for c in children])
         self.stats.rollouts += 1
 
     def run(self) -> Search:
+        """Spend the budget: exactly `rollouts` expansions, fewer only on a pass with `stop_on_pass`."""
         start = time.perf_counter()
-        for _ in range(self.params.rollouts):
+        self.run_root()
+        while self.stats.rollouts < self.params.rollouts:
             if self.params.stop_on_pass and self.solved:
                 break
-            if not any(self.expandable(n) for n in self.nodes if not n.children):
-                break  # every leaf is terminal: more rollouts would only re-count known rewards
+            if not self.expandable(self.nodes[0]):
+                break  # the buggy program already passes (or the depth limit is 0): nothing to search
             self.rollout()
         self.stats.wall_s += time.perf_counter() - start
         return self
@@ -247,4 +281,4 @@ def visible_feedback(verdict: Verdict | None) -> str | None:
     """Feedback for the next prompt, from visible tests only: hidden test inputs must never reach a prompt."""
     if verdict is None:
         return None
-    return verdict.feedback(hide_prefix=HIDDEN_TEST_PREFIX)
+    return verdict.feedback(limit=FEEDBACK_LIMIT, hide_prefix=HIDDEN_TEST_PREFIX)

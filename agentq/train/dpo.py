@@ -65,21 +65,28 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
 
 
 def pair_groups(path: str | Path) -> list[str]:
-    """The task each pair came from (its prompt when a file has no task ids), in file order."""
-    return [str(r.get("task_id") or json.dumps(r.get("prompt"), sort_keys=True)) for r in read_jsonl(path)]
+    """The problem (task `group`) each pair came from, in file order; older files without groups fall back
+    to the task id, then to the prompt. DebugBench has one problem under many bug types: split by task id,
+    94% of held-out pairs shared a problem with training pairs."""
+    return [str(r.get("group") or r.get("task_id") or json.dumps(r.get("prompt"), sort_keys=True))
+            for r in read_jsonl(path)]
 
 
 def split_pairs(pairs: list[dict], share: float, seed: int,
                 groups: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     """(train, held out): a seeded shuffle, at least one held-out pair whenever share > 0 and there are two.
 
-    With `groups`, whole groups (tasks) go to one side: sibling pairs of one task share a prompt and
+    With `groups`, whole groups (problems) go to one side: pairs of one problem share a statement and
     often a chosen answer, so splitting them would let eval reward accuracy measure memorisation.
-    A single group can only be split by pair.
+    A single group cannot be held out without leaking into training: then nothing is held out and the
+    last adapter ships.
     """
     if share <= 0 or len(pairs) < 2:
         return list(pairs), []
-    groups = groups if groups is not None and len(set(groups)) > 1 else [str(i) for i in range(len(pairs))]
+    if groups is None:
+        groups = [str(i) for i in range(len(pairs))]
+    if len(set(groups)) < 2:
+        return list(pairs), []
     names = sorted(set(groups))
     random.Random(seed).shuffle(names)
     target = max(1, round(share * len(pairs)))
@@ -115,6 +122,25 @@ def base_model_dir(ws: Any) -> str:
     return loadable_dir(resolve_model(spec if source == spec.base else source)).location
 
 
+def wandb_environment(out_dir: Path, project: str) -> None:
+    """Offline unless the environment says otherwise (a cluster Job usually has no route to wandb.ai), with
+    the run's files under `out_dir` (the round's adapter/, which is published), not in a deleted work dir."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise ConfigError("train.wandb: true needs the wandb package: pip install 'agentq[train]'") from None
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ["WANDB_DIR"] = str(out_dir)
+    os.environ.setdefault("WANDB_PROJECT", project)
+
+
+def _finish_wandb() -> None:
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()  # flush the run's files before adapter/ is published
+
+
 def _best_callback(log_path: Path, best_dir: Path, metric: str) -> Any:
     from transformers import TrainerCallback
 
@@ -144,18 +170,25 @@ def _best_callback(log_path: Path, best_dir: Path, metric: str) -> Any:
     return BestCheckpoint()
 
 
-def dpo_config(spec: TrainSpec, work_dir: Path, device: str, *, has_eval: bool, **overrides: Any) -> Any:
+def dpo_config(spec: TrainSpec, work_dir: Path, device: str, *, has_eval: bool, run_name: str | None = None,
+               **overrides: Any) -> Any:
     """The DPOConfig for a TrainSpec; overrides let the benchmark vary one setting at a time."""
     from trl import DPOConfig
 
     on_gpu = device != "cpu"
+    per_device = min(spec.per_device_batch_size, spec.effective_batch_size)  # never more than the batch asked for
     options: dict[str, Any] = dict(
         output_dir=str(work_dir),
         beta=spec.beta,
         learning_rate=spec.learning_rate,
-        per_device_train_batch_size=spec.per_device_batch_size,
-        per_device_eval_batch_size=spec.per_device_batch_size,
-        gradient_accumulation_steps=max(1, spec.effective_batch_size // spec.per_device_batch_size),
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
+        gradient_accumulation_steps=max(1, spec.effective_batch_size // per_device),
+        precompute_ref_log_probs=spec.precompute_ref_log_probs,
+        # RPO: the SFT term keeps the chosen answers likely, not only likelier than the rejected ones
+        loss_type=["sigmoid", "sft"] if spec.sft_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, spec.sft_weight] if spec.sft_weight > 0 else None,
+        precompute_ref_batch_size=16,
         num_train_epochs=spec.epochs,
         max_steps=spec.max_steps or -1,
         max_length=spec.max_length,
@@ -168,6 +201,7 @@ def dpo_config(spec: TrainSpec, work_dir: Path, device: str, *, has_eval: bool, 
         eval_steps=spec.eval_steps,
         save_strategy="no",
         report_to=["wandb"] if spec.wandb else "none",
+        run_name=run_name,
         seed=spec.seed,
         data_seed=spec.seed,
         dataloader_num_workers=0,
@@ -185,6 +219,7 @@ def build_trainer(
     device: str,
     callbacks: list | None = None,
     model: Any = None,
+    run_name: str | None = None,
     **overrides: Any,
 ) -> Any:
     """A DPOTrainer; `model` replaces loading model_dir's weights (the benchmark builds random 7B-shaped
@@ -195,8 +230,6 @@ def build_trainer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
-    if spec.wandb:
-        os.environ.setdefault("WANDB_MODE", "offline")  # a cluster Job usually has no route to wandb.ai
     dtype = torch.bfloat16 if device != "cpu" else torch.float32
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
@@ -210,7 +243,7 @@ def build_trainer(
         target_modules=list(spec.lora.target_modules),
         task_type="CAUSAL_LM",
     )
-    args = dpo_config(spec, work_dir, device, has_eval=bool(held_out), **overrides)
+    args = dpo_config(spec, work_dir, device, has_eval=bool(held_out), run_name=run_name, **overrides)
     return DPOTrainer(
         model=model,
         args=args,
@@ -230,8 +263,11 @@ def train_dpo(
     *,
     device: str | None = None,
     callbacks: list | None = None,
+    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Train, then write the best adapter, train_log.jsonl and training_summary.json into out_dir.
+
+    With `spec.wandb` the W&B run (named `run_name`) is written offline under out_dir/wandb.
 
     Extra callbacks run before the checkpoint keeper, so whatever they observe in a log record is what
     the keeper judges.
@@ -245,9 +281,16 @@ def train_dpo(
     log_path = out_dir / "train_log.jsonl"
     log_path.unlink(missing_ok=True)
     best = _best_callback(log_path, work / "best", BEST_METRIC)
+    if spec.wandb:
+        wandb_environment(out_dir, project="agentq")
     start = time.perf_counter()
-    trainer = build_trainer(Path(model_dir), train, held_out, spec, work, device, callbacks=[*(callbacks or []), best])
-    result = trainer.train()
+    trainer = build_trainer(Path(model_dir), train, held_out, spec, work, device,
+                            callbacks=[*(callbacks or []), best], run_name=run_name)
+    try:
+        result = trainer.train()
+    finally:
+        if spec.wandb:
+            _finish_wandb()
     final = trainer.state.global_step
     if best.best_step is None:  # nothing held out: the last adapter is all there is
         trainer.model.save_pretrained(work / "best")
@@ -291,7 +334,7 @@ def run(ws: Any) -> dict[str, Any]:
             f"no preference pairs in {ws.describe('preferences.jsonl')}; collection produced none"
         )
     with ws.store.writing_dir(ws.key("adapter")) as out_dir:
-        summary = train_dpo(pairs_path, base_model_dir(ws), out_dir, spec)
+        summary = train_dpo(pairs_path, base_model_dir(ws), out_dir, spec, run_name=f"{ws.name}-train")
     result = {
         "pairs": summary["pairs"],
         "steps": summary["steps"],

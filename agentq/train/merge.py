@@ -2,7 +2,9 @@
 
 A merge that silently changes the model (a wrong adapter, a dtype slip, a module PEFT skipped, a bad
 save) would poison every later round, so the merged model is read back from disk and its logits on a
-probe batch are compared with base+adapter before the directory is published.
+probe batch are compared with base+adapter before the directory is published. A tolerance scaled by the
+largest logit can exceed a whole adapter's effect, so the check also measures the adapter's own change
+from the base and fails a merged model that does not reproduce most of it (a lost adapter).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ PROBE_PROMPTS = (
 )
 # Merging happens in float32; the error budget is the rounding of the dtype the model is saved in.
 TOLERANCES = {"float32": (1e-5, 1e-4), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 5e-3)}
+# The merged model must reproduce the adapter's change from the base to within this share of it ...
+MAX_LOST_SHARE = 0.5
+# ... whenever that change is measurable: above this many times the dtype's absolute rounding budget.
+MEASURABLE = 10.0
 
 
 class MergeCheckError(RuntimeError):
@@ -46,9 +52,11 @@ def probe_logits(model: Any, tokenizer: Any) -> Any:
 
 
 def compare(
-    reference: Any, merged: Any, dtype: str, *, atol: float | None = None, rtol: float | None = None
+    reference: Any, merged: Any, dtype: str, *, base: Any = None, atol: float | None = None,
+    rtol: float | None = None,
 ) -> dict[str, Any]:
-    """max |merged - reference| against atol + rtol * max |reference|; raises past it."""
+    """max |merged - reference| against atol + rtol * max |reference|, and, given the base's logits, against
+    half the adapter's own change max |reference - base|; raises past either."""
     default_atol, default_rtol = TOLERANCES.get(dtype, TOLERANCES["bfloat16"])
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
@@ -60,7 +68,7 @@ def compare(
             f"merged model disagrees with base+adapter on the probe batch: max abs logit diff {max_diff:.3g} "
             f"> tolerance {tolerance:.3g} (atol {atol:g} + rtol {rtol:g} x max |logit| {scale:.3g})"
         )
-    return {
+    summary: dict[str, Any] = {
         "max_abs_diff": max_diff,
         "tolerance": tolerance,
         "atol": atol,
@@ -68,6 +76,19 @@ def compare(
         "max_abs_logit": scale,
         "probe_tokens": int(reference.shape[0]),
     }
+    if base is not None:
+        change = float((reference - base).abs().max())
+        summary["adapter_change"] = change
+        summary["adapter_change_measurable"] = change > MEASURABLE * atol
+        if summary["adapter_change_measurable"]:
+            summary["adapter_change_kept"] = 1.0 - max_diff / change
+            if max_diff > MAX_LOST_SHARE * change:
+                raise MergeCheckError(
+                    f"merged model lost the adapter: it differs from base+adapter by {max_diff:.3g}, "
+                    f"{max_diff / change:.0%} of the adapter's own change from the base ({change:.3g}); "
+                    f"at most {MAX_LOST_SHARE:.0%} may be lost"
+                )
+    return summary
 
 
 def _load(model_dir: str | Path, device: str) -> Any:
@@ -106,10 +127,11 @@ def check_merge(
 
     device = device or default_device()
     tokenizer = _tokenizer(base_dir)
-    reference = probe_logits(PeftModel.from_pretrained(_load(base_dir, device), adapter_dir).eval(), tokenizer)
-    return compare(
-        reference, probe_logits(_load(merged_dir, device), tokenizer), _saved_dtype(merged_dir), atol=atol, rtol=rtol
-    )
+    base_model = _load(base_dir, device)
+    base = probe_logits(base_model, tokenizer)
+    reference = probe_logits(PeftModel.from_pretrained(base_model, adapter_dir).eval(), tokenizer)
+    return compare(reference, probe_logits(_load(merged_dir, device), tokenizer), _saved_dtype(merged_dir),
+                   base=base, atol=atol, rtol=rtol)
 
 
 def merge_adapter(
@@ -135,14 +157,17 @@ def merge_adapter(
     tokenizer = _tokenizer(base_dir)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.merging-"))
     try:
-        model = PeftModel.from_pretrained(_load(base_dir, device), adapter_dir).eval()
+        base_model = _load(base_dir, device)
+        base = probe_logits(base_model, tokenizer)
+        model = PeftModel.from_pretrained(base_model, adapter_dir).eval()
         reference = probe_logits(model, tokenizer)
         merged = model.merge_and_unload()
         merged.to(getattr(torch, dtype)).save_pretrained(tmp, safe_serialization=True)
         tokenizer.padding_side = "right"  # what generation-time loaders expect back
         tokenizer.save_pretrained(tmp)
         del model, merged
-        summary = compare(reference, probe_logits(_load(tmp, device), _tokenizer(tmp)), dtype, atol=atol, rtol=rtol)
+        summary = compare(reference, probe_logits(_load(tmp, device), _tokenizer(tmp)), dtype, base=base,
+                          atol=atol, rtol=rtol)
         summary.update({"base": str(base_dir), "adapter": str(adapter_dir), "dtype": dtype, "device": device})
         atomic_write_json(tmp / "merge_summary.json", summary)
         if out_dir.exists():

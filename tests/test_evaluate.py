@@ -1,0 +1,98 @@
+"""Evaluation records and their summaries: per-sample verdicts, pass@k, paired comparison with the base."""
+
+import pytest
+
+from agentq.config import RoundSpec
+from agentq.evaluate import compare, evaluate_task, summarize
+from agentq.policy.base import Sample
+from agentq.sandbox.verdict import Verdict
+from agentq.tasks.schema import Task
+
+TASK = Task(id="t1", source="test", group="g", description="Return x + 1.", buggy_code="def f(x):\n    return x\n",
+            reference_code="def f(x):\n    return x + 1\n", entry_point="f",
+            tests="from solution import *\n\ndef test_one():\n    assert f(1) == 2\n")
+SPEC = RoundSpec.model_validate({"dataset": {"train": "a", "test": "b"}, "store": {"path": "s"},
+                                 "evaluate": {"samples": 4, "passK": 2}})
+
+
+class Answers:
+    """Greedy calls get one fixed answer; sampled calls get a fixed list (a pass when the code says so)."""
+
+    def __init__(self, greedy: str, sampled: list[str]) -> None:
+        self.greedy, self.sampled = greedy, sampled
+        self.temperatures: list[float] = []
+
+    def generate(self, prompts, *, n, temperature, max_new_tokens, seed):
+        self.temperatures.append(temperature)
+        texts = [self.greedy] if temperature == 0 else self.sampled[:n]
+        return [[Sample(f"```python\n{t}```") for t in texts]]
+
+
+class Sandbox:
+    def run_many(self, jobs):
+        return [Verdict(status="passed" if "+ 1" in code else "failed", expected_tests=1) for code, _ in jobs]
+
+
+GOOD, BAD = "def f(x):\n    return x + 1\n", "def f(x):\n    return x\n"
+
+
+def test_greedy_and_every_sample_are_judged_and_stored():
+    policy = Answers(BAD, [GOOD, BAD, GOOD, BAD])
+    record = evaluate_task(TASK, "full_rewrite", policy, Sandbox(), SPEC)
+    assert policy.temperatures == [0.0, SPEC.collect.temperature]
+    assert record["solved"] is False and record["status"] == "failed"  # the greedy answer
+    assert record["n"] == 4 and record["correct"] == 2
+    assert [s["solved"] for s in record["samples"]] == [True, False, True, False]
+    one = evaluate_task(TASK, "zero_shot", Answers(GOOD, []), Sandbox(),
+                        SPEC.model_copy(update={"evaluate": SPEC.evaluate.model_copy(update={"samples": 1,
+                                                                                            "pass_k": 1})}))
+    assert one["n"] == 1 and one["correct"] == 1 and one["solved"]  # one sample: the greedy answer itself
+
+
+def record(task_id, group, correct, n=4, solved=False):
+    return {"task_id": task_id, "group": group, "n": n, "correct": correct, "solved": solved,
+            "visible_solved": solved, "parse_failure": False}
+
+
+def test_summary_reports_unbiased_pass_at_1_and_k_and_greedy():
+    records = [record("a", "g1", 2, solved=True), record("b", "g2", 0), record("c", "g2", 4, solved=True)]
+    s = summarize(records, k=2)
+    assert s["pass_at_1"] == pytest.approx((0.5 + 0 + 1) / 3)
+    assert s["pass_at_2"] == pytest.approx((1 - 1 / 6 + 0 + 1) / 3)
+    assert s["greedy_solved"] == 2 and s["samples_per_task"] == 4
+    assert s["pass_at_k_curve"][0] == pytest.approx(s["pass_at_1"]) and s["pass_at_k_curve"][1] == s["pass_at_2"]
+    assert s["pass_at_k_curve"] == sorted(s["pass_at_k_curve"]) and s["pass_at_k_curve"][3] == pytest.approx(2 / 3)
+    low, high = s["pass_at_1_ci95"]
+    assert low <= s["pass_at_1"] <= high
+
+
+def test_paired_comparison_counts_wins_losses_and_pairs_by_task():
+    base = [record(f"t{i}", f"g{i // 2}", 0, solved=False) for i in range(10)]
+    new = [record(f"t{i}", f"g{i // 2}", 4 if i < 8 else 0, solved=i < 8) for i in range(10)]
+    new.append(record("only-new", "gx", 4, solved=True))  # not in the base: not paired
+    c = compare(new, base)
+    assert c["tasks"] == 10 and c["groups"] == 5
+    assert c["delta_pass_at_1"] == pytest.approx(0.8)
+    assert (c["greedy_wins"], c["greedy_losses"]) == (8, 0)
+    assert c["mcnemar_p"] == pytest.approx(2 / 256)
+    assert 0 < c["delta_ci95"][0] <= 0.8 <= c["delta_ci95"][1]
+    same = compare(base, base)
+    assert same["delta_pass_at_1"] == 0 and same["mcnemar_p"] == 1.0
+
+
+def test_report_tables_carry_base_row_delta_interval_p_value_and_compute_curve():
+    from agentq.report import arm_rows, comparison_rows, compute_rows, verdict_line
+
+    base = [record(f"t{i}", f"g{i}", 0) for i in range(6)]
+    new = [record(f"t{i}", f"g{i}", 4 if i < 5 else 0, solved=i < 5) for i in range(6)]
+    summary = {"round": "r1", "model": "m", "from_round": None,
+               "modes": {"full_rewrite": summarize(new, 2)},
+               "baseline": {"model": "m", "modes": {"full_rewrite": summarize(base, 2)}},
+               "comparison": {"full_rewrite": compare(new, base)}}
+    table = arm_rows(summary)
+    assert "| base: m | full_rewrite | 6 | 4 | 0.0% |" in table and "| r1: m + adapter | full_rewrite |" in table
+    assert "pass@2" in table
+    comparison = comparison_rows(summary)
+    assert "+83.3%" in comparison and "5 / 0" in comparison and f"{2 / 32:.3g}" in comparison
+    assert "k=4" in compute_rows(summary)
+    assert "a gain: the interval excludes zero" in verdict_line(summary)
