@@ -230,6 +230,8 @@ def build_trainer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
+    from agentq.train.progress import use_step_bar
+
     dtype = torch.bfloat16 if device != "cpu" else torch.float32
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
@@ -244,7 +246,7 @@ def build_trainer(
         task_type="CAUSAL_LM",
     )
     args = dpo_config(spec, work_dir, device, has_eval=bool(held_out), run_name=run_name, **overrides)
-    return DPOTrainer(
+    return use_step_bar(DPOTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train),
@@ -252,7 +254,7 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=lora,
         callbacks=callbacks,
-    )
+    ))
 
 
 def train_dpo(
@@ -330,9 +332,11 @@ def run(ws: Any) -> dict[str, Any]:
         return done_result
     pairs_path = ws.fetch("preferences.jsonl")
     if not pairs_path.exists() or pairs_path.stat().st_size == 0:
-        raise PreferenceFileError(
-            f"no preference pairs in {ws.describe('preferences.jsonl')}; collection produced none"
-        )
+        # The tests told no siblings apart (a weak model fails everything): nothing to learn, which is a
+        # result, not an error. No adapter is written; merge then publishes the base unchanged.
+        return ws.finish("train", inputs_digest, {"pairs": 0, "steps": 0},
+                         f"train: no preference pairs in {ws.describe('preferences.jsonl')}: nothing to learn, "
+                         "the round's model stays its base")
     with ws.store.writing_dir(ws.key("adapter")) as out_dir:
         summary = train_dpo(pairs_path, base_model_dir(ws), out_dir, spec, run_name=f"{ws.name}-train")
     result = {

@@ -187,6 +187,13 @@ def run(ws: Any) -> dict[str, Any]:
     done_result = ws.finished("merge", inputs_digest, "merge")
     if done_result is not None:
         return done_result
+    if not (ws.marker("train") or {}).get("result", {}).get("steps"):
+        # Train had no pairs and wrote no adapter: the round's model is its base, published as merged so
+        # evaluation and the next round read it where they always do.
+        with ws.store.writing_dir(ws.key("merged")) as out_dir:
+            shutil.copytree(base_model_dir(ws), out_dir)
+        return ws.finish("merge", inputs_digest, {"maxAbsLogitDiff": 0.0},
+                         f"merge: no adapter (train had no pairs): the base model -> {ws.describe('merged')}")
     adapter_dir = ws.model_dir("adapter")
     with ws.store.writing_dir(ws.key("merged")) as out_dir:
         summary = merge_adapter(base_model_dir(ws), adapter_dir, out_dir)
