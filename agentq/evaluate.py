@@ -317,6 +317,8 @@ def report(ws: RoundWorkspace) -> dict[str, Any]:
         lines.append(line)
     if "comparison" in summary:
         result["deltaPassAt1"] = {m: round(c["delta_pass_at_1"], 4) for m, c in summary["comparison"].items()}
+        # The interval too: a campaign counts a round as a gain only when it lies above stop.minDelta.
+        result["deltaCi95"] = {m: [round(x, 4) for x in c["delta_ci95"]] for m, c in summary["comparison"].items()}
     return ws.finish("evaluate", eval_digest(ws, ws.tasks("test")[1]), result, "\n".join(lines))
 
 

@@ -200,7 +200,7 @@ def test_weak_isolation_is_recorded_and_reaches_the_round_report(folder, monkeyp
     assert "bubblewrap (bwrap) is not installed" in ws.marker("collect-shard-0-of-1")["result"]["weakIsolation"]
     notes = ws.weak_isolation()
     assert any("bubblewrap" in n for n in notes)
-    record = {"solved": True, "visible_solved": True, "parse_failure": False}
+    record = {"task_id": "t1", "solved": True, "visible_solved": True, "parse_failure": False}
     write_report(ws, {"round": ws.name, "model": "tiny", "from_round": None, "flagged_candidates": 0,
                       "modes": {"zero_shot": summarize([record])}, "weak_isolation": notes})
     report = (folder / "store" / "rounds" / "data" / "eval" / "report.md").read_text()
