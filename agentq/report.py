@@ -63,7 +63,9 @@ def _arms(summary: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     arms = []
     if summary.get("baseline"):
         arms.append((f"base: {summary['baseline']['model']}", "baseline", summary["baseline"]["modes"]))
-    arms.append((f"{summary['round']}: {_model(summary)} + adapter", "round", summary["modes"]))
+    trained = summary.get("pairs") != 0  # no pairs: train learned nothing and the round's model is its base
+    arms.append((f"{summary['round']}: {_model(summary)}{' + adapter' if trained else ' (no pairs: unchanged)'}",
+                 "round", summary["modes"]))
     return arms
 
 
