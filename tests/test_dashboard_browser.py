@@ -8,6 +8,7 @@ keep the two screenshots (docs/dashboard-round.png and docs/dashboard-tree.png c
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -81,6 +82,19 @@ def keep(shot: Path, name: str) -> None:
         shutil.copyfile(shot, Path(target) / name)
 
 
+def pick_tree(server: str, round_name: str) -> tuple[str, int, int]:
+    """(task, a failed node, a node chosen in a pair) of the first tree that has both, from the API."""
+    listing = json.loads(urllib.request.urlopen(f"{server}/api/rounds/{round_name}/trajectories").read())
+    for entry in listing:
+        tree = json.loads(urllib.request.urlopen(
+            f"{server}/api/rounds/{round_name}/trajectories/{entry['task_id']}").read())
+        failed = [n["id"] for n in tree["nodes"] if n.get("parent") is not None and n.get("status") == "failed"]
+        chosen = [n["id"] for n in tree["nodes"] if any(p.get("role") == "chosen" for p in n.get("pairs") or [])]
+        if failed and chosen:
+            return entry["task_id"], failed[0], chosen[0]
+    raise AssertionError(f"no tree of {round_name} has both a failed node and a chosen pair")
+
+
 def step_states(page) -> tuple[str, tuple[str, ...]]:
     phase, steps = page.evaluate("""() => [document.querySelector('#phase .badge')?.textContent || '',
         [...document.querySelectorAll('#steps-panel .steps .step')].map(e => e.dataset.state)]""")
@@ -122,32 +136,34 @@ def test_watch_a_tiny_round_to_succeeded_and_open_a_tree(round_dir, server, tmp_
             page.locator('#live[data-type="final"]').wait_for(timeout=10_000)
             assert page.url.endswith("#/round/dash")  # followed through the event stream, never reloaded
             page.locator("#pass-rate-chart rect[data-mode]").first.wait_for(timeout=30_000)
-            assert page.locator("#pass-rate-chart rect[data-mode]").count() == 3  # one bar per mode
-            assert page.locator("#pass-rate-chart path.ci").count() == 3  # each with its interval
+            # one bar per mode for the base and one for the round (the tiny preset evaluates its base too)
+            assert page.locator("#pass-rate-chart rect[data-mode]").count() == 6
+            assert page.locator("#pass-rate-chart path.ci").count() == 6  # each with its interval
             page.locator("#tree-list tr[data-task]").first.wait_for(timeout=30_000)
             shot = tmp_path / "dashboard-round.png"
             page.screenshot(path=str(shot), full_page=True)
             keep(shot, "dashboard-round.png")
 
-            page.locator('#tree-list tr[data-task="humanevalfix/HumanEval-1"]').click()
+            # a tree with a wrong fix (a failing test to show) and a pair: which one depends on the scripted run
+            task, failed, chosen = pick_tree(server, "dash")
+            page.locator(f'#tree-list tr[data-task="{task}"]').click()
             page.locator("#tree-svg").wait_for()
             assert page.locator("#tree-svg g.node").count() >= 3
-            page.locator('#tree-svg g.node[data-node="3"]').click()
             detail = page.locator("#node-detail")
-            assert detail.get_attribute("data-node") == "3"
+            page.locator(f'#tree-svg g.node[data-node="{failed}"]').click()
+            assert detail.get_attribute("data-node") == str(failed)
             text = detail.inner_text()
             assert "Q_mcts" in text and "Q_ai" in text and "visits" in text and "tests passed" in text
+            assert "Failing tests" in text
             assert page.locator("#node-diff .add, #node-diff .del").count() >= 1 or "same as the buggy" in text
-            pairs = page.locator("#node-pairs .pair")
-            if pairs.count():
-                partner = pairs.first.inner_text()
-                pairs.first.click()  # a pair chip jumps to the partner node
-                assert "vs node" in partner and detail.get_attribute("data-node") != "3"
-            # node 2 is a wrong fix: a real diff, a failing test, and a pair it won against a node with no program
-            page.locator('#tree-svg g.node[data-node="2"]').click()
-            assert detail.get_attribute("data-node") == "2" and "Failing tests" in detail.inner_text()
-            assert page.locator("#node-diff .add").count() >= 1 and page.locator("#node-diff .del").count() >= 1
+            page.locator(f'#tree-svg g.node[data-node="{chosen}"]').click()
+            assert detail.get_attribute("data-node") == str(chosen)
             assert "chosen" in page.locator("#node-pairs").inner_text()
+            partner = page.locator("#node-pairs .pair").first
+            assert "vs node" in partner.inner_text()
+            partner.click()  # a pair chip jumps to the partner node
+            assert detail.get_attribute("data-node") != str(chosen)
+            page.locator(f'#tree-svg g.node[data-node="{chosen}"]').click()
             shot = tmp_path / "dashboard-tree.png"
             page.screenshot(path=str(shot), full_page=True)
             keep(shot, "dashboard-tree.png")
