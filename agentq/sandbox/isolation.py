@@ -150,16 +150,24 @@ def _remove_stale_groups(parent: Path) -> None:
     for group in parent.iterdir():
         if not group.name.isdigit() or os.path.exists(f"/proc/{group.name}"):
             continue
-        for _ in range(50):
+        empty_and_remove(group)
+
+
+def empty_and_remove(group: Path) -> None:
+    """Kill every process in a cgroup until it stays empty (a fork bomb refills it), then remove the group."""
+    for _ in range(100):
+        try:
             pids = (group / "cgroup.procs").read_text().split()
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.kill(int(pid), signal.SIGKILL)
-            time.sleep(0.001)
-        with contextlib.suppress(OSError):
-            group.rmdir()
+        except OSError:
+            break
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), signal.SIGKILL)
+        time.sleep(0.002)
+    with contextlib.suppress(OSError):
+        group.rmdir()
 
 
 class Confinement:

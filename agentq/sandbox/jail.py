@@ -22,15 +22,14 @@ import errno
 import itertools
 import os
 import shutil
-import signal
 import sys
 import sysconfig
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentq.config import ConfigError
+from agentq.sandbox.isolation import empty_and_remove
 
 PKG_MOUNT = "/opt/agentq"
 CGROUP_MOUNT = "/run/agentq-cgroup"
@@ -69,23 +68,7 @@ class Jail:
     def close(self) -> None:
         """Kill whatever is left in the worker's cgroups and remove them."""
         for group in self.cgroups:
-            _empty_and_remove(group)
-
-
-def _empty_and_remove(group: Path) -> None:
-    for _ in range(100):
-        try:
-            pids = (group / "cgroup.procs").read_text().split()
-        except OSError:
-            break
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(int(pid), signal.SIGKILL)
-        time.sleep(0.002)
-    with contextlib.suppress(OSError):
-        group.rmdir()
+            empty_and_remove(group)
 
 
 def _remove_stale(parent: Path) -> None:
@@ -94,7 +77,7 @@ def _remove_stale(parent: Path) -> None:
         for group in parent.iterdir():
             owner = group.name.partition("-")[0]
             if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
-                _empty_and_remove(group)
+                empty_and_remove(group)
 
 
 def _make_cgroups(name: str, root: Path = CGROUP_ROOT) -> list[Path] | str:
@@ -115,7 +98,7 @@ def _make_cgroups(name: str, root: Path = CGROUP_ROOT) -> list[Path] | str:
             made.append(group)
         except OSError as err:
             for group in made:
-                _empty_and_remove(group)
+                empty_and_remove(group)
             return f"no cgroup: cannot create {parent / name} ({err.strerror})"
     return made
 
