@@ -472,19 +472,24 @@ class S3Store(Store):
 
     # ---- directories published by writing_dir: <dir>.versions/<id>/..., made current by <dir>.current ----
 
-    def _pointer(self, directory: str) -> dict[str, Any] | None:
-        """The published version of `directory` ({"version", "files": {relative: sha256}}), if any."""
+    def _json_object(self, key: str, what: str) -> tuple[Any, str] | None:
+        """(parsed JSON, ETag) of a small control object (a pointer, a lease), or None when there is none."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self._k(directory + CURRENT))
-            pointer = json.loads(obj["Body"].read())
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._k(key))
+            return json.loads(obj["Body"].read()), obj["ETag"]
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                 return None
-            raise self._error(f"reading {directory + CURRENT!r}", err) from None
+            raise self._error(f"reading {what}", err) from None
         except (BotoCoreError, ValueError) as err:
-            raise self._error(f"reading {directory + CURRENT!r}", err) from None
+            raise self._error(f"reading {what}", err) from None
+
+    def _pointer(self, directory: str) -> dict[str, Any] | None:
+        """The published version of `directory` ({"version", "files": {relative: sha256}}), if any."""
+        found = self._json_object(directory + CURRENT, repr(directory + CURRENT))
+        pointer = found[0] if found else None
         return pointer if isinstance(pointer, dict) and isinstance(pointer.get("files"), dict) else None
 
     def _versioned(self, key: str) -> str | None:
@@ -516,17 +521,7 @@ class S3Store(Store):
             raise self._error(f"writing the lease {key!r}", err) from None
 
     def _lease_read(self, key: str) -> tuple[dict[str, Any], str] | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self._k(key))
-            return json.loads(obj["Body"].read()), obj["ETag"]
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-                return None
-            raise self._error(f"reading the lease {key!r}", err) from None
-        except (BotoCoreError, ValueError) as err:
-            raise self._error(f"reading the lease {key!r}", err) from None
+        return self._json_object(key, f"the lease {key!r}")
 
     def acquire_lease(self, key: str, owner: str, ttl_s: float) -> str | None:
         token = self._lease_put(key, owner, ttl_s, IfNoneMatch="*")
