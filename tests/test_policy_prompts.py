@@ -191,3 +191,22 @@ def test_parse_ranking_rejects_unusable_answers(text, k):
 def test_format_ranking_round_trips():
     for order in ([0], [2, 0, 1], [3, 1, 0, 2]):
         assert parse_ranking(f"Some reasoning.\n{format_ranking(order)}", len(order)) == order
+
+
+def test_every_prompt_of_a_task_opens_with_the_same_system_text_problem_and_buggy_code():
+    """A prefix cache (vLLM, SGLang) reuses what prompts share only when it is their very start."""
+    import os
+
+    parent = "def top2(xs):\n    return max(xs) * 2\n"
+    prompts = [rewrite_prompt(TASK, parent_feedback="failed: 0/1"),
+               rewrite_prompt(TASK, parent_code=parent, parent_feedback="failed: 0/1"),
+               critique_prompt(TASK, [parent, TASK.reference_code], ["failed", "passed"]),
+               zero_shot_prompt(TASK)]
+    assert len({p.messages[0]["content"] for p in prompts}) == 1
+    users = [p.messages[1]["content"] for p in prompts]
+    shared = os.path.commonprefix(users)
+    assert shared.startswith("## Problem\n") and TASK.description in shared
+    assert f"## Buggy code\n```python\n{TASK.buggy_code.strip()}\n```" in shared
+    # The next prompt of another task shares only the system text.
+    other = TASK.model_copy(update={"buggy_code": "def top2(xs):\n    return 0\n"})
+    assert TASK.buggy_code.strip() not in os.path.commonprefix([users[0], rewrite_prompt(other).messages[1]["content"]])

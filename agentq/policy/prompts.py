@@ -49,6 +49,8 @@ def _statement(task: Task) -> str:
 
 
 def _problem(task: Task) -> str:
+    """The opening every prompt of a task shares (after the system text), so a prefix cache (vLLM, SGLang)
+    computes it once per task and reuses it for every expansion, critique and zero-shot answer of the tree."""
     return f"## Problem\n{_statement(task)}\n\n## Buggy code\n{_fenced(task.buggy_code)}"
 
 
@@ -72,7 +74,7 @@ def rewrite_prompt(task: Task, parent_code: str | None = None, parent_feedback: 
 
     Without `parent_code`, `parent_feedback` is the buggy program's own test results (a depth-1 prompt).
     """
-    parts = [f"Fix the bug in the following Python program.\n\n{_problem(task)}"]
+    parts = [_problem(task), "## Task\nFix the bug in the program above."]
     if parent_code is not None:
         parts.append(f"## A previous attempt\n{_fenced(parent_code)}")
     if parent_feedback:
@@ -87,7 +89,7 @@ def rewrite_prompt(task: Task, parent_code: str | None = None, parent_feedback: 
 def zero_shot_prompt(task: Task) -> Prompt:
     """The structured single-answer format used by zero-shot evaluation."""
     user = (
-        f"Fix the bug in the following Python program.\n\n{_problem(task)}\n\n"
+        f"{_problem(task)}\n\n## Task\nFix the bug in the program above. "
         "Answer in exactly this format:\n"
         "THOUGHT: <one or two sentences on what the bug is>\n"
         "CODE:\n```python\n<the complete corrected program>\n```\n"
