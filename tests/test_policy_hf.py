@@ -108,3 +108,14 @@ def test_vllm_missing_is_a_clear_error(monkeypatch):
 def test_path_override_replaces_base(tmp_path):
     with pytest.raises(Exception, match="does-not-exist"):
         load_policy(ModelSpec(base="tiny"), path_override=tmp_path / "does-not-exist")
+
+
+def test_one_batch_mixes_greedy_and_sampled_requests_each_at_its_own_limit(policy):
+    from agentq.policy.base import Request
+
+    greedy_alone = policy.generate(PROMPTS[:1], n=1, temperature=0, max_new_tokens=10, seed=0)[0][0]
+    out = policy.generate_batch([Request(PROMPTS[0], 3, 0.0, 10, 5), Request(PROMPTS[1], 2, 1.5, 4, 5)])
+    assert [len(group) for group in out] == [3, 2]
+    assert len({s.text for s in out[0]}) == 1 and out[0][0].text == greedy_alone.text
+    assert all(s.tokens <= 4 for s in out[1])
+    assert all(s.logprob is not None and s.logprob <= 0 for group in out for s in group)

@@ -1,7 +1,10 @@
 """The one generation interface every backend implements, and the factory that picks a backend.
 
-Search, evaluation and benchmarks only ever see `Policy.generate`; which backend runs (transformers,
-vLLM, or the scripted mock) is a line in the round spec.
+Search, evaluation and benchmarks only ever see `Policy.generate` and `Policy.generate_batch`; which
+backend runs (transformers, vLLM, an OpenAI-compatible server, or the scripted mock) is a line in the
+round spec. `generate_batch` is the call that keeps an accelerator busy: the search scheduler hands it
+every pending expansion and critique of a shard at once, each request with its own n, temperature,
+token limit and seed.
 """
 
 from __future__ import annotations
@@ -42,12 +45,39 @@ class Sample:
     tokens: int = 0
 
 
+@dataclass(frozen=True)
+class Request:
+    """One prompt's share of a batched call: n samples at its own temperature (0: greedy), limit and seed."""
+
+    prompt: Prompt
+    n: int
+    temperature: float
+    max_new_tokens: int
+    seed: int
+
+
 class Policy(Protocol):
     def generate(
         self, prompts: list[Prompt], *, n: int, temperature: float, max_new_tokens: int, seed: int
     ) -> list[list[Sample]]:
         """n samples per prompt, in prompt order; temperature 0 means greedy."""
         ...
+
+    def generate_batch(self, requests: list[Request]) -> list[list[Sample]]:
+        """Each request's samples, in request order, from one call to the backend."""
+        ...
+
+
+class BatchPolicy:
+    """Backends implement `generate_batch`; `generate` (one setting for every prompt) is a batch of one kind."""
+
+    def generate_batch(self, requests: list[Request]) -> list[list[Sample]]:
+        raise NotImplementedError
+
+    def generate(
+        self, prompts: list[Prompt], *, n: int, temperature: float, max_new_tokens: int, seed: int
+    ) -> list[list[Sample]]:
+        return self.generate_batch([Request(p, n, temperature, max_new_tokens, seed) for p in prompts])
 
 
 class PolicyError(RuntimeError):
@@ -66,6 +96,10 @@ def load_policy(model: ModelSpec, path_override: str | Path | None = None) -> Po
         from agentq.policy.vllm_backend import VllmPolicy
 
         return VllmPolicy(model)
+    if model.backend == "openai":
+        from agentq.policy.openai_backend import OpenAIPolicy
+
+        return OpenAIPolicy(model)
     from agentq.policy.hf import HFPolicy
 
     return HFPolicy(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from agentq.config import ModelSpec
-from agentq.policy.base import PolicyError, Prompt, Sample
+from agentq.policy.base import BatchPolicy, PolicyError, Prompt, Request, Sample
 from agentq.policy.models import load_model, load_tokenizer, loadable_dir, resolve_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -44,6 +45,24 @@ class _TokenLogprobs(LogitsProcessor):
         return torch.stack(self.steps, dim=1) if self.steps else generated.new_zeros(generated.shape, dtype=torch.float)
 
 
+class _RowTemperature(LogitsProcessor):
+    """A temperature per batch row, so requests of different temperatures share one generate call.
+
+    A row at temperature 0 keeps only its most likely token, which sampling then picks: greedy decoding.
+    """
+
+    def __init__(self, temperatures: torch.Tensor) -> None:
+        self.greedy = (temperatures <= 0)[:, None]
+        self.divisor = torch.where(temperatures <= 0, 1.0, temperatures)[:, None]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scaled = scores / self.divisor.to(scores.dtype)
+        if not self.greedy.any():
+            return scaled
+        only_top = torch.full_like(scores, -math.inf).scatter_(1, scores.argmax(-1, keepdim=True), 0.0)
+        return torch.where(self.greedy, only_top, scaled)
+
+
 def pick_device_and_dtype(spec: ModelSpec) -> tuple[str, torch.dtype]:
     """bf16 on CUDA, fp32 on CPU (CPU bf16 matmuls are slow or unsupported on many cores) unless set."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -74,7 +93,7 @@ def _nf4_config(spec: ModelSpec, dtype: torch.dtype) -> Any:
     )
 
 
-class HFPolicy:
+class HFPolicy(BatchPolicy):
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.device, self.dtype = pick_device_and_dtype(spec)
@@ -104,33 +123,40 @@ class HFPolicy:
         return {k: v.to(self.model.device) for k, v in batch.items()}
 
     @torch.inference_mode()
-    def generate(
-        self, prompts: list[Prompt], *, n: int, temperature: float, max_new_tokens: int, seed: int
-    ) -> list[list[Sample]]:
-        if not prompts:
+    def generate_batch(self, requests: list[Request]) -> list[list[Sample]]:
+        """Every request in one padded `model.generate`: one row per sample (one per greedy request, whose
+        samples are all the same answer), each row at its own temperature, cut at its own token limit.
+
+        transformers draws the whole batch from one random stream, seeded here by the first request's seed:
+        the same batch gives the same samples, but a request's samples depend on its batch companions.
+        """
+        if not requests:
             return []
-        torch.manual_seed(seed)
-        batch = self._encode(prompts)
-        greedy = temperature <= 0
-        # Greedy samples of one prompt are identical: generate each once and repeat it n times.
-        copies = 1 if greedy else n
+        torch.manual_seed(requests[0].seed)
+        copies = [1 if r.temperature <= 0 else r.n for r in requests]
+        rows = [r for r, c in zip(requests, copies, strict=True) for _ in range(c)]
+        batch = self._encode([r.prompt for r in rows])
         logprobs = _TokenLogprobs()
-        sampling = {} if greedy else {"temperature": temperature, "top_p": 1.0, "top_k": 0}
+        temperatures = torch.tensor([r.temperature for r in rows], device=self.model.device)
         out = self.model.generate(
             **batch,
-            do_sample=not greedy,
-            num_return_sequences=copies,
-            max_new_tokens=max_new_tokens,
+            do_sample=True,  # greedy rows are made greedy by _RowTemperature; the warpers below are no-ops
+            temperature=1.0, top_p=1.0, top_k=0,
+            num_return_sequences=1,
+            max_new_tokens=max(r.max_new_tokens for r in rows),
             eos_token_id=self.eos_ids,
             pad_token_id=self.tokenizer.pad_token_id,
-            logits_processor=LogitsProcessorList([logprobs]),
-            **sampling,
+            logits_processor=LogitsProcessorList([logprobs, _RowTemperature(temperatures)]),
         )
-        generated = out[:, batch["input_ids"].shape[1]:]
-        token_logprobs = logprobs.finish(generated).cpu()
-        samples = [self._sample(row, lp) for row, lp in zip(generated.cpu(), token_logprobs, strict=True)]
-        per_prompt = [samples[i * copies:(i + 1) * copies] for i in range(len(prompts))]
-        return [[replace(group[0]) for _ in range(n)] if greedy else group for group in per_prompt]
+        generated = out[:, batch["input_ids"].shape[1]:].cpu()
+        token_logprobs = logprobs.finish(out[:, batch["input_ids"].shape[1]:]).cpu()
+        samples = [self._sample(row[:r.max_new_tokens], lp[:r.max_new_tokens])
+                   for r, row, lp in zip(rows, generated, token_logprobs, strict=True)]
+        result, at = [], 0
+        for request, count in zip(requests, copies, strict=True):
+            group, at = samples[at:at + count], at + count
+            result.append([replace(group[0]) for _ in range(request.n)] if count < request.n else group)
+        return result
 
     def _sample(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> Sample:
         """Cut at the first end-of-sequence token (kept in the count and log-prob, not in the text)."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from functools import partial
 
 from agentq.config import ScriptedSpec
-from agentq.policy.base import PolicyError, Prompt, Sample
+from agentq.policy.base import BatchPolicy, PolicyError, Prompt, Request, Sample
 from agentq.policy.prompts import extract_code, format_ranking
 from agentq.tasks.schema import Task
 
@@ -114,7 +114,7 @@ def _token_count(text: str) -> int:
     return len(re.findall(r"\w+|[^\w\s]", text))
 
 
-class ScriptedPolicy:
+class ScriptedPolicy(BatchPolicy):
     def __init__(self, spec: ScriptedSpec) -> None:
         self.spec = spec
         weights = [spec.p_reference, spec.p_buggy, spec.p_mutant, spec.p_garbage]
@@ -123,11 +123,10 @@ class ScriptedPolicy:
             raise PolicyError("model.scripted: pReference + pBuggy + pMutant + pGarbage must be above 0")
         self.weights = [w / total for w in weights]
 
-    def generate(
-        self, prompts: list[Prompt], *, n: int, temperature: float, max_new_tokens: int, seed: int
-    ) -> list[list[Sample]]:
+    def generate_batch(self, requests: list[Request]) -> list[list[Sample]]:
         out = []
-        for prompt in prompts:
+        for request in requests:
+            prompt, n, temperature, seed = request.prompt, request.n, request.temperature, request.seed
             if prompt.task is None:
                 raise PolicyError("scripted backend: every prompt needs Prompt.task (it answers from the task)")
             prompt_hash = hashlib.sha256(prompt.text().encode()).hexdigest()

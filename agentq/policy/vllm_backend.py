@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from agentq.config import ModelSpec
-from agentq.policy.base import PolicyError, Prompt, Sample
+from agentq.policy.base import BatchPolicy, PolicyError, Request, Sample
 from agentq.policy.models import loadable_dir, resolve_model
 
 
@@ -24,7 +24,7 @@ def import_vllm() -> Any:
     return vllm
 
 
-class VllmPolicy:
+class VllmPolicy(BatchPolicy):
     def __init__(self, spec: ModelSpec) -> None:
         self.vllm = import_vllm()
         source = loadable_dir(resolve_model(spec))
@@ -33,28 +33,30 @@ class VllmPolicy:
         self.llm = self.vllm.LLM(model=source.location, dtype=dtype, seed=0, **options)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(
-        self, prompts: list[Prompt], *, n: int, temperature: float, max_new_tokens: int, seed: int
-    ) -> list[list[Sample]]:
-        if not prompts:
+    def generate_batch(self, requests: list[Request]) -> list[list[Sample]]:
+        """One `LLM.generate` over every request, each with its own SamplingParams (n, temperature, seed)."""
+        if not requests:
             return []
         texts = [
-            self.tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True) + p.answer_prefix
-            for p in prompts
+            self.tokenizer.apply_chat_template(r.prompt.messages, tokenize=False, add_generation_prompt=True)
+            + r.prompt.answer_prefix
+            for r in requests
         ]
-        greedy = temperature <= 0
-        params = self.vllm.SamplingParams(
-            n=1 if greedy else n,
-            temperature=max(temperature, 0.0),
-            max_tokens=max_new_tokens,
-            seed=seed,
-            logprobs=0,  # only the sampled token's log-prob, which fills cumulative_logprob
-        )
+        params = [
+            self.vllm.SamplingParams(
+                n=1 if r.temperature <= 0 else r.n,
+                temperature=max(r.temperature, 0.0),
+                max_tokens=r.max_new_tokens,
+                seed=r.seed,
+                logprobs=0,  # only the sampled token's log-prob, which fills cumulative_logprob
+            )
+            for r in requests
+        ]
         results = self.llm.generate(texts, params, use_tqdm=False)
         out = []
-        for result in results:
+        for request, result in zip(requests, results, strict=True):
             samples = [
                 Sample(text=c.text, logprob=c.cumulative_logprob, tokens=len(c.token_ids)) for c in result.outputs
             ]
-            out.append([replace(samples[0]) for _ in range(n)] if greedy else samples)
+            out.append([replace(samples[0]) for _ in range(request.n)] if request.temperature <= 0 else samples)
         return out
