@@ -1,8 +1,9 @@
 """`agentq collect`: run MCTS on one shard of the training tasks and append each finished tree to the shard file.
 
 A shard owns the tasks whose index mod num_shards equals its number, so shards never overlap and need
-no coordination. Each finished task is appended as one line in one write; a killed collector loses at
-most the task in flight, and a re-run skips the task ids already in the file. Records carry the digest
+no coordination. `collect.treesInFlight` trees are searched together (agentq/search/scheduler.py) and
+each finished task is appended as one line in one write, in the order they finish; a killed collector
+loses at most the trees in flight, and a re-run skips the task ids already in the file. Records carry the digest
 of the inputs that made them, so a re-run after a settings change starts the shard over instead of
 mixing trees from two configurations.
 """
@@ -15,9 +16,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from agentq.io import append_jsonl, read_jsonl, repair_jsonl
+from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import load_policy
 from agentq.search.mcts import Search, SearchParams
+from agentq.search.scheduler import Scheduler
 from agentq.tasks.schema import Task
 from agentq.workspace import RoundWorkspace, check_shard, digest
 
@@ -73,21 +75,24 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
     start = time.perf_counter()
     with ws.executor() as executor:
         weak = list(executor.isolation)
-        bar = tqdm(todo, desc=f"collect shard {shard}/{num_shards}", unit="task", disable=None,
+        bar = tqdm(desc=f"collect shard {shard}/{num_shards}", unit="task", disable=None,
                    initial=len(done), total=len(mine))
-        for task in bar:
-            search = Search(task, policy, executor, params, critic=critic).run()
+        searches = (Search(task, policy, executor, params, critic=critic) for task in todo)
+        for search in Scheduler(spec.collect.trees_in_flight).run(searches):
             append_jsonl(local, {**search.record(), "inputs_digest": inputs_digest})
             ws.publish(partial)
+            bar.update(1)
             if bar.disable:  # no terminal (a Job's log): one line per task instead of a bar
-                print(f"collect: {task.id}: solved={search.solved} samples={search.stats.samples} "
+                print(f"collect: {search.task.id}: solved={search.solved} samples={search.stats.samples} "
                       f"{search.stats.wall_s:.1f}s", flush=True)
-    records = list(read_jsonl(local)) if local.exists() else []
+    # Trees land as they finish; the finished shard lists them in task order, as a one-at-a-time run would.
+    order = {t.id: i for i, t in enumerate(mine)}
+    records = sorted(read_jsonl(local), key=lambda r: order.get(r["task_id"], len(order))) if local.exists() else []
+    write_jsonl(local, records)
     result = {"tasks": len(records), "solved": sum(r["solved"] for r in records),
               "samples": sum(r["stats"]["samples"] for r in records)}
     if weak:  # the round's report repeats it: verdicts from a weakened sandbox are less trustworthy
         result["weakIsolation"] = "; ".join(weak)
-    local.touch()
     ws.complete(key, local)
     return ws.finish(step, inputs_digest, result,
                      f"collect: shard {shard}/{num_shards}: {result['solved']}/{result['tasks']} tasks solved, "

@@ -94,6 +94,9 @@ class CollectSpec(Spec):
                             "nobody (Q_ai stays neutral: pairs are decided by tests alone, UCB1 by Q_mcts)."
     )
     seed: int = 0
+    trees_in_flight: int = Field(16, ge=1, description="Trees of a shard searched together (collect and evaluate's "
+                                 "mcts mode): their expansions and critiques go to the model as one batch, their "
+                                 "candidates to the sandbox as one. 1: one task after another.")
 
 
 class PreferencesSpec(Spec):

@@ -35,6 +35,11 @@ class ScriptPolicy:
             return [[Sample(self._rank(p))] for p in prompts]
         return [[Sample(self.completions.pop(0)) for _ in range(n)]]
 
+    def generate_batch(self, requests):
+        first = requests[0]  # the search asks one kind of thing per call
+        return self.generate([r.prompt for r in requests], n=first.n, temperature=first.temperature,
+                             max_new_tokens=first.max_new_tokens, seed=first.seed)
+
     def _rank(self, prompt) -> str:
         if self.critique != "by_score":
             return self.critique

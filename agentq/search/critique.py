@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agentq.policy.base import Policy
+from agentq.policy.base import Policy, Request, Sample
 from agentq.policy.prompts import critique_prompt, parse_ranking
 from agentq.tasks.schema import Task
 
@@ -64,24 +64,26 @@ class Critique:
     flipped: int  # sibling pairs whose order changed with the presentation order
 
 
-def critique_siblings(
-    policy: Policy, task: Task, candidates: list[str], *, feedback: Sequence[str | None] | None = None,
-    temperature: float, max_new_tokens: int, seed: int,
-) -> Critique:
-    """Judge the candidates in the shown order and reversed, in one batched call; see the module docstring."""
+def critique_requests(task: Task, candidates: list[str], *, feedback: Sequence[str | None] | None = None,
+                      temperature: float, max_new_tokens: int, seed: int) -> list[Request]:
+    """The two judgements (shown order, reversed) of k >= 2 candidates, as requests for one batched call."""
     k = len(candidates)
-    if k < 2:
-        return Critique([NEUTRAL_Q] * k, [[NEUTRAL_Q] for _ in range(k)], [], 0, 0)
     feedback = list(feedback) if feedback is not None else [None] * k
-    orders = [list(range(k)), list(reversed(range(k)))]
-    prompts = [critique_prompt(task, [candidates[i] for i in order], [feedback[i] for i in order])
-               for order in orders]
-    answers = [s[0] for s in policy.generate(prompts, n=1, temperature=temperature,
-                                             max_new_tokens=max_new_tokens, seed=seed)]
+    return [Request(critique_prompt(task, [candidates[i] for i in order], [feedback[i] for i in order]),
+                    1, temperature, max_new_tokens, seed) for order in _orders(k)]
+
+
+def _orders(k: int) -> list[list[int]]:
+    return [list(range(k)), list(reversed(range(k)))]
+
+
+def read_critique(requests: list[Request], answers: list[list[Sample]]) -> Critique:
+    """Q_ai votes from the answers to `critique_requests`; an unreadable answer votes neutral."""
+    k = len(requests[0].prompt.candidates)
     votes: list[list[float]] = [[] for _ in range(k)]
     usable = 0
-    for order, prompt, answer in zip(orders, prompts, answers, strict=True):
-        ranking = parse_ranking(prompt.answer_prefix + answer.text, k)
+    for order, request, answer in zip(_orders(k), requests, answers, strict=True):
+        ranking = parse_ranking(request.prompt.answer_prefix + answer[0].text, k)
         if ranking is None:
             q_shown = [NEUTRAL_Q] * k
         else:
@@ -90,4 +92,17 @@ def critique_siblings(
         for position, index in enumerate(order):
             votes[index].append(q_shown[position])
     flipped = sum(_flips(votes[a], votes[b]) for a in range(k) for b in range(a + 1, k))
-    return Critique([sum(v) / len(v) for v in votes], votes, [a.text for a in answers], usable, flipped)
+    return Critique([sum(v) / len(v) for v in votes], votes, [a[0].text for a in answers], usable, flipped)
+
+
+def critique_siblings(
+    policy: Policy, task: Task, candidates: list[str], *, feedback: Sequence[str | None] | None = None,
+    temperature: float, max_new_tokens: int, seed: int,
+) -> Critique:
+    """Judge the candidates in the shown order and reversed, in one batched call; see the module docstring."""
+    k = len(candidates)
+    if k < 2:
+        return Critique([NEUTRAL_Q] * k, [[NEUTRAL_Q] for _ in range(k)], [], 0, 0)
+    requests = critique_requests(task, candidates, feedback=feedback, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, seed=seed)
+    return read_critique(requests, policy.generate_batch(requests))

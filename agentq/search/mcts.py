@@ -15,15 +15,16 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from agentq.config import CollectSpec, EvaluateSpec, RoundSpec
-from agentq.policy.base import Policy
+from agentq.policy.base import Policy, Request, Sample
 from agentq.policy.prompts import FEEDBACK_LIMIT, extract_code, rewrite_prompt
 from agentq.sandbox.verdict import Verdict
 from agentq.screening import screen
-from agentq.search.critique import NEUTRAL_Q, critique_siblings
+from agentq.search.critique import NEUTRAL_Q, Critique, critique_requests, read_critique
 from agentq.tasks.schema import HIDDEN_TEST_PREFIX, Task
 
 
@@ -126,6 +127,31 @@ class Executor(Protocol):
 
 
 @dataclass
+class Generate:
+    """A tree waits for these generations from `policy` (the policy itself, or its critic)."""
+
+    policy: Policy
+    requests: list[Request]
+
+    def serve(self) -> list[list[Sample]]:
+        return self.policy.generate_batch(self.requests)
+
+
+@dataclass
+class Run:
+    """A tree waits for these (code, tests) runs in the sandbox."""
+
+    executor: Executor
+    jobs: list[tuple[str, str]]
+
+    def serve(self) -> list[Verdict]:
+        return self.executor.run_many(self.jobs)
+
+
+Need = Generate | Run
+
+
+@dataclass
 class SearchStats:
     samples: int = 0
     executions: int = 0
@@ -170,20 +196,8 @@ class Search:
         """Below the depth limit, not solved, and holding a program: a parse error has nothing to improve on."""
         return node.depth < self.params.depth and not node.solved and node.code is not None
 
-    def run_root(self) -> None:
-        """Test the buggy program once, so depth-1 prompts carry what its tests say."""
-        root = self.nodes[0]
-        if root.verdict is None:
-            root.verdict = self.executor.run_many([(self.task.buggy_code, self.reward_tests)])[0]
-            root.reward = root.verdict.reward
-            self.stats.executions += 1
-
-    def expand(self, leaf: Node) -> list[Node]:
-        """Propose K rewrites of the leaf, test each at once, and critique them as siblings.
-
-        A widened node's new batch is critiqued on its own (prompts stay K candidates long); each node
-        records its batch, so critique votes are only ever compared within one judgement.
-        """
+    def expansion(self, leaf: Node) -> Request:
+        """The request for K rewrites of the leaf, conditioned on its code and visible test feedback."""
         p = self.params
         feedback = visible_feedback(leaf.verdict)
         if leaf.parent is None:
@@ -193,24 +207,23 @@ class Search:
         k = p.root_k if leaf.parent is None and p.root_k else p.k
         # A widened node draws a fresh batch: its seed also counts the children it already has.
         seed = node_seed(p.seed, self.task.id, leaf.id) + len(leaf.children)
-        samples = self.policy.generate([prompt], n=k, temperature=p.temperature,
-                                       max_new_tokens=p.max_new_tokens, seed=seed)[0]
+        return Request(prompt, k, p.temperature, p.max_new_tokens, seed)
+
+    def add_children(self, leaf: Node, request: Request, samples: list[Sample]) -> list[Node]:
         self.stats.samples += len(samples)
         children = []
         for sample in samples:
-            node = Node(id=len(self.nodes), parent=leaf.id, depth=leaf.depth + 1, prompt=prompt.messages,
+            node = Node(id=len(self.nodes), parent=leaf.id, depth=leaf.depth + 1, prompt=request.prompt.messages,
                         completion=sample.text, code=extract_code(sample.text, self.task.entry_point),
                         batch=self.stats.rollouts)
             self.nodes.append(node)
             leaf.children.append(node.id)
             children.append(node)
-        self._test(children)
-        self._critique(children, seed)
         return children
 
-    def _test(self, children: list[Node]) -> None:
+    def take_verdicts(self, children: list[Node], verdicts: list[Verdict]) -> None:
+        """Verdicts of the children that hold a program, in order; the others are parse errors."""
         runnable = [c for c in children if c.code is not None]
-        verdicts = self.executor.run_many([(c.code, self.reward_tests) for c in runnable]) if runnable else []
         self.stats.executions += len(runnable)
         for child, verdict in zip(runnable, verdicts, strict=True):
             child.verdict, child.reward = verdict, verdict.reward
@@ -221,15 +234,20 @@ class Search:
                 child.verdict = Verdict(status="parse_error", message="no Python program found in the answer")
                 child.reward = 0.0
 
-    def _critique(self, siblings: list[Node], seed: int) -> None:
-        """Rank one batch of siblings, each shown with its visible test results."""
-        codes = [c.code or c.completion for c in siblings]
-        if len(codes) < 2 or not self.params.critique:
-            return
-        critique = critique_siblings(self.critic, self.task, codes,
-                                     feedback=[visible_feedback(c.verdict) for c in siblings],
-                                     temperature=self.params.critique_temperature,
-                                     max_new_tokens=self.params.critique_max_new_tokens, seed=seed + 1)
+    def critique(self, siblings: list[Node], seed: int) -> list[Request]:
+        """Requests that rank one batch of siblings, each shown with its visible test results (none: no critique).
+
+        A widened node's new batch is critiqued on its own (prompts stay K candidates long); each node
+        records its batch, so critique votes are only ever compared within one judgement.
+        """
+        if len(siblings) < 2 or not self.params.critique:
+            return []
+        return critique_requests(self.task, [c.code or c.completion for c in siblings],
+                                 feedback=[visible_feedback(c.verdict) for c in siblings],
+                                 temperature=self.params.critique_temperature,
+                                 max_new_tokens=self.params.critique_max_new_tokens, seed=seed + 1)
+
+    def take_critique(self, siblings: list[Node], critique: Critique) -> None:
         self.stats.critique_calls += len(critique.votes[0])
         self.stats.critique_fallbacks += len(critique.votes[0]) - critique.usable
         self.stats.critique_flips += critique.flipped
@@ -242,27 +260,49 @@ class Search:
             node.visits += len(rewards)
             node.value_sum += sum(rewards)
 
-    def rollout(self) -> None:
-        """One expansion: the unit `rollouts` counts."""
-        path = self.select()
-        children = self.expand(path[-1])
-        for child in children:
-            child.visits, child.value_sum = 1, child.reward
-        self.backpropagate(path, [c.reward for c in children])
-        self.stats.rollouts += 1
+    def steps(self) -> Generator[Need, list[list[Sample]] | list[Verdict], Search]:
+        """The search as a sequence of needs: each yield asks for generations or sandbox runs and receives
+        their results. `run` serves them one at a time; the scheduler serves many trees' needs in one call.
 
-    def run(self) -> Search:
-        """Spend the budget: exactly `rollouts` expansions, fewer only on a pass with `stop_on_pass`."""
+        Spends the budget: exactly `rollouts` expansions, fewer only on a pass with `stop_on_pass`.
+        """
         start = time.perf_counter()
-        self.run_root()
+        root = self.nodes[0]
+        if root.verdict is None:  # the buggy program's own results feed the depth-1 prompts
+            root.verdict = (yield Run(self.executor, [(self.task.buggy_code, self.reward_tests)]))[0]
+            root.reward = root.verdict.reward
+            self.stats.executions += 1
         while self.stats.rollouts < self.params.rollouts:
             if self.params.stop_on_pass and self.solved:
                 break
-            if not self.expandable(self.nodes[0]):
+            if not self.expandable(root):
                 break  # the buggy program already passes (or the depth limit is 0): nothing to search
-            self.rollout()
+            # One rollout: select, expand with K rewrites, test them, critique them, back the rewards up.
+            path = self.select()
+            request = self.expansion(path[-1])
+            samples = (yield Generate(self.policy, [request]))[0]
+            children = self.add_children(path[-1], request, samples)
+            jobs = [(c.code, self.reward_tests) for c in children if c.code is not None]
+            self.take_verdicts(children, (yield Run(self.executor, jobs)) if jobs else [])
+            critique = self.critique(children, request.seed)
+            if critique:
+                self.take_critique(children, read_critique(critique, (yield Generate(self.critic, critique))))
+            for child in children:
+                child.visits, child.value_sum = 1, child.reward
+            self.backpropagate(path, [c.reward for c in children])
+            self.stats.rollouts += 1
         self.stats.wall_s += time.perf_counter() - start
         return self
+
+    def run(self) -> Search:
+        """The whole search, each need served on its own (the sequential path)."""
+        steps = self.steps()
+        try:
+            need = next(steps)
+            while True:
+                need = steps.send(need.serve())
+        except StopIteration as done:
+            return done.value
 
     def best(self) -> Node | None:
         """The candidate to answer with: a full pass if any, else the highest reward (earliest on ties)."""
