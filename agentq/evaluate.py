@@ -2,7 +2,7 @@
 
 * zero_shot: a greedy answer in a structured THOUGHT/CODE format (plus `samples` sampled ones).
 * full_rewrite: a greedy full rewrite (plus `samples` sampled ones at the collection temperature).
-* mcts: the search itself with the evaluation budget.
+* mcts: the search itself with the evaluation budget (`collect.treesInFlight` searches together).
 
 A round is worth its *difference* from the model it started from, so with `evaluate.baseline` (the
 default) that model (the base, or the `fromRound` merge) is evaluated through this same code, on the same
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -34,6 +35,7 @@ from agentq.report import write_report
 from agentq.sandbox.executor import find_tests
 from agentq.sandbox.verdict import Verdict
 from agentq.search.mcts import Executor, Search, SearchParams
+from agentq.search.scheduler import Scheduler
 from agentq.stats import bootstrap_mean, mcnemar_exact, pass_at_k
 from agentq.tasks.schema import Task
 from agentq.workspace import RoundWorkspace, check_shard, digest
@@ -79,23 +81,37 @@ def _sample_answers(task: Task, mode: str, policy: Policy, spec: RoundSpec) -> t
     return [extract_code(t, task.entry_point) for t in texts], {"completion": texts[0][:2000]}
 
 
+def evaluation_search(task: Task, policy: Policy, executor: Executor, spec: RoundSpec) -> Search:
+    """The mcts mode's search: the evaluation budget, rewarded by the visible tests only."""
+    return Search(task, policy, executor, SearchParams.for_evaluate(spec), reward_tests=task.tests)
+
+
+def search_record(search: Search, executor: Executor) -> dict[str, Any]:
+    """The mcts mode's record of a finished search: its best candidate judged on all tests."""
+    best = search.best()
+    return _record(search.task, "mcts", [best.code if best else None], executor, search.stats.wall_s,
+                   {"search_samples": search.stats.samples, "executions": search.stats.executions})
+
+
 def evaluate_task(task: Task, mode: str, policy: Policy, executor: Executor, spec: RoundSpec) -> dict[str, Any]:
     """One task in one mode: the greedy answer's verdict, and every sampled answer's (pass@k counts these)."""
-    start = time.perf_counter()
     if mode == "mcts":
-        search = Search(task, policy, executor, SearchParams.for_evaluate(spec), reward_tests=task.tests).run()
-        best = search.best()
-        answers: list[str | None] = [best.code if best else None]
-        extra: dict[str, Any] = {"search_samples": search.stats.samples, "executions": search.stats.executions}
-    else:
-        answers, extra = _sample_answers(task, mode, policy, spec)
+        return search_record(evaluation_search(task, policy, executor, spec).run(), executor)
+    start = time.perf_counter()
+    answers, extra = _sample_answers(task, mode, policy, spec)
+    return _record(task, mode, answers, executor, time.perf_counter() - start, extra)
+
+
+def _record(task: Task, mode: str, answers: list[str | None], executor: Executor, seconds: float,
+            extra: dict[str, Any]) -> dict[str, Any]:
+    start = time.perf_counter()
     judged = [_judge(task, code, executor) for code in answers]
     greedy = judged[0]
     samples = judged[1:] or judged  # with samples == 1 the greedy answer is the one sample
     return {"task_id": task.id, "group": task.group, "mode": mode, **greedy,
             "samples": [{k: j[k] for k in ("solved", "visible_solved", "parse_failure", "status")} for j in samples],
             "n": len(samples), "correct": sum(j["solved"] for j in samples), **extra,
-            "seconds": round(time.perf_counter() - start, 3)}
+            "seconds": round(seconds + time.perf_counter() - start, 3)}
 
 
 def summarize(records: list[dict[str, Any]], k: int = 1) -> dict[str, Any]:
@@ -199,14 +215,15 @@ def _run_arm(ws: RoundWorkspace, arm: str, mine: list[Task], inputs_digest: str,
                 if local.exists() else set()
             if local.exists() and not done:
                 local.unlink()
-            bar = tqdm([t for t in mine if t.id not in done], desc=f"evaluate {arm} {mode}", unit="task",
-                       disable=None)
-            for task in bar:
-                record = evaluate_task(task, mode, policy, executor, spec)
+            todo = [t for t in mine if t.id not in done]
+            bar = tqdm(desc=f"evaluate {arm} {mode}", unit="task", disable=None, total=len(todo))
+            for record in _records(mode, todo, policy, executor, spec):
                 append_jsonl(local, {**record, "inputs_digest": inputs_digest})
                 ws.publish(partial)
+                bar.update(1)
                 if bar.disable:
-                    print(f"evaluate {arm} {mode}: {task.id}: {record['status']} {record['seconds']:.1f}s", flush=True)
+                    print(f"evaluate {arm} {mode}: {record['task_id']}: {record['status']} {record['seconds']:.1f}s",
+                          flush=True)
     del policy
     gc.collect()  # the next arm loads its own model: do not hold two in memory
     outputs = [shard_file(mode, shard, num_shards, arm) for mode in spec.evaluate.modes]
@@ -215,6 +232,18 @@ def _run_arm(ws: RoundWorkspace, arm: str, mine: list[Task], inputs_digest: str,
         local.touch()
         ws.complete(relative, local)
     ws.finish(step, inputs_digest, {"weakIsolation": "; ".join(weak)} if weak else {}, outputs=outputs)
+
+
+def _records(mode: str, tasks: list[Task], policy: Policy, executor: Executor,
+             spec: RoundSpec) -> Iterator[dict[str, Any]]:
+    """Each task's record as it is ready: mcts searches run together through the scheduler (in the order
+    they finish), the single-prompt modes one task after another."""
+    if mode != "mcts":
+        yield from (evaluate_task(task, mode, policy, executor, spec) for task in tasks)
+        return
+    searches = (evaluation_search(task, policy, executor, spec) for task in tasks)
+    for search in Scheduler(spec.collect.trees_in_flight).run(searches):
+        yield search_record(search, executor)
 
 
 def _read_arm(ws: RoundWorkspace, arm: str, mode: str) -> list[dict[str, Any]]:

@@ -82,26 +82,32 @@ def test_chained_round_needs_its_predecessor(workdir, capsys):
 
 def test_collect_resumes_after_a_kill_without_redoing_finished_tasks(workdir, monkeypatch):
     path = round_yaml(workdir, "resume")
+    path.write_text(path.read_text() + "  collect: {treesInFlight: 2}\n")
     calls: list[str] = []
-    real_run = collect.Search.run
+    real_steps = collect.Search.steps
 
-    def dying_run(self):
+    def dying_steps(self):
         calls.append(self.task.id)
         if len(calls) == 3:
-            raise KeyboardInterrupt  # the collector is killed while the third task is in flight
-        return real_run(self)
+            raise KeyboardInterrupt  # the collector is killed as the third tree enters the flight
+        return (yield from real_steps(self))
 
-    monkeypatch.setattr(collect.Search, "run", dying_run)
+    monkeypatch.setattr(collect.Search, "steps", dying_steps)
     assert main(["round", "run", str(path), "--preset", "tiny"]) == 130
     shard = workdir / "store" / "rounds" / "resume" / "trajectories" / "shard-0-of-1.jsonl"
-    finished = calls[:2]
+    finished = calls[:2]  # the two trees in flight finished (and were saved) before the third was opened
     # until the shard is complete it is built beside the final name, under its settings' digest
     assert not shard.exists()
     (partial,) = shard.parent.glob("shard-0-of-1.jsonl.partial-*")
-    assert [r["task_id"] for r in read_jsonl(partial)] == finished
+    assert sorted(r["task_id"] for r in read_jsonl(partial)) == sorted(finished)
 
     seen: list[str] = []
-    monkeypatch.setattr(collect.Search, "run", lambda self: (seen.append(self.task.id), real_run(self))[1])
+
+    def seen_steps(self):
+        seen.append(self.task.id)
+        return (yield from real_steps(self))
+
+    monkeypatch.setattr(collect.Search, "steps", seen_steps)
     assert main(["round", "run", str(path), "--preset", "tiny"]) == 0
     collected = [t for t in seen if t in {r["task_id"] for r in read_jsonl(shard)}]  # evaluation searches too
     assert len(collected) == 4 and not set(collected) & set(finished)
