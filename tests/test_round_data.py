@@ -53,20 +53,20 @@ def test_6_a_reverted_interrupted_settings_change_keeps_the_finished_collection(
     pairs_before = (folder / "store" / "rounds" / "data" / "preferences.jsonl").read_text()
     assert len(before) == 6
 
-    # New settings; the collector is killed after one task of the new run.
+    # New settings; the collector is killed as the second tree of the new run is opened.
     write_round(folder, "k: 2, rollouts: 3, depth: 2, stopOnPass: false")
     calls: list[str] = []
-    real_run = collect.Search.run
+    real_steps = collect.Search.steps
 
-    def dying_run(self):
+    def dying_steps(self):
         calls.append(self.task.id)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_run(self)
+        return (yield from real_steps(self))
 
-    monkeypatch.setattr(collect.Search, "run", dying_run)
+    monkeypatch.setattr(collect.Search, "steps", dying_steps)
     assert main(["collect", "--round", round_a]) == 130
-    monkeypatch.setattr(collect.Search, "run", real_run)
+    monkeypatch.setattr(collect.Search, "steps", real_steps)
     assert list(read_jsonl(shard)) == before  # the finished shard of the old settings is untouched
 
     # Revert: the old settings' collection is complete and whole, and preferences come out as before.
