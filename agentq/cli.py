@@ -170,6 +170,7 @@ USER_ERRORS = frozenset({
     "agentq.store.StoreError",
     "agentq.sandbox.client.SandboxUnavailable",
     "agentq.sandbox.executor.WorkerDied",
+    "agentq.policy.openai_backend.ServerUnavailable",
 })
 
 

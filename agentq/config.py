@@ -47,11 +47,33 @@ class ScriptedSpec(Spec):
 STORE_MODEL = "store:"  # model.base naming a model directory in the round's artifact store
 
 
+class OpenAISpec(Spec):
+    """An OpenAI-compatible server (vLLM, SGLang, TGI, a hosted endpoint) that serves the round's model.
+
+    The server holds the weights, so generation needs no GPU in the step; `model.base` still names the same
+    weights for train and merge. The round's merged model is a different model: evaluate's round arm asks
+    `roundUrl`/`roundModel` (a server started with the merge, or the same vLLM server with the adapter loaded
+    under another name); unset, it asks the base server again and says so.
+    """
+
+    url: str = Field(..., pattern=r"^https?://", description="Base URL of the API, e.g. http://vllm:8000/v1.")
+    model: str = Field(..., min_length=1, description="Served model name (vLLM --served-model-name).")
+    round_url: str | None = Field(None, pattern=r"^https?://", description="Server of this round's merged model "
+                                  "(evaluate's round arm); default: url.")
+    round_model: str | None = Field(None, min_length=1, description="Its served name; default: model.")
+    api_key_secret: str | None = Field(None, description="Kubernetes Secret whose `token` key is the API key "
+                                       "(OPENAI_API_KEY in the step); embedded runs read OPENAI_API_KEY.")
+    concurrency: int = Field(64, ge=1, description="Requests in flight at once.")
+    max_retries: int = Field(6, ge=0, description="Retries of a request answered 429/5xx or not answered, with "
+                                                  "exponential backoff.")
+    timeout_seconds: float = Field(600, gt=0, description="Per request.")
+
+
 class ModelSpec(Spec):
     base: str = Field(DEFAULT_BASE_MODEL, min_length=1, description="Hub name, local directory, or `store:<key>`: a "
                       "model directory in the round's artifact store (PVC or S3).")
     from_round: str | None = Field(None, description="Start from this earlier round's merged model.")
-    backend: Literal["hf", "vllm", "scripted"] = "hf"
+    backend: Literal["hf", "vllm", "scripted", "openai"] = "hf"
     gguf_file: str | None = Field(None, description="GGUF file inside `base` (dequantised on load).")
     quantization: Literal["none", "nf4"] = Field("none", description="nf4 needs CUDA and bitsandbytes.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -61,11 +83,14 @@ class ModelSpec(Spec):
                                    "step copies there once, before collect.")
     token_secret: str | None = Field(None, description="Kubernetes Secret whose `token` key is the model step's "
                                      "HF_TOKEN (gated or private hub models).")
+    openai: OpenAISpec | None = Field(None, description="With backend openai: the server to ask.")
 
     @model_validator(mode="after")
     def _fetch_needs_a_store_base(self) -> ModelSpec:
         if self.fetch_from and not self.base.startswith(STORE_MODEL):
             raise ValueError(f"fetchFrom needs base: {STORE_MODEL}<key> (the place in the store it is copied to)")
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("backend openai needs openai: {url: http://<server>/v1, model: <served model name>}")
         return self
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from agentq.config import RoundFile, RoundSpec, parse_model
+from agentq.config import OpenAISpec, RoundFile, RoundSpec, parse_model
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import Policy, load_policy
 from agentq.policy.prompts import extract_code, rewrite_prompt, zero_shot_prompt
@@ -183,10 +183,21 @@ def shard_file(mode: str, shard: int, num_shards: int, arm: str = "round") -> st
 
 def _load_arm_policy(ws: RoundWorkspace, arm: str) -> Policy:
     spec = ws.round.spec
+    if arm == "round" and spec.model.openai is not None:
+        return load_policy(spec.model.model_copy(update={"openai": _round_server(spec.model.openai)}))
     if arm == "round":
         return load_policy(spec.model, path_override=ws.model_dir("merged"))
     source, _ = ws.model_source()
     return load_policy(spec.model, path_override=source)  # the base, the store's copy, or fromRound's merge
+
+
+def _round_server(server: OpenAISpec) -> OpenAISpec:
+    """The server of the round's merged model; without roundUrl/roundModel, the base's, which is said aloud."""
+    if server.round_url is None and server.round_model is None:
+        print(f"evaluate: model.openai has no roundUrl or roundModel; the round arm asks {server.url} for "
+              f"{server.model!r} too, which measures the served model, not this round's merge", flush=True)
+    return server.model_copy(update={"url": server.round_url or server.url,
+                                     "model": server.round_model or server.model})
 
 
 def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:

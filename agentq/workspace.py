@@ -48,13 +48,15 @@ def digest(*parts: Any) -> str:
 # Every RoundSpec setting is in exactly one of these three tables (tests/test_round_digests.py enumerates
 # the spec's fields and fails on one that is in none): a setting that changes a step's output must re-run it.
 STEP_SETTINGS: dict[str, tuple[str, ...]] = {
-    "collect": ("collect", "preferences.alpha", "model.backend", "model.scripted", "model.max_new_tokens",
+    "collect": ("collect", "preferences.alpha", "model.backend", "model.scripted", "model.openai.model",
+                "model.max_new_tokens",
                 "model.dtype", "model.quantization", "sandbox.timeout_seconds", "sandbox.cpu_seconds",
                 "sandbox.memory_mb", "sandbox.allow_weak_isolation"),
     "preferences": ("preferences",),
     "train": ("train",),
     "merge": (),
     "evaluate": ("evaluate", "collect.seed", "collect.temperature", "model.backend", "model.scripted",
+                 "model.openai.model", "model.openai.round_model",
                  "model.max_new_tokens", "model.dtype", "model.quantization", "sandbox.timeout_seconds",
                  "sandbox.cpu_seconds", "sandbox.memory_mb", "sandbox.allow_weak_isolation"),
 }
@@ -70,6 +72,12 @@ OUTPUT_NEUTRAL: dict[str, str] = {
     "sandbox.url": "which sandbox runs candidates; the limits that decide verdicts are digested",
     "sandbox.workers": "parallelism only",
     "model.token_secret": "credentials for the model step's download",
+    "model.openai.url": "where the served model (named by model.openai.model) answers",
+    "model.openai.round_url": "where the merged model (model.openai.round_model) answers",
+    "model.openai.api_key_secret": "credentials for the inference server",
+    "model.openai.concurrency": "parallelism only",
+    "model.openai.max_retries": "how often a refused request is retried",
+    "model.openai.timeout_seconds": "how long a request may take",
     "job_template": "labels and annotations of the Kubernetes Jobs",
     "active_deadline_seconds": "how long a Kubernetes Job may run",
 }
@@ -154,9 +162,10 @@ def unlock_step(folder: Path, step: str) -> None:
 
 
 def spec_value(spec: Any, path: str) -> Any:
+    """The setting at a dotted path; None below an optional section that is unset (model.openai)."""
     value = spec
     for part in path.split("."):
-        value = getattr(value, part)
+        value = getattr(value, part) if value is not None else None
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
