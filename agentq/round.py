@@ -20,6 +20,9 @@ from agentq.workspace import STEPS, RoundWorkspace
 def apply_preset(round_file: RoundFile, preset: str | None) -> RoundFile:
     """`tiny`: scripted generation and critique, the tiny random model for training, minimal budgets.
 
+    A round on `backend: openai` keeps its server for generation and critique (a mock server answers like
+    the scripted backend); the tiny model is then only what train and merge work on.
+
     It exercises every step, DPO included, in well under a minute; it measures nothing about skill.
     """
     if preset is None:
@@ -27,10 +30,11 @@ def apply_preset(round_file: RoundFile, preset: str | None) -> RoundFile:
     if preset != "tiny":
         raise ValueError(f"unknown preset {preset!r}")
     spec = round_file.spec.model_copy(deep=True)
-    spec.model.base, spec.model.backend = "tiny", "scripted"
+    served = spec.model.backend == "openai"  # the server stands in for the model: it generates and critiques
+    spec.model.base, spec.model.backend = "tiny", "openai" if served else "scripted"
     spec.model.max_new_tokens = 64
     spec.collect.shards, spec.collect.k, spec.collect.rollouts, spec.collect.depth = 1, 2, 3, 2
-    spec.collect.stop_on_pass, spec.collect.critic = False, "scripted"
+    spec.collect.stop_on_pass, spec.collect.critic = False, "self" if served else "scripted"
     spec.dataset.limit = min(spec.dataset.limit or 6, 6)
     spec.train.max_steps, spec.train.effective_batch_size, spec.train.eval_steps = 2, 2, 1
     spec.train.max_length, spec.train.lora.r, spec.train.lora.alpha = 512, 4, 8

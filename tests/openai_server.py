@@ -65,7 +65,7 @@ def make_app(tasks: list[Task], models: list[str], fail_first: int = 0, delay_s:
     app = FastAPI()
     policy = ScriptedPolicy(ScriptedSpec())
     lock = threading.Lock()
-    state = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "sequences": 0}
+    state: dict = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "sequences": 0, "by_model": {}}
 
     @app.get("/health")
     def health() -> dict:
@@ -93,6 +93,7 @@ def make_app(tasks: list[Task], models: list[str], fail_first: int = 0, delay_s:
                                                      body.seed)])[0]
             with lock:
                 state["sequences"] += len(samples)
+                state["by_model"][body.model] = state["by_model"].get(body.model, 0) + 1
             choices = [{"index": i, "message": {"role": "assistant", "content": s.text}, "finish_reason": "stop",
                         "logprobs": {"content": [{"token": "x", "logprob": -0.5}] * s.tokens}
                         if body.logprobs else None}

@@ -7,16 +7,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from agentq.cli import main
-from agentq.config import ModelSpec, ScriptedSpec
+from agentq.config import ModelSpec, RoundFile, ScriptedSpec, parse_model
+from agentq.io import read_jsonl
 from agentq.policy.base import Request, load_policy
 from agentq.policy.openai_backend import ServerUnavailable
 from agentq.policy.prompts import critique_prompt, rewrite_prompt, zero_shot_prompt
 from agentq.policy.scripted import ScriptedPolicy
+from agentq.sandbox.executor import LocalExecutor
+from agentq.search.mcts import Search, SearchParams
 from agentq.tasks.humanevalfix import load_humanevalfix
 from agentq.tasks.schema import write_tasks
 from tests.openai_server import free_port, running_server
+from tests.test_scheduler import without_clock
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -99,3 +104,41 @@ def test_backend_openai_without_a_server_is_one_config_line(tmp_path, capsys):
     assert main(["collect", "--round", str(tmp_path / "r.yaml")]) == 2
     err = capsys.readouterr().err
     assert "backend openai needs openai" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_tiny_round_collects_and_evaluates_through_the_server(tmp_path):
+    """Collect and both evaluate arms ask the server (the round arm under its own served name); train and merge
+    run on the tiny model. The server answers like the scripted backend, so the trees equal a scripted round's."""
+    all_tasks = load_humanevalfix(DATA)
+    write_tasks(tmp_path / "train.jsonl", all_tasks[:6])
+    write_tasks(tmp_path / "test.jsonl", all_tasks[100:103])
+
+    def round_file(name: str, model: str) -> str:
+        (tmp_path / f"{name}.yaml").write_text(
+            f"apiVersion: agentq.dev/v1alpha1\nkind: AgentQRound\nmetadata: {{name: {name}}}\nspec:\n"
+            f"  model: {model}\n  dataset: {{train: train.jsonl, test: test.jsonl}}\n  store: {{path: store}}\n"
+            "  collect: {critic: self}\n"
+        )
+        return str(tmp_path / f"{name}.yaml")
+
+    with running_server([tmp_path / "train.jsonl", tmp_path / "test.jsonl"], models=("base", "merged")) as url:
+        served = round_file("served", f"{{backend: openai, openai: {{url: '{url}', model: base, roundModel: merged}}}}")
+        assert main(["round", "run", served, "--preset", "tiny"]) == 0
+        asked = stats(url)
+    store = tmp_path / "store" / "rounds"
+    assert (store / "served" / "merged" / "config.json").exists() and (store / "served" / "eval" / "report.md").exists()
+    evaluated = {r["task_id"] for r in read_jsonl(store / "served" / "eval" / "mcts.jsonl")}
+    assert evaluated == {t.id for t in all_tasks[100:103]}
+    # every tree's expansions and critiques, and both arms' evaluation prompts, were answered by the server
+    trees = list(read_jsonl(store / "served" / "trajectories" / "shard-0-of-1.jsonl"))
+    assert asked["by_model"]["merged"] > 0 and asked["by_model"]["base"] > asked["by_model"]["merged"]
+    assert asked["sequences"] >= sum(t["stats"]["samples"] + t["stats"]["critique_calls"] for t in trees) > 0
+
+    # The in-process scripted backend, with the settings the round ran with, grows the same trees.
+    ran = parse_model(yaml.safe_load((store / "served" / "spec.yaml").read_text()), RoundFile, "spec.yaml").spec
+    with LocalExecutor(workers=2) as executor:
+        local = [Search(t, ScriptedPolicy(ScriptedSpec()), executor, SearchParams.for_collect(ran)).run().record()
+                 for t in all_tasks[:6]]
+    assert [without_clock({k: v for k, v in t.items() if k != "inputs_digest"}) for t in trees] == \
+        [without_clock(t) for t in local]
