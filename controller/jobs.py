@@ -281,6 +281,10 @@ def build_job(body: dict[str, Any], unit: Unit, attempt: int, settings: Operator
         if settings.sandbox_token_secret:
             ref = {"name": settings.sandbox_token_secret, "key": "token"}
             env.append({"name": "AGENTQ_SANDBOX_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+    openai = spec.model.openai
+    if unit.step in SANDBOX_STEPS and openai is not None and openai.api_key_secret:  # collect, evaluate
+        ref = {"name": openai.api_key_secret, "key": "token"}
+        env.append({"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": ref}})
     if unit.step == "model":  # the one step that may reach the hub: the images are offline otherwise
         env.append({"name": "HF_HUB_OFFLINE", "value": "0"})
         if spec.model.token_secret:

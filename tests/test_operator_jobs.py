@@ -213,7 +213,7 @@ def test_crd_schema_keeps_validation():
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["required"] == ["dataset", "store"]
     assert spec["properties"]["collect"]["properties"]["shards"]["minimum"] == 1
-    assert spec["properties"]["model"]["properties"]["backend"]["enum"] == ["hf", "vllm", "scripted"]
+    assert spec["properties"]["model"]["properties"]["backend"]["enum"] == ["hf", "vllm", "scripted", "openai"]
     assert spec["properties"]["model"]["properties"]["fromRound"]["nullable"] is True
     assert spec["properties"]["train"]["properties"]["lora"]["properties"]["dropout"]["exclusiveMaximum"] is True
     assert spec["properties"]["store"]["oneOf"] == [{"required": ["path"]}, {"required": ["pvc"]},
@@ -522,3 +522,15 @@ def test_a_shared_model_cache_is_mounted_as_hf_home():
     assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}} in \
         job_["spec"]["template"]["spec"]["volumes"]
     assert {"name": "HF_HOME", "value": "/models"} in container(job_)["env"]
+
+
+def test_collect_and_evaluate_jobs_of_a_served_round_get_the_api_key_from_its_secret():
+    b = body(model={"base": "tiny", "backend": "openai",
+                    "openai": {"url": "http://vllm:8000/v1", "model": "qwen", "apiKeySecret": "llm-key"}})
+    spec = RoundFile.model_validate({"metadata": {"name": "r1"}, "spec": b["spec"]}).spec
+    by_step = {u.step: u for stage in units(spec) for u in stage}
+    key = {"secretKeyRef": {"name": "llm-key", "key": "token"}}
+    for step in ("collect", "evaluate"):
+        env = {e["name"]: e for e in container(build_job(b, by_step[step], 0, FULL))["env"]}
+        assert env["OPENAI_API_KEY"]["valueFrom"] == key
+    assert "OPENAI_API_KEY" not in {e["name"] for e in container(build_job(b, by_step["train"], 0, FULL))["env"]}
