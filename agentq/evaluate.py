@@ -201,11 +201,18 @@ def _round_server(server: OpenAISpec) -> OpenAISpec:
 
 
 def run_shard(ws: RoundWorkspace, shard: int, num_shards: int) -> None:
-    check_shard(shard, num_shards)
+    run_shards(ws, [shard], num_shards)
+
+
+def run_shards(ws: RoundWorkspace, shards: list[int], num_shards: int) -> None:
+    """Arm by arm, so a process that runs several shards loads each arm's model once (`reusing_policies`)."""
+    for shard in shards:
+        check_shard(shard, num_shards)
     tasks, tasks_digest = eval_tasks(ws)
-    mine = [t for i, t in enumerate(tasks) if i % num_shards == shard]
     for arm in arms(ws):
-        _run_arm(ws, arm, mine, arm_digest(ws, arm, tasks_digest), shard, num_shards)
+        for shard in shards:
+            mine = [t for i, t in enumerate(tasks) if i % num_shards == shard]
+            _run_arm(ws, arm, mine, arm_digest(ws, arm, tasks_digest), shard, num_shards)
 
 
 def _run_arm(ws: RoundWorkspace, arm: str, mine: list[Task], inputs_digest: str, shard: int, num_shards: int) -> None:

@@ -2,18 +2,23 @@
 
 The runner only sequences the same step functions the Kubernetes Jobs run; each step decides for
 itself whether its completion marker already matches its inputs, so a re-run resumes where an
-interrupted one stopped and re-does only what a changed setting invalidated.
+interrupted one stopped and re-does only what a changed setting invalidated. On a machine with several
+GPUs the collect and evaluate shards run in parallel processes, one per GPU (`run_sharded`).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import time
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import yaml
 
-from agentq.config import ConfigError, RoundFile, load_round, parse_model
+from agentq.config import ConfigError, RoundFile, RoundSpec, load_round, parse_model
 from agentq.workspace import STEPS, RoundWorkspace
 
 
@@ -107,7 +112,7 @@ def run_round(ws: RoundWorkspace) -> dict[str, Any]:
 
 
 def _run_steps(ws: RoundWorkspace, progress: Progress) -> dict[str, float]:
-    from agentq import collect, evaluate, preferences
+    from agentq import evaluate, preferences
     from agentq.train import dpo, merge
 
     spec = ws.round.spec
@@ -127,8 +132,7 @@ def _run_steps(ws: RoundWorkspace, progress: Progress) -> dict[str, float]:
         progress.start(step)
         print(f"== {ws.name}: {step}", flush=True)
         if step == "collect":
-            for shard in range(spec.collect.shards):
-                collect.run(ws, shard, spec.collect.shards)
+            run_sharded(ws, "collect")
         elif step == "preferences":
             preferences.run(ws)
         elif step == "train":
@@ -136,12 +140,76 @@ def _run_steps(ws: RoundWorkspace, progress: Progress) -> dict[str, float]:
         elif step == "merge":
             merge.run(ws)
         else:
-            for shard in range(spec.evaluate.shards):
-                evaluate.run_shard(ws, shard, spec.evaluate.shards)
+            run_sharded(ws, "evaluate")
             evaluate.report(ws)
         progress.done(step)
         timings[step] = round(time.perf_counter() - start, 1)
     return timings
+
+
+LOCAL_MODEL_BACKENDS = ("hf", "vllm")  # the backends that load the model into this machine's GPUs
+
+
+def local_devices(spec: RoundSpec, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The CUDA devices the embedded runner may spread shards over; none when the backend loads no model here
+    (scripted, openai) or no GPU is visible. CUDA_VISIBLE_DEVICES, when set, is the list."""
+    if spec.model.backend not in LOCAL_MODEL_BACKENDS:
+        return []
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def plan_shards(num_shards: int, devices: list[str]) -> list[tuple[str | None, list[int]]]:
+    """(device, shards) per worker process: shard i on devices[i mod len(devices)], and no more workers than
+    shards. Without devices, one group on no particular device: every shard in this process, as on a CPU."""
+    if not devices:
+        return [(None, list(range(num_shards)))]
+    groups = [(device, list(range(i, num_shards, len(devices)))) for i, device in enumerate(devices)]
+    return [(device, shards) for device, shards in groups if shards]
+
+
+def run_sharded(ws: RoundWorkspace, step: str, devices: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every shard of collect or evaluate: in parallel processes, one per local GPU, each loading the model once
+    for all its shards; with one GPU or none, in this process one shard after another (the model still loaded
+    once). Returns what each worker did (device, pid, shards, models loaded)."""
+    num_shards = ws.round.spec.collect.shards if step == "collect" else ws.round.spec.evaluate.shards
+    plan = plan_shards(num_shards, local_devices(ws.round.spec) if devices is None else devices)
+    if len(plan) == 1:
+        return [_run_group(ws, step, plan[0][0], plan[0][1], num_shards)]
+    round_json = ws.round.model_dump(mode="json", by_alias=True)
+    context = multiprocessing.get_context("spawn")  # a forked CUDA context is unusable; spawn starts clean
+    with ProcessPoolExecutor(max_workers=len(plan), mp_context=context) as pool:
+        futures = [pool.submit(_device_worker, round_json, ws.source, step, device, shards, num_shards)
+                   for device, shards in plan]
+        return [f.result() for f in futures]
+
+
+def _device_worker(round_json: dict[str, Any], source: str, step: str, device: str, shards: list[int],
+                   num_shards: int) -> dict[str, Any]:
+    """One worker process: only `device` visible (set before anything touches CUDA), its shards in turn."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = device
+    ws = RoundWorkspace(RoundFile.model_validate(round_json), source, save_spec=False)
+    return _run_group(ws, step, device, shards, num_shards)
+
+
+def _run_group(ws: RoundWorkspace, step: str, device: str | None, shards: list[int],
+               num_shards: int) -> dict[str, Any]:
+    from agentq import collect, evaluate
+    from agentq.policy import base
+
+    with base.reusing_policies():
+        if step == "collect":
+            for shard in shards:
+                collect.run(ws, shard, num_shards)
+        else:
+            evaluate.run_shards(ws, shards, num_shards)
+        return {"device": device, "pid": os.getpid(), "shards": shards, "loads": base._Reuse.loads}
 
 
 def run_main(args: argparse.Namespace) -> int:

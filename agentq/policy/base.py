@@ -9,6 +9,9 @@ token limit and seed.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -84,10 +87,47 @@ class PolicyError(RuntimeError):
     """A backend that cannot run here (missing package, no CUDA for 4-bit); says what to do instead."""
 
 
+class _Reuse:
+    """The policy last loaded inside `reusing_policies()`, kept for the next load of the same model."""
+
+    active = False
+    key: str | None = None
+    policy: Policy | None = None
+    loads = 0  # models loaded while active (the embedded runner's workers report it)
+
+
+@contextlib.contextmanager
+def reusing_policies() -> Iterator[None]:
+    """Within the block, loading the model already loaded returns it instead of loading it again.
+
+    Only the latest model is kept, and it is dropped before another loads and when the block ends, so
+    two models never share a device's memory and training after collection finds the device free.
+    """
+    _Reuse.active, _Reuse.loads = True, 0
+    try:
+        yield
+    finally:
+        _Reuse.active, _Reuse.key, _Reuse.policy = False, None, None
+        gc.collect()
+
+
 def load_policy(model: ModelSpec, path_override: str | Path | None = None) -> Policy:
     """The backend `model.backend` names; `path_override` replaces `model.base` (an earlier round's merge)."""
     if path_override is not None:
         model = model.model_copy(update={"base": str(path_override)})
+    if not _Reuse.active:
+        return _load(model)
+    key = model.model_dump_json()
+    if _Reuse.key != key:
+        _Reuse.key, _Reuse.policy = None, None
+        gc.collect()  # the previous model leaves memory before the next one arrives
+        _Reuse.policy, _Reuse.key = _load(model), key
+        _Reuse.loads += 1
+    assert _Reuse.policy is not None
+    return _Reuse.policy
+
+
+def _load(model: ModelSpec) -> Policy:
     if model.backend == "scripted":
         from agentq.policy.scripted import ScriptedPolicy
 
