@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.write_docs:
         command = "python benchmarks/collection.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        replace_markdown_section(args.write_docs, SECTION, f"`{command.strip()}`\n\n{text}\n")
+        replace_markdown_section(args.write_docs, SECTION, f"## {SECTION}\n\n`{command.strip()}`\n\n{text}\n")
     if args.json:
         print(json.dumps({"device": device, "settings": settings, "rows": rows}))
     return 0
