@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]  # tests.openai_server, when run as a script
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the mock server (tests/openai_server.py) and its helpers
 
 from agentq.config import ModelSpec  # noqa: E402
 from agentq.io import replace_markdown_section  # noqa: E402
@@ -78,7 +78,7 @@ def backend(name: str, tasks: list[Task], args: argparse.Namespace) -> Iterator[
         policy = load_policy(ModelSpec(base="tiny", backend="hf", dtype="float32"))
         yield "tiny, hf fp32", policy, policy
     elif name == "openai-mock":
-        from tests.openai_server import running_server
+        from openai_server import running_server
 
         with tempfile.TemporaryDirectory() as folder:
             write_tasks(Path(folder) / "tasks.jsonl", tasks)

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from testenv import free_port
 
 from agentq.config import ScriptedSpec
 from agentq.policy.base import Prompt, Request
@@ -104,12 +104,6 @@ def make_app(tasks: list[Task], models: list[str], fail_first: int = 0, delay_s:
                 state["in_flight"] -= 1
 
     return app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

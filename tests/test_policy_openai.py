@@ -8,6 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from openai_server import running_server
+from test_scheduler import without_clock
+from testenv import free_port
 
 from agentq.cli import main
 from agentq.config import ModelSpec, RoundFile, ScriptedSpec, parse_model
@@ -20,8 +23,6 @@ from agentq.sandbox.executor import LocalExecutor
 from agentq.search.mcts import Search, SearchParams
 from agentq.tasks.humanevalfix import load_humanevalfix
 from agentq.tasks.schema import write_tasks
-from tests.openai_server import free_port, running_server
-from tests.test_scheduler import without_clock
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
