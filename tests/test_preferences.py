@@ -2,7 +2,7 @@
 
 import pytest
 
-from agentq.policy.base import Sample
+from agentq.policy.base import BatchPolicy, Sample
 from agentq.policy.prompts import format_ranking
 from agentq.preferences import PairPolicy, build_pairs, pairs_from_tree
 from agentq.sandbox.verdict import TestResult, Verdict
@@ -91,16 +91,16 @@ def score_of(code: str) -> int:
     return int(code.split("# score ")[1].split()[0]) if "# score " in code else 0
 
 
-class InvertedCritic:
+class InvertedCritic(BatchPolicy):
     """Rewrites cycle through scores 0..4 (many ties); the critique ranks the *worst* tested candidate first,
     the same way in both presentation orders, i.e. a confident critic that always disagrees with the tests."""
 
     def __init__(self) -> None:
         self.drawn = 0
 
-    def generate(self, prompts, *, n, temperature, max_new_tokens, seed):
+    def generate_batch(self, requests):
         out = []
-        for prompt in prompts:
+        for prompt, n in ((r.prompt, r.n) for r in requests):
             if prompt.purpose == "critique":
                 order = sorted(range(len(prompt.candidates)), key=lambda i: score_of(prompt.candidates[i]))
                 out.append([Sample(f"The first one looks cleanest.\n{format_ranking(order)}")])

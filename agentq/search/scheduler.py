@@ -4,9 +4,10 @@ Each tree (`Search.steps`) is a generator that waits on one need at a time: gene
 or a critique) or sandbox runs. The scheduler keeps up to `in_flight` trees open, and at every tick
 serves all their pending needs at once: every waiting generation of one policy in one
 `generate_batch`, every waiting candidate in one `run_many`, the sandbox batch on a worker thread while
-the policy generates, so neither waits for the other. A tree's answers do not depend on its companions
-where the backend is deterministic per request (the scripted mock, vLLM and OpenAI-compatible servers
-seeded per request): trees come out as the sequential path writes them, in the order they finish.
+the policy generates. A tick ends when both are done, so a slow sandbox batch (a candidate that runs
+into its timeout) still delays the next tick's generations. With a backend that answers each request
+from its own seed alone (the scripted mock) a tree does not depend on its companions: trees come out
+as the sequential path writes them, in the order they finish. One scheduler serves one executor.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class Scheduler:
         pending: Future | None = None
         if runs:
             executor: Executor = runs[0].need.executor
+            if any(t.need.executor is not executor for t in runs):
+                raise ValueError("one scheduler serves the trees of one executor")
             jobs = [job for t in runs for job in t.need.jobs]
             pending = pool.submit(executor.run_many, jobs)
             self.stats.run_calls += 1
