@@ -1,8 +1,8 @@
 """Split-conformal prediction sets over a ranking of files, after temperature scaling.
 
-Scores become probabilities by a softmax at temperature T, fitted by minimising the gold files' negative log-
-likelihood (Guo et al., 2017) on tasks other than those that set the threshold. The nonconformity of a task is 1
-- the smallest probability of its gold files (a task whose gold file is no candidate scores 1). With the
+Scores become probabilities by a softmax at temperature T, fitted by minimising the gold files' negative
+log-likelihood (Guo et al., 2017) on tasks other than those that set the threshold. The nonconformity of a task
+is 1 - the smallest probability of its gold files (a task whose gold file is no candidate scores 1). With the
 calibration scores' ceil((n+1)(1-alpha))/n quantile q, the set {files with p >= 1 - q} holds all gold files of a
 new exchangeable task with probability >= 1 - alpha (Vovk et al. 2005; the "LAC" set of Sadinle et al., 2019):
 the set is small where the ranking is confident and grows where it is not, and its size is how much code a

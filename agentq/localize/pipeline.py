@@ -57,6 +57,10 @@ class Localizer:
         return Localization(ranked=[self.paths[i] for i in order], probabilities=[float(p[i]) for i in order],
                             prediction_set=[self.paths[i] for i in chosen])
 
+    def context(self, result: Localization) -> dict[str, str]:
+        """The prompt's code: the prediction set's files, most probable first (the set's size is the budget)."""
+        return {path: self.repo.files[path] for path in result.prediction_set}
+
 
 def fuse(stages: dict[str, dict[str, float]], use: tuple[str, ...], paths: list[str]) -> np.ndarray:
     """RRF over the stages in `use` (one stage: its own scores), as an array over `paths`."""
