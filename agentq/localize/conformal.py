@@ -35,7 +35,9 @@ def fit_temperature(groups: list[tuple[np.ndarray, np.ndarray]]) -> float:
         z = scores[None, :] / TEMPERATURES[:, None]
         top = z.max(axis=1, keepdims=True)
         log_total = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
-        log_gold = top[:, 0] + np.log(np.exp(z[:, gold] - top).sum(axis=1))
+        gold_z = z[:, gold]
+        gold_top = gold_z.max(axis=1, keepdims=True)
+        log_gold = gold_top[:, 0] + np.log(np.exp(gold_z - gold_top).sum(axis=1))
         nll += log_total - log_gold
     return float(TEMPERATURES[int(np.argmin(nll))])
 
