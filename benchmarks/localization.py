@@ -1,7 +1,8 @@
 """File localisation: Recall@1/5, conformal coverage and mean set size per stage, against BM25 alone.
 
 Stages are cumulative: BM25 only; + dense (all-MiniLM-L6-v2 int8); + PPR over the import graph; + the
-test-import prior (each fused by Reciprocal Rank Fusion); + the reranker learned over all of them. Held out by
+test-import prior (each fused by Reciprocal Rank Fusion); + the reranker learned over all of them. The dense
+retriever and the test prior are also measured alone. Held out by
 library: the libraries are split into folds; for each fold the reranker and the softmax temperature are fitted
 on half of the other libraries, the conformal threshold is calibrated on the other half (for every stage
 alike), and the fold's libraries are the test set. Figures are over the test tasks of every fold.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ SECTION = "Localization"
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_ROWS = (("BM25 only", ("bm25",)), ("+ dense", ("bm25", "dense")), ("+ PPR", ("bm25", "dense", "ppr")),
               ("+ test prior", ("bm25", "dense", "ppr", "prior")))
+# Stages measured on their own (PPR is left out: it is seeded by the text retrievers, so never alone).
+ALONE_ROWS = (("dense alone", ("dense",)), ("test prior alone", ("prior",)))
 
 
 @dataclass
@@ -70,7 +74,9 @@ def score_corpus(tasks: list[LocTask], repos: Path, cache: Path, embedder: Embed
 
 def build_tasks(args: argparse.Namespace, repos: Path, cache: Path) -> tuple[list[LocTask], str]:
     if args.tasks:
-        return read_repo_tasks(args.tasks), f"repo tasks from `{args.tasks}` (gold = files the bug_patch touches)"
+        return read_repo_tasks(args.tasks), (f"repo tasks from `{args.tasks}` (gold = the files the bug_patch "
+                                             "touches; the pristine sdist tree is indexed, not the buggy one, "
+                                             "which differs from it in the mutated lines)")
     tasks: list[LocTask] = []
     for sdist in sorted(repos.glob("*.tar.gz")):
         group = sdist.name.removesuffix(".tar.gz").rsplit("-", 1)[0]
@@ -78,7 +84,8 @@ def build_tasks(args: argparse.Namespace, repos: Path, cache: Path) -> tuple[lis
             continue
         repo = Repository.scan(unpack_sdist(sdist, cache / "src"))
         tasks += synthetic_tasks(repo, group, sdist.name, args.per_library, seed=args.seed)
-    return tasks, (f"synthetic tasks from the sdists in `{repos}` ({args.per_library} per library, seed "
+    shown = os.path.relpath(repos, ROOT)
+    return tasks, (f"synthetic tasks from the sdists in `{shown}` ({args.per_library} per library, seed "
                    f"{args.seed}; report = failing test ids of tests importing the module + an error line "
                    "naming the function; no test was run)")
 
@@ -120,22 +127,22 @@ def metrics(scores: list[np.ndarray], scored: list[Scored], conformal: Conformal
 def evaluate(scored: list[Scored], k: int, alpha: float) -> list[dict]:
     groups = sorted({s.task.group for s in scored})
     # Without the embedding stage (--no-dense) its row is left out and the later rows run without it.
-    candidates = [(label, tuple(u for u in use if u in scored[0].stages)) for label, use in STAGE_ROWS
+    cumulative = [(label, tuple(u for u in use if u in scored[0].stages)) for label, use in STAGE_ROWS
                   if label != "+ dense" or "dense" in scored[0].stages]
-    use_all = candidates[-1][1]
-    rows: dict[str, dict] = {}
+    use_all = cumulative[-1][1]
+    alone = [(label, use) for label, use in ALONE_ROWS if use[0] in scored[0].stages]
+    rows: dict[str, dict] = {}  # in table order: the cumulative stages, the reranker, the stages alone
     for train_g, calib_g, test_g in folds(groups, k):
         train = [s for s in scored if s.task.group in train_g]
         calib = [s for s in scored if s.task.group in calib_g]
         test = [s for s in scored if s.task.group in test_g]
         if not (train and calib and test):
             continue
-        variants = {label: (stage_scores(calib, use), stage_scores(test, use)) for label, use in candidates}
-        variants["+ reranker"] = (reranked_scores(train, calib, use_all), reranked_scores(train, test, use_all))
-        train_x = {label: stage_scores(train, use) for label, use in candidates}
-        train_x["+ reranker"] = reranked_scores(train, train, use_all)
-        for label, (calib_x, test_x) in variants.items():
-            temperature = fit_temperature(list(zip(train_x[label], (s.gold for s in train), strict=True)))
+        variants = {label: [stage_scores(part, use) for part in (train, calib, test)] for label, use in cumulative}
+        variants["+ reranker"] = [reranked_scores(train, part, use_all) for part in (train, calib, test)]
+        variants |= {label: [stage_scores(part, use) for part in (train, calib, test)] for label, use in alone}
+        for label, (train_x, calib_x, test_x) in variants.items():
+            temperature = fit_temperature(list(zip(train_x, (s.gold for s in train), strict=True)))
             conformal = Conformal.calibrate(list(zip(calib_x, (s.gold for s in calib), strict=True)), alpha,
                                             temperature)
             m = metrics(test_x, test, conformal)
@@ -198,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                f"half of the other libraries, conformal threshold calibrated on the other half). Coverage: "
                f"share of test tasks whose gold files are all in the split-conformal set (alpha {args.alpha}). "
                f"Scoring took {seconds:.0f} s on this machine's CPU (indexing included; embeddings cached in "
-               f"--cache).\n\n{table(rows, args.alpha)}\n\nCommand: `python benchmarks/localization.py "
+               f"--cache).\n\n{table(rows, args.alpha)}\n\nReading: RRF weighs every stage alike, so a stage that is "
+               "weaker alone than BM25 can pull the fused Recall@1 down (compare its 'alone' row); the reranker "
+               "learns how much each stage counts. Coverage is over held-out libraries, so it can miss the "
+               "target where libraries differ (conformal coverage assumes exchangeable tasks); set size is the "
+               "number of files a prompt would get.\n\nCommand: `python benchmarks/localization.py "
                + " ".join(argv if argv is not None else sys.argv[1:]) + "`\n")
     print(section)
     if args.write_docs:

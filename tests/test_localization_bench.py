@@ -31,7 +31,8 @@ def test_benchmark_measures_every_stage_against_bm25_on_held_out_libraries(tmp_p
                      "--json"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert [r["stage"] for r in result["rows"]] == ["BM25 only", "+ PPR", "+ test prior", "+ reranker"]
+    assert [r["stage"] for r in result["rows"]] == ["BM25 only", "+ PPR", "+ test prior", "+ reranker",
+                                                  "test prior alone"]
     assert result["libraries"] == ["cachetools", "sqlparse", "toolz"]
     for row in result["rows"]:
         assert row["tasks"] == result["tasks"] > 0  # every fold's test tasks, each counted once

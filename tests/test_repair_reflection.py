@@ -16,7 +16,7 @@ from agentq.repair.patch import ApplyError, ParseError, Patch, answer_to_patch
 from agentq.repair.reflection import (
     ADVICE,
     Category,
-    RepoVerdict,
+    RunOutcome,
     categorize,
     failing_output,
     repair_messages,
@@ -29,8 +29,8 @@ F2P = "tests/test_calc.py::test_add"
 P2P = "tests/test_calc.py::test_mul"
 
 
-def verdict(**kw) -> RepoVerdict:
-    return RepoVerdict(**{"fail_to_pass": {F2P: True}, "pass_to_pass": {P2P: True}, **kw})
+def verdict(**kw) -> RunOutcome:
+    return RunOutcome(**{"fail_to_pass": {F2P: True}, "pass_to_pass": {P2P: True}, **kw})
 
 
 @pytest.mark.parametrize("outcome, run, expected", [
@@ -79,17 +79,17 @@ def pytest_runner(root: Path, work: Path):
     """The executor's job in miniature: apply the patch to a fresh copy and run the task's tests in a real
     pytest process (issue 15's repository executor does this in the sandbox)."""
 
-    def run(patch: Patch) -> RepoVerdict:
+    def run(patch: Patch) -> RunOutcome:
         copy = work / f"run-{len(list(work.iterdir()))}"
         shutil.copytree(root, copy)
         applied = subprocess.run(["git", "apply", "-"], input=patch.diff, text=True, cwd=copy, capture_output=True)
         if applied.returncode:
-            return RepoVerdict(applied=False, apply_error=applied.stderr)
+            return RunOutcome(applied=False, apply_error=applied.stderr)
         env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", F2P, P2P],
                               cwd=copy, env=env, capture_output=True, text=True, timeout=120)
         passed = set(re.findall(r"^PASSED (\S+)", proc.stdout, re.M))
-        return RepoVerdict(fail_to_pass={F2P: F2P in passed}, pass_to_pass={P2P: P2P in passed},
+        return RunOutcome(fail_to_pass={F2P: F2P in passed}, pass_to_pass={P2P: P2P in passed},
                            output=proc.stdout[-1500:])
 
     return run

@@ -2,7 +2,7 @@
 
 As a search strategy this is MCTS with depth N and one child per node (K=1); the model call and the test run
 are parameters, so the same loop runs with any backend and with the repository executor that issue 15
-provides (or any callable that turns a Patch into a RepoVerdict).
+provides (or any callable that turns a Patch into a RunOutcome).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agentq.repair.patch import ApplyError, ParseError, Patch, answer_to_patch
-from agentq.repair.reflection import Category, RepoVerdict, categorize, failing_output, repair_messages, syntax_errors
+from agentq.repair.reflection import Category, RunOutcome, categorize, failing_output, repair_messages, syntax_errors
 
 DEFAULT_ATTEMPTS = 3
 
@@ -25,7 +25,7 @@ class Attempt:
 
 
 def reflection_loop(root: str, issue: str, context: dict[str, str], generate: Callable[[list[dict]], str],
-                    run: Callable[[Patch], RepoVerdict], max_attempts: int = DEFAULT_ATTEMPTS,
+                    run: Callable[[Patch], RunOutcome], max_attempts: int = DEFAULT_ATTEMPTS,
                     suspects: set[str] = frozenset()) -> list[Attempt]:
     """Attempts in order; the last is RESOLVED when the loop fixed the task. A patch that does not parse,
     apply or compile is categorised without a test run."""

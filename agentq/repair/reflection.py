@@ -7,11 +7,12 @@ cannot import the code, the run crashed, the failing tests pass but a passing on
 none of the files the evidence points to, or the failing tests still fail. The next prompt names the category,
 says what it usually means, and quotes the failing output.
 
-`RepoVerdict` holds only what the taxonomy needs. From the repository executor's verdict (issue 15):
-`applied`/`apply_error` from its patch step, `timed_out` from a run killed at its time limit, `crashed` when
-the run ended without a test report (killed, out of memory, harness error), `collection_error` from pytest's
-collection errors (the modules it could not import), `fail_to_pass`/`pass_to_pass` as node id -> passed,
-`output` as the tail of pytest's output.
+`RunOutcome` holds only what the taxonomy needs, so the taxonomy does not depend on one executor. From issue
+15's `agentq.sandbox.repo.RepoVerdict` (as of its branch): `applied` = `patch_status` not in ("failed",
+"refused"), with `apply_error` = its `message` otherwise; `timed_out` = `status == "timeout"`; `crashed` =
+`status` in ("error", "killed", "memory") with the patch applied, or a message starting "pytest did not
+finish"; `collection_error` = its run report's collect errors, joined; `fail_to_pass` / `pass_to_pass` =
+`{t.name: t.passed}` over `tests[:f2p_total]` / the rest; `output` = `message` plus `stderr_tail`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ ADVICE = {
 
 
 @dataclass
-class RepoVerdict:
+class RunOutcome:
     applied: bool = True
     apply_error: str = ""
     timed_out: bool = False
@@ -92,7 +93,7 @@ def traceback_files(output: str) -> set[str]:
     return {m.lstrip("./") for m in _TRACE_FILE.findall(output)}
 
 
-def categorize(patch: Patch | Exception, verdict: RepoVerdict | None, suspects: set[str] = frozenset()) -> Category:
+def categorize(patch: Patch | Exception, verdict: RunOutcome | None, suspects: set[str] = frozenset()) -> Category:
     """The category of an attempt. `patch` is the parsed patch or the ParseError/ApplyError that parsing
     raised; `verdict` is None when nothing ran; `suspects` are the files the evidence points to (the
     localisation set), to which the failing output's traceback files are added."""
@@ -127,7 +128,7 @@ def categorize(patch: Patch | Exception, verdict: RepoVerdict | None, suspects: 
     return Category.TEST_ASSERTION
 
 
-def failing_output(patch: Patch | Exception, verdict: RepoVerdict | None) -> str:
+def failing_output(patch: Patch | Exception, verdict: RunOutcome | None) -> str:
     """What the next prompt quotes: the parse/apply/compile error, else the run's failing output."""
     if isinstance(patch, Exception):
         text = str(patch)
