@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-dense", action="store_true", help="leave the embedding stage out")
     parser.add_argument("--cache", default=str(ROOT / "artifacts" / "localization-cache"))
     parser.add_argument("--write-docs", nargs="?", const=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--note", default="", help="provenance of --tasks, added to the docs section")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     repos, cache = Path(args.repos), Path(args.cache)
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"localization: --repos {repos}: not a directory of sdists", file=sys.stderr)
         return 2
     tasks, corpus = build_tasks(args, repos, cache)
+    corpus += f"; {args.note}" if args.note else ""
+    title = f"{SECTION} on repo tasks" if args.tasks else SECTION
     if len({t.group for t in tasks}) < 3:
         print(f"localization: {len(tasks)} tasks in fewer than 3 libraries: need train, calibration and test "
               "libraries", file=sys.stderr)
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = evaluate(scored, args.folds, args.alpha)
     seconds = time.perf_counter() - t0
     groups = sorted({t.group for t in tasks})
-    section = (f"## {SECTION}\n\nCorpus: {corpus}. {len(tasks)} tasks in {len(groups)} libraries "
+    section = (f"## {title}\n\nCorpus: {corpus}. {len(tasks)} tasks in {len(groups)} libraries "
                f"({', '.join(groups)}); {args.folds} folds held out by library (reranker and temperature fitted on "
                f"half of the other libraries, conformal threshold calibrated on the other half). Coverage: "
                f"share of test tasks whose gold files are all in the split-conformal set (alpha {args.alpha}). "
@@ -213,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                + " ".join(argv if argv is not None else sys.argv[1:]) + "`\n")
     print(section)
     if args.write_docs:
-        replace_markdown_section(args.write_docs, SECTION, section)
-        print(f"wrote the {SECTION} section of {args.write_docs}")
+        replace_markdown_section(args.write_docs, title, section)
+        print(f"wrote the {title} section of {args.write_docs}")
     if args.json:
         print(json.dumps({"corpus": corpus, "tasks": len(tasks), "libraries": groups, "alpha": args.alpha,
                           "seconds": round(seconds, 1), "rows": rows}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from agentq.localize.conformal import Conformal, fit_temperature, softmax
-from agentq.localize.corpus import patch_files, synthetic_tasks, unpack_sdist
+from agentq.localize.corpus import patch_files, read_repo_tasks, synthetic_tasks, unpack_sdist
 from agentq.localize.dense import Embedder, EmbedderError, chunks
 from agentq.localize.fusion import Reranker, features, ranks, rrf
 from agentq.localize.graph import files_of_tests, import_prior, personalized_pagerank
@@ -201,3 +202,21 @@ def test_a_directory_without_an_onnx_model_is_refused_by_name(tmp_path):
 def test_softmax_is_a_distribution():
     p = softmax(np.array([1000.0, 0.0, -5.0]), 1.0)
     assert abs(p.sum() - 1) < 1e-12 and p[0] > 0.999
+
+
+def test_repo_task_lines_give_report_failing_tests_and_gold_files(tmp_path):
+    record = {"kind": "repo", "task_id": "toolz-1.2.0__op_swap__toolz/itertoolz.py:10", "group": "toolz",
+              "repo": {"sdist": "toolz-1.2.0.tar.gz", "name": "toolz", "version": "1.2.0"},
+              "bug_patch": "diff --git a/toolz/itertoolz.py b/toolz/itertoolz.py\n--- a/toolz/itertoolz.py\n"
+                           "+++ b/toolz/itertoolz.py\n@@ -1 +1 @@\n-a\n+b\n",
+              "fail_to_pass": ["toolz/tests/test_itertoolz.py::test_groupby"], "pass_to_pass": [],
+              "issue": "1 test fails", "test_target": ["toolz/"]}
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps(record) + "\n" + json.dumps({"id": "a function task"}) + "\n")
+    [task] = read_repo_tasks(path)
+    assert task.gold == ("toolz/itertoolz.py",) and task.test_ids == ("toolz/tests/test_itertoolz.py::test_groupby",)
+    assert task.repo == "toolz-1.2.0.tar.gz" and task.group == "toolz"
+    del record["issue"]
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(ValueError, match=r"tasks.jsonl: line 1: repo task lacks field 'issue'"):
+        read_repo_tasks(path)
