@@ -29,6 +29,9 @@ FILES = {
     "pkg/sub/__init__.py": "",
     "pkg/sub/mod.py": "from .. import colors\nfrom ..util import strip_header\n",
     "tests/test_http.py": "from pkg.http import parse_response\n\ndef test_parse():\n    assert parse_response('a')\n",
+    "tests/test_top.py": "from pkg import parse_response\nimport pkg.sub\n",
+    "src/lib/__init__.py": "from ._impl import run\n",
+    "src/lib/_impl.py": "from . import __name__ as _n\n\ndef run():\n    pass\n",
 }
 
 
@@ -51,8 +54,13 @@ def test_module_names_follow_packages_and_imports_resolve_relative_ones(repo):
     assert module_name("pkg/sub/mod.py", repo.files) == "pkg.sub.mod"
     assert module_name("pkg/__init__.py", repo.files) == "pkg"
     assert module_name("tests/test_http.py", repo.files) == "test_http"
-    assert set(repo.graph.successors("pkg/sub/mod.py")) == {"pkg/__init__.py", "pkg/colors.py", "pkg/util.py"}
+    assert set(repo.graph.successors("pkg/sub/mod.py")) == {"pkg/colors.py", "pkg/util.py"}
     assert set(repo.graph.successors("tests/test_http.py")) == {"pkg/http.py"}
+    # From a package's top, a name goes to the file that defines it (through the __init__ re-export).
+    assert set(repo.graph.successors("tests/test_top.py")) == {"pkg/http.py", "pkg/sub/__init__.py"}
+    # src layout: module names start below src/, relative imports resolve against them.
+    assert module_name("src/lib/_impl.py", repo.files) == "lib._impl"
+    assert set(repo.graph.successors("src/lib/__init__.py")) == {"src/lib/_impl.py"}
     assert "tests/test_http.py" not in repo.candidates
 
 

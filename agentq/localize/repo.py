@@ -40,23 +40,23 @@ def module_name(path: str, files: dict[str, str]) -> str:
     return ".".join(parts[start:])
 
 
-def _imports(path: str, tree: ast.AST) -> list[str]:
-    """Absolute dotted names a module imports, with `from x import y` giving both `x` and `x.y`."""
-    package = path.split("/")[:-1]
-    names: list[str] = []
+def _imports(package: list[str], tree: ast.AST) -> list[tuple[str, str | None]]:
+    """(absolute module, imported name or None) for each import; `package` is the importing file's package
+    as module parts (what relative imports count from)."""
+    out: list[tuple[str, str | None]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.extend(a.name for a in node.names)
+            out.extend((a.name, None) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
-                prefix = ".".join([*base, *([node.module] if node.module else [])])
+                module = ".".join([*base, *([node.module] if node.module else [])])
             else:
-                prefix = node.module or ""
-            if prefix:
-                names.append(prefix)
-            names.extend(f"{prefix}.{a.name}" if prefix else a.name for a in node.names if a.name != "*")
-    return names
+                module = node.module or ""
+            out.extend((module, a.name) for a in node.names if module and a.name != "*")
+            if module and any(a.name == "*" for a in node.names):
+                out.append((module, None))
+    return out
 
 
 @dataclass
@@ -85,19 +85,42 @@ class Repository:
 
 
 def import_graph(files: dict[str, str]) -> nx.DiGraph:
-    """Edge a -> b when file a imports module b (resolved against the repository's own files only)."""
+    """Edge a -> b when file a imports module b, resolved against the repository's own files only.
+
+    `from pkg import name` goes to `pkg/name.py` when that is a module, else to the file `pkg/__init__.py`
+    re-exports `name` from (followed through up to three re-exports), else to `pkg/__init__.py` itself: tests
+    mostly import from a package's top, and the file that defines the name is the evidence."""
     by_module: dict[str, str] = {}
     for path in sorted(files, key=lambda p: p.count("/")):
         by_module.setdefault(module_name(path, files), path)
-    graph = nx.DiGraph()
-    graph.add_nodes_from(files)
+    imports: dict[str, list[tuple[str, str | None]]] = {}
     for path, text in files.items():
         try:
             tree = ast.parse(text)
         except (SyntaxError, ValueError):
             continue
-        for name in _imports(path, tree):
-            target = by_module.get(name)
+        parts = module_name(path, files).split(".")
+        imports[path] = _imports(parts if path.endswith("__init__.py") else parts[:-1], tree)
+    # name -> the file a module's `from x import name` takes it from (its re-exports)
+    reexports = {path: {name: by_module[module] for module, name in pairs if name and module in by_module}
+                 for path, pairs in imports.items()}
+
+    def resolve(module: str, name: str | None) -> str | None:
+        if name and f"{module}.{name}" in by_module:
+            return by_module[f"{module}.{name}"]
+        target = by_module.get(module)
+        for _ in range(3):
+            source = reexports.get(target, {}).get(name) if target and name else None
+            if source is None or source == target:
+                break
+            target = source
+        return target
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from(files)
+    for path, pairs in imports.items():
+        for module, name in pairs:
+            target = resolve(module, name)
             if target and target != path:
                 graph.add_edge(path, target)
     return graph
