@@ -172,6 +172,8 @@ def test_a_trained_model_round_trips_and_locates_the_file(repo, tmp_path):
     assert result.ranked[0] == "pkg/http.py" and result.prediction_set[0] == "pkg/http.py"
     assert abs(sum(result.probabilities) - 1) < 1e-9
     assert result.probabilities == sorted(result.probabilities, reverse=True)
+    with pytest.raises(ValueError, match=r"stage\(s\) \['dense'\]"):
+        localizer.locate(report, failing, Model(("bm25", "dense"), loaded.reranker, loaded.conformal))
     assert list(localizer.context(result)) == result.prediction_set
     assert localizer.context(result)["pkg/http.py"] == FILES["pkg/http.py"]
 

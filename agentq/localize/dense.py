@@ -71,7 +71,6 @@ class Embedder:
         return cls(*(_packaged() if path is None else _from_directory(Path(path))), threads=threads)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), 0), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad little
         rows: dict[int, np.ndarray] = {}
         for start in range(0, len(order), BATCH):
@@ -87,9 +86,7 @@ class Embedder:
             pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
             pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
             rows.update(zip(batch, pooled, strict=True))
-        if texts:
-            out = np.stack([rows[i] for i in range(len(texts))]).astype(np.float32)
-        return out
+        return np.stack([rows[i] for i in range(len(texts))]).astype(np.float32) if texts else np.zeros((0, 0))
 
 
 def chunks(path: str, text: str) -> list[str]:

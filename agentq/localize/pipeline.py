@@ -50,6 +50,10 @@ class Localizer:
 
     def locate(self, issue: str, test_ids: list[str], model: Model) -> Localization:
         stages = self.evidence(issue, test_ids)
+        missing = [s for s in model.stages if s not in stages]
+        if missing:
+            raise ValueError(f"the localisation model uses stage(s) {missing} that this Localizer does not run "
+                             "(the dense stage needs an Embedder)")
         logits = model.reranker.scores(features({s: stages[s] for s in model.stages}, self.paths)[1])
         chosen = model.conformal.predict(logits)
         p = softmax(logits, model.conformal.temperature)
