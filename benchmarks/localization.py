@@ -59,6 +59,8 @@ def score_corpus(tasks: list[LocTask], repos: Path, cache: Path, embedder: Embed
     for task in tasks:
         by_repo.setdefault(task.repo, []).append(task)
     for source, group in sorted(by_repo.items()):
+        if not (repos / source).is_file():
+            raise ValueError(f"task {group[0].task_id}: sdist {source} is not in {repos}")
         t0 = time.perf_counter()
         repo = Repository.scan(unpack_sdist(repos / source, cache / "src"))
         localizer = Localizer(repo, embedder, cache / "embeddings")
@@ -191,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     if not repos.is_dir():
         print(f"localization: --repos {repos}: not a directory of sdists", file=sys.stderr)
         return 2
-    tasks, corpus = build_tasks(args, repos, cache)
+    try:
+        tasks, corpus = build_tasks(args, repos, cache)
+    except (OSError, ValueError) as err:
+        print(f"localization: --tasks {args.tasks}: {err}", file=sys.stderr)
+        return 2
     corpus += f"; {args.note}" if args.note else ""
     title = f"{SECTION} on repo tasks" if args.tasks else SECTION
     if len({t.group for t in tasks}) < 3:
@@ -199,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
               "libraries", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    scored = score_corpus(tasks, repos, cache, None if args.no_dense else Embedder.load())
+    try:
+        scored = score_corpus(tasks, repos, cache, None if args.no_dense else Embedder.load())
+    except ValueError as err:
+        print(f"localization: {err}", file=sys.stderr)
+        return 2
     rows = evaluate(scored, args.folds, args.alpha)
     seconds = time.perf_counter() - t0
     groups = sorted({t.group for t in tasks})

@@ -48,3 +48,17 @@ def test_too_few_libraries_is_one_clear_line(tmp_path, capsys):
                      "--cache", str(tmp_path)])
     assert rc == 2
     assert "fewer than 3 libraries" in capsys.readouterr().err
+
+
+def test_bad_task_files_are_one_clear_line(tmp_path, capsys):
+    bench = load_bench()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    assert bench.main(["--tasks", str(bad), "--repos", str(DATA / "repos"), "--cache", str(tmp_path)]) == 2
+    assert f"{bad}:1: not valid JSON" in capsys.readouterr().err
+    lines = [{"kind": "repo", "task_id": f"t{i}", "group": f"g{i}", "repo": {"sdist": "nope-1.0.tar.gz"},
+              "bug_patch": "", "fail_to_pass": ["x"], "issue": "i"} for i in range(3)]
+    bad.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert bench.main(["--tasks", str(bad), "--repos", str(DATA / "repos"), "--cache", str(tmp_path),
+                       "--no-dense"]) == 2
+    assert "task t0: sdist nope-1.0.tar.gz is not in" in capsys.readouterr().err
