@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                "learns how much each stage counts. Coverage is over held-out libraries, so it can miss the "
                "target where libraries differ (conformal coverage assumes exchangeable tasks); set size is the "
                "number of files a prompt would get.\n\nCommand: `python benchmarks/localization.py "
-               + " ".join(argv if argv is not None else sys.argv[1:]) + "`\n")
+               + shlex.join(argv if argv is not None else sys.argv[1:]) + "`\n")
     print(section)
     if args.write_docs:
         replace_markdown_section(args.write_docs, title, section)
