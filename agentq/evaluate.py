@@ -32,6 +32,7 @@ from agentq.policy.base import Policy, load_policy
 from agentq.policy.prompts import extract_code, rewrite_prompt, zero_shot_prompt
 from agentq.report import write_report
 from agentq.sandbox.executor import find_tests
+from agentq.sandbox.limits import budgeted
 from agentq.sandbox.verdict import Verdict
 from agentq.search.mcts import Executor, Search, SearchParams
 from agentq.stats import bootstrap_mean, mcnemar_exact, pass_at_k
@@ -58,7 +59,8 @@ def _judge(task: Task, code: str | None, executor: Executor) -> dict[str, Any]:
     """
     if code is None:
         return {"parse_failure": True, "solved": False, "visible_solved": False, "status": "parse_error"}
-    full: Verdict = executor.run_many([(code, task.all_tests())])[0]
+    job = budgeted(code, task.all_tests(), getattr(executor, "limits", None), task.reference_seconds)
+    full: Verdict = executor.run_many([job])[0]
     visible = find_tests(task.tests)
     passed = {t.name for t in full.tests if t.passed}
     visible_solved = full.passed or (not isinstance(visible, str) and set(visible.names) <= passed)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from agentq.config import CollectSpec, EvaluateSpec, RoundSpec
 from agentq.policy.base import Policy
 from agentq.policy.prompts import FEEDBACK_LIMIT, extract_code, rewrite_prompt
+from agentq.sandbox.limits import Job, Limits, budgeted
 from agentq.sandbox.verdict import Verdict
 from agentq.screening import screen
 from agentq.search.critique import NEUTRAL_Q, critique_siblings
@@ -122,7 +123,7 @@ def node_seed(seed: int, task_id: str, node_id: int) -> int:
 class Executor(Protocol):
     """What MCTS needs from a sandbox (LocalExecutor and RemoteExecutor both provide it)."""
 
-    def run_many(self, jobs: list[tuple[str, str]]) -> list[Verdict]: ...
+    def run_many(self, jobs: list[Job]) -> list[Verdict]: ...
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Search:
         self.task, self.policy, self.executor, self.params = task, policy, executor, params
         self.critic = critic or policy
         self.reward_tests = reward_tests if reward_tests is not None else task.all_tests()
+        self.base_limits: Limits | None = getattr(executor, "limits", None)  # None: a test double without limits
         self.nodes: list[Node] = [Node(id=0, parent=None, depth=0, code=task.buggy_code)]
         self.stats = SearchStats()
 
@@ -170,11 +172,15 @@ class Search:
         """Below the depth limit, not solved, and holding a program: a parse error has nothing to improve on."""
         return node.depth < self.params.depth and not node.solved and node.code is not None
 
+    def job(self, code: str) -> Job:
+        """A sandbox job for `code`, with the task's time budget when its reference run time is known."""
+        return budgeted(code, self.reward_tests, self.base_limits, self.task.reference_seconds)
+
     def run_root(self) -> None:
         """Test the buggy program once, so depth-1 prompts carry what its tests say."""
         root = self.nodes[0]
         if root.verdict is None:
-            root.verdict = self.executor.run_many([(self.task.buggy_code, self.reward_tests)])[0]
+            root.verdict = self.executor.run_many([self.job(self.task.buggy_code)])[0]
             root.reward = root.verdict.reward
             self.stats.executions += 1
 
@@ -210,7 +216,7 @@ class Search:
 
     def _test(self, children: list[Node]) -> None:
         runnable = [c for c in children if c.code is not None]
-        verdicts = self.executor.run_many([(c.code, self.reward_tests) for c in runnable]) if runnable else []
+        verdicts = self.executor.run_many([self.job(c.code) for c in runnable]) if runnable else []
         self.stats.executions += len(runnable)
         for child, verdict in zip(runnable, verdicts, strict=True):
             child.verdict, child.reward = verdict, verdict.reward
