@@ -70,6 +70,7 @@ OUTPUT_NEUTRAL: dict[str, str] = {
     "sandbox.url": "which sandbox runs candidates; the limits that decide verdicts are digested",
     "sandbox.workers": "parallelism only",
     "model.token_secret": "credentials for the model step's download",
+    "model.server": "where the model is served; the model itself and the sampling settings are digested",
     "job_template": "labels and annotations of the Kubernetes Jobs",
     "active_deadline_seconds": "how long a Kubernetes Job may run",
 }
