@@ -242,7 +242,7 @@ def serve_inference(kube: Kube, body: dict[str, Any], result: Plan, stamp: str,
     if servers.hold:
         result.create = [(unit, attempt) for unit, attempt in result.create if unit.step != servers.hold]
         result.wake_after = min(result.wake_after or 5.0, 5.0)  # look again soon: readiness has no Job event
-    shown_before = any(c.get("type") == inference.CONDITION for c in result.status.get("conditions") or [])
+    shown_before = any(c.get("type") == inference.CONDITION for c in result.old_conditions)
     if servers.condition is None and shown_before:
         servers.condition = (False, "NotNeeded", "no running stage uses an inference server")
     if servers.condition:
