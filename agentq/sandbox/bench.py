@@ -103,6 +103,10 @@ def main(args: argparse.Namespace) -> int:
     for v in warm[n:]:
         statuses[v.status] = statuses.get(v.status, 0) + 1
     print(f"buggy verdicts (warm): {statuses}")
+    for task_id, verdict in zip(ids[:n], warm[:n], strict=True):
+        if not verdict.passed:  # a correct program the warm path did not pass: the budget or the load?
+            print(f"  warm canonical not passing {task_id}: {verdict.status} (cpu {verdict.cpu_s}, wall "
+                  f"{verdict.duration_s:.2f} s): {verdict.message[:160]}")
     for i, ok in enumerate(agree):
         if not ok:
             kind = "canonical" if i < n else "buggy"
