@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = model.add_parser("fetch", help="copy spec.model.fetchFrom into the store at spec.model.base (store:<key>)")
     _round_arg(p)
     p.set_defaults(func=_lazy("agentq.fetch:main"))
+    p = model.add_parser("serve-scripted", help="the scripted model behind an OpenAI chat-completions API (the "
+                                               "mock-model image's stand-in for vLLM)")
+    from agentq.policy.scripted_server import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_lazy("agentq.policy.scripted_server:main"))
 
     rnd = sub.add_parser("round", help="run a whole round on this machine")
     rnd = rnd.add_subparsers(dest="round_cmd", required=True)

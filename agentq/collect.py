@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
-from agentq.policy.base import load_policy
+from agentq.policy.base import load_policy, served_model
 from agentq.search.mcts import Search, SearchParams
 from agentq.search.scheduler import Scheduler
 from agentq.tasks.schema import Task
@@ -69,7 +69,8 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
     done = finished_ids(local, inputs_digest)
     todo = [t for t in mine if t.id not in done]
     params = SearchParams.for_collect(spec)
-    policy = load_policy(spec.model, path_override=model_path)  # the base, the store's copy, or fromRound's merge
+    # The base, the store's copy, or fromRound's merge; or the server the operator named.
+    policy = load_policy(served_model(spec.model), path_override=model_path)
     critic = load_policy(spec.model.model_copy(update={"backend": "scripted"})) if spec.collect.critic == "scripted" \
         else None
     start = time.perf_counter()

@@ -69,6 +69,44 @@ class OpenAISpec(Spec):
     timeout_seconds: float = Field(600, gt=0, description="Per request.")
 
 
+# How the operator points a served step (model.server) at its inference server: the OpenAI base URL, and the
+# served names of the model the round starts from and (evaluate) of the round's own model. The steps read them
+# (`served_model`), the controller writes them; both import these names from here.
+INFERENCE_URL_ENV = "AGENTQ_INFERENCE_URL"
+INFERENCE_MODEL_ENV = "AGENTQ_INFERENCE_MODEL"
+INFERENCE_ROUND_MODEL_ENV = "AGENTQ_INFERENCE_ROUND_MODEL"
+
+
+class VllmServerSpec(Spec):
+    """A vLLM server the operator starts on the inference pool for the round's collect and evaluate stages."""
+
+    image: str | None = Field(None, description="Server image (default: the operator's images.inferenceServer).")
+    gpus: int | None = Field(None, ge=0, description="GPUs of the server (default: the inference pool's "
+                             "gpusPerShard); 0 runs it without a GPU request (a CPU build, or the mock image).")
+    parallel: Literal["tensor", "data"] = Field("tensor", description="How the server spreads the model over its "
+                                                "GPUs: tensor parallel (one copy split across them) or data "
+                                                "parallel (one copy per GPU).")
+    ready_timeout_seconds: int = Field(900, ge=1, description="How long the stage waits for the server to be "
+                                       "ready before the round is shown as blocked on it.")
+    extra_args: list[str] = Field(default_factory=list, description="More `vllm serve` arguments.")
+
+
+class InferenceServerSpec(Spec):
+    """Served inference for collect and evaluate: exactly one of an existing server's URL or a vLLM server the
+    operator starts (Kubernetes runs). The step Jobs then run without a GPU and reach it over HTTP."""
+
+    url: str | None = Field(None, description="An OpenAI-compatible server (base URL, ending in /v1) that already "
+                            "serves the round's model.")
+    vllm: VllmServerSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> InferenceServerSpec:
+        chosen = [name for name in ("url", "vllm") if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError(f"set exactly one of url, vllm (got {chosen or 'none'})")
+        return self
+
+
 class ModelSpec(Spec):
     base: str = Field(DEFAULT_BASE_MODEL, min_length=1, description="Hub name, local directory, or `store:<key>`: a "
                       "model directory in the round's artifact store (PVC or S3).")
@@ -84,6 +122,8 @@ class ModelSpec(Spec):
     token_secret: str | None = Field(None, description="Kubernetes Secret whose `token` key is the model step's "
                                      "HF_TOKEN (gated or private hub models).")
     openai: OpenAISpec | None = Field(None, description="With backend openai: the server to ask.")
+    server: InferenceServerSpec | None = Field(None, description="Serve the model over HTTP for collect and "
+                                               "evaluate instead of loading it in each step Job.")
 
     @model_validator(mode="after")
     def _fetch_needs_a_store_base(self) -> ModelSpec:

@@ -29,10 +29,11 @@ from tqdm import tqdm
 
 from agentq.config import OpenAISpec, RoundFile, RoundSpec, parse_model
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
-from agentq.policy.base import Policy, load_policy
+from agentq.policy.base import Policy, load_policy, served_model
 from agentq.policy.prompts import extract_code, rewrite_prompt, zero_shot_prompt
 from agentq.report import write_report
 from agentq.sandbox.executor import find_tests
+from agentq.sandbox.limits import budgeted
 from agentq.sandbox.verdict import Verdict
 from agentq.search.mcts import Executor, Search, SearchParams
 from agentq.search.scheduler import Scheduler
@@ -60,7 +61,8 @@ def _judge(task: Task, code: str | None, executor: Executor) -> dict[str, Any]:
     """
     if code is None:
         return {"parse_failure": True, "solved": False, "visible_solved": False, "status": "parse_error"}
-    full: Verdict = executor.run_many([(code, task.all_tests())])[0]
+    job = budgeted(code, task.all_tests(), getattr(executor, "limits", None), task.reference_seconds)
+    full: Verdict = executor.run_many([job])[0]
     visible = find_tests(task.tests)
     passed = {t.name for t in full.tests if t.passed}
     visible_solved = full.passed or (not isinstance(visible, str) and set(visible.names) <= passed)
@@ -182,13 +184,13 @@ def shard_file(mode: str, shard: int, num_shards: int, arm: str = "round") -> st
 
 
 def _load_arm_policy(ws: RoundWorkspace, arm: str) -> Policy:
-    spec = ws.round.spec
-    if arm == "round" and spec.model.openai is not None:
-        return load_policy(spec.model.model_copy(update={"openai": _round_server(spec.model.openai)}))
+    model = served_model(ws.round.spec.model)
+    if arm == "round" and model.openai is not None:
+        return load_policy(model.model_copy(update={"openai": _round_server(model.openai)}))
     if arm == "round":
-        return load_policy(spec.model, path_override=ws.model_dir("merged"))
+        return load_policy(model, path_override=ws.model_dir("merged"))
     source, _ = ws.model_source()
-    return load_policy(spec.model, path_override=source)  # the base, the store's copy, or fromRound's merge
+    return load_policy(model, path_override=source)  # the base, the store's copy, or fromRound's merge
 
 
 def _round_server(server: OpenAISpec) -> OpenAISpec:

@@ -78,6 +78,7 @@ OUTPUT_NEUTRAL: dict[str, str] = {
     "model.openai.concurrency": "parallelism only",
     "model.openai.max_retries": "how often a refused request is retried",
     "model.openai.timeout_seconds": "how long a request may take",
+    "model.server": "where the model is served; the model itself and the sampling settings are digested",
     "job_template": "labels and annotations of the Kubernetes Jobs",
     "active_deadline_seconds": "how long a Kubernetes Job may run",
 }

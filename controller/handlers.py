@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from controller import metrics
+from controller import inference, metrics
 from controller.campaign import CAMPAIGN_LABEL, CampaignPlan, plan_campaign
 from controller.crd import CAMPAIGN_PLURAL, GROUP, PLURAL, VERSION
 from controller.jobs import (
@@ -39,6 +39,7 @@ from controller.kube import Kube
 from controller.reconcile import (
     Inspection,
     Plan,
+    condition,
     job_failure_reason,
     job_state,
     long_unfinished,
@@ -183,6 +184,8 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
     # Jobs are built from the spec the round started with (plus suspend/backoffLimit), never a mid-round edit.
     acting = {**body, "spec": result.spec}
     refused: list[tuple[str, str]] = []
+    if result.status and (result.spec.get("model") or {}).get("server"):
+        refused += serve_inference(kube, acting, result, stamp, settings)
     if result.create:
         kube.apply_configmap(spec_configmap(acting))
     for unit, attempt in result.create:
@@ -219,6 +222,37 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
             result.status = {}
             result.events = [e for e in result.events if e[1] == "JobCreated"]
     return result
+
+
+def serve_inference(kube: Kube, body: dict[str, Any], result: Plan, stamp: str,
+                    settings: OperatorSettings) -> list[tuple[str, str]]:
+    """Start the current stage's inference server, hold its Jobs until it is ready, remove servers of stages
+    that ended; the InferenceServerReady condition says where it stands. Returns problems for Blocked."""
+    namespace = body["metadata"]["namespace"]
+    step = result.status.get("step") if not result.done else None
+    servers = inference.plan_servers(body, step, result.done, kube.list_servers(namespace, body["metadata"]["name"]),
+                                     stamp, settings)
+    for name in servers.delete:
+        kube.delete_server(namespace, name)
+        result.events.append(("Normal", "InferenceServerRemoved", f"removed inference server {name}"))
+    for manifest in servers.create:
+        if kube.create_server_object(manifest) and manifest["kind"] == "Deployment":
+            result.events.append(("Normal", "InferenceServerCreated",
+                                  f"created inference server {manifest['metadata']['name']}"))
+    if servers.hold:
+        result.create = [(unit, attempt) for unit, attempt in result.create if unit.step != servers.hold]
+        result.wake_after = min(result.wake_after or 5.0, 5.0)  # look again soon: readiness has no Job event
+    shown_before = any(c.get("type") == inference.CONDITION for c in result.old_conditions)
+    if servers.condition is None and shown_before:
+        servers.condition = (False, "NotNeeded", "no running stage uses an inference server")
+    if servers.condition:
+        ready, reason, message = servers.condition
+        old = result.old_conditions
+        shown = condition(old, inference.CONDITION, ready, reason, message, stamp,
+                          result.status.get("observedGeneration"))
+        others = [c for c in result.status.get("conditions") or [] if c["type"] != inference.CONDITION]
+        result.status["conditions"] = [*others, shown]
+    return [servers.problem] if servers.problem else []
 
 
 async def _sleep_until_woken(event: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:
@@ -313,6 +347,12 @@ async def run_campaign(name: str, namespace: str, body: kopf.Body, stopped: kopf
 
 
 # Async on purpose: they run on the event loop, which owns the daemons' asyncio.Events.
+@kopf.on.event("apps", "v1", "deployments", labels={ROUND_LABEL: kopf.PRESENT, inference.SERVER_LABEL: kopf.PRESENT})
+async def server_event(labels: dict[str, str], namespace: str, **_: Any) -> None:
+    RT.wake(namespace, labels[ROUND_LABEL])  # a server became ready (or went away): its stage's Jobs may start
+
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def round_event(name: str, namespace: str, meta: kopf.Meta, labels: dict[str, str], **_: Any) -> None:
     RT.wake(namespace, name, meta.get("resourceVersion"))
@@ -337,6 +377,8 @@ def delete_round(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, lo
     assert kube is not None
     metrics.ROUNDS.forget((namespace, name))
     removed = kube.delete_round_objects(namespace, name, spec_configmap_name(name))
+    for server in kube.list_servers(namespace, name):  # owned by the round, but no garbage collector is assumed
+        kube.delete_server(namespace, server["metadata"]["name"])
     logger.info("removed %d Job(s) of round %s", removed, name)
     if spec.get("deleteArtifacts"):
         raw = {"metadata": {"name": name, "namespace": namespace, "uid": body["metadata"]["uid"]},

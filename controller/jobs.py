@@ -39,6 +39,7 @@ PHASE_OF_STEP = {"model": "Initializing", "collect": "Collecting", "preferences"
 INFERENCE_STEPS = {"collect", "evaluate", "merge"}
 TRAINING_STEPS = {"train"}
 SANDBOX_STEPS = {"collect", "evaluate"}
+SERVED_STEPS = ("collect", "evaluate")  # the steps that may use a served model (spec.model.server)
 
 
 @dataclass(frozen=True)
@@ -139,15 +140,29 @@ class Placement:
     priority_class_name: str | None
 
 
+def served(spec: RoundSpec, step: str) -> bool:
+    """Whether `step` reaches its model over HTTP (spec.model.server): its Jobs then run on the CPU pool."""
+    return spec.model.server is not None and step in SERVED_STEPS
+
+
 def placement(unit: Unit, spec: RoundSpec, settings: OperatorSettings) -> Placement:
+    if unit.step in INFERENCE_STEPS and not served(spec, unit.step):
+        return pool_placement("inference", spec, settings)
+    if unit.step in TRAINING_STEPS:
+        return pool_placement("training", spec, settings)
+    return pool_placement("cpu", spec, settings)  # preferences, report and served steps: CPU work, never a GPU
+
+
+def pool_placement(pool: str, spec: RoundSpec, settings: OperatorSettings) -> Placement:
+    """A pod on `pool` (inference, training or cpu): the operator's pool, overridden field by field by the round."""
     base: Pool
-    if unit.step in INFERENCE_STEPS:
+    if pool == "inference":
         base, override = settings.pools.inference, spec.placement.inference
         gpus = override.gpus if override.gpus is not None else settings.pools.inference.gpus_per_shard
-    elif unit.step in TRAINING_STEPS:
+    elif pool == "training":
         base, override = settings.pools.training, spec.placement.training
         gpus = override.gpus if override.gpus is not None else settings.pools.training.gpus
-    else:  # preferences and report are CPU work: the CPU pool, never a GPU
+    else:
         base, override, gpus = settings.pools.cpu, spec.placement.cpu, 0
 
     def pick(name: str) -> Any:
@@ -290,6 +305,10 @@ def build_job(body: dict[str, Any], unit: Unit, attempt: int, settings: Operator
         if spec.model.token_secret:
             env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": spec.model.token_secret,
                                                                            "key": "token"}}})
+    if served(spec, unit.step):
+        from controller.inference import step_env  # inference.py builds on this module's builders
+
+        env += step_env(spec, round_name, body["metadata"]["namespace"], unit.step)
     container: dict[str, Any] = {"name": "step", "image": image_for(unit.step, spec, settings),
                                  "command": unit.command(), "env": env}
     resources = {kind: dict(values) for kind, values in where.resources.items()}

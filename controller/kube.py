@@ -14,6 +14,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from controller.crd import CAMPAIGN_PLURAL, GROUP, PLURAL, VERSION
+from controller.inference import SERVER_LABEL
 from controller.jobs import ROUND_LABEL
 
 
@@ -36,6 +37,7 @@ class Kube:
         self.api = api or load_config()
         self.core = client.CoreV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
 
     def get_round(self, namespace: str, name: str, plural: str = PLURAL) -> dict[str, Any] | None:
@@ -128,6 +130,34 @@ class Kube:
             if err.status != 404:
                 raise
         return len(jobs)
+
+    def list_servers(self, namespace: str, round_name: str) -> list[dict[str, Any]]:
+        """The round's inference server Deployments (controller/inference.py)."""
+        resp = self.apps.list_namespaced_deployment(
+            namespace, label_selector=f"{ROUND_LABEL}={round_name},{SERVER_LABEL}", _preload_content=False)
+        return _raw(resp)["items"]
+
+    def create_server_object(self, manifest: dict[str, Any]) -> bool:
+        """Create a server's Deployment or Service; False when it already exists (a repeated create)."""
+        namespace = manifest["metadata"]["namespace"]
+        create = self.apps.create_namespaced_deployment if manifest["kind"] == "Deployment" \
+            else self.core.create_namespaced_service
+        try:
+            create(namespace, manifest, _preload_content=False)
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_server(self, namespace: str, name: str) -> None:
+        """A server's Deployment (its pods with it) and Service; already gone is fine."""
+        for delete in (self.apps.delete_namespaced_deployment, self.core.delete_namespaced_service):
+            try:
+                delete(name, namespace, propagation_policy="Background", _preload_content=False)
+            except ApiException as err:
+                if err.status != 404:
+                    raise
 
     def round_pods(self, namespace: str, round_name: str) -> list[dict[str, Any]]:
         """Every pod of the round's Jobs (they carry the round label from the Job template)."""

@@ -44,6 +44,11 @@ class Pools(Spec):
 class Images(Spec):
     infer: str = "ghcr.io/agentq/agentq-infer:0.1.0"
     train: str = "ghcr.io/agentq/agentq-train:0.1.0"
+    inference_server: str = Field("vllm/vllm-openai:v0.8.5", description="The vLLM server a round with "
+                                  "model.server.vllm gets (its OpenAI API on port 8000).")
+    inference_server_command: list[str] = Field(default_factory=list, description="Command of the server "
+                                                "container (none: the image's entrypoint, which takes vLLM's "
+                                                "arguments); kind CI runs the mock model's server this way.")
     pull_policy: str = "IfNotPresent"
     pull_secrets: list[str] = Field(default_factory=list, description="imagePullSecrets of every step pod.")
 

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from agentq.policy.base import Sample
+from agentq.sandbox.limits import Limits
 from agentq.sandbox.verdict import TestResult, Verdict
 from agentq.search.critique import NEUTRAL_Q, rank_to_q
 from agentq.search.mcts import Node, Search, SearchParams, blended_q, ucb1
@@ -112,6 +113,31 @@ def test_root_is_run_first_then_one_rollout_expands_tests_critiques_and_backprop
     critiques = [p for p in policy.prompts if p.purpose == "critique"]
     assert [c.candidates for c in critiques] == [[a.code, b.code], [b.code, a.code]]
     assert "Test results: failed: 1/4 tests passed." in critiques[0].messages[-1]["content"]
+
+
+class LimitedSandbox(FakeSandbox):
+    """A sandbox with limits of its own, as LocalExecutor and RemoteExecutor have; records each job's limits."""
+
+    limits = Limits(timeout_s=5.0)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.job_limits: list = []
+
+    def run_many(self, jobs):
+        self.job_limits += [job[2] if len(job) == 3 else None for job in jobs]
+        return super().run_many([job[:2] for job in jobs])
+
+
+def test_every_run_of_a_task_with_a_reference_time_gets_the_derived_time_budget():
+    timed = TASK.model_copy(update={"reference_seconds": 0.1})
+    sandbox = LimitedSandbox()
+    Search(timed, ScriptPolicy([cand(1), cand(3)]), sandbox, SearchParams(k=2, rollouts=1, depth=2)).run()
+    assert [lim.time_budget_s for lim in sandbox.job_limits] == [pytest.approx(0.4)] * 3  # root + 2 children
+    assert {lim.timeout_s for lim in sandbox.job_limits} == {5.0}
+    untimed = LimitedSandbox()
+    Search(TASK, ScriptPolicy([cand(1), cand(3)]), untimed, SearchParams(k=2, rollouts=1, depth=2)).run()
+    assert untimed.job_limits == [None] * 3  # an older task file: the executor's own limits apply
 
 
 def test_a_position_biased_critique_counts_as_no_preference():

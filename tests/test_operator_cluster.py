@@ -514,3 +514,71 @@ def test_a_two_round_campaign_on_the_cluster(h: Harness):
     table = h.cluster.kubectl("get", "aqc", "-n", h.ns).stdout
     assert table.splitlines()[0].split() == ["NAME", "PHASE", "ROUND", "BEST", "AGE"], table
     assert "climb-r2" in table and "Succeeded" in table
+
+
+def test_a_served_round_starts_awaits_uses_and_removes_its_inference_server(h: Harness):
+    """model.server.vllm: the stage's server (Deployment + Service) comes first, its Jobs wait until it is
+    available, run without a GPU pointed at its Service, and the server goes when the stage ends. No kubelet
+    here: the test marks the Deployment available as the Deployment controller would."""
+    from kubernetes import client
+
+    apps = client.AppsV1Api(h.api)
+    name = "served"
+    server = {"vllm": {"gpus": 2, "readyTimeoutSeconds": 600}}
+    h.apply(small_round(name, model={"backend": "scripted", "base": "tiny", "server": server}))
+
+    def deployments() -> list[str]:
+        return sorted(d.metadata.name for d in apps.list_namespaced_deployment(h.ns).items)
+
+    def services() -> list[str]:
+        return sorted(s.metadata.name for s in h.core.list_namespaced_service(h.ns).items)
+
+    def available(deployment: str) -> None:
+        apps.patch_namespaced_deployment_status(deployment, h.ns, {"status": {
+            "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
+            "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}})
+
+    def condition(status: str, reason: str) -> dict:
+        return h._wait(lambda: (c := h.condition(name, "InferenceServerReady")).get("status") == status
+                       and c.get("reason") == reason and c, f"InferenceServerReady {status}/{reason}", 20)
+
+    for stage, units in (("collect", ["collect-0", "collect-1"]), ("evaluate", ["evaluate-0"])):
+        server_name = f"{name}-infer-{stage}"
+        h._wait(lambda s=server_name: s in deployments() and s in services(), f"server {server_name}", 20)
+        dep = apps.read_namespaced_deployment(server_name, h.ns)
+        args = dep.spec.template.spec.containers[0].args
+        assert "--enable-prefix-caching" in args and args[args.index("--tensor-parallel-size") + 1] == "2"
+        assert dep.spec.template.spec.containers[0].resources.limits == {"nvidia.com/gpu": "2"}
+        assert dep.spec.template.spec.node_selector == {"agentq.dev/pool": "inference"}
+        waiting = condition("False", "Starting")
+        assert server_name in waiting["message"]
+        time.sleep(1.0)  # a pass or two: the stage's Jobs must still wait for the server
+        assert not any(j.startswith(f"{name}-{stage}") for j in h.jobs(name)), h.jobs(name)
+        available(server_name)
+        h.wait_jobs(name, [f"{name}-{u}" for u in units])
+        assert server_name in condition("True", "Ready")["message"]
+        for unit in units:
+            c = h.batch.read_namespaced_job(f"{name}-{unit}", h.ns).spec.template.spec.containers[0]
+            env = {e.name: e.value for e in c.env}
+            assert env["AGENTQ_INFERENCE_URL"] == f"http://{server_name}.{h.ns}.svc:8000/v1"
+            assert env["AGENTQ_INFERENCE_MODEL"] == "start"
+            assert not (c.resources and c.resources.limits), c.resources  # CPU-only: the server has the GPUs
+        if stage == "evaluate":
+            assert env["AGENTQ_INFERENCE_ROUND_MODEL"] == "round"
+            assert "round=/artifacts/rounds/served/adapter" in args
+        for unit in units:
+            h.finish(f"{name}-{unit}", {"pairs": 12} if stage == "collect" else {})
+        # The stage ended: its server goes, Deployment and Service alike.
+        h._wait(lambda s=server_name: s not in deployments() and s not in services(), f"{server_name} removed", 20)
+        condition("False", "NotNeeded")
+        if stage == "collect":
+            for step in ("preferences", "train", "merge"):
+                h.wait_jobs(name, [f"{name}-{step}"])
+                assert deployments() == []  # no server while the model is not generating
+                h.finish(f"{name}-{step}", {"pairs": 12} if step == "preferences" else {})
+    h.wait_jobs(name, [f"{name}-report"])
+    h.finish(f"{name}-report", {"passRate": {"full_rewrite": 0.5}})
+    h.wait_phase(name, "Succeeded")
+    assert deployments() == [] and services() == []
+    reasons = {r for _, r in h.events(name)}
+    assert {"InferenceServerCreated", "InferenceServerRemoved"} <= reasons, reasons

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from agentq.sandbox import Limits, LocalExecutor, Verdict
+from agentq.sandbox.limits import BUDGET_FLOOR_S, for_reference
 
 TESTS = textwrap.dedent(
     """
@@ -146,6 +147,27 @@ def test_busy_loop_is_cut_by_cpu_time_before_the_wall_clock(ex):
     assert verdict.status == "timeout" and "used up its CPU time" in verdict.message, verdict
     assert verdict.duration_s < 10  # the 20 s wall clock never came into it
     assert ex.run(GOOD, TESTS, limits=limits).passed
+
+
+def test_time_budget_cuts_a_busy_loop_by_its_cgroup_cpu_time_and_spares_an_honest_run(ex):
+    """The budget derived from a reference's run time ends a loop after that much CPU of the candidate's tree,
+    long before the 20 s wall clock; an honest candidate under the same budget passes, its CPU time measured."""
+    limits = for_reference(Limits(timeout_s=20.0, memory_mb=512), reference_s=0.01)
+    assert limits.time_budget_s == BUDGET_FLOOR_S
+    verdict = ex.run("def add(a, b):\n    while True:\n        pass\n", TESTS, limits=limits)
+    assert verdict.status == "timeout" and "time budget of 0.25s" in verdict.message, verdict
+    assert verdict.cpu_s is not None and BUDGET_FLOOR_S <= verdict.cpu_s < 1.0, verdict.cpu_s
+    assert verdict.duration_s < 10
+    honest = ex.run(GOOD, TESTS, limits=limits)
+    assert honest.passed and honest.cpu_s is not None and 0 < honest.cpu_s < BUDGET_FLOOR_S, honest
+    assert candidate_processes(ex) == []
+
+
+def test_time_budget_is_capped_by_the_timeout_and_absent_without_a_reference():
+    base = Limits(timeout_s=2.0)
+    assert for_reference(base, None) is base
+    assert for_reference(base, 0.1).time_budget_s == pytest.approx(0.4)  # 4 x the reference's time
+    assert for_reference(base, 10.0).time_budget_s == 2.0  # never above the spec's timeout
 
 
 def test_sleeping_candidate_times_out_by_wall_clock(ex):

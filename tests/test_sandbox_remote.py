@@ -44,7 +44,7 @@ def server():
 
 
 def _comparable(verdict):
-    return verdict.model_dump(exclude={"duration_s"})
+    return verdict.model_dump(exclude={"duration_s", "cpu_s"})
 
 
 def test_remote_verdicts_equal_local_ones(server):
@@ -56,6 +56,16 @@ def test_remote_verdicts_equal_local_ones(server):
     remote_many = remote.run_many([(code, TESTS) for code in CASES])
     assert [_comparable(v) for v in remote_many] == [_comparable(v) for v in local_verdicts]
     assert _comparable(remote.run(CASES[1], TESTS)) == _comparable(local_verdicts[1])
+
+
+def test_an_items_own_time_budget_travels_to_the_server(server):
+    """The loop's budget is tiny so that even a loaded machine gives it that much CPU within the 1.5 s wall
+    clock the server allows; the item without limits of its own keeps the request's."""
+    url, _ = server
+    budget = LIMITS.model_copy(update={"time_budget_s": 0.02})
+    verdicts = RemoteExecutor(url, limits=LIMITS).run_many([(CASES[3], TESTS, budget), (CASES[3], TESTS)])
+    assert verdicts[0].status == "timeout" and "time budget of 0.02s" in verdicts[0].message, verdicts[0]
+    assert verdicts[1].status == "timeout" and "timed out after 1.5s" in verdicts[1].message, verdicts[1]
 
 
 def test_health_and_bad_requests(server):

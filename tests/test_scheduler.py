@@ -46,8 +46,9 @@ def executor():
 
 
 def without_clock(record: dict) -> dict:
-    """A tree without what the clock decides (its wall time, each run's duration)."""
-    nodes = [{**n, "verdict": n["verdict"] and {k: v for k, v in n["verdict"].items() if k != "duration_s"}}
+    """A tree without what the clock decides (its wall time, each run's duration and CPU time)."""
+    clock = {"duration_s", "cpu_s"}
+    nodes = [{**n, "verdict": n["verdict"] and {k: v for k, v in n["verdict"].items() if k not in clock}}
              for n in record["nodes"]]
     return {**record, "nodes": nodes, "stats": {k: v for k, v in record["stats"].items() if k != "wall_s"}}
 

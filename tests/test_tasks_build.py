@@ -12,7 +12,7 @@ from agentq.cli import main as cli_main
 from agentq.sandbox import LocalExecutor
 from agentq.tasks.build import main as build_main
 from agentq.tasks.humanevalfix import load_humanevalfix
-from agentq.tasks.schema import Task, read_tasks, write_tasks
+from agentq.tasks.schema import Task, TaskFileError, read_tasks, write_tasks
 from agentq.tasks.split import split_leak_free
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -145,8 +145,22 @@ def test_build_humanevalfix_end_to_end_then_validate(small_data, tmp_path, capsy
     summary = build("humanevalfix", small_data, out, capsys)
     assert summary["valid"] == 6 and summary["rejected"] == {}
     assert [t.id for t in read_tasks(out)][:2] == ["humanevalfix/HumanEval-0", "humanevalfix/HumanEval-1"]
+    # Each task carries its reference's measured run time (CPU seconds here, where a cgroup meters them).
+    assert all(t.reference_seconds is not None and 0 < t.reference_seconds < 1 for t in read_tasks(out))
     assert cli_main(["tasks", "validate", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"tasks": 6, "valid": 6, "invalid": []}
+
+
+def test_task_files_without_a_reference_time_still_load(tmp_path):
+    path = tmp_path / "old.jsonl"
+    old = make_task(0, "g0").model_dump(exclude_none=True)
+    assert "reference_seconds" not in old
+    path.write_text(json.dumps(old) + "\n")
+    assert read_tasks(path)[0].reference_seconds is None
+    bad = {**old, "reference_seconds": -1}
+    path.write_text(json.dumps(bad) + "\n")
+    with pytest.raises(TaskFileError, match="line 1 .*reference_seconds"):
+        read_tasks(path)
 
 
 def test_build_refuses_a_missing_data_dir(tmp_path, capsys):

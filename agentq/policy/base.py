@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -109,6 +110,29 @@ def reusing_policies() -> Iterator[None]:
     finally:
         _Reuse.active, _Reuse.key, _Reuse.policy = False, None, None
         gc.collect()
+
+
+def served_model(model: ModelSpec, environ: Mapping[str, str] = os.environ) -> ModelSpec:
+    """The model as a served step must reach it: over the openai backend, at the server the operator named.
+
+    With `model.server`, the operator starts (or names) the server and gives collect and evaluate its URL
+    and served names in the environment; every other step, and any run without that environment, keeps the
+    spec's own backend.
+    """
+    from agentq.config import (
+        INFERENCE_MODEL_ENV,
+        INFERENCE_ROUND_MODEL_ENV,
+        INFERENCE_URL_ENV,
+        OpenAISpec,
+    )
+
+    url = environ.get(INFERENCE_URL_ENV)
+    if model.server is None or not url:
+        return model
+    server = OpenAISpec(url=url, model=environ.get(INFERENCE_MODEL_ENV) or model.base,
+                        round_model=environ.get(INFERENCE_ROUND_MODEL_ENV) or None,
+                        api_key_secret=model.openai.api_key_secret if model.openai else None)
+    return model.model_copy(update={"backend": "openai", "openai": server})
 
 
 def load_policy(model: ModelSpec, path_override: str | Path | None = None) -> Policy:

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
-from agentq.sandbox.limits import Limits
+from agentq.sandbox.limits import Job, Limits, item_limits
 from agentq.sandbox.verdict import Verdict
 
 
@@ -80,9 +80,12 @@ class RemoteExecutor:
         body = {"code": code, "tests": tests, "limits": limits.model_dump()}
         return Verdict.model_validate(self._post("/run", body, limits.timeout_s + 60))
 
-    def run_many(self, items: Iterable[tuple[str, str]], limits: Limits | None = None) -> list[Verdict]:
+    def run_many(self, items: Iterable[Job], limits: Limits | None = None) -> list[Verdict]:
         limits = limits or self.limits
-        batch = [{"code": code, "tests": tests} for code, tests in items]
+        batch: list[dict[str, Any]] = []
+        for item in items:
+            own = item_limits(item, None)
+            batch.append({"code": item[0], "tests": item[1], **({"limits": own.model_dump()} if own else {})})
         if not batch:
             return []
         body = {"items": batch, "limits": limits.model_dump()}

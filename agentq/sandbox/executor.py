@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from agentq.sandbox import jail, wire
-from agentq.sandbox.limits import Limits
+from agentq.sandbox.limits import Job, Limits, item_limits
 from agentq.sandbox.outcome import verdict_from_run
 from agentq.sandbox.verdict import Verdict
 
@@ -299,8 +299,10 @@ class LocalExecutor:
             self._idle.put(worker)
         return verdict_from_run(raw, names, limits)
 
-    def run_many(self, items: Iterable[tuple[str, str]], limits: Limits | None = None) -> list[Verdict]:
-        return list(self._pool.map(lambda item: self.run(item[0], item[1], limits), items))
+    def run_many(self, items: Iterable[Job], limits: Limits | None = None) -> list[Verdict]:
+        """Run (code, tests) or (code, tests, limits) items; an item's own limits (its task's time budget,
+        `limits.for_reference`) win over `limits`, which win over the executor's."""
+        return list(self._pool.map(lambda item: self.run(item[0], item[1], item_limits(item, limits)), items))
 
     def close(self) -> None:
         if self._closed:

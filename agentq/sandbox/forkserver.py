@@ -183,6 +183,7 @@ class Server:
         res_r, res_w = os.pipe()
         status_r, status_w = os.pipe()
         self.conf.prepare_run(limits)
+        cpu_before = self.conf.cpu_used()
         start = time.monotonic()
         deadline = start + float(limits["timeout_s"])
         if self.run_namespaces:
@@ -201,8 +202,11 @@ class Server:
             closing.close()
         for fd in (res_w, status_w, out_fd, err_fd):
             os.close(fd)
-        events, timed_out = self._collect(res_r, deadline)
+        budget = limits.get("time_budget_s")
+        events, ended = self._collect(res_r, deadline, None if budget is None else float(budget), cpu_before)
         duration = time.monotonic() - start
+        cpu_after = self.conf.cpu_used()
+        timed_out = ended is not None
         if timed_out:
             os.kill(test_pid, signal.SIGKILL)
         _, test_status = os.waitpid(test_pid, 0)
@@ -216,7 +220,9 @@ class Server:
         result: dict[str, Any] = {
             "events": events,
             "timed_out": timed_out,
+            "budget_spent": ended == "budget",
             "duration_s": round(duration, 6),
+            "cpu_s": None if cpu_before is None or cpu_after is None else round(cpu_after - cpu_before, 6),
             "candidate_exit": _exit_info(cand_status),
             "tests_exit": _exit_info(test_status),
             "stdout": _tail(out_path, limit),
@@ -228,14 +234,34 @@ class Server:
             result["fatal"] = "the test process died before reading the tests"
         return result
 
-    def _collect(self, fd: int, deadline: float) -> tuple[list[dict[str, Any]], bool]:
-        buf, timed_out = bytearray(), False
+    def _collect(
+        self, fd: int, deadline: float, budget: float | None, used_at_start: float | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The test process's events until it closes its pipe, and what ended the run early: "wall" (the
+        deadline passed), "budget" (the candidate's tree spent its time budget), or None (it finished).
+        `used_at_start`: the worker cgroup's CPU seconds before the run, None where nothing meters them."""
+        buf, ended, wall_reason = bytearray(), None, "wall"
+        if budget is not None and used_at_start is None:  # no CPU meter here: the budget is wall-clock time
+            if time.monotonic() + budget < deadline:
+                deadline, wall_reason = time.monotonic() + budget, "budget"
+            budget = None
         try:
             while True:
                 left = deadline - time.monotonic()
-                if left <= 0 or not select.select([fd], [], [], left)[0]:
-                    timed_out = True
+                wait = left
+                if budget is not None and used_at_start is not None:
+                    # The tree uses at most one core (its cgroup's CPU quota), so the rest of the budget cannot
+                    # be spent in less wall time than it: waiting that long and looking again is exact enough.
+                    unspent = budget - ((self.conf.cpu_used() or 0.0) - used_at_start)
+                    if unspent <= 0:
+                        ended = "budget"
+                        break
+                    wait = min(left, unspent)
+                if left <= 0:
+                    ended = wall_reason
                     break
+                if not select.select([fd], [], [], wait)[0]:
+                    continue
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
@@ -251,7 +277,7 @@ class Server:
                 continue
             if isinstance(event, dict):
                 events.append(event)
-        return events, timed_out
+        return events, ended
 
     def _run_init(
         self, sock: socket.socket, status_w: int, out_fd: int, err_fd: int, rundir: str, code: str, limits: dict

@@ -170,6 +170,17 @@ def empty_and_remove(group: Path) -> None:
         group.rmdir()
 
 
+def _cpu_meter(groups: list[Path]) -> Path | None:
+    """The file that counts the CPU time of a worker's cgroup tree: cpuacct.usage (v1) or cpu.stat (v2)."""
+    for group in groups:
+        if (group / "cpuacct.usage").exists():
+            return group / "cpuacct.usage"
+    for group in groups:
+        if (group / "cpu.stat").exists() and "usage_usec" in (group / "cpu.stat").read_text():
+            return group / "cpu.stat"
+    return None
+
+
 class Confinement:
     """Per-fork-server identities and process accounting; `notes` lists what could not be enforced.
 
@@ -197,6 +208,21 @@ class Confinement:
                 self.notes.append("no pids cgroup: processes a candidate detaches are found by uid instead")
         self._memory_mb: int | None = None
         self._cpu_set = False
+        self.cpu_meter = _cpu_meter(self.cgroups)
+
+    def cpu_used(self) -> float | None:
+        """CPU seconds used so far by every process that ever ran in the worker's cgroup (the runs' inits and
+        candidates; test processes never join), or None where no cgroup meters it."""
+        if self.cpu_meter is None:
+            return None
+        text = self.cpu_meter.read_text()
+        if self.cpu_meter.name == "cpuacct.usage":  # cgroup v1: nanoseconds
+            return int(text) / 1e9
+        for line in text.splitlines():  # cgroup v2 cpu.stat: "usage_usec N"
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+        return None
 
     @staticmethod
     def _can_switch_uid(uid: int) -> bool:

@@ -35,6 +35,9 @@ PKG_MOUNT = "/opt/agentq"
 CGROUP_MOUNT = "/run/agentq-cgroup"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_CONTROLLERS = ("pids", "memory", "cpu")
+# cgroup v1 counts CPU time in a controller of its own (v2's cpu controller has it in cpu.stat); optional, as
+# without it the time budget falls back to the wall clock.
+V1_METER = "cpuacct"
 CGROUP_PARENT = "agentq-sandbox"
 CANDIDATE_UID_BASE = 1_000_000_000
 TESTS_UID_BASE = 2_200_000_000
@@ -81,14 +84,16 @@ def _remove_stale(parent: Path) -> None:
 
 
 def _make_cgroups(name: str, root: Path = CGROUP_ROOT) -> list[Path] | str:
-    """The worker's groups (cgroup v1: one per controller; v2: one with all three), or why there are none."""
+    """The worker's groups (cgroup v1: one per controller, and cpuacct where there is one; v2: one with all
+    three), or why there are none."""
     if os.geteuid() != 0:
         return "no cgroup: not root, so memory is limited per process only and processes are not counted"
     if (root / "cgroup.controllers").exists():
         return _make_cgroup_v2(name, root)
     made: list[Path] = []
     root_v1 = root
-    for controller in CGROUP_CONTROLLERS:
+    meter = (V1_METER,) if (root_v1 / V1_METER / "cpuacct.usage").exists() else ()
+    for controller in (*CGROUP_CONTROLLERS, *meter):
         parent = root_v1 / controller / CGROUP_PARENT
         try:
             parent.mkdir(exist_ok=True)
@@ -266,7 +271,7 @@ def make_jail() -> Jail:
             notes.append(made)
         else:
             cgroups = made
-            for group in made:  # v1: pids, memory, cpu; v2: one group, mounted as "cgroup"
+            for group in made:  # v1: pids, memory, cpu(, cpuacct); v2: one group, mounted as "cgroup"
                 argv += ["--bind", str(group), f"{CGROUP_MOUNT}/{group.parent.parent.name}"]
         if not (cgroups and (CGROUP_ROOT / "cgroup.controllers").exists()):
             # Hide the host's cgroup paths, except on cgroup v2, where a process may move others only

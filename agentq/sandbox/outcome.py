@@ -41,6 +41,7 @@ def verdict_from_run(raw: dict[str, Any], test_names: list[str], limits: Limits)
         "stdout_tail": str(raw.get("stdout", "")),
         "stderr_tail": str(raw.get("stderr", "")),
         "duration_s": float(raw.get("duration_s", 0.0)),
+        "cpu_s": None if raw.get("cpu_s") is None else float(raw["cpu_s"]),
         "isolation": list(raw.get("isolation", [])),
     }
     cand_exit = raw.get("candidate_exit")
@@ -48,6 +49,10 @@ def verdict_from_run(raw: dict[str, Any], test_names: list[str], limits: Limits)
     if raw.get("timed_out"):
         pending = next((n for n in test_names if n not in by_name), None)
         where = f" while running {pending}" if pending else ""
+        if raw.get("budget_spent"):
+            message = (f"used up its time budget of {limits.time_budget_s:g}s (derived from the reference "
+                       f"solution's run time){where}")
+            return Verdict(status="timeout", message=message, **common)
         return Verdict(status="timeout", message=f"timed out after {limits.timeout_s:g}s{where}", **common)
     if raw.get("fatal"):
         return Verdict(status="error", message=f"sandbox failure: {raw['fatal']}", **common)

@@ -1,7 +1,7 @@
 """`agentq sandbox serve`: a LocalExecutor behind HTTP, what sandbox pods run (stdlib only, no torch).
 
 POST /run       {"code", "tests", "limits"?}            -> Verdict JSON
-POST /run_many  {"items": [{"code", "tests"}], "limits"?} -> {"verdicts": [...]}
+POST /run_many  {"items": [{"code", "tests", "limits"?}], "limits"?} -> {"verdicts": [...]} (an item's limits win)
 GET  /healthz                                            -> {"ok": true, "workers": n, "isolation": [...]}
 
 Whoever reaches the port can make it run code, so: POSTs need `Authorization: Bearer <token>` (the token comes
@@ -168,8 +168,10 @@ class _Handler(BaseHTTPRequestHandler):
                 items = body.get("items")
                 if not isinstance(items, list) or len(items) > MAX_ITEMS:
                     raise BadRequest(f"body.items: expected a list of at most {MAX_ITEMS}")
-                pairs = [_source(item, f"items[{i}]") for i, item in enumerate(items)]
-                verdicts = executor.run_many(pairs, limits)
+                jobs = [(*_source(item, f"items[{i}]"), _limits(item, self.server.max_limits) if
+                         isinstance(item, dict) and item.get("limits") is not None else limits)
+                        for i, item in enumerate(items)]
+                verdicts = executor.run_many(jobs)
                 self._answer(HTTPStatus.OK, {"verdicts": [v.model_dump(mode="json") for v in verdicts]})
             else:
                 self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})

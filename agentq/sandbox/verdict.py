@@ -25,11 +25,18 @@ class Verdict(BaseModel):
     stdout_tail: str = ""
     stderr_tail: str = ""
     duration_s: float = 0.0
+    cpu_s: float | None = Field(None, description="CPU seconds of the candidate's process tree, where a cgroup "
+                                "meters them (None: not measured).")
     isolation: list[str] = Field(default_factory=list, description="Isolation that had to be weakened.")
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+    @property
+    def run_seconds(self) -> float:
+        """The run's time as a time budget counts it: CPU seconds where metered, else wall-clock seconds."""
+        return self.cpu_s if self.cpu_s is not None else self.duration_s
 
     @property
     def n_passed(self) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from agentq.config import CollectSpec, EvaluateSpec, RoundSpec
 from agentq.policy.base import Policy, Request, Sample
 from agentq.policy.prompts import FEEDBACK_LIMIT, extract_code, rewrite_prompt
+from agentq.sandbox.limits import Job, Limits, budgeted
 from agentq.sandbox.verdict import Verdict
 from agentq.screening import screen
 from agentq.search.critique import NEUTRAL_Q, Critique, critique_requests, read_critique
@@ -123,7 +124,7 @@ def node_seed(seed: int, task_id: str, node_id: int) -> int:
 class Executor(Protocol):
     """What MCTS needs from a sandbox (LocalExecutor and RemoteExecutor both provide it)."""
 
-    def run_many(self, jobs: list[tuple[str, str]]) -> list[Verdict]: ...
+    def run_many(self, jobs: list[Job]) -> list[Verdict]: ...
 
 
 @dataclass
@@ -142,7 +143,7 @@ class Run:
     """A tree waits for these (code, tests) runs in the sandbox."""
 
     executor: Executor
-    jobs: list[tuple[str, str]]
+    jobs: list[Job]
 
     def serve(self) -> list[Verdict]:
         return self.executor.run_many(self.jobs)
@@ -173,6 +174,7 @@ class Search:
         self.task, self.policy, self.executor, self.params = task, policy, executor, params
         self.critic = critic or policy
         self.reward_tests = reward_tests if reward_tests is not None else task.all_tests()
+        self.base_limits: Limits | None = getattr(executor, "limits", None)  # None: a test double without limits
         self.nodes: list[Node] = [Node(id=0, parent=None, depth=0, code=task.buggy_code)]
         self.stats = SearchStats()
 
@@ -195,6 +197,10 @@ class Search:
     def expandable(self, node: Node) -> bool:
         """Below the depth limit, not solved, and holding a program: a parse error has nothing to improve on."""
         return node.depth < self.params.depth and not node.solved and node.code is not None
+
+    def job(self, code: str) -> Job:
+        """A sandbox job for `code`, with the task's time budget when its reference run time is known."""
+        return budgeted(code, self.reward_tests, self.base_limits, self.task.reference_seconds)
 
     def expansion(self, leaf: Node) -> Request:
         """The request for K rewrites of the leaf, conditioned on its code and visible test feedback."""
@@ -269,7 +275,7 @@ class Search:
         start = time.perf_counter()
         root = self.nodes[0]
         if root.verdict is None:  # the buggy program's own results feed the depth-1 prompts
-            root.verdict = (yield Run(self.executor, [(self.task.buggy_code, self.reward_tests)]))[0]
+            root.verdict = (yield Run(self.executor, [self.job(self.task.buggy_code)]))[0]
             root.reward = root.verdict.reward
             self.stats.executions += 1
         while self.stats.rollouts < self.params.rollouts:
@@ -282,7 +288,7 @@ class Search:
             request = self.expansion(path[-1])
             samples = (yield Generate(self.policy, [request]))[0]
             children = self.add_children(path[-1], request, samples)
-            jobs = [(c.code, self.reward_tests) for c in children if c.code is not None]
+            jobs = [self.job(c.code) for c in children if c.code is not None]
             self.take_verdicts(children, (yield Run(self.executor, jobs)) if jobs else [])
             critique = self.critique(children, request.seed)
             if critique:

@@ -61,11 +61,14 @@ def main(args: argparse.Namespace) -> int:
             print(f"hidden tests: {stats.problems} problems probed in {stats.seconds:.1f}s; inputs dropped: {dropped}")
             if args.source == "humanevalfix":
                 print("hidden tests: none for humanevalfix: its upstream check() tests already go beyond the examples")
-        invalid = check_tasks(tasks, executor)
+        checked = check_tasks(tasks, executor)
     groups = {t.id: t.group for t in tasks}
+    invalid = checked.invalid
     rejected += [{"id": i.id, "group": groups[i.id], "reason": i.reason, "detail": i.detail} for i in invalid]
     bad = {i.id for i in invalid}
-    valid = [t for t in tasks if t.id not in bad]
+    # Each task keeps its reference's measured run time: candidates get a time budget derived from it.
+    valid = [t.model_copy(update={"reference_seconds": checked.reference_seconds.get(t.id)})
+             for t in tasks if t.id not in bad]
     train, test, leaks = split_leak_free(valid, args.test_share, args.seed)
     if leaks:  # cannot happen after merging; the check is there so that it would be caught if it did
         print(overlap_report(train, test, leaks), file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Task format, schema v1: one JSON object per line. Other tools produce it, so field names are fixed."""
+"""Task format, schema v1: one JSON object per line. Other tools produce it, so field names are fixed (fields
+added later are optional, so older files still load)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ class Task(BaseModel):
     tests: str = Field(..., min_length=1)
     hidden_tests: str | None = Field(None, description="Extra cases never shown in a prompt (optional in v1).")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    reference_seconds: float | None = Field(
+        None, ge=0, description="Run time of the reference solution against all tests in the sandbox, measured "
+        "by `agentq tasks build`: CPU seconds of its process tree where a cgroup meters them, else wall-clock "
+        "seconds. Candidates get a time budget derived from it (agentq.sandbox.limits.for_reference); absent in "
+        "task files built before it existed, which then keep the spec's timeout.")
 
     def all_tests(self) -> str:
         """Visible and hidden tests together: what rewards and pass rates are computed on."""

@@ -33,7 +33,13 @@ def _reference_problem(verdict: Verdict) -> tuple[str, str] | None:
     return "reference_fails", verdict.message
 
 
-def check_tasks(tasks: list[Task], executor: LocalExecutor) -> list[Invalid]:
+@dataclass
+class Checked:
+    invalid: list[Invalid]
+    reference_seconds: dict[str, float]  # task id -> its reference's run time (`Verdict.run_seconds`), when it passed
+
+
+def check_tasks(tasks: list[Task], executor: LocalExecutor) -> Checked:
     """Run all references and buggy programs in one batch (the executor spreads them over its workers)."""
     with_reference = [t for t in tasks if t.reference_code is not None]
     verdicts = executor.run_many(
@@ -48,7 +54,8 @@ def check_tasks(tasks: list[Task], executor: LocalExecutor) -> list[Invalid]:
             problem = "buggy_passes", "the buggy code passes every test, so the tests do not expose the bug"
         if problem:
             invalid.append(Invalid(task.id, *problem))
-    return invalid
+    timings = {i: v.run_seconds for i, v in reference.items() if v.passed}
+    return Checked(invalid, timings)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -58,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"agentq tasks validate: {err}", file=sys.stderr)
         return 2
     with LocalExecutor(allow_weak_isolation=getattr(args, "allow_weak_isolation", False)) as executor:
-        invalid = check_tasks(tasks, executor)
+        invalid = check_tasks(tasks, executor).invalid
     for item in invalid:
         print(f"invalid {item.id}: {item.reason}: {item.detail[:300]}")
     without_reference = sum(t.reference_code is None for t in tasks)
