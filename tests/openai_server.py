@@ -1,8 +1,8 @@
 """A real OpenAI-compatible HTTP server that answers like the scripted policy, for the openai backend's tests.
 
-It sees only what a real server sees (chat messages, n, temperature, seed), finds the task by the
-problem text every prompt opens with, rebuilds the Prompt and lets ScriptedPolicy answer: the same
-request gives the same answers as the in-process scripted backend. `--fail-first N` answers the first N
+It sees only what a real server sees (chat messages, n, temperature, seed) and answers through the
+mock-model image's ScriptedChat (agentq model serve-scripted): the same request gives the same answers as
+the in-process scripted backend. This wrapper adds what only tests need: `--fail-first N` answers the first N
 requests 503 (retry tests), `--delay-s` holds each request (concurrency tests), and GET /stats says how
 many requests came and how many were in flight at most.
 
@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -31,12 +30,8 @@ from pydantic import BaseModel
 from testenv import free_port
 
 from agentq.config import ScriptedSpec
-from agentq.policy.base import Prompt, Request
-from agentq.policy.prompts import _problem
-from agentq.policy.scripted import ScriptedPolicy
+from agentq.policy.scripted_server import BadRequest, ScriptedChat
 from agentq.tasks.schema import Task, read_tasks
-
-CANDIDATE = re.compile(r"^### Candidate \d+\n```python\n(.*?)\n```", re.MULTILINE | re.DOTALL)
 
 
 class ChatRequest(BaseModel):
@@ -49,21 +44,9 @@ class ChatRequest(BaseModel):
     logprobs: bool = False
 
 
-def rebuild_prompt(messages: list[dict[str, str]], tasks: list[Task]) -> Prompt:
-    """The Prompt the client built, from its messages alone (the task by its opening problem text)."""
-    user = next(m["content"] for m in messages if m["role"] == "user")
-    task = next((t for t in tasks if user.startswith(_problem(t))), None)
-    if task is None:
-        raise HTTPException(400, "no known task's problem opens this prompt")
-    if "## Candidate fixes" in user:
-        return Prompt(messages=messages, task=task, purpose="critique",
-                      candidates=[c + "\n" for c in CANDIDATE.findall(user)])
-    return Prompt(messages=messages, task=task, purpose="zero_shot" if "THOUGHT:" in user else "rewrite")
-
-
 def make_app(tasks: list[Task], models: list[str], fail_first: int = 0, delay_s: float = 0.0) -> FastAPI:
     app = FastAPI()
-    policy = ScriptedPolicy(ScriptedSpec())
+    chat = ScriptedChat(tasks, ScriptedSpec(), models)
     lock = threading.Lock()
     state: dict = {"requests": 0, "in_flight": 0, "max_in_flight": 0, "sequences": 0, "by_model": {}}
 
@@ -88,17 +71,14 @@ def make_app(tasks: list[Task], models: list[str], fail_first: int = 0, delay_s:
             if body.model not in models:
                 return JSONResponse({"error": f"model {body.model!r} is not served here"}, status_code=404)
             await asyncio.sleep(delay_s)
-            prompt = rebuild_prompt(body.messages, tasks)
-            samples = policy.generate_batch([Request(prompt, body.n, body.temperature, body.max_tokens,
-                                                     body.seed)])[0]
+            try:
+                answer = chat.complete(body.model_dump())
+            except BadRequest as e:
+                raise HTTPException(400, str(e)) from e
             with lock:
-                state["sequences"] += len(samples)
+                state["sequences"] += len(answer["choices"])
                 state["by_model"][body.model] = state["by_model"].get(body.model, 0) + 1
-            choices = [{"index": i, "message": {"role": "assistant", "content": s.text}, "finish_reason": "stop",
-                        "logprobs": {"content": [{"token": "x", "logprob": -0.5}] * s.tokens}
-                        if body.logprobs else None}
-                       for i, s in enumerate(samples)]
-            return {"id": f"cmpl-{number}", "object": "chat.completion", "model": body.model, "choices": choices}
+            return answer
         finally:
             with lock:
                 state["in_flight"] -= 1

@@ -32,6 +32,11 @@ MAX_BODY = 8 << 20
 CANDIDATE = re.compile(r"^### Candidate \d+\n```python\n(.*?)\n```", re.MULTILINE | re.DOTALL)
 
 
+def _logprobs(tokens: int) -> dict[str, Any]:
+    """A stand-in log-prob per generated token (the mock has no distribution), in the chat API's shape."""
+    return {"content": [{"token": "x", "logprob": -0.5}] * tokens}
+
+
 class BadRequest(ValueError):
     pass
 
@@ -73,7 +78,8 @@ class ScriptedChat:
         samples = self.policy.generate([self.prompt(messages)], n=n, temperature=float(body.get("temperature", 1.0)),
                                        max_new_tokens=int(body.get("max_tokens") or 0), seed=seed)[0]
         choices = [{"index": i, "message": {"role": "assistant", "content": s.text}, "finish_reason": "stop",
-                    "logprobs": None} for i, s in enumerate(samples)]
+                    "logprobs": _logprobs(s.tokens) if body.get("logprobs") else None}
+                   for i, s in enumerate(samples)]
         tokens = sum(s.tokens for s in samples)
         return {"id": f"chatcmpl-scripted-{seed}", "object": "chat.completion", "created": int(time.time()),
                 "model": model, "choices": choices,
