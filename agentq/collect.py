@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from agentq import steplog
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl
 from agentq.policy.base import load_policy
 from agentq.search.mcts import Search, SearchParams
@@ -36,7 +37,9 @@ def finished_ids(path: Path, inputs_digest: str) -> set[str]:
     if any(r.get("inputs_digest") != inputs_digest for r in records):
         stale = path.with_suffix(f".stale-{int(time.time())}.jsonl")
         path.rename(stale)
-        print(f"collect: {path.name} was made with other settings; moved to {stale.name} and starting over")
+        steplog.log("stale output set aside", output=path.name, moved_to=stale.name,
+                    message=f"collect: {path.name} was made with other settings; moved to {stale.name} and "
+                            "starting over")
         return set()
     return {r["task_id"] for r in records}
 
@@ -80,8 +83,10 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
             append_jsonl(local, {**search.record(), "inputs_digest": inputs_digest})
             ws.publish(partial)
             if bar.disable:  # no terminal (a Job's log): one line per task instead of a bar
-                print(f"collect: {task.id}: solved={search.solved} samples={search.stats.samples} "
-                      f"{search.stats.wall_s:.1f}s", flush=True)
+                steplog.log("task done", task=task.id, solved=search.solved, samples=search.stats.samples,
+                            seconds=round(search.stats.wall_s, 1),
+                            message=f"collect: {task.id}: solved={search.solved} samples={search.stats.samples} "
+                                    f"{search.stats.wall_s:.1f}s")
     records = list(read_jsonl(local)) if local.exists() else []
     result = {"tasks": len(records), "solved": sum(r["solved"] for r in records),
               "samples": sum(r["stats"]["samples"] for r in records)}

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from agentq import steplog
 from agentq.config import RoundFile, RoundSpec, parse_model
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import Policy, load_policy
@@ -206,7 +207,10 @@ def _run_arm(ws: RoundWorkspace, arm: str, mine: list[Task], inputs_digest: str,
                 append_jsonl(local, {**record, "inputs_digest": inputs_digest})
                 ws.publish(partial)
                 if bar.disable:
-                    print(f"evaluate {arm} {mode}: {task.id}: {record['status']} {record['seconds']:.1f}s", flush=True)
+                    steplog.log("task done", arm=arm, mode=mode, task=task.id, status=record["status"],
+                                seconds=record["seconds"],
+                                message=f"evaluate {arm} {mode}: {task.id}: {record['status']} "
+                                        f"{record['seconds']:.1f}s")
     del policy
     gc.collect()  # the next arm loads its own model: do not hold two in memory
     outputs = [shard_file(mode, shard, num_shards, arm) for mode in spec.evaluate.modes]
@@ -328,6 +332,7 @@ def main(args: argparse.Namespace) -> int:
         run_shard(ws, args.shard, args.num_shards)
     if args.report_only or args.num_shards == 1:
         report(ws)
-        print(f"evaluate: report at {ws.describe('eval/report.md')}")
+        steplog.log("report written", path=ws.describe("eval/report.md"),
+                    message=f"evaluate: report at {ws.describe('eval/report.md')}")
     return 0
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from agentq import steplog
 from agentq.config import ConfigError, RoundFile, load_round, parse_model
 from agentq.workspace import STEPS, RoundWorkspace
 
@@ -114,17 +115,20 @@ def _run_steps(ws: RoundWorkspace, progress: Progress) -> dict[str, float]:
 
         start = time.perf_counter()
         progress.start("model")
-        print(f"== {ws.name}: model", flush=True)
+        steplog.bind(step="model")
+        steplog.log("step started", message=f"== {ws.name}: model")
         fetch.run(ws)
         progress.done("model")
         timings["model"] = round(time.perf_counter() - start, 1)
     for step in STEPS:
         start = time.perf_counter()
         progress.start(step)
-        print(f"== {ws.name}: {step}", flush=True)
+        steplog.bind(step=step)
+        steplog.log("step started", message=f"== {ws.name}: {step}")
         if step == "collect":
             for shard in range(spec.collect.shards):
-                collect.run(ws, shard, spec.collect.shards)
+                with steplog.scoped(shard=shard):
+                    collect.run(ws, shard, spec.collect.shards)
         elif step == "preferences":
             preferences.run(ws)
         elif step == "train":
@@ -133,7 +137,8 @@ def _run_steps(ws: RoundWorkspace, progress: Progress) -> dict[str, float]:
             merge.run(ws)
         else:
             for shard in range(spec.evaluate.shards):
-                evaluate.run_shard(ws, shard, spec.evaluate.shards)
+                with steplog.scoped(shard=shard):
+                    evaluate.run_shard(ws, shard, spec.evaluate.shards)
             evaluate.report(ws)
         progress.done(step)
         timings[step] = round(time.perf_counter() - start, 1)
