@@ -154,6 +154,12 @@ def test_pass_through_labels_annotations_deadlines_and_disruption_policy():
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
 
 
+def test_step_jobs_get_the_operators_ttl_only_when_one_is_set():
+    assert "ttlSecondsAfterFinished" not in build_job(body(), Unit("train"), 0, FULL)["spec"]
+    ttl = FULL.model_copy(update={"job_ttl_seconds": 600})
+    assert build_job(body(), Unit("collect", 0, 2), 0, ttl)["spec"]["ttlSecondsAfterFinished"] == 600
+
+
 def test_a_fully_configured_job_is_valid_for_current_kubernetes():
     """The 1.20 test server drops what it does not know (podFailurePolicy): check against 1.33's schema."""
     import kubernetes_validate
