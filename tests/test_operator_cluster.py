@@ -594,3 +594,24 @@ def test_without_the_operator_ownerreferences_alone_remove_a_deleted_rounds_obje
                  "the garbage collector to delete the spec ConfigMap", timeout=60)
     finally:
         h.operator.start()
+
+
+def test_the_operators_client_reuses_its_connections(cluster: LocalCluster):
+    """Every call reads its response, so its connection goes back to the pool: one left unread made the next
+    call open a new TLS connection, which cost most of the operator's CPU (benchmarks/operator_scale.py)."""
+    from controller.kube import Kube
+
+    kube = Kube(cluster.api())
+    cluster.kubectl("create", "namespace", "reuse")
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "reuse"},
+           "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "b"}]}}}}
+    kube.create_job(job)
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "reuse"}, "data": {}}
+    for i in range(10):
+        kube.apply_configmap({**cm, "data": {"i": str(i)}})
+        kube.patch_job("reuse", "j", {"metadata": {"annotations": {"i": str(i)}}})
+        kube.service_account_exists("reuse", "nobody")
+        kube.get_round("reuse", "nothing")
+    manager = kube.api.rest_client.pool_manager
+    pools = [manager.pools[key] for key in manager.pools.keys()]
+    assert sum(p.num_connections for p in pools) == 1
