@@ -85,6 +85,17 @@ def job_state(job: dict[str, Any]) -> str:
     return "Running" if status.get("active") else "Pending"
 
 
+def with_unrecorded_finished(jobs: list[dict[str, Any]], seen_finished: dict[str, dict[str, Any]],
+                             status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The listed Jobs plus those a watch event showed finished that are gone (a TTL of a few seconds, or 0)
+    before the round's status recorded their outcome: planning from the list alone would run the step again.
+    Once recorded, a vanished Job is left out, so the durable-outcome path (and its JobDeleted event) holds."""
+    listed = {job["metadata"]["name"] for job in jobs}
+    recorded = {(entry.get("name"), entry.get("state")) for entry in (status.get("jobs") or {}).values()}
+    return jobs + [job for name, job in seen_finished.items()
+                   if name not in listed and (name, job_state(job)) not in recorded]
+
+
 def job_failure_reason(job: dict[str, Any]) -> str:
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Failed" and cond.get("status") == "True":

@@ -12,7 +12,7 @@ import yaml
 from agentq.config import RoundFile
 from controller.crd import render
 from controller.jobs import Unit, build_job, cleanup_job, job_name, spec_configmap, units
-from controller.reconcile import long_unfinished, plan, pod_problems
+from controller.reconcile import long_unfinished, plan, pod_problems, with_unrecorded_finished
 from controller.settings import OperatorSettings
 
 SETTINGS = OperatorSettings.model_validate({
@@ -528,3 +528,15 @@ def test_a_shared_model_cache_is_mounted_as_hf_home():
     assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}} in \
         job_["spec"]["template"]["spec"]["volumes"]
     assert {"name": "HF_HOME", "value": "/models"} in container(job_)["env"]
+
+
+def test_a_job_seen_finished_then_gone_counts_until_the_status_records_it():
+    done = {"metadata": {"name": "r-collect-0"}, "status": {"succeeded": 1, "conditions": [
+        {"type": "Complete", "status": "True"}]}}
+    running = {"metadata": {"name": "r-collect-1"}, "status": {"active": 1}}
+    seen = {"r-collect-0": done}
+    # Deleted by a TTL of 0 before any pass saw it: without it the plan would create r-collect-0 again.
+    assert with_unrecorded_finished([running], seen, {}) == [running, done]
+    assert with_unrecorded_finished([running, done], seen, {}) == [running, done]  # still listed: once
+    recorded = {"jobs": {"collect-0": {"name": "r-collect-0", "state": "Succeeded", "attempts": 1}}}
+    assert with_unrecorded_finished([running], seen, recorded) == [running]  # recorded: the durable path
