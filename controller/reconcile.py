@@ -290,7 +290,9 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     cleanup_running = None
     for job in jobs:
         labels = job["metadata"].get("labels") or {}
-        if job["metadata"].get("deletionTimestamp"):
+        # A Job being deleted still counts once finished: its outcome is final, and the TTL controller deletes in
+        # the foreground, so a finished Job lingers (deleting) while its pods go. An unfinished one is gone.
+        if job["metadata"].get("deletionTimestamp") and job_state(job) not in TERMINAL:
             continue
         if labels.get(UNIT_LABEL) == CLEANUP_UNIT:
             if job_state(job) not in TERMINAL:

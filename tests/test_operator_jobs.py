@@ -540,3 +540,15 @@ def test_a_job_seen_finished_then_gone_counts_until_the_status_records_it():
     assert with_unrecorded_finished([running, done], seen, {}) == [running, done]  # still listed: once
     recorded = {"jobs": {"collect-0": {"name": "r-collect-0", "state": "Succeeded", "attempts": 1}}}
     assert with_unrecorded_finished([running], seen, recorded) == [running]  # recorded: the durable path
+
+
+def test_a_finished_job_being_deleted_still_decides_its_unit():
+    """The TTL controller deletes in the foreground: the finished Job lingers with a deletionTimestamp while
+    its pods go. Its outcome stands; an unfinished Job being deleted is gone and made again."""
+    b = body()
+    jobs = [job(b, Unit("collect", 0, 2), 0, "Succeeded"), job(b, Unit("collect", 1, 2), 0, "Running")]
+    for j in jobs:
+        j["metadata"]["deletionTimestamp"] = "T0"
+    p = plan(b, jobs, lambda j: {"result": {"trajectories": 3}}, "T1")
+    assert p.status["jobs"]["collect-0"]["state"] == "Succeeded"
+    assert [(u.key, a) for u, a in p.create] == [("collect-1", 0)]
