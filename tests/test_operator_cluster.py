@@ -613,5 +613,6 @@ def test_the_operators_client_reuses_its_connections(cluster: LocalCluster):
         kube.service_account_exists("reuse", "nobody")
         kube.get_round("reuse", "nothing")
     manager = kube.api.rest_client.pool_manager
-    pools = [manager.pools[key] for key in manager.pools.keys()]
+    # urllib3 refuses to iterate its pool container itself (not thread-safe); keys() gives a copy
+    pools = [manager.pools[key] for key in manager.pools.keys()]  # noqa: SIM118
     assert sum(p.num_connections for p in pools) == 1
