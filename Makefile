@@ -55,7 +55,7 @@ bench: setup
 
 test: setup
 	$(BIN)/ruff check agentq controller tests benchmarks scripts
-	# The operator tests need kube-apiserver + etcd: built once, cached outside the repo (scripts/testenv.sh).
+	# The operator tests need kube-apiserver, kube-controller-manager and etcd: built once, cached outside the repo (scripts/testenv.sh).
 	bins="$$(scripts/testenv.sh)" && AGENTQ_TESTENV_BIN="$$bins" $(BIN)/python -m pytest -q
 
 lint: setup

@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from agentq import steplog
 from agentq.config import ConfigError
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -185,9 +186,14 @@ def is_user_error(err: BaseException) -> bool:
                                                 for c in type(err).__mro__)
 
 
+STEPS = ("collect", "preferences", "train", "merge", "evaluate", "model")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_library_output()
+    if args.command in STEPS:  # every line the step logs says which step and shard it came from
+        steplog.bind(step=args.command, shard=getattr(args, "shard", None))
     try:
         rc = args.func(args)
     except Exception as err:  # noqa: BLE001 - user errors become one line; anything else is a bug, re-raised

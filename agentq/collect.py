@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from agentq import steplog
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import load_policy, served_model
 from agentq.search.mcts import Search, SearchParams
@@ -38,7 +39,9 @@ def finished_ids(path: Path, inputs_digest: str) -> set[str]:
     if any(r.get("inputs_digest") != inputs_digest for r in records):
         stale = path.with_suffix(f".stale-{int(time.time())}.jsonl")
         path.rename(stale)
-        print(f"collect: {path.name} was made with other settings; moved to {stale.name} and starting over")
+        steplog.log("stale output set aside", output=path.name, moved_to=stale.name,
+                    message=f"collect: {path.name} was made with other settings; moved to {stale.name} and "
+                            "starting over")
         return set()
     return {r["task_id"] for r in records}
 
@@ -84,8 +87,10 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
             ws.publish(partial)
             bar.update(1)
             if bar.disable:  # no terminal (a Job's log): one line per task instead of a bar
-                print(f"collect: {search.task.id}: solved={search.solved} samples={search.stats.samples} "
-                      f"{search.stats.wall_s:.1f}s", flush=True)
+                steplog.log("task done", task=search.task.id, solved=search.solved, samples=search.stats.samples,
+                            seconds=round(search.stats.wall_s, 1),
+                            message=f"collect: {search.task.id}: solved={search.solved} "
+                                    f"samples={search.stats.samples} {search.stats.wall_s:.1f}s")
     # Trees land as they finish; the finished shard lists them in task order, as a one-at-a-time run would.
     order = {t.id: i for i, t in enumerate(mine)}
     records = sorted(read_jsonl(local), key=lambda r: order.get(r["task_id"], len(order))) if local.exists() else []

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from agentq import steplog
 from agentq.config import OpenAISpec, RoundFile, RoundSpec, parse_model
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import Policy, load_policy, served_model
@@ -242,8 +243,11 @@ def _run_arm(ws: RoundWorkspace, arm: str, mine: list[Task], inputs_digest: str,
                 ws.publish(partial)
                 bar.update(1)
                 if bar.disable:
-                    print(f"evaluate {arm} {mode}: {record['task_id']}: {record['status']} {record['seconds']:.1f}s",
-                          flush=True)
+                    task_id = record["task_id"]
+                    steplog.log("task done", arm=arm, mode=mode, task=task_id, status=record["status"],
+                                seconds=record["seconds"],
+                                message=f"evaluate {arm} {mode}: {task_id}: {record['status']} "
+                                        f"{record['seconds']:.1f}s")
     del policy
     gc.collect()  # the next arm loads its own model: do not hold two in memory
     outputs = [shard_file(mode, shard, num_shards, arm) for mode in spec.evaluate.modes]
@@ -377,6 +381,7 @@ def main(args: argparse.Namespace) -> int:
         run_shard(ws, args.shard, args.num_shards)
     if args.report_only or args.num_shards == 1:
         report(ws)
-        print(f"evaluate: report at {ws.describe('eval/report.md')}")
+        steplog.log("report written", path=ws.describe("eval/report.md"),
+                    message=f"evaluate: report at {ws.describe('eval/report.md')}")
     return 0
 

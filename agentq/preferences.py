@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from agentq import steplog
 from agentq.search.critique import consistent_preference
 from agentq.workspace import RoundWorkspace, digest
 
@@ -155,9 +156,10 @@ def run(ws: RoundWorkspace) -> dict[str, Any]:
               "testDecided": stats["decided_by_tests"]}
     if not pairs:  # say why, before the train step refuses an empty file
         ties = stats["sibling_comparisons"].get("tie", 0)
-        print(f"preferences: no sibling pair differs in test reward by more than {spec.threshold} ({ties} ties); "
-              "DPO needs at least one: give collection more budget (collect.rollouts, collect.rootK) or tasks the "
-              "model sometimes fixes", flush=True)
+        steplog.log("no pairs", level="warning", threshold=spec.threshold, ties=ties,
+                    message=f"preferences: no sibling pair differs in test reward by more than {spec.threshold} "
+                            f"({ties} ties); DPO needs at least one: give collection more budget "
+                            "(collect.rollouts, collect.rootK) or tasks the model sometimes fixes")
     return ws.finish("preferences", inputs_digest, result,
                      f"preferences: {result['pairs']} pairs ({stats['decided_by_tests']} decided by tests, "
                      f"{stats['decided_by_critique']} by the critique; {result['chosenPassShare']:.0%} of chosen "

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from agentq import steplog
 from agentq.config import ConfigError, RoundFile, RoundSpec, load_round, parse_model
 from agentq.workspace import STEPS, RoundWorkspace
 
@@ -123,14 +124,16 @@ def _run_steps(ws: RoundWorkspace, progress: Progress) -> dict[str, float]:
 
         start = time.perf_counter()
         progress.start("model")
-        print(f"== {ws.name}: model", flush=True)
+        steplog.bind(step="model")
+        steplog.log("step started", message=f"== {ws.name}: model")
         fetch.run(ws)
         progress.done("model")
         timings["model"] = round(time.perf_counter() - start, 1)
     for step in STEPS:
         start = time.perf_counter()
         progress.start(step)
-        print(f"== {ws.name}: {step}", flush=True)
+        steplog.bind(step=step)
+        steplog.log("step started", message=f"== {ws.name}: {step}")
         if step == "collect":
             run_sharded(ws, "collect")
         elif step == "preferences":
@@ -195,6 +198,7 @@ def _device_worker(round_json: dict[str, Any], source: str, step: str, device: s
     """One worker process: only `device` visible (set before anything touches CUDA), its shards in turn."""
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     ws = RoundWorkspace(RoundFile.model_validate(round_json), source, save_spec=False)
+    steplog.bind(step=step)  # a spawned process starts without the parent's log context (the workspace binds the round)
     return _run_group(ws, step, device, shards, num_shards)
 
 
@@ -206,7 +210,8 @@ def _run_group(ws: RoundWorkspace, step: str, device: str | None, shards: list[i
     with base.reusing_policies():
         if step == "collect":
             for shard in shards:
-                collect.run(ws, shard, num_shards)
+                with steplog.scoped(shard=shard):
+                    collect.run(ws, shard, num_shards)
         else:
             evaluate.run_shards(ws, shards, num_shards)
         return {"device": device, "pid": os.getpid(), "shards": shards, "loads": base._Reuse.loads}

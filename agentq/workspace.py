@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentq import steplog
 from agentq.cache import cache_root
 from agentq.config import STORE_MODEL, ConfigError, RoundFile, StoreSpec, dump_round, load_round
 from agentq.io import atomic_write_json, read_jsonl, write_jsonl
@@ -119,7 +120,7 @@ class Lease:
             try:
                 self.token = self.store.renew_lease(self.key, self.owner, self.token or "", self.ttl_s)
             except StoreError as err:
-                print(f"agentq: warning: {err}", flush=True)
+                steplog.log("lease renewal failed", level="warning", message=f"agentq: warning: {err}")
                 return
 
     def release(self) -> None:
@@ -190,6 +191,7 @@ class RoundWorkspace:
                  save_spec: bool = True) -> None:
         self.round = round_file
         self.source = source
+        steplog.bind(round=round_file.name)
         self.store = store or open_store(_relative_to(round_file.spec.store, Path(source).parent))
         self.prefix = f"rounds/{round_file.name}"
         self._leases: dict[str, Lease] = {}
@@ -324,10 +326,11 @@ class RoundWorkspace:
             return None
         for relative, sha in (marker.get("outputs") or {}).items():
             if self.store.sha256(self.key(relative)) != sha:
-                print(f"{step}: {self.describe(relative)} changed since the step finished; running it again")
+                steplog.log("output changed", output=relative, message=f"{step}: {self.describe(relative)} "
+                            "changed since the step finished; running it again")
                 return None
         if done_line:
-            print(f"{done_line}: already complete", flush=True)
+            steplog.log("already complete", result=marker["result"], message=f"{done_line}: already complete")
         self._unlock(step)
         self.report_result(marker["result"])
         return marker["result"]
@@ -341,8 +344,7 @@ class RoundWorkspace:
             marker["outputs"] = {relative: self.store.sha256(self.key(relative)) for relative in outputs}
         self.store.put_json(self.key(f"steps/{step}.json"), marker)
         self._unlock(step)
-        if line:
-            print(line, flush=True)
+        steplog.log("finished", result=result, **({"message": line} if line else {}))
         self.report_result(result)
         return result
 
@@ -424,4 +426,5 @@ class RoundWorkspace:
         try:
             Path(path).write_text(text)
         except OSError as err:
-            print(f"agentq: cannot write result file {path}: {err.strerror}")
+            steplog.log("result file unwritable", level="warning", path=path,
+                        message=f"agentq: cannot write result file {path}: {err.strerror}")

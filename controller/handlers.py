@@ -45,6 +45,7 @@ from controller.reconcile import (
     long_unfinished,
     plan,
     pod_problems,
+    with_unrecorded_finished,
 )
 from controller.settings import OperatorSettings, load_settings
 
@@ -62,6 +63,8 @@ class Runtime:
         self.follows: dict[tuple[str, str], str] = {}  # (namespace, round) -> the round it starts from
         self.own_writes: dict[tuple[str, str], str] = {}  # the resourceVersion of our last status write
         self.campaign_wakers: dict[tuple[str, str], asyncio.Event] = {}
+        # (namespace, round) -> Job name -> the Job as its last watch event showed it finished
+        self.finished: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
 
     def wake(self, namespace: str, name: str, resource_version: str | None = None) -> None:
         """Wake the round's daemon, unless the event is the echo of its own status write, and the daemons
@@ -175,7 +178,8 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
         RT.follows[(namespace, name)] = from_round
         pred = kube.get_round(namespace, from_round)
         predecessor_phase = ((pred or {}).get("status") or {}).get("phase") or ("Pending" if pred else "")
-    jobs = kube.list_jobs(namespace, name)
+    jobs = with_unrecorded_finished(kube.list_jobs(namespace, name), RT.finished.get((namespace, name), {}),
+                                    body.get("status") or {})
     stamp = now()
     stuck = stuck_problems(kube, namespace, name, settings) \
         if long_unfinished(jobs, stamp, settings.resync_seconds) else []
@@ -314,6 +318,7 @@ async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.Da
     finally:
         RT.follows.pop(key, None)
         RT.own_writes.pop(key, None)
+        RT.finished.pop(key, None)
 
 
 def reconcile_campaign(namespace: str, name: str) -> CampaignPlan | None:
@@ -365,7 +370,11 @@ async def round_event(name: str, namespace: str, meta: kopf.Meta, labels: dict[s
 async def job_event(type: str, body: kopf.Body, labels: dict[str, str], namespace: str, **_: Any) -> None:
     # Only a finished or vanished Job can change what the round does next; the Job controller's
     # intermediate writes (active pods) would just cost a reconcile pass each.
-    if type == "DELETED" or job_state(dict(body)) in ("Succeeded", "Failed"):
+    finished = job_state(dict(body)) in ("Succeeded", "Failed")
+    key = (namespace, labels[ROUND_LABEL])
+    if finished and key in RT.wakers:  # a TTL may delete the Job before the round's next pass sees it
+        RT.finished.setdefault(key, {})[body["metadata"]["name"]] = dict(body)
+    if type == "DELETED" or finished:
         RT.wake(namespace, labels[ROUND_LABEL])
 
 

@@ -324,6 +324,8 @@ def build_job(body: dict[str, Any], unit: Unit, attempt: int, settings: Operator
     deadline = getattr(spec.active_deadline_seconds, unit.step)
     if deadline:
         job["spec"]["activeDeadlineSeconds"] = deadline
+    if settings.job_ttl_seconds is not None:
+        job["spec"]["ttlSecondsAfterFinished"] = settings.job_ttl_seconds
     return job
 
 

@@ -32,6 +32,13 @@ def _raw(resp: Any) -> dict[str, Any]:
     return json.loads(resp.data)
 
 
+def _done(resp: Any) -> None:
+    """Read a response whose body is not needed: urllib3 returns a connection to the pool only once its
+    response has been read, and an unreturned one makes the next request open a new TLS connection
+    (loading the CA store costs far more CPU than the request; it was most of the operator's CPU)."""
+    resp.data  # noqa: B018 - reading is the point
+
+
 class Kube:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self.api = api or load_config()
@@ -102,16 +109,17 @@ class Kube:
             raise
 
     def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.batch.patch_namespaced_job(name, namespace, patch, _preload_content=False)
+        _done(self.batch.patch_namespaced_job(name, namespace, patch, _preload_content=False))
 
     def apply_configmap(self, cm: dict[str, Any]) -> None:
         meta = cm["metadata"]
         try:
-            self.core.create_namespaced_config_map(meta["namespace"], cm, _preload_content=False)
+            _done(self.core.create_namespaced_config_map(meta["namespace"], cm, _preload_content=False))
         except ApiException as err:
             if err.status != 409:
                 raise
-            self.core.replace_namespaced_config_map(meta["name"], meta["namespace"], cm, _preload_content=False)
+            _done(self.core.replace_namespaced_config_map(meta["name"], meta["namespace"], cm,
+                                                          _preload_content=False))
 
     def delete_round_objects(self, namespace: str, round_name: str, configmap: str) -> int:
         """Jobs (and, through Background propagation, their pods) plus the spec ConfigMap. Explicit, not
@@ -119,13 +127,13 @@ class Kube:
         jobs = self.list_jobs(namespace, round_name)
         for job in jobs:
             try:
-                self.batch.delete_namespaced_job(job["metadata"]["name"], namespace,
-                                                 propagation_policy="Background", _preload_content=False)
+                _done(self.batch.delete_namespaced_job(job["metadata"]["name"], namespace,
+                                                       propagation_policy="Background", _preload_content=False))
             except ApiException as err:
                 if err.status != 404:
                     raise
         try:
-            self.core.delete_namespaced_config_map(configmap, namespace, _preload_content=False)
+            _done(self.core.delete_namespaced_config_map(configmap, namespace, _preload_content=False))
         except ApiException as err:
             if err.status != 404:
                 raise
@@ -167,7 +175,7 @@ class Kube:
 
     def service_account_exists(self, namespace: str, name: str) -> bool:
         try:
-            self.core.read_namespaced_service_account(name, namespace, _preload_content=False)
+            _done(self.core.read_namespaced_service_account(name, namespace, _preload_content=False))
         except ApiException as err:
             if err.status == 404:
                 return False

@@ -85,6 +85,17 @@ def job_state(job: dict[str, Any]) -> str:
     return "Running" if status.get("active") else "Pending"
 
 
+def with_unrecorded_finished(jobs: list[dict[str, Any]], seen_finished: dict[str, dict[str, Any]],
+                             status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The listed Jobs plus those a watch event showed finished that are gone (a TTL of a few seconds, or 0)
+    before the round's status recorded their outcome: planning from the list alone would run the step again.
+    Once recorded, a vanished Job is left out, so the durable-outcome path (and its JobDeleted event) holds."""
+    listed = {job["metadata"]["name"] for job in jobs}
+    recorded = {(entry.get("name"), entry.get("state")) for entry in (status.get("jobs") or {}).values()}
+    return jobs + [job for name, job in seen_finished.items()
+                   if name not in listed and (name, job_state(job)) not in recorded]
+
+
 def job_failure_reason(job: dict[str, Any]) -> str:
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Failed" and cond.get("status") == "True":
@@ -279,7 +290,9 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     cleanup_running = None
     for job in jobs:
         labels = job["metadata"].get("labels") or {}
-        if job["metadata"].get("deletionTimestamp"):
+        # A Job being deleted still counts once finished: its outcome is final, and the TTL controller deletes in
+        # the foreground, so a finished Job lingers (deleting) while its pods go. An unfinished one is gone.
+        if job["metadata"].get("deletionTimestamp") and job_state(job) not in TERMINAL:
             continue
         if labels.get(UNIT_LABEL) == CLEANUP_UNIT:
             if job_state(job) not in TERMINAL:

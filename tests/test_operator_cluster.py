@@ -1,5 +1,7 @@
-"""The operator against a real kube-apiserver + etcd (scripts/testenv.sh builds them), run as a separate
-`kopf run` process; the tests play the Job controller and kubelet (tests/testenv.py finish_job)."""
+"""The operator against a real kube-apiserver + etcd + kube-controller-manager (Job, TTL-after-finished and
+garbage-collector controllers; scripts/testenv.sh builds them), run as a separate `kopf run` process. The
+tests play the kubelet (tests/testenv.py pod_ran); most also write the Job status the Job controller would
+(finish_job) so they need not wait for it, the tests at the end leave that to the real Job controller."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from testenv import EnvMissing, LocalCluster, Operator, bin_dir, finish_job, free_port, job_pod, start_job
+from testenv import EnvMissing, LocalCluster, Operator, bin_dir, finish_job, free_port, job_pod, pod_ran, start_job
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +89,17 @@ class Harness:
 
     def finish(self, job: str, result: dict | None = None, *, ok: bool = True, logs: str = "") -> None:
         start_job(self.api, self.ns, job)
-        finish_job(self.api, self.ns, job, succeeded=ok, message=json.dumps(result or {}) if ok else logs)
+        finish_job(self.api, self.ns, job, succeeded=ok, message=json.dumps(result or {}) if ok else logs,
+                   controller_pod=self.cluster.controllers)
+
+    def run_pod(self, job: str, result: dict | None = None, *, ok: bool = True, logs: str = "") -> None:
+        """Only the kubelet's part: a pod of `job` that ran to its end; the Job controller decides the rest."""
+        pod_ran(self.api, self.ns, job, succeeded=ok, message=json.dumps(result or {}) if ok else logs,
+                controller_pod=True)
+
+    def pods(self, name: str) -> list[str]:
+        return sorted(p.metadata.name for p in
+                      self.core.list_namespaced_pod(self.ns, label_selector=f"agentq.dev/round={name}").items)
 
     def events(self, name: str) -> list[tuple[str, str]]:
         items = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}").items
@@ -109,7 +121,7 @@ class Harness:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     _require_testenv()
-    c = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    c = LocalCluster(tmp_path_factory.mktemp("cluster"), controllers=True).start()
     try:
         for manifest in ("crd.yaml", "campaign-crd.yaml"):
             c.kubectl("apply", "-f", str(REPO / "manifests" / manifest))
@@ -437,7 +449,7 @@ def test_an_unschedulable_pod_is_reported_within_one_resync(h: Harness):
     start_job(h.api, h.ns, "unplaced-collect-0")
     job_pod(h.api, h.ns, "unplaced-collect-0", {"phase": "Pending", "conditions": [
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-         "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]})
+         "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]}, controller_pod=True)
     blocked = h.wait_condition("unplaced", "Blocked", "Unschedulable", timeout=OPERATOR_CONFIG["resyncSeconds"] + 10)
     assert "Insufficient nvidia.com/gpu" in blocked["message"]
     assert h.status("unplaced")["phase"] == "Collecting"
@@ -582,3 +594,93 @@ def test_a_served_round_starts_awaits_uses_and_removes_its_inference_server(h: H
     assert deployments() == [] and services() == []
     reasons = {r for _, r in h.events(name)}
     assert {"InferenceServerCreated", "InferenceServerRemoved"} <= reasons, reasons
+
+
+# --- with the cluster's own controllers: Jobs, TTLs and ownerReferences as a cluster treats them --------------
+
+
+def test_the_job_controller_completes_jobs_from_their_pods(h: Harness):
+    h.apply(small_round("natural"))
+    h.wait_jobs("natural", ["natural-collect-0", "natural-collect-1"])
+    # The Job controller started a pod per Job (none runs: no kubelet), and sets Complete from the pod that ran.
+    wait_for(lambda: len(h.pods("natural")) >= 2, "the Job controller's pods")
+    for job in ("natural-collect-0", "natural-collect-1"):
+        h.run_pod(job, {"trajectories": 4})
+    status = h.wait_phase("natural", "Preferences")
+    assert status["jobs"]["collect-0"]["state"] == "Succeeded" and status["results"]["trajectories"] == 8
+    job = h.batch.read_namespaced_job("natural-collect-0", h.ns)
+    assert job.status.succeeded == 1 and [c.type for c in job.status.conditions] == ["Complete"]
+
+
+def test_a_failed_pod_counts_an_attempt(h: Harness):
+    h.apply(small_round("stumble", backoffLimit=1))
+    h.wait_jobs("stumble", ["stumble-collect-0", "stumble-collect-1"])
+    h.run_pod("stumble-collect-0", ok=False, logs="CUDA error: out of memory")
+    # backoffLimit 0 on every step Job: the Job controller fails the Job, the operator makes attempt 2.
+    h.wait_jobs("stumble", ["stumble-collect-0-r1"])
+    failed = h.batch.read_namespaced_job("stumble-collect-0", h.ns)
+    assert [(c.type, c.reason) for c in failed.status.conditions] == [("Failed", "BackoffLimitExceeded")]
+    h.run_pod("stumble-collect-0-r1", {})
+    h.run_pod("stumble-collect-1", {})
+    assert h.wait_phase("stumble", "Preferences")["jobs"]["collect-0"]["attempts"] == 2
+
+
+def test_finished_jobs_removed_by_the_ttl_controller_stay_done(h: Harness):
+    h.apply(small_round("brief"))
+    h.wait_jobs("brief", ["brief-collect-0", "brief-collect-1"])
+    for job in ("brief-collect-0", "brief-collect-1"):
+        # A cluster's TTL policy (a mutating webhook, Kueue, the operator's jobTtlSeconds) on the Jobs.
+        h.batch.patch_namespaced_job(job, h.ns, {"spec": {"ttlSecondsAfterFinished": 2}})
+        h.run_pod(job, {"trajectories": 3})
+    h.wait_jobs("brief", ["brief-preferences"])
+    # The TTL controller deletes the finished Jobs, the garbage collector their pods, mid-round.
+    wait_for(lambda: h.jobs("brief") == ["brief-preferences"], "the TTL controller to remove the collect Jobs")
+    wait_for(lambda: [p for p in h.pods("brief") if "collect" in p] == [], "their pods to be collected")
+    wait_for(lambda: ("Warning", "JobDeleted") in h.events("brief"), "a JobDeleted warning")
+    time.sleep(OPERATOR_CONFIG["resyncSeconds"] + 1)  # a resync sees the Jobs gone
+    status = h.status("brief")
+    assert status["phase"] == "Preferences" and status["results"]["trajectories"] == 6
+    assert {status["jobs"][u]["state"] for u in ("collect-0", "collect-1")} == {"Succeeded"}
+    assert h.jobs("brief") == ["brief-preferences"]  # nothing re-created
+    h.run_pod("brief-preferences", {"pairs": 2})
+    h.wait_jobs("brief", ["brief-train"])
+
+
+def test_without_the_operator_ownerreferences_alone_remove_a_deleted_rounds_objects(h: Harness):
+    h.apply(small_round("orphan"))
+    h.wait_jobs("orphan", ["orphan-collect-0", "orphan-collect-1"])
+    wait_for(lambda: len(h.pods("orphan")) >= 2, "the Job controller's pods")
+    h.operator.kill()  # an uninstalled or crashed operator: its finalizer would hold the round forever
+    try:
+        h.custom.patch_namespaced_custom_object("agentq.dev", "v1alpha1", h.ns, "agentqrounds", "orphan",
+                                                {"metadata": {"finalizers": None}})
+        h.cluster.kubectl("delete", "agentqround", "orphan", "-n", h.ns, "--wait=true", "--timeout=30s")
+        # The garbage collector follows the ownerReferences: round -> Jobs and spec ConfigMap -> pods.
+        wait_for(lambda: h.jobs("orphan") == [], "the garbage collector to delete the Jobs", timeout=60)
+        wait_for(lambda: h.pods("orphan") == [], "the garbage collector to delete the pods", timeout=60)
+        wait_for(lambda: "orphan-spec" not in [c.metadata.name for c in h.core.list_namespaced_config_map(h.ns).items],
+                 "the garbage collector to delete the spec ConfigMap", timeout=60)
+    finally:
+        h.operator.start()
+
+
+def test_the_operators_client_reuses_its_connections(cluster: LocalCluster):
+    """Every call reads its response, so its connection goes back to the pool: one left unread made the next
+    call open a new TLS connection, which cost most of the operator's CPU (benchmarks/operator_scale.py)."""
+    from controller.kube import Kube
+
+    kube = Kube(cluster.api())
+    cluster.kubectl("create", "namespace", "reuse")
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "reuse"},
+           "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "b"}]}}}}
+    kube.create_job(job)
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "reuse"}, "data": {}}
+    for i in range(10):
+        kube.apply_configmap({**cm, "data": {"i": str(i)}})
+        kube.patch_job("reuse", "j", {"metadata": {"annotations": {"i": str(i)}}})
+        kube.service_account_exists("reuse", "nobody")
+        kube.get_round("reuse", "nothing")
+    manager = kube.api.rest_client.pool_manager
+    # urllib3 refuses to iterate its pool container itself (not thread-safe); keys() gives a copy
+    pools = [manager.pools[key] for key in manager.pools.keys()]  # noqa: SIM118
+    assert sum(p.num_connections for p in pools) == 1

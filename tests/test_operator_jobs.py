@@ -12,7 +12,7 @@ import yaml
 from agentq.config import RoundFile
 from controller.crd import render
 from controller.jobs import Unit, build_job, cleanup_job, job_name, spec_configmap, units
-from controller.reconcile import long_unfinished, plan, pod_problems
+from controller.reconcile import long_unfinished, plan, pod_problems, with_unrecorded_finished
 from controller.settings import OperatorSettings
 
 SETTINGS = OperatorSettings.model_validate({
@@ -152,6 +152,12 @@ def test_pass_through_labels_annotations_deadlines_and_disruption_policy():
     assert "activeDeadlineSeconds" not in build_job(b, Unit("merge"), 0, FULL)["spec"]
     assert train["spec"]["podFailurePolicy"]["rules"] == [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+
+
+def test_step_jobs_get_the_operators_ttl_only_when_one_is_set():
+    assert "ttlSecondsAfterFinished" not in build_job(body(), Unit("train"), 0, FULL)["spec"]
+    ttl = FULL.model_copy(update={"job_ttl_seconds": 600})
+    assert build_job(body(), Unit("collect", 0, 2), 0, ttl)["spec"]["ttlSecondsAfterFinished"] == 600
 
 
 def test_a_fully_configured_job_is_valid_for_current_kubernetes():
@@ -534,3 +540,27 @@ def test_collect_and_evaluate_jobs_of_a_served_round_get_the_api_key_from_its_se
         env = {e["name"]: e for e in container(build_job(b, by_step[step], 0, FULL))["env"]}
         assert env["OPENAI_API_KEY"]["valueFrom"] == key
     assert "OPENAI_API_KEY" not in {e["name"] for e in container(build_job(b, by_step["train"], 0, FULL))["env"]}
+
+
+def test_a_job_seen_finished_then_gone_counts_until_the_status_records_it():
+    done = {"metadata": {"name": "r-collect-0"}, "status": {"succeeded": 1, "conditions": [
+        {"type": "Complete", "status": "True"}]}}
+    running = {"metadata": {"name": "r-collect-1"}, "status": {"active": 1}}
+    seen = {"r-collect-0": done}
+    # Deleted by a TTL of 0 before any pass saw it: without it the plan would create r-collect-0 again.
+    assert with_unrecorded_finished([running], seen, {}) == [running, done]
+    assert with_unrecorded_finished([running, done], seen, {}) == [running, done]  # still listed: once
+    recorded = {"jobs": {"collect-0": {"name": "r-collect-0", "state": "Succeeded", "attempts": 1}}}
+    assert with_unrecorded_finished([running], seen, recorded) == [running]  # recorded: the durable path
+
+
+def test_a_finished_job_being_deleted_still_decides_its_unit():
+    """The TTL controller deletes in the foreground: the finished Job lingers with a deletionTimestamp while
+    its pods go. Its outcome stands; an unfinished Job being deleted is gone and made again."""
+    b = body()
+    jobs = [job(b, Unit("collect", 0, 2), 0, "Succeeded"), job(b, Unit("collect", 1, 2), 0, "Running")]
+    for j in jobs:
+        j["metadata"]["deletionTimestamp"] = "T0"
+    p = plan(b, jobs, lambda j: {"result": {"trajectories": 3}}, "T1")
+    assert p.status["jobs"]["collect-0"]["state"] == "Succeeded"
+    assert [(u.key, a) for u, a in p.create] == [("collect-1", 0)]

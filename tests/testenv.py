@@ -1,6 +1,8 @@
-"""A real kube-apiserver + etcd on 127.0.0.1 for the operator's tests and benchmark, plus the parts of a
-cluster they lack: there is no controller-manager or kubelet, so callers play the Job controller (as
-controller-runtime's envtest does) with `finish_job`.
+"""A real kube-apiserver + etcd on 127.0.0.1 for the operator's tests and benchmark, and on request
+(`controllers=True`) a kube-controller-manager running the Job, TTL-after-finished and garbage-collector
+controllers, so Jobs, TTLs and ownerReferences behave as in a cluster. There is no scheduler or kubelet:
+callers play the kubelet with `job_pod`/`finish_job` (a pod that ran, and the Job status the Job controller
+writes for it, which the real Job controller, when it runs, computes from that pod on its own).
 
 The binaries come from scripts/testenv.sh (built once from Debian's kubernetes source package, cached
 outside the repo); $AGENTQ_TESTENV_BIN or $KUBEBUILDER_ASSETS point at them.
@@ -36,12 +38,21 @@ class EnvMissing(RuntimeError):
     """The binaries are not there; the message says how to get them."""
 
 
+BINARIES = ("kube-apiserver", "kube-controller-manager", "etcd", "kubectl")
+# The Job controller runs pods to completion, the TTL controller removes finished Jobs, the garbage collector
+# removes what a deleted owner owned. No service-account token controller: the API server runs without the
+# ServiceAccount admission plugin, so pods need no tokens.
+CONTROLLERS = "job,ttl-after-finished,garbagecollector"
+# ttlSecondsAfterFinished is alpha in 1.20: without the gate the API server drops the field silently.
+FEATURE_GATES = "TTLAfterFinished=true"
+
+
 def bin_dir() -> Path:
     for candidate in (os.environ.get("AGENTQ_TESTENV_BIN"), os.environ.get("KUBEBUILDER_ASSETS"), DEFAULT_CACHE):
-        if candidate and all((Path(candidate) / b).exists() for b in ("kube-apiserver", "etcd", "kubectl")):
+        if candidate and all((Path(candidate) / b).exists() for b in BINARIES):
             return Path(candidate)
-    raise EnvMissing("kube-apiserver/etcd/kubectl not found in $AGENTQ_TESTENV_BIN, $KUBEBUILDER_ASSETS or "
-                         f"{DEFAULT_CACHE}; run scripts/testenv.sh (it prints the directory to export)")
+    raise EnvMissing(f"{'/'.join(BINARIES)} not found in $AGENTQ_TESTENV_BIN, $KUBEBUILDER_ASSETS or "
+                     f"{DEFAULT_CACHE}; run scripts/testenv.sh (it prints the directory to export)")
 
 
 def free_port() -> int:
@@ -90,10 +101,12 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 10) -> None:
 
 @dataclass
 class LocalCluster:
-    """etcd + kube-apiserver in `workdir`; `rbac=True` turns on RBAC authorization."""
+    """etcd + kube-apiserver in `workdir`; `rbac=True` turns on RBAC authorization, `controllers=True` adds
+    the controller-manager."""
 
     workdir: Path
     rbac: bool = False
+    controllers: bool = False
     procs: list[subprocess.Popen] = field(default_factory=list)
     server: str = ""
 
@@ -136,12 +149,30 @@ class LocalCluster:
                      f"--service-account-key-file={sa_key}", f"--service-account-signing-key-file={sa_key}",
                      "--service-account-issuer=https://agentq.test", "--api-audiences=agentq.test",
                      "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=false",
+                     f"--feature-gates={FEATURE_GATES}",
                      "--enable-priority-and-fairness=false", "--v=0"], api_log)
         self.kubeconfig = _kubeconfig(self.workdir / "admin.kubeconfig", self.server, ADMIN_TOKEN)
         self.operator_kubeconfig = _kubeconfig(self.workdir / "operator.kubeconfig", self.server, OPERATOR_TOKEN)
         _wait(lambda: self._get("/readyz") == 200 and self._get("/api/v1/namespaces/default") == 200,
               60, "kube-apiserver", self.procs[1], api_log)
+        if self.controllers:
+            self._start_controller_manager(bins)
         return self
+
+    def _start_controller_manager(self, bins: Path) -> None:
+        """The controllers over the admin kubeconfig, their health on a plain-HTTP port of their own (1.20's
+        insecure port; the secure one would need certificates and delegated authentication)."""
+        port = free_port()
+        log = self.workdir / "controller-manager.log"
+        self._spawn([str(bins / "kube-controller-manager"), f"--kubeconfig={self.kubeconfig}",
+                     f"--controllers={CONTROLLERS}", f"--feature-gates={FEATURE_GATES}",
+                     "--leader-elect=false", "--use-service-account-credentials=false",
+                     "--address=127.0.0.1", f"--port={port}", "--secure-port=0",
+                     # A test waits seconds, not the defaults' minutes, for a TTL or a collected orphan.
+                     "--concurrent-ttl-after-finished-syncs=5", "--concurrent-gc-syncs=5", "--v=1"], log)
+        proc = self.procs[-1]
+        _wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200,
+              60, "kube-controller-manager", proc, log)
 
     def _spawn(self, cmd: list[str], log: Path) -> None:
         with open(log, "ab") as out:
@@ -236,24 +267,44 @@ def _ts() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def job_pod(api: Any, namespace: str, job_name: str, status: dict[str, Any]) -> str:
-    """Play the Job controller and kubelet: a pod from the Job's template, with `status` as the kubelet
-    (or the scheduler) would report it; its containerStatuses get the template container's name and image.
-    Returns the pod's name."""
+def _controller_pod(core: Any, namespace: str, uid: str, timeout: float = 20.0) -> str:
+    """The live pod the Job controller made for the Job `uid` (waiting for it to appear)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods = json.loads(core.list_namespaced_pod(namespace, label_selector=f"controller-uid={uid}",
+                                                   _preload_content=False).data)["items"]
+        live = [p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                and not p["metadata"].get("deletionTimestamp")]
+        if live:
+            return live[0]["metadata"]["name"]
+        time.sleep(0.05)
+    raise TimeoutError(f"the Job controller made no pod for Job uid {uid} in {timeout}s")
+
+
+def job_pod(api: Any, namespace: str, job_name: str, status: dict[str, Any], *,
+            controller_pod: bool = False) -> str:
+    """Play the kubelet (and, unless `controller_pod`, the Job controller): a pod of the Job with `status` as
+    the kubelet (or the scheduler) would report it; its containerStatuses get the template container's name
+    and image. With `controller_pod` (a controller-manager runs) the pod is the one the Job controller made,
+    as a kubelet reports on the pods it was given: a pod of our own beside it would be an extra active pod,
+    which the Job controller deletes. Returns the pod's name."""
     from kubernetes import client
 
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     job = json.loads(batch.read_namespaced_job(job_name, namespace, _preload_content=False).data)
     template = job["spec"]["template"]
-    labels = {**(template["metadata"].get("labels") or {}), "job-name": job_name,
-              "controller-uid": job["metadata"]["uid"]}
-    pod_name = f"{job_name}-{os.urandom(3).hex()}"
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": pod_name, "namespace": namespace, "labels": labels,
-                        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
-                                             "uid": job["metadata"]["uid"], "controller": True}]},
-           "spec": template["spec"]}
-    core.create_namespaced_pod(namespace, pod, _preload_content=False)
+    if controller_pod:
+        pod_name = _controller_pod(core, namespace, job["metadata"]["uid"])
+    else:
+        labels = {**(template["metadata"].get("labels") or {}), "job-name": job_name,
+                  "controller-uid": job["metadata"]["uid"]}
+        pod_name = f"{job_name}-{os.urandom(3).hex()}"
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": pod_name, "namespace": namespace, "labels": labels,
+                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
+                                                 "uid": job["metadata"]["uid"], "controller": True}]},
+               "spec": template["spec"]}
+        core.create_namespaced_pod(namespace, pod, _preload_content=False)
     container = template["spec"]["containers"][0]
     statuses = [{"name": container["name"], "image": container["image"], "imageID": "", "ready": False,
                  "restartCount": 0, **cs} for cs in status.get("containerStatuses") or []]
@@ -261,19 +312,28 @@ def job_pod(api: Any, namespace: str, job_name: str, status: dict[str, Any]) -> 
     return pod_name
 
 
-def finish_job(api: Any, namespace: str, job_name: str, *, succeeded: bool, message: str = "",
-               exit_code: int | None = None, reason: str | None = None) -> None:
-    """Play kubelet + Job controller for one Job: a pod from its template that terminated with
-    `message` as its termination message, then the Job's status as the Job controller would write it."""
-    from kubernetes import client
-
+def pod_ran(api: Any, namespace: str, job_name: str, *, succeeded: bool, message: str = "",
+            exit_code: int | None = None, reason: str | None = None, controller_pod: bool = False) -> None:
+    """Play the kubelet for one Job: a pod from its template that terminated with `message` as its
+    termination message. With the controller-manager running, the Job controller takes it from there."""
     now = _ts()
     code = exit_code if exit_code is not None else (0 if succeeded else 1)
     term = {"exitCode": code, "reason": reason or ("Completed" if succeeded else "Error"),
             "message": message, "startedAt": now, "finishedAt": now}
     job_pod(api, namespace, job_name, {
         "phase": "Succeeded" if succeeded else "Failed", "startTime": now,
-        "containerStatuses": [{"state": {"terminated": term}}]})
+        "containerStatuses": [{"state": {"terminated": term}}]}, controller_pod=controller_pod)
+
+
+def finish_job(api: Any, namespace: str, job_name: str, *, succeeded: bool, message: str = "",
+               exit_code: int | None = None, reason: str | None = None, controller_pod: bool = False) -> None:
+    """Play kubelet + Job controller for one Job: `pod_ran`, then the Job's status as the Job controller
+    would write it (at once, rather than when a controller-manager gets to it, or where none runs)."""
+    from kubernetes import client
+
+    pod_ran(api, namespace, job_name, succeeded=succeeded, message=message, exit_code=exit_code, reason=reason,
+            controller_pod=controller_pod)
+    now = _ts()
     if succeeded:
         jstatus = {"startTime": now, "completionTime": now, "succeeded": 1,
                    "conditions": [{"type": "Complete", "status": "True", "lastProbeTime": now,
