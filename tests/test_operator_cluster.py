@@ -84,8 +84,11 @@ class Harness:
         self._wait(lambda: set(expected) <= set(self.jobs(name)), f"Jobs {expected} of {name}", timeout)
 
     def wait_phase(self, name: str, phase: str, timeout: float = 20.0) -> dict:
-        return self._wait(lambda: self.status(name) if self.status(name).get("phase") == phase else None,
-                          f"{name} phase {phase}", timeout)
+        def reached() -> dict | None:
+            status = self.status(name)  # one read: a second could already show a later phase
+            return status if status.get("phase") == phase else None
+
+        return self._wait(reached, f"{name} phase {phase}", timeout)
 
     def finish(self, job: str, result: dict | None = None, *, ok: bool = True, logs: str = "") -> None:
         start_job(self.api, self.ns, job)
