@@ -296,8 +296,11 @@ class RepoSandbox:
                     (group / knob).write_text(str(value))
         return made
 
-    def run(self, work: Path, node_args: list[str]) -> RunReport:
-        """Run pytest on `node_args` (node ids or paths) in `work`; the results are read back here."""
+    def run(self, work: Path, node_args: list[str], plugins: tuple[str, ...] = ()) -> RunReport:
+        """Run pytest on `node_args` (node ids, paths, options) in `work`; the results are read back here.
+
+        `plugins` are loaded with `-p` on the command line: pytest reads early plugin options only there,
+        not from the `@file` that carries the node ids."""
         results = Path(tempfile.mkdtemp(prefix="agentq-results-"))
         os.chmod(results, 0o777)
         spec_dir = Path(tempfile.mkdtemp(prefix="agentq-spec-"))
@@ -327,7 +330,8 @@ class RepoSandbox:
         status = "finished"
         try:
             proc = subprocess.Popen(
-                self._argv(work, results, spec, python_path(work), seccomp_fd, needed_plugins(work)),
+                self._argv(work, results, spec, python_path(work), seccomp_fd,
+                           [*needed_plugins(work), *(p for p in plugins if p not in needed_plugins(work))]),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 pass_fds=[seccomp_fd] if seccomp_fd is not None else [], preexec_fn=confine,
                 start_new_session=True, cwd=work)

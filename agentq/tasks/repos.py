@@ -133,7 +133,7 @@ def measure_baseline(sandbox: RepoSandbox, pristine: Path, scratch: Path, librar
         raise LibraryRejected(f"the suite did not finish within {sandbox.limits.timeout_s:.0f} s")
     roots = [f"--cov={p}" for p in python_path(pristine)]
     second = sandbox.run(scratch, ["--continue-on-collection-errors", *roots, "--cov-context=test",
-                                   "--cov-report=", "-p", "pytest_cov", *target])
+                                   "--cov-report=", *target], plugins=("pytest_cov",))
     coverage = _read_coverage(scratch / ".coverage")
     reset_scratch(scratch)
     stable = sorted(n for n, (o, _) in first.outcomes.items()

@@ -85,12 +85,18 @@ class RepoTask(BaseModel):
     task_id: str = Field(..., min_length=1)
     group: str = Field(..., min_length=1, description="The library: splits are by repository.")
     repo: RepoRef
-    bug_patch: str = Field(..., min_length=1)
+    bug_patch: str = Field(..., description="Empty only for a git source whose commit is itself buggy (SWE-bench).")
     fail_to_pass: list[str] = Field(..., min_length=1)
     pass_to_pass: list[str] = Field(default_factory=list)
     issue: str = Field(..., min_length=1)
     test_target: list[str] = Field(..., min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bug_given(self) -> RepoTask:
+        if not self.bug_patch.strip() and not self.repo.git_url:
+            raise ValueError("bug_patch: an sdist task needs the diff that makes the buggy tree")
+        return self
 
     @property
     def id(self) -> str:
