@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-timeout", type=float, default=60.0, help="largest wall-clock limit a caller may ask for")
     p.add_argument("--max-memory-mb", type=int, default=2048, help="largest memory limit a caller may ask for")
     p.add_argument("--max-procs", type=int, default=64, help="largest process limit a caller may ask for")
+    p.add_argument("--repo-data-dir", help="serve repository runs (POST /run_repo) from the sdists in this folder")
+    p.add_argument("--repo-cache", help="where pristine repository trees are unpacked (default: <data-dir>/.trees)")
     _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.sandbox.server:main"))
     p = sandbox.add_parser("bench", help="warm executor vs one fresh pytest per candidate, on HumanEvalFix")

@@ -324,3 +324,30 @@ def test_build_and_validate_a_real_library_from_shared_data(tmp_path, capsys):
     assert tasks, summary
     assert cli_main(["tasks", "validate", str(out), "--data-dir", str(data), "--cache", str(tmp_path / "c"),
                      "--json"]) == 0
+
+
+def test_the_http_sandbox_serves_repo_runs(minilib, tmp_path):
+    import threading
+
+    from agentq.sandbox import LocalExecutor, RemoteExecutor
+    from agentq.sandbox.repo import SdistStore
+    from agentq.sandbox.server import SandboxServer
+
+    task = RepoTask.model_validate(repo_record()).model_dump(exclude_none=True)
+    with LocalExecutor(workers=1) as executor:
+        store = SdistStore(minilib / "repos", RepoExecutor(tmp_path / "trees"))
+        servers = [SandboxServer(("127.0.0.1", 0), executor, repos=store),
+                   SandboxServer(("127.0.0.1", 0), executor)]
+        for httpd in servers:
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{servers[0].server_address[1]}"
+            fixed, stale = RemoteExecutor(url).run_task(task, [FIX, FIX.replace("if x > lo:", "if x >= lo:")])
+            assert fixed.resolved and fixed.reward == 1.0
+            assert stale.patch_status == "failed" and not stale.resolved
+            with pytest.raises(ValueError, match="does not serve repository runs"):
+                RemoteExecutor(f"http://127.0.0.1:{servers[1].server_address[1]}").run_task(task, [FIX])
+        finally:
+            for httpd in servers:
+                httpd.shutdown()
+                httpd.server_close()
