@@ -317,7 +317,7 @@ def test_build_and_validate_a_real_library_from_shared_data(tmp_path, capsys):
         (data / "repos" / name).symlink_to(DATA / "repos" / name)
     out = tmp_path / "repos.jsonl"
     assert cli_main(["tasks", "build", "--source", "repos", "--data-dir", str(data), "--out", str(out),
-                     "--per-library", "3", "--per-operator", "1", "--json"]) == 0
+                     "--per-library", "2", "--per-operator", "1", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["libraries"]["cachetools-8.0.0"]["stable_tests"] > 300
     tasks = read_tasks(out, kinds=("repo",))
@@ -351,3 +351,50 @@ def test_the_http_sandbox_serves_repo_runs(minilib, tmp_path):
             for httpd in servers:
                 httpd.shutdown()
                 httpd.server_close()
+
+
+HOSTILE = '''
+import os
+import socket
+import subprocess
+
+subprocess.Popen(["sleep", "317"], start_new_session=True)
+for address in (("1.1.1.1", 53), ("127.0.0.1", HOST_PORT)):  # the internet; a server on the host's loopback
+    try:
+        socket.create_connection(address, timeout=2)
+        raise SystemError(f"reached {address}")
+    except OSError:
+        pass
+for path in ("/usr/agentq-escape", "/etc/agentq-escape", os.path.expanduser("~/../agentq-escape")):
+    try:
+        open(path, "w").close()
+        raise SystemError(f"wrote {path}")
+    except OSError:
+        pass
+'''
+
+
+def test_a_hostile_patch_reaches_no_network_writes_nothing_outside_and_leaves_no_process(minilib, executor):
+    import socket
+
+    pristine = executor.pristine(minilib / "repos" / "minilib-0.1.tar.gz")
+    host = socket.create_server(("127.0.0.1", 0))
+    hostile = HOSTILE.replace("HOST_PORT", str(host.getsockname()[1]))
+    header, rest = FIX.split("@@ -4,7 +4,7 @@\n", 1)
+    added = "".join(f"+{line}\n" for line in hostile.splitlines())
+    patch = f"{header}@@ -1,1 +1,{1 + len(hostile.splitlines())} @@\n \"\"\"A tiny library for the repo-task " \
+            f"tests.\"\"\"\n{added}@@ -4,7 +4,7 @@\n{rest}"
+    with host:
+        verdict = executor.run(pristine, patch, F2P, P2P, ["tests/"], base_patch=BUG)
+    assert verdict.patch_status != "failed", verdict.message
+    assert verdict.resolved, verdict.message  # every escape attempt raised OSError inside the sandbox
+    leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p) == "sleep 317"]
+    assert not leftovers
+    assert not Path("/usr/agentq-escape").exists() and not Path("/etc/agentq-escape").exists()
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""

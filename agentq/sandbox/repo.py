@@ -47,7 +47,7 @@ from agentq.sandbox.isolation import empty_and_remove
 from agentq.sandbox.verdict import TestResult, Verdict
 
 PatchStatus = Literal["applied", "3way", "fuzzy", "empty", "failed", "refused"]
-REPORT_PLUGIN = Path(__file__).with_name("pytest_report.py")
+REPORT_PLUGIN = Path(__file__).with_name("agentq_pytest_report.py")
 WORK_MOUNT = "/repo"
 RESULTS_MOUNT = "/results"
 PLUGIN_MOUNT = "/opt/agentq-plugin"
