@@ -398,3 +398,15 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+def test_a_corrupt_archive_is_rejected_with_one_line(tmp_path, capsys):
+    (tmp_path / "repos").mkdir()
+    (tmp_path / "repos" / "broken-1.0.tar.gz").write_bytes(b"not a tar archive")
+    out = tmp_path / "repos.jsonl"
+    assert cli_main(["tasks", "build", "--source", "repos", "--data-dir", str(tmp_path), "--out", str(out),
+                     "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["tasks"] == 0
+    assert summary["rejected_libraries"] == [{"library": "broken-1.0", "reason": "broken-1.0.tar.gz: not a readable "
+                                              "source archive (expected a .tar.gz)"}]

@@ -111,8 +111,11 @@ def unpack_pristine(sdist: Path, cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{tree.name}-", dir=cache))
     try:
-        with tarfile.open(sdist) as tar:
-            tar.extractall(scratch, filter="data")
+        try:
+            with tarfile.open(sdist) as tar:
+                tar.extractall(scratch, filter="data")
+        except tarfile.TarError:
+            raise ValueError(f"{sdist.name}: not a readable source archive (expected a .tar.gz)") from None
         tops = [p for p in scratch.iterdir()]
         if len(tops) != 1 or not tops[0].is_dir():
             raise ValueError(f"{sdist.name}: expected one top-level directory in the archive, found {len(tops)}")

@@ -20,6 +20,7 @@ import json
 import random
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -390,8 +391,9 @@ def build(args: argparse.Namespace) -> int:
                                "sites_picked": len(picked), "seconds": round(time.monotonic() - lib_started, 1)}
         except LibraryRejected as err:
             rejected_libs.append({"library": stem, "reason": str(err)})
-        except (OSError, ValueError) as err:
-            rejected_libs.append({"library": stem, "reason": f"{type(err).__name__}: {err}"[:300]})
+        except (OSError, ValueError, subprocess.CalledProcessError) as err:
+            reason = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            rejected_libs.append({"library": stem, "reason": " ".join(reason.split())[:300]})
         finally:
             if lib is not None:
                 lib.close()
