@@ -56,6 +56,7 @@ CONFIG_FILES = ("conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "pyproject.
 # Added lines that reach for the test machinery instead of fixing the library.
 _FORGERY = re.compile(r"\b(pytest|_pytest|pluggy|agentq_pytest_report|AGENTQ_REPORT|/results)\b")
 _RUN_IDS = itertools.count()
+REPO_UID_BASE = 2_900_000_000
 _GIT_ENV = {"GIT_AUTHOR_NAME": "agentq", "GIT_AUTHOR_EMAIL": "agentq@localhost", "GIT_COMMITTER_NAME": "agentq",
             "GIT_COMMITTER_EMAIL": "agentq@localhost", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
 
@@ -95,8 +96,9 @@ class RepoLimits:
 
 
 def git(tree: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(tree), *args], input=stdin, capture_output=True, text=True,
-                          env={**os.environ, **_GIT_ENV}, check=check)
+    # safe.directory: the work tree belongs to the sandbox's uid after a run; git would refuse it otherwise.
+    return subprocess.run(["git", "-c", "safe.directory=*", "-C", str(tree), *args], input=stdin,
+                          capture_output=True, text=True, env={**os.environ, **_GIT_ENV}, check=check)
 
 
 def sdist_stem(sdist: Path) -> str:
@@ -247,6 +249,10 @@ class RepoSandbox:
         if isinstance(program, str):
             self.notes.append(program)
         self.root = os.geteuid() == 0
+        # One unprivileged uid per sandbox (distinct between executors on a host), owning the work tree per run.
+        self.uid = REPO_UID_BASE + os.getpid() % 1_000_000
+        if not self.root:
+            self.notes.append("no distinct uid: not root, so pytest runs as this user inside a user namespace")
 
     def _argv(self, work: Path, results: Path, spec: Path, pythonpath: list[str], seccomp_fd: int | None,
               plugins: list[str]) -> list[str]:
@@ -265,13 +271,22 @@ class RepoSandbox:
                              PYTHONPATH=":".join([*(str(work / p) for p in pythonpath), str(REPORT_PLUGIN.parent)]))
             return ["env", "-i", *(f"{k}={v}" for k, v in local_env.items()), *pytest_cmd[:-2],
                     f"--rootdir={work}", f"@{spec}"]
-        argv = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-all", "--unshare-user",
-                "--uid", "65534", "--gid", "65534", "--hostname", "sandbox", "--cap-drop", "ALL",
+        if self.root:
+            # bwrap as root (no user namespace: the host's /root stays closed to an unprivileged uid), then
+            # setpriv drops to this sandbox's own unprivileged uid with no capabilities, for good.
+            users = ["--unshare-pid", "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+            drop = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--inh-caps=-all",
+                    "--bounding-set=-all", "--no-new-privs", "--"]
+        else:
+            users = ["--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL"]
+            drop = []
+        argv = [self.bwrap, "--die-with-parent", "--new-session", *users, "--hostname", "sandbox",
                 *jail._system_binds(), *jail._interpreter_binds()]
+        binds = ["--ro-bind", str(REPORT_PLUGIN), f"{PLUGIN_MOUNT}/agentq_pytest_report.py",
+                 "--ro-bind", str(spec), SPEC_MOUNT]
         if venv != os.path.realpath(sys.base_prefix):
-            argv += ["--ro-bind", venv, venv, *_link_chain(python, venv)]
-        argv += ["--ro-bind", str(REPORT_PLUGIN), f"{PLUGIN_MOUNT}/agentq_pytest_report.py",
-                 "--ro-bind", str(spec), SPEC_MOUNT,
+            binds += ["--ro-bind", venv, venv, *_link_chain(python, venv)]
+        argv += [*jail._parents(binds), *binds,
                  "--bind", str(work), WORK_MOUNT, "--bind", str(results), RESULTS_MOUNT,
                  "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", WORK_MOUNT,
                  "--clearenv"]
@@ -279,7 +294,7 @@ class RepoSandbox:
             argv += ["--setenv", key, value]
         if seccomp_fd is not None:
             argv += ["--seccomp", str(seccomp_fd)]
-        return [*argv, "--", *pytest_cmd]
+        return [*argv, "--", *drop, *pytest_cmd]
 
     def _cgroups(self) -> list[Path]:
         """Per-run memory and pids groups (cgroup v1 or v2), or none where the host does not let us."""
@@ -305,7 +320,8 @@ class RepoSandbox:
         `plugins` are loaded with `-p` on the command line: pytest reads early plugin options only there,
         not from the `@file` that carries the node ids."""
         results = Path(tempfile.mkdtemp(prefix="agentq-results-"))
-        os.chmod(results, 0o777)
+        if self.root:
+            subprocess.run(["chown", "-R", f"{self.uid}:{self.uid}", str(work), str(results)], check=True)
         spec_dir = Path(tempfile.mkdtemp(prefix="agentq-spec-"))
         spec = spec_dir / "args.txt"
         spec.write_text("\n".join(node_args) + "\n")
@@ -468,7 +484,6 @@ class RepoExecutor:
                                            "patch -p1 --fuzz=3 all refused it)", duration_s=time.monotonic() - started)
             restored = restore_tests(work, test_target)
             os.chmod(tmp, 0o755)
-            subprocess.run(["chmod", "-R", "a+rwX", str(work)], check=True)
             report = self.sandbox.run(work, [*fail_to_pass, *pass_to_pass])
         return judge(report, fail_to_pass, pass_to_pass, status, restored, common, time.monotonic() - started)
 
