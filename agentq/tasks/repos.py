@@ -132,11 +132,19 @@ def measure_baseline(sandbox: RepoSandbox, pristine: Path, scratch: Path, librar
     seconds = time.monotonic() - started
     if first.status == "timeout":
         raise LibraryRejected(f"the suite did not finish within {sandbox.limits.timeout_s:.0f} s")
+    # The project's own coverage configuration is left out (`--cov-config=/dev/null`): it may name coverage
+    # plugins the environment lacks (pyflakes: covdefaults), and only the line map is wanted here.
     roots = [f"--cov={p}" for p in python_path(pristine)]
-    second = sandbox.run(scratch, ["--continue-on-collection-errors", *roots, "--cov-context=test",
-                                   "--cov-report=", *target], plugins=("pytest_cov",))
+    second = sandbox.run(scratch, ["--continue-on-collection-errors", *roots, "--cov-config=/dev/null",
+                                   "--cov-context=test", "--cov-report=", *target], plugins=("pytest_cov",))
     coverage = _read_coverage(scratch / ".coverage")
     reset_scratch(scratch)
+    if second.status != "finished" or not coverage:
+        # No line map (coverage failed or timed out): a plain second run decides stability, and each mutant
+        # then runs against every stable test, slower but still sound.
+        second = sandbox.run(scratch, ["--continue-on-collection-errors", *target])
+        coverage = {}
+        reset_scratch(scratch)
     stable = sorted(n for n, (o, _) in first.outcomes.items()
                     if o == "passed" and passed(second.outcomes.get(n, ("missing", ""))[0]))
     if not stable:
