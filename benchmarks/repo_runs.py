@@ -3,7 +3,8 @@
 Each run is what search and validation do: the task's buggy tree (bug patch applied) plus a candidate patch
 (here the empty patch), then the task's fail-to-pass and pass-to-pass tests under the sandbox. Warm = the
 pristine tree unpacked once per library and copied per run; cold (the baseline, measured in the same
-invocation on the same tasks) = the sdist unpacked and committed to git again for every run.
+invocation on the same tasks, alternating with the warm runs) = the sdist unpacked and committed to git again
+for every run.
 
     PYTHONPATH=. python benchmarks/repo_runs.py --tasks data/repos.jsonl --data-dir ../shared/data --runs 12 --json
 """
@@ -22,21 +23,16 @@ from agentq.sandbox.repo import RepoExecutor, SdistStore
 from agentq.tasks.schema import read_tasks
 
 
-def timed_runs(store: SdistStore, tasks: list, fresh_cache: bool, data_dir: Path) -> tuple[float, list[float], int]:
-    """(seconds, per-run seconds, runs whose verdict was as expected: every F2P failing, every P2P passing)."""
-    per_run, expected = [], 0
+def one_run(store: SdistStore, task, cold: bool, data_dir: Path) -> tuple[float, bool]:
+    """(seconds, whether the verdict was as expected: every F2P failing, every P2P passing)."""
     started = time.monotonic()
-    for task in tasks:
-        t0 = time.monotonic()
-        if fresh_cache:
-            with tempfile.TemporaryDirectory(prefix="agentq-cold-") as cache:
-                cold = SdistStore(data_dir / "repos", RepoExecutor(Path(cache)))
-                verdict = cold.run_task(task.model_dump(exclude_none=True), [""])[0]
-        else:
+    if cold:
+        with tempfile.TemporaryDirectory(prefix="agentq-cold-") as cache:
+            store = SdistStore(data_dir / "repos", RepoExecutor(Path(cache)))
             verdict = store.run_task(task.model_dump(exclude_none=True), [""])[0]
-        per_run.append(time.monotonic() - t0)
-        expected += verdict.f2p_passed == 0 and verdict.p2p_passed == verdict.p2p_total
-    return time.monotonic() - started, per_run, expected
+    else:
+        verdict = store.run_task(task.model_dump(exclude_none=True), [""])[0]
+    return time.monotonic() - started, verdict.f2p_passed == 0 and verdict.p2p_passed == verdict.p2p_total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         store = SdistStore(data_dir / "repos", RepoExecutor(Path(cache)))
         for task in picked:  # warm-up: unpack each library once, as a long-lived executor would have
             store.pristine(task.repo.model_dump(exclude_none=True))
-        warm_s, warm_runs, warm_ok = timed_runs(store, picked, False, data_dir)
-        cold_s, cold_runs, cold_ok = timed_runs(store, picked, True, data_dir)
+        # Warm and cold runs alternate task by task, so a change in the machine's load hits both sides alike.
+        runs = {False: [], True: []}
+        for task in picked:
+            for cold in (False, True):
+                runs[cold].append(one_run(store, task, cold, data_dir))
+    warm_runs, cold_runs = [s for s, _ in runs[False]], [s for s, _ in runs[True]]
+    warm_s, cold_s = sum(warm_runs), sum(cold_runs)
+    warm_ok, cold_ok = sum(ok for _, ok in runs[False]), sum(ok for _, ok in runs[True])
     n = len(picked)
     result = {
         "runs": n, "libraries": sorted({t.group for t in picked}),

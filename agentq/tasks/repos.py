@@ -44,7 +44,6 @@ from agentq.sandbox.repo import (
 )
 from agentq.tasks.mutate import OPERATORS, Mutation, mutations
 from agentq.tasks.schema import RepoRef, RepoTask, write_tasks
-from agentq.tasks.split import in_test
 
 TEST_DIRS = ("tests", "test", "testing")
 SKIP_DIRS = {"docs", "doc", "examples", "example", "benchmarks", "bench", "scripts", "tools", "build", ".git"}
@@ -420,6 +419,16 @@ def _run_once(lib: LibraryBuild, base: Baseline, edits: list[tuple[str, Mutation
     return record
 
 
+def held_out(groups: list[str], share: float, seed: int) -> set[str]:
+    """The libraries for evaluation: round(share * n) of them (at least one when share > 0 and there are two or
+    more), those first in the seeded hash order `agentq tasks split` uses, so the choice is stable across runs.
+    A plain per-group hash threshold would leave 15 libraries with no held-out one about 1 time in 30."""
+    if share <= 0 or len(groups) < 2:
+        return set()
+    k = min(len(groups) - 1, max(1, round(share * len(groups))))
+    return set(sorted(groups, key=lambda g: hashlib.sha256(f"{seed}\0{g}".encode()).digest())[:k])
+
+
 def _finish(args: argparse.Namespace, out: Path, done: dict[str, dict], libraries: dict[str, dict],
             rejected_libs: list[dict], seconds: float) -> int:
     records = list(done.values())  # every library of the progress file, finished in this run or before
@@ -428,8 +437,9 @@ def _finish(args: argparse.Namespace, out: Path, done: dict[str, dict], librarie
         if rec["result"] == "kept" and rec["task"]["bug_patch"] not in seen:
             seen.add(rec["task"]["bug_patch"])
             tasks.append(RepoTask.model_validate(rec["task"]))
-    holdout = set(args.holdout.split(",")) if args.holdout else None
-    test = [t for t in tasks if (t.group in holdout if holdout else in_test(t.group, args.test_share, args.seed))]
+    holdout = set(args.holdout.split(",")) if args.holdout else held_out(sorted({t.group for t in tasks}),
+                                                                         args.test_share, args.seed)
+    test = [t for t in tasks if t.group in holdout]
     train = [t for t in tasks if t not in test]
     write_tasks(out, tasks)
     write_tasks(out.with_name(f"{out.stem}.train.jsonl"), train)
