@@ -15,7 +15,7 @@ export UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config g
 	https://download.pytorch.org/whl/cpu/torch/)
 DATA ?= ../shared/data
 
-.PHONY: setup system run test lint lock corpus bench
+.PHONY: setup system run test lint lock corpus repos bench
 setup: system $(STAMP)
 
 # Debian packages by name, installed when missing: bubblewrap runs the candidates' sandbox; chromium is the
@@ -49,6 +49,10 @@ run: setup
 # The full DebugBench corpus with 10 hidden differential tests per task, and the sandbox benchmark.
 corpus: setup
 	$(BIN)/agentq tasks build --source debugbench --data-dir $(DATA) --out data/debugbench.jsonl --hidden 10
+
+# Repository tasks from the 15 sdists in $(DATA)/repos (resumable: rerun after an interruption).
+repos: setup
+	$(BIN)/agentq tasks build --source repos --data-dir $(DATA) --out data/repos.jsonl
 
 bench: setup
 	$(BIN)/agentq sandbox bench --data-dir $(DATA)

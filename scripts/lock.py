@@ -41,7 +41,7 @@ REQUIREMENTS = ROOT / "images" / "requirements"
 DIGEST_PREFIX = "# pyproject digest: "
 
 # The development environment: every extra but the CUDA-only ones, for this machine's interpreter.
-DEV_EXTRAS = ("infer", "train", "eval", "controller", "s3", "serve", "dev")
+DEV_EXTRAS = ("infer", "train", "eval", "controller", "s3", "serve", "repos", "dev")
 DEV_PYTHON = "3.11"
 # The CPU torch wheel (torch==2.13.0+cpu) is manylinux_2_28; so is Debian 12's glibc (2.36) and newer.
 DEV_PLATFORM = "x86_64-manylinux_2_28"
@@ -83,7 +83,8 @@ IMAGES = (
           index_note="CPU torch (+cpu) from the PyTorch CPU index"),
     # The operator's image also runs the dashboard service (controller.dashboard): its web stack and boto3 for S3.
     Image("controller", "images/controller/Dockerfile", ("controller", "serve", "s3")),
-    Image("sandbox", "images/sandbox/Dockerfile", ()),
+    # Sandbox pods also serve repository runs: the suites' pytest and test dependencies.
+    Image("sandbox", "images/sandbox/Dockerfile", ("repos",)),
 )
 
 

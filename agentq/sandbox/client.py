@@ -92,6 +92,13 @@ class RemoteExecutor:
         answer = self._post("/run_many", body, limits.timeout_s * len(batch) + 60)
         return [Verdict.model_validate(v) for v in answer["verdicts"]]
 
+    def run_task(self, task: dict[str, Any], patches: list[str], timeout_s: float = 600.0) -> list[Verdict]:
+        """Repository runs on the server (`--repo-data-dir`): each patch against the task's buggy tree."""
+        from agentq.sandbox.repo import RepoVerdict
+
+        answer = self._post("/run_repo", {"task": task, "patches": patches}, timeout_s * len(patches) + 60)
+        return [RepoVerdict.model_validate(v) for v in answer["verdicts"]]
+
     def close(self) -> None:
         """Nothing to release; here so both executors can be used the same way."""
 

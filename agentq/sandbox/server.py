@@ -2,6 +2,7 @@
 
 POST /run       {"code", "tests", "limits"?}            -> Verdict JSON
 POST /run_many  {"items": [{"code", "tests", "limits"?}], "limits"?} -> {"verdicts": [...]} (an item's limits win)
+POST /run_repo  {"task": <repo task>, "patches": [...]}   -> {"verdicts": [...]}  (with --repo-data-dir)
 GET  /healthz                                            -> {"ok": true, "workers": n, "isolation": [...]}
 
 Whoever reaches the port can make it run code, so: POSTs need `Authorization: Bearer <token>` (the token comes
@@ -85,10 +86,12 @@ class SandboxServer(ThreadingHTTPServer):
         max_limits: Limits | None = None,
         max_concurrent: int | None = None,
         read_timeout_s: float = READ_TIMEOUT_S,
+        repos: Any = None,
     ):
         super().__init__(address, _Handler)
         self.read_timeout_s = read_timeout_s
         self.executor = executor
+        self.repos = repos  # a SdistStore (agentq.sandbox.repo) when this server serves repository runs
         self.token = token
         self.max_limits = max_limits or executor.limits
         self.slots = threading.BoundedSemaphore(max_concurrent or 2 * executor.workers)
@@ -173,6 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
                         for i, item in enumerate(items)]
                 verdicts = executor.run_many(jobs)
                 self._answer(HTTPStatus.OK, {"verdicts": [v.model_dump(mode="json") for v in verdicts]})
+            elif self.path == "/run_repo":
+                self._answer(HTTPStatus.OK, {"verdicts": self._run_repo(body)})
             else:
                 self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
         except TimeoutError:
@@ -181,6 +186,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(HTTPStatus.BAD_REQUEST, {"error": str(err)})
         except Exception as err:  # noqa: BLE001 - the client retries 5xx
             self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(err).__name__}: {err}"})
+
+
+    def _run_repo(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        from agentq.tasks.schema import RepoTask
+
+        if self.server.repos is None:
+            raise BadRequest("this server does not serve repository runs (start it with --repo-data-dir)")
+        try:
+            task = RepoTask.model_validate(body.get("task"))
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise BadRequest(f"body.task: not a repo task ({first['loc']}: {first['msg']})") from None
+        patches = body.get("patches")
+        if not isinstance(patches, list) or not 0 < len(patches) <= MAX_ITEMS:
+            raise BadRequest(f"body.patches: expected a list of 1..{MAX_ITEMS} patches")
+        texts = [_text(p, f"patches[{i}]") for i, p in enumerate(patches)]
+        try:
+            verdicts = self.server.repos.run_task(task.model_dump(exclude_none=True), texts)
+        except ValueError as err:
+            raise BadRequest(str(err)) from None
+        return [v.model_dump(mode="json") for v in verdicts]
 
 
 def _stop(signum: int, frame: Any) -> None:
@@ -203,7 +229,16 @@ def main(args: argparse.Namespace) -> int:
     limits = Limits(timeout_s=args.max_timeout, memory_mb=args.max_memory_mb, max_procs=args.max_procs)
     signal.signal(signal.SIGTERM, _stop)  # a pod being deleted: stop the workers cleanly
     with LocalExecutor(workers=args.workers, limits=limits, allow_weak_isolation=args.allow_weak_isolation) as executor:
-        server = SandboxServer((args.host, args.port), executor, token=token, max_limits=limits)
+        repos = None
+        if getattr(args, "repo_data_dir", None):
+            from pathlib import Path
+
+            from agentq.sandbox.repo import RepoExecutor, SdistStore
+
+            cache = Path(args.repo_cache or Path(args.repo_data_dir) / ".trees")
+            repos = SdistStore(Path(args.repo_data_dir),
+                               RepoExecutor(cache, allow_weak_isolation=args.allow_weak_isolation))
+        server = SandboxServer((args.host, args.port), executor, token=token, max_limits=limits, repos=repos)
         host, port = server.server_address[:2]
         auth = "token required" if token else "no token (loopback only)"
         print(f"agentq sandbox serving on http://{host}:{port} with {executor.workers} workers; {auth}", flush=True)

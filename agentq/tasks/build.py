@@ -42,6 +42,10 @@ def load_source(source: str, data_dir: str | Path) -> tuple[list[Task], list[dic
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.source == "repos":
+        from agentq.tasks.repos import build
+
+        return build(args)
     started = time.monotonic()
     out = Path(args.out)
     if not 0.0 <= args.test_share <= 1.0:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from agentq.sandbox import LocalExecutor, Verdict
-from agentq.tasks.schema import Task, TaskFileError, read_tasks
+from agentq.sandbox.runner import Runner
+from agentq.tasks.schema import RepoTask, Task, TaskFileError, read_tasks
 
 
 @dataclass
@@ -58,17 +61,53 @@ def check_tasks(tasks: list[Task], executor: LocalExecutor) -> Checked:
     return Checked(invalid, timings)
 
 
+def check_repo_tasks(tasks: list[RepoTask], runner: Runner) -> list[Invalid]:
+    """Reference = the pristine tree passes every F2P and P2P test; the buggy tree (the empty patch judged
+    through the task interface) fails every F2P test and keeps every P2P test."""
+    invalid = []
+    for task in tasks:
+        try:
+            reference = runner.repos.run_task(task.model_dump(exclude_none=True), [""], buggy=False)[0]
+            buggy = task.judge([task.start_candidate()], runner)[0]
+        except ValueError as err:
+            invalid.append(Invalid(task.task_id, "repo_unavailable", str(err)))
+            continue
+        if reference.status == "timeout":
+            invalid.append(Invalid(task.task_id, "reference_timeout", reference.message))
+        elif not reference.passed:
+            invalid.append(Invalid(task.task_id, "reference_fails", reference.message))
+        elif buggy.f2p_passed:
+            invalid.append(Invalid(task.task_id, "buggy_passes",
+                                   f"{buggy.f2p_passed}/{buggy.f2p_total} fail-to-pass tests pass on the buggy tree"))
+        elif buggy.p2p_passed != buggy.p2p_total:
+            invalid.append(Invalid(task.task_id, "buggy_breaks_p2p",
+                                   f"{buggy.p2p_total - buggy.p2p_passed} pass-to-pass tests fail on the buggy tree"))
+    return invalid
+
+
 def main(args: argparse.Namespace) -> int:
     try:
-        tasks = read_tasks(args.file)
+        tasks = read_tasks(args.file, kinds=("function", "repo"))
     except (TaskFileError, OSError) as err:
         print(f"agentq tasks validate: {err}", file=sys.stderr)
         return 2
-    with LocalExecutor(allow_weak_isolation=getattr(args, "allow_weak_isolation", False)) as executor:
-        invalid = check_tasks(tasks, executor).invalid
+    weak = getattr(args, "allow_weak_isolation", False)
+    repo_tasks = [t for t in tasks if isinstance(t, RepoTask)]
+    tasks = [t for t in tasks if not isinstance(t, RepoTask)]
+    invalid: list[Invalid] = []
+    if repo_tasks:
+        from agentq.sandbox.repo import RepoExecutor, SdistStore
+
+        cache = Path(args.cache) if getattr(args, "cache", None) else Path(tempfile.gettempdir()) / "agentq-repos"
+        store = SdistStore(Path(args.data_dir) / "repos", RepoExecutor(cache, allow_weak_isolation=weak))
+        invalid += check_repo_tasks(repo_tasks, Runner(repos=store))
+    if tasks:
+        with LocalExecutor(allow_weak_isolation=weak) as executor:
+            invalid += check_tasks(tasks, executor).invalid
+    tasks = [*tasks, *repo_tasks]
     for item in invalid:
         print(f"invalid {item.id}: {item.reason}: {item.detail[:300]}")
-    without_reference = sum(t.reference_code is None for t in tasks)
+    without_reference = sum(getattr(t, "reference_code", "") is None for t in tasks)
     note = f" ({without_reference} without a reference: only the buggy code was checked)" if without_reference else ""
     print(f"{len(tasks) - len(invalid)}/{len(tasks)} tasks valid{note}")
     if args.json:
