@@ -18,7 +18,7 @@ import re
 import sys
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from agentq.config import ConfigError, ScriptedSpec, load_round
 from agentq.policy.base import Prompt, Purpose
 from agentq.policy.prompts import _fenced
 from agentq.policy.scripted import ScriptedPolicy
+from agentq.sandbox.server import JsonHandler
 from agentq.tasks.schema import Task, TaskFileError, read_tasks
 
 MAX_BODY = 8 << 20
@@ -86,20 +87,8 @@ class ScriptedChat:
                 "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: ScriptedServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        """One line per request would bury the step logs of a CI run."""
-
-    def _answer(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if self.path == "/health":

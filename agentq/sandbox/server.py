@@ -97,13 +97,10 @@ class SandboxServer(ThreadingHTTPServer):
         self.slots = threading.BoundedSemaphore(max_concurrent or 2 * executor.workers)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: SandboxServer
-    protocol_version = "HTTP/1.1"
+class JsonHandler(BaseHTTPRequestHandler):
+    """A JSON-over-HTTP/1.1 handler that keeps quiet: the sandbox server and the mock model server share it."""
 
-    def setup(self) -> None:
-        self.timeout = self.server.read_timeout_s  # every read: half-open connections do not pile up
-        super().setup()
+    protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         """Requests are frequent and carry no news; errors are answered, not logged."""
@@ -118,6 +115,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
+
+
+class _Handler(JsonHandler):
+    server: SandboxServer
+
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout_s  # every read: half-open connections do not pile up
+        super().setup()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if self.path == "/healthz":
