@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from controller import inference, metrics
 from controller.campaign import CAMPAIGN_LABEL, CampaignPlan, plan_campaign
 from controller.crd import CAMPAIGN_PLURAL, GROUP, PLURAL, VERSION
+from controller.jobcache import JobCache
 from controller.jobs import (
     ROUND_LABEL,
     build_job,
@@ -65,6 +66,9 @@ class Runtime:
         self.campaign_wakers: dict[tuple[str, str], asyncio.Event] = {}
         # (namespace, round) -> Job name -> the Job as its last watch event showed it finished
         self.finished: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.jobs = JobCache(self.settings.resync_seconds)  # a round's Jobs without a LIST per pass
+        # (namespace, round) -> (round UID, the spec its ConfigMap was last written from): written on change only
+        self.configmaps: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
 
     def wake(self, namespace: str, name: str, resource_version: str | None = None) -> None:
         """Wake the round's daemon, unless the event is the echo of its own status write, and the daemons
@@ -88,6 +92,7 @@ def now() -> str:
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     RT.settings = load_settings()
     RT.kube = Kube()
+    RT.jobs = JobCache(RT.settings.resync_seconds)
     # Replicas with equal priority all freeze (safe, but nothing runs); distinct ones let exactly one act.
     if not settings.peering.priority:
         settings.peering.priority = random.randint(1, 1_000_000)
@@ -178,8 +183,9 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
         RT.follows[(namespace, name)] = from_round
         pred = kube.get_round(namespace, from_round)
         predecessor_phase = ((pred or {}).get("status") or {}).get("phase") or ("Pending" if pred else "")
-    jobs = with_unrecorded_finished(kube.list_jobs(namespace, name), RT.finished.get((namespace, name), {}),
-                                    body.get("status") or {})
+    key = (namespace, name)
+    jobs = with_unrecorded_finished(RT.jobs.jobs(key, lambda: kube.list_jobs(namespace, name)),
+                                    RT.finished.get(key, {}), body.get("status") or {})
     stamp = now()
     stuck = stuck_problems(kube, namespace, name, settings) \
         if long_unfinished(jobs, stamp, settings.resync_seconds) else []
@@ -190,8 +196,10 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
     refused: list[tuple[str, str]] = []
     if result.status and (result.spec.get("model") or {}).get("server"):
         refused += serve_inference(kube, acting, result, stamp, settings)
-    if result.create:
+    written = (body["metadata"].get("uid"), result.spec)
+    if result.create and RT.configmaps.get(key) != written:  # the same content again would be a wasted PUT
         kube.apply_configmap(spec_configmap(acting))
+        RT.configmaps[key] = written
     for unit, attempt in result.create:
         job = build_job(acting, unit, attempt, settings)
         try:
@@ -203,6 +211,7 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
                                                f"{api_message(err)}"))
             continue
         if created is not None:
+            RT.jobs.created(key, created)
             metrics.JOBS_CREATED.labels(step=unit.step).inc()
             result.events.append(("Normal", "JobCreated", f"created Job {job['metadata']['name']}"))
     for job_name, suspended in result.suspend.items():
@@ -319,6 +328,8 @@ async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.Da
         RT.follows.pop(key, None)
         RT.own_writes.pop(key, None)
         RT.finished.pop(key, None)
+        RT.jobs.forget(key)
+        RT.configmaps.pop(key, None)
 
 
 def reconcile_campaign(namespace: str, name: str) -> CampaignPlan | None:
@@ -370,10 +381,12 @@ async def round_event(name: str, namespace: str, meta: kopf.Meta, labels: dict[s
 async def job_event(type: str, body: kopf.Body, labels: dict[str, str], namespace: str, **_: Any) -> None:
     # Only a finished or vanished Job can change what the round does next; the Job controller's
     # intermediate writes (active pods) would just cost a reconcile pass each.
-    finished = job_state(dict(body)) in ("Succeeded", "Failed")
+    job = dict(body)
+    finished = job_state(job) in ("Succeeded", "Failed")
     key = (namespace, labels[ROUND_LABEL])
+    RT.jobs.observe(key, job, deleted=type == "DELETED")
     if finished and key in RT.wakers:  # a TTL may delete the Job before the round's next pass sees it
-        RT.finished.setdefault(key, {})[body["metadata"]["name"]] = dict(body)
+        RT.finished.setdefault(key, {})[body["metadata"]["name"]] = job
     if type == "DELETED" or finished:
         RT.wake(namespace, labels[ROUND_LABEL])
 
