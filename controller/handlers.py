@@ -63,6 +63,10 @@ class Runtime:
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.follows: dict[tuple[str, str], str] = {}  # (namespace, round) -> the round it starts from
         self.own_writes: dict[tuple[str, str], str] = {}  # the resourceVersion of our last status write
+        # The round as our last status write returned it, with the count of foreign round events at that
+        # time: the next pass plans from it instead of a GET unless another event came since.
+        self.written: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self.round_changes: dict[tuple[str, str], int] = {}  # round events that were not our own writes
         self.campaign_wakers: dict[tuple[str, str], asyncio.Event] = {}
         # (namespace, round) -> Job name -> the Job as its last watch event showed it finished
         self.finished: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
@@ -75,6 +79,7 @@ class Runtime:
         of the rounds that start from it (its phase may have just become Succeeded)."""
         event = self.wakers.get((namespace, name))
         if event and (resource_version is None or self.own_writes.get((namespace, name)) != resource_version):
+            self.round_changes[(namespace, name)] = self.round_changes.get((namespace, name), 0) + 1
             event.set()
         for (ns, follower), predecessor in self.follows.items():
             if ns == namespace and predecessor == name and (ns, follower) in self.wakers:
@@ -174,7 +179,10 @@ def stuck_problems(kube: Kube, namespace: str, name: str, settings: OperatorSett
 def _reconcile(namespace: str, name: str) -> Plan | None:
     kube, settings = RT.kube, RT.settings
     assert kube is not None
-    body = kube.get_round(namespace, name)
+    key = (namespace, name)
+    changes = RT.round_changes.get(key, 0)
+    written = RT.written.get(key)
+    body = written[1] if written and written[0] == changes else kube.get_round(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     predecessor_phase = None
@@ -183,7 +191,6 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
         RT.follows[(namespace, name)] = from_round
         pred = kube.get_round(namespace, from_round)
         predecessor_phase = ((pred or {}).get("status") or {}).get("phase") or ("Pending" if pred else "")
-    key = (namespace, name)
     jobs = with_unrecorded_finished(RT.jobs.jobs(key, lambda: kube.list_jobs(namespace, name)),
                                     RT.finished.get(key, {}), body.get("status") or {})
     stamp = now()
@@ -227,10 +234,13 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
         result.block(refused, now())
     if result.status != (body.get("status") or {}):
         try:
-            RT.own_writes[(namespace, name)] = kube.replace_round_status(body, result.status)
+            new = kube.replace_round_status(body, result.status)
+            RT.own_writes[key] = new["metadata"]["resourceVersion"]
+            RT.written[key] = (changes, new)
         except ApiException as err:
             if err.status != 409:
                 raise
+            RT.written.pop(key, None)
             # Stale: the next pass plans again from fresh observations and announces the transitions then.
             result.status = {}
             result.events = [e for e in result.events if e[1] == "JobCreated"]
@@ -327,6 +337,8 @@ async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.Da
     finally:
         RT.follows.pop(key, None)
         RT.own_writes.pop(key, None)
+        RT.written.pop(key, None)
+        RT.round_changes.pop(key, None)
         RT.finished.pop(key, None)
         RT.jobs.forget(key)
         RT.configmaps.pop(key, None)

@@ -60,9 +60,10 @@ class Kube:
     def get_campaign(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get_round(namespace, name, CAMPAIGN_PLURAL)
 
-    def replace_round_status(self, body: dict[str, Any], status: dict[str, Any], plural: str = PLURAL) -> str:
+    def replace_round_status(self, body: dict[str, Any], status: dict[str, Any], plural: str = PLURAL
+                             ) -> dict[str, Any]:
         """PUT with the resourceVersion the plan was made from: a concurrent change answers 409 and the
-        caller simply reconciles again from fresh observations. Returns the new resourceVersion."""
+        caller simply reconciles again from fresh observations. Returns the object as written."""
         meta = body["metadata"]
         obj = {"apiVersion": body["apiVersion"], "kind": body["kind"],
                "metadata": {"name": meta["name"], "namespace": meta["namespace"],
@@ -70,7 +71,7 @@ class Kube:
                "spec": body["spec"], "status": status}
         resp = self.custom.replace_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], plural,
                                                                    meta["name"], obj, _preload_content=False)
-        return _raw(resp)["metadata"]["resourceVersion"]
+        return _raw(resp)
 
     def list_rounds(self, namespace: str | None, label_selector: str = "", plural: str = PLURAL
                     ) -> list[dict[str, Any]]:
