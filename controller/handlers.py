@@ -51,6 +51,7 @@ from controller.reconcile import (
 from controller.settings import OperatorSettings, load_settings
 
 log = logging.getLogger("agentq.operator")
+COALESCE_SECONDS = 0.05  # how long a woken daemon waits for the events that come with the one that woke it
 
 
 class Runtime:
@@ -324,6 +325,10 @@ async def _serve(what: str, key: tuple[str, str], body: kopf.Body, stopped: kopf
             if getattr(result, "wake_after", None) is not None:  # a retry held back until then
                 delay = min(delay, result.wake_after + 0.5)
             await _sleep_until_woken(wake, stopped, delay)
+            if wake.is_set() and not stopped:
+                # The Jobs of a sharded stage tend to finish together: one pass a moment later sees them all
+                # (and writes the status once) where a pass per event would each write it.
+                await asyncio.sleep(COALESCE_SECONDS)
     finally:
         wakers.pop(key, None)
 
