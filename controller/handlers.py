@@ -7,7 +7,9 @@ Why a daemon per round rather than per-event handlers: it serialises everything 
 passes of the same round race each other) while still reacting within milliseconds, because every watch
 event of the round's Jobs, of the round itself and of the round it starts from sets the daemon's wake-up
 event; a resync timeout covers anything missed. Each pass plans from observed state only (reconcile.plan),
-so killing and restarting the operator at any point neither duplicates nor skips a Job.
+so killing and restarting the operator at any point neither duplicates nor skips a Job. What a pass observes
+comes mostly from memory (controller/jobcache.py for Jobs, the round as our last status write returned it),
+so a pass costs few API calls; a fresh operator lists and reads everything once.
 """
 
 from __future__ import annotations
