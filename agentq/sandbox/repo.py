@@ -280,15 +280,16 @@ class RepoSandbox:
         else:
             users = ["--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL"]
             drop = []
+        # /tmp first: the binds below may lie under the host's /tmp (a venv there), and a later tmpfs would hide them.
         argv = [self.bwrap, "--die-with-parent", "--new-session", *users, "--hostname", "sandbox",
-                *jail._system_binds(), *jail._interpreter_binds()]
+                *jail._system_binds(), *jail._interpreter_binds(), "--tmpfs", "/tmp"]
         binds = ["--ro-bind", str(REPORT_PLUGIN), f"{PLUGIN_MOUNT}/agentq_pytest_report.py",
                  "--ro-bind", str(spec), SPEC_MOUNT]
         if venv != os.path.realpath(sys.base_prefix):
             binds += ["--ro-bind", venv, venv, *_link_chain(python, venv)]
         argv += [*jail._parents(binds), *binds,
                  "--bind", str(work), WORK_MOUNT, "--bind", str(results), RESULTS_MOUNT,
-                 "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", WORK_MOUNT,
+                 "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", WORK_MOUNT,
                  "--clearenv"]
         for key, value in env.items():
             argv += ["--setenv", key, value]
