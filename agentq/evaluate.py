@@ -106,7 +106,7 @@ def _record(problem: Problem, mode: str, answers: list[Reading], executor: Execu
     judged = [_judge(problem, reading, executor) for reading in answers]
     greedy = judged[0]
     samples = judged[1:] or judged  # with samples == 1 the greedy answer is the one sample
-    return {"task_id": task.id, "group": task.group, "mode": mode, **greedy,
+    return {"task_id": task.id, "group": task.group, "kind": task.kind, "mode": mode, **greedy,
             "samples": [{k: j[k] for k in ("solved", "visible_solved", "parse_failure", "status")} for j in samples],
             "n": len(samples), "correct": sum(j["solved"] for j in samples), **extra,
             "seconds": round(seconds + time.perf_counter() - start, 3)}
@@ -126,6 +126,8 @@ def summarize(records: list[dict[str, Any]], k: int = 1) -> dict[str, Any]:
         "parse_failures": sum(r["parse_failure"] for r in records),
         "wrong_fixes": sum(not r["solved"] and not r["parse_failure"] for r in records),
     }
+    if records and all(r.get("kind") == "repo" for r in records):  # the SWE-bench figure: greedy patches resolving
+        summary["resolve_rate"] = summary["greedy_pass_rate"]
     if k > 1 and records and all(r.get("n", 1) >= k for r in records):
         summary[f"pass_at_{k}"] = sum(pass_at_k(r["n"], r["correct"], k) for r in records) / n
     if summary["samples_per_task"] > 1:  # test-time compute: best-of-k with the tests as verifier, k = 1..n

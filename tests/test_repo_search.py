@@ -12,10 +12,12 @@ import pytest
 
 from agentq.config import ScriptedSpec
 from agentq.policy.base import Request
-from agentq.policy.scripted import ScriptedPolicy, bug_hunks
+from agentq.policy.scripted import ScriptedPolicy
 from agentq.preferences import PairPolicy, build_pairs
+from agentq.repair.patch import diff_hunks, search_replace
 from agentq.repair.problem import RepoProblem
 from agentq.repair.reflection import Category
+from agentq.repair.sft import sft_examples
 from agentq.sandbox.repo import RepoExecutor, SdistStore
 from agentq.sandbox.runner import Runner
 from agentq.search.mcts import Search, SearchParams
@@ -40,8 +42,8 @@ def only(category: str) -> ScriptedPolicy:
     return ScriptedPolicy(ScriptedSpec(**weights))
 
 
-def test_bug_hunks_invert_the_bug_patch():
-    [(path, fixed, buggy)] = bug_hunks(BUG)
+def test_diff_hunks_read_both_sides_of_the_bug_patch():
+    [(path, fixed, buggy)] = diff_hunks(BUG)
     assert path == "minilib/__init__.py"
     assert "    if x < lo:\n" in fixed and "    if x > lo:\n" not in fixed
     assert "    if x > lo:\n" in buggy and "    if x < lo:\n" not in buggy
@@ -100,3 +102,23 @@ def test_the_prompt_holds_the_localised_file(runner, task):
     reading = problem.read(sample.text)
     assert reading.verdict is None and "+    if x < lo:" in (reading.code or "")
     assert Path(problem.tree, "minilib/__init__.py").read_text().count("if x > lo:") == 1  # the buggy tree
+
+
+def test_sft_examples_from_a_reflection_chain(runner, task):
+    """A chain fixed on a later attempt gives a positive example and a reflection example, both SEARCH/REPLACE."""
+    policy = ScriptedPolicy(ScriptedSpec(p_reference=0.5, p_buggy=0.0, p_mutant=0.5, p_garbage=0.0))
+    for seed in range(30):
+        search = Search(task, policy, runner, SearchParams(seed=seed).reflection(3)).run()
+        if len(search.nodes) >= 3 and search.solved:
+            break
+    record = search.record()
+    examples = sft_examples([record])
+    assert [e["kind"] for e in examples] == ["positive", "reflection"]
+    positive, reflection = examples
+    assert positive["messages"][:-1] == record["nodes"][1]["prompt"] and "## Attempt" not in str(positive)
+    assert "## Attempt 1:" in reflection["messages"][-2]["content"]
+    fix = diff_hunks(record["nodes"][-1]["code"])
+    for example in examples:
+        answer = example["messages"][-1]
+        assert answer["role"] == "assistant" and answer["content"] == search_replace(fix)
+        assert RepoProblem.build(task, runner).read(answer["content"]).code == record["nodes"][-1]["code"]

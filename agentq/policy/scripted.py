@@ -22,6 +22,7 @@ from functools import partial
 from agentq.config import ScriptedSpec
 from agentq.policy.base import BatchPolicy, PolicyError, Prompt, Request, Sample
 from agentq.policy.prompts import extract_code, format_ranking
+from agentq.repair.patch import diff_hunks, search_replace
 from agentq.tasks.schema import RepoTask, Task
 
 CATEGORIES = ("reference", "buggy", "mutant", "garbage")
@@ -173,7 +174,7 @@ class ScriptedPolicy(BatchPolicy):
 
     def _repair(self, task: RepoTask, rng: random.Random) -> str:
         category = rng.choices(CATEGORIES, weights=self.weights)[0]
-        hunks = bug_hunks(task.bug_patch)
+        hunks = diff_hunks(task.bug_patch)  # (path, pristine, buggy): the fix edits the buggy side back
         if category == "garbage" or not hunks:
             return rng.choice(GARBAGE_ANSWERS)
         blocks = []
@@ -187,8 +188,8 @@ class ScriptedPolicy(BatchPolicy):
                 first = next((i for i, ln in enumerate(lines) if ln.strip() and not ln.rstrip().endswith("\\")), 0)
                 lines[first] = lines[first].rstrip("\n") + "  # checked\n"
                 new = "".join(lines)
-            blocks.append(f"{path}\n<<<<<<< SEARCH\n{buggy}=======\n{new}>>>>>>> REPLACE")
-        return "I will fix the bug with this edit:\n\n" + "\n\n".join(blocks) + "\n"
+            blocks.append((path, buggy, new))
+        return "I will fix the bug with this edit:\n\n" + search_replace(blocks)
 
     def _critique(self, prompt: Prompt, rng: random.Random) -> str:
         assert prompt.task is not None
@@ -210,27 +211,3 @@ class ScriptedPolicy(BatchPolicy):
         answer = f"Candidate {order[0] + 1} looks most likely to be correct.\n{format_ranking(order)}"
         return answer.removeprefix(prompt.answer_prefix.strip()).strip() if prompt.answer_prefix else answer
 
-
-def bug_hunks(bug_patch: str) -> list[tuple[str, str, str]]:
-    """(path, pristine text, buggy text) of each hunk of a bug patch: the inverse edit replaces the buggy text
-    (the hunk's new side) with the pristine text (its old side)."""
-    hunks: list[tuple[str, str, str]] = []
-    path, old, new = "", [], []
-    for line in [*bug_patch.splitlines(keepends=True), "@@\n"]:
-        if line.startswith(("@@", "diff --git")) or (line.startswith("+++ ") and not old and not new):
-            if old or new:
-                hunks.append((path, "".join(old), "".join(new)))
-            old, new = [], []
-            if line.startswith("+++ "):
-                target = line[4:].split("\t")[0].strip()
-                path = target.split("/", 1)[1] if target.startswith("b/") else target
-        elif line.startswith(("--- ", "\\")):
-            continue
-        elif line.startswith("+"):
-            new.append(line[1:])
-        elif line.startswith("-"):
-            old.append(line[1:])
-        elif line.startswith(" ") or line == "\n":
-            old.append(line[1:] if line.startswith(" ") else line)
-            new.append(line[1:] if line.startswith(" ") else line)
-    return [(p, o, n) for p, o, n in hunks if p]

@@ -192,6 +192,9 @@ def dpo_config(spec: TrainSpec, work_dir: Path, device: str, *, has_eval: bool, 
         num_train_epochs=spec.epochs,
         max_steps=spec.max_steps or -1,
         max_length=spec.max_length,
+        # Cut an over-long sequence from the prompt's start: with TRL's default (keep_start) a prompt that alone
+        # fills max_length is dropped, and a repair prompt (whole files of context) often does, leaving no pair.
+        truncation_mode="keep_end",
         activation_checkpointing=spec.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         bf16=on_gpu,
