@@ -188,6 +188,8 @@ class LoraSpec(Spec):
 
 
 class TrainSpec(Spec):
+    method: Literal["dpo", "sft"] = Field("dpo", description="dpo: on preferences.jsonl (sibling pairs). sft: on "
+                                          "sft.jsonl (prompt -> resolving answer, incl. reflection examples).")
     beta: float = Field(0.1, gt=0)
     lora: LoraSpec = Field(default_factory=LoraSpec)
     effective_batch_size: int = Field(16, ge=1)

@@ -1,6 +1,7 @@
 """`agentq round run` on repo tasks, the tiny preset: collect (MCTS over patches, scripted repair answers) ->
 preferences (sibling pairs decided by the repository's tests) -> train (DPO) -> merge -> evaluate (resolve rate),
-on a small corpus built here from a real library of ../shared/data/repos; and the reflection strategy's collect.
+on a small corpus built here from a real library of ../shared/data/repos; and a round with the reflection
+strategy (K=1 chains) trained by SFT on its resolving attempts.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def workdir(tmp_path_factory):
     return tmp
 
 
-def round_yaml(tmp: Path, name: str, collect: str = "") -> Path:
+def round_yaml(tmp: Path, name: str, extra: str = "") -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(
         "apiVersion: agentq.dev/v1alpha1\nkind: AgentQRound\n"
@@ -46,7 +47,7 @@ def round_yaml(tmp: Path, name: str, collect: str = "") -> Path:
         "pGarbage: 0.1}}\n"
         "  dataset: {train: train.jsonl, test: test.jsonl, repoData: data}\n"
         "  store: {path: store}\n"
-        + (f"  collect: {collect}\n" if collect else "")
+        + extra
     )
     return path
 
@@ -73,11 +74,13 @@ def test_tiny_round_on_repo_tasks(workdir, capsys):
     assert "Resolve rate" in (store / "eval" / "report.md").read_text()
 
 
-def test_reflection_strategy_collects_chains(workdir):
-    path = round_yaml(workdir, "repo-reflect", "{strategy: reflection, attempts: 3}")
-    assert main(["collect", "--round", str(path), "--shard", "0", "--num-shards", "1"]) == 0
-    trees = list(read_jsonl(workdir / "store" / "rounds" / "repo-reflect" / "trajectories" / "shard-0-of-1.jsonl"))
-    assert trees
+def test_reflection_round_trains_by_sft(workdir):
+    """The reflection strategy leaves chains (no siblings, so no pairs): the round trains on its SFT examples."""
+    extra = "  collect: {strategy: reflection, attempts: 3}\n  train: {method: sft}\n"
+    assert main(["round", "run", str(round_yaml(workdir, "reflect", extra)), "--preset", "tiny"]) == 0
+    store = workdir / "store" / "rounds" / "reflect"
+    trees = list(read_jsonl(store / "trajectories" / "shard-0-of-1.jsonl"))
+    assert trees and any(t["solved"] for t in trees)
     for tree in trees:
         nodes = tree["nodes"]
         assert all(len(n["children"]) <= 1 for n in nodes)  # a chain
@@ -85,3 +88,10 @@ def test_reflection_strategy_collects_chains(workdir):
         assert tree["solved"] == (nodes[-1]["category"] == "resolved")
         for earlier, later in zip(nodes[1:], nodes[2:], strict=False):
             assert f"## Attempt {earlier['depth']}: {earlier['category']}" in later["prompt"][-1]["content"]
+    examples = list(read_jsonl(store / "sft.jsonl"))
+    assert sum(t["solved"] for t in trees) == sum(e["kind"] == "positive" for e in examples)
+    assert not (store / "preferences.jsonl").read_text().strip()
+    summary = json.loads((store / "adapter" / "training_summary.json").read_text())
+    assert summary["method"] == "sft" and summary["steps"] >= 1 and summary["examples"] == len(examples)
+    assert [r for r in read_jsonl(store / "adapter" / "train_log.jsonl") if "loss" in r]
+    assert (store / "merged" / "config.json").exists() and (store / "eval" / "summary.json").exists()
