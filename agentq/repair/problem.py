@@ -10,8 +10,9 @@ the rest go to the repository executor through the Runner (`RepoJob`). Every att
 be reflected on, so every node may grow.
 
 Localisation runs once per task, when its search is made: without a trained reranker (`Localizer.locate`
-needs one) the files are ranked by RRF over BM25, the import-graph PPR and the test-import prior, and the
-prompt gets the best-ranked files that fit CONTEXT_CHARS.
+needs one) the files are ranked by BM25 alone, which untrained RRF with the other stages did not beat
+(docs/benchmarks.md, localization on repo tasks: Recall@1 0.82 alone, 0.51-0.61 fused), and the prompt gets
+the best-ranked files that fit CONTEXT_CHARS.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 CONTEXT_CHARS = 16_000
 CONTEXT_FILES = 3
-RANKING_STAGES = ("bm25", "ppr", "prior")
+RANKING_STAGES = ("bm25",)
 
 
 def run_outcome(verdict: Verdict) -> RunOutcome:
@@ -87,7 +88,7 @@ def buggy_tree(task: RepoTask, runner: Any) -> Path:
 
 
 def localised_context(tree: Path, task: RepoTask) -> dict[str, str]:
-    """The best-ranked non-test files (RRF of the untrained stages) that fit CONTEXT_CHARS; the first always."""
+    """The best-ranked non-test files (RANKING_STAGES) that fit CONTEXT_CHARS; the first always."""
     localizer = Localizer(Repository.scan(tree))
     if not localizer.paths:
         return {}
