@@ -8,6 +8,10 @@ code and test feedback, let the model critique the siblings, and back the K rewa
 running mean. A node whose children can no longer grow (depth limit, solved, no program) is widened
 with K more children instead, so a tree always spends `rollouts` expansions unless it stops on a pass.
 The whole tree is kept, because preference pairs are built from sibling comparisons.
+
+What a candidate is depends on the task's kind, and only the tree's `Problem` knows it (agentq/search/
+problems.py): a full rewrite of a function, or a patch against a repository whose prompts carry the earlier
+attempts on the path with their reflection category (with K=1 the tree is the reflection loop's chain).
 """
 
 from __future__ import annotations
