@@ -21,11 +21,11 @@ from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import load_policy, served_model
 from agentq.search.mcts import Search, SearchParams
 from agentq.search.scheduler import Scheduler
-from agentq.tasks.schema import Task
+from agentq.tasks.schema import AnyTask
 from agentq.workspace import RoundWorkspace, check_shard, digest
 
 
-def shard_tasks(tasks: list[Task], shard: int, num_shards: int) -> list[Task]:
+def shard_tasks(tasks: list[AnyTask], shard: int, num_shards: int) -> list[AnyTask]:
     check_shard(shard, num_shards)
     return [t for i, t in enumerate(tasks) if i % num_shards == shard]
 
@@ -77,7 +77,7 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
     critic = load_policy(spec.model.model_copy(update={"backend": "scripted"})) if spec.collect.critic == "scripted" \
         else None
     start = time.perf_counter()
-    with ws.executor() as executor:
+    with ws.runner() as executor:
         weak = list(executor.isolation)
         bar = tqdm(desc=f"collect shard {shard}/{num_shards}", unit="task", disable=None,
                    initial=len(done), total=len(mine))

@@ -138,6 +138,8 @@ class DatasetSpec(Spec):
     train: str = Field(..., min_length=1, description="Task JSONL for collection (path or store URL).")
     test: str = Field(..., min_length=1, description="Task JSONL for evaluation.")
     limit: int | None = Field(None, ge=1, description="Use only the first N tasks of each file.")
+    repo_data: str | None = Field(None, description="Repo tasks: the data folder whose repos/ holds their "
+                                  "sdists (relative: to the round file, else the cwd; default ../shared/data).")
 
 
 class CollectSpec(Spec):
@@ -159,6 +161,11 @@ class CollectSpec(Spec):
                             "nobody (Q_ai stays neutral: pairs are decided by tests alone, UCB1 by Q_mcts)."
     )
     seed: int = 0
+    strategy: Literal["mcts", "reflection"] = Field(
+        "mcts", description="mcts: the search with k, rootK, depth and rollouts. reflection: one attempt at a time "
+                            "(K=1), each prompted with the earlier attempts' failure category and output, up to "
+                            "`attempts` (MCTS with depth = rollouts = attempts); it yields no sibling pairs.")
+    attempts: int = Field(3, ge=1, description="The reflection strategy's attempts per task.")
     trees_in_flight: int = Field(16, ge=1, description="Trees of a shard searched together (collect and evaluate's "
                                  "mcts mode): their expansions and critiques go to the model as one batch, their "
                                  "candidates to the sandbox as one. 1: one task after another.")
@@ -181,6 +188,8 @@ class LoraSpec(Spec):
 
 
 class TrainSpec(Spec):
+    method: Literal["dpo", "sft"] = Field("dpo", description="dpo: on preferences.jsonl (sibling pairs). sft: on "
+                                          "sft.jsonl (prompt -> resolving answer, incl. reflection examples).")
     beta: float = Field(0.1, gt=0)
     lora: LoraSpec = Field(default_factory=LoraSpec)
     effective_batch_size: int = Field(16, ge=1)

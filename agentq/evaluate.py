@@ -31,21 +31,18 @@ from agentq import steplog
 from agentq.config import OpenAISpec, RoundFile, RoundSpec, parse_model
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import Policy, load_policy, served_model
-from agentq.policy.prompts import extract_code, rewrite_prompt, zero_shot_prompt
 from agentq.report import write_report
-from agentq.sandbox.executor import find_tests
-from agentq.sandbox.limits import budgeted
-from agentq.sandbox.verdict import Verdict
 from agentq.search.mcts import Executor, Search, SearchParams
+from agentq.search.problems import Problem, Reading, problem_for
 from agentq.search.scheduler import Scheduler
 from agentq.stats import bootstrap_mean, mcnemar_exact, pass_at_k
-from agentq.tasks.schema import Task
+from agentq.tasks.schema import AnyTask
 from agentq.workspace import RoundWorkspace, check_shard, digest
 
 ARMS = ("baseline", "round")  # the starting model, then the round's merged model
 
 
-def dedupe_by_group(tasks: list[Task]) -> list[Task]:
+def dedupe_by_group(tasks: list[AnyTask]) -> list[AnyTask]:
     seen: set[str] = set()
     unique = []
     for task in tasks:
@@ -55,25 +52,20 @@ def dedupe_by_group(tasks: list[Task]) -> list[Task]:
     return unique
 
 
-def _judge(task: Task, code: str | None, executor: Executor) -> dict[str, Any]:
-    """Score one final answer on visible + hidden tests, and on the visible ones alone.
-
-    One run serves both: the visible tests come first in `all_tests()`, so their results are in it.
-    """
-    if code is None:
-        return {"parse_failure": True, "solved": False, "visible_solved": False, "status": "parse_error"}
-    job = budgeted(code, task.all_tests(), getattr(executor, "limits", None), task.reference_seconds)
-    full: Verdict = executor.run_many([job])[0]
-    visible = find_tests(task.tests)
-    passed = {t.name for t in full.tests if t.passed}
-    visible_solved = full.passed or (not isinstance(visible, str) and set(visible.names) <= passed)
-    return {"parse_failure": False, "solved": full.passed, "visible_solved": visible_solved,
-            "status": full.status, "reward": full.reward, "message": full.message[:500]}
+def _judge(problem: Problem, reading: Reading, executor: Executor) -> dict[str, Any]:
+    """Score one final answer: an answer judged while it was read (a parse failure, a patch that cannot run)
+    as it was; otherwise by the problem's own final run (function tasks: visible + hidden tests, and visible
+    alone; repo tasks: resolved or not)."""
+    if reading.verdict is not None or reading.code is None:
+        status = reading.verdict.status if reading.verdict is not None else "parse_error"
+        return {"parse_failure": status == "parse_error", "solved": False, "visible_solved": False,
+                "status": status}
+    return problem.final(reading.code, executor)
 
 
-def _sample_answers(task: Task, mode: str, policy: Policy, spec: RoundSpec) -> tuple[list[str | None], dict]:
+def _sample_answers(problem: Problem, mode: str, policy: Policy, spec: RoundSpec) -> tuple[list[Reading], dict]:
     """[greedy, sampled...] answers for the single-prompt modes; one greedy answer when samples == 1."""
-    prompt = zero_shot_prompt(task) if mode == "zero_shot" else rewrite_prompt(task)
+    prompt = problem.first_prompt(mode)
     max_tokens = spec.model.max_new_tokens
     greedy = policy.generate([prompt], n=1, temperature=0.0, max_new_tokens=max_tokens, seed=spec.collect.seed)[0]
     sampled = []
@@ -81,37 +73,40 @@ def _sample_answers(task: Task, mode: str, policy: Policy, spec: RoundSpec) -> t
         sampled = policy.generate([prompt], n=spec.evaluate.samples, temperature=spec.collect.temperature,
                                   max_new_tokens=max_tokens, seed=spec.collect.seed + 1)[0]  # not the greedy draw
     texts = [s.text for s in greedy + sampled]
-    return [extract_code(t, task.entry_point) for t in texts], {"completion": texts[0][:2000]}
+    return [problem.read(t) for t in texts], {"completion": texts[0][:2000]}
 
 
-def evaluation_search(task: Task, policy: Policy, executor: Executor, spec: RoundSpec) -> Search:
-    """The mcts mode's search: the evaluation budget, rewarded by the visible tests only."""
-    return Search(task, policy, executor, SearchParams.for_evaluate(spec), reward_tests=task.tests)
+def evaluation_search(task: AnyTask, policy: Policy, executor: Executor, spec: RoundSpec) -> Search:
+    """The mcts mode's search: the evaluation budget, rewarded by the visible tests only (function tasks)."""
+    return Search(task, policy, executor, SearchParams.for_evaluate(spec), visible_only=True)
 
 
 def search_record(search: Search, executor: Executor) -> dict[str, Any]:
     """The mcts mode's record of a finished search: its best candidate judged on all tests."""
     best = search.best()
-    return _record(search.task, "mcts", [best.code if best else None], executor, search.stats.wall_s,
+    reading = Reading(best.code) if best else Reading(None)
+    return _record(search.problem, "mcts", [reading], executor, search.stats.wall_s,
                    {"search_samples": search.stats.samples, "executions": search.stats.executions})
 
 
-def evaluate_task(task: Task, mode: str, policy: Policy, executor: Executor, spec: RoundSpec) -> dict[str, Any]:
+def evaluate_task(task: AnyTask, mode: str, policy: Policy, executor: Executor, spec: RoundSpec) -> dict[str, Any]:
     """One task in one mode: the greedy answer's verdict, and every sampled answer's (pass@k counts these)."""
     if mode == "mcts":
         return search_record(evaluation_search(task, policy, executor, spec).run(), executor)
     start = time.perf_counter()
-    answers, extra = _sample_answers(task, mode, policy, spec)
-    return _record(task, mode, answers, executor, time.perf_counter() - start, extra)
+    problem = problem_for(task, executor)
+    answers, extra = _sample_answers(problem, mode, policy, spec)
+    return _record(problem, mode, answers, executor, time.perf_counter() - start, extra)
 
 
-def _record(task: Task, mode: str, answers: list[str | None], executor: Executor, seconds: float,
+def _record(problem: Problem, mode: str, answers: list[Reading], executor: Executor, seconds: float,
             extra: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
-    judged = [_judge(task, code, executor) for code in answers]
+    task = problem.task
+    judged = [_judge(problem, reading, executor) for reading in answers]
     greedy = judged[0]
     samples = judged[1:] or judged  # with samples == 1 the greedy answer is the one sample
-    return {"task_id": task.id, "group": task.group, "mode": mode, **greedy,
+    return {"task_id": task.id, "group": task.group, "kind": task.kind, "mode": mode, **greedy,
             "samples": [{k: j[k] for k in ("solved", "visible_solved", "parse_failure", "status")} for j in samples],
             "n": len(samples), "correct": sum(j["solved"] for j in samples), **extra,
             "seconds": round(seconds + time.perf_counter() - start, 3)}
@@ -131,6 +126,8 @@ def summarize(records: list[dict[str, Any]], k: int = 1) -> dict[str, Any]:
         "parse_failures": sum(r["parse_failure"] for r in records),
         "wrong_fixes": sum(not r["solved"] and not r["parse_failure"] for r in records),
     }
+    if records and all(r.get("kind") == "repo" for r in records):  # the SWE-bench figure: greedy patches resolving
+        summary["resolve_rate"] = summary["greedy_pass_rate"]
     if k > 1 and records and all(r.get("n", 1) >= k for r in records):
         summary[f"pass_at_{k}"] = sum(pass_at_k(r["n"], r["correct"], k) for r in records) / n
     if summary["samples_per_task"] > 1:  # test-time compute: best-of-k with the tests as verifier, k = 1..n
@@ -157,7 +154,7 @@ def compare(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> dict[str, A
             "mcnemar_p": mcnemar_exact(wins, losses)}
 
 
-def eval_tasks(ws: RoundWorkspace) -> tuple[list[Task], str]:
+def eval_tasks(ws: RoundWorkspace) -> tuple[list[AnyTask], str]:
     tasks, tasks_digest = ws.tasks("test")
     if ws.round.spec.evaluate.dedupe_by_group:
         tasks = dedupe_by_group(tasks)
@@ -218,14 +215,15 @@ def run_shards(ws: RoundWorkspace, shards: list[int], num_shards: int) -> None:
             _run_arm(ws, arm, mine, arm_digest(ws, arm, tasks_digest), shard, num_shards)
 
 
-def _run_arm(ws: RoundWorkspace, arm: str, mine: list[Task], inputs_digest: str, shard: int, num_shards: int) -> None:
+def _run_arm(ws: RoundWorkspace, arm: str, mine: list[AnyTask], inputs_digest: str, shard: int,
+             num_shards: int) -> None:
     spec = ws.round.spec
     step = f"evaluate-shard-{shard}-of-{num_shards}" if arm == "round" else \
         f"evaluate-{arm}-shard-{shard}-of-{num_shards}"
     if ws.finished(step, inputs_digest, f"evaluate: {arm} shard {shard}/{num_shards}") is not None:
         return
     policy = _load_arm_policy(ws, arm)
-    with ws.executor() as executor:
+    with ws.runner() as executor:
         weak = list(executor.isolation)
         for mode in spec.evaluate.modes:
             key = shard_file(mode, shard, num_shards, arm)
@@ -258,7 +256,7 @@ def _run_arm(ws: RoundWorkspace, arm: str, mine: list[Task], inputs_digest: str,
     ws.finish(step, inputs_digest, {"weakIsolation": "; ".join(weak)} if weak else {}, outputs=outputs)
 
 
-def _records(mode: str, tasks: list[Task], policy: Policy, executor: Executor,
+def _records(mode: str, tasks: list[AnyTask], policy: Policy, executor: Executor,
              spec: RoundSpec) -> Iterator[dict[str, Any]]:
     """Each task's record as it is ready: mcts searches run together through the scheduler (in the order
     they finish), the single-prompt modes one task after another."""

@@ -6,6 +6,7 @@ is chosen, whatever the critique says. The critique only ever breaks ties, and o
 (`critiqueTies`) and when it prefers the same sibling in both presentation orders; even then it can never
 make a lower-reward sibling the chosen one. With the critique blended into the score instead, a random
 critic decided most pairs and turned pass-vs-fail pairs around, so DPO learned the critic, not the tests.
+The step also writes sft.jsonl, the SFT examples of the trees' passing attempts (agentq/repair/sft.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentq import steplog
+from agentq.io import write_jsonl
+from agentq.repair.sft import sft_examples
 from agentq.search.critique import consistent_preference
 from agentq.workspace import RoundWorkspace, digest
 
@@ -151,7 +154,10 @@ def run(ws: RoundWorkspace) -> dict[str, Any]:
     spec = ws.round.spec.preferences
     pairs, stats = build_pairs(ws.read_trajectories(), PairPolicy(spec.threshold, spec.critique_ties))
     ws.write_preferences(pairs, stats)
-    result = {"pairs": stats["pairs"], "flagged": stats["flagged_candidates"],
+    examples = sft_examples(ws.read_trajectories())
+    write_jsonl(ws.work_path("sft.jsonl"), examples)
+    ws.publish("sft.jsonl")
+    result = {"pairs": stats["pairs"], "sftExamples": len(examples), "flagged": stats["flagged_candidates"],
               "chosenPassShare": round(stats["chosen_passes_all_share"], 4),
               "testDecided": stats["decided_by_tests"]}
     if not pairs:  # say why, before the train step refuses an empty file
@@ -163,7 +169,8 @@ def run(ws: RoundWorkspace) -> dict[str, Any]:
     return ws.finish("preferences", inputs_digest, result,
                      f"preferences: {result['pairs']} pairs ({stats['decided_by_tests']} decided by tests, "
                      f"{stats['decided_by_critique']} by the critique; {result['chosenPassShare']:.0%} of chosen "
-                     f"pass all tests, {result['flagged']} candidates flagged) -> {ws.describe('preferences.jsonl')}")
+                     f"pass all tests, {result['flagged']} candidates flagged) -> {ws.describe('preferences.jsonl')}; "
+                     f"{len(examples)} SFT examples -> {ws.describe('sft.jsonl')}")
 
 
 def main(args: argparse.Namespace) -> int:

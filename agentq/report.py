@@ -193,6 +193,10 @@ def write_report(ws: RoundWorkspace, summary: dict[str, Any]) -> None:
                  "answer when one sample per task); an answer counts only when it passes visible and hidden tests. "
                  "Intervals resample whole groups (problems), so tasks of one problem are not counted as "
                  "independent; the McNemar test pairs the greedy outcomes of each task under both models.")
+    resolve = {mode: m["resolve_rate"] for mode, m in summary["modes"].items() if "resolve_rate" in m}
+    if resolve:
+        lines.append("Resolve rate (repo tasks: the greedy final patch makes the failing tests pass and keeps the "
+                     "passing ones passing): " + ", ".join(f"{mode} {_pct(r)}" for mode, r in resolve.items()) + ".")
     pairs = summary.get("pairs")
     if pairs is not None:
         lines.append(f"Training pairs: {pairs}, of which decided by tests: {summary.get('test_decided_pairs')}.")

@@ -50,12 +50,13 @@ def apply_preset(round_file: RoundFile, preset: str | None) -> RoundFile:
 
 
 def check_task_tests(ws: RoundWorkspace) -> None:
-    """Stop before any work on tasks whose tests cannot run (they would train on noise, silently)."""
+    """Stop before any work on function tasks whose tests cannot run (they would train on noise, silently).
+    A repo task's tests are the library's own suite, checked against its sdist by `agentq tasks validate`."""
     from agentq.sandbox.executor import find_tests
 
     for split in ("train", "test"):
         tasks, _ = ws.tasks(split)
-        bad = [(t.id, why) for t in tasks if isinstance(why := find_tests(t.tests), str)]
+        bad = [(t.id, why) for t in tasks if t.kind == "function" and isinstance(why := find_tests(t.tests), str)]
         if bad:
             listed = "; ".join(f"{task_id}: {why}" for task_id, why in bad[:5])
             more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""

@@ -31,10 +31,11 @@ from agentq.config import STORE_MODEL, ConfigError, RoundFile, StoreSpec, dump_r
 from agentq.io import atomic_write_json, read_jsonl, write_jsonl
 from agentq.sandbox import make_executor
 from agentq.store import RESERVED, FileStore, LeaseHeld, Store, StoreError, check_key, open_store, sha256_file
-from agentq.tasks.schema import Task, read_tasks
+from agentq.tasks.schema import AnyTask, read_tasks
 
 if TYPE_CHECKING:
     from agentq.sandbox import LocalExecutor, RemoteExecutor
+    from agentq.sandbox.runner import Runner
 
 STEPS = ("collect", "preferences", "train", "merge", "evaluate")
 RESULT_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
@@ -262,11 +263,12 @@ class RoundWorkspace:
         tried = ", ".join(str(c) for c in candidates) or value
         raise ConfigError(f"{self.source}: spec.dataset: task file {value!r} not found (tried {tried})")
 
-    def tasks(self, split: str) -> tuple[list[Task], str]:
-        """The dataset's `train` or `test` tasks (limited by spec.dataset.limit) and the file's digest."""
+    def tasks(self, split: str) -> tuple[list[AnyTask], str]:
+        """The dataset's `train` or `test` tasks, function or repo (limited by spec.dataset.limit), and the
+        file's digest (a repo task names its sdist's sha256, so the digest covers the repository too)."""
         dataset = self.round.spec.dataset
         path = self.resolve_data_path(getattr(dataset, split))
-        tasks = read_tasks(path)
+        tasks = read_tasks(path, kinds=("function", "repo"))
         if dataset.limit is not None:
             tasks = tasks[: dataset.limit]
         if not tasks:
@@ -300,6 +302,32 @@ class RoundWorkspace:
         spec = self.round.spec.sandbox
         url = os.environ.get("SANDBOX_URL") or spec.url
         return make_executor(spec.model_copy(update={"url": url}))
+
+    def repo_data(self) -> Path | None:
+        """The folder whose repos/ holds the repo tasks' sdists: spec.dataset.repoData, else ../shared/data;
+        relative paths beside the round file, else the cwd. None when there is none (function rounds)."""
+        value = self.round.spec.dataset.repo_data or "../shared/data"
+        path = Path(value)
+        candidates = [path] if path.is_absolute() else [Path(self.source).parent / path, Path.cwd() / path]
+        found = next((c for c in candidates if (c / "repos").is_dir()), None)
+        if found is None and self.round.spec.dataset.repo_data:
+            raise ConfigError(f"{self.source}: spec.dataset.repoData: no repos/ folder under {value!r} (tried "
+                              f"{', '.join(str(c) for c in candidates)})")
+        return found
+
+    @contextlib.contextmanager
+    def runner(self) -> Iterator[Runner]:
+        """What the search and evaluation judge through: the sandbox for function tasks (`executor`) and,
+        where a repo data folder exists, the repository executor over its sdists (pristine trees cached)."""
+        from agentq.sandbox.repo import RepoExecutor, SdistStore
+        from agentq.sandbox.runner import Runner
+
+        sandbox = self.round.spec.sandbox
+        data = self.repo_data()
+        repos = None if data is None else SdistStore(
+            data / "repos", RepoExecutor(cache_root() / "repos", allow_weak_isolation=sandbox.allow_weak_isolation))
+        with self.executor() as executor:
+            yield Runner(executor, repos=repos, workers=sandbox.workers or os.cpu_count() or 1)
 
     # ---- completion markers -------------------------------------------------------------------------------
 

@@ -71,8 +71,8 @@ def test_unparseable_code_is_not_a_hack():
 
 def test_evaluation_judges_visible_and_hidden_from_one_run():
     """A hard-coded answer passes the visible tests and fails the hidden one; the honest fix passes both."""
-    from agentq.evaluate import _judge
     from agentq.sandbox import Limits, LocalExecutor
+    from agentq.search.problems import FunctionProblem
 
     hidden = "from solution import *\n\ndef test_hidden_1():\n    assert Solution().twoSum([1, 5, 9], 14) == [1, 2]\n"
     task = TASK.model_copy(update={"hidden_tests": hidden})
@@ -80,9 +80,8 @@ def test_evaluation_judges_visible_and_hidden_from_one_run():
         runs: list[int] = []
         counting = type("Counting", (), {"run_many": lambda self, jobs: runs.append(len(jobs)) or
                                          executor.run_many(jobs)})()
-        hacked = _judge(task, HARDCODED, counting)
-        honest = _judge(task, REFERENCE, counting)
-        broken = _judge(task, BUGGY, counting)
+        problem = FunctionProblem(task, counting)
+        hacked, honest, broken = (problem.final(code, counting) for code in (HARDCODED, REFERENCE, BUGGY))
     assert (hacked["solved"], hacked["visible_solved"]) == (False, True)
     assert (honest["solved"], honest["visible_solved"]) == (True, True)
     assert (broken["solved"], broken["visible_solved"]) == (False, False)

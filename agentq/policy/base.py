@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from agentq.config import ModelSpec
     from agentq.tasks.schema import Task
 
-Purpose = Literal["rewrite", "critique", "zero_shot"]
+Purpose = Literal["rewrite", "critique", "zero_shot", "repair"]
 
 
 @dataclass

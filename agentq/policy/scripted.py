@@ -4,6 +4,9 @@ Each sample is drawn from a configured mixture (reference fix, the buggy code, a
 answer with no usable code) by a generator seeded from (seed, task id, prompt text, sample index) and
 nothing else, so the same call always returns the same answers and search changes can be judged on a
 fixed, known success probability. Critique prompts get a ranking in the format the parser reads.
+Repair prompts (repo tasks) get SEARCH/REPLACE edits from the same mixture: the reference is the bug patch
+inverted, "buggy" an edit that changes nothing, "mutant" a wrong edit (the bug kept, a line touched beside
+it), "garbage" an answer with no edit.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from functools import partial
 from agentq.config import ScriptedSpec
 from agentq.policy.base import BatchPolicy, PolicyError, Prompt, Request, Sample
 from agentq.policy.prompts import extract_code, format_ranking
-from agentq.tasks.schema import Task
+from agentq.repair.patch import diff_hunks, search_replace
+from agentq.tasks.schema import RepoTask, Task
 
 CATEGORIES = ("reference", "buggy", "mutant", "garbage")
 REWRITE_FORMATS = (
@@ -134,7 +138,9 @@ class ScriptedPolicy(BatchPolicy):
             for index in range(n):
                 # Greedy decoding gives one answer however many are asked for, as a real model does.
                 rng = stable_rng(seed, prompt.task.id, prompt_hash, 0 if temperature <= 0 else index)
-                text = self._critique(prompt, rng) if prompt.purpose == "critique" else self._rewrite(prompt, rng)
+                text = (self._critique(prompt, rng) if prompt.purpose == "critique" else
+                        self._repair(prompt.task, rng) if isinstance(prompt.task, RepoTask) else
+                        self._rewrite(prompt, rng))
                 samples.append(Sample(text=text, logprob=None, tokens=_token_count(text)))
             out.append(samples)
         return out
@@ -166,6 +172,25 @@ class ScriptedPolicy(BatchPolicy):
             return f"THOUGHT: {thought}\nCODE:\n```python\n{code}```"
         return rng.choice(REWRITE_FORMATS).format(code=code)
 
+    def _repair(self, task: RepoTask, rng: random.Random) -> str:
+        category = rng.choices(CATEGORIES, weights=self.weights)[0]
+        hunks = diff_hunks(task.bug_patch)  # (path, pristine, buggy): the fix edits the buggy side back
+        if category == "garbage" or not hunks:
+            return rng.choice(GARBAGE_ANSWERS)
+        blocks = []
+        for path, fixed, buggy in hunks:
+            if category == "reference":
+                new = fixed
+            elif category == "buggy":
+                new = buggy
+            else:  # a wrong edit: the bug stays, the hunk's first code line gains a comment
+                lines = buggy.splitlines(keepends=True)
+                first = next((i for i, ln in enumerate(lines) if ln.strip() and not ln.rstrip().endswith("\\")), 0)
+                lines[first] = lines[first].rstrip("\n") + "  # checked\n"
+                new = "".join(lines)
+            blocks.append((path, buggy, new))
+        return "I will fix the bug with this edit:\n\n" + search_replace(blocks)
+
     def _critique(self, prompt: Prompt, rng: random.Random) -> str:
         assert prompt.task is not None
         task, k = prompt.task, len(prompt.candidates)
@@ -185,3 +210,4 @@ class ScriptedPolicy(BatchPolicy):
         # Reason first, rank last, as the prompt asks; a prefix already holding the label is not repeated.
         answer = f"Candidate {order[0] + 1} looks most likely to be correct.\n{format_ranking(order)}"
         return answer.removeprefix(prompt.answer_prefix.strip()).strip() if prompt.answer_prefix else answer
+

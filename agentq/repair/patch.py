@@ -184,3 +184,34 @@ def answer_to_patch(root: str | Path, answer: str) -> Patch:
     if diff is None:
         raise ParseError("no search/replace block and no unified diff in the answer")
     return diff_to_patch(root, diff)
+
+
+def diff_hunks(diff: str) -> list[tuple[str, str, str]]:
+    """(path, old text, new text) of each hunk of a git-format diff, context lines on both sides: the edit that
+    turns the old side into the new one (the inverse edit swaps them)."""
+    hunks: list[tuple[str, str, str]] = []
+    path, old, new = "", [], []
+    for line in [*diff.splitlines(keepends=True), "@@\n"]:
+        if line.startswith(("@@", "diff --git")) or (line.startswith("+++ ") and not old and not new):
+            if old or new:
+                hunks.append((path, "".join(old), "".join(new)))
+            old, new = [], []
+            if line.startswith("+++ "):
+                target = line[4:].split("\t")[0].strip()
+                path = target.split("/", 1)[1] if target.startswith("b/") else target
+        elif line.startswith(("--- ", "\\")):
+            continue
+        elif line.startswith("+"):
+            new.append(line[1:])
+        elif line.startswith("-"):
+            old.append(line[1:])
+        elif line.startswith(" ") or line == "\n":
+            old.append(line[1:] if line.startswith(" ") else line)
+            new.append(line[1:] if line.startswith(" ") else line)
+    return [(p, o, n) for p, o, n in hunks if p]
+
+
+def search_replace(edits: list[tuple[str, str, str]]) -> str:
+    """(path, search, replace) edits written as the SEARCH/REPLACE blocks the repair prompts ask for."""
+    return "\n\n".join(f"{path}\n<<<<<<< SEARCH\n{search}=======\n{replace}>>>>>>> REPLACE"
+                        for path, search, replace in edits) + "\n"

@@ -5,12 +5,21 @@ sandbox server that has one). Callers hold one Runner and call `task.judge(candi
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agentq.sandbox.repo import SdistStore
     from agentq.sandbox.verdict import Verdict
     from agentq.tasks.schema import RepoTask
+
+
+@dataclass(frozen=True)
+class RepoJob:
+    """One candidate patch for one repo task: what a search over patches asks `Runner.run_many` to run."""
+
+    task: RepoTask
+    patch: str
 
 
 class Runner:
@@ -30,3 +39,30 @@ class Runner:
             return list(self.repos.run_task(record, patches))
         with ThreadPoolExecutor(self.workers) as pool:
             return [v[0] for v in pool.map(lambda p: self.repos.run_task(record, [p]), patches)]
+
+    def run_many(self, jobs: list[Any]) -> list[Verdict]:
+        """Verdicts in job order for a batch that may mix function jobs and RepoJobs (what a scheduler
+        serving trees of both kinds hands over): function jobs go to the function executor in one call,
+        repo jobs to the repository executor, `workers` at a time."""
+        repo = [i for i, job in enumerate(jobs) if isinstance(job, RepoJob)]
+        other = [i for i, job in enumerate(jobs) if not isinstance(job, RepoJob)]
+        out: list[Any] = [None] * len(jobs)
+        if other:
+            for i, verdict in zip(other, self.run_functions([jobs[i] for i in other]), strict=True):
+                out[i] = verdict
+        if repo:
+            def one(i: int) -> Verdict:
+                return self.run_repo(jobs[i].task, [jobs[i].patch])[0]
+
+            with ThreadPoolExecutor(self.workers) as pool:
+                for i, verdict in zip(repo, pool.map(one, repo), strict=True):
+                    out[i] = verdict
+        return out
+
+    @property
+    def limits(self) -> Any:
+        return getattr(self.functions, "limits", None)
+
+    @property
+    def isolation(self) -> list[str]:
+        return list(getattr(self.functions, "isolation", []))

@@ -8,6 +8,10 @@ code and test feedback, let the model critique the siblings, and back the K rewa
 running mean. A node whose children can no longer grow (depth limit, solved, no program) is widened
 with K more children instead, so a tree always spends `rollouts` expansions unless it stops on a pass.
 The whole tree is kept, because preference pairs are built from sibling comparisons.
+
+What a candidate is depends on the task's kind, and only the tree's `Problem` knows it (agentq/search/
+problems.py): a full rewrite of a function, or a patch against a repository whose prompts carry the earlier
+attempts on the path with their reflection category (with K=1 the tree is the reflection loop's chain).
 """
 
 from __future__ import annotations
@@ -21,12 +25,10 @@ from typing import Any, Protocol
 
 from agentq.config import CollectSpec, EvaluateSpec, RoundSpec
 from agentq.policy.base import Policy, Request, Sample
-from agentq.policy.prompts import FEEDBACK_LIMIT, extract_code, rewrite_prompt
-from agentq.sandbox.limits import Job, Limits, budgeted
 from agentq.sandbox.verdict import Verdict
-from agentq.screening import screen
 from agentq.search.critique import NEUTRAL_Q, Critique, critique_requests, read_critique
-from agentq.tasks.schema import HIDDEN_TEST_PREFIX, Task
+from agentq.search.problems import Problem, problem_for, visible_feedback
+from agentq.tasks.schema import AnyTask
 
 
 @dataclass(frozen=True)
@@ -50,13 +52,19 @@ class SearchParams:
     @classmethod
     def for_collect(cls, spec: RoundSpec) -> SearchParams:
         c: CollectSpec = spec.collect
-        return cls(
+        params = cls(
             k=c.k, root_k=c.root_k, rollouts=c.rollouts, depth=c.depth, temperature=c.temperature,
             critique_temperature=c.critique_temperature, exploration=c.exploration,
             alpha=spec.preferences.alpha, stop_on_pass=c.stop_on_pass,
             max_new_tokens=spec.model.max_new_tokens, critique_max_new_tokens=c.critique_max_new_tokens,
             critique=c.critic != "none", seed=c.seed,
         )
+        return params.reflection(c.attempts) if c.strategy == "reflection" else params
+
+    def reflection(self, attempts: int) -> SearchParams:
+        """The reflection loop as a search: one child per node, so the tree is a chain of `attempts` attempts,
+        each prompted with its ancestors'; no siblings to critique; it stops at the first pass."""
+        return self.replace(k=1, root_k=1, depth=attempts, rollouts=attempts, critique=False, stop_on_pass=True)
 
     @classmethod
     def for_evaluate(cls, spec: RoundSpec) -> SearchParams:
@@ -79,6 +87,8 @@ class Node:
     verdict: Verdict | None = None
     reward: float = 0.0
     flags: list[str] = field(default_factory=list)
+    category: str | None = None  # repo tasks: the reflection taxonomy's name for the attempt
+    feedback: str | None = None  # repo tasks: the output a child's prompt quotes
     q_ai: float = NEUTRAL_Q
     q_ai_votes: list[float] = field(default_factory=list)
     batch: int = 0  # the expansion that made this node; critique votes compare only within one
@@ -99,7 +109,9 @@ class Node:
             "id": self.id, "parent": self.parent, "depth": self.depth, "prompt": self.prompt,
             "completion": self.completion, "code": self.code,
             "verdict": self.verdict.model_dump() if self.verdict else None,
-            "reward": self.reward, "flags": self.flags, "q_mcts": self.q_mcts, "q_ai": self.q_ai,
+            "reward": self.reward, "flags": self.flags,
+            **({"category": self.category, "feedback": self.feedback} if self.category else {}),
+            "q_mcts": self.q_mcts, "q_ai": self.q_ai,
             "q_ai_votes": self.q_ai_votes, "batch": self.batch, "visits": self.visits,
             "children": self.children,
         }
@@ -124,7 +136,7 @@ def node_seed(seed: int, task_id: str, node_id: int) -> int:
 class Executor(Protocol):
     """What MCTS needs from a sandbox (LocalExecutor and RemoteExecutor both provide it)."""
 
-    def run_many(self, jobs: list[Job]) -> list[Verdict]: ...
+    def run_many(self, jobs: list[Any]) -> list[Verdict]: ...
 
 
 @dataclass
@@ -140,10 +152,10 @@ class Generate:
 
 @dataclass
 class Run:
-    """A tree waits for these (code, tests) runs in the sandbox."""
+    """A tree waits for these runs in the sandbox (function jobs, or repo jobs through a Runner)."""
 
     executor: Executor
-    jobs: list[Job]
+    jobs: list[Any]
 
     def serve(self) -> list[Verdict]:
         return self.executor.run_many(self.jobs)
@@ -167,15 +179,14 @@ class SearchStats:
 class Search:
     """One task's tree. `run()` spends the rollout budget; `record()` is what the trajectory file stores."""
 
-    def __init__(self, task: Task, policy: Policy, executor: Executor, params: SearchParams,
-                 critic: Policy | None = None, reward_tests: str | None = None) -> None:
-        """`reward_tests` defaults to visible + hidden tests (collection); evaluation searches on visible
-        tests only and judges the final answer on all of them."""
+    def __init__(self, task: AnyTask, policy: Policy, executor: Executor, params: SearchParams,
+                 critic: Policy | None = None, visible_only: bool = False) -> None:
+        """Rewards come from all of a task's tests (collection); evaluation searches with `visible_only` and
+        judges the final answer on all of them."""
         self.task, self.policy, self.executor, self.params = task, policy, executor, params
         self.critic = critic or policy
-        self.reward_tests = reward_tests if reward_tests is not None else task.all_tests()
-        self.base_limits: Limits | None = getattr(executor, "limits", None)  # None: a test double without limits
-        self.nodes: list[Node] = [Node(id=0, parent=None, depth=0, code=task.buggy_code)]
+        self.problem: Problem = problem_for(task, executor, visible_only)
+        self.nodes: list[Node] = [Node(id=0, parent=None, depth=0, code=self.problem.root_code())]
         self.stats = SearchStats()
 
     @property
@@ -195,21 +206,19 @@ class Search:
             path.append(max(kids, key=lambda c: (ucb1(c, parent.visits, self.params), -c.id)))
 
     def expandable(self, node: Node) -> bool:
-        """Below the depth limit, not solved, and holding a program: a parse error has nothing to improve on."""
-        return node.depth < self.params.depth and not node.solved and node.code is not None
+        """Below the depth limit, not solved, and something the problem can improve on."""
+        return node.depth < self.params.depth and not node.solved and self.problem.can_grow(node)
 
-    def job(self, code: str) -> Job:
-        """A sandbox job for `code`, with the task's time budget when its reference run time is known."""
-        return budgeted(code, self.reward_tests, self.base_limits, self.task.reference_seconds)
+    def path_to(self, node: Node) -> list[Node]:
+        path = [node]
+        while path[-1].parent is not None:
+            path.append(self.nodes[path[-1].parent])
+        return path[::-1]
 
     def expansion(self, leaf: Node) -> Request:
-        """The request for K rewrites of the leaf, conditioned on its code and visible test feedback."""
+        """The request for K candidates from the leaf, conditioned on its path (the problem writes the prompt)."""
         p = self.params
-        feedback = visible_feedback(leaf.verdict)
-        if leaf.parent is None:
-            prompt = rewrite_prompt(self.task, parent_feedback=feedback)
-        else:
-            prompt = rewrite_prompt(self.task, parent_code=leaf.code, parent_feedback=feedback)
+        prompt = self.problem.prompt(self.path_to(leaf))
         k = p.root_k if leaf.parent is None and p.root_k else p.k
         # A widened node draws a fresh batch: its seed also counts the children it already has.
         seed = node_seed(p.seed, self.task.id, leaf.id) + len(leaf.children)
@@ -219,25 +228,31 @@ class Search:
         self.stats.samples += len(samples)
         children = []
         for sample in samples:
+            reading = self.problem.read(sample.text)
             node = Node(id=len(self.nodes), parent=leaf.id, depth=leaf.depth + 1, prompt=request.prompt.messages,
-                        completion=sample.text, code=extract_code(sample.text, self.task.entry_point),
-                        batch=self.stats.rollouts)
+                        completion=sample.text, code=reading.code, verdict=reading.verdict,
+                        category=reading.category, feedback=reading.feedback, batch=self.stats.rollouts)
             self.nodes.append(node)
             leaf.children.append(node.id)
             children.append(node)
         return children
 
+    @staticmethod
+    def runnable(children: list[Node]) -> list[Node]:
+        """Children to run: those whose answer was not already judged while reading it."""
+        return [c for c in children if c.verdict is None]
+
     def take_verdicts(self, children: list[Node], verdicts: list[Verdict]) -> None:
-        """Verdicts of the children that hold a program, in order; the others are parse errors."""
-        runnable = [c for c in children if c.code is not None]
+        """Verdicts of the runnable children, in order; the others were judged when read (parse errors)."""
+        runnable = self.runnable(children)
         self.stats.executions += len(runnable)
         for child, verdict in zip(runnable, verdicts, strict=True):
             child.verdict, child.reward = verdict, verdict.reward
-            child.flags = screen(self.task, child.code, verdict)
+            self.problem.judged(child)
         for child in children:
-            if child.code is None:
-                self.stats.parse_errors += 1
-                child.verdict = Verdict(status="parse_error", message="no Python program found in the answer")
+            if child not in runnable:
+                assert child.verdict is not None
+                self.stats.parse_errors += child.verdict.status == "parse_error"
                 child.reward = 0.0
 
     def critique(self, siblings: list[Node], seed: int) -> list[Request]:
@@ -246,7 +261,7 @@ class Search:
         A widened node's new batch is critiqued on its own (prompts stay K candidates long); each node
         records its batch, so critique votes are only ever compared within one judgement.
         """
-        if len(siblings) < 2 or not self.params.critique:
+        if len(siblings) < 2 or not self.params.critique or not self.problem.critiques:
             return []
         return critique_requests(self.task, [c.code or c.completion for c in siblings],
                                  feedback=[visible_feedback(c.verdict) for c in siblings],
@@ -275,7 +290,7 @@ class Search:
         start = time.perf_counter()
         root = self.nodes[0]
         if root.verdict is None:  # the buggy program's own results feed the depth-1 prompts
-            root.verdict = (yield Run(self.executor, [self.job(self.task.buggy_code)]))[0]
+            root.verdict = (yield Run(self.executor, [self.problem.job(root.code or "")]))[0]
             root.reward = root.verdict.reward
             self.stats.executions += 1
         while self.stats.rollouts < self.params.rollouts:
@@ -288,7 +303,7 @@ class Search:
             request = self.expansion(path[-1])
             samples = (yield Generate(self.policy, [request]))[0]
             children = self.add_children(path[-1], request, samples)
-            jobs = [self.job(c.code) for c in children if c.code is not None]
+            jobs = [self.problem.job(c.code or "") for c in self.runnable(children)]
             self.take_verdicts(children, (yield Run(self.executor, jobs)) if jobs else [])
             critique = self.critique(children, request.seed)
             if critique:
@@ -322,9 +337,3 @@ class Search:
             "nodes": [n.to_record() for n in self.nodes],
         }
 
-
-def visible_feedback(verdict: Verdict | None) -> str | None:
-    """Feedback for the next prompt, from visible tests only: hidden test inputs must never reach a prompt."""
-    if verdict is None:
-        return None
-    return verdict.feedback(limit=FEEDBACK_LIMIT, hide_prefix=HIDDEN_TEST_PREFIX)

@@ -192,6 +192,9 @@ def dpo_config(spec: TrainSpec, work_dir: Path, device: str, *, has_eval: bool, 
         num_train_epochs=spec.epochs,
         max_steps=spec.max_steps or -1,
         max_length=spec.max_length,
+        # Cut an over-long sequence from the prompt's start: with TRL's default (keep_start) a prompt that alone
+        # fills max_length is dropped, and a repair prompt (whole files of context) often does, leaving no pair.
+        truncation_mode="keep_end",
         activation_checkpointing=spec.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         bf16=on_gpu,
@@ -210,6 +213,14 @@ def dpo_config(spec: TrainSpec, work_dir: Path, device: str, *, has_eval: bool, 
     return DPOConfig(**options)
 
 
+def lora_config(spec: TrainSpec) -> Any:
+    """The adapter both training methods (DPO, SFT) train."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+                      target_modules=list(spec.lora.target_modules), task_type="CAUSAL_LM")
+
+
 def build_trainer(
     model_dir: Path,
     train: list[dict],
@@ -226,7 +237,6 @@ def build_trainer(
     weights in place rather than writing 15 GB to disk), the tokenizer still comes from model_dir."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
@@ -238,13 +248,7 @@ def build_trainer(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    lora = LoraConfig(
-        r=spec.lora.r,
-        lora_alpha=spec.lora.alpha,
-        lora_dropout=spec.lora.dropout,
-        target_modules=list(spec.lora.target_modules),
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(spec)
     args = dpo_config(spec, work_dir, device, has_eval=bool(held_out), run_name=run_name, **overrides)
     return use_step_bar(DPOTrainer(
         model=model,
@@ -330,6 +334,8 @@ def run(ws: Any) -> dict[str, Any]:
     done_result = ws.finished("train", inputs_digest, "train")
     if done_result is not None:
         return done_result
+    if spec.method == "sft":
+        return _run_sft(ws, inputs_digest)
     pairs_path = ws.fetch("preferences.jsonl")
     if not pairs_path.exists() or pairs_path.stat().st_size == 0:
         # The tests told no siblings apart (a weak model fails everything): nothing to learn, which is a
@@ -350,6 +356,21 @@ def run(ws: Any) -> dict[str, Any]:
         f"train: {summary['steps']} steps on {summary['train_pairs']} pairs; best step {summary['best_step']} "
         f"(eval reward accuracy {summary['best_eval_reward_accuracy']}) -> {ws.describe('adapter')}",
     )
+
+
+def _run_sft(ws: Any, inputs_digest: str) -> dict[str, Any]:
+    from agentq.train.sft import train_sft
+
+    path = ws.fetch("sft.jsonl")
+    if not path.exists() or path.stat().st_size == 0:
+        return ws.finish("train", inputs_digest, {"examples": 0, "steps": 0},
+                         f"train: no SFT examples in {ws.describe('sft.jsonl')} (no attempt resolved its task): "
+                         "nothing to learn, the round's model stays its base")
+    with ws.store.writing_dir(ws.key("adapter")) as out_dir:
+        summary = train_sft(path, base_model_dir(ws), out_dir, ws.round.spec.train)
+    return ws.finish("train", inputs_digest, {"examples": summary["examples"], "steps": summary["steps"]},
+                     f"train (sft): {summary['steps']} steps on {summary['examples']} examples -> "
+                     f"{ws.describe('adapter')}")
 
 
 def main(args: argparse.Namespace) -> int:

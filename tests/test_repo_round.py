@@ -1,0 +1,97 @@
+"""`agentq round run` on repo tasks, the tiny preset: collect (MCTS over patches, scripted repair answers) ->
+preferences (sibling pairs decided by the repository's tests) -> train (DPO) -> merge -> evaluate (resolve rate),
+on a small corpus built here from a real library of ../shared/data/repos; and a round with the reflection
+strategy (K=1 chains) trained by SFT on its resolving attempts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agentq.cli import main
+from agentq.io import read_jsonl
+from agentq.tasks.schema import read_tasks, write_tasks
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+LIBRARY = "cachetools-8.0.0.tar.gz"
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (DATA / "repos" / LIBRARY).exists(), reason="needs ../shared/data/repos")]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("repo-round")
+    (tmp / "data" / "repos").mkdir(parents=True)
+    for name in (LIBRARY, "SHA256SUMS"):
+        (tmp / "data" / "repos" / name).symlink_to(DATA / "repos" / name)
+    corpus = tmp / "corpus.jsonl"
+    assert main(["tasks", "build", "--source", "repos", "--data-dir", str(tmp / "data"), "--out", str(corpus),
+                 "--per-library", "6", "--per-operator", "2", "--json"]) == 0
+    tasks = read_tasks(corpus, kinds=("repo",))
+    assert len(tasks) >= 2, "the build kept fewer than two cachetools mutants"
+    write_tasks(tmp / "train.jsonl", tasks)
+    write_tasks(tmp / "test.jsonl", tasks[:2])
+    return tmp
+
+
+def round_yaml(tmp: Path, name: str, extra: str = "") -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(
+        "apiVersion: agentq.dev/v1alpha1\nkind: AgentQRound\n"
+        f"metadata: {{name: {name}}}\n"
+        "spec:\n"
+        "  model: {base: tiny, backend: scripted, scripted: {pReference: 0.4, pBuggy: 0.2, pMutant: 0.3, "
+        "pGarbage: 0.1}}\n"
+        "  dataset: {train: train.jsonl, test: test.jsonl, repoData: data}\n"
+        "  store: {path: store}\n"
+        + extra
+    )
+    return path
+
+
+def test_tiny_round_on_repo_tasks(workdir, capsys):
+    assert main(["round", "run", str(round_yaml(workdir, "repo1")), "--preset", "tiny"]) == 0
+    store = workdir / "store" / "rounds" / "repo1"
+    for name in ("eval/report.md", "eval/summary.json", "preferences.jsonl", "adapter/adapter_model.safetensors",
+                 "merged/config.json"):
+        assert (store / name).exists(), name
+    trees = list(read_jsonl(store / "trajectories" / "shard-0-of-1.jsonl"))
+    assert len(trees) == len(read_tasks(workdir / "train.jsonl", kinds=("repo",)))
+    attempts = [n for t in trees for n in t["nodes"][1:]]
+    assert {n["category"] for n in attempts} >= {"resolved"}
+    assert all(n["prompt"][-1]["content"].startswith("## Failure report") for n in attempts)
+    pairs = list(read_jsonl(store / "preferences.jsonl"))
+    assert pairs and all(p["decided_by"] == "tests" for p in pairs)
+    assert all("<<<<<<< SEARCH" in p["chosen"][0]["content"] for p in pairs)
+    assert [r for r in read_jsonl(store / "adapter" / "train_log.jsonl") if "loss" in r], "DPO logged no step"
+    summary = json.loads((store / "eval" / "summary.json").read_text())
+    for mode in ("zero_shot", "full_rewrite", "mcts"):
+        result = summary["modes"][mode]
+        assert result["tasks"] == 2 and result["resolve_rate"] == result["greedy_solved"] / 2, result
+    assert "Resolve rate" in (store / "eval" / "report.md").read_text()
+
+
+def test_reflection_round_trains_by_sft(workdir):
+    """The reflection strategy leaves chains (no siblings, so no pairs): the round trains on its SFT examples."""
+    extra = "  collect: {strategy: reflection, attempts: 3}\n  train: {method: sft}\n"
+    assert main(["round", "run", str(round_yaml(workdir, "reflect", extra)), "--preset", "tiny"]) == 0
+    store = workdir / "store" / "rounds" / "reflect"
+    trees = list(read_jsonl(store / "trajectories" / "shard-0-of-1.jsonl"))
+    assert trees and any(t["solved"] for t in trees)
+    for tree in trees:
+        nodes = tree["nodes"]
+        assert all(len(n["children"]) <= 1 for n in nodes)  # a chain
+        assert 2 <= len(nodes) <= 4 and tree["params"]["k"] == 1
+        assert tree["solved"] == (nodes[-1]["category"] == "resolved")
+        for earlier, later in zip(nodes[1:], nodes[2:], strict=False):
+            assert f"## Attempt {earlier['depth']}: {earlier['category']}" in later["prompt"][-1]["content"]
+    examples = list(read_jsonl(store / "sft.jsonl"))
+    assert sum(t["solved"] for t in trees) == sum(e["kind"] == "positive" for e in examples)
+    assert not (store / "preferences.jsonl").read_text().strip()
+    summary = json.loads((store / "adapter" / "training_summary.json").read_text())
+    assert summary["method"] == "sft" and summary["steps"] >= 1 and summary["examples"] == len(examples)
+    assert [r for r in read_jsonl(store / "adapter" / "train_log.jsonl") if "loss" in r]
+    assert (store / "merged" / "config.json").exists() and (store / "eval" / "summary.json").exists()

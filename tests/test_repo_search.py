@@ -1,0 +1,124 @@
+"""Repo tasks in the search: the scripted backend's repair answers, the reflection strategy (K=1 chain) fixing a
+task on a later attempt with the earlier failure's category and output in its prompt, and the MCTS over patches
+writing the same trajectory records as function trees (sibling pairs decided by tests). Runs real repository
+runs (bubblewrap sandbox) on a tiny library made here; the round on a real library is tests/test_repo_round.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentq.config import ScriptedSpec
+from agentq.policy.base import Request
+from agentq.policy.scripted import ScriptedPolicy
+from agentq.preferences import PairPolicy, build_pairs
+from agentq.repair.patch import diff_hunks, search_replace
+from agentq.repair.problem import RepoProblem
+from agentq.repair.reflection import Category
+from agentq.repair.sft import sft_examples
+from agentq.sandbox.repo import RepoExecutor, SdistStore
+from agentq.sandbox.runner import Runner
+from agentq.search.mcts import Search, SearchParams
+from agentq.tasks.schema import RepoTask
+from tests.test_repo_tasks import BUG, MINILIB, MINITESTS, make_sdist, repo_record
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory) -> Runner:
+    root = tmp_path_factory.mktemp("data")
+    make_sdist(root / "repos", "minilib", {"minilib/__init__.py": MINILIB, "tests/test_minilib.py": MINITESTS})
+    return Runner(None, SdistStore(root / "repos", RepoExecutor(tmp_path_factory.mktemp("trees"))))
+
+
+@pytest.fixture(scope="module")
+def task() -> RepoTask:
+    return RepoTask.model_validate(repo_record())
+
+
+def only(category: str) -> ScriptedPolicy:
+    weights = {"p_reference": 0.0, "p_buggy": 0.0, "p_mutant": 0.0, "p_garbage": 0.0, f"p_{category}": 1.0}
+    return ScriptedPolicy(ScriptedSpec(**weights))
+
+
+def test_diff_hunks_read_both_sides_of_the_bug_patch():
+    [(path, fixed, buggy)] = diff_hunks(BUG)
+    assert path == "minilib/__init__.py"
+    assert "    if x < lo:\n" in fixed and "    if x > lo:\n" not in fixed
+    assert "    if x > lo:\n" in buggy and "    if x < lo:\n" not in buggy
+
+
+@pytest.mark.parametrize(("draw", "category", "reward"), [
+    ("reference", Category.RESOLVED, 1.0), ("buggy", Category.NO_CHANGE, 0.0),
+    ("mutant", Category.TEST_ASSERTION, 0.0), ("garbage", Category.MALFORMED, 0.0)])
+def test_scripted_repair_answers_read_run_and_categorise(runner, task, draw, category, reward):
+    search = Search(task, only(draw), runner, SearchParams(k=1, rollouts=1, depth=1, critique=False)).run()
+    child = search.nodes[1]
+    assert child.category == category.value and child.reward == reward, child.feedback
+    assert (child.code is None) == (draw == "garbage")
+    assert search.stats.parse_errors == (draw == "garbage")
+
+
+def test_reflection_fixes_on_the_second_attempt_and_categorises_the_first(runner, task):
+    """A seed whose first attempt fails: the chain goes on, the second prompt quotes the failure, it resolves."""
+    policy = ScriptedPolicy(ScriptedSpec(p_reference=0.5, p_buggy=0.0, p_mutant=0.5, p_garbage=0.0))
+    params = SearchParams().reflection(3)
+    assert (params.k, params.root_k, params.depth, params.rollouts, params.critique) == (1, 1, 3, 3, False)
+    for seed in range(30):
+        search = Search(task, policy, runner, params.replace(seed=seed)).run()
+        if len(search.nodes) == 3 and search.solved:
+            break
+    else:
+        pytest.fail("no seed in 0..29 gave a fix on the second attempt")
+    root, first, second = search.nodes
+    assert (first.parent, second.parent) == (root.id, first.id)  # a chain: K=1
+    assert first.category == Category.TEST_ASSERTION.value and not first.verdict.passed
+    assert "test_clamp_low" in first.feedback
+    prompt = second.prompt[-1]["content"]
+    assert f"## Attempt 1: {Category.TEST_ASSERTION.value}" in prompt and "test_clamp_low" in prompt
+    assert "## Attempt" not in first.prompt[-1]["content"]
+    assert second.category == Category.RESOLVED.value and second.reward == 1.0
+
+
+def test_mcts_over_patches_gives_test_decided_sibling_pairs(runner, task):
+    policy = ScriptedPolicy(ScriptedSpec(p_reference=0.4, p_buggy=0.2, p_mutant=0.2, p_garbage=0.2))
+    search = Search(task, policy, runner, SearchParams(k=3, rollouts=3, depth=2, critique=False, seed=1)).run()
+    record = search.record()
+    assert all("category" in n for n in record["nodes"][1:])
+    pairs, _ = build_pairs([record], PairPolicy(threshold=0.1))
+    assert pairs, "no sibling pair decided by the tests"
+    for pair in pairs:
+        assert pair["decided_by"] == "tests" and pair["chosen_passed"]
+        assert "<<<<<<< SEARCH" in pair["chosen"][0]["content"]
+        assert pair["prompt"][-1]["content"].startswith("## Failure report")
+
+
+def test_the_prompt_holds_the_localised_file(runner, task):
+    problem = RepoProblem.build(task, runner)
+    assert list(problem.context)[0] == "minilib/__init__.py"
+    request = Request(problem.first_prompt("full_rewrite"), 1, 0.0, 256, 0)
+    [[sample]] = only("reference").generate_batch([request])
+    reading = problem.read(sample.text)
+    assert reading.verdict is None and "+    if x < lo:" in (reading.code or "")
+    assert Path(problem.tree, "minilib/__init__.py").read_text().count("if x > lo:") == 1  # the buggy tree
+
+
+def test_sft_examples_from_a_reflection_chain(runner, task):
+    """A chain fixed on a later attempt gives a positive example and a reflection example, both SEARCH/REPLACE."""
+    policy = ScriptedPolicy(ScriptedSpec(p_reference=0.5, p_buggy=0.0, p_mutant=0.5, p_garbage=0.0))
+    for seed in range(30):
+        search = Search(task, policy, runner, SearchParams(seed=seed).reflection(3)).run()
+        if len(search.nodes) >= 3 and search.solved:
+            break
+    record = search.record()
+    examples = sft_examples([record])
+    assert [e["kind"] for e in examples] == ["positive", "reflection"]
+    positive, reflection = examples
+    assert positive["messages"][:-1] == record["nodes"][1]["prompt"] and "## Attempt" not in str(positive)
+    assert "## Attempt 1:" in reflection["messages"][-2]["content"]
+    fix = diff_hunks(record["nodes"][-1]["code"])
+    for example in examples:
+        answer = example["messages"][-1]
+        assert answer["role"] == "assistant" and answer["content"] == search_replace(fix)
+        assert RepoProblem.build(task, runner).read(answer["content"]).code == record["nodes"][-1]["code"]
