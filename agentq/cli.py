@@ -192,7 +192,8 @@ USER_ERRORS = frozenset({
     "agentq.store.StoreError",
     "agentq.sandbox.client.SandboxUnavailable",
     "agentq.sandbox.executor.WorkerDied",
-    "agentq.policy.openai_backend.ServerUnavailable",
+    "agentq.policy.base.PolicyError",
+    "agentq.policy.models.ModelLoadError",
 })
 
 

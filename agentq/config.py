@@ -202,6 +202,8 @@ class TrainSpec(Spec):
     eval_steps: int = Field(10, ge=1)
     max_length: int = Field(2048, ge=16)
     gradient_checkpointing: bool = True
+    quantization: Literal["none", "nf4"] = Field("none", description="nf4: QLoRA, the frozen base in 4-bit NF4 "
+                                                 "under the adapter (needs CUDA and bitsandbytes).")
     sft_weight: float = Field(0.0, ge=0, description="Weight of an SFT (NLL) term on the chosen answers beside "
                                                      "the DPO loss (RPO); 0 turns it off.")
     precompute_ref_log_probs: bool = Field(True, description="Reference log-probs computed once before "

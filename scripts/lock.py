@@ -77,7 +77,8 @@ class Image:
 IMAGES = (
     Image("infer", "Dockerfile.infer", ("infer", "eval", "s3"), (BITSANDBYTES,), "3.12", "x86_64-manylinux_2_39",
           "CUDA torch from PyPI (its CUDA 13 wheels), for the nvidia/cuda ubuntu24.04 base's python3.12"),
-    Image("train", "Dockerfile.train", ("infer", "train", "s3"), (), "3.12", "x86_64-manylinux_2_39",
+    # QLoRA (train.quantization: nf4) loads the frozen base through bitsandbytes.
+    Image("train", "Dockerfile.train", ("infer", "train", "s3"), (BITSANDBYTES,), "3.12", "x86_64-manylinux_2_39",
           "CUDA torch from PyPI, for the nvidia/cuda ubuntu24.04 base's python3.12"),
     Image("mock-model", "images/mock-model/Dockerfile", ("infer", "train", "eval", "s3"), cpu_torch=True,
           index_note="CPU torch (+cpu) from the PyTorch CPU index"),

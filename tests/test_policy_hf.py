@@ -9,6 +9,7 @@ import torch
 
 from agentq.config import ModelSpec
 from agentq.policy.base import PolicyError, load_policy
+from agentq.policy.models import ModelLoadError
 from agentq.policy.prompts import rewrite_prompt
 from agentq.tasks.schema import Task
 
@@ -92,10 +93,9 @@ def test_sampled_logprob_is_under_the_untempered_model(policy):
     assert checked >= 3
 
 
-def test_nf4_without_cuda_is_a_clear_error():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA; the error path is for CPU-only machines")
-    with pytest.raises(PolicyError, match="nf4 needs a CUDA GPU"):
+def test_nf4_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelLoadError, match="model.quantization nf4 needs a CUDA GPU"):
         load_policy(ModelSpec(base="tiny", quantization="nf4"))
 
 

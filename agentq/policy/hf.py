@@ -10,8 +10,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from agentq.config import ModelSpec
-from agentq.policy.base import BatchPolicy, PolicyError, Prompt, Request, Sample
-from agentq.policy.models import load_model, load_tokenizer, loadable_dir, resolve_model
+from agentq.policy.base import BatchPolicy, Prompt, Request, Sample
+from agentq.policy.models import load_model, load_tokenizer, loadable_dir, nf4_config, resolve_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -71,28 +71,6 @@ def pick_device_and_dtype(spec: ModelSpec) -> tuple[str, torch.dtype]:
     return device, torch.bfloat16 if device == "cuda" else torch.float32
 
 
-def _nf4_config(spec: ModelSpec, dtype: torch.dtype) -> Any:
-    if not torch.cuda.is_available():
-        raise PolicyError(
-            f"model {spec.base!r}: quantization nf4 needs a CUDA GPU (bitsandbytes 4-bit has no CPU path); "
-            "set model.quantization: none to run on CPU"
-        )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise PolicyError(
-            f"model {spec.base!r}: quantization nf4 needs bitsandbytes (pip install 'agentq[infer,cuda]')"
-        ) from None
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype,
-    )
-
-
 class HFPolicy(BatchPolicy):
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -100,7 +78,7 @@ class HFPolicy(BatchPolicy):
         # Straight onto the GPU: staging a 7B model in CPU memory first doubles load time.
         kwargs: dict[str, Any] = {"dtype": self.dtype, "device_map": {"": 0} if self.device == "cuda" else None}
         if spec.quantization == "nf4":
-            kwargs["quantization_config"] = _nf4_config(spec, self.dtype)
+            kwargs["quantization_config"] = nf4_config(f"model {spec.base!r}", self.dtype, "model.quantization")
         source = loadable_dir(resolve_model(spec))
         self.tokenizer = load_tokenizer(source)
         self.model = load_model(source, **kwargs).eval()

@@ -114,6 +114,22 @@ def load_model(source: ModelSource, **kwargs: Any):
         raise ModelLoadError(f"cannot load {source.describe()}: {err}") from err
 
 
+def nf4_config(owner: str, dtype: Any, field: str) -> Any:
+    """The 4-bit NF4 load (double quantisation, `dtype` compute) that inference and QLoRA training share; `owner`
+    and `field` name the model and the setting in the error when this machine cannot load it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"{owner}: {field} nf4 needs a CUDA GPU (bitsandbytes 4-bit has no CPU path); "
+                             f"set {field}: none to run on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(f"{owner}: {field} nf4 needs bitsandbytes (pip install 'agentq[cuda]')")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
 def _write_plain_copy(source: ModelSource, out_dir: Path) -> None:
     """Save `source` as safetensors; GGUF weights are re-homed into a model built from the bare config."""
     from transformers import AutoModelForCausalLM

@@ -235,16 +235,15 @@ def build_trainer(
 ) -> Any:
     """A DPOTrainer; `model` replaces loading model_dir's weights (the benchmark builds random 7B-shaped
     weights in place rather than writing 15 GB to disk), the tokenizer still comes from model_dir."""
-    import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import DPOTrainer
 
+    from agentq.train.base_model import load_base
     from agentq.train.progress import use_step_bar
 
-    dtype = torch.bfloat16 if device != "cpu" else torch.float32
     if model is None:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        model = load_base(model_dir, spec, device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

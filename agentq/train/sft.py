@@ -34,17 +34,18 @@ def read_examples(path: str | Path) -> list[dict[str, Any]]:
 def train_sft(examples_path: str | Path, model_dir: str | Path, out_dir: str | Path, spec: TrainSpec,
               *, device: str | None = None) -> dict[str, Any]:
     """Train, then write the adapter, train_log.jsonl and training_summary.json into out_dir."""
-    import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
+
+    from agentq.train.base_model import load_base
 
     device = device or default_device()
     out_dir = Path(out_dir)
     examples = read_examples(examples_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     on_gpu = device != "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if on_gpu else torch.float32)
+    model = load_base(model_dir, spec, device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
