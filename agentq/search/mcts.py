@@ -27,7 +27,7 @@ from agentq.config import CollectSpec, EvaluateSpec, RoundSpec
 from agentq.policy.base import Policy, Request, Sample
 from agentq.sandbox.verdict import Verdict
 from agentq.search.critique import NEUTRAL_Q, Critique, critique_requests, read_critique
-from agentq.search.problems import Problem, problem_for, visible_feedback
+from agentq.search.problems import Problem, problem_for
 from agentq.tasks.schema import AnyTask
 
 
@@ -256,16 +256,15 @@ class Search:
                 child.reward = 0.0
 
     def critique(self, siblings: list[Node], seed: int) -> list[Request]:
-        """Requests that rank one batch of siblings, each shown with its visible test results (none: no critique).
+        """Requests that rank one batch of siblings as the problem shows them: function rewrites with their visible
+        test results, patches with their reflection category and failing output (fewer than two: no critique).
 
         A widened node's new batch is critiqued on its own (prompts stay K candidates long); each node
         records its batch, so critique votes are only ever compared within one judgement.
         """
-        if len(siblings) < 2 or not self.params.critique or not self.problem.critiques:
+        if len(siblings) < 2 or not self.params.critique:
             return []
-        return critique_requests(self.task, [c.code or c.completion for c in siblings],
-                                 feedback=[visible_feedback(c.verdict) for c in siblings],
-                                 temperature=self.params.critique_temperature,
+        return critique_requests(self.problem.critique_prompt, siblings, temperature=self.params.critique_temperature,
                                  max_new_tokens=self.params.critique_max_new_tokens, seed=seed + 1)
 
     def take_critique(self, siblings: list[Node], critique: Critique) -> None:
