@@ -164,3 +164,26 @@ def test_the_repo_critique_prompt_shows_diffs_categories_and_output_but_no_answe
     # what the critic must never see: the bug patch (whose inverse is the answer) and the tests' source
     assert "-    if x < lo:" not in text  # the bug patch's side: the fix's text comes only from a candidate
     assert "assert clamp(-1, 0, 5) == 0" not in text
+
+
+def _spec(collect: dict, evaluate: dict):
+    from agentq.config import RoundSpec
+
+    return RoundSpec.model_validate({"dataset": {"train": "a", "test": "b"}, "store": {"path": "s"},
+                                     "collect": collect, "evaluate": evaluate})
+
+
+@pytest.mark.parametrize(("collect", "evaluate", "draw", "strategy", "attempts", "solved"), [
+    ({"strategy": "reflection", "attempts": 3}, {}, "mutant", "reflection", 3, False),  # the whole chain
+    ({"strategy": "reflection", "attempts": 3}, {}, "reference", "reflection", 1, True),  # stops at the pass
+    ({}, {"strategy": "reflection", "attempts": 2}, "mutant", "reflection", 2, False),  # evaluate's own setting
+    ({"strategy": "reflection"}, {"strategy": "mcts", "k": 2, "rollouts": 2}, "mutant", "mcts", 4, False),
+])
+def test_evaluate_mcts_mode_searches_with_the_rounds_strategy(runner, task, collect, evaluate, draw, strategy,
+                                                             attempts, solved):
+    from agentq.evaluate import evaluate_task, summarize
+
+    record = evaluate_task(task, "mcts", only(draw), runner, _spec(collect, evaluate))
+    assert (record["strategy"], record["attempts"], record["solved"]) == (strategy, attempts, solved), record
+    summary = summarize([record, {**record, "task_id": "other", "attempts": attempts + 1}])
+    assert summary["strategy"] == strategy and summary["mean_attempts"] == attempts + 0.5
