@@ -136,17 +136,20 @@ def _critiqued_search(runner, task, critique: str) -> Search:
     pytest.fail("no seed in 0..29 gave a sibling set with one resolving patch and two other kinds of failure")
 
 
-@pytest.mark.parametrize(("critique", "resolving_q"), [("truthful", 1.0), ("reverse", 0.0)])
+@pytest.mark.parametrize(("critique", "resolving_q", "fallbacks"),
+                         [("truthful", 1.0, 0), ("reverse", 0.0, 0), ("garbage", 0.5, 2)])
 def test_repo_siblings_are_critiqued_and_a_truthful_critic_ranks_the_resolving_one_first(runner, task, critique,
-                                                                                           resolving_q):
+                                                                                           resolving_q, fallbacks):
     search = _critiqued_search(runner, task, critique)
     siblings = search.nodes[1:]
     record = search.record()
-    assert search.stats.critique_calls == 2 and search.stats.critique_fallbacks == 0  # shown order and reversed
+    assert search.stats.critique_calls == 2  # shown order and reversed
+    assert search.stats.critique_fallbacks == fallbacks  # an unreadable answer votes neutral
     assert all(len(n["q_ai_votes"]) == 2 for n in record["nodes"][1:])
     [resolving] = [n for n in siblings if n.category == Category.RESOLVED.value]
     assert resolving.q_ai == resolving_q, [(n.category, n.q_ai_votes) for n in siblings]
-    assert all(0.0 < n.q_ai < 1.0 or n.q_ai == 1.0 - resolving_q for n in siblings if n is not resolving)
+    if critique != "garbage":
+        assert all(0.0 < n.q_ai < 1.0 or n.q_ai == 1.0 - resolving_q for n in siblings if n is not resolving)
 
 
 def test_the_repo_critique_prompt_shows_diffs_categories_and_output_but_no_answers(runner, task):
