@@ -224,6 +224,11 @@ class EvaluateSpec(Spec):
     rollouts: int = Field(4, ge=1, description="MCTS budget at evaluation time.")
     depth: int = Field(2, ge=1)
     k: int = Field(2, ge=1)
+    strategy: Literal["mcts", "reflection"] | None = Field(
+        None, description="The mcts mode's search: mcts (k, rollouts, depth above) or reflection (one attempt at a "
+                          "time, up to `attempts`, stopping at the first pass). Default: collect.strategy.")
+    attempts: int | None = Field(None, ge=1, description="The reflection strategy's attempts per task at evaluation "
+                                                         "time. Default: collect.attempts.")
 
     @model_validator(mode="after")
     def _k_within_samples(self) -> EvaluateSpec:

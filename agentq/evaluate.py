@@ -2,7 +2,9 @@
 
 * zero_shot: a greedy answer in a structured THOUGHT/CODE format (plus `samples` sampled ones).
 * full_rewrite: a greedy full rewrite (plus `samples` sampled ones at the collection temperature).
-* mcts: the search itself with the evaluation budget (`collect.treesInFlight` searches together).
+* mcts: the search itself with the evaluation budget (`collect.treesInFlight` searches together), or the
+  reflection chain when the round's strategy is reflection (`evaluate.strategy`, else `collect.strategy`); each
+  record says which, and how many answers the search drew (`attempts`), whose mean the summary reports.
 
 A round is worth its *difference* from the model it started from, so with `evaluate.baseline` (the
 default) that model (the base, or the `fromRound` merge) is evaluated through this same code, on the same
@@ -32,7 +34,7 @@ from agentq.config import OpenAISpec, RoundFile, RoundSpec, parse_model
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import Policy, load_policy, served_model
 from agentq.report import write_report
-from agentq.search.mcts import Executor, Search, SearchParams
+from agentq.search.mcts import Executor, Search, SearchParams, evaluation_strategy
 from agentq.search.problems import Problem, Reading, problem_for
 from agentq.search.scheduler import Scheduler
 from agentq.stats import bootstrap_mean, mcnemar_exact, pass_at_k
@@ -77,22 +79,26 @@ def _sample_answers(problem: Problem, mode: str, policy: Policy, spec: RoundSpec
 
 
 def evaluation_search(task: AnyTask, policy: Policy, executor: Executor, spec: RoundSpec) -> Search:
-    """The mcts mode's search: the evaluation budget, rewarded by the visible tests only (function tasks)."""
+    """The mcts mode's search: the evaluation budget or the reflection chain, rewarded by the visible tests only
+    (function tasks)."""
     return Search(task, policy, executor, SearchParams.for_evaluate(spec), visible_only=True)
 
 
-def search_record(search: Search, executor: Executor) -> dict[str, Any]:
-    """The mcts mode's record of a finished search: its best candidate judged on all tests."""
+def search_record(search: Search, executor: Executor, strategy: str) -> dict[str, Any]:
+    """The mcts mode's record of a finished search: its best candidate judged on all tests; `attempts` counts the
+    answers it drew (a reflection chain: its attempts, up to the first pass)."""
     best = search.best()
     reading = Reading(best.code) if best else Reading(None)
     return _record(search.problem, "mcts", [reading], executor, search.stats.wall_s,
-                   {"search_samples": search.stats.samples, "executions": search.stats.executions})
+                   {"strategy": strategy, "attempts": search.stats.samples, "search_samples": search.stats.samples,
+                    "executions": search.stats.executions})
 
 
 def evaluate_task(task: AnyTask, mode: str, policy: Policy, executor: Executor, spec: RoundSpec) -> dict[str, Any]:
     """One task in one mode: the greedy answer's verdict, and every sampled answer's (pass@k counts these)."""
     if mode == "mcts":
-        return search_record(evaluation_search(task, policy, executor, spec).run(), executor)
+        return search_record(evaluation_search(task, policy, executor, spec).run(), executor,
+                             evaluation_strategy(spec)[0])
     start = time.perf_counter()
     problem = problem_for(task, executor)
     answers, extra = _sample_answers(problem, mode, policy, spec)
@@ -128,6 +134,10 @@ def summarize(records: list[dict[str, Any]], k: int = 1) -> dict[str, Any]:
     }
     if records and all(r.get("kind") == "repo" for r in records):  # the SWE-bench figure: greedy patches resolving
         summary["resolve_rate"] = summary["greedy_pass_rate"]
+    strategies = {r["strategy"] for r in records if "strategy" in r}
+    if strategies:  # the mcts mode: which search ran, and the answers it drew per task
+        summary["strategy"] = "/".join(sorted(strategies))
+        summary["mean_attempts"] = sum(r["attempts"] for r in records) / n
     if k > 1 and records and all(r.get("n", 1) >= k for r in records):
         summary[f"pass_at_{k}"] = sum(pass_at_k(r["n"], r["correct"], k) for r in records) / n
     if summary["samples_per_task"] > 1:  # test-time compute: best-of-k with the tests as verifier, k = 1..n
@@ -265,7 +275,7 @@ def _records(mode: str, tasks: list[AnyTask], policy: Policy, executor: Executor
         return
     searches = (evaluation_search(task, policy, executor, spec) for task in tasks)
     for search in Scheduler(spec.collect.trees_in_flight).run(searches):
-        yield search_record(search, executor)
+        yield search_record(search, executor, evaluation_strategy(spec)[0])
 
 
 def _read_arm(ws: RoundWorkspace, arm: str, mode: str) -> list[dict[str, Any]]:

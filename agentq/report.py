@@ -129,6 +129,14 @@ def verdict_line(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def search_line(summary: dict[str, Any]) -> str:
+    """Which search the mcts mode ran per arm (mcts or reflection) and the answers it drew per task ("" if none)."""
+    searched = [f"{label.split(':')[0]} {m['strategy']}, {m['mean_attempts']:.2f} attempts per task"
+                for label, _, modes in _arms(summary) for m in modes.values() if "strategy" in m]
+    return "Search at evaluation (mcts mode; attempts: answers drawn per task): " + "; ".join(searched) + "." \
+        if searched else ""
+
+
 def plot(summary: dict[str, Any], summaries: list[dict[str, Any]], path: str) -> None:
     """Left: base vs round per mode with 95% intervals. Right: pass@1 along the chain of rounds."""
     import matplotlib
@@ -197,6 +205,8 @@ def write_report(ws: RoundWorkspace, summary: dict[str, Any]) -> None:
     if resolve:
         lines.append("Resolve rate (repo tasks: the greedy final patch makes the failing tests pass and keeps the "
                      "passing ones passing): " + ", ".join(f"{mode} {_pct(r)}" for mode, r in resolve.items()) + ".")
+    if search := search_line(summary):
+        lines.append(search)
     pairs = summary.get("pairs")
     if pairs is not None:
         lines.append(f"Training pairs: {pairs}, of which decided by tests: {summary.get('test_decided_pairs')}.")

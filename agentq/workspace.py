@@ -57,7 +57,8 @@ STEP_SETTINGS: dict[str, tuple[str, ...]] = {
     "preferences": ("preferences",),
     "train": ("train",),
     "merge": (),
-    "evaluate": ("evaluate", "collect.seed", "collect.temperature", "model.backend", "model.scripted",
+    "evaluate": ("evaluate", "collect.seed", "collect.temperature", "collect.strategy", "collect.attempts",
+                 "model.backend", "model.scripted",
                  "model.openai.model", "model.openai.round_model",
                  "model.max_new_tokens", "model.dtype", "model.quantization", "sandbox.timeout_seconds",
                  "sandbox.cpu_seconds", "sandbox.memory_mb", "sandbox.allow_weak_isolation"),
@@ -318,7 +319,10 @@ class RoundWorkspace:
     @contextlib.contextmanager
     def runner(self) -> Iterator[Runner]:
         """What the search and evaluation judge through: the sandbox for function tasks (`executor`) and,
-        where a repo data folder exists, the repository executor over its sdists (pristine trees cached)."""
+        where a repo data folder exists, the repository executor over its sdists (pristine trees cached). With a
+        remote sandbox, repository runs go to it too (`/run_repo`); the sdists here then only make the buggy
+        trees that answers are read against."""
+        from agentq.sandbox.client import RemoteExecutor
         from agentq.sandbox.repo import RepoExecutor, SdistStore
         from agentq.sandbox.runner import Runner
 
@@ -327,7 +331,11 @@ class RoundWorkspace:
         repos = None if data is None else SdistStore(
             data / "repos", RepoExecutor(cache_root() / "repos", allow_weak_isolation=sandbox.allow_weak_isolation))
         with self.executor() as executor:
-            yield Runner(executor, repos=repos, workers=sandbox.workers or os.cpu_count() or 1)
+            remote = executor if isinstance(executor, RemoteExecutor) else None
+            # Remote repo runs are one request each: at most as many at once as a server pod has workers, well
+            # inside its request cap (twice that), so a busy batch is not refused and retried into a failure.
+            workers = int(remote.health().get("workers") or 1) if remote else sandbox.workers or os.cpu_count() or 1
+            yield Runner(executor, repos=repos, workers=workers, remote_repos=remote)
 
     # ---- completion markers -------------------------------------------------------------------------------
 

@@ -273,6 +273,29 @@ def test_user_namespace_isolation_gives_bubblewrap_what_it_needs():
     assert "--allow-weak-isolation" in pod["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
+def test_sandbox_serves_repo_runs_from_a_read_only_repo_data_claim():
+    """sandbox.repoData.pvc: the server gets --repo-data-dir on the claim (read-only) and unpacks into scratch;
+    without it, no repo flags and no extra volume."""
+    def sandbox_pod(*sets: str) -> dict:
+        out = helm("template", "agentq", str(CHART), "-n", "agentq-system", *sets).stdout
+        return next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"
+                    and d["metadata"]["name"].endswith("-sandbox"))
+
+    pod = sandbox_pod("--set", "sandbox.repoData.pvc=sdists", "--set", "sandbox.repoData.subPath=data")
+    spec = pod["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    args = container["args"]
+    assert args[args.index("--repo-data-dir") + 1] == "/repo-data/repos"
+    assert args[args.index("--repo-cache") + 1].startswith("/tmp/")  # the scratch emptyDir: the root is read-only
+    assert {"name": "repo-data", "mountPath": "/repo-data", "readOnly": True, "subPath": "data"} in \
+        container["volumeMounts"]
+    assert {"name": "repo-data", "persistentVolumeClaim": {"claimName": "sdists", "readOnly": True}} in spec["volumes"]
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    plain = sandbox_pod()["spec"]["template"]["spec"]
+    assert "--repo-data-dir" not in plain["containers"][0]["args"]
+    assert [v["name"] for v in plain["volumes"]] == ["scratch"]
+
+
 def test_sandbox_network_policy_denies_all_egress_and_admits_only_step_pods(rendering):
     policy = rendering.one("NetworkPolicy", "-sandbox")["spec"]
     deployment = rendering.one("Deployment", "-sandbox")

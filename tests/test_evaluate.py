@@ -96,3 +96,29 @@ def test_report_tables_carry_base_row_delta_interval_p_value_and_compute_curve()
     assert "+83.3%" in comparison and "5 / 0" in comparison and f"{2 / 32:.3g}" in comparison
     assert "k=4" in compute_rows(summary)
     assert "a gain: the interval excludes zero" in verdict_line(summary)
+
+
+def test_the_mcts_modes_strategy_follows_evaluate_then_collect_and_the_report_says_it():
+    from agentq.report import search_line
+    from agentq.search.mcts import SearchParams
+
+    def spec(collect, evaluate):
+        return RoundSpec.model_validate({"dataset": {"train": "a", "test": "b"}, "store": {"path": "s"},
+                                         "collect": collect, "evaluate": evaluate})
+
+    mcts = SearchParams.for_evaluate(spec({"strategy": "mcts"}, {"k": 3, "rollouts": 5, "depth": 2}))
+    assert (mcts.k, mcts.rollouts, mcts.depth, mcts.critique, mcts.stop_on_pass) == (3, 5, 2, True, True)
+    chain = SearchParams.for_evaluate(spec({"strategy": "reflection", "attempts": 4}, {"k": 3}))
+    assert (chain.k, chain.root_k, chain.rollouts, chain.depth, chain.critique) == (1, 1, 4, 4, False)
+    own = SearchParams.for_evaluate(spec({"strategy": "reflection", "attempts": 4}, {"strategy": "mcts", "k": 3}))
+    assert (own.k, own.critique) == (3, True)  # evaluate's setting wins, and the mcts search critiques again
+    assert SearchParams.for_evaluate(spec({}, {"strategy": "reflection", "attempts": 2})).rollouts == 2
+    records = [{**record(f"t{i}", f"g{i}", int(i == 0), n=1, solved=i == 0), "strategy": "reflection",
+                "attempts": a} for i, a in enumerate([1, 3, 3])]
+    s = summarize(records)
+    assert s["strategy"] == "reflection" and s["mean_attempts"] == pytest.approx(7 / 3)
+    assert "strategy" not in summarize([record("a", "g", 1)])  # single-prompt modes search nothing
+    line = search_line({"round": "r1", "model": "m", "from_round": None, "modes": {"mcts": s},
+                        "baseline": {"model": "m", "modes": {"mcts": {**s, "mean_attempts": 2.5}}}})
+    assert line.endswith("base reflection, 2.50 attempts per task; r1 reflection, 2.33 attempts per task."), line
+    assert search_line({"round": "r1", "model": "m", "from_round": None, "modes": {"zero_shot": {}}}) == ""

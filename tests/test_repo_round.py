@@ -63,6 +63,8 @@ def test_tiny_round_on_repo_tasks(workdir, capsys):
     attempts = [n for t in trees for n in t["nodes"][1:]]
     assert {n["category"] for n in attempts} >= {"resolved"}
     assert all(n["prompt"][-1]["content"].startswith("## Failure report") for n in attempts)
+    batches = [n for n in attempts if len(n["q_ai_votes"]) == 2]  # siblings critiqued, shown order and reversed
+    assert batches and all(t["stats"]["critique_calls"] >= 2 for t in trees if len(t["nodes"]) > 2)
     pairs = list(read_jsonl(store / "preferences.jsonl"))
     assert pairs and all(p["decided_by"] == "tests" for p in pairs)
     assert all("<<<<<<< SEARCH" in p["chosen"][0]["content"] for p in pairs)
@@ -71,6 +73,7 @@ def test_tiny_round_on_repo_tasks(workdir, capsys):
     for mode in ("zero_shot", "full_rewrite", "mcts"):
         result = summary["modes"][mode]
         assert result["tasks"] == 2 and result["resolve_rate"] == result["greedy_solved"] / 2, result
+    assert summary["modes"]["mcts"]["strategy"] == "mcts"
     assert "Resolve rate" in (store / "eval" / "report.md").read_text()
 
 
@@ -95,3 +98,6 @@ def test_reflection_round_trains_by_sft(workdir):
     assert summary["method"] == "sft" and summary["steps"] >= 1 and summary["examples"] == len(examples)
     assert [r for r in read_jsonl(store / "adapter" / "train_log.jsonl") if "loss" in r]
     assert (store / "merged" / "config.json").exists() and (store / "eval" / "summary.json").exists()
+    mcts = json.loads((store / "eval" / "summary.json").read_text())["modes"]["mcts"]
+    assert mcts["strategy"] == "reflection" and 1 <= mcts["mean_attempts"] <= 3, mcts
+    assert "reflection, " in (store / "eval" / "report.md").read_text()

@@ -122,3 +122,71 @@ def test_sft_examples_from_a_reflection_chain(runner, task):
         answer = example["messages"][-1]
         assert answer["role"] == "assistant" and answer["content"] == search_replace(fix)
         assert RepoProblem.build(task, runner).read(answer["content"]).code == record["nodes"][-1]["code"]
+
+
+def _critiqued_search(runner, task, critique: str) -> Search:
+    """K=3 siblings under the root: a seed whose batch holds one resolving patch and two failures of other kinds."""
+    spec = ScriptedSpec(p_reference=0.4, p_buggy=0.2, p_mutant=0.2, p_garbage=0.2, critique=critique)
+    for seed in range(30):
+        search = Search(task, ScriptedPolicy(spec), runner,
+                        SearchParams(k=3, rollouts=1, depth=1, stop_on_pass=False, seed=seed)).run()
+        rewards = [n.reward for n in search.nodes[1:]]
+        if rewards.count(1.0) == 1 and len(set(n.category for n in search.nodes[1:])) == 3:
+            return search
+    pytest.fail("no seed in 0..29 gave a sibling set with one resolving patch and two other kinds of failure")
+
+
+@pytest.mark.parametrize(("critique", "resolving_q", "fallbacks"),
+                         [("truthful", 1.0, 0), ("reverse", 0.0, 0), ("garbage", 0.5, 2)])
+def test_repo_siblings_are_critiqued_and_a_truthful_critic_ranks_the_resolving_one_first(runner, task, critique,
+                                                                                           resolving_q, fallbacks):
+    search = _critiqued_search(runner, task, critique)
+    siblings = search.nodes[1:]
+    record = search.record()
+    assert search.stats.critique_calls == 2  # shown order and reversed
+    assert search.stats.critique_fallbacks == fallbacks  # an unreadable answer votes neutral
+    assert all(len(n["q_ai_votes"]) == 2 for n in record["nodes"][1:])
+    [resolving] = [n for n in siblings if n.category == Category.RESOLVED.value]
+    assert resolving.q_ai == resolving_q, [(n.category, n.q_ai_votes) for n in siblings]
+    if critique != "garbage":
+        assert all(0.0 < n.q_ai < 1.0 or n.q_ai == 1.0 - resolving_q for n in siblings if n is not resolving)
+
+
+def test_the_repo_critique_prompt_shows_diffs_categories_and_output_but_no_answers(runner, task):
+    search = _critiqued_search(runner, task, "truthful")
+    siblings = search.nodes[1:]
+    prompt = search.problem.critique_prompt(siblings)
+    text = prompt.messages[-1]["content"]
+    assert prompt.purpose == "critique" and text.startswith("## Failure report\n" + task.problem_text().strip())
+    for i, node in enumerate(siblings, 1):
+        assert f"### Candidate {i}\n" in text and f"Result: {node.category}" in text
+        assert (node.code or "").rstrip() in text
+    assert "RANKING:" in text
+    failing = next(n for n in siblings if n.feedback and n.category != Category.RESOLVED.value)
+    assert failing.feedback in text
+    # what the critic must never see: the bug patch (whose inverse is the answer) and the tests' source
+    assert "-    if x < lo:" not in text  # the bug patch's side: the fix's text comes only from a candidate
+    assert "assert clamp(-1, 0, 5) == 0" not in text
+
+
+def _spec(collect: dict, evaluate: dict):
+    from agentq.config import RoundSpec
+
+    return RoundSpec.model_validate({"dataset": {"train": "a", "test": "b"}, "store": {"path": "s"},
+                                     "collect": collect, "evaluate": evaluate})
+
+
+@pytest.mark.parametrize(("collect", "evaluate", "draw", "strategy", "attempts", "solved"), [
+    ({"strategy": "reflection", "attempts": 3}, {}, "mutant", "reflection", 3, False),  # the whole chain
+    ({"strategy": "reflection", "attempts": 3}, {}, "reference", "reflection", 1, True),  # stops at the pass
+    ({}, {"strategy": "reflection", "attempts": 2}, "mutant", "reflection", 2, False),  # evaluate's own setting
+    ({"strategy": "reflection"}, {"strategy": "mcts", "k": 2, "rollouts": 2}, "mutant", "mcts", 4, False),
+])
+def test_evaluate_mcts_mode_searches_with_the_rounds_strategy(runner, task, collect, evaluate, draw, strategy,
+                                                             attempts, solved):
+    from agentq.evaluate import evaluate_task, summarize
+
+    record = evaluate_task(task, "mcts", only(draw), runner, _spec(collect, evaluate))
+    assert (record["strategy"], record["attempts"], record["solved"]) == (strategy, attempts, solved), record
+    summary = summarize([record, {**record, "task_id": "other", "attempts": attempts + 1}])
+    assert summary["strategy"] == strategy and summary["mean_attempts"] == attempts + 0.5

@@ -329,7 +329,7 @@ def test_build_and_validate_a_real_library_from_shared_data(tmp_path, capsys):
 def test_the_http_sandbox_serves_repo_runs(minilib, tmp_path):
     import threading
 
-    from agentq.sandbox import LocalExecutor, RemoteExecutor
+    from agentq.sandbox import LocalExecutor, RemoteExecutor, SandboxUnavailable
     from agentq.sandbox.repo import SdistStore
     from agentq.sandbox.server import SandboxServer
 
@@ -345,7 +345,7 @@ def test_the_http_sandbox_serves_repo_runs(minilib, tmp_path):
             fixed, stale = RemoteExecutor(url).run_task(task, [FIX, FIX.replace("if x > lo:", "if x >= lo:")])
             assert fixed.resolved and fixed.reward == 1.0
             assert stale.patch_status == "failed" and not stale.resolved
-            with pytest.raises(ValueError, match="does not serve repository runs"):
+            with pytest.raises(SandboxUnavailable, match="does not serve repository runs"):
                 RemoteExecutor(f"http://127.0.0.1:{servers[1].server_address[1]}").run_task(task, [FIX])
         finally:
             for httpd in servers:

@@ -71,7 +71,7 @@ def test_an_items_own_time_budget_travels_to_the_server(server):
 def test_health_and_bad_requests(server):
     url, _ = server
     with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
-        assert json.load(response) == {"ok": True, "workers": 2, "isolation": []}
+        assert json.load(response) == {"ok": True, "workers": 2, "isolation": [], "repos": False}
     request = urllib.request.Request(url + "/run", data=b'{"code": 1}', method="POST", headers=JSON)
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request, timeout=5)

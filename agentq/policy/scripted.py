@@ -6,7 +6,8 @@ nothing else, so the same call always returns the same answers and search change
 fixed, known success probability. Critique prompts get a ranking in the format the parser reads.
 Repair prompts (repo tasks) get SEARCH/REPLACE edits from the same mixture: the reference is the bug patch
 inverted, "buggy" an edit that changes nothing, "mutant" a wrong edit (the bug kept, a line touched beside
-it), "garbage" an answer with no edit.
+it), "garbage" an answer with no edit. Their critiques are judged by how many of a candidate diff's changed lines
+are the fix's (the bug patch inverted).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import difflib
 import hashlib
 import random
 import re
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 
@@ -114,6 +116,19 @@ def _similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, _normalised(a), _normalised(b), autojunk=False).ratio()
 
 
+def _changed_lines(diff: str, inverted: bool = False) -> Counter[str]:
+    """A diff's removed and added lines ("-x", "+y"); `inverted`: as the diff that undoes it would have them."""
+    flip = {"-": "+", "+": "-"} if inverted else {"-": "-", "+": "+"}
+    return Counter(flip[ln[0]] + ln[1:].rstrip() for ln in diff.splitlines()
+                   if ln[:1] in flip and not ln.startswith(("--- ", "+++ ")))
+
+
+def _overlap(a: Counter[str], b: Counter[str]) -> float:
+    """Dice overlap of two multisets of changed lines: 1.0 the same change, 0.0 nothing shared (or empty)."""
+    total = sum(a.values()) + sum(b.values())
+    return 2 * sum((a & b).values()) / total if total else 0.0
+
+
 def _token_count(text: str) -> int:
     return len(re.findall(r"\w+|[^\w\s]", text))
 
@@ -197,11 +212,13 @@ class ScriptedPolicy(BatchPolicy):
         mode = self.spec.critique
         if mode == "garbage" or k == 0:
             return "All of the candidates look reasonable to me."
-        codes = [extract_code(c, task.entry_point) or c for c in prompt.candidates]
-        if task.reference_code:
-            scores = [_similarity(code, task.reference_code) for code in codes]
+        if isinstance(task, RepoTask):
+            fix = _changed_lines(task.bug_patch, inverted=True)
+            scores = [_overlap(_changed_lines(c), fix) for c in prompt.candidates]
         else:
-            scores = [1.0 - _similarity(code, task.buggy_code) for code in codes]
+            codes = [extract_code(c, task.entry_point) or c for c in prompt.candidates]
+            scores = ([_similarity(code, task.reference_code) for code in codes] if task.reference_code else
+                      [1.0 - _similarity(code, task.buggy_code) for code in codes])
         order = sorted(range(k), key=lambda i: (-scores[i], i))
         if mode == "reverse":
             order.reverse()

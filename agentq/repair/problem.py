@@ -7,7 +7,8 @@ patches when K>1 (a child sees its own ancestors, never its siblings). An answer
 agentq/repair/patch.py against the buggy tree; one that does not parse is a parse failure (reward 0, counted
 apart), one that does not apply, changes nothing or does not compile is judged without a run (reward 0), and
 the rest go to the repository executor through the Runner (`RepoJob`). Every attempt, run or not, can still
-be reflected on, so every node may grow.
+be reflected on, so every node may grow. Siblings (K>1) are critiqued as their diffs with their category and
+failing output (`critique_messages`): what the repair prompts show, never the tests' source or the bug patch.
 
 Localisation runs once per task, when its search is made: without a trained reranker (`Localizer.locate`
 needs one) the files are ranked by BM25 alone, which untrained RRF with the other stages did not beat
@@ -30,7 +31,15 @@ from agentq.localize.pipeline import Localizer, fuse
 from agentq.localize.repo import Repository
 from agentq.policy.base import Prompt
 from agentq.repair.patch import ApplyError, ParseError, Patch, answer_to_patch
-from agentq.repair.reflection import Category, RunOutcome, categorize, failing_output, repair_messages, syntax_errors
+from agentq.repair.reflection import (
+    Category,
+    RunOutcome,
+    categorize,
+    critique_messages,
+    failing_output,
+    repair_messages,
+    syntax_errors,
+)
 from agentq.sandbox.repo import apply_patch, copy_tree
 from agentq.sandbox.runner import RepoJob
 from agentq.sandbox.verdict import Verdict
@@ -105,8 +114,6 @@ def localised_context(tree: Path, task: RepoTask) -> dict[str, str]:
 
 
 class RepoProblem:
-    critiques = False  # the critique prompt shows function code; repo siblings are ranked by their tests
-
     def __init__(self, task: RepoTask, tree: Path, context: dict[str, str]) -> None:
         self.task, self.tree, self.context = task, tree, context
         self.suspects = set(context)
@@ -157,6 +164,11 @@ class RepoProblem:
 
     def can_grow(self, node: Node) -> bool:
         return True  # a failed attempt, run or not, is what the next prompt reflects on
+
+    def critique_prompt(self, siblings: list[Node]) -> Prompt:
+        shown = [(n.code, n.completion, n.category or "", n.feedback or "") for n in siblings]
+        return Prompt(messages=critique_messages(self.task.problem_text(), shown), task=self.task, purpose="critique",
+                      candidates=[n.code or n.completion for n in siblings])
 
     def final(self, code: str, executor: Any) -> dict[str, Any]:
         """A final patch run on the task's tests: solved means resolved (F2P pass, P2P keep passing)."""

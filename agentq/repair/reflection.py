@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from agentq.policy.prompts import RANKING_LABEL
 from agentq.repair.patch import ApplyError, ParseError, Patch
 
 OUTPUT_LIMIT = 2000
@@ -161,3 +162,27 @@ def repair_messages(issue: str, context: dict[str, str], attempts: list[tuple[st
                      + (f"\n\nOutput:\n```\n{output}\n```" if output else ""))
     parts.append(FORMAT)
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def critique_messages(issue: str, candidates: list[tuple[str | None, str, str, str]]) -> list[dict]:
+    """Chat messages that ask for a best-first ranking of sibling attempts, in the format `parse_ranking` reads.
+
+    Each candidate is (diff, answer, category, output): its patch as a diff (None or empty when there is none to
+    run: the answer is shown instead), the reflection category and the failing output, the same things a repair prompt
+    quotes. Nothing else: no test source, no reference patch. The report opens the message as in the repair
+    prompts, so a prefix cache serves both."""
+    blocks = []
+    for i, (diff, answer, category, output) in enumerate(candidates, 1):
+        shown = f"```diff\n{diff.rstrip()}\n```" if diff else f"No runnable patch; the answer was:\n{_clip(answer)}"
+        block = f"### Candidate {i}\n{shown}\nResult: {category}"
+        blocks.append(block + (f"\n```\n{output}\n```" if output else ""))
+    user = (f"## Failure report\n{issue.strip()}\n\n## Candidate patches\n" + "\n\n".join(blocks) + "\n\n"
+            "Which candidate is most likely a correct fix? Think briefly about what each one changes, then end with "
+            f"one line `{RANKING_LABEL} ` followed by all {len(candidates)} candidate numbers, best first, "
+            "separated by `>`.")
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def _clip(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= OUTPUT_LIMIT else text[: OUTPUT_LIMIT - 3] + "..."

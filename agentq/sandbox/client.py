@@ -34,7 +34,7 @@ class RemoteExecutor:
     ):
         self.url = url.rstrip("/")
         self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-        self._isolation: list[str] | None = None
+        self._health: dict[str, Any] | None = None
         self.retries = max(1, retries)
         self.backoff_s = backoff_s
         self.limits = limits or Limits()
@@ -64,16 +64,20 @@ class RemoteExecutor:
                 last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
         raise SandboxUnavailable(f"sandbox at {self.url} unreachable after {self.retries} tries: {last}")
 
+    def health(self) -> dict[str, Any]:
+        """The server's /healthz, read once; {} while it cannot be read (the next call tries again)."""
+        if self._health is None:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=10) as response:
+                    self._health = dict(json.load(response))
+            except (urllib.error.URLError, OSError, ValueError, TypeError):
+                return {}
+        return self._health
+
     @property
     def isolation(self) -> list[str]:
         """What the server's sandbox could not enforce (its /healthz), as LocalExecutor.isolation."""
-        if self._isolation is None:
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=10) as response:
-                    self._isolation = [str(n) for n in json.load(response).get("isolation", [])]
-            except (urllib.error.URLError, OSError, ValueError):
-                return []
-        return self._isolation
+        return [str(n) for n in self.health().get("isolation", [])]
 
     def run(self, code: str, tests: str, limits: Limits | None = None) -> Verdict:
         limits = limits or self.limits
@@ -93,9 +97,13 @@ class RemoteExecutor:
         return [Verdict.model_validate(v) for v in answer["verdicts"]]
 
     def run_task(self, task: dict[str, Any], patches: list[str], timeout_s: float = 600.0) -> list[Verdict]:
-        """Repository runs on the server (`--repo-data-dir`): each patch against the task's buggy tree."""
+        """Repository runs on the server (`--repo-data-dir`): each patch against the task's buggy tree. A server
+        that says it serves none is one clear error, not an HTTP 400 per run."""
         from agentq.sandbox.repo import RepoVerdict
 
+        if self.health().get("repos") is False:
+            raise SandboxUnavailable(f"sandbox at {self.url} does not serve repository runs: start it with "
+                                     "--repo-data-dir (Helm: sandbox.repoData)")
         answer = self._post("/run_repo", {"task": task, "patches": patches}, timeout_s * len(patches) + 60)
         return [RepoVerdict.model_validate(v) for v in answer["verdicts"]]
 

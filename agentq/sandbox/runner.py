@@ -1,6 +1,8 @@
 """The TaskRunner both task kinds are judged through (agentq.tasks.schema): function runs go to a
-LocalExecutor or RemoteExecutor, repository runs to a RepoExecutor over a folder of sdists (or to a remote
-sandbox server that has one). Callers hold one Runner and call `task.judge(candidates, runner)`."""
+LocalExecutor or RemoteExecutor, repository runs to a RepoExecutor over a folder of sdists, or to a remote
+sandbox server that has one (`remote_repos`: the sdists are then still read here, for the buggy trees that
+answers are parsed against, but no patch runs here). Callers hold one Runner and call
+`task.judge(candidates, runner)`."""
 
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ class RepoJob:
 
 
 class Runner:
-    def __init__(self, functions: Any = None, repos: SdistStore | Any = None, workers: int = 1) -> None:
+    def __init__(self, functions: Any = None, repos: SdistStore | Any = None, workers: int = 1,
+                 remote_repos: Any = None) -> None:
         self.functions, self.repos, self.workers = functions, repos, max(1, workers)
+        self.remote_repos = remote_repos  # a RemoteExecutor whose server runs the patches (`/run_repo`)
 
     def run_functions(self, jobs: list[tuple[str, str]]) -> list[Verdict]:
         if self.functions is None:
@@ -32,13 +36,14 @@ class Runner:
         return self.functions.run_many(jobs)
 
     def run_repo(self, task: RepoTask, patches: list[str]) -> list[Verdict]:
-        if self.repos is None:
+        runs = self.remote_repos or self.repos
+        if runs is None:
             raise ValueError(f"task {task.task_id}: this runner has no repository executor (give --data-dir)")
         record = task.model_dump(exclude_none=True)
         if len(patches) <= 1 or self.workers == 1:
-            return list(self.repos.run_task(record, patches))
+            return list(runs.run_task(record, patches))
         with ThreadPoolExecutor(self.workers) as pool:
-            return [v[0] for v in pool.map(lambda p: self.repos.run_task(record, [p]), patches)]
+            return [v[0] for v in pool.map(lambda p: runs.run_task(record, [p]), patches)]
 
     def run_many(self, jobs: list[Any]) -> list[Verdict]:
         """Verdicts in job order for a batch that may mix function jobs and RepoJobs (what a scheduler

@@ -3,7 +3,7 @@
 POST /run       {"code", "tests", "limits"?}            -> Verdict JSON
 POST /run_many  {"items": [{"code", "tests", "limits"?}], "limits"?} -> {"verdicts": [...]} (an item's limits win)
 POST /run_repo  {"task": <repo task>, "patches": [...]}   -> {"verdicts": [...]}  (with --repo-data-dir)
-GET  /healthz                                            -> {"ok": true, "workers": n, "isolation": [...]}
+GET  /healthz                        -> {"ok": true, "workers": n, "isolation": [...], "repos": <serves /run_repo>}
 
 Whoever reaches the port can make it run code, so: POSTs need `Authorization: Bearer <token>` (the token comes
 from AGENTQ_SANDBOX_TOKEN, which the chart fills from a Secret; without one the server only binds loopback),
@@ -127,7 +127,8 @@ class _Handler(JsonHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if self.path == "/healthz":
             executor = self.server.executor
-            self._answer(HTTPStatus.OK, {"ok": True, "workers": executor.workers, "isolation": executor.isolation})
+            self._answer(HTTPStatus.OK, {"ok": True, "workers": executor.workers, "isolation": executor.isolation,
+                                         "repos": self.server.repos is not None})
         else:
             self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
 

@@ -10,12 +10,15 @@ is counted, so it can neither stall nor bias the search.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from agentq.policy.base import Policy, Request, Sample
+from agentq.policy.base import Policy, Prompt, Request, Sample
 from agentq.policy.prompts import critique_prompt, parse_ranking
 from agentq.tasks.schema import Task
+
+C = TypeVar("C")
 
 NEUTRAL_Q = 0.5
 
@@ -64,13 +67,14 @@ class Critique:
     flipped: int  # sibling pairs whose order changed with the presentation order
 
 
-def critique_requests(task: Task, candidates: list[str], *, feedback: Sequence[str | None] | None = None,
-                      temperature: float, max_new_tokens: int, seed: int) -> list[Request]:
-    """The two judgements (shown order, reversed) of k >= 2 candidates, as requests for one batched call."""
-    k = len(candidates)
-    feedback = list(feedback) if feedback is not None else [None] * k
-    return [Request(critique_prompt(task, [candidates[i] for i in order], [feedback[i] for i in order]),
-                    1, temperature, max_new_tokens, seed) for order in _orders(k)]
+def critique_requests(build: Callable[[list[C]], Prompt], candidates: list[C], *, temperature: float,
+                      max_new_tokens: int, seed: int) -> list[Request]:
+    """The two judgements (shown order, reversed) of k >= 2 candidates, as requests for one batched call.
+
+    `build` writes the prompt that shows the candidates in the order given; what a candidate is (a function
+    rewrite with its test results, a patch with its reflection category) is the task kind's business."""
+    return [Request(build([candidates[i] for i in order]), 1, temperature, max_new_tokens, seed)
+            for order in _orders(len(candidates))]
 
 
 def _orders(k: int) -> list[list[int]]:
@@ -103,6 +107,7 @@ def critique_siblings(
     k = len(candidates)
     if k < 2:
         return Critique([NEUTRAL_Q] * k, [[NEUTRAL_Q] for _ in range(k)], [], 0, 0)
-    requests = critique_requests(task, candidates, feedback=feedback, temperature=temperature,
-                                 max_new_tokens=max_new_tokens, seed=seed)
+    shown: list[tuple[str, Any]] = list(zip(candidates, feedback or [None] * k, strict=True))
+    requests = critique_requests(lambda order: critique_prompt(task, [c for c, _ in order], [f for _, f in order]),
+                                 shown, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     return read_critique(requests, policy.generate_batch(requests))

@@ -27,7 +27,7 @@ from agentq.config import CollectSpec, EvaluateSpec, RoundSpec
 from agentq.policy.base import Policy, Request, Sample
 from agentq.sandbox.verdict import Verdict
 from agentq.search.critique import NEUTRAL_Q, Critique, critique_requests, read_critique
-from agentq.search.problems import Problem, problem_for, visible_feedback
+from agentq.search.problems import Problem, problem_for
 from agentq.tasks.schema import AnyTask
 
 
@@ -50,16 +50,20 @@ class SearchParams:
     seed: int = 0
 
     @classmethod
-    def for_collect(cls, spec: RoundSpec) -> SearchParams:
+    def _mcts(cls, spec: RoundSpec) -> SearchParams:
         c: CollectSpec = spec.collect
-        params = cls(
+        return cls(
             k=c.k, root_k=c.root_k, rollouts=c.rollouts, depth=c.depth, temperature=c.temperature,
             critique_temperature=c.critique_temperature, exploration=c.exploration,
             alpha=spec.preferences.alpha, stop_on_pass=c.stop_on_pass,
             max_new_tokens=spec.model.max_new_tokens, critique_max_new_tokens=c.critique_max_new_tokens,
             critique=c.critic != "none", seed=c.seed,
         )
-        return params.reflection(c.attempts) if c.strategy == "reflection" else params
+
+    @classmethod
+    def for_collect(cls, spec: RoundSpec) -> SearchParams:
+        c = spec.collect
+        return cls._mcts(spec).reflection(c.attempts) if c.strategy == "reflection" else cls._mcts(spec)
 
     def reflection(self, attempts: int) -> SearchParams:
         """The reflection loop as a search: one child per node, so the tree is a chain of `attempts` attempts,
@@ -68,12 +72,22 @@ class SearchParams:
 
     @classmethod
     def for_evaluate(cls, spec: RoundSpec) -> SearchParams:
+        """The evaluation budget (evaluate.k/rollouts/depth), or the reflection chain when the round's evaluation
+        strategy is reflection (`evaluation_strategy`)."""
         e: EvaluateSpec = spec.evaluate
-        return cls.for_collect(spec).replace(k=e.k, root_k=None, rollouts=e.rollouts, depth=e.depth,
-                                             stop_on_pass=True)
+        strategy, attempts = evaluation_strategy(spec)
+        if strategy == "reflection":
+            return cls._mcts(spec).reflection(attempts)
+        return cls._mcts(spec).replace(k=e.k, root_k=None, rollouts=e.rollouts, depth=e.depth, stop_on_pass=True)
 
     def replace(self, **changes: Any) -> SearchParams:
         return SearchParams(**{**asdict(self), **changes})
+
+
+def evaluation_strategy(spec: RoundSpec) -> tuple[str, int]:
+    """(strategy, attempts) of evaluate's mcts mode: evaluate.strategy/attempts, else collect's."""
+    e, c = spec.evaluate, spec.collect
+    return e.strategy or c.strategy, e.attempts or c.attempts
 
 
 @dataclass
@@ -256,16 +270,15 @@ class Search:
                 child.reward = 0.0
 
     def critique(self, siblings: list[Node], seed: int) -> list[Request]:
-        """Requests that rank one batch of siblings, each shown with its visible test results (none: no critique).
+        """Requests that rank one batch of siblings as the problem shows them: function rewrites with their visible
+        test results, patches with their reflection category and failing output (fewer than two: no critique).
 
         A widened node's new batch is critiqued on its own (prompts stay K candidates long); each node
         records its batch, so critique votes are only ever compared within one judgement.
         """
-        if len(siblings) < 2 or not self.params.critique or not self.problem.critiques:
+        if len(siblings) < 2 or not self.params.critique:
             return []
-        return critique_requests(self.task, [c.code or c.completion for c in siblings],
-                                 feedback=[visible_feedback(c.verdict) for c in siblings],
-                                 temperature=self.params.critique_temperature,
+        return critique_requests(self.problem.critique_prompt, siblings, temperature=self.params.critique_temperature,
                                  max_new_tokens=self.params.critique_max_new_tokens, seed=seed + 1)
 
     def take_critique(self, siblings: list[Node], critique: Critique) -> None:

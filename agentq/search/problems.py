@@ -3,8 +3,9 @@
 A *problem* is a task seen by the search: its root candidate, the sandbox job for a candidate, the prompt that
 expands a node (given the path from the root), how a model's answer becomes a candidate (or a verdict without
 a run), and what a finished run says about the candidate (screening flags; for repo tasks the reflection
-category and the output the next prompt quotes). Function tasks are full rewrites of one function; repo tasks
-are patches against a repository (agentq/repair/problem.py). `problem_for` is the one place that picks.
+category and the output the next prompt quotes), and how siblings are shown to the critic. Function tasks are
+full rewrites of one function; repo tasks are patches against a repository (agentq/repair/problem.py).
+`problem_for` is the one place that picks.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agentq.policy.prompts import FEEDBACK_LIMIT, extract_code, rewrite_prompt, zero_shot_prompt
+from agentq.policy.prompts import FEEDBACK_LIMIT, critique_prompt, extract_code, rewrite_prompt, zero_shot_prompt
 from agentq.sandbox.limits import budgeted
 from agentq.sandbox.verdict import Verdict
 from agentq.screening import screen
@@ -36,7 +37,6 @@ class Reading:
 
 class Problem(Protocol):
     task: Any
-    critiques: bool  # whether siblings are ranked by the critic (its prompts show function code)
 
     def root_code(self) -> str: ...
 
@@ -52,14 +52,14 @@ class Problem(Protocol):
 
     def can_grow(self, node: Node) -> bool: ...
 
+    def critique_prompt(self, siblings: list[Node]) -> Prompt: ...
+
     def final(self, code: str, executor: Any) -> dict[str, Any]: ...
 
 
 class FunctionProblem:
     """A function task: candidates are full rewrites, judged on visible + hidden tests (collection), or on the
     visible ones only (`visible_only`: evaluation searches, whose final answer is then judged on all)."""
-
-    critiques = True
 
     def __init__(self, task: Task, executor: Any, visible_only: bool = False) -> None:
         self.task = task
@@ -96,6 +96,11 @@ class FunctionProblem:
     def can_grow(self, node: Node) -> bool:
         """A parse error has nothing to improve on."""
         return node.code is not None
+
+    def critique_prompt(self, siblings: list[Node]) -> Prompt:
+        """Siblings shown as programs with their visible test results (a parse error: the raw answer)."""
+        return critique_prompt(self.task, [n.code or n.completion for n in siblings],
+                               [visible_feedback(n.verdict) for n in siblings])
 
     def final(self, code: str, executor: Any) -> dict[str, Any]:
         """Score one final answer on visible + hidden tests, and on the visible ones alone (one run: the
