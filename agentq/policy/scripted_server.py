@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agentq.config import ConfigError, ScriptedSpec, load_round
-from agentq.policy.base import Prompt, Purpose
+from agentq.policy.base import Prompt, Purpose, spent
 from agentq.policy.prompts import _fenced
 from agentq.policy.scripted import ScriptedPolicy
 from agentq.sandbox.server import JsonHandler
@@ -81,10 +81,11 @@ class ScriptedChat:
         choices = [{"index": i, "message": {"role": "assistant", "content": s.text}, "finish_reason": "stop",
                     "logprobs": _logprobs(s.tokens) if body.get("logprobs") else None}
                    for i, s in enumerate(samples)]
-        tokens = sum(s.tokens for s in samples)
+        prompt_tokens, tokens = spent([samples])
         return {"id": f"chatcmpl-scripted-{seed}", "object": "chat.completion", "created": int(time.time()),
                 "model": model, "choices": choices,
-                "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}}
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
+                          "total_tokens": prompt_tokens + tokens}}
 
 
 class _Handler(JsonHandler):
