@@ -107,6 +107,17 @@ class InferenceServerSpec(Spec):
         return self
 
 
+class PricingSpec(Spec):
+    """What the model's tokens cost, so the evaluation report gives a cost per task beside its token counts."""
+
+    input_per_million: float = Field(..., ge=0, description="USD per million prompt tokens.")
+    output_per_million: float = Field(..., ge=0, description="USD per million completion tokens.")
+
+    def cost(self, tokens_in: float, tokens_out: float) -> float:
+        """USD for that many prompt and completion tokens."""
+        return (tokens_in * self.input_per_million + tokens_out * self.output_per_million) / 1e6
+
+
 class ModelSpec(Spec):
     base: str = Field(DEFAULT_BASE_MODEL, min_length=1, description="Hub name, local directory, or `store:<key>`: a "
                       "model directory in the round's artifact store (PVC or S3).")
@@ -124,6 +135,8 @@ class ModelSpec(Spec):
     openai: OpenAISpec | None = Field(None, description="With backend openai: the server to ask.")
     server: InferenceServerSpec | None = Field(None, description="Serve the model over HTTP for collect and "
                                                "evaluate instead of loading it in each step Job.")
+    pricing: PricingSpec | None = Field(None, description="Token prices (e.g. a hosted model's): the evaluation "
+                                       "report then gives the cost per task.")
 
     @model_validator(mode="after")
     def _fetch_needs_a_store_base(self) -> ModelSpec:

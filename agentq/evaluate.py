@@ -15,7 +15,9 @@ so pass@1 and pass@k are the unbiased estimates of Chen et al.; the greedy answe
 them. A parse failure (no program in the answer) is counted apart from a wrong fix: the original
 project's 0.4% zero-shot score was a format artefact, not a measure of skill. Searches see only the
 visible tests; every final answer is then judged on visible + hidden tests, and both rates are
-reported, so a gap between them shows answers that fit the examples but not the problem.
+reported, so a gap between them shows answers that fit the examples but not the problem. Each record
+carries the tokens its task spent (tokens_in: prompts, tokens_out: completions; the whole search in mcts
+mode, critiques included), and the summary their means per task, priced when `model.pricing` is set.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import yaml
 from tqdm import tqdm
 
 from agentq import steplog
-from agentq.config import OpenAISpec, RoundFile, RoundSpec, parse_model
+from agentq.config import OpenAISpec, PricingSpec, RoundFile, RoundSpec, parse_model
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
-from agentq.policy.base import Policy, load_policy, served_model
+from agentq.policy.base import Policy, load_policy, served_model, spent
 from agentq.report import write_report
 from agentq.search.mcts import Executor, Search, SearchParams, evaluation_strategy
 from agentq.search.problems import Problem, Reading, problem_for
@@ -75,7 +77,9 @@ def _sample_answers(problem: Problem, mode: str, policy: Policy, spec: RoundSpec
         sampled = policy.generate([prompt], n=spec.evaluate.samples, temperature=spec.collect.temperature,
                                   max_new_tokens=max_tokens, seed=spec.collect.seed + 1)[0]  # not the greedy draw
     texts = [s.text for s in greedy + sampled]
-    return [problem.read(t) for t in texts], {"completion": texts[0][:2000]}
+    tokens_in, tokens_out = spent([greedy, sampled])
+    return [problem.read(t) for t in texts], {"completion": texts[0][:2000], "tokens_in": tokens_in,
+                                              "tokens_out": tokens_out}
 
 
 def evaluation_search(task: AnyTask, policy: Policy, executor: Executor, spec: RoundSpec) -> Search:
@@ -91,7 +95,8 @@ def search_record(search: Search, executor: Executor, strategy: str) -> dict[str
     reading = Reading(best.code) if best else Reading(None)
     return _record(search.problem, "mcts", [reading], executor, search.stats.wall_s,
                    {"strategy": strategy, "attempts": search.stats.samples, "search_samples": search.stats.samples,
-                    "executions": search.stats.executions})
+                    "executions": search.stats.executions, "tokens_in": search.stats.tokens_in,
+                    "tokens_out": search.stats.tokens_out})
 
 
 def evaluate_task(task: AnyTask, mode: str, policy: Policy, executor: Executor, spec: RoundSpec) -> dict[str, Any]:
@@ -118,8 +123,9 @@ def _record(problem: Problem, mode: str, answers: list[Reading], executor: Execu
             "seconds": round(seconds + time.perf_counter() - start, 3)}
 
 
-def summarize(records: list[dict[str, Any]], k: int = 1) -> dict[str, Any]:
-    """Pass rates of one arm in one mode: unbiased pass@1 (with a group-bootstrap interval), pass@k, greedy."""
+def summarize(records: list[dict[str, Any]], k: int = 1, pricing: PricingSpec | None = None) -> dict[str, Any]:
+    """Pass rates of one arm in one mode: unbiased pass@1 (with a group-bootstrap interval), pass@k, greedy;
+    mean tokens per task (and their cost, priced) when every record counted them."""
     n = len(records)
     per_task = [pass_at_k(r.get("n", 1), r.get("correct", int(r["solved"])), 1) for r in records]
     mean, low, high = bootstrap_mean(per_task, [r.get("group", r["task_id"]) for r in records])
@@ -138,6 +144,11 @@ def summarize(records: list[dict[str, Any]], k: int = 1) -> dict[str, Any]:
     if strategies:  # the mcts mode: which search ran, and the answers it drew per task
         summary["strategy"] = "/".join(sorted(strategies))
         summary["mean_attempts"] = sum(r["attempts"] for r in records) / n
+    if records and all("tokens_in" in r for r in records):  # records written before tokens were counted lack them
+        summary["mean_tokens_in"] = sum(r["tokens_in"] for r in records) / n
+        summary["mean_tokens_out"] = sum(r["tokens_out"] for r in records) / n
+        if pricing is not None:
+            summary["cost_per_task_usd"] = pricing.cost(summary["mean_tokens_in"], summary["mean_tokens_out"])
     if k > 1 and records and all(r.get("n", 1) >= k for r in records):
         summary[f"pass_at_{k}"] = sum(pass_at_k(r["n"], r["correct"], k) for r in records) / n
     if summary["samples_per_task"] > 1:  # test-time compute: best-of-k with the tests as verifier, k = 1..n
@@ -343,12 +354,12 @@ def combine(ws: RoundWorkspace) -> dict[str, Any]:
         records = round_records[mode] = _read_arm(ws, "round", mode)
         write_jsonl(ws.work_path(f"eval/{mode}.jsonl"), records)
         ws.publish(f"eval/{mode}.jsonl")
-        summary["modes"][mode] = summarize(records, k)
+        summary["modes"][mode] = summarize(records, k, spec.model.pricing)
         if spec.evaluate.baseline:
             base = _read_arm(ws, "baseline", mode)
             write_jsonl(ws.work_path(f"eval/baseline/{mode}.jsonl"), base)
             ws.publish(f"eval/baseline/{mode}.jsonl")
-            summary["baseline"]["modes"][mode] = summarize(base, k)
+            summary["baseline"]["modes"][mode] = summarize(base, k, spec.model.pricing)
             summary["comparison"][mode] = compare(records, base)
     if spec.model.from_round:
         summary["chain_base"] = compare_with_chain_base(ws, round_records)

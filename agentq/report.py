@@ -115,6 +115,19 @@ def compute_rows(summary: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def token_rows(summary: dict[str, Any]) -> str:
+    """Mean prompt and completion tokens per task, and their cost where the round set prices, per arm and mode."""
+    counted = [(label, mode, m) for label, _, modes in _arms(summary) for mode, m in modes.items()
+               if "mean_tokens_in" in m]
+    if not counted:
+        return ""
+    rows = ["| model | mode | tokens in / task | tokens out / task | cost / task (USD) |", "|---|---|---:|---:|---:|"]
+    for label, mode, m in counted:
+        cost = f"{m['cost_per_task_usd']:.6f}" if "cost_per_task_usd" in m else "n/a (no model.pricing)"
+        rows.append(f"| {label} | {mode} | {m['mean_tokens_in']:.0f} | {m['mean_tokens_out']:.0f} | {cost} |")
+    return "\n".join(rows)
+
+
 def verdict_line(summary: dict[str, Any]) -> str:
     lines = []
     for mode, c in summary.get("comparison", {}).items():
@@ -196,6 +209,11 @@ def write_report(ws: RoundWorkspace, summary: dict[str, Any]) -> None:
     curve = compute_rows(summary)
     if curve:
         lines += ["## Test-time compute: pass@k against samples per task", "", curve, ""]
+    tokens = token_rows(summary)
+    if tokens:
+        lines += ["## Tokens and cost per task", "", tokens, "",
+                  "Prompt and completion tokens of every generation a task's answer took (a search's expansions "
+                  "and critiques); cost is tokens x model.pricing (USD per million).", ""]
     lines += ["## All rounds in this store", "", history_rows(summaries), ""]
     lines.append("pass@1 is the unbiased estimate of Chen et al. over each task's sampled answers (the greedy "
                  "answer when one sample per task); an answer counts only when it passes visible and hidden tests. "

@@ -84,6 +84,7 @@ OUTPUT_NEUTRAL: dict[str, str] = {
     "model.server": "where the model is served; the model itself and the sampling settings are digested",
     "job_template": "labels and annotations of the Kubernetes Jobs",
     "active_deadline_seconds": "how long a Kubernetes Job may run",
+    "model.pricing": "prices only turn the recorded token counts into the report's cost lines",
 }
 
 

@@ -9,8 +9,11 @@ localised context, patches parsed from the answers, repository runs in the sandb
 
 Resolve rate is the share of tasks with a resolving patch; attempts is the mean number of model answers per
 task (spent until the first resolving one, or all of them); `categories` counts the reflection taxonomy over
-every attempt. The scripted backend measures the machinery (its answers are a fixed mixture, so reflection
-helps only by drawing again); `--model smollm2-135m --backend hf` a real small model (slow on CPU: few tasks).
+every attempt. Tokens in/out per task are what the task's search spent (every request's prompt once, every
+answer's completion; agentq/policy/base.py), and cost per task prices them at `--price-in`/`--price-out` USD per
+million tokens (n/a without both). The scripted backend measures the machinery (its answers are a fixed
+mixture, so reflection helps only by drawing again); `--model smollm2-135m --backend hf` a real small model
+(slow on CPU: few tasks).
 
     PYTHONPATH=. python benchmarks/repo_agent.py --tasks corpus.jsonl --data-dir ../shared/data --limit 6 --json
 """
@@ -25,7 +28,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from agentq.config import ModelSpec
+from agentq.config import ModelSpec, PricingSpec
 from agentq.policy.base import load_policy
 from agentq.sandbox.repo import RepoExecutor, SdistStore
 from agentq.sandbox.runner import Runner
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--seeds", type=int, default=3, help="scripted: repeats with other seeds (its draws vary)")
     parser.add_argument("--strategies", default="single,reflection,mcts")
+    parser.add_argument("--price-in", type=float, help="USD per million prompt tokens (with --price-out: cost/task)")
+    parser.add_argument("--price-out", type=float, help="USD per million completion tokens")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -70,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"repo_agent: {err}", file=sys.stderr)
         return 2
+    if (args.price_in is None) != (args.price_out is None):
+        print("repo_agent: --price-in and --price-out go together (USD per million prompt / completion tokens)",
+              file=sys.stderr)
+        return 2
+    pricing = None if args.price_in is None else PricingSpec(input_per_million=args.price_in,
+                                                             output_per_million=args.price_out)
     policy = load_policy(ModelSpec(base=args.model, backend=args.backend, max_new_tokens=args.max_new_tokens))
     seeds = range(args.seeds if args.backend == "scripted" else 1)
     wanted = args.strategies.split(",")
@@ -80,22 +91,30 @@ def main(argv: list[str] | None = None) -> int:
             if name not in wanted:
                 continue
             started = time.monotonic()
-            resolved, samples, runs, categories = 0, 0, 0, Counter()
+            resolved, samples, runs, tokens_in, tokens_out, categories = 0, 0, 0, 0, 0, Counter()
             for seed in seeds:
                 for task in tasks:
                     search = Search(task, policy, runner, params.replace(seed=seed)).run()
                     resolved += search.solved
                     samples += search.stats.samples
                     runs += search.stats.executions
+                    tokens_in += search.stats.tokens_in
+                    tokens_out += search.stats.tokens_out
                     categories.update(n.category for n in search.nodes[1:])
             n = len(tasks) * len(seeds)
+            cost = pricing.cost(tokens_in / n, tokens_out / n) if pricing else None
             rows[name] = {"tasks": len(tasks), "searches": n, "resolve_rate": round(resolved / n, 4),
                           "mean_attempts": round(samples / n, 3), "sandbox_runs": runs,
+                          "tokens_in_per_task": round(tokens_in / n, 1),
+                          "tokens_out_per_task": round(tokens_out / n, 1),
+                          "cost_per_task_usd": None if cost is None else round(cost, 6),
                           "seconds": round(time.monotonic() - started, 1), "categories": dict(categories)}
             print(f"{name:>10}: resolve {resolved}/{n} ({resolved / n:.0%}), {samples / n:.2f} attempts/task, "
-                  f"{runs} sandbox runs, {rows[name]['seconds']}s", flush=True)
+                  f"{runs} sandbox runs, tokens/task {tokens_in / n:.0f} in {tokens_out / n:.0f} out, cost/task "
+                  f"{'n/a' if cost is None else f'${cost:.6f}'}, {rows[name]['seconds']}s", flush=True)
     base = rows.get("single", {}).get("resolve_rate")
     result = {"benchmark": "repo_agent", "model": args.model, "backend": args.backend, "attempts": args.attempts,
+              "price_in_per_million": args.price_in, "price_out_per_million": args.price_out,
               "tasks": [t.task_id for t in tasks], "libraries": sorted({t.group for t in tasks}), "strategies": rows}
     if base:
         result["resolve_ratio_vs_single"] = {k: round(r["resolve_rate"] / base, 3) for k, r in rows.items()}

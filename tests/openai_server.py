@@ -92,6 +92,23 @@ def running_server(tasks: list[Path], *args: str, models: tuple[str, ...] = ("mo
     port = free_port()
     command = [sys.executable, __file__, "--port", str(port), *(a for t in tasks for a in ("--tasks", str(t))),
                *(a for m in models for a in ("--model", m)), *args]
+    with _serving(command, port) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_scripted_server(tasks: list[Path], *args: str) -> Iterator[str]:
+    """`agentq model serve-scripted` itself (what the mock-model image runs, function or repo tasks) in its own
+    process; yields its base URL (…/v1) once it answers."""
+    port = free_port()
+    command = [sys.executable, "-m", "agentq.cli", "model", "serve-scripted", "--host", "127.0.0.1", "--port",
+               str(port), *(a for t in tasks for a in ("--tasks", str(t))), *args]
+    with _serving(command, port) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serving(command: list[str], port: int) -> Iterator[str]:
     process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     try:
         deadline = time.monotonic() + 60

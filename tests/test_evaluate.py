@@ -122,3 +122,39 @@ def test_the_mcts_modes_strategy_follows_evaluate_then_collect_and_the_report_sa
                         "baseline": {"model": "m", "modes": {"mcts": {**s, "mean_attempts": 2.5}}}})
     assert line.endswith("base reflection, 2.50 attempts per task; r1 reflection, 2.33 attempts per task."), line
     assert search_line({"round": "r1", "model": "m", "from_round": None, "modes": {"zero_shot": {}}}) == ""
+
+
+def test_records_count_tokens_and_the_summary_prices_them_per_task():
+    from agentq.config import PricingSpec, ScriptedSpec
+    from agentq.policy.base import spent
+    from agentq.policy.prompts import rewrite_prompt
+    from agentq.policy.scripted import ScriptedPolicy, token_count
+    from agentq.report import token_rows
+
+    class Keeping(ScriptedPolicy):
+        def __init__(self, spec: ScriptedSpec) -> None:
+            super().__init__(spec)
+            self.groups: list = []
+
+        def generate_batch(self, requests):
+            out = super().generate_batch(requests)
+            self.groups += out
+            return out
+
+    policy = Keeping(ScriptedSpec())
+    one = evaluate_task(TASK, "full_rewrite", policy, Sandbox(), SPEC)
+    prompt = token_count(rewrite_prompt(TASK).text())
+    assert one["tokens_in"] == 2 * prompt > 0  # the greedy call and the sampled call, one prompt each
+    assert one["tokens_out"] == spent(policy.groups)[1] > 0
+    searched = evaluate_task(TASK, "mcts", policy, Sandbox(), SPEC)
+    assert searched["tokens_in"] > 0 and searched["tokens_out"] > 0
+    records = [{**record("a", "g", 1), "tokens_in": 1000, "tokens_out": 300},
+               {**record("b", "g", 1), "tokens_in": 3000, "tokens_out": 100}]
+    price = PricingSpec.model_validate({"inputPerMillion": 2.5, "outputPerMillion": 10})
+    s = summarize(records, pricing=price)
+    assert (s["mean_tokens_in"], s["mean_tokens_out"]) == (2000, 200)
+    assert s["cost_per_task_usd"] == pytest.approx((2000 * 2.5 + 200 * 10) / 1e6)
+    assert "cost_per_task_usd" not in summarize(records) and "mean_tokens_in" not in summarize(
+        [record("c", "g", 1)])  # records from before tokens were counted: no figure rather than a zero
+    rows = token_rows({"round": "r", "model": "m", "from_round": None, "pairs": 1, "modes": {"mcts": s}})
+    assert "| r: m + adapter | mcts | 2000 | 200 | 0.007000 |" in rows

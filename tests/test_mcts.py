@@ -245,3 +245,36 @@ def test_prompts_keep_the_1500_char_feedback_and_never_quote_hidden_tests():
     critique_texts = [p.messages[-1]["content"] for p in policy.prompts if p.purpose == "critique"]
     assert critique_texts and all("1 hidden test(s) failed" in t for t in critique_texts)
     assert not any("SECRET_INPUT" in t or "test_hidden" in t for t in texts)
+
+
+class Recording:
+    """Passes requests to a policy and keeps every request and sample group, to add up what a search spent."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.requests, self.groups = policy, [], []
+
+    def generate_batch(self, requests):
+        out = self.policy.generate_batch(requests)
+        self.requests += requests
+        self.groups += out
+        return out
+
+
+def test_a_tree_counts_the_tokens_of_every_expansion_and_critique_once():
+    from agentq.config import ScriptedSpec
+    from agentq.policy.base import spent
+    from agentq.policy.scripted import ScriptedPolicy, token_count
+
+    policy = Recording(ScriptedPolicy(ScriptedSpec()))
+    search = Search(TASK, policy, FakeSandbox(), SearchParams(k=3, rollouts=3, depth=2, stop_on_pass=False)).run()
+    stats = search.stats
+    assert stats.rollouts == 3 and stats.critique_calls > 0
+    assert stats.tokens_in > 0 and stats.tokens_out > 0
+    assert (stats.tokens_in, stats.tokens_out) == spent(policy.groups)
+    # each request's prompt once, however many samples it asked for; critiques included
+    assert stats.tokens_in == sum(token_count(r.prompt.text() + r.prompt.answer_prefix) for r in policy.requests)
+    critiques = [g for r, g in zip(policy.requests, policy.groups, strict=True) if r.prompt.purpose == "critique"]
+    assert critiques and spent(critiques)[1] > 0
+    assert stats.tokens_out == sum(token_count(s.text) for g in policy.groups for s in g)
+    record = search.record()["stats"]
+    assert (record["tokens_in"], record["tokens_out"]) == (stats.tokens_in, stats.tokens_out)

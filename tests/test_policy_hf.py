@@ -119,3 +119,17 @@ def test_one_batch_mixes_greedy_and_sampled_requests_each_at_its_own_limit(polic
     assert len({s.text for s in out[0]}) == 1 and out[0][0].text == greedy_alone.text
     assert all(s.tokens <= 4 for s in out[1])
     assert all(s.logprob is not None and s.logprob <= 0 for group in out for s in group)
+
+
+def test_prompt_tokens_are_the_tokenized_prompt_once_per_request_and_greedy_copies_cost_nothing(policy):
+    from agentq.policy.base import Request, spent
+
+    out = policy.generate_batch([Request(PROMPTS[0], 3, 0.0, 6, 1), Request(PROMPTS[1], 2, 1.0, 6, 1)])
+    lengths = [len(policy.tokenizer(policy.tokenizer.apply_chat_template(p.messages, tokenize=False,
+                                                                          add_generation_prompt=True),
+                                    add_special_tokens=False)["input_ids"]) for p in PROMPTS]
+    assert lengths[0] != lengths[1]  # the left padding of the shorter prompt must not be counted
+    assert [[s.prompt_tokens for s in group] for group in out] == [[lengths[0], 0, 0], [lengths[1], 0]]
+    assert out[0][0].tokens > 0 and [s.tokens for s in out[0][1:]] == [0, 0]  # greedy: generated once
+    assert all(s.tokens > 0 for s in out[1])
+    assert spent(out) == (sum(lengths), out[0][0].tokens + out[1][0].tokens + out[1][1].tokens)

@@ -171,3 +171,19 @@ def test_errors_are_clear():
     with pytest.raises(PolicyError, match="Prompt.task"):
         policy().generate([Prompt(messages=[{"role": "user", "content": "hi"}])], n=1, temperature=0,
                           max_new_tokens=5, seed=0)
+
+
+def test_token_estimate_counts_the_prompt_once_per_request_and_greedy_copies_cost_nothing():
+    from agentq.policy.base import Request, spent
+    from agentq.policy.scripted import token_count
+
+    prompt = rewrite_prompt(make_task())
+    sampled, greedy = policy().generate_batch([Request(prompt, 4, 1.0, 50, 2), Request(prompt, 3, 0.0, 50, 2)])
+    want = token_count(prompt.text())
+    assert want > 50  # the prompt quotes the task's code: many words and symbols
+    assert [s.prompt_tokens for s in sampled] == [want, 0, 0, 0] and [s.prompt_tokens for s in greedy] == [want, 0, 0]
+    assert all(s.tokens == token_count(s.text) > 0 for s in sampled)
+    assert greedy[0].tokens == token_count(greedy[0].text) and [s.tokens for s in greedy[1:]] == [0, 0]
+    assert len({s.text for s in greedy}) == 1
+    assert spent([sampled, greedy]) == (2 * want, sum(token_count(s.text) for s in sampled + greedy[:1]))
+    assert token_count("def f(x):\n    return x_1 + 2") == 10

@@ -44,7 +44,7 @@ def round_yaml(tmp: Path, name: str, extra: str = "") -> Path:
         f"metadata: {{name: {name}}}\n"
         "spec:\n"
         "  model: {base: tiny, backend: scripted, scripted: {pReference: 0.4, pBuggy: 0.2, pMutant: 0.3, "
-        "pGarbage: 0.1}}\n"
+        "pGarbage: 0.1}, pricing: {inputPerMillion: 2.5, outputPerMillion: 10}}\n"
         "  dataset: {train: train.jsonl, test: test.jsonl, repoData: data}\n"
         "  store: {path: store}\n"
         + extra
@@ -65,6 +65,7 @@ def test_tiny_round_on_repo_tasks(workdir, capsys):
     assert all(n["prompt"][-1]["content"].startswith("## Failure report") for n in attempts)
     batches = [n for n in attempts if len(n["q_ai_votes"]) == 2]  # siblings critiqued, shown order and reversed
     assert batches and all(t["stats"]["critique_calls"] >= 2 for t in trees if len(t["nodes"]) > 2)
+    assert all(t["stats"]["tokens_in"] > 0 and t["stats"]["tokens_out"] > 0 for t in trees)
     pairs = list(read_jsonl(store / "preferences.jsonl"))
     assert pairs and all(p["decided_by"] == "tests" for p in pairs)
     assert all("<<<<<<< SEARCH" in p["chosen"][0]["content"] for p in pairs)
@@ -73,8 +74,14 @@ def test_tiny_round_on_repo_tasks(workdir, capsys):
     for mode in ("zero_shot", "full_rewrite", "mcts"):
         result = summary["modes"][mode]
         assert result["tasks"] == 2 and result["resolve_rate"] == result["greedy_solved"] / 2, result
+        records = list(read_jsonl(store / "eval" / f"{mode}.jsonl"))
+        assert all(r["tokens_in"] > 0 and r["tokens_out"] > 0 for r in records)
+        assert result["mean_tokens_in"] == sum(r["tokens_in"] for r in records) / 2
+        assert result["cost_per_task_usd"] == pytest.approx(
+            (result["mean_tokens_in"] * 2.5 + result["mean_tokens_out"] * 10) / 1e6)
+    report = (store / "eval" / "report.md").read_text()
+    assert "Resolve rate" in report and "## Tokens and cost per task" in report
     assert summary["modes"]["mcts"]["strategy"] == "mcts"
-    assert "Resolve rate" in (store / "eval" / "report.md").read_text()
 
 
 def test_reflection_round_trains_by_sft(workdir):

@@ -9,19 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from openai_server import running_scripted_server
 
-from agentq.config import ScriptedSpec
-from agentq.policy.base import Request
+from agentq.config import ModelSpec, ScriptedSpec
+from agentq.policy.base import Request, load_policy
 from agentq.policy.scripted import ScriptedPolicy
+from agentq.policy.scripted_server import BadRequest, ScriptedChat
 from agentq.preferences import PairPolicy, build_pairs
 from agentq.repair.patch import diff_hunks, search_replace
 from agentq.repair.problem import RepoProblem
-from agentq.repair.reflection import Category
+from agentq.repair.reflection import Category, repair_messages
 from agentq.repair.sft import sft_examples
 from agentq.sandbox.repo import RepoExecutor, SdistStore
 from agentq.sandbox.runner import Runner
 from agentq.search.mcts import Search, SearchParams
-from agentq.tasks.schema import RepoTask
+from agentq.tasks.schema import RepoTask, Task, write_tasks
 from tests.test_repo_tasks import BUG, MINILIB, MINITESTS, make_sdist, repo_record
 
 
@@ -190,3 +192,51 @@ def test_evaluate_mcts_mode_searches_with_the_rounds_strategy(runner, task, coll
     assert (record["strategy"], record["attempts"], record["solved"]) == (strategy, attempts, solved), record
     summary = summarize([record, {**record, "task_id": "other", "attempts": attempts + 1}])
     assert summary["strategy"] == strategy and summary["mean_attempts"] == attempts + 0.5
+
+
+TOTAL_BUG = """diff --git a/minilib/__init__.py b/minilib/__init__.py
+--- a/minilib/__init__.py
++++ b/minilib/__init__.py
+@@ -13,4 +13,4 @@ def total(xs):
+     s = 0
+     for x in xs:
+-        s += x
++        s -= x
+     return s
+"""
+
+
+def test_the_scripted_server_knows_a_repair_prompt_by_its_report_and_a_shared_report_by_the_buggy_lines(task):
+    other = RepoTask.model_validate(repo_record(task_id="minilib-0.1__total", bug_patch=TOTAL_BUG))
+    function = Task(id="f", source="s", group="g", description="d", buggy_code="def f():\n    return 1\n",
+                    entry_point="f", tests="def test_a():\n    pass\n")
+    chat = ScriptedChat([function, task, other], ScriptedSpec(), ["start"])
+    for buggy, want in ((MINILIB.replace("if x < lo:", "if x > lo:"), task),
+                        (MINILIB.replace("s += x", "s -= x"), other)):
+        prompt = chat.prompt(repair_messages(task.problem_text(), {"minilib/__init__.py": buggy}))
+        assert prompt.task is want and prompt.purpose == "repair"
+    with pytest.raises(BadRequest, match="no known task"):
+        chat.prompt(repair_messages("Repository: minilib 0.1\n\nother tests fail", {"minilib/__init__.py": MINILIB}))
+
+
+@pytest.mark.parametrize("strategy", ["reflection", "mcts"])
+def test_a_search_through_the_openai_backend_and_the_scripted_server_resolves_and_counts_tokens(tmp_path, runner,
+                                                                                                  task, strategy):
+    """`agentq model serve-scripted` started on a repo task file answers repair prompts (and, for MCTS over
+    patches, the critiques of sibling patches) as the in-process backend does, usage included: the same trees,
+    the same votes, the same token counts, non-zero both ways."""
+    write_tasks(tmp_path / "repo.jsonl", [task])
+    params = (SearchParams(max_new_tokens=256).reflection(3) if strategy == "reflection" else
+              SearchParams(max_new_tokens=256, k=3, rollouts=2, depth=2, stop_on_pass=False))
+    with running_scripted_server([tmp_path / "repo.jsonl"], "--served-model-name", "mock") as url:
+        served = load_policy(ModelSpec(backend="openai", openai={"url": url, "model": "mock"}))
+        trees = [Search(task, served, runner, params.replace(seed=seed)).run() for seed in range(3)]
+    assert any(t.solved for t in trees), [[n.category for n in t.nodes[1:]] for t in trees]
+    local = ScriptedPolicy(ScriptedSpec())
+    for tree in trees:
+        again = Search(task, local, runner, tree.params).run()
+        assert [n.completion for n in tree.nodes] == [n.completion for n in again.nodes]
+        assert [n.q_ai_votes for n in tree.nodes] == [n.q_ai_votes for n in again.nodes]
+        assert (strategy == "mcts") == (tree.stats.critique_calls > 0)
+        assert tree.stats.tokens_in > 0 and tree.stats.tokens_out > 0
+        assert (tree.stats.tokens_in, tree.stats.tokens_out) == (again.stats.tokens_in, again.stats.tokens_out)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -42,11 +42,18 @@ class Prompt:
 
 @dataclass
 class Sample:
-    """One completion; `logprob` is the sum of its token log-probs under the model (temperature 1)."""
+    """One completion; `logprob` is the sum of its token log-probs under the model (temperature 1).
+
+    The token counts are what producing it cost, so that summing them over the samples a backend returned
+    is what its calls spent (`spent`): `tokens` the completion tokens generated for this sample,
+    `prompt_tokens` the tokens of its request's prompt, which the model reads once however many samples the
+    request asks for, so only the request's first sample carries them (the others 0; see `request_samples`).
+    """
 
     text: str
     logprob: float | None = None
     tokens: int = 0
+    prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,24 @@ class Request:
     temperature: float
     max_new_tokens: int
     seed: int
+
+
+def request_samples(request: Request, generated: list[Sample], prompt_tokens: int) -> list[Sample]:
+    """A request's n samples from what a backend generated for it (one answer for a greedy request).
+
+    A greedy request's one answer stands for all n, as greedy decoding gives the same answer every time;
+    its copies were never generated, so they cost no tokens. The prompt is counted once, on the first sample.
+    """
+    first = replace(generated[0], prompt_tokens=prompt_tokens)
+    if request.temperature <= 0:
+        return [first, *(replace(first, tokens=0, prompt_tokens=0) for _ in range(request.n - 1))]
+    return [first, *generated[1:]]
+
+
+def spent(groups: Iterable[list[Sample]]) -> tuple[int, int]:
+    """(prompt tokens, completion tokens) that the calls which returned these sample groups cost."""
+    samples = [s for group in groups for s in group]
+    return sum(s.prompt_tokens for s in samples), sum(s.tokens for s in samples)
 
 
 class Policy(Protocol):

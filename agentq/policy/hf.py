@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from agentq.config import ModelSpec
-from agentq.policy.base import BatchPolicy, Prompt, Request, Sample
+from agentq.policy.base import BatchPolicy, Prompt, Request, Sample, request_samples
 from agentq.policy.models import load_model, load_tokenizer, loadable_dir, nf4_config, resolve_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -130,10 +129,11 @@ class HFPolicy(BatchPolicy):
         token_logprobs = logprobs.finish(out[:, batch["input_ids"].shape[1]:]).cpu()
         samples = [self._sample(row[:r.max_new_tokens], lp[:r.max_new_tokens])
                    for r, row, lp in zip(rows, generated, token_logprobs, strict=True)]
+        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()  # each row's prompt, without its padding
         result, at = [], 0
         for request, count in zip(requests, copies, strict=True):
-            group, at = samples[at:at + count], at + count
-            result.append([replace(group[0]) for _ in range(request.n)] if count < request.n else group)
+            result.append(request_samples(request, samples[at:at + count], int(prompt_tokens[at])))
+            at += count
         return result
 
     def _sample(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> Sample:

@@ -5,6 +5,8 @@ batch becomes one chat-completions request per prompt (n samples each, with its 
 and token limit), `concurrency` of them in flight at once, so the server's continuous batching sees the
 whole batch. A request answered 429 or 5xx, or not answered, is retried with exponential backoff (a
 Retry-After header wins); when the server stays unreachable the step fails with one line naming the URL.
+Token counts are the server's own: the answer's `usage` (prompt and completion tokens, what a hosted endpoint
+bills), each choice's share of the completion tokens read from its log-probs when the server sends them.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from agentq.config import ModelSpec, OpenAISpec
-from agentq.policy.base import BatchPolicy, PolicyError, Request, Sample
+from agentq.policy.base import BatchPolicy, PolicyError, Request, Sample, request_samples
 
 API_KEY_ENV = "OPENAI_API_KEY"
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -58,11 +59,14 @@ class OpenAIPolicy(BatchPolicy):
             # vLLM and SGLang continue a final assistant message instead of starting a new one.
             messages.append({"role": "assistant", "content": request.prompt.answer_prefix})
             body.update(continue_final_message=True, add_generation_prompt=False)
-        choices = sorted(self._post(body)["choices"], key=lambda c: c.get("index", 0))
+        answer = self._post(body)
+        choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
         samples = [_sample(c) for c in choices]
         if not samples:
             raise ServerUnavailable(f"model.openai.url {self.url}: the answer held no choices")
-        return [replace(samples[0]) for _ in range(request.n)] if greedy else samples
+        usage = answer.get("usage") or {}
+        _share_completion_tokens(samples, int(usage.get("completion_tokens") or 0))
+        return request_samples(request, samples, int(usage.get("prompt_tokens") or 0))
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         problem, retry_after = "", None
@@ -102,3 +106,12 @@ def _sample(choice: dict[str, Any]) -> Sample:
     text = (choice.get("message") or {}).get("content") or ""
     logprob = sum(t["logprob"] for t in content) if content else None
     return Sample(text=text, logprob=logprob, tokens=len(content))
+
+
+def _share_completion_tokens(samples: list[Sample], reported: int) -> None:
+    """The answer's completion tokens over its choices when the choices' log-probs did not count them (a
+    server that sends no log-probs): evenly, the remainder on the first, so that they add up to `usage`."""
+    if reported and not any(s.tokens for s in samples):
+        share, extra = divmod(reported, len(samples))
+        for i, sample in enumerate(samples):
+            sample.tokens = share + (extra if i == 0 else 0)

@@ -8,6 +8,12 @@ Repair prompts (repo tasks) get SEARCH/REPLACE edits from the same mixture: the 
 inverted, "buggy" an edit that changes nothing, "mutant" a wrong edit (the bug kept, a line touched beside
 it), "garbage" an answer with no edit. Their critiques are judged by how many of a candidate diff's changed lines
 are the fix's (the bug patch inverted).
+
+Token counts are an estimate, since the mock has no tokenizer: one token per word (a run of letters, digits and
+underscores) and one per other non-space character, for completions and for the prompt's messages as
+`Prompt.text()` writes them plus the answer prefix. Code tokenizers split code a little finer, so on code this
+counts rather fewer tokens than a real model's; it is deterministic and grows with the text, which is what the
+token accounting of search and evaluation needs to be tested on.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Callable
 from functools import partial
 
 from agentq.config import ScriptedSpec
-from agentq.policy.base import BatchPolicy, PolicyError, Prompt, Request, Sample
+from agentq.policy.base import BatchPolicy, PolicyError, Prompt, Request, Sample, request_samples
 from agentq.policy.prompts import extract_code, format_ranking
 from agentq.repair.patch import diff_hunks, search_replace
 from agentq.tasks.schema import RepoTask, Task
@@ -129,7 +135,8 @@ def _overlap(a: Counter[str], b: Counter[str]) -> float:
     return 2 * sum((a & b).values()) / total if total else 0.0
 
 
-def _token_count(text: str) -> int:
+def token_count(text: str) -> int:
+    """The mock's token estimate (see the module docstring): words and other non-space characters."""
     return len(re.findall(r"\w+|[^\w\s]", text))
 
 
@@ -150,14 +157,13 @@ class ScriptedPolicy(BatchPolicy):
                 raise PolicyError("scripted backend: every prompt needs Prompt.task (it answers from the task)")
             prompt_hash = hashlib.sha256(prompt.text().encode()).hexdigest()
             samples = []
-            for index in range(n):
-                # Greedy decoding gives one answer however many are asked for, as a real model does.
-                rng = stable_rng(seed, prompt.task.id, prompt_hash, 0 if temperature <= 0 else index)
+            for index in range(1 if temperature <= 0 else n):  # greedy: one answer, as a real model gives
+                rng = stable_rng(seed, prompt.task.id, prompt_hash, index)
                 text = (self._critique(prompt, rng) if prompt.purpose == "critique" else
                         self._repair(prompt.task, rng) if isinstance(prompt.task, RepoTask) else
                         self._rewrite(prompt, rng))
-                samples.append(Sample(text=text, logprob=None, tokens=_token_count(text)))
-            out.append(samples)
+                samples.append(Sample(text=text, logprob=None, tokens=token_count(text)))
+            out.append(request_samples(request, samples, token_count(prompt.text() + prompt.answer_prefix)))
         return out
 
     def draw(self, task: Task, rng: random.Random) -> tuple[str, str | None]:

@@ -3,8 +3,11 @@
 The mock-model image runs it in place of vLLM (kind CI, laptops): the operator starts it exactly as it starts a
 vLLM server (the same arguments; the ones that only matter to vLLM are accepted and ignored), so the served-
 inference path runs end to end with no GPU and no weights. It answers as the in-process scripted backend does
-for the same messages and seed: the task is recognised from the buggy program quoted in the prompt (the task
-files are given), the kind of prompt from its sections, and ScriptedPolicy draws the answers.
+for the same messages and seed: the task is recognised from what its prompt must quote (`ScriptedChat.task_for`:
+a function task's buggy program, a repo task's failure report; the task files are given), the kind of prompt
+from its sections, and ScriptedPolicy draws the answers (repo tasks: the reference diff, a wrong edit or
+garbage, as SEARCH/REPLACE edits). `usage` reports the prompt and completion tokens of the in-process backend's
+estimate.
 
 Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions ({model, messages, n, temperature, seed,
 max_tokens}; a trailing assistant message is the start of the answer, as vLLM's continue_final_message).
@@ -23,14 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from agentq.config import ConfigError, ScriptedSpec, load_round
-from agentq.policy.base import Prompt, Purpose
+from agentq.policy.base import Prompt, Purpose, spent
 from agentq.policy.prompts import _fenced
 from agentq.policy.scripted import ScriptedPolicy
+from agentq.repair.patch import diff_hunks
+from agentq.repair.reflection import failure_report
 from agentq.sandbox.server import JsonHandler
-from agentq.tasks.schema import Task, TaskFileError, read_tasks
+from agentq.tasks.schema import AnyTask, RepoTask, TaskFileError, read_tasks
 
 MAX_BODY = 8 << 20
 CANDIDATE = re.compile(r"^### Candidate \d+\n```python\n(.*?)\n```", re.MULTILINE | re.DOTALL)
+# A repo critique's sibling (agentq/repair/reflection.py critique_messages): its diff, or the answer that held none.
+REPO_CANDIDATE = re.compile(r"^### Candidate \d+\n(?:```diff\n(?P<diff>.*?)\n```|No runnable patch; the answer was:\n"
+                            r"(?P<answer>.*?))\nResult: ", re.MULTILINE | re.DOTALL)
 
 
 def _logprobs(tokens: int) -> dict[str, Any]:
@@ -42,27 +50,49 @@ class BadRequest(ValueError):
     pass
 
 
+def _quoted(task: AnyTask) -> str:
+    """What every prompt about `task` quotes: a repo task's failure report, a function task's buggy program."""
+    return failure_report(task.problem_text()) if isinstance(task, RepoTask) else _fenced(task.buggy_code)
+
+
 class ScriptedChat:
     """Turns chat requests into scripted-policy prompts and its samples into chat-completion answers."""
 
-    def __init__(self, tasks: list[Task], spec: ScriptedSpec, names: list[str]) -> None:
+    def __init__(self, tasks: list[AnyTask], spec: ScriptedSpec, names: list[str]) -> None:
         self.policy = ScriptedPolicy(spec)
         self.names = names
-        # Longest buggy program first: one that contains another's is matched before the shorter one.
-        self.tasks = sorted(tasks, key=lambda t: -len(t.buggy_code))
+        # Longest quoted text first: a prompt that holds one task's text and a shorter one inside it is about the
+        # longer one.
+        self.tasks = sorted(tasks, key=lambda t: -len(_quoted(t)))
+
+    def task_for(self, user: str) -> AnyTask:
+        """The task a prompt's user text is about: the one whose buggy program (function tasks) or failure report
+        (repo tasks) it quotes. Repo tasks can share a report (bugs that break the same tests): of those, the one
+        whose buggy lines the prompt's files show, else the first as the task files list them."""
+        matches = [t for t in self.tasks if _quoted(t) in user]
+        if not matches:
+            raise BadRequest("no known task's buggy code or failure report is quoted in the prompt (the server "
+                             "answers only for the tasks it was started with: --tasks)")
+        same = [t for t in matches if _quoted(t) == _quoted(matches[0])]
+        shown = [t for t in same if isinstance(t, RepoTask)
+                 and all(buggy in user for _, _, buggy in diff_hunks(t.bug_patch))]
+        return (shown or same)[0]
 
     def prompt(self, messages: list[dict[str, str]]) -> Prompt:
         prefix = ""
         if messages and messages[-1].get("role") == "assistant":
             prefix, messages = messages[-1].get("content", ""), messages[:-1]
         user = "\n".join(m.get("content", "") for m in messages if m.get("role") == "user")
-        task = next((t for t in self.tasks if _fenced(t.buggy_code) in user), None)
-        if task is None:
-            raise BadRequest("no known task's buggy code is quoted in the prompt (the server answers only for the "
-                             "tasks it was started with: --tasks)")
+        task = self.task_for(user)
         purpose: Purpose = "rewrite"
         candidates: list[str] = []
-        if "## Candidate fixes" in user:
+        if isinstance(task, RepoTask) and "## Candidate patches" in user:
+            purpose = "critique"
+            candidates = [m["diff"] + "\n" if m["diff"] is not None else m["answer"]
+                          for m in REPO_CANDIDATE.finditer(user)]
+        elif isinstance(task, RepoTask):
+            purpose = "repair"
+        elif "## Candidate fixes" in user:
             purpose, candidates = "critique", [c + "\n" for c in CANDIDATE.findall(user)]
         elif "THOUGHT:" in user:
             purpose = "zero_shot"
@@ -81,10 +111,11 @@ class ScriptedChat:
         choices = [{"index": i, "message": {"role": "assistant", "content": s.text}, "finish_reason": "stop",
                     "logprobs": _logprobs(s.tokens) if body.get("logprobs") else None}
                    for i, s in enumerate(samples)]
-        tokens = sum(s.tokens for s in samples)
+        prompt_tokens, tokens = spent([samples])
         return {"id": f"chatcmpl-scripted-{seed}", "object": "chat.completion", "created": int(time.time()),
                 "model": model, "choices": choices,
-                "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}}
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
+                          "total_tokens": prompt_tokens + tokens}}
 
 
 class _Handler(JsonHandler):
@@ -127,7 +158,8 @@ class ScriptedServer(ThreadingHTTPServer):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tasks", action="append", required=True, help="task JSONL the prompts come from (repeatable)")
+    p.add_argument("--tasks", action="append", required=True, help="task JSONL the prompts come from, function or "
+                                                                      "repo tasks (repeatable)")
     p.add_argument("--round", default=None, help="round file whose model.scripted mixture to use (default: the "
                                                   "scripted defaults)")
     p.add_argument("--host", default="0.0.0.0")
@@ -143,7 +175,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        tasks = [t for path in args.tasks for t in read_tasks(path)]
+        tasks = [t for path in args.tasks for t in read_tasks(path, kinds=("function", "repo"))]
         spec = load_round(args.round).spec.model.scripted if args.round else ScriptedSpec()
     except (TaskFileError, OSError, ConfigError) as err:
         print(f"agentq model serve-scripted: {err}", file=sys.stderr)

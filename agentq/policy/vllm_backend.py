@@ -5,11 +5,10 @@ vllm is an optional extra (CUDA only), imported when this backend is chosen and 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from agentq.config import ModelSpec
-from agentq.policy.base import BatchPolicy, PolicyError, Request, Sample
+from agentq.policy.base import BatchPolicy, PolicyError, Request, Sample, request_samples
 from agentq.policy.models import loadable_dir, resolve_model
 
 
@@ -58,5 +57,5 @@ class VllmPolicy(BatchPolicy):
             samples = [
                 Sample(text=c.text, logprob=c.cumulative_logprob, tokens=len(c.token_ids)) for c in result.outputs
             ]
-            out.append([replace(samples[0]) for _ in range(request.n)] if request.temperature <= 0 else samples)
+            out.append(request_samples(request, samples, len(result.prompt_token_ids or [])))
         return out

@@ -152,11 +152,16 @@ FORMAT = (
 SYSTEM = "You are an expert Python programmer. You fix bugs in repositories by editing their files."
 
 
+def failure_report(issue: str) -> str:
+    """The section every repair prompt opens with: what the scripted server knows a repo task's prompt by."""
+    return f"## Failure report\n{issue.strip()}"
+
+
 def repair_messages(issue: str, context: dict[str, str], attempts: list[tuple[str, Category, str]] = ()) -> list[dict]:
     """Chat messages for an attempt: the report, the files in the localisation set, and for each earlier
     failed attempt its answer, category, advice and failing output (most recent last)."""
     files = "\n\n".join(f"### {path}\n```python\n{text.rstrip()}\n```" for path, text in context.items())
-    parts = [f"## Failure report\n{issue.strip()}", f"## Relevant files\n{files}"]
+    parts = [failure_report(issue), f"## Relevant files\n{files}"]
     for n, (answer, category, output) in enumerate(attempts, 1):
         parts.append(f"## Attempt {n}: {category.value}\n{answer.strip()}\n\n{ADVICE[category]}"
                      + (f"\n\nOutput:\n```\n{output}\n```" if output else ""))
@@ -176,7 +181,7 @@ def critique_messages(issue: str, candidates: list[tuple[str | None, str, str, s
         shown = f"```diff\n{diff.rstrip()}\n```" if diff else f"No runnable patch; the answer was:\n{_clip(answer)}"
         block = f"### Candidate {i}\n{shown}\nResult: {category}"
         blocks.append(block + (f"\n```\n{output}\n```" if output else ""))
-    user = (f"## Failure report\n{issue.strip()}\n\n## Candidate patches\n" + "\n\n".join(blocks) + "\n\n"
+    user = (f"{failure_report(issue)}\n\n## Candidate patches\n" + "\n\n".join(blocks) + "\n\n"
             "Which candidate is most likely a correct fix? Think briefly about what each one changes, then end with "
             f"one line `{RANKING_LABEL} ` followed by all {len(candidates)} candidate numbers, best first, "
             "separated by `>`.")

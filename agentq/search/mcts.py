@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from agentq.config import CollectSpec, EvaluateSpec, RoundSpec
-from agentq.policy.base import Policy, Request, Sample
+from agentq.policy.base import Policy, Request, Sample, spent
 from agentq.sandbox.verdict import Verdict
 from agentq.search.critique import NEUTRAL_Q, Critique, critique_requests, read_critique
 from agentq.search.problems import Problem, problem_for
@@ -188,6 +188,8 @@ class SearchStats:
     critique_flips: int = 0
     rollouts: int = 0  # expansions spent: the budget `rollouts` counts these
     wall_s: float = 0.0
+    tokens_in: int = 0  # prompt tokens of every expansion and critique request (agentq/policy/base.py: spent)
+    tokens_out: int = 0  # completion tokens of their samples
 
 
 class Search:
@@ -269,6 +271,12 @@ class Search:
                 self.stats.parse_errors += child.verdict.status == "parse_error"
                 child.reward = 0.0
 
+    def count_tokens(self, groups: list[list[Sample]]) -> None:
+        """Add what one generation call for this tree cost (an expansion or its critique) to the tree's stats."""
+        tokens_in, tokens_out = spent(groups)
+        self.stats.tokens_in += tokens_in
+        self.stats.tokens_out += tokens_out
+
     def critique(self, siblings: list[Node], seed: int) -> list[Request]:
         """Requests that rank one batch of siblings as the problem shows them: function rewrites with their visible
         test results, patches with their reflection category and failing output (fewer than two: no critique).
@@ -315,12 +323,15 @@ class Search:
             path = self.select()
             request = self.expansion(path[-1])
             samples = (yield Generate(self.policy, [request]))[0]
+            self.count_tokens([samples])
             children = self.add_children(path[-1], request, samples)
             jobs = [self.problem.job(c.code or "") for c in self.runnable(children)]
             self.take_verdicts(children, (yield Run(self.executor, jobs)) if jobs else [])
             critique = self.critique(children, request.seed)
             if critique:
-                self.take_critique(children, read_critique(critique, (yield Generate(self.critic, critique))))
+                answers = yield Generate(self.critic, critique)
+                self.count_tokens(answers)
+                self.take_critique(children, read_critique(critique, answers))
             for child in children:
                 child.visits, child.value_sum = 1, child.reward
             self.backpropagate(path, [c.reward for c in children])
