@@ -38,9 +38,10 @@ class Localizer:
         self._bm25 = BM25Index(candidates)
         self._dense = DenseIndex(candidates, embedder, cache_dir) if embedder is not None else None
 
-    def evidence(self, issue: str, test_ids: list[str]) -> dict[str, dict[str, float]]:
-        """Each stage's score for every candidate file."""
-        query = query_text(issue, test_ids)
+    def evidence(self, issue: str, test_ids: list[str], query_tests: bool = True) -> dict[str, dict[str, float]]:
+        """Each stage's score for every candidate file; with `query_tests` False the test ids feed the test
+        prior only, not the text query (a report that is prose, such as a SWE-bench problem statement)."""
+        query = query_text(issue, test_ids if query_tests else [])
         out = {"bm25": self._bm25.scores(query)}
         if self._dense is not None:
             out["dense"] = self._dense.scores(query)
