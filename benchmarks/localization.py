@@ -1,11 +1,12 @@
 """File localisation: Recall@1/5, conformal coverage and mean set size per stage, against BM25 alone.
 
-Stages are cumulative: BM25 only; + dense (all-MiniLM-L6-v2 int8); + PPR over the import graph; + the
-test-import prior (each fused by Reciprocal Rank Fusion); + the reranker learned over all of them. The dense
-retriever and the test prior are also measured alone. Held out by
-library: the libraries are split into folds; for each fold the reranker and the softmax temperature are fitted
-on half of the other libraries, the conformal threshold is calibrated on the other half (for every stage
-alike), and the fold's libraries are the test set. Figures are over the test tasks of every fold.
+Stages are cumulative: BM25 only; + dense (all-MiniLM-L6-v2 int8); + a cross-encoder over the best text hits
+(only with --cross-encoder DIR, a local model); + PPR over the import graph; + the test-import prior (each
+fused by Reciprocal Rank Fusion); + the reranker learned over all of them. The dense retriever, the
+cross-encoder and the test prior are also measured alone. Held out by library: the libraries are split into
+folds; for each fold the reranker and the softmax temperature are fitted on half of the other libraries,
+the conformal threshold is calibrated on the other half (for every stage alike), and the fold's libraries
+are the test set. Figures are over the test tasks of every fold.
 
 Corpus: `--tasks` reads a repo-task JSONL (gold = the files its bug_patch touches); without it, synthetic
 tasks are built from the sdists in `--repos` (agentq.localize.corpus.synthetic_tasks: no test is run, and the
@@ -31,6 +32,7 @@ import numpy as np
 from agentq.io import replace_markdown_section
 from agentq.localize.conformal import Conformal, fit_temperature
 from agentq.localize.corpus import LocTask, read_repo_tasks, synthetic_tasks, unpack_sdist
+from agentq.localize.cross import CrossEncoder, CrossEncoderError
 from agentq.localize.dense import Embedder
 from agentq.localize.fusion import Reranker, features
 from agentq.localize.pipeline import Localizer, fuse
@@ -40,10 +42,11 @@ from agentq.localize.swebench import Instance, LiteError, SdistCache, lite_tasks
 SECTION = "Localization"
 LITE_SECTION = "Localization on SWE-bench Lite"
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_ROWS = (("BM25 only", ("bm25",)), ("+ dense", ("bm25", "dense")), ("+ PPR", ("bm25", "dense", "ppr")),
-              ("+ test prior", ("bm25", "dense", "ppr", "prior")))
+STAGE_ROWS = (("BM25 only", ("bm25",)), ("+ dense", ("bm25", "dense")),
+              ("+ cross-encoder", ("bm25", "dense", "cross")), ("+ PPR", ("bm25", "dense", "cross", "ppr")),
+              ("+ test prior", ("bm25", "dense", "cross", "ppr", "prior")))
 # Stages measured on their own (PPR is left out: it is seeded by the text retrievers, so never alone).
-ALONE_ROWS = (("dense alone", ("dense",)), ("test prior alone", ("prior",)))
+ALONE_ROWS = (("dense alone", ("dense",)), ("cross-encoder alone", ("cross",)), ("test prior alone", ("prior",)))
 
 
 @dataclass
@@ -58,7 +61,7 @@ class Scored:
 
 
 def score_corpus(tasks: list[LocTask], repos: Path, cache: Path, embedder: Embedder | None,
-                 query_tests: bool = True) -> list[Scored]:
+                 query_tests: bool = True, cross_encoder: CrossEncoder | None = None) -> list[Scored]:
     out: list[Scored] = []
     by_repo: dict[str, list[LocTask]] = {}
     for task in tasks:
@@ -68,7 +71,7 @@ def score_corpus(tasks: list[LocTask], repos: Path, cache: Path, embedder: Embed
             raise ValueError(f"task {group[0].task_id}: sdist {source} is not in {repos}")
         t0 = time.perf_counter()
         repo = Repository.scan(unpack_sdist(repos / source, cache / "src"))
-        localizer = Localizer(repo, embedder, cache / "embeddings")
+        localizer = Localizer(repo, embedder, cache / "embeddings", cross_encoder)
         print(f"localization: {source}: {len(repo.candidates)} files indexed in {time.perf_counter() - t0:.1f}s, "
               f"{len(group)} tasks", file=sys.stderr, flush=True)
         for task in group:
@@ -133,9 +136,9 @@ def metrics(scores: list[np.ndarray], scored: list[Scored], conformal: Conformal
 
 def evaluate(scored: list[Scored], k: int, alpha: float) -> list[dict]:
     groups = sorted({s.task.group for s in scored})
-    # Without the embedding stage (--no-dense) its row is left out and the later rows run without it.
+    # A stage that did not run (--no-dense, no --cross-encoder) loses its row, and the later rows run without it.
     cumulative = [(label, tuple(u for u in use if u in scored[0].stages)) for label, use in STAGE_ROWS
-                  if label != "+ dense" or "dense" in scored[0].stages]
+                  if use[-1] in scored[0].stages]
     use_all = cumulative[-1][1]
     alone = [(label, use) for label, use in ALONE_ROWS if use[0] in scored[0].stages]
     rows: dict[str, dict] = {}  # in table order: the cumulative stages, the reranker, the stages alone
@@ -179,6 +182,10 @@ def table(rows: list[dict], alpha: float) -> str:
     return "\n".join(lines)
 
 
+def load_cross_encoder(args: argparse.Namespace) -> CrossEncoder | None:
+    return CrossEncoder(args.cross_encoder) if args.cross_encoder else None
+
+
 def lite_instances(args: argparse.Namespace) -> list[Instance]:
     """The --lite instances of the chosen repositories, at most --lite-limit per repository in file order."""
     chosen: list[Instance] = []
@@ -209,8 +216,12 @@ def lite_main(args: argparse.Namespace, argv: list[str]) -> int:
               "train, calibration and test repositories", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    scored = score_corpus(tasks, cache.root, cache.root, None if args.no_dense else Embedder.load(),
-                          query_tests=False)
+    try:
+        scored = score_corpus(tasks, cache.root, cache.root, None if args.no_dense else Embedder.load(),
+                              query_tests=False, cross_encoder=load_cross_encoder(args))
+    except CrossEncoderError as err:
+        print(f"localization: --cross-encoder: {err}", file=sys.stderr)
+        return 2
     rows = evaluate(scored, args.folds, args.alpha)
     seconds = time.perf_counter() - t0
     releases = sorted({t.repo for t in tasks})
@@ -255,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-dense", action="store_true", help="leave the embedding stage out")
+    parser.add_argument("--cross-encoder", help="a local sequence-classification model directory: adds the "
+                        "cross-encoder stage (agentq/localize/cross.py)")
     parser.add_argument("--cache", default=str(ROOT / "artifacts" / "localization-cache"))
     parser.add_argument("--write-docs", nargs="?", const=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--note", default="", help="provenance of --tasks, added to the docs section")
@@ -285,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     try:
-        scored = score_corpus(tasks, repos, cache, None if args.no_dense else Embedder.load())
-    except ValueError as err:
+        scored = score_corpus(tasks, repos, cache, None if args.no_dense else Embedder.load(),
+                              cross_encoder=load_cross_encoder(args))
+    except (ValueError, CrossEncoderError) as err:
         print(f"localization: {err}", file=sys.stderr)
         return 2
     rows = evaluate(scored, args.folds, args.alpha)
