@@ -7,13 +7,19 @@ strategy (K=1 chains) trained by SFT on its resolving attempts.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from agentq.cli import main
+from agentq.config import load_round
 from agentq.io import read_jsonl
+from agentq.localize.pipeline import Localizer, Model
+from agentq.localize.repo import Repository
+from agentq.repair.problem import buggy_tree
 from agentq.tasks.schema import read_tasks, write_tasks
+from agentq.workspace import RoundWorkspace
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LIBRARY = "cachetools-8.0.0.tar.gz"
@@ -63,6 +69,7 @@ def test_tiny_round_on_repo_tasks(workdir, capsys):
     attempts = [n for t in trees for n in t["nodes"][1:]]
     assert {n["category"] for n in attempts} >= {"resolved"}
     assert all(n["prompt"][-1]["content"].startswith("## Failure report") for n in attempts)
+    assert_prompts_use_the_rounds_localisation_model(workdir, store, trees)
     pairs = list(read_jsonl(store / "preferences.jsonl"))
     assert pairs and all(p["decided_by"] == "tests" for p in pairs)
     assert all("<<<<<<< SEARCH" in p["chosen"][0]["content"] for p in pairs)
@@ -72,6 +79,29 @@ def test_tiny_round_on_repo_tasks(workdir, capsys):
         result = summary["modes"][mode]
         assert result["tasks"] == 2 and result["resolve_rate"] == result["greedy_solved"] / 2, result
     assert "Resolve rate" in (store / "eval" / "report.md").read_text()
+
+
+def assert_prompts_use_the_rounds_localisation_model(workdir: Path, store: Path, trees: list[dict]) -> None:
+    """Collect fitted the localisation model on the training tasks and stored it; every task was localised by
+    it, and every prompt's files are its conformal prediction set (best first, within the context budget)."""
+    stored = json.loads((store / "localize" / "model.json").read_text())
+    assert stored["model"] is not None, stored["reason"]
+    assert stored["tasks"] == len(read_tasks(workdir / "train.jsonl", kinds=("repo",)))
+    model = Model.from_json(stored["model"])
+    assert model.stages == ("bm25", "ppr", "prior") and 0 < model.conformal.qhat <= 1
+    tasks = {t.id: t for t in read_tasks(workdir / "train.jsonl", kinds=("repo",))}
+    ws = RoundWorkspace(load_round(workdir / "repo1.yaml"), str(workdir / "repo1.yaml"), save_spec=False)
+    with ws.runner() as runner:
+        for record in trees:
+            task = tasks[record["task_id"]]
+            tree = buggy_tree(task, runner)
+            located = Localizer(Repository.scan(tree)).locate(task.issue, task.fail_to_pass, model)
+            notes = record["localization"]
+            assert notes["by"] == "model" and notes["set_size"] == len(located.prediction_set)
+            assert notes["files"] and notes["files"] == located.prediction_set[: len(notes["files"])]
+            for node in record["nodes"][1:]:
+                shown = re.findall(r"^### (\S+)$", node["prompt"][-1]["content"], re.M)
+                assert shown == notes["files"], (task.id, shown, notes)
 
 
 def test_reflection_round_trains_by_sft(workdir):

@@ -25,6 +25,9 @@ class RepoJob:
 class Runner:
     def __init__(self, functions: Any = None, repos: SdistStore | Any = None, workers: int = 1) -> None:
         self.functions, self.repos, self.workers = functions, repos, max(1, workers)
+        # The round's localisation model (agentq.repair.localization), which repo problems built on this runner
+        # rank their files with; collect and evaluate set it, None ranks by BM25.
+        self.localization: Any = None
 
     def run_functions(self, jobs: list[tuple[str, str]]) -> list[Verdict]:
         if self.functions is None:

@@ -37,6 +37,7 @@ class Reading:
 class Problem(Protocol):
     task: Any
     critiques: bool  # whether siblings are ranked by the critic (its prompts show function code)
+    notes: dict[str, Any]  # facts about the problem for the tree's record (a repo task: how it was localised)
 
     def root_code(self) -> str: ...
 
@@ -60,6 +61,7 @@ class FunctionProblem:
     visible ones only (`visible_only`: evaluation searches, whose final answer is then judged on all)."""
 
     critiques = True
+    notes: dict[str, Any] = {}
 
     def __init__(self, task: Task, executor: Any, visible_only: bool = False) -> None:
         self.task = task
