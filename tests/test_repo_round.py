@@ -125,3 +125,24 @@ def test_reflection_round_trains_by_sft(workdir):
     assert summary["method"] == "sft" and summary["steps"] >= 1 and summary["examples"] == len(examples)
     assert [r for r in read_jsonl(store / "adapter" / "train_log.jsonl") if "loss" in r]
     assert (store / "merged" / "config.json").exists() and (store / "eval" / "summary.json").exists()
+
+
+def test_the_localisation_model_is_fitted_once_per_training_set(workdir, monkeypatch):
+    """A resumed collect, another shard and evaluate read the stored model back; other training tasks refit it.
+    The fit is deterministic, so shards that race to fit it store the same model."""
+    from agentq.repair import localization
+
+    ws = RoundWorkspace(load_round(round_yaml(workdir, "loc")), str(workdir / "loc.yaml"))
+    stored = workdir / "store" / "rounds" / "loc" / "localize" / "model.json"
+    with ws.runner() as runner:
+        first = localization.round_model(ws, runner)
+        assert first is not None and stored.is_file()
+        tasks = read_tasks(workdir / "train.jsonl", kinds=("repo",))
+        assert localization.fit_model(tasks, runner)[0].to_json() == first.to_json()
+        monkeypatch.setattr(localization, "fit_model", lambda *args: pytest.fail("fitted again"))
+        assert localization.round_model(ws, runner).to_json() == first.to_json()
+        record = json.loads(stored.read_text())
+        ws.store.put_text(ws.key(localization.KEY), json.dumps({**record, "inputs_digest": "other training tasks"}))
+        monkeypatch.setattr(localization, "fit_model", lambda *args: (None, "too few usable tasks"))
+        assert localization.round_model(ws, runner) is None
+        assert json.loads(stored.read_text())["reason"] == "too few usable tasks"
