@@ -2,9 +2,9 @@
 
 `Localizer.evidence` runs every retriever once for a report (BM25, dense when an embedder is given, the
 cross-encoder over the best text hits when one is given, the test-import prior, and PPR seeded by the fused
-text retrievers); `fuse` combines any subset of them, so a
-benchmark measures each stage from one run. `Localizer.locate` applies a trained `Model` (reranker and
-conformal threshold) and returns the ranked files and the prediction set.
+text retrievers); `fuse` combines any subset of them, so a benchmark measures each stage from one run.
+`Localizer.locate` applies a trained `Model` (reranker and conformal threshold) and returns the ranked files
+and the prediction set.
 """
 
 from __future__ import annotations
