@@ -20,6 +20,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
 from packaging.version import InvalidVersion, Version
@@ -135,9 +136,7 @@ class SdistCache:
             self._none.add(key)
             atomic_write_json(self.root / "none.json", sorted(self._none))
             return None
-        import httpx
-
-        data = httpx.get(chosen["url"], timeout=300, follow_redirects=True).raise_for_status().content
+        data = self._get(chosen["url"], 300).content
         digest = chosen.get("hashes", {}).get("sha256")
         if digest and hashlib.sha256(data).hexdigest() != digest:
             raise LiteError(f"{chosen['filename']}: sha256 differs from the index's")
@@ -145,11 +144,17 @@ class SdistCache:
         return self.root / chosen["filename"]
 
     def _index(self, project: str) -> list[dict]:
+        return self._get(f"{INDEX}/{project}/", 60, {"Accept": "application/vnd.pypi.simple.v1+json"}).json()["files"]
+
+    @staticmethod
+    def _get(url: str, timeout: float, headers: dict[str, str] | None = None) -> Any:
         import httpx
 
-        response = httpx.get(f"{INDEX}/{project}/", timeout=60, follow_redirects=True,
-                             headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-        return response.raise_for_status().json()["files"]
+        try:
+            return httpx.get(url, timeout=timeout, follow_redirects=True, headers=headers).raise_for_status()
+        except httpx.HTTPError as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise LiteError(f"{url}: {reason} (without network, pass --offline with a filled --lite-cache)") from None
 
     def tree(self, sdist: Path) -> Path:
         return unpack_sdist(sdist, self.root / "src")
