@@ -126,3 +126,12 @@ def test_lite_mode_with_too_few_repositories_is_one_clear_line(tmp_path, capsys)
     lite.write_text(json.dumps([instance("pallets/flask", 1, "2.0", "flask")]))
     assert load_bench().main(["--lite", str(lite), "--lite-cache", str(tmp_path / "c"), "--offline"]) == 2
     assert "0 measurable instances in fewer than 3 repositories" in capsys.readouterr().err
+
+
+def test_an_unreachable_index_is_one_clear_error(tmp_path, monkeypatch):
+    from agentq.localize import swebench
+
+    monkeypatch.setattr(swebench, "INDEX", "http://127.0.0.1:9/simple")  # the discard port: refused
+    with pytest.raises(LiteError, match=r"^http://127.0.0.1:9/simple/flask/: .*pass --offline") as err:
+        SdistCache(tmp_path).sdist("flask", "2.0")
+    assert "\n" not in str(err.value)
