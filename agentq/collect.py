@@ -19,6 +19,7 @@ from tqdm import tqdm
 from agentq import steplog
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import load_policy, served_model
+from agentq.repair.localization import round_model
 from agentq.search.mcts import Search, SearchParams
 from agentq.search.scheduler import Scheduler
 from agentq.tasks.schema import AnyTask
@@ -78,6 +79,7 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
         else None
     start = time.perf_counter()
     with ws.runner() as executor:
+        executor.localization = round_model(ws, executor)
         weak = list(executor.isolation)
         bar = tqdm(desc=f"collect shard {shard}/{num_shards}", unit="task", disable=None,
                    initial=len(done), total=len(mine))

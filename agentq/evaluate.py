@@ -35,6 +35,7 @@ from agentq import steplog
 from agentq.config import OpenAISpec, PricingSpec, RoundFile, RoundSpec, parse_model
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import Policy, load_policy, served_model, spent
+from agentq.repair.localization import round_model
 from agentq.report import write_report
 from agentq.search.mcts import Executor, Search, SearchParams, evaluation_strategy
 from agentq.search.problems import Problem, Reading, problem_for
@@ -245,6 +246,7 @@ def _run_arm(ws: RoundWorkspace, arm: str, mine: list[AnyTask], inputs_digest: s
         return
     policy = _load_arm_policy(ws, arm)
     with ws.runner() as executor:
+        executor.localization = round_model(ws, executor)  # fitted on the training tasks, never the test ones
         weak = list(executor.isolation)
         for mode in spec.evaluate.modes:
             key = shard_file(mode, shard, num_shards, arm)

@@ -1,15 +1,17 @@
 """File localisation: Recall@1/5, conformal coverage and mean set size per stage, against BM25 alone.
 
-Stages are cumulative: BM25 only; + dense (all-MiniLM-L6-v2 int8); + PPR over the import graph; + the
-test-import prior (each fused by Reciprocal Rank Fusion); + the reranker learned over all of them. The dense
-retriever and the test prior are also measured alone. Held out by
-library: the libraries are split into folds; for each fold the reranker and the softmax temperature are fitted
-on half of the other libraries, the conformal threshold is calibrated on the other half (for every stage
-alike), and the fold's libraries are the test set. Figures are over the test tasks of every fold.
+Stages are cumulative: BM25 only; + dense (all-MiniLM-L6-v2 int8); + a cross-encoder over the best text hits
+(only with --cross-encoder DIR, a local model); + PPR over the import graph; + the test-import prior (each
+fused by Reciprocal Rank Fusion); + the reranker learned over all of them. The dense retriever, the
+cross-encoder and the test prior are also measured alone. Held out by library: the libraries are split into
+folds; for each fold the reranker and the softmax temperature are fitted on half of the other libraries,
+the conformal threshold is calibrated on the other half (for every stage alike), and the fold's libraries
+are the test set. Figures are over the test tasks of every fold.
 
 Corpus: `--tasks` reads a repo-task JSONL (gold = the files its bug_patch touches); without it, synthetic
 tasks are built from the sdists in `--repos` (agentq.localize.corpus.synthetic_tasks: no test is run, and the
-report names the function, so it is easier than a real report).
+report names the function, so it is easier than a real report). `--lite` measures SWE-bench Lite instead, each
+instance on the release sdist of its version, which approximates its base commit (agentq.localize.swebench).
 
     python benchmarks/localization.py --per-library 12 --write-docs docs/benchmarks.md --json
 """
@@ -30,17 +32,21 @@ import numpy as np
 from agentq.io import replace_markdown_section
 from agentq.localize.conformal import Conformal, fit_temperature
 from agentq.localize.corpus import LocTask, read_repo_tasks, synthetic_tasks, unpack_sdist
+from agentq.localize.cross import CrossEncoder, CrossEncoderError
 from agentq.localize.dense import Embedder
 from agentq.localize.fusion import Reranker, features
 from agentq.localize.pipeline import Localizer, fuse
 from agentq.localize.repo import Repository
+from agentq.localize.swebench import Instance, LiteError, SdistCache, lite_tasks, read_lite
 
 SECTION = "Localization"
+LITE_SECTION = "Localization on SWE-bench Lite"
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_ROWS = (("BM25 only", ("bm25",)), ("+ dense", ("bm25", "dense")), ("+ PPR", ("bm25", "dense", "ppr")),
-              ("+ test prior", ("bm25", "dense", "ppr", "prior")))
+STAGE_ROWS = (("BM25 only", ("bm25",)), ("+ dense", ("bm25", "dense")),
+              ("+ cross-encoder", ("bm25", "dense", "cross")), ("+ PPR", ("bm25", "dense", "cross", "ppr")),
+              ("+ test prior", ("bm25", "dense", "cross", "ppr", "prior")))
 # Stages measured on their own (PPR is left out: it is seeded by the text retrievers, so never alone).
-ALONE_ROWS = (("dense alone", ("dense",)), ("test prior alone", ("prior",)))
+ALONE_ROWS = (("dense alone", ("dense",)), ("cross-encoder alone", ("cross",)), ("test prior alone", ("prior",)))
 
 
 @dataclass
@@ -54,7 +60,8 @@ class Scored:
     seconds: float
 
 
-def score_corpus(tasks: list[LocTask], repos: Path, cache: Path, embedder: Embedder | None) -> list[Scored]:
+def score_corpus(tasks: list[LocTask], repos: Path, cache: Path, embedder: Embedder | None,
+                 query_tests: bool = True, cross_encoder: CrossEncoder | None = None) -> list[Scored]:
     out: list[Scored] = []
     by_repo: dict[str, list[LocTask]] = {}
     for task in tasks:
@@ -64,12 +71,12 @@ def score_corpus(tasks: list[LocTask], repos: Path, cache: Path, embedder: Embed
             raise ValueError(f"task {group[0].task_id}: sdist {source} is not in {repos}")
         t0 = time.perf_counter()
         repo = Repository.scan(unpack_sdist(repos / source, cache / "src"))
-        localizer = Localizer(repo, embedder, cache / "embeddings")
+        localizer = Localizer(repo, embedder, cache / "embeddings", cross_encoder)
         print(f"localization: {source}: {len(repo.candidates)} files indexed in {time.perf_counter() - t0:.1f}s, "
               f"{len(group)} tasks", file=sys.stderr, flush=True)
         for task in group:
             t1 = time.perf_counter()
-            stages = localizer.evidence(task.issue, list(task.test_ids))
+            stages = localizer.evidence(task.issue, list(task.test_ids), query_tests)
             gold = np.array([p in task.gold for p in localizer.paths])
             out.append(Scored(task, localizer.paths, stages, gold, time.perf_counter() - t1))
     return out
@@ -129,9 +136,9 @@ def metrics(scores: list[np.ndarray], scored: list[Scored], conformal: Conformal
 
 def evaluate(scored: list[Scored], k: int, alpha: float) -> list[dict]:
     groups = sorted({s.task.group for s in scored})
-    # Without the embedding stage (--no-dense) its row is left out and the later rows run without it.
+    # A stage that did not run (--no-dense, no --cross-encoder) loses its row, and the later rows run without it.
     cumulative = [(label, tuple(u for u in use if u in scored[0].stages)) for label, use in STAGE_ROWS
-                  if label != "+ dense" or "dense" in scored[0].stages]
+                  if use[-1] in scored[0].stages]
     use_all = cumulative[-1][1]
     alone = [(label, use) for label, use in ALONE_ROWS if use[0] in scored[0].stages]
     rows: dict[str, dict] = {}  # in table order: the cumulative stages, the reranker, the stages alone
@@ -175,6 +182,80 @@ def table(rows: list[dict], alpha: float) -> str:
     return "\n".join(lines)
 
 
+def load_cross_encoder(args: argparse.Namespace) -> CrossEncoder | None:
+    return CrossEncoder(args.cross_encoder) if args.cross_encoder else None
+
+
+def lite_instances(args: argparse.Namespace) -> list[Instance]:
+    """The --lite instances of the chosen repositories, at most --lite-limit per repository in file order."""
+    chosen: list[Instance] = []
+    per_repo: dict[str, int] = {}
+    wanted = set(args.lite_repos.split(",")) if args.lite_repos else None
+    for inst in read_lite(args.lite):
+        if wanted is not None and inst.repo not in wanted and inst.project not in wanted:
+            continue
+        if args.lite_limit and per_repo.get(inst.repo, 0) >= args.lite_limit:
+            continue
+        per_repo[inst.repo] = per_repo.get(inst.repo, 0) + 1
+        chosen.append(inst)
+    return chosen
+
+
+def lite_main(args: argparse.Namespace, argv: list[str]) -> int:
+    """SWE-bench Lite: each instance's release sdist stands in for its base commit (agentq.localize.swebench)."""
+    try:
+        instances = lite_instances(args)
+        cache = SdistCache(Path(args.lite_cache), offline=args.offline)
+        tasks, skipped, _ = lite_tasks(instances, cache)
+    except (OSError, LiteError) as err:
+        print(f"localization: --lite {args.lite}: {err}", file=sys.stderr)
+        return 2
+    groups = sorted({t.group for t in tasks})
+    if len(groups) < 3:
+        print(f"localization: --lite: {len(tasks)} measurable instances in fewer than 3 repositories: need "
+              "train, calibration and test repositories", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        scored = score_corpus(tasks, cache.root, cache.root, None if args.no_dense else Embedder.load(),
+                              query_tests=False, cross_encoder=load_cross_encoder(args))
+    except CrossEncoderError as err:
+        print(f"localization: --cross-encoder: {err}", file=sys.stderr)
+        return 2
+    rows = evaluate(scored, args.folds, args.alpha)
+    seconds = time.perf_counter() - t0
+    releases = sorted({t.repo for t in tasks})
+    per_repo = {g: sum(t.group == g for t in tasks) for g in groups}
+    counts = (f"{len(instances)} instances selected, {len(tasks)} measured, skipped: "
+              + (", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())) or "none"))
+    section = (f"## {LITE_SECTION}\n\n**A release sdist approximates the base commit**: each instance's repository "
+               "is the PyPI source distribution of the earliest final release of its `version` (X.Y), not the "
+               "checkout at `base_commit` (no git here), so files may differ from the ones the issue was filed "
+               "against; an instance whose gold file (a file its `patch` touches) is not in that release is "
+               f"skipped. {counts}. Measured per repository: "
+               + ", ".join(f"{g} {n}" for g, n in per_repo.items())
+               + f"; {len(releases)} releases indexed. The query is the problem statement only; the FAIL_TO_PASS "
+               "ids feed the test-import prior alone (pytest ids and Django's `test (module.Class)` ids name a "
+               "test file when the release has it). "
+               + ("Dense retrieval was not run (--no-dense). " if args.no_dense else "")
+               + f"{args.folds} folds held out by repository: the reranker and the softmax temperature are "
+               "fitted on half of the other repositories' instances, the conformal threshold is calibrated on "
+               "the other half (a Lite split, not the model of the held-out-libraries corpus), and the fold's "
+               f"repositories are the test set. Scoring took {seconds:.0f} s on this machine's CPU (indexing "
+               f"included).\n\n{table(rows, args.alpha)}\n\nCommand: `python benchmarks/localization.py "
+               + shlex.join(argv) + "`\n")
+    print(section)
+    if args.write_docs:
+        replace_markdown_section(args.write_docs, LITE_SECTION, section)
+        print(f"wrote the {LITE_SECTION} section of {args.write_docs}")
+    if args.json:
+        print(json.dumps({"corpus": "swe-bench-lite", "approximation": "release sdist for base commit",
+                          "instances": len(instances), "measured": len(tasks), "skipped": dict(skipped),
+                          "per_repository": per_repo, "releases": releases, "alpha": args.alpha,
+                          "seconds": round(seconds, 1), "rows": rows}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", help="a repo-task JSONL (default: synthetic tasks from --repos)")
@@ -185,11 +266,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-dense", action="store_true", help="leave the embedding stage out")
+    parser.add_argument("--cross-encoder", help="a local sequence-classification model directory: adds the "
+                        "cross-encoder stage (agentq/localize/cross.py)")
     parser.add_argument("--cache", default=str(ROOT / "artifacts" / "localization-cache"))
     parser.add_argument("--write-docs", nargs="?", const=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--note", default="", help="provenance of --tasks, added to the docs section")
+    parser.add_argument("--lite", help="SWE-bench Lite JSON: localise its instances on release sdists instead")
+    parser.add_argument("--lite-cache", default=str(ROOT / "artifacts" / "lite-cache"),
+                        help="where --lite keeps the fetched sdists and their unpacked trees")
+    parser.add_argument("--lite-limit", type=int, default=0, help="at most this many instances per repository")
+    parser.add_argument("--lite-repos", default="", help="comma-separated repositories or PyPI projects")
+    parser.add_argument("--offline", action="store_true", help="--lite: use only the sdists already cached")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.lite:
+        return lite_main(args, argv if argv is not None else sys.argv[1:])
     repos, cache = Path(args.repos), Path(args.cache)
     if not repos.is_dir():
         print(f"localization: --repos {repos}: not a directory of sdists", file=sys.stderr)
@@ -207,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     try:
-        scored = score_corpus(tasks, repos, cache, None if args.no_dense else Embedder.load())
-    except ValueError as err:
+        scored = score_corpus(tasks, repos, cache, None if args.no_dense else Embedder.load(),
+                              cross_encoder=load_cross_encoder(args))
+    except (ValueError, CrossEncoderError) as err:
         print(f"localization: {err}", file=sys.stderr)
         return 2
     rows = evaluate(scored, args.folds, args.alpha)

@@ -7,13 +7,19 @@ strategy (K=1 chains) trained by SFT on its resolving attempts.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from agentq.cli import main
+from agentq.config import load_round
 from agentq.io import read_jsonl
+from agentq.localize.pipeline import Localizer, Model
+from agentq.localize.repo import Repository
+from agentq.repair.problem import buggy_tree
 from agentq.tasks.schema import read_tasks, write_tasks
+from agentq.workspace import RoundWorkspace
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LIBRARY = "cachetools-8.0.0.tar.gz"
@@ -66,6 +72,7 @@ def test_tiny_round_on_repo_tasks(workdir, capsys):
     batches = [n for n in attempts if len(n["q_ai_votes"]) == 2]  # siblings critiqued, shown order and reversed
     assert batches and all(t["stats"]["critique_calls"] >= 2 for t in trees if len(t["nodes"]) > 2)
     assert all(t["stats"]["tokens_in"] > 0 and t["stats"]["tokens_out"] > 0 for t in trees)
+    assert_prompts_use_the_rounds_localisation_model(workdir, store, trees)
     pairs = list(read_jsonl(store / "preferences.jsonl"))
     assert pairs and all(p["decided_by"] == "tests" for p in pairs)
     assert all("<<<<<<< SEARCH" in p["chosen"][0]["content"] for p in pairs)
@@ -82,6 +89,29 @@ def test_tiny_round_on_repo_tasks(workdir, capsys):
     report = (store / "eval" / "report.md").read_text()
     assert "Resolve rate" in report and "## Tokens and cost per task" in report
     assert summary["modes"]["mcts"]["strategy"] == "mcts"
+
+
+def assert_prompts_use_the_rounds_localisation_model(workdir: Path, store: Path, trees: list[dict]) -> None:
+    """Collect fitted the localisation model on the training tasks and stored it; every task was localised by
+    it, and every prompt's files are its conformal prediction set (best first, within the context budget)."""
+    stored = json.loads((store / "localize" / "model.json").read_text())
+    assert stored["model"] is not None, stored["reason"]
+    assert stored["tasks"] == len(read_tasks(workdir / "train.jsonl", kinds=("repo",)))
+    model = Model.from_json(stored["model"])
+    assert model.stages == ("bm25", "ppr", "prior") and 0 < model.conformal.qhat <= 1
+    tasks = {t.id: t for t in read_tasks(workdir / "train.jsonl", kinds=("repo",))}
+    ws = RoundWorkspace(load_round(workdir / "repo1.yaml"), str(workdir / "repo1.yaml"), save_spec=False)
+    with ws.runner() as runner:
+        for record in trees:
+            task = tasks[record["task_id"]]
+            tree = buggy_tree(task, runner)
+            located = Localizer(Repository.scan(tree)).locate(task.issue, task.fail_to_pass, model)
+            notes = record["localization"]
+            assert notes["by"] == "model" and notes["set_size"] == len(located.prediction_set)
+            assert notes["files"] and notes["files"] == located.prediction_set[: len(notes["files"])]
+            for node in record["nodes"][1:]:
+                shown = re.findall(r"^### (\S+)$", node["prompt"][-1]["content"], re.M)
+                assert shown == notes["files"], (task.id, shown, notes)
 
 
 def test_reflection_round_trains_by_sft(workdir):
@@ -108,3 +138,24 @@ def test_reflection_round_trains_by_sft(workdir):
     mcts = json.loads((store / "eval" / "summary.json").read_text())["modes"]["mcts"]
     assert mcts["strategy"] == "reflection" and 1 <= mcts["mean_attempts"] <= 3, mcts
     assert "reflection, " in (store / "eval" / "report.md").read_text()
+
+
+def test_the_localisation_model_is_fitted_once_per_training_set(workdir, monkeypatch):
+    """A resumed collect, another shard and evaluate read the stored model back; other training tasks refit it.
+    The fit is deterministic, so shards that race to fit it store the same model."""
+    from agentq.repair import localization
+
+    ws = RoundWorkspace(load_round(round_yaml(workdir, "loc")), str(workdir / "loc.yaml"))
+    stored = workdir / "store" / "rounds" / "loc" / "localize" / "model.json"
+    with ws.runner() as runner:
+        first = localization.round_model(ws, runner)
+        assert first is not None and stored.is_file()
+        tasks = read_tasks(workdir / "train.jsonl", kinds=("repo",))
+        assert localization.fit_model(tasks, runner)[0].to_json() == first.to_json()
+        monkeypatch.setattr(localization, "fit_model", lambda *args: pytest.fail("fitted again"))
+        assert localization.round_model(ws, runner).to_json() == first.to_json()
+        record = json.loads(stored.read_text())
+        ws.store.put_text(ws.key(localization.KEY), json.dumps({**record, "inputs_digest": "other training tasks"}))
+        monkeypatch.setattr(localization, "fit_model", lambda *args: (None, "too few usable tasks"))
+        assert localization.round_model(ws, runner) is None
+        assert json.loads(stored.read_text())["reason"] == "too few usable tasks"

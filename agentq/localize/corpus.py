@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import random
 import re
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,8 @@ def read_repo_tasks(path: str | Path) -> list[LocTask]:
 
 
 def unpack_sdist(sdist: Path, cache: Path) -> Path:
-    """The sdist's top directory under `cache`, unpacked once (safe extraction: the `data` filter)."""
+    """The sdist's top directory under `cache` (as `cache/<file stem>`), unpacked once (safe extraction: the
+    `data` filter)."""
     name = sdist.name.removesuffix(".tar.gz")
     target = cache / name
     if not target.is_dir():
@@ -69,8 +71,12 @@ def unpack_sdist(sdist: Path, cache: Path) -> Path:
         tmp.mkdir(parents=True, exist_ok=True)
         with tarfile.open(sdist) as tar:
             tar.extractall(tmp, filter="data")
-        (tmp / name).rename(target)
-        tmp.rmdir()
+        # An sdist's top directory is usually its file name's stem; some older ones differ in case or spelling.
+        tops = [tmp / name] if (tmp / name).is_dir() else [p for p in tmp.iterdir() if p.is_dir()]
+        if len(tops) != 1:
+            raise ValueError(f"{sdist.name}: expected one top directory, found {len(tops)}")
+        tops[0].rename(target)
+        shutil.rmtree(tmp)
     return target
 
 

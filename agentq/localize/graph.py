@@ -17,25 +17,27 @@ ALPHA = 0.85
 SEEDS = 5
 MAX_ITERATIONS = 200
 _TEST_FILE = re.compile(r"([\w./-]+\.py)(?:::[\w\[\]/.:-]*)?")
+_UNITTEST_ID = re.compile(r"^\w+ \(([\w.]+)\)")
 
 
 def personalized_pagerank(graph: nx.DiGraph, seeds: dict[str, float], candidates: list[str],
                           alpha: float = ALPHA) -> dict[str, float]:
     """PPR on the undirected import graph, restarting at `seeds` (weights need not sum to one).
 
-    Power iteration in numpy over networkx's adjacency matrix (networkx's own pagerank needs scipy);
-    a node without edges sends its mass back to the seeds."""
+    Power iteration in numpy over the graph's edge list (networkx's own pagerank needs scipy, and a dense
+    adjacency matrix of a Django-sized tree is 160 MB per query); a node without edges sends its mass back to
+    the seeds."""
     seeds = {p: w for p, w in seeds.items() if p in graph and w > 0}
     if not seeds or graph.number_of_edges() == 0:
         return {p: seeds.get(p, 0.0) for p in candidates}
-    nodes = list(graph)
-    adjacency = nx.to_numpy_array(graph.to_undirected(as_view=True), nodelist=nodes, weight=None)
-    degree = adjacency.sum(axis=1)
+    nodes, src, dst = _undirected_edges(graph)
+    degree = np.bincount(src, minlength=len(nodes)).astype(float)
     restart = np.array([seeds.get(p, 0.0) for p in nodes])
     restart /= restart.sum()
     rank = restart.copy()
     for _ in range(MAX_ITERATIONS):
-        spread = adjacency.T @ np.divide(rank, degree, out=np.zeros_like(rank), where=degree > 0)
+        share = np.divide(rank, degree, out=np.zeros_like(rank), where=degree > 0)
+        spread = np.bincount(dst, weights=share[src], minlength=len(nodes))
         dangling = rank[degree == 0].sum()
         new = alpha * (spread + dangling * restart) + (1 - alpha) * restart
         if np.abs(new - rank).sum() < 1e-10:
@@ -46,6 +48,15 @@ def personalized_pagerank(graph: nx.DiGraph, seeds: dict[str, float], candidates
     return {p: float(rank[index[p]]) if p in index else 0.0 for p in candidates}
 
 
+def _undirected_edges(graph: nx.DiGraph) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Nodes and both directions of each undirected edge (a->b and b->a count once), as index arrays."""
+    nodes = list(graph)
+    index = {p: i for i, p in enumerate(nodes)}
+    pairs = {(min(index[a], index[b]), max(index[a], index[b])) for a, b in graph.edges if a != b}
+    edges = np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+    return nodes, np.concatenate([edges[:, 0], edges[:, 1]]), np.concatenate([edges[:, 1], edges[:, 0]])
+
+
 def top_seeds(scores: dict[str, float], k: int = SEEDS) -> dict[str, float]:
     """The k best files of a ranking as restart weights 1/rank."""
     ranked = sorted(scores, key=lambda p: -scores[p])[:k]
@@ -53,13 +64,28 @@ def top_seeds(scores: dict[str, float], k: int = SEEDS) -> dict[str, float]:
 
 
 def files_of_tests(test_ids: list[str], files: dict[str, str]) -> list[str]:
-    """Repository files named by pytest node ids (`tests/test_x.py::test_y[param]`), in order, once each."""
+    """Repository files named by pytest node ids (`tests/test_x.py::test_y[param]`) or unittest-style ids
+    (`test_y (package.module.Class)`, Django's runner; the module is looked up as a file, also under
+    `tests/`), in order, once each."""
     out: list[str] = []
     for test_id in test_ids:
-        match = _TEST_FILE.match(test_id.strip())
-        if match and match.group(1) in files and match.group(1) not in out:
-            out.append(match.group(1))
+        for path in _test_paths(test_id.strip()):
+            if path in files and path not in out:
+                out.append(path)
+                break
     return out
+
+
+def _test_paths(test_id: str) -> list[str]:
+    match = _TEST_FILE.match(test_id)
+    if match:
+        return [match.group(1)]
+    dotted = _UNITTEST_ID.search(test_id)
+    if not dotted:
+        return []
+    parts = dotted.group(1).split(".")
+    modules = ["/".join(parts[:n]) for n in range(len(parts), 0, -1)]
+    return [f"{root}{m}{suffix}" for m in modules for root in ("", "tests/") for suffix in (".py", "/__init__.py")]
 
 
 def import_prior(graph: nx.DiGraph, tests: list[str], candidates: list[str]) -> dict[str, float]:

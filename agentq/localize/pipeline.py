@@ -1,9 +1,10 @@
 """The localisation pipeline over one repository: the stages' evidence, their fusion, and the calibrated set.
 
 `Localizer.evidence` runs every retriever once for a report (BM25, dense when an embedder is given, the
-test-import prior, and PPR seeded by the fused text retrievers); `fuse` combines any subset of them, so a
-benchmark measures each stage from one run. `Localizer.locate` applies a trained `Model` (reranker and
-conformal threshold) and returns the ranked files and the prediction set.
+cross-encoder over the best text hits when one is given, the test-import prior, and PPR seeded by the fused
+text retrievers); `fuse` combines any subset of them, so a benchmark measures each stage from one run.
+`Localizer.locate` applies a trained `Model` (reranker and conformal threshold) and returns the ranked files
+and the prediction set.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from agentq.localize.conformal import Conformal, softmax
+from agentq.localize.cross import CrossEncoder, cross_scores
 from agentq.localize.dense import DenseIndex, Embedder
 from agentq.localize.fusion import Reranker, features, rrf
 from agentq.localize.graph import files_of_tests, import_prior, personalized_pagerank, top_seeds
 from agentq.localize.lexical import BM25Index
 from agentq.localize.repo import Repository
 
-STAGES = ("bm25", "dense", "ppr", "prior")
+STAGES = ("bm25", "dense", "cross", "ppr", "prior")
 
 
 def query_text(issue: str, test_ids: list[str]) -> str:
@@ -31,19 +33,24 @@ def query_text(issue: str, test_ids: list[str]) -> str:
 class Localizer:
     """Indexes of one repository, built once and queried per report."""
 
-    def __init__(self, repo: Repository, embedder: Embedder | None = None, cache_dir: Path | None = None):
+    def __init__(self, repo: Repository, embedder: Embedder | None = None, cache_dir: Path | None = None,
+                 cross_encoder: CrossEncoder | None = None):
         self.repo = repo
         self.paths = repo.candidates
-        candidates = {p: repo.files[p] for p in self.paths}
-        self._bm25 = BM25Index(candidates)
-        self._dense = DenseIndex(candidates, embedder, cache_dir) if embedder is not None else None
+        self._candidates = {p: repo.files[p] for p in self.paths}
+        self._bm25 = BM25Index(self._candidates)
+        self._dense = DenseIndex(self._candidates, embedder, cache_dir) if embedder is not None else None
+        self._cross = cross_encoder
 
-    def evidence(self, issue: str, test_ids: list[str]) -> dict[str, dict[str, float]]:
-        """Each stage's score for every candidate file."""
-        query = query_text(issue, test_ids)
+    def evidence(self, issue: str, test_ids: list[str], query_tests: bool = True) -> dict[str, dict[str, float]]:
+        """Each stage's score for every candidate file; with `query_tests` False the test ids feed the test
+        prior only, not the text query (a report that is prose, such as a SWE-bench problem statement)."""
+        query = query_text(issue, test_ids if query_tests else [])
         out = {"bm25": self._bm25.scores(query)}
         if self._dense is not None:
             out["dense"] = self._dense.scores(query)
+        if self._cross is not None:
+            out["cross"] = cross_scores(self._cross, query, self._candidates, rrf(list(out.values())))
         out["ppr"] = personalized_pagerank(self.repo.graph, top_seeds(rrf(list(out.values()))), self.paths)
         out["prior"] = import_prior(self.repo.graph, files_of_tests(test_ids, self.repo.files), self.paths)
         return out
@@ -89,15 +96,21 @@ class Model:
     reranker: Reranker
     conformal: Conformal
 
-    def save(self, path: str | Path) -> None:
-        from agentq.io import atomic_write_json
-
-        atomic_write_json(path, {"stages": list(self.stages), "names": self.reranker.names,
-                                 "weights": self.reranker.weights.tolist(), "conformal": asdict(self.conformal)})
+    def to_json(self) -> dict:
+        return {"stages": list(self.stages), "names": self.reranker.names, "weights": self.reranker.weights.tolist(),
+                "conformal": asdict(self.conformal)}
 
     @classmethod
-    def load(cls, path: str | Path) -> Model:
-        data = json.loads(Path(path).read_text())
+    def from_json(cls, data: dict) -> Model:
         return cls(stages=tuple(data["stages"]),
                    reranker=Reranker(names=data["names"], weights=np.array(data["weights"], dtype=float)),
                    conformal=Conformal(**data["conformal"]))
+
+    def save(self, path: str | Path) -> None:
+        from agentq.io import atomic_write_json
+
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Model:
+        return cls.from_json(json.loads(Path(path).read_text()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,11 +41,20 @@ def module_name(path: str, files: dict[str, str]) -> str:
     return ".".join(parts[start:])
 
 
+def _statements(nodes: list[ast.AST]) -> Iterator[ast.AST]:
+    """Every statement, nested ones too (under def, class, if, try, with, match...), without walking into
+    expressions: imports are statements, and a full `ast.walk` of a large tree costs several times its parse."""
+    for node in nodes:
+        yield node
+        for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+            yield from _statements(getattr(node, name, None) or [])
+
+
 def _imports(package: list[str], tree: ast.AST) -> list[tuple[str, str | None]]:
     """(absolute module, imported name or None) for each import; `package` is the importing file's package
     as module parts (what relative imports count from)."""
     out: list[tuple[str, str | None]] = []
-    for node in ast.walk(tree):
+    for node in _statements(tree.body):
         if isinstance(node, ast.Import):
             out.extend((a.name, None) for a in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -7,6 +7,7 @@ file's own name and package outweigh one mention in its body, which is what BM25
 
 from __future__ import annotations
 
+import functools
 import re
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+")
@@ -28,11 +29,17 @@ def split_identifier(ident: str) -> list[str]:
     return [whole, *parts] if len(parts) > 1 or (parts and parts[0] != whole) else parts or [whole]
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _identifier_tokens(ident: str) -> tuple[str, ...]:
+    # Memoised: a large tree repeats its identifiers (sympy's ~1.2M occurrences are a few tens of thousands).
+    return tuple(t for t in split_identifier(ident) if len(t) > 1 and t not in STOPWORDS)
+
+
 def code_tokens(text: str) -> list[str]:
     """Tokens of source code or report text, stopwords and one-letter parts dropped."""
     out: list[str] = []
     for match in _IDENT.findall(text):
-        out.extend(t for t in split_identifier(match) if len(t) > 1 and t not in STOPWORDS)
+        out.extend(_identifier_tokens(match))
     return out
 
 

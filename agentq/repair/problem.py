@@ -10,10 +10,11 @@ the rest go to the repository executor through the Runner (`RepoJob`). Every att
 be reflected on, so every node may grow. Siblings (K>1) are critiqued as their diffs with their category and
 failing output (`critique_messages`): what the repair prompts show, never the tests' source or the bug patch.
 
-Localisation runs once per task, when its search is made: without a trained reranker (`Localizer.locate`
-needs one) the files are ranked by BM25 alone, which untrained RRF with the other stages did not beat
-(docs/benchmarks.md, localization on repo tasks: Recall@1 0.82 alone, 0.51-0.61 fused), and the prompt gets
-the best-ranked files that fit CONTEXT_CHARS.
+Localisation runs once per task, when its search is made. With the round's model (fitted at the start of
+collect on the round's training repo tasks: agentq/repair/localization.py) `Localizer.locate` ranks the files
+and the prompt gets its conformal prediction set; without one the files are ranked by BM25 alone, which
+untrained RRF with the other stages did not beat (docs/benchmarks.md, localization on repo tasks: Recall@1
+0.82 alone, 0.51-0.61 fused), and the prompt gets the CONTEXT_FILES best. Either way within CONTEXT_CHARS.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agentq.localize.pipeline import Localizer, fuse
+from agentq.localize.pipeline import Localizer, Model, fuse
 from agentq.localize.repo import Repository
 from agentq.policy.base import Prompt
 from agentq.repair.patch import ApplyError, ParseError, Patch, answer_to_patch
@@ -96,33 +97,40 @@ def buggy_tree(task: RepoTask, runner: Any) -> Path:
     return tree
 
 
-def localised_context(tree: Path, task: RepoTask) -> dict[str, str]:
-    """The best-ranked non-test files (RANKING_STAGES) that fit CONTEXT_CHARS; the first always."""
+def localised_context(tree: Path, task: RepoTask, model: Model | None = None) -> tuple[dict[str, str], dict]:
+    """The prompt's files, best first, within CONTEXT_CHARS (the first always): with the round's model, its
+    conformal prediction set (the set's size is the budget, so a confident ranking shows fewer files); without
+    one, the CONTEXT_FILES best by RANKING_STAGES. Also what the tree's record notes about it."""
     localizer = Localizer(Repository.scan(tree))
     if not localizer.paths:
-        return {}
-    scores = fuse(localizer.evidence(task.issue, task.fail_to_pass), RANKING_STAGES, localizer.paths)
+        return {}, {"by": "none", "files": []}
+    if model is not None:
+        chosen = localizer.locate(task.issue, task.fail_to_pass, model).prediction_set
+    else:
+        scores = fuse(localizer.evidence(task.issue, task.fail_to_pass), RANKING_STAGES, localizer.paths)
+        chosen = [localizer.paths[i] for i in np.argsort(-scores, kind="stable")[:CONTEXT_FILES]]
     context: dict[str, str] = {}
     used = 0
-    for i in np.argsort(-scores, kind="stable")[:CONTEXT_FILES]:
-        path = localizer.paths[i]
+    for path in chosen:
         text = localizer.repo.files[path]
         if context and used + len(text) > CONTEXT_CHARS:
             break
         context[path], used = text, used + len(text)
-    return context
+    notes = {"by": "model" if model is not None else "+".join(RANKING_STAGES), "files": list(context)}
+    return context, notes | ({"set_size": len(chosen)} if model is not None else {})
 
 
 class RepoProblem:
-    def __init__(self, task: RepoTask, tree: Path, context: dict[str, str]) -> None:
+    def __init__(self, task: RepoTask, tree: Path, context: dict[str, str], localization: dict | None = None) -> None:
         self.task, self.tree, self.context = task, tree, context
+        self.notes = {"localization": localization} if localization else {}
         self.suspects = set(context)
         self._patches: dict[str, Patch] = {}
 
     @classmethod
     def build(cls, task: RepoTask, runner: Any) -> RepoProblem:
         tree = buggy_tree(task, runner)
-        return cls(task, tree, localised_context(tree, task))
+        return cls(task, tree, *localised_context(tree, task, getattr(runner, "localization", None)))
 
     def root_code(self) -> str:
         return ""  # the empty patch: the buggy tree as it is

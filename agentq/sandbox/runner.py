@@ -29,6 +29,9 @@ class Runner:
                  remote_repos: Any = None) -> None:
         self.functions, self.repos, self.workers = functions, repos, max(1, workers)
         self.remote_repos = remote_repos  # a RemoteExecutor whose server runs the patches (`/run_repo`)
+        # The round's localisation model (agentq.repair.localization), which repo problems built on this runner
+        # rank their files with; collect and evaluate set it, None ranks by BM25.
+        self.localization: Any = None
 
     def run_functions(self, jobs: list[tuple[str, str]]) -> list[Verdict]:
         if self.functions is None:

@@ -358,6 +358,6 @@ class Search:
         return {
             "task_id": self.task.id, "group": self.task.group, "params": asdict(self.params),
             "solved": self.solved, "stats": asdict(self.stats),
-            "nodes": [n.to_record() for n in self.nodes],
+            "nodes": [n.to_record() for n in self.nodes], **self.problem.notes,
         }
 

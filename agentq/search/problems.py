@@ -37,6 +37,7 @@ class Reading:
 
 class Problem(Protocol):
     task: Any
+    notes: dict[str, Any]  # facts about the problem for the tree's record (a repo task: how it was localised)
 
     def root_code(self) -> str: ...
 
@@ -60,6 +61,8 @@ class Problem(Protocol):
 class FunctionProblem:
     """A function task: candidates are full rewrites, judged on visible + hidden tests (collection), or on the
     visible ones only (`visible_only`: evaluation searches, whose final answer is then judged on all)."""
+
+    notes: dict[str, Any] = {}
 
     def __init__(self, task: Task, executor: Any, visible_only: bool = False) -> None:
         self.task = task

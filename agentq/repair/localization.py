@@ -1,0 +1,86 @@
+"""The round's localisation model: the reranker and conformal threshold, fitted on the round's training repo tasks.
+
+Fitted at the start of collect, not in train: collect is the first step that reads repo prompts, so the
+round's own searches get it (a model fitted in train would only reach the next round), and it needs no GPU
+image. It is kept in the round's store (`localize/model.json`) with the digest of what it was fitted on (the
+training task file and this module's settings), so a resumed collect, the other shards and evaluate reuse it
+instead of fitting again; shards that race fit the same model (the fit is deterministic) and either write wins.
+
+Each training task's buggy tree is indexed exactly as its prompt's localisation will index it (`buggy_tree`),
+with gold files from its `bug_patch`. Tasks alternate into a fit half (reranker weights and softmax
+temperature) and a calibration half (the split-conformal threshold), as benchmarks/localization.py does across
+libraries. A round's tasks may all come from one library, so the set's coverage holds for tasks like the
+round's own, not for other libraries. Too few usable tasks (a gold file among the candidates in each half)
+leave no model: the file then records why and prompts rank by BM25 alone. The localisation libraries are
+imported only for a round with repo tasks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from agentq import steplog
+from agentq.io import atomic_write_json
+from agentq.tasks.schema import RepoTask
+from agentq.workspace import RoundWorkspace, digest
+
+if TYPE_CHECKING:
+    from agentq.localize.pipeline import Model
+
+KEY = "localize/model.json"
+STAGES = ("bm25", "ppr", "prior")  # the dense stage needs the embedding model in the collect image: left out
+ALPHA = 0.1
+
+
+def fit_model(tasks: list[RepoTask], runner: Any, alpha: float = ALPHA) -> tuple[Model | None, str]:
+    """(model, why none) from repo tasks whose buggy trees the runner's repository store can make."""
+    import numpy as np
+
+    from agentq.localize.conformal import Conformal, fit_temperature
+    from agentq.localize.corpus import patch_files
+    from agentq.localize.fusion import Reranker, features
+    from agentq.localize.pipeline import Localizer, Model
+    from agentq.localize.repo import Repository
+    from agentq.repair.problem import buggy_tree
+
+    groups = []
+    for task in tasks:
+        localizer = Localizer(Repository.scan(buggy_tree(task, runner)))
+        gold = set(patch_files(task.bug_patch))
+        stages = localizer.evidence(task.issue, task.fail_to_pass)
+        names, x = features({s: stages[s] for s in STAGES}, localizer.paths)
+        mask = [p in gold for p in localizer.paths]
+        if any(mask) and len(mask) > 1:
+            groups.append((names, x, mask))
+    fit, calib = groups[0::2], groups[1::2]
+    if not fit or not calib:
+        return None, (f"{len(groups)} of {len(tasks)} training repo tasks have a gold file among two or more "
+                      "candidates; fitting and calibrating need at least two")
+    reranker = Reranker.fit(fit[0][0], [(x, np.array(m)) for _, x, m in fit])
+    temperature = fit_temperature([(reranker.scores(x), np.array(m)) for _, x, m in fit])
+    conformal = Conformal.calibrate([(reranker.scores(x), np.array(m)) for _, x, m in calib], alpha, temperature)
+    return Model(stages=STAGES, reranker=reranker, conformal=conformal), ""
+
+
+def round_model(ws: RoundWorkspace, runner: Any) -> Model | None:
+    """The round's model from its store, fitted and stored first when absent or fitted on other inputs."""
+    tasks, tasks_digest = ws.tasks("train")
+    repo_tasks = [t for t in tasks if isinstance(t, RepoTask)]
+    if not repo_tasks:
+        return None
+    inputs = digest("localize", tasks_digest, STAGES, ALPHA)
+    stored = ws.get_json(ws.key(KEY))
+    if stored is None or stored.get("inputs_digest") != inputs:
+        model, reason = fit_model(repo_tasks, runner)
+        stored = {"inputs_digest": inputs, "tasks": len(repo_tasks), "reason": reason,
+                  "model": model.to_json() if model else None}
+        atomic_write_json(ws.work_path(KEY), stored)
+        ws.publish(KEY)
+        steplog.log("localisation model", fitted=model is not None, tasks=len(repo_tasks),
+                    message=f"localize: {'fitted' if model else 'no model'} on {len(repo_tasks)} training repo "
+                            f"tasks -> {ws.describe(KEY)}" + (f" ({reason}; prompts rank by BM25)" if reason else ""))
+    if not stored["model"]:
+        return None
+    from agentq.localize.pipeline import Model
+
+    return Model.from_json(stored["model"])
