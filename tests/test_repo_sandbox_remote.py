@@ -19,7 +19,7 @@ from agentq.sandbox.repo import RepoExecutor, SdistStore
 from agentq.sandbox.runner import RepoJob, Runner
 from agentq.sandbox.server import SandboxServer
 from agentq.tasks.schema import RepoTask, write_tasks
-from tests.test_repo_tasks import EDIT_TESTS, FIX, MINILIB, MINITESTS, make_sdist, repo_record
+from tests.test_repo_tasks import EDIT_TESTS, FIX, minilib_data, repo_record
 
 # resolves; changes nothing; edits the tests (which the executor restores); does not apply
 PATCHES = [FIX, "", EDIT_TESTS, FIX.replace("if x > lo:", "if x >= lo:")]
@@ -33,9 +33,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    make_sdist(root / "repos", "minilib", {"minilib/__init__.py": MINILIB, "tests/test_minilib.py": MINITESTS})
-    return root
+    return minilib_data(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

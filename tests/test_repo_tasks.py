@@ -58,15 +58,16 @@ def test_total():
 '''
 
 
-def make_sdist(directory: Path, name: str, files: dict[str, str]) -> Path:
-    """A source distribution NAME-0.1.tar.gz with PKG-INFO and `files`."""
+def make_sdist(directory: Path, name: str, files: dict[str, str], version: str = "0.1") -> Path:
+    """A source distribution NAME-VERSION.tar.gz, as PyPI serves one: one top directory holding PKG-INFO and
+    `files`."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}-0.1.tar.gz"
-    files = {"PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n", **files}
+    path = directory / f"{name}-{version}.tar.gz"
+    files = {"PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", **files}
     with tarfile.open(path, "w:gz") as tar:
         for rel, text in files.items():
             data = text.encode()
-            info = tarfile.TarInfo(f"{name}-0.1/{rel}")
+            info = tarfile.TarInfo(f"{name}-{version}/{rel}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
@@ -111,11 +112,16 @@ F2P = ["tests/test_minilib.py::test_clamp_high", "tests/test_minilib.py::test_cl
 P2P = ["tests/test_minilib.py::test_total"]
 
 
-@pytest.fixture(scope="module")
-def minilib(tmp_path_factory) -> Path:
+def minilib_data(tmp_path_factory) -> Path:
+    """A data folder whose repos/ holds the minilib sdist (what `dataset.repoData` and --repo-data-dir name)."""
     root = tmp_path_factory.mktemp("data")
     make_sdist(root / "repos", "minilib", {"minilib/__init__.py": MINILIB, "tests/test_minilib.py": MINITESTS})
     return root
+
+
+@pytest.fixture(scope="module")
+def minilib(tmp_path_factory) -> Path:
+    return minilib_data(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

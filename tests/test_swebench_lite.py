@@ -3,16 +3,14 @@ benchmark's --lite mode on tiny fake sdists written here (no network: the cache 
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-from pathlib import Path
 
 import pytest
 
 from agentq.localize.graph import files_of_tests
 from agentq.localize.swebench import GOLD_MISSING, NO_SDIST, LiteError, SdistCache, lite_tasks, pick_sdist, read_lite
 from tests.test_localization_bench import load_bench
+from tests.test_repo_tasks import make_sdist
 
 PATCH = ("diff --git a/{p}/core.py b/{p}/core.py\n--- a/{p}/core.py\n+++ b/{p}/core.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n"
          "diff --git a/{p}/new.py b/{p}/new.py\n--- /dev/null\n+++ b/{p}/new.py\n@@ -0,0 +1 @@\n+y = 1\n")
@@ -24,18 +22,6 @@ def instance(repo: str, n: int, version: str, package: str, patch: str | None = 
             "problem_statement": issue or f"the value computed by {package} core is wrong",
             "hints_text": "", "created_at": "", "environment_setup_commit": "",
             "FAIL_TO_PASS": json.dumps([f"tests/test_{package}.py::test_core"]), "PASS_TO_PASS": "[]"}
-
-
-def fake_sdist(directory: Path, project: str, release: str, files: dict[str, str]) -> Path:
-    """A release sdist as PyPI serves one: one top directory `<name>-<release>/` holding the tree."""
-    path = directory / f"{project}-{release}.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(f"{project}-{release}/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def tree(package: str) -> dict[str, str]:
@@ -73,9 +59,9 @@ def test_the_earliest_final_release_of_the_version_is_chosen():
 def test_instances_are_skipped_per_reason_on_fake_sdists(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
-    fake_sdist(cache, "flask", "2.0.0", tree("flask") | {"flask/new.py": ""})
-    fake_sdist(cache, "flask", "2.0.1", {})  # a later release of the same version is not the one chosen
-    fake_sdist(cache, "requests", "2.3.0", tree("requests"))  # lacks requests/new.py
+    make_sdist(cache, "flask", tree("flask") | {"flask/new.py": ""}, "2.0.0")
+    make_sdist(cache, "flask", {}, "2.0.1")  # a later release of the same version is not the one chosen
+    make_sdist(cache, "requests", tree("requests"), "2.3.0")  # lacks requests/new.py
     records = [instance("pallets/flask", 1, "2.0", "flask"), instance("psf/requests", 2, "2.3", "requests"),
                instance("pytest-dev/pytest", 3, "6.3", "pytest")]
     (tmp_path / "lite.json").write_text(json.dumps(records))
@@ -98,7 +84,7 @@ def test_lite_mode_reports_every_stage_and_the_skips(tmp_path, capsys):
     records = []
     for n, (repo, package) in enumerate([("pallets/flask", "flask"), ("psf/requests", "requests"),
                                          ("mwaskom/seaborn", "seaborn"), ("pydata/xarray", "xarray")]):
-        fake_sdist(cache, package, "1.0.0", tree(package) | {f"{package}/new.py": ""})
+        make_sdist(cache, package, tree(package) | {f"{package}/new.py": ""}, "1.0.0")
         records += [instance(repo, 10 * n + i, "1.0", package) for i in range(3)]
     records.append(instance("sympy/sympy", 99, "1.1", "sympy"))  # no sdist cached: skipped offline
     lite = tmp_path / "lite.json"
