@@ -12,7 +12,8 @@ from agentq.localize.cross import CrossEncoder, CrossEncoderError, cross_scores,
 from agentq.localize.pipeline import Localizer
 from tests.test_localization_bench import load_bench
 from tests.test_localize import FILES
-from tests.test_swebench_lite import fake_sdist, instance, tree
+from tests.test_repo_tasks import make_sdist
+from tests.test_swebench_lite import instance, tree
 
 WORDS = ["the", "colour", "hex", "string", "is", "wrong", "pkg", "http", "py", "def", "return", "raw", "parse",
          "response", "util", "strip", "header", "core", "value", "computed", "x", "/", ".", "(", ")", ":", "_"]
@@ -103,7 +104,7 @@ def test_the_benchmark_measures_the_cross_encoder_stage(model_dir, tmp_path, cap
     records = []
     for n, (repo, package) in enumerate([("pallets/flask", "flask"), ("psf/requests", "requests"),
                                          ("mwaskom/seaborn", "seaborn")]):
-        fake_sdist(cache, package, "1.0.0", tree(package) | {f"{package}/new.py": ""})
+        make_sdist(cache, package, tree(package) | {f"{package}/new.py": ""}, "1.0.0")
         records += [instance(repo, 10 * n + i, "1.0", package) for i in range(2)]
     lite = tmp_path / "lite.json"
     lite.write_text(json.dumps(records))
