@@ -194,6 +194,7 @@ USER_ERRORS = frozenset({
     "agentq.sandbox.executor.WorkerDied",
     "agentq.policy.base.PolicyError",
     "agentq.policy.models.ModelLoadError",
+    "agentq.localize.dense.EmbedderError",
 })
 
 

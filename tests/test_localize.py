@@ -236,6 +236,7 @@ def test_a_models_conformal_set_sizes_the_prompt_context(repo):
     """With a model, the prompt's files are its prediction set (here: the failing test's imports, two files);
     without one, the CONTEXT_FILES best by BM25."""
     from agentq.localize.conformal import Conformal
+    from agentq.repair.localization import RoundLocalization
     from agentq.repair.problem import CONTEXT_FILES, localised_context
     from agentq.tasks.schema import RepoTask
 
@@ -247,7 +248,7 @@ def test_a_models_conformal_set_sizes_the_prompt_context(repo):
     weights = np.array([10.0 if n == "prior.norm" else 0.0 for n in names])
     model = Model(stages=("bm25", "ppr", "prior"), reranker=Reranker(names=names, weights=weights),
                   conformal=Conformal(temperature=1.0, qhat=0.999, alpha=0.1))
-    context, notes = localised_context(repo.root, task, model)
+    context, notes = localised_context(repo.root, task, RoundLocalization(model))
     assert list(context) == ["pkg/http.py", "pkg/util.py"] and context["pkg/util.py"] == FILES["pkg/util.py"]
     assert notes == {"by": "model", "files": ["pkg/http.py", "pkg/util.py"], "set_size": 2}
     fallback, notes = localised_context(repo.root, task)

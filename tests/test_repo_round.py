@@ -148,14 +148,32 @@ def test_the_localisation_model_is_fitted_once_per_training_set(workdir, monkeyp
     ws = RoundWorkspace(load_round(round_yaml(workdir, "loc")), str(workdir / "loc.yaml"))
     stored = workdir / "store" / "rounds" / "loc" / "localize" / "model.json"
     with ws.runner() as runner:
-        first = localization.round_model(ws, runner)
+        first = localization.round_model(ws, runner).model
         assert first is not None and stored.is_file()
         tasks = read_tasks(workdir / "train.jsonl", kinds=("repo",))
-        assert localization.fit_model(tasks, runner)[0].to_json() == first.to_json()
+        spec = ws.round.spec.localize
+        assert localization.fit_model(tasks, runner, spec)[0].to_json() == first.to_json()
         monkeypatch.setattr(localization, "fit_model", lambda *args: pytest.fail("fitted again"))
-        assert localization.round_model(ws, runner).to_json() == first.to_json()
+        assert localization.round_model(ws, runner).model.to_json() == first.to_json()
         record = json.loads(stored.read_text())
         ws.store.put_text(ws.key(localization.KEY), json.dumps({**record, "inputs_digest": "other training tasks"}))
         monkeypatch.setattr(localization, "fit_model", lambda *args: (None, "too few usable tasks"))
         assert localization.round_model(ws, runner) is None
         assert json.loads(stored.read_text())["reason"] == "too few usable tasks"
+
+
+def test_the_localize_settings_choose_the_stages_and_the_coverage(workdir):
+    """`localize: {dense: true, coverage: 0.8}` fits a model over the dense stage too, calibrated at alpha 0.2,
+    and the prompts' localisation runs the same encoder (a model with a dense stage cannot rank without one)."""
+    from agentq.repair import localization
+    from agentq.repair.problem import RepoProblem
+
+    path = round_yaml(workdir, "dense", "  localize: {dense: true, coverage: 0.8}\n")
+    ws = RoundWorkspace(load_round(path), str(path))
+    with ws.runner() as runner:
+        found = localization.round_model(ws, runner)
+        assert found.model.stages == ("bm25", "dense", "ppr", "prior") and found.embedder is not None
+        assert found.model.conformal.alpha == pytest.approx(0.2)
+        runner.localization = found
+        task = read_tasks(workdir / "test.jsonl", kinds=("repo",))[0]
+        assert RepoProblem.build(task, runner).notes["localization"]["by"] == "model"

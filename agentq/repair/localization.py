@@ -13,26 +13,53 @@ libraries. A round's tasks may all come from one library, so the set's coverage 
 round's own, not for other libraries. Too few usable tasks (a gold file among the candidates in each half)
 leave no model: the file then records why and prompts rank by BM25 alone. The localisation libraries are
 imported only for a round with repo tasks.
+
+`localize` in the round spec sets the set's target coverage and whether the dense stage (an ONNX sentence
+encoder) joins BM25, PageRank and the test prior; the dense stage then also runs for every prompt, so the
+embedder travels with the model (`RoundLocalization`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agentq import steplog
+from agentq.config import LocalizeSpec
 from agentq.io import atomic_write_json
 from agentq.tasks.schema import RepoTask
 from agentq.workspace import RoundWorkspace, digest
 
 if TYPE_CHECKING:
+    from agentq.localize.dense import Embedder
     from agentq.localize.pipeline import Model
 
 KEY = "localize/model.json"
-STAGES = ("bm25", "ppr", "prior")  # the dense stage needs the embedding model in the collect image: left out
-ALPHA = 0.1
 
 
-def fit_model(tasks: list[RepoTask], runner: Any, alpha: float = ALPHA) -> tuple[Model | None, str]:
+@dataclass
+class RoundLocalization:
+    """What repo prompts rank their files by: the fitted model, and the embedder when its stages include dense."""
+
+    model: Model
+    embedder: Embedder | None = None
+
+
+def stages(spec: LocalizeSpec) -> tuple[str, ...]:
+    return ("bm25", "dense", "ppr", "prior") if spec.dense else ("bm25", "ppr", "prior")
+
+
+def embedder(spec: LocalizeSpec) -> Embedder | None:
+    """The dense stage's encoder (the packaged all-MiniLM-L6-v2, or `localize.embedder`), None without it."""
+    if not spec.dense:
+        return None
+    from agentq.localize.dense import Embedder
+
+    return Embedder.load(spec.embedder)
+
+
+def fit_model(tasks: list[RepoTask], runner: Any, spec: LocalizeSpec,
+              encoder: Embedder | None = None) -> tuple[Model | None, str]:
     """(model, why none) from repo tasks whose buggy trees the runner's repository store can make."""
     import numpy as np
 
@@ -43,12 +70,13 @@ def fit_model(tasks: list[RepoTask], runner: Any, alpha: float = ALPHA) -> tuple
     from agentq.localize.repo import Repository
     from agentq.repair.problem import buggy_tree
 
+    used = stages(spec)
     groups = []
     for task in tasks:
-        localizer = Localizer(Repository.scan(buggy_tree(task, runner)))
+        localizer = Localizer(Repository.scan(buggy_tree(task, runner)), encoder)
         gold = set(patch_files(task.bug_patch))
-        stages = localizer.evidence(task.issue, task.fail_to_pass)
-        names, x = features({s: stages[s] for s in STAGES}, localizer.paths)
+        evidence = localizer.evidence(task.issue, task.fail_to_pass)
+        names, x = features({s: evidence[s] for s in used}, localizer.paths)
         mask = [p in gold for p in localizer.paths]
         if any(mask) and len(mask) > 1:
             groups.append((names, x, mask))
@@ -58,20 +86,23 @@ def fit_model(tasks: list[RepoTask], runner: Any, alpha: float = ALPHA) -> tuple
                       "candidates; fitting and calibrating need at least two")
     reranker = Reranker.fit(fit[0][0], [(x, np.array(m)) for _, x, m in fit])
     temperature = fit_temperature([(reranker.scores(x), np.array(m)) for _, x, m in fit])
-    conformal = Conformal.calibrate([(reranker.scores(x), np.array(m)) for _, x, m in calib], alpha, temperature)
-    return Model(stages=STAGES, reranker=reranker, conformal=conformal), ""
+    conformal = Conformal.calibrate([(reranker.scores(x), np.array(m)) for _, x, m in calib], 1 - spec.coverage,
+                                    temperature)
+    return Model(stages=used, reranker=reranker, conformal=conformal), ""
 
 
-def round_model(ws: RoundWorkspace, runner: Any) -> Model | None:
+def round_model(ws: RoundWorkspace, runner: Any) -> RoundLocalization | None:
     """The round's model from its store, fitted and stored first when absent or fitted on other inputs."""
     tasks, tasks_digest = ws.tasks("train")
     repo_tasks = [t for t in tasks if isinstance(t, RepoTask)]
     if not repo_tasks:
         return None
-    inputs = digest("localize", tasks_digest, STAGES, ALPHA)
+    spec = ws.round.spec.localize
+    encoder = embedder(spec)
+    inputs = digest("localize", tasks_digest, spec.model_dump(mode="json"))
     stored = ws.get_json(ws.key(KEY))
     if stored is None or stored.get("inputs_digest") != inputs:
-        model, reason = fit_model(repo_tasks, runner)
+        model, reason = fit_model(repo_tasks, runner, spec, encoder)
         stored = {"inputs_digest": inputs, "tasks": len(repo_tasks), "reason": reason,
                   "model": model.to_json() if model else None}
         atomic_write_json(ws.work_path(KEY), stored)
@@ -83,4 +114,4 @@ def round_model(ws: RoundWorkspace, runner: Any) -> Model | None:
         return None
     from agentq.localize.pipeline import Model
 
-    return Model.from_json(stored["model"])
+    return RoundLocalization(Model.from_json(stored["model"]), encoder)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agentq.localize.pipeline import Localizer, Model, fuse
+from agentq.localize.pipeline import Localizer, fuse
 from agentq.localize.repo import Repository
 from agentq.policy.base import Prompt
 from agentq.repair.patch import ApplyError, ParseError, Patch, answer_to_patch
@@ -48,6 +48,7 @@ from agentq.search.problems import Reading
 from agentq.tasks.schema import RepoTask
 
 if TYPE_CHECKING:
+    from agentq.repair.localization import RoundLocalization
     from agentq.search.mcts import Node
 
 CONTEXT_CHARS = 16_000
@@ -97,11 +98,13 @@ def buggy_tree(task: RepoTask, runner: Any) -> Path:
     return tree
 
 
-def localised_context(tree: Path, task: RepoTask, model: Model | None = None) -> tuple[dict[str, str], dict]:
+def localised_context(tree: Path, task: RepoTask,
+                      localization: RoundLocalization | None = None) -> tuple[dict[str, str], dict]:
     """The prompt's files, best first, within CONTEXT_CHARS (the first always): with the round's model, its
     conformal prediction set (the set's size is the budget, so a confident ranking shows fewer files); without
     one, the CONTEXT_FILES best by RANKING_STAGES. Also what the tree's record notes about it."""
-    localizer = Localizer(Repository.scan(tree))
+    model = localization.model if localization is not None else None
+    localizer = Localizer(Repository.scan(tree), localization.embedder if localization is not None else None)
     if not localizer.paths:
         return {}, {"by": "none", "files": []}
     if model is not None:
