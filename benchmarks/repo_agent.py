@@ -7,6 +7,12 @@ localised context, patches parsed from the answers, repository runs in the sandb
 * reflection: up to `--attempts` attempts, each prompted with the earlier ones' category and failing output,
 * mcts: K=2 patches per expansion, `--attempts` expansions (so up to 2x the samples of reflection).
 
+`--localize model` ranks each prompt's files as a round does with its fitted localisation model
+(agentq/repair/localization.py): fitted on the corpus's tasks from *other* libraries than the slice's, the
+prompt gets its conformal set; `bm25` (default) gives BM25's top 3, as a round without a model. Context recall
+is the share of searches whose prompt shows every gold file (the files the bug patch touches): what any model
+needs, whatever it answers.
+
 Resolve rate is the share of tasks with a resolving patch; attempts is the mean number of model answers per
 task (spent until the first resolving one, or all of them); `categories` counts the reflection taxonomy over
 every attempt. Tokens in/out per task are what the task's search spent (every request's prompt once, every
@@ -28,8 +34,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from agentq.config import ModelSpec, PricingSpec
+from agentq.config import LocalizeSpec, ModelSpec, PricingSpec
+from agentq.localize.corpus import patch_files
 from agentq.policy.base import load_policy
+from agentq.repair.localization import RoundLocalization, fit_model
 from agentq.sandbox.repo import RepoExecutor, SdistStore
 from agentq.sandbox.runner import Runner
 from agentq.search.mcts import Search, SearchParams
@@ -68,10 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", default="single,reflection,mcts")
     parser.add_argument("--price-in", type=float, help="USD per million prompt tokens (with --price-out: cost/task)")
     parser.add_argument("--price-out", type=float, help="USD per million completion tokens")
+    parser.add_argument("--localize", default="bm25", choices=("bm25", "model"),
+                        help="prompt files: BM25's top 3, or the conformal set of a model fitted on other libraries")
+    parser.add_argument("--coverage", type=float, default=0.9, help="--localize model: the set's target coverage")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
-        tasks = pick(read_tasks(args.tasks, kinds=("repo",)), args.limit)
+        corpus = read_tasks(args.tasks, kinds=("repo",))
+        tasks = pick(list(corpus), args.limit)
     except ValueError as err:
         print(f"repo_agent: {err}", file=sys.stderr)
         return 2
@@ -87,11 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="agentq-bench-") as cache:
         runner = Runner(None, SdistStore(Path(args.data_dir) / "repos", RepoExecutor(Path(cache))))
+        fitted_on = 0
+        if args.localize == "model":
+            others = [t for t in corpus if t.group not in {s.group for s in tasks}]
+            model, why = fit_model(others, runner, LocalizeSpec(coverage=args.coverage))
+            if model is None:
+                print(f"repo_agent: no localisation model from the other libraries' tasks: {why}", file=sys.stderr)
+                return 2
+            runner.localization, fitted_on = RoundLocalization(model), len(others)
         for name, params in strategies(args.attempts).items():
             if name not in wanted:
                 continue
             started = time.monotonic()
             resolved, samples, runs, tokens_in, tokens_out, categories = 0, 0, 0, 0, 0, Counter()
+            shown, context_files = 0, 0
             for seed in seeds:
                 for task in tasks:
                     search = Search(task, policy, runner, params.replace(seed=seed)).run()
@@ -101,19 +122,26 @@ def main(argv: list[str] | None = None) -> int:
                     tokens_in += search.stats.tokens_in
                     tokens_out += search.stats.tokens_out
                     categories.update(n.category for n in search.nodes[1:])
+                    files = search.problem.notes["localization"]["files"]
+                    shown += set(patch_files(task.bug_patch)) <= set(files)
+                    context_files += len(files)
             n = len(tasks) * len(seeds)
             cost = pricing.cost(tokens_in / n, tokens_out / n) if pricing else None
             rows[name] = {"tasks": len(tasks), "searches": n, "resolve_rate": round(resolved / n, 4),
                           "mean_attempts": round(samples / n, 3), "sandbox_runs": runs,
+                          "context_recall": round(shown / n, 4), "context_files": round(context_files / n, 2),
                           "tokens_in_per_task": round(tokens_in / n, 1),
                           "tokens_out_per_task": round(tokens_out / n, 1),
                           "cost_per_task_usd": None if cost is None else round(cost, 6),
                           "seconds": round(time.monotonic() - started, 1), "categories": dict(categories)}
             print(f"{name:>10}: resolve {resolved}/{n} ({resolved / n:.0%}), {samples / n:.2f} attempts/task, "
+                  f"gold files in the prompt {shown}/{n} ({context_files / n:.2f} files), "
                   f"{runs} sandbox runs, tokens/task {tokens_in / n:.0f} in {tokens_out / n:.0f} out, cost/task "
                   f"{'n/a' if cost is None else f'${cost:.6f}'}, {rows[name]['seconds']}s", flush=True)
     base = rows.get("single", {}).get("resolve_rate")
     result = {"benchmark": "repo_agent", "model": args.model, "backend": args.backend, "attempts": args.attempts,
+              "localize": args.localize, "localization_fitted_on": fitted_on,
+              "coverage": args.coverage if args.localize == "model" else None,
               "price_in_per_million": args.price_in, "price_out_per_million": args.price_out,
               "tasks": [t.task_id for t in tasks], "libraries": sorted({t.group for t in tasks}), "strategies": rows}
     if base:
