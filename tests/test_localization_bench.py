@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "localization.py"
+from tests.script_module import load_script
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not (DATA / "repos").is_dir(), reason="needs ../shared/data/repos")
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("localization_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/localization.py", "localization_bench")
 
 
 def test_benchmark_measures_every_stage_against_bm25_on_held_out_libraries(tmp_path, capsys):

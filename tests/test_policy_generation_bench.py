@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "generation.py"
+from tests.script_module import load_script
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("generation_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/generation.py", "generation_bench")
 
 
 @pytest.mark.slow
