@@ -177,3 +177,9 @@ def test_the_localize_settings_choose_the_stages_and_the_coverage(workdir):
         runner.localization = found
         task = read_tasks(workdir / "test.jsonl", kinds=("repo",))[0]
         assert RepoProblem.build(task, runner).notes["localization"]["by"] == "model"
+        trained = read_tasks(workdir / "train.jsonl", kinds=("repo",))[0]
+        cache = buggy_tree(trained, runner).parent.parent / "embeddings"
+        embedded = sorted(cache.iterdir())
+        assert embedded  # a training task's prompt reads back the embeddings its fit wrote
+        RepoProblem.build(trained, runner)
+        assert sorted(cache.iterdir()) == embedded

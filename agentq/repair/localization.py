@@ -66,14 +66,13 @@ def fit_model(tasks: list[RepoTask], runner: Any, spec: LocalizeSpec,
     from agentq.localize.conformal import Conformal, fit_temperature
     from agentq.localize.corpus import patch_files
     from agentq.localize.fusion import Reranker, features
-    from agentq.localize.pipeline import Localizer, Model
-    from agentq.localize.repo import Repository
-    from agentq.repair.problem import buggy_tree
+    from agentq.localize.pipeline import Model
+    from agentq.repair.problem import buggy_tree, tree_localizer
 
     used = stages(spec)
     groups = []
     for task in tasks:
-        localizer = Localizer(Repository.scan(buggy_tree(task, runner)), encoder)
+        localizer = tree_localizer(buggy_tree(task, runner), encoder)
         gold = set(patch_files(task.bug_patch))
         evidence = localizer.evidence(task.issue, task.fail_to_pass)
         names, x = features({s: evidence[s] for s in used}, localizer.paths)

@@ -48,6 +48,7 @@ from agentq.search.problems import Reading
 from agentq.tasks.schema import RepoTask
 
 if TYPE_CHECKING:
+    from agentq.localize.dense import Embedder
     from agentq.repair.localization import RoundLocalization
     from agentq.search.mcts import Node
 
@@ -98,13 +99,20 @@ def buggy_tree(task: RepoTask, runner: Any) -> Path:
     return tree
 
 
+def tree_localizer(tree: Path, embedder: Embedder | None = None) -> Localizer:
+    """A Localizer over a buggy tree. The dense stage's embeddings are cached beside the trees: the round's
+    localisation fit and the task's own prompt index the same tree, which is then embedded once."""
+    cache = tree.parent.parent / "embeddings" if embedder is not None else None
+    return Localizer(Repository.scan(tree), embedder, cache_dir=cache)
+
+
 def localised_context(tree: Path, task: RepoTask,
                       localization: RoundLocalization | None = None) -> tuple[dict[str, str], dict]:
     """The prompt's files, best first, within CONTEXT_CHARS (the first always): with the round's model, its
     conformal prediction set (the set's size is the budget, so a confident ranking shows fewer files); without
     one, the CONTEXT_FILES best by RANKING_STAGES. Also what the tree's record notes about it."""
     model = localization.model if localization is not None else None
-    localizer = Localizer(Repository.scan(tree), localization.embedder if localization is not None else None)
+    localizer = tree_localizer(tree, localization.embedder if localization is not None else None)
     if not localizer.paths:
         return {}, {"by": "none", "files": []}
     if model is not None:

@@ -62,8 +62,8 @@ class SearchParams:
 
     @classmethod
     def for_collect(cls, spec: RoundSpec) -> SearchParams:
-        c = spec.collect
-        return cls._mcts(spec).reflection(c.attempts) if c.strategy == "reflection" else cls._mcts(spec)
+        params, c = cls._mcts(spec), spec.collect
+        return params.reflection(c.attempts) if c.strategy == "reflection" else params
 
     def reflection(self, attempts: int) -> SearchParams:
         """The reflection loop as a search: one child per node, so the tree is a chain of `attempts` attempts,
