@@ -135,9 +135,10 @@ def _job_seen(kind: str, job: dict[str, Any]) -> None:
     labels = meta.get("labels") or {}
     key = (meta.get("namespace", ""), labels.get(ROUND_LABEL, ""))
     finished = job_state(job) in TERMINAL
-    if labels.get(UNIT_LABEL) == CLEANUP_UNIT and kind != "DELETED":
-        _cleanup_failed(job)
-    if finished and key in RT.wakers:  # a TTL may delete the Job before the round's next pass sees it
+    if labels.get(UNIT_LABEL) == CLEANUP_UNIT:
+        if kind != "DELETED":
+            _cleanup_failed(job)
+    elif finished and key in RT.wakers:  # a TTL may delete a step Job before the round's next pass sees it
         RT.finished.setdefault(key, {})[meta["name"]] = job
     if kind == "DELETED" or finished:
         RT.wake_soon(*key)
@@ -198,8 +199,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.priority = random.randint(1, 1_000_000)
     # A replica's record outlives it by this much: a standby takes over at most that long after a crash.
     settings.peering.lifetime = RT.settings.peering_lifetime_seconds
-    # Only warnings become Kubernetes Events by themselves; the reconciler posts its own transitions.
+    # Only warnings become Kubernetes Events by themselves; the reconciler posts its own transitions. kopf's
+    # line per handler call ("Handler 'round_event' succeeded", for every watch event) is noise that costs CPU.
     settings.posting.level = logging.WARNING
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.persistence.finalizer = "agentq.dev/cleanup"
     # kopf's own bookkeeping in annotations only: the whole status belongs to the reconciler.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="agentq.dev")
@@ -580,8 +583,7 @@ async def round_event(type: str, body: kopf.Body, name: str, namespace: str, met
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, backoff=2.0)
-def delete_round(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, logger: logging.Logger,
-                 **_: Any) -> None:
+def delete_round(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, **_: Any) -> None:
     """Remove the round's Jobs and spec ConfigMap; its artifacts stay unless spec.deleteArtifacts."""
     kube = RT.kube
     assert kube is not None
@@ -589,7 +591,7 @@ def delete_round(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, lo
     removed = kube.delete_round_objects(namespace, name, spec_configmap_name(name))
     for server in kube.list_servers(namespace, name):  # owned by the round, but no garbage collector is assumed
         kube.delete_server(namespace, server)
-    logger.info("removed %d Job(s) of round %s", removed, name)
+    log.info("removed %d Job(s) of round %s/%s", removed, namespace, name)
     if spec.get("deleteArtifacts"):
         raw = {"metadata": {"name": name, "namespace": namespace, "uid": body["metadata"]["uid"]},
                "spec": dict(spec)}
@@ -597,4 +599,4 @@ def delete_round(name: str, namespace: str, body: kopf.Body, spec: kopf.Spec, lo
         created = kube.create_job(job)
         if created is not None:
             kube.apply_configmap(cleanup_configmap(raw, created))
-            logger.info("started Job %s to delete the round's artifacts", job["metadata"]["name"])
+            log.info("started Job %s/%s to delete the round's artifacts", namespace, job["metadata"]["name"])
