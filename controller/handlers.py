@@ -37,7 +37,16 @@ from kubernetes.client.exceptions import ApiException
 from controller import inference, metrics
 from controller.campaign import CAMPAIGN_LABEL, CampaignPlan, plan_campaign
 from controller.crd import CAMPAIGN_PLURAL, GROUP, PLURAL, VERSION
-from controller.informer import CONFIGMAPS, DEPLOYMENTS, JOBS, SERVICES, Informers, retry_delay, wait_ready
+from controller.informer import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    JOBS,
+    ROUNDS,
+    SERVICES,
+    Informers,
+    retry_delay,
+    wait_ready,
+)
 from controller.jobs import (
     CLEANUP_UNIT,
     ROUND_LABEL,
@@ -73,11 +82,6 @@ REFUSED = (400, 403, 404, 422)
 CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 
 
-def _version(body: dict[str, Any] | None) -> int:
-    value = (body or {}).get("metadata", {}).get("resourceVersion", "")
-    return int(value) if value.isdigit() else -1
-
-
 class Runtime:
     """Process-wide state: the API client, the settings, the caches and the wake-up event of every daemon."""
 
@@ -91,10 +95,6 @@ class Runtime:
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.campaign_wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.follows: dict[tuple[str, str], str] = {}  # (namespace, round) -> the round it starts from
-        # Every round as the watch last showed it, and as our last status write returned it: a pass plans
-        # from the newer of the two (by resourceVersion) instead of a GET.
-        self.rounds: dict[tuple[str, str], dict[str, Any]] = {}
-        self.written: dict[tuple[str, str], dict[str, Any]] = {}
         # (namespace, round) -> Job name -> the Job as its last watch event showed it finished
         self.finished: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         # (namespace, round) -> ((round UID, spec), the spec ConfigMap it calls for): built on change only
@@ -111,6 +111,11 @@ class Runtime:
         for (ns, follower), predecessor in list(self.follows.items()):
             if ns == namespace and predecessor == name and (ns, follower) in self.wakers:
                 self.wakers[(ns, follower)].set()
+
+    def wake_campaign(self, namespace: str, name: str) -> None:
+        event = self.campaign_wakers.get((namespace, name))
+        if event:
+            event.set()
 
     def wake_soon(self, namespace: str, name: str) -> None:
         """`wake` from any thread (an informer's)."""
@@ -159,6 +164,19 @@ def _cleanup_failed(job: dict[str, Any]) -> None:
         log.warning("could not post the CleanupFailed event of Job %s: %s", job["metadata"]["name"], err)
 
 
+def _round_seen(kind: str, body: dict[str, Any]) -> None:
+    """A round changed: its daemon, the rounds that start from it and its campaign may have something to do
+    (the echo of our own status write never gets here: the store has it from the write's answer)."""
+    meta = body["metadata"]
+    namespace, name = meta.get("namespace", ""), meta["name"]
+    if RT.loop is None:
+        return
+    RT.loop.call_soon_threadsafe(RT.wake, namespace, name)
+    campaign = (meta.get("labels") or {}).get(CAMPAIGN_LABEL)
+    if campaign:  # a round's phase may be what its campaign waits for
+        RT.loop.call_soon_threadsafe(RT.wake_campaign, namespace, campaign)
+
+
 def _wake_on(*kinds: str) -> Any:
     """A callback that wakes the object's round on these kinds of event: a server Deployment on any (its
     readiness), a Service or spec ConfigMap when it is deleted (the next pass re-creates it), not on the echo
@@ -174,6 +192,14 @@ def _watch_error(kind: str) -> Any:
     return lambda code: metrics.WATCH_ERRORS.labels(kind=kind, code=code).inc()
 
 
+class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """No handler here reads a diff (a pass compares what it observes, not what changed), so the essence kopf
+    would deep-copy out of every round event (a tenth of the operator's CPU) is left empty."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     RT.settings = load_settings()
@@ -186,6 +212,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     api = client.ApiClient(RT.kube.api.configuration)
     clusterwide = settings.peering.clusterwide
     RT.informers = {
+        "rounds": Informers(api, ROUNDS, "", ROUND_LABEL, clusterwide, _round_seen, _watch_error("rounds")),
         "jobs": Informers(api, JOBS, ROUND_LABEL, ROUND_LABEL, clusterwide, _job_seen, _watch_error("jobs")),
         "configmaps": Informers(api, CONFIGMAPS, ROUND_LABEL, ROUND_LABEL, clusterwide, _wake_on("DELETED"),
                                 _watch_error("configmaps")),
@@ -200,13 +227,13 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # A replica's record outlives it by this much: a standby takes over at most that long after a crash.
     settings.peering.lifetime = RT.settings.peering_lifetime_seconds
     # Only warnings become Kubernetes Events by themselves; the reconciler posts its own transitions. kopf's
-    # line per handler call ("Handler 'round_event' succeeded", for every watch event) is noise that costs CPU.
+    # line per handler call is noise that costs CPU.
     settings.posting.level = logging.WARNING
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.persistence.finalizer = "agentq.dev/cleanup"
     # kopf's own bookkeeping in annotations only: the whole status belongs to the reconciler.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="agentq.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="agentq.dev")
+    settings.persistence.diffbase_storage = NoDiffBase(prefix="agentq.dev")
     # kopf's own requests (watches, finalizers, events, peering) give up on a dead connection within seconds.
     settings.networking.connect_timeout = 5
     settings.networking.request_timeout = 30
@@ -298,12 +325,9 @@ def stuck_problems(kube: Kube, namespace: str, name: str, settings: OperatorSett
 
 
 def observed_round(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
-    """The round as last seen (its watch, or our own status write, whichever is newer); a GET only when
-    neither has shown it yet."""
-    seen, written = RT.rounds.get((namespace, name)), RT.written.get((namespace, name))
-    if seen is None and written is None:
-        return kube.get_round(namespace, name)
-    return seen if _version(seen) >= _version(written) else written
+    """The round as last seen (its watch, or the answer to our own status write, whichever is newer); a GET
+    when its watch has not shown it (yet, or any more)."""
+    return RT.cache("rounds").store.get(namespace, name) or kube.get_round(namespace, name)
 
 
 def _refusal(what: str, err: ApiException) -> tuple[str, str] | None:
@@ -317,15 +341,15 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
     kube, settings = RT.kube, RT.settings
     assert kube is not None
     key = (namespace, name)
+    wait_ready(list(RT.informers.values()), namespace)
     body = observed_round(kube, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
-    wait_ready(list(RT.informers.values()), namespace)
     predecessor_phase = None
     from_round = ((body.get("spec") or {}).get("model") or {}).get("fromRound")
     if from_round:
         RT.follows[key] = from_round
-        pred = RT.rounds.get((namespace, from_round)) or kube.get_round(namespace, from_round)
+        pred = RT.cache("rounds").store.get(namespace, from_round) or kube.get_round(namespace, from_round)
         predecessor_phase = ((pred or {}).get("status") or {}).get("phase") or ("Pending" if pred else "")
     jobs = with_unrecorded_finished(RT.cache("jobs").store.indexed(namespace, name), RT.finished.get(key, {}),
                                     body.get("status") or {})
@@ -355,7 +379,7 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
             refused.append(("JobCreateFailed", problem[1]))
             continue
         if made is not None:
-            RT.cache("jobs").store.put(made)  # seen at once, before its watch event arrives
+            RT.cache("jobs").store.put(made, own=True)  # seen at once, before its watch event arrives
             metrics.JOBS_CREATED.labels(step=unit.step).inc()
             created.append(job["metadata"]["name"])
     if created:  # one event per pass, not per Job: each is an API call
@@ -363,7 +387,7 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
                                                       f"{', '.join(created)}"))
     for job_name, suspended in result.suspend.items():
         try:
-            RT.cache("jobs").store.put(kube.patch_job(namespace, job_name, suspend_patch(suspended)))
+            RT.cache("jobs").store.put(kube.patch_job(namespace, job_name, suspend_patch(suspended)), own=True)
         except ApiException as err:
             if err.status == 404:  # finished and deleted meanwhile: nothing left to suspend
                 continue
@@ -377,11 +401,10 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
         result.block(refused, now())
     if result.status != (body.get("status") or {}):
         try:
-            RT.written[key] = kube.replace_round_status(body, result.status)
+            RT.cache("rounds").store.put(kube.replace_round_status(body, result.status), own=True)
         except ApiException as err:
             if err.status != 409:
                 raise
-            RT.written.pop(key, None)
             # Stale: the next pass plans again from fresh observations and announces the transitions then.
             result.status = {}
             result.events = [e for e in result.events if e[1] in ("JobCreated", "JobSuspended", "JobResumed")]
@@ -400,7 +423,7 @@ def ensure_configmap(kube: Kube, body: dict[str, Any], key: tuple[str, str]) -> 
     if current is not None and current.get("data") == manifest["data"]:
         return None
     try:
-        RT.cache("configmaps").store.put(kube.apply_configmap(manifest))
+        RT.cache("configmaps").store.put(kube.apply_configmap(manifest), own=True)
     except ApiException as err:
         if (problem := _refusal(f"creating ConfigMap {manifest['metadata']['name']}", err)) is None:
             raise
@@ -433,7 +456,7 @@ def serve_inference(kube: Kube, body: dict[str, Any], result: Plan, stamp: str,
             servers.condition = (False, "CreateFailed", problem[1])
             continue
         if made is not None:
-            RT.cache("deployments" if manifest["kind"] == "Deployment" else "services").store.put(made)
+            RT.cache("deployments" if manifest["kind"] == "Deployment" else "services").store.put(made, own=True)
             result.events.append(("Normal", "InferenceServerCreated", f"created inference server "
                                   f"{manifest['kind']} {manifest['metadata']['name']}"))
     if servers.hold:
@@ -530,7 +553,6 @@ async def run_round(name: str, namespace: str, body: kopf.Body, stopped: kopf.Da
         await _serve("round", key, body, stopped, RT.wakers, reconcile_once)
     finally:
         RT.follows.pop(key, None)
-        RT.written.pop(key, None)
         RT.finished.pop(key, None)
         RT.configmaps.pop(key, None)
 
@@ -563,23 +585,6 @@ def reconcile_campaign(namespace: str, name: str) -> CampaignPlan | None:
 async def run_campaign(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
                        **_: Any) -> None:
     await _serve("campaign", (namespace, name), body, stopped, RT.campaign_wakers, reconcile_campaign)
-
-
-# Async on purpose: it runs on the event loop, which owns the daemons' asyncio.Events.
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def round_event(type: str, body: kopf.Body, name: str, namespace: str, meta: kopf.Meta,
-                      labels: dict[str, str], **_: Any) -> None:
-    key = (namespace, name)
-    if type == "DELETED":
-        RT.rounds.pop(key, None)
-    else:
-        RT.rounds[key] = dict(body)  # the raw top-level dict; kopf replaces it (never mutates it) per event
-    # The echo of our own status write changes nothing a pass has not already seen.
-    if meta.get("resourceVersion") != (RT.written.get(key) or {}).get("metadata", {}).get("resourceVersion"):
-        RT.wake(namespace, name)
-    campaign = RT.campaign_wakers.get((namespace, labels.get(CAMPAIGN_LABEL, "")))
-    if campaign:  # a round's phase may be what its campaign waits for
-        campaign.set()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, backoff=2.0)

@@ -16,8 +16,10 @@ is never revived by a slower copy.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -28,12 +30,16 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
+from controller.crd import GROUP, PLURAL, VERSION
+
 log = logging.getLogger("agentq.operator.informer")
 Obj = dict[str, Any]
 Handler = Callable[[str, Obj], None]  # (ADDED | MODIFIED | DELETED, object), called from the informer's thread
 WATCH_SECONDS = 240  # the API server ends each watch after this; a silent dead connection is noticed by the
 READ_TIMEOUT = WATCH_SECONDS + 30  # client's read timeout at the latest
 RETRY_MAX_SECONDS = 2.0
+# The object's own resourceVersion: the first in a watch line, since metadata comes before spec and status.
+OBJECT_VERSION = re.compile(r'"resourceVersion":"(\d+)"')
 
 
 def retry_delay(failures: int) -> float:
@@ -54,14 +60,21 @@ class Store:
         self.index_label = index_label
         self._lock = threading.Lock()
         self._objects: dict[tuple[str, str], Obj] = {}
+        self._index: dict[tuple[str, str], dict[str, Obj]] = {}  # (namespace, label value) -> name -> object
         self._gone: set[str] = set()  # UIDs seen deleted: a slower copy must not bring them back
+        self._own: set[str] = set()  # versions this process wrote itself: their watch events are echoes
 
-    def put(self, obj: Obj) -> bool:
+    def put(self, obj: Obj, own: bool = False) -> bool:
         """Store `obj` unless the store holds a newer (or the same) copy of the same object or saw it deleted;
-        whether it changed what the store shows."""
+        whether it changed what the store shows. `own`: an object this process just wrote (the API server's
+        answer), whose watch event will need no parsing."""
         meta = obj["metadata"]
         key = (meta.get("namespace", ""), meta["name"])
         with self._lock:
+            if own:
+                if len(self._own) > 100_000:  # echoes that raced their answer are never claimed: bound them
+                    self._own.clear()
+                self._own.add(meta.get("resourceVersion", ""))
             if meta.get("uid") in self._gone:
                 return False
             current = self._objects.get(key)
@@ -69,8 +82,26 @@ class Store:
                 new, old = _rv(obj), _rv(current)
                 if new is not None and old is not None and new <= old:
                     return False
+            self._unindex(key)
             self._objects[key] = obj
+            value = (meta.get("labels") or {}).get(self.index_label)
+            if value is not None:
+                self._index.setdefault((key[0], value), {})[key[1]] = obj
             return True
+
+    def echo(self, version: str) -> bool:
+        """Whether `version` is one this process wrote (claimed once)."""
+        with self._lock:
+            if version in self._own:
+                self._own.discard(version)
+                return True
+            return False
+
+    def _unindex(self, key: tuple[str, str]) -> None:
+        current = self._objects.pop(key, None)
+        if current is not None:
+            value = (current["metadata"].get("labels") or {}).get(self.index_label)
+            self._index.get((key[0], value), {}).pop(key[1], None)
 
     def delete(self, obj: Obj) -> None:
         meta = obj["metadata"]
@@ -79,7 +110,7 @@ class Store:
             self._gone.add(meta.get("uid", ""))
             current = self._objects.get(key)
             if current is not None and current["metadata"].get("uid") == meta.get("uid"):
-                del self._objects[key]
+                self._unindex(key)
 
     def replace(self, objs: list[Obj], list_rv: int | None, namespace: str | None) -> tuple[list[Obj], list[Obj]]:
         """A fresh LIST (of `namespace`, or of all): stores its objects. Returns those it no longer shows
@@ -93,7 +124,7 @@ class Store:
                     continue
                 rv = _rv(obj)
                 if key not in listed and (list_rv is None or rv is None or rv <= list_rv):
-                    del self._objects[key]
+                    self._unindex(key)
                     gone.append(obj)
         return gone, [obj for obj in objs if self.put(obj)]
 
@@ -104,8 +135,7 @@ class Store:
     def indexed(self, namespace: str, value: str) -> list[Obj]:
         """Objects of `namespace` whose index label is `value` (a round's Jobs, its servers)."""
         with self._lock:
-            return [o for (ns, _), o in self._objects.items()
-                    if ns == namespace and (o["metadata"].get("labels") or {}).get(self.index_label) == value]
+            return list(self._index.get((namespace, value), {}).values())
 
 
 @dataclass(frozen=True)
@@ -123,6 +153,11 @@ CONFIGMAPS = Kind("configmaps", lambda api: client.CoreV1Api(api).list_config_ma
                   lambda api: client.CoreV1Api(api).list_namespaced_config_map)
 DEPLOYMENTS = Kind("deployments", lambda api: client.AppsV1Api(api).list_deployment_for_all_namespaces,
                    lambda api: client.AppsV1Api(api).list_namespaced_deployment)
+ROUNDS = Kind("agentqrounds",
+              lambda api: functools.partial(client.CustomObjectsApi(api).list_cluster_custom_object,
+                                            GROUP, VERSION, PLURAL),
+              lambda api: lambda namespace, **kw: client.CustomObjectsApi(api).list_namespaced_custom_object(
+                  GROUP, VERSION, namespace, PLURAL, **kw))
 SERVICES = Kind("services", lambda api: client.CoreV1Api(api).list_service_for_all_namespaces,
                 lambda api: client.CoreV1Api(api).list_namespaced_service)
 
@@ -167,6 +202,9 @@ class Informer(threading.Thread):
                     return
                 if not line.strip():
                     continue
+                version = OBJECT_VERSION.search(line)
+                if version and self.store.echo(version.group(1)):
+                    continue  # what we wrote ourselves, stored from the API server's answer already
                 event = json.loads(line)
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":  # 410 Gone: the version is too old to watch from; list again
