@@ -13,42 +13,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_operator_cluster import OPERATOR_CONFIG, REPO, Harness, _require_testenv, small_round, wait_for
-from testenv import LocalCluster, Operator, free_port, start_job
+from test_operator_cluster import (  # noqa: F401 - cluster and operator are the module fixtures used here too
+    OPERATOR_CONFIG,
+    REPO,
+    Harness,
+    _require_testenv,
+    cluster,
+    operator,
+    small_round,
+    wait_for,
+)
+from testenv import LocalCluster, Operator, start_job
 
 from controller.inference import build_server
 from controller.jobs import SUSPENDED_ANNOTATION, suspend_patch
 from controller.settings import OperatorSettings
 
 pytestmark = pytest.mark.cluster
-CONFIG = {**OPERATOR_CONFIG, "metricsPort": free_port()}
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    _require_testenv()
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"), controllers=True).start()
-    try:
-        for manifest in ("crd.yaml", "campaign-crd.yaml"):
-            c.kubectl("apply", "-f", str(REPO / "manifests" / manifest))
-        c.kubectl("wait", "--for=condition=Established", "crd/agentqrounds.agentq.dev",
-                  "crd/agentqcampaigns.agentq.dev", "--timeout=30s")
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator"), config=CONFIG).start()
-    try:
-        yield op
-    finally:
-        op.stop()
+CONFIG = OPERATOR_CONFIG
 
 
 @pytest.fixture
-def h(cluster: LocalCluster, operator: Operator, request: pytest.FixtureRequest) -> Iterator[Harness]:
+def h(cluster: LocalCluster, operator: Operator,  # noqa: F811 - the fixtures imported above
+      request: pytest.FixtureRequest) -> Iterator[Harness]:
     ns = request.node.name.replace("_", "-")[:40].rstrip("-").lower()
     harness = Harness(cluster, operator, ns)
     yield harness
@@ -290,26 +277,26 @@ def test_a_failed_cleanup_is_reported_not_counted_as_done(h: Harness):
 # --- 7. failover ---------------------------------------------------------------------------------------------
 
 
-def peered(cluster: LocalCluster, workdir: Path, name: str, priority: int) -> Operator:
+def peered(local: LocalCluster, workdir: Path, name: str, priority: int) -> Operator:
     config = {k: v for k, v in CONFIG.items() if k != "metricsPort"}
-    return Operator(cluster.kubeconfig, workdir, config=config, name=name,
+    return Operator(local.kubeconfig, workdir, config=config, name=name,
                     args=("--peering", "agentq", "--priority", str(priority)))
 
 
 def test_failover_under_15s_and_replicas_started_together_never_both_act(tmp_path: Path):
     _require_testenv()
-    cluster = LocalCluster(tmp_path / "peering-cluster", controllers=True).start()
+    local = LocalCluster(tmp_path / "peering-cluster", controllers=True).start()
     replicas: list[Operator] = []
     try:
         for manifest in ("crd.yaml", "campaign-crd.yaml", "peering.yaml"):
-            cluster.kubectl("apply", "-f", str(REPO / "manifests" / manifest))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev",
-                        "crd/agentqrounds.agentq.dev", "--timeout=30s")
-        cluster.kubectl("apply", "-f", str(REPO / "manifests" / "peering-object.yaml"))
-        first = peered(cluster, tmp_path, "first", 100)
-        h = Harness(cluster, first, "peers")
+            local.kubectl("apply", "-f", str(REPO / "manifests" / manifest))
+        local.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev",
+                      "crd/agentqrounds.agentq.dev", "--timeout=30s")
+        local.kubectl("apply", "-f", str(REPO / "manifests" / "peering-object.yaml"))
+        first = peered(local, tmp_path, "first", 100)
+        h = Harness(local, first, "peers")
         h.apply(small_round("relay"))  # there before either replica: both see it the moment they start
-        replicas += [first.start(), peered(cluster, tmp_path, "second", 50).start()]
+        replicas += [first.start(), peered(local, tmp_path, "second", 50).start()]
         first, second = replicas
         h.wait_jobs("relay", ["relay-collect-0", "relay-collect-1"], timeout=60)
         time.sleep(3.0)
@@ -331,4 +318,4 @@ def test_failover_under_15s_and_replicas_started_together_never_both_act(tmp_pat
     finally:
         for replica in replicas:
             replica.stop()
-        cluster.stop()
+        local.stop()
