@@ -382,7 +382,10 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
             RT.cache("jobs").store.put(made, own=True)  # seen at once, before its watch event arrives
             metrics.JOBS_CREATED.labels(step=unit.step).inc()
             created.append(job["metadata"]["name"])
-    if created:  # one event per pass, not per Job: each is an API call
+    # One event per pass, not per Job (each is an API call), and none where the pass's phase transition event
+    # already names the step's Jobs.
+    if created and not any(kind == "Normal" and reason == result.status.get("phase") for kind, reason, _ in
+                           result.events):
         result.events.append(("Normal", "JobCreated", f"created Job{'s' if len(created) > 1 else ''} "
                                                       f"{', '.join(created)}"))
     for job_name, suspended in result.suspend.items():
