@@ -95,6 +95,8 @@ class Runtime:
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.campaign_wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.follows: dict[tuple[str, str], str] = {}  # (namespace, round) -> the round it starts from
+        # (namespace, round) -> (generation, deletionTimestamp, status) of the round's last event that woke it
+        self.round_marks: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         # (namespace, round) -> Job name -> the Job as its last watch event showed it finished
         self.finished: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         # (namespace, round) -> ((round UID, spec), the spec ConfigMap it calls for): built on change only
@@ -171,7 +173,14 @@ def _round_seen(kind: str, body: dict[str, Any]) -> None:
     namespace, name = meta.get("namespace", ""), meta["name"]
     if RT.loop is None:
         return
-    RT.loop.call_soon_threadsafe(RT.wake, namespace, name)
+    # What a pass acts on: the spec (generation), deletion, and a status someone else wrote. kopf's own
+    # metadata patches (its finalizer) would only cost a pass each.
+    mark = (meta.get("generation"), meta.get("deletionTimestamp"), body.get("status"))
+    if kind == "DELETED" or RT.round_marks.get((namespace, name)) != mark:
+        RT.round_marks[(namespace, name)] = mark
+        RT.loop.call_soon_threadsafe(RT.wake, namespace, name)
+    if kind == "DELETED":
+        RT.round_marks.pop((namespace, name), None)
     campaign = (meta.get("labels") or {}).get(CAMPAIGN_LABEL)
     if campaign:  # a round's phase may be what its campaign waits for
         RT.loop.call_soon_threadsafe(RT.wake_campaign, namespace, campaign)
@@ -194,9 +203,13 @@ def _watch_error(kind: str) -> Any:
 
 class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
     """No handler here reads a diff (a pass compares what it observes, not what changed), so the essence kopf
-    would deep-copy out of every round event (a tenth of the operator's CPU) is left empty."""
+    would deep-copy out of every round event (a tenth of the operator's CPU) is empty, and as it never changes
+    kopf never writes it into an annotation (a PATCH, and a watch event, per round)."""
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         return kopf.BodyEssence()
 
 
@@ -382,6 +395,9 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
             RT.cache("jobs").store.put(made, own=True)  # seen at once, before its watch event arrives
             metrics.JOBS_CREATED.labels(step=unit.step).inc()
             created.append(job["metadata"]["name"])
+            # In this pass's status write already, as the next pass would record it (a write saved per stage).
+            result.status.setdefault("jobs", {})[unit.key] = {"name": job["metadata"]["name"], "state": "Pending",
+                                                              "attempts": attempt + 1}
     # One event per pass, not per Job (each is an API call), and none where the pass's phase transition event
     # already names the step's Jobs.
     if created and not any(kind == "Normal" and reason == result.status.get("phase") for kind, reason, _ in
@@ -402,9 +418,12 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
                               f"{'suspended' if suspended else 'resumed'} Job {job_name}"))
     if refused:
         result.block(refused, now())
-    if result.status != (body.get("status") or {}):
+    if _material(result.status) != _material(body.get("status") or {}):
         try:
-            RT.cache("rounds").store.put(kube.replace_round_status(body, result.status), own=True)
+            new = kube.replace_round_status(body, result.status)
+            RT.cache("rounds").store.put(new, own=True)
+            RT.round_marks[key] = (new["metadata"].get("generation"), new["metadata"].get("deletionTimestamp"),
+                                   new.get("status"))
         except ApiException as err:
             if err.status != 409:
                 raise
@@ -412,6 +431,16 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
             result.status = {}
             result.events = [e for e in result.events if e[1] in ("JobCreated", "JobSuspended", "JobResumed")]
     return result
+
+
+def _material(status: dict[str, Any]) -> dict[str, Any]:
+    """The status less what alone is not worth a write: a Job that went from Pending to Running (a write per
+    Job; the next write that matters shows it)."""
+    jobs = status.get("jobs")
+    if not jobs:
+        return status
+    return {**status, "jobs": {unit: {**entry, "state": "Pending"} if entry.get("state") == "Running" else entry
+                               for unit, entry in jobs.items()}}
 
 
 def ensure_configmap(kube: Kube, body: dict[str, Any], key: tuple[str, str]) -> tuple[str, str] | None:

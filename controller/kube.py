@@ -12,25 +12,35 @@ import datetime
 import functools
 import json
 import os
+import re
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from controller import metrics
 from controller.crd import CAMPAIGN_PLURAL, GROUP, PLURAL, VERSION
 from controller.inference import SERVER_LABEL
 from controller.jobs import ROUND_LABEL
 
 TIMEOUT = (5.0, 30.0)  # (connect, read) seconds of every request
+# /api/v1/namespaces/ns/pods/x/log -> pods/log; /apis/batch/v1/namespaces/ns/jobs -> jobs
+RESOURCE = re.compile(r"/(?:api/v1|apis/[^/]+/[^/]+)(?:/namespaces/[^/]+)?/([^/?]+)(?:/[^/?]+/([^/?]+))?")
+
+
+def resource_of(url: str) -> str:
+    found = RESOURCE.search(url)
+    return "/".join(p for p in found.groups() if p) if found else "other"
 
 
 def with_timeouts(api: client.ApiClient, timeout: tuple[float, float] = TIMEOUT) -> client.ApiClient:
-    """`api` with `timeout` on every request that names none."""
+    """`api` with `timeout` on every request that names none, each request counted for /metrics."""
     request = api.request
 
     @functools.wraps(request)
-    def timed(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
-        return request(*args, _request_timeout=_request_timeout or timeout, **kwargs)
+    def timed(method: str, url: str, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        metrics.API_REQUESTS.labels(verb=method, resource=resource_of(url)).inc()
+        return request(method, url, *args, _request_timeout=_request_timeout or timeout, **kwargs)
 
     api.request = timed  # type: ignore[method-assign]
     return api
