@@ -100,7 +100,10 @@ def finished_round(store: FileStore, name: str, summary: dict[str, Any], from_ro
     store.put_json(f"rounds/{name}/preferences.stats.json", {"pairs": 2})
     store.put_json(f"rounds/{name}/eval/summary.json", summary)
     for arm in ("", "baseline/") if summary.get("baseline") else ("",):
-        rows = [{"task_id": f"t{i}", "mode": "zero_shot", "solved": i < 3, "inputs_digest": "x"} for i in range(10)]
+        rows = [{"task_id": f"t{i}", "group": f"g{i // 2}", "kind": "function", "mode": "zero_shot", "solved": i < 3,
+                 "status": "passed" if i < 3 else "failed", "reward": 1.0 if i < 3 else 0.5, "n": 1,
+                 "correct": int(i < 3), "seconds": 0.4 + i / 10, "inputs_digest": "x",
+                 "message": "" if i < 3 else f"test_check: AssertionError: add(1, {i}) == {1 + i}"} for i in range(10)]
         store.put_text(f"rounds/{name}/eval/{arm}zero_shot.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     store.put_text(f"rounds/{name}/eval/zero_shot.shard-0-of-1.jsonl", "{}\n")  # never listed as a mode
 
@@ -167,8 +170,9 @@ def repo_tree(task_id: str) -> dict[str, Any]:
 REPO_TASKS = ("lib-1.0__op_swap__src/lib/core.py:11__aa", "lib-1.0__cmp_swap__src/lib/core.py:20__bb")
 
 
-def repo_round(store: FileStore, name: str = "repo") -> None:
-    store.put_text(f"rounds/{name}/spec.yaml", spec(name))
+def repo_round(store: FileStore, name: str = "repo", solved: tuple[int, ...] = (0,), from_round: str | None = None,
+               at: float = 400.0) -> None:
+    store.put_text(f"rounds/{name}/spec.yaml", spec(name, from_round))
     for i, step in enumerate(("collect-shard-0-of-1", "preferences", "train", "merge", "evaluate")):
         marker(store, name, step, {"tasks": 2} if i == 0 else {}, 300.0 + i)
     store.put_json(f"rounds/{name}/status.json", {**status("Succeeded", "evaluate",
@@ -183,11 +187,12 @@ def repo_round(store: FileStore, name: str = "repo") -> None:
     store.put_json(f"rounds/{name}/preferences.stats.json", {"pairs": 1, "decided_by_tests": 1})
     modes = {"zero_shot": {"tasks": 2, "pass_at_1": 0.5, "pass_at_1_ci95": [0.0, 1.0], "pass_rate": 0.5,
                            "greedy_solved": 1, "solved": 1}}
-    store.put_json(f"rounds/{name}/eval/summary.json", {"round": name, "model": "tiny", "from_round": None,
-                                                      "finished_at": 400.0, "modes": modes})
-    rows = [{"task_id": t, "group": "lib", "kind": "repo", "mode": "zero_shot", "solved": i == 0,
-             "status": "passed" if i == 0 else "failed", "reward": float(i == 0), "n": 1, "correct": int(i == 0),
-             "seconds": 4.0, "message": "" if i == 0 else "AssertionError: 2 != 3"} for i, t in enumerate(REPO_TASKS)]
+    store.put_json(f"rounds/{name}/eval/summary.json", {"round": name, "model": "tiny", "from_round": from_round,
+                                                      "finished_at": at, "modes": modes})
+    rows = [{"task_id": t, "group": "lib", "kind": "repo", "mode": "zero_shot", "solved": i in solved,
+             "status": "passed" if i in solved else "failed", "reward": float(i in solved), "n": 1,
+             "correct": int(i in solved), "seconds": 4.0, "message": "" if i in solved else "AssertionError: 2 != 3"}
+            for i, t in enumerate(REPO_TASKS)]
     store.put_text(f"rounds/{name}/eval/zero_shot.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 

@@ -351,7 +351,8 @@ function progressPanel(round) {
     out.push(h("div", {class: "progress", id: "train-progress", dataset: {step: train.step, maxSteps: train.maxSteps}},
       h("h3", {}, `Train (${train.method || "?"})`), bar,
       h("span", {}, `step ${train.step ?? "–"} of ${train.maxSteps ?? "–"} · loss ${num(train.loss, 3)} · reward accuracy ${num(train.rewardAccuracy)}${train.evalRewardAccuracy != null ? ` · held out ${num(train.evalRewardAccuracy)}` : ""}`),
-      series.length && steps.length > 1 ? lineChart("train-curve", series, steps.map((st) => `${st}`), `per step (loss scaled by ${num(maxLoss, 2)})`) : null));
+      series.length && steps.length > 1 ? h("div", {class: "chart-small"}, lineChart("train-curve", series, steps.map((st) => `step ${st}`),
+        maxLoss > 1 ? `per step (loss divided by ${num(maxLoss, 2)})` : "per step", 1, (v) => num(v, 2))) : null));
   }
   return out;
 }
@@ -526,12 +527,17 @@ async function roundPage(name, tab, extra) {
   let round = await api(`/api/rounds/${enc(name)}`);
   if (!round) { fill(view, h("div", {class: "panel error"}, "No round ", h("b", {}, name), " in this store.")); return; }
   const phase = h("span", {id: "phase"}, badge(round.phase));
+  const kind = h("span", {id: "kind"});
   const steps = h("section", {class: "panel", id: "steps-panel"});
   const tabs = h("nav", {class: "tabs", id: "tabs", "aria-label": "round views"}, TABS.map(([key, label]) =>
     h("a", {href: roundHref(name, key), "aria-current": (tab || "") === key ? "page" : null, dataset: {tab: key || "overview"}}, label)));
   const slot = h("div", {id: "tab"});
-  fill(view, h("h1", {}, name, " ", phase, round.kind ? [" ", badge("kind", round.kind)] : null), steps, tabs, slot);
-  const drawRound = () => { fill(phase, badge(round.phase)); fill(steps, stepsPanel(round, !tab)); };
+  fill(view, h("h1", {}, name, " ", phase, " ", kind), steps, tabs, slot);
+  const drawRound = () => {
+    fill(phase, badge(round.phase));
+    fill(kind, round.kind ? badge("kind", round.kind) : null);
+    fill(steps, stepsPanel(round, !tab));
+  };
   drawRound();
   let refresh = async () => {};
   const open = async () => {
@@ -666,6 +672,7 @@ function treeSvg(tree, onSelect) {
     const g = s("g", {class: `node ${cls}`, dataset: {node: n.id}, transform: `translate(${px(n.id)},${py(n.id)})`,
       tabindex: 0, role: "button", "aria-pressed": "false", "aria-label": nodeLabel(n),
       on: {click: () => onSelect(n.id), keydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); onSelect(n.id); } }}},
+    s("rect", {class: "hit", x: -34, y: -20, width: 68, height: 68, rx: 6}),  // the whole node takes the click
     ring ? s("circle", {class: `ring ${ring}`, r: 18}) : null, s("circle", {class: "dot", r: 13}),
     s("text", {class: "id", "text-anchor": "middle", y: 4}, n.id),
     n.parent == null ? s("text", {class: "q", "text-anchor": "middle", y: 30}, "buggy")
