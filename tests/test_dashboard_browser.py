@@ -59,7 +59,7 @@ VIEWS = [
     ("campaign", "#/campaign/c", "#campaign-rounds tr[data-round='r2']"),
 ]
 SHOTS = {("results", 1280): "dashboard-results.png",
-         ("pairs", 1280): "dashboard-pairs.png", ("compare", 1280): "dashboard-compare.png",
+         ("repo compare", 1280): "dashboard-compare.png",
          ("repo tree", 1280): "dashboard-repo-tree.png", ("campaign", 1280): "dashboard-campaign.png",
          ("rounds", 1280): "dashboard-rounds.png", ("tree", 390): "dashboard-phone.png"}
 
@@ -121,7 +121,7 @@ def test_every_view_at_three_widths(browser, stored, tmp_path):
     assert problems == []
 
 
-def test_each_view_shows_what_it_is_for(browser, stored):
+def test_each_view_shows_what_it_is_for(browser, stored, tmp_path):
     page = new_page(browser)
     page.goto(f"{stored.url}/#/round/r2/results")
     page.locator("#results-table tr[data-task]").first.wait_for()
@@ -143,6 +143,9 @@ def test_each_view_shows_what_it_is_for(browser, stored):
     page.fill("#pairs-table-block input[type='search']", "task/b")
     page.wait_for_function("() => document.querySelectorAll('#pairs-table tbody tr').length === 1")
     page.click("#pairs-table details summary")
+    shot = tmp_path / "dashboard-pairs.png"
+    page.screenshot(path=str(shot), full_page=True)
+    keep(shot, "dashboard-pairs.png")
     assert "return a + b" in page.locator("#pairs-table pre.chosen").inner_text()
     assert "return a * b" in page.locator("#pairs-table pre.rejected").inner_text()
 
