@@ -601,3 +601,18 @@ def test_the_page_ships_in_the_wheel(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("agentq-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"agentq/serve/static/{n}" for n in ("index.html", "app.js", "style.css")} <= names
+
+
+def test_the_page_builds_no_markup_from_strings():
+    """The browser tests show a hostile id stays text; this keeps the page's source from regressing to the
+    ways that broke it (HTML strings, inline handlers, inline script or style, which the CSP would refuse)."""
+    from pathlib import Path
+
+    static = Path(__file__).resolve().parents[1] / "agentq" / "serve" / "static"
+    script = (static / "app.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
+                 'setAttribute("on', "onclick", ".style.cssText"):
+        assert sink not in script, sink
+    page = (static / "index.html").read_text()
+    assert "<script>" not in page and "<style" not in page and " style=" not in page
+    assert not [word for word in page.split() if word.startswith("on") and "=" in word]

@@ -162,8 +162,13 @@ function dataTable({id, path, params = {}, columns, filters = [], rowLink, rowDa
   add(controls, [input, filterSlot, h("span", {class: "spacer"}), exportButtons]);
   add(root, [controls, body, pager]);
 
+  let drawn = "";
   function drawFilters(data) {
-    fill(filterSlot, filters.map((f) => select(f.label, [["", f.all || `any ${f.label}`], ...f.options(data)], state[f.key],
+    const options = filters.map((f) => [["", f.all || `any ${f.label}`], ...f.options(data)]);
+    const key = JSON.stringify([options, filters.map((f) => state[f.key])]);
+    if (key === drawn) return;  // a periodic refresh must not close a list the user has open
+    drawn = key;
+    fill(filterSlot, filters.map((f, i) => select(f.label, options[i], state[f.key],
       (value) => { state[f.key] = value; state.offset = 0; load().catch(showError); })));
   }
 
