@@ -52,7 +52,11 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a pod)")
     p.add_argument("--port", type=int, default=8265)
     p.add_argument("--token-file", default=None, help="bearer token file (else env AGENTQ_SERVE_TOKEN; none: open)")
-    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between reads for the event stream")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name the page may be opened by (repeat; beyond IP literals and localhost; '*': any). "
+                   "Checked always without a token, with one only when given: see docs/dashboard.md")
+    p.add_argument("--poll-interval", type=float, default=0.25,
+                   help="seconds between reads for the event stream (a new tree reaches the page within it)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 

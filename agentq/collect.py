@@ -72,6 +72,9 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
     local = ws.fetch(partial)
     done = finished_ids(local, inputs_digest)
     todo = [t for t in mine if t.id not in done]
+    # What the shard holds, for the dashboard's "trees done of planned" while the partial file grows.
+    ws.store.put_json(ws.key(f"progress/{step}.json"),
+                      {"tasks": len(mine), "done": len(done), "startTime": time.time()})
     params = SearchParams.for_collect(spec)
     # The base, the store's copy, or fromRound's merge; or the server the operator named.
     policy = load_policy(served_model(spec.model), path_override=model_path)

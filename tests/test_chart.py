@@ -489,3 +489,27 @@ def test_dashboard_helm_test_script_passes_against_a_live_service_and_fails_with
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_an_open_dashboard_answers_to_its_service_names_only(tmp_path):
+    """Without a token the dashboard checks Host (DNS rebinding): the chart names the Service's DNS names and the
+    ingress host, so the helm test, kubectl port-forward and the ingress reach it and a rebound name does not."""
+    from fastapi.testclient import TestClient
+
+    from agentq.serve.app import create_app
+    from agentq.serve.reader import StoreReader
+    from agentq.store import FileStore
+
+    out = helm("template", "agentq", str(CHART), "-n", "agentq-system", "--set", "dashboard.auth.enabled=false",
+               "--set", "dashboard.ingress.enabled=true", "--set", "dashboard.ingress.host=agentq.example.com").stdout
+    rendering = Rendering("open", out)
+    args = rendering.one("Deployment", "-dashboard")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--token-file" not in args
+    allowed = [args[i + 1] for i, a in enumerate(args) if a == "--allowed-host"]
+    assert "agentq-dashboard.agentq-system.svc" in allowed and "agentq.example.com" in allowed
+    script = rendering.one("Pod", "-test-dashboard")["spec"]["containers"][0]["args"][0]
+    app = create_app(StoreReader(FileStore(tmp_path)), allowed_hosts=allowed)  # an empty store will do
+    for base, status in (("http://agentq-dashboard.agentq-system.svc:8265", 200), ("http://localhost:8265", 200),
+                         ("http://agentq.example.com", 200), ("http://rebound.example.net", 403)):
+        assert TestClient(app, base_url=base).get("/api/rounds").status_code == status, base
+    assert "http://agentq-dashboard.agentq-system.svc:8265" in script

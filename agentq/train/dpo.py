@@ -342,8 +342,12 @@ def run(ws: Any) -> dict[str, Any]:
         return ws.finish("train", inputs_digest, {"pairs": 0, "steps": 0},
                          f"train: no preference pairs in {ws.describe('preferences.jsonl')}: nothing to learn, "
                          "the round's model stays its base")
+    from agentq.train.progress import StoreProgress
+
+    shown = StoreProgress(ws.store, ws.key("progress/train.json"), "dpo")  # the dashboard's view of training
     with ws.store.writing_dir(ws.key("adapter")) as out_dir:
-        summary = train_dpo(pairs_path, base_model_dir(ws), out_dir, spec, run_name=f"{ws.name}-train")
+        summary = train_dpo(pairs_path, base_model_dir(ws), out_dir, spec, callbacks=[shown],
+                            run_name=f"{ws.name}-train")
     result = {
         "pairs": summary["pairs"],
         "steps": summary["steps"],
