@@ -110,6 +110,9 @@ class Runtime:
         event = self.wakers.get((namespace, name))
         if event:
             event.set()
+        self.wake_followers(namespace, name)
+
+    def wake_followers(self, namespace: str, name: str) -> None:
         for (ns, follower), predecessor in list(self.follows.items()):
             if ns == namespace and predecessor == name and (ns, follower) in self.wakers:
                 self.wakers[(ns, follower)].set()
@@ -184,6 +187,18 @@ def _round_seen(kind: str, body: dict[str, Any]) -> None:
     campaign = (meta.get("labels") or {}).get(CAMPAIGN_LABEL)
     if campaign:  # a round's phase may be what its campaign waits for
         RT.loop.call_soon_threadsafe(RT.wake_campaign, namespace, campaign)
+
+
+def _announce(body: dict[str, Any]) -> None:
+    """After our own status write (whose watch event is never parsed): the rounds that start from this one and
+    its campaign may be waiting for the phase it now shows."""
+    meta = body["metadata"]
+    if RT.loop is None:
+        return
+    RT.loop.call_soon_threadsafe(RT.wake_followers, meta["namespace"], meta["name"])
+    campaign = (meta.get("labels") or {}).get(CAMPAIGN_LABEL)
+    if campaign:
+        RT.loop.call_soon_threadsafe(RT.wake_campaign, meta["namespace"], campaign)
 
 
 def _wake_on(*kinds: str) -> Any:
@@ -424,6 +439,7 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
             RT.cache("rounds").store.put(new, own=True)
             RT.round_marks[key] = (new["metadata"].get("generation"), new["metadata"].get("deletionTimestamp"),
                                    new.get("status"))
+            _announce(new)
         except ApiException as err:
             if err.status != 409:
                 raise
