@@ -78,8 +78,8 @@ class OperatorSettings(Spec):
         10, ge=3, description="How long a replica's peering record counts as alive: a standby takes over at most "
         "this long after the active replica died (kopf refreshes the record every 1-5 s at 10).")
     startup_grace_seconds: float = Field(
-        3.0, ge=0, description="With peering, a starting replica waits this long before it acts, so replicas "
-        "started together see each other first and only one of them ever acts.")
+        5.0, ge=0, description="With peering, a starting replica waits this long before it acts, so replicas "
+        "started together (within this long of each other) see each other first and only one of them acts.")
     job_ttl_seconds: int | None = Field(
         None, ge=0, description="ttlSecondsAfterFinished of step Jobs: finished Jobs are removed this long after "
         "they end (their outcome stays in the round's status); none: kept until the round is deleted.")
