@@ -358,11 +358,11 @@ def observed_round(kube: Kube, namespace: str, name: str) -> dict[str, Any] | No
     return RT.cache("rounds").store.get(namespace, name) or kube.get_round(namespace, name)
 
 
-def _refusal(what: str, err: ApiException) -> tuple[str, str] | None:
-    """(reason, message) for Blocked when the API server refused `what`; None for any other error."""
+def _refusal(what: str, err: ApiException) -> str | None:
+    """What Blocked says when the API server refused `what`, in its words; None for any other error."""
     if err.status not in REFUSED:
         return None
-    return "CreateRefused", f"{what} was refused: {api_message(err)}"
+    return f"{what} was refused: {api_message(err)}"
 
 
 def _reconcile(namespace: str, name: str) -> Plan | None:
@@ -404,7 +404,7 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
         except ApiException as err:
             if (problem := _refusal(f"creating Job {job['metadata']['name']}", err)) is None:
                 raise
-            refused.append(("JobCreateFailed", problem[1]))
+            refused.append(("JobCreateFailed", problem))
             continue
         if made is not None:
             RT.cache("jobs").store.put(made, own=True)  # seen at once, before its watch event arrives
@@ -427,7 +427,7 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
                 continue
             if (problem := _refusal(f"{'suspending' if suspended else 'resuming'} Job {job_name}", err)) is None:
                 raise
-            refused.append(problem)
+            refused.append(("JobSuspendFailed", problem))
             continue
         result.events.append(("Normal", "JobSuspended" if suspended else "JobResumed",
                               f"{'suspended' if suspended else 'resumed'} Job {job_name}"))
@@ -475,7 +475,7 @@ def ensure_configmap(kube: Kube, body: dict[str, Any], key: tuple[str, str]) -> 
     except ApiException as err:
         if (problem := _refusal(f"creating ConfigMap {manifest['metadata']['name']}", err)) is None:
             raise
-        return "ConfigMapCreateFailed", problem[1]
+        return "ConfigMapCreateFailed", problem
     return None
 
 
@@ -499,9 +499,9 @@ def serve_inference(kube: Kube, body: dict[str, Any], result: Plan, stamp: str,
         except ApiException as err:
             if (problem := _refusal(what, err)) is None:
                 raise
-            problems.append(("InferenceServerCreateFailed", problem[1]))
+            problems.append(("InferenceServerCreateFailed", problem))
             servers.hold = step
-            servers.condition = (False, "CreateFailed", problem[1])
+            servers.condition = (False, "CreateFailed", problem)
             continue
         if made is not None:
             RT.cache("deployments" if manifest["kind"] == "Deployment" else "services").store.put(made, own=True)
