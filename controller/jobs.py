@@ -337,6 +337,13 @@ def suspended_by_round(job: dict[str, Any]) -> bool:
     return (job["metadata"].get("annotations") or {}).get(SUSPENDED_ANNOTATION) == "true"
 
 
+def job_suspended(job: dict[str, Any]) -> bool:
+    """Whether the Job is held suspended: its spec.suspend, or on servers that drop that field (1.20) what the
+    round's PATCH recorded beside it."""
+    spec = job.get("spec") or {}
+    return bool(spec["suspend"]) if "suspend" in spec else suspended_by_round(job)
+
+
 def suspend_patch(suspend: bool) -> dict[str, Any]:
     """The one PATCH that suspends (or resumes) a round's Job and records (or clears) that the round did it."""
     return {"metadata": {"annotations": {SUSPENDED_ANNOTATION: "true" if suspend else None}},

@@ -23,6 +23,7 @@ from controller.jobs import (
     UNIT_LABEL,
     Unit,
     job_name,
+    job_suspended,
     spec_hash,
     suspended_by_round,
     units,
@@ -420,11 +421,10 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     # carries that on itself (jobs.SUSPENDED_ANNOTATION), so a lost status write or a crash right after the
     # PATCH leaves nothing stale. A Job held suspended by someone else is left alone both ways.
     if spec.suspend:
-        suspend = {n: True for n, j in live.items()
-                   if not suspended_by_round(j) and not (j.get("spec") or {}).get("suspend")}
+        suspend = {n: True for n, j in live.items() if not job_suspended(j)}
     else:
         suspend = {n: False for n, j in live.items() if suspended_by_round(j)}
-    status["suspendedJobs"] = sorted(n for n, j in live.items() if spec.suspend and (suspended_by_round(j)
+    status["suspendedJobs"] = sorted(n for n, j in live.items() if spec.suspend and (job_suspended(j)
                                                                                      or n in suspend))
     if any(j["state"] != "Pending" for j in jobs_status.values()) or creates:
         status.setdefault("startTime", now)

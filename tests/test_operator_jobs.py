@@ -489,6 +489,17 @@ def test_suspend_follows_the_jobs_own_state_not_a_record_in_the_status():
     assert advance(b, [patched(held[0], False), running[1]], no_inspect).suspend == {}
 
 
+def test_on_servers_with_job_suspend_the_jobs_own_field_decides():
+    b = body(suspend=True)
+    running = job(b, Unit("collect", 0, 2), 0, "Running")
+    ours = patched(running, True)
+    assert advance(b, [ours], no_inspect).suspend == {}
+    ours["spec"]["suspend"] = False  # someone resumed it by hand while the round is suspended: suspend it again
+    assert advance(b, [ours], no_inspect).suspend == {"r1-collect-0": True}
+    del ours["spec"]["suspend"]  # a 1.20 server drops the field: the annotation is what it keeps
+    assert advance(b, [ours], no_inspect).suspend == {} and b["status"]["suspendedJobs"] == ["r1-collect-0"]
+
+
 def test_a_job_held_suspended_by_someone_else_is_left_alone():
     b = body()
     queued = job(b, Unit("collect", 0, 2), 0)
