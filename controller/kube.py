@@ -34,7 +34,10 @@ def resource_of(url: str) -> str:
 
 
 def with_timeouts(api: client.ApiClient, timeout: tuple[float, float] = TIMEOUT) -> client.ApiClient:
-    """`api` with `timeout` on every request that names none, each request counted for /metrics."""
+    """`api` with `timeout` on every request that names none, each request counted for /metrics (once: a
+    client already wrapped is returned as it is)."""
+    if getattr(api, "_agentq_timed", False):
+        return api
     request = api.request
 
     @functools.wraps(request)
@@ -43,6 +46,7 @@ def with_timeouts(api: client.ApiClient, timeout: tuple[float, float] = TIMEOUT)
         return request(method, url, *args, _request_timeout=_request_timeout or timeout, **kwargs)
 
     api.request = timed  # type: ignore[method-assign]
+    api._agentq_timed = True  # type: ignore[attr-defined]
     return api
 
 
@@ -68,8 +72,8 @@ def _done(resp: Any) -> None:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient | None = None) -> None:
-        self.api = with_timeouts(api or load_config())
+    def __init__(self, api: client.ApiClient | None = None, timeout: tuple[float, float] = TIMEOUT) -> None:
+        self.api = with_timeouts(api or load_config(), timeout)
         self.core = client.CoreV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)

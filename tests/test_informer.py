@@ -58,3 +58,32 @@ def test_the_echo_of_our_own_write_is_recognised_without_parsing_it():
 def test_a_broken_watch_is_retried_within_two_seconds():
     assert [retry_delay(n) for n in (1, 2, 3)] == [0.1, 0.2, 0.4]
     assert max(retry_delay(n) for n in range(1, 50)) == 2.0
+
+
+def test_a_request_to_a_server_that_never_answers_fails_within_seconds():
+    """The client has no timeout by default: a connection that died silently would hang a reconcile thread."""
+    import socket
+    import threading
+    import time
+
+    import pytest
+    from kubernetes import client
+
+    from controller.handlers import CONNECTION_ERRORS
+    from controller.kube import Kube
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: [accepted.append(silent.accept()[0]) for _ in range(8)], daemon=True).start()
+    config = client.Configuration()
+    config.host = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    kube = Kube(client.ApiClient(config), timeout=(1.0, 0.5))
+    started = time.monotonic()
+    with pytest.raises(CONNECTION_ERRORS):
+        kube.get_round("ns", "r1")
+    assert time.monotonic() - started < 10
+    silent.close()
+    for conn in accepted:
+        conn.close()
