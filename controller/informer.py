@@ -216,7 +216,8 @@ class Informer(threading.Thread):
                 elif not self.store.put(obj):
                     continue
                 self.on_event(kind, obj)
-        finally:
+        finally:  # as the client's own watch does: a stream left half read must not go back to the pool open
+            resp.close()
             resp.release_conn()
 
     def run(self) -> None:
