@@ -416,6 +416,16 @@ class CampaignSpec(Spec):
     template: RoundSpec = Field(..., description="Every round's spec; round 1 keeps the template's fromRound.")
     stop: CampaignStopSpec = Field(default_factory=CampaignStopSpec)
 
+    @model_validator(mode="after")
+    def _judged(self) -> CampaignSpec:
+        # A campaign stops on no gain, judged by each round's paired delta against the model it started from;
+        # without the baseline evaluation there is no delta, and every round would count as "no gain".
+        if not self.template.evaluate.baseline:
+            raise ValueError("template.evaluate.baseline must be true in a campaign: it stops when the paired "
+                             "evaluation against each round's starting model shows no gain, which needs the "
+                             "baseline evaluation")
+        return self
+
 
 class CampaignMetadata(Metadata):
     # Rounds are named <campaign>-r<N>, which must fit a round name (52).
@@ -468,4 +478,7 @@ def load_round(path: str | Path) -> RoundFile:
 
 
 def dump_round(round_file: RoundFile) -> str:
-    return yaml.safe_dump(round_file.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+    # libyaml's emitter when PyYAML has it: the pure-Python one costs milliseconds per round file, which the
+    # operator pays for every round it starts.
+    return yaml.dump(round_file.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False,
+                     Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper))

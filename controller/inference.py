@@ -161,14 +161,17 @@ def build_server(body: dict[str, Any], step: str, settings: OperatorSettings) ->
     return [deployment, service]
 
 
-def readiness(deployment: dict[str, Any] | None, now: str, timeout_s: int) -> tuple[bool, str, str]:
-    """(ready, reason, message) of a server Deployment as the API server reports it."""
+def readiness(deployment: dict[str, Any] | None, service: bool, now: str, timeout_s: int) -> tuple[bool, str, str]:
+    """(ready, reason, message) of a server as the API server reports it: ready only when its Deployment has an
+    available replica AND its Service exists (the step Jobs reach the server through the Service's name)."""
     if deployment is None:
         return False, "Creating", "the inference server is being created"
     name = deployment["metadata"]["name"]
     status = deployment.get("status") or {}
     if (status.get("availableReplicas") or 0) >= 1:
-        return True, "Ready", f"Deployment {name} is available"
+        if not service:
+            return False, "ServiceMissing", f"Deployment {name} is available but its Service {name} does not exist"
+        return True, "Ready", f"Deployment {name} is available behind Service {name}"
     why = "; ".join(f"{c.get('reason')}: {c.get('message')}" for c in status.get("conditions") or []
                     if c.get("status") != "True") or "no replica available yet"
     created = deployment["metadata"].get("creationTimestamp")
@@ -186,7 +189,7 @@ def _time(stamp: str) -> datetime.datetime:
 class ServerPlan:
     """What the operator does about inference servers in one pass."""
 
-    create: list[dict[str, Any]] = field(default_factory=list)  # manifests
+    create: list[dict[str, Any]] = field(default_factory=list)  # manifests of the missing objects
     delete: list[str] = field(default_factory=list)  # server names (Deployment and Service alike)
     hold: str | None = None  # a step whose new Jobs must wait for its server
     condition: tuple[bool, str, str] | None = None  # (ready, reason, message) of InferenceServerReady
@@ -194,15 +197,17 @@ class ServerPlan:
 
 
 def plan_servers(body: dict[str, Any], step: str | None, done: bool, deployments: list[dict[str, Any]],
-                 now: str, settings: OperatorSettings) -> ServerPlan:
+                 services: list[dict[str, Any]], now: str, settings: OperatorSettings) -> ServerPlan:
     """The server the round's current `step` needs (none once the round is `done`), the ones to remove (a
-    stage that ended), and whether the step's Jobs must wait. `deployments`: the round's server Deployments."""
+    stage that ended), and whether the step's Jobs must wait. `deployments`, `services`: the round's server
+    objects as observed; whichever of the two is missing is created (an operator that died between them)."""
     spec = RoundSpec.model_validate(body["spec"])
     name = body["metadata"]["name"]
     vllm = spec.model.server.vllm if spec.model.server else None
     wanted = server_name(name, step) if vllm and step in SERVED_STEPS and not done else None
     live = {d["metadata"]["name"]: d for d in deployments if not d["metadata"].get("deletionTimestamp")}
-    out = ServerPlan(delete=sorted(n for n in live if n != wanted))
+    fronted = {s["metadata"]["name"] for s in services if not s["metadata"].get("deletionTimestamp")}
+    out = ServerPlan(delete=sorted(n for n in set(live) | fronted if n != wanted))
     if wanted is None or vllm is None or step is None:
         return out
     try:
@@ -211,9 +216,8 @@ def plan_servers(body: dict[str, Any], step: str | None, done: bool, deployments
         out.hold, out.condition = step, (False, "UnsupportedStore", str(err))
         out.problem = ("InferenceServer", str(err))
         return out
-    if wanted not in live:
-        out.create = manifests
-    ready, reason, message = readiness(live.get(wanted), now, vllm.ready_timeout_seconds)
+    out.create = [m for m in manifests if m["metadata"]["name"] not in (live if m["kind"] == "Deployment" else fronted)]
+    ready, reason, message = readiness(live.get(wanted), wanted in fronted, now, vllm.ready_timeout_seconds)
     out.condition = (ready, reason, message)
     if not ready:
         out.hold = step
