@@ -41,6 +41,7 @@ from controller.informer import (
     CONFIGMAPS,
     DEPLOYMENTS,
     JOBS,
+    PODS,
     ROUNDS,
     SERVICES,
     Informers,
@@ -95,7 +96,8 @@ class Runtime:
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.campaign_wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.follows: dict[tuple[str, str], str] = {}  # (namespace, round) -> the round it starts from
-        # (namespace, round) -> (generation, deletionTimestamp, status) of the round's last event that woke it
+        # (namespace, round) -> (generation, deletionTimestamp, status) of the round as its daemon last saw or
+        # wrote it: a round event showing the same wakes nobody
         self.round_marks: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         # (namespace, round) -> Job name -> the Job as its last watch event showed it finished
         self.finished: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
@@ -169,16 +171,22 @@ def _cleanup_failed(job: dict[str, Any]) -> None:
         log.warning("could not post the CleanupFailed event of Job %s: %s", job["metadata"]["name"], err)
 
 
+def _mark(body: dict[str, Any], status: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
+    """What a pass acts on: the spec (generation), deletion, and the status (`status`: the one being written)."""
+    meta = body["metadata"]
+    return meta.get("generation"), meta.get("deletionTimestamp"), body.get("status") if status is None else status
+
+
 def _round_seen(kind: str, body: dict[str, Any]) -> None:
-    """A round changed: its daemon, the rounds that start from it and its campaign may have something to do
-    (the echo of our own status write never gets here: the store has it from the write's answer)."""
+    """A round changed: its daemon, the rounds that start from it and its campaign may have something to do.
+    Not when the event shows what the daemon already saw or wrote (kopf's own metadata patches, such as its
+    finalizer; the echo of our own status write, when it is parsed because it came before the write's answer;
+    the ADDED event of a round whose daemon read it first): each would cost a pass."""
     meta = body["metadata"]
     namespace, name = meta.get("namespace", ""), meta["name"]
     if RT.loop is None:
         return
-    # What a pass acts on: the spec (generation), deletion, and a status someone else wrote. kopf's own
-    # metadata patches (its finalizer) would only cost a pass each.
-    mark = (meta.get("generation"), meta.get("deletionTimestamp"), body.get("status"))
+    mark = _mark(body)
     if kind == "DELETED" or RT.round_marks.get((namespace, name)) != mark:
         RT.round_marks[(namespace, name)] = mark
         RT.loop.call_soon_threadsafe(RT.wake, namespace, name)
@@ -248,6 +256,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
                                  _wake_on("ADDED", "MODIFIED", "DELETED"), _watch_error("deployments")),
         "services": Informers(api, SERVICES, inference.SERVER_LABEL, ROUND_LABEL, clusterwide, _wake_on("DELETED"),
                               _watch_error("services")),
+        # The step pods: a finished step's result (its termination message) and why a pod does not start,
+        # read from memory. Their changes wake nobody: the Job's own event follows a pod's end.
+        "pods": Informers(api, PODS, ROUND_LABEL, ROUND_LABEL, clusterwide, _wake_on(), _watch_error("pods")),
     }
     # Replicas with equal priority all freeze (safe, but nothing runs); distinct ones let exactly one act.
     if not settings.peering.priority:
@@ -285,12 +296,29 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _pods_of(kube: Kube, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Job's pods, oldest first, from the pod cache; from the API server when the cache does not show the
+    newest one terminated yet (its watch event may come after the Job's own), so a finished Job is never
+    judged from a pod the cache shows still running."""
+    meta = job["metadata"]
+    cached = sorted((p for p in RT.cache("pods").store.indexed(meta["namespace"],
+                                                               (meta.get("labels") or {}).get(ROUND_LABEL, ""))
+                     if any(ref.get("uid") == meta.get("uid") for ref in p["metadata"].get("ownerReferences") or [])),
+                    key=_created)
+    if cached and _terminated(cached[-1]):
+        return cached
+    return sorted(kube.job_pods(meta["namespace"], meta["name"]), key=_created)
+
+
+def _created(obj: dict[str, Any]) -> str:
+    return obj["metadata"].get("creationTimestamp") or ""
+
+
 def inspect_job(kube: Kube, job: dict[str, Any], log_lines: int) -> Inspection:
     """A finished Job's outcome from its newest pod: the step's JSON result (termination message) when it
     succeeded; the reason and the log tail (pods/log, else the termination message) when it failed."""
     meta = job["metadata"]
-    pods = sorted(kube.job_pods(meta["namespace"], meta["name"]),
-                  key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    pods = _pods_of(kube, job)
     term = _terminated(pods[-1]) if pods else {}
     message = term.get("message") or ""
     if (job.get("status") or {}).get("succeeded"):
@@ -335,12 +363,12 @@ def reconcile_once(namespace: str, name: str) -> Plan | None:
     return result
 
 
-def stuck_problems(kube: Kube, namespace: str, name: str, settings: OperatorSettings,
-                   jobs: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """Why a round's Jobs may be waiting on a person: their pods (unschedulable, image pull), pods the API
+def stuck_problems(kube: Kube, namespace: str, settings: OperatorSettings, jobs: list[dict[str, Any]],
+                   pods: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Why a round's Jobs may be waiting on a person: their `pods` (unschedulable, image pull), pods the API
     server refuses to create (a ResourceQuota, an admission policy: the Job controller's FailedCreate events),
     or the step ServiceAccount missing from the namespace (then no pod can be created at all)."""
-    problems = pod_problems(kube.round_pods(namespace, name))
+    problems = pod_problems(pods)
     podless = {j["metadata"]["uid"]: j["metadata"]["name"] for j in jobs
                if job_state(j) not in TERMINAL and not (j.get("status") or {}).get("active")}
     if podless:
@@ -373,6 +401,7 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
     body = observed_round(kube, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
+    RT.round_marks[key] = _mark(body)
     predecessor_phase = None
     from_round = ((body.get("spec") or {}).get("model") or {}).get("fromRound")
     if from_round:
@@ -382,7 +411,7 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
     jobs = with_unrecorded_finished(RT.cache("jobs").store.indexed(namespace, name), RT.finished.get(key, {}),
                                     body.get("status") or {})
     stamp = now()
-    stuck = stuck_problems(kube, namespace, name, settings, jobs) \
+    stuck = stuck_problems(kube, namespace, settings, jobs, RT.cache("pods").store.indexed(namespace, name)) \
         if long_unfinished(jobs, stamp, settings.resync_seconds) else []
     result = plan(body, jobs, lambda job: inspect_job(kube, job, settings.log_lines), stamp, predecessor_phase,
                   stuck, settings.retry_backoff_seconds)
@@ -435,11 +464,12 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
         result.block(refused, now())
     if _material(result.status) != _material(body.get("status") or {}):
         try:
-            new = kube.replace_round_status(body, result.status)
-            RT.cache("rounds").store.put(new, own=True)
-            RT.round_marks[key] = (new["metadata"].get("generation"), new["metadata"].get("deletionTimestamp"),
-                                   new.get("status"))
-            _announce(new)
+            RT.round_marks[key] = _mark(body, result.status)  # its echo may come before the answer
+            new = kube.write_status(body, result.status)
+            if new is not None:
+                RT.cache("rounds").store.put(new, own=True)
+                RT.round_marks[key] = _mark(new)
+                _announce(new)
         except ApiException as err:
             if err.status != 409:
                 raise
@@ -621,7 +651,7 @@ def reconcile_campaign(namespace: str, name: str) -> CampaignPlan | None:
             result.events.append(("Normal", "RoundCreated", f"created AgentQRound {manifest['metadata']['name']}"))
     if result.status != (body.get("status") or {}):
         try:
-            kube.replace_round_status(body, result.status, CAMPAIGN_PLURAL)
+            kube.write_status(body, result.status, CAMPAIGN_PLURAL)
         except ApiException as err:
             if err.status != 409:
                 raise
