@@ -317,8 +317,8 @@ def test_sandbox_seccomp_profile_permits_bubblewrap_and_denies_the_rest():
 
 
 def test_install_profile_puts_the_charts_profile_on_every_sandbox_node():
-    out = helm("template", "agentq", str(CHART), "-n", "agentq-system", "--set", "sandbox.isolation.installProfile=true",
-               "--set", "sandbox.nodeSelector.pool=sandbox").stdout
+    out = helm("template", "agentq", str(CHART), "-n", "agentq-system", "--set",
+               "sandbox.isolation.installProfile=true", "--set", "sandbox.nodeSelector.pool=sandbox").stdout
     rendering = Rendering("install", out)
     config_map = rendering.one("ConfigMap", "-sandbox-seccomp")
     assert json.loads(config_map["data"]["profile.json"]) == json.loads(SANDBOX_PROFILE.read_text())
@@ -333,7 +333,8 @@ def test_install_profile_puts_the_charts_profile_on_every_sandbox_node():
     kubernetes_validate.validate(daemonset, K8S_VERSION, strict=True)
     done = helm("template", "agentq", str(CHART), "--set", "sandbox.isolation.installProfile=true",
                 "--set", "sandbox.isolation.seccompProfile.type=RuntimeDefault", check=False)
-    assert done.returncode != 0 and "installProfile needs sandbox.isolation.seccompProfile.type Localhost" in done.stderr
+    assert done.returncode != 0
+    assert "installProfile needs sandbox.isolation.seccompProfile.type Localhost" in done.stderr
 
 
 @pytest.mark.parametrize(("stderr", "names"), [
