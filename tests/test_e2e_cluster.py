@@ -62,6 +62,12 @@ def test_image_tags_follow_their_inputs(tmp_path):
     assert images.digest([tmp_path], {"BASE_IMAGE": "other"}) != images.digest([tmp_path], {"BASE_IMAGE": "b"})
 
 
+def test_only_earlier_tags_of_the_same_image_are_superseded():
+    refs = ["localhost/agentq/infer:aaa", "localhost/agentq/infer:bbb", "localhost/agentq/infer-x:aaa",
+            "localhost/agentq/train:aaa"]
+    assert images._superseded(refs, "localhost/agentq/infer:bbb") == ["localhost/agentq/infer:aaa"]
+
+
 def test_cpu_variants_install_the_cpu_pins_of_every_step():
     """The CPU infer and train images take REQUIREMENTS=the CPU pins: torch's CPU build, and every package the
     CUDA images pin directly except the CUDA-only ones (bitsandbytes, torch's nvidia-* wheels)."""

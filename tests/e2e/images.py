@@ -191,7 +191,17 @@ def build(spec: ImageSpec, base: Built) -> Built:
 
 def build_all(names: list[str] | None = None) -> list[Built]:
     base = base_image()
-    return [base, *(build(spec, base) for spec in IMAGES if not names or spec.name in names)]
+    built = [base, *(build(spec, base) for spec in IMAGES if not names or spec.name in names)]
+    for image in built:
+        for old in _superseded(buildah("images", "--format", "{{.Name}}:{{.Tag}}").stdout.split(), image.ref):
+            buildah("rmi", old, check=False)  # its own small layers go; the shared dependency layers stay
+    return built
+
+
+def _superseded(refs: list[str], current: str) -> list[str]:
+    """Other tags of `current`'s repository: earlier builds of the same image, which the cache need not keep."""
+    repository = current.rsplit(":", 1)[0]
+    return [ref for ref in refs if ref.rsplit(":", 1)[0] == repository and ref != current]
 
 
 def pause_image(binary: Path) -> Built:
@@ -210,6 +220,9 @@ def load(cluster: Any, built: list[Built]) -> float:
     start = time.monotonic()
     present = set(cluster.ctr("images", "ls", "-q").stdout.split())
     for image in built:
+        old = _superseded(list(present), image.ref)
+        if old:  # containerd drops the content nothing else refers to
+            cluster.ctr("images", "rm", *old)
         if image.ref in present or image.name == "base":
             continue
         log(f"importing {image.ref} into containerd")
