@@ -52,20 +52,17 @@ def test_sees_and_holds_nothing():
     assert seen["interfaces"] in ([], ["lo"]), seen
     assert len(seen["processes"]) <= 3, seen
 '''
-# Run inside the sandbox pod: the same targets from the pod itself (outside the jail), then the candidate through
-# the sandbox server's own API with the server's token.
+# Run inside the sandbox pod: the candidate's own probe from the pod itself (outside the jail), then the candidate
+# through the sandbox server's own API with the server's token.
 DRIVER = '''
-import json, socket, sys
+import json, sys
 from agentq.sandbox.client import RemoteExecutor
 
 targets, code, tests = json.loads(sys.stdin.read())
-control = {{}}
-for label, host, port in targets:
-    try:
-        socket.create_connection((host, port), timeout=5).close()
-        control[label] = "connected"
-    except OSError as err:
-        control[label] = f"refused: {{err}}"
+scope = {{}}
+exec(code, scope)
+seen = scope["probe"](targets)
+control = {{label: seen[label] for label, _, _ in targets}}
 executor = RemoteExecutor("http://127.0.0.1:{port}")
 verdict = executor.run(code, tests)
 print(json.dumps({{"control": control, "health": executor.health(), "verdict": verdict.model_dump()}}))
