@@ -504,6 +504,25 @@ def test_each_rendering_is_accepted_by_the_api_server(cluster, rendering, tmp_pa
 
 
 @pytest.mark.cluster
+def test_watch_namespaces_install_creates_them_and_keeps_them(cluster):
+    """`helm install` (Helm's default flags) with watchNamespaces that do not exist yet, on the real API server:
+    the release creates them, an upgrade keeps them in the release, an uninstall leaves them (with their rounds)."""
+    kube = ["--kubeconfig", str(cluster.kubeconfig)]
+    sets = ["--set", "operator.watchNamespaces={team-a,team-b}", "--set", "dashboard.enabled=false"]
+    helm("install", "watch", str(CHART), "-n", "agentq-system", *sets, *kube)
+    for ns in ("team-a", "team-b"):
+        namespace = yaml.safe_load(cluster.kubectl("get", "namespace", ns, "-o", "yaml").stdout)
+        assert namespace["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        role = yaml.safe_load(cluster.kubectl("get", "role", "watch-agentq-operator", "-n", ns, "-o", "yaml").stdout)
+        assert {"kopfpeerings"} in [set(r["resources"]) for r in role["rules"]]
+    helm("upgrade", "watch", str(CHART), "-n", "agentq-system", *sets, *kube)
+    assert cluster.kubectl("get", "namespace", "team-a").returncode == 0
+    helm("uninstall", "watch", "-n", "agentq-system", *kube)
+    assert cluster.kubectl("get", "namespace", "team-b").returncode == 0  # kept: it holds rounds and artifacts
+    assert cluster.kubectl("get", "role", "watch-agentq-operator", "-n", "team-b", check=False).returncode != 0
+
+
+@pytest.mark.cluster
 def test_kind_round_is_accepted_by_the_api_server(cluster):
     """The round scripts/e2e-kind.sh applies, applied the same way (kubectl apply -f) against the chart's CRD."""
     done = cluster.kubectl("apply", "--dry-run=server", "-n", "agentq-system", "-f",
