@@ -68,6 +68,40 @@ def test_only_earlier_tags_of_the_same_image_are_superseded():
     assert images._superseded(refs, "localhost/agentq/infer:bbb") == ["localhost/agentq/infer:aaa"]
 
 
+def test_an_images_earlier_tags_leave_the_oci_layout_with_only_their_own_blobs(tmp_path, monkeypatch):
+    """The OCI layout buildah pushes into keeps every blob a current tag uses (the shared venv layer) and drops
+    what only an earlier tag of the same image used."""
+    import hashlib
+
+    monkeypatch.setattr(images, "OCI_DIR", tmp_path)
+    blobs = tmp_path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(content: str) -> str:
+        digest = hashlib.sha256(content.encode()).hexdigest()
+        (blobs / digest).write_text(content)
+        return f"sha256:{digest}"
+
+    venv = blob("venv layer")
+
+    def image(ref: str, own: str) -> dict:
+        manifest = blob(json.dumps({"config": {"digest": blob(f"config {own}")},
+                                    "layers": [{"digest": venv}, {"digest": blob(f"layer {own}")}]}))
+        return {"digest": manifest, "annotations": {images.REF_NAME: ref}}
+
+    entries = [image("localhost/agentq/infer:old", "old"), image("localhost/agentq/train:a", "train"),
+               image("localhost/agentq/infer:new", "new")]
+    (tmp_path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": entries}))
+    only_old = set(images._digests(entries[0])) - {venv}
+    images._forget_superseded_blobs("localhost/agentq/infer:new")
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert [m["annotations"][images.REF_NAME] for m in index["manifests"]] == [
+        "localhost/agentq/train:a", "localhost/agentq/infer:new"]
+    left = {f"sha256:{p.name}" for p in blobs.iterdir()}
+    assert left == {d for m in index["manifests"] for d in images._digests(m)} and venv in left
+    assert not only_old & left
+
+
 def test_cpu_variants_install_the_cpu_pins_of_every_step():
     """The CPU infer and train images take REQUIREMENTS=the CPU pins: torch's CPU build, and every package the
     CUDA images pin directly except the CUDA-only ones (bitsandbytes, torch's nvidia-* wheels)."""

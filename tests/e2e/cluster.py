@@ -513,9 +513,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         cmd = [str(Path(self.state.bins) / "helm"), f"--kubeconfig={self.state.kubeconfig}", *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
-    def ctr(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def ctr(self, *args: str, timeout: float = 600, stdin: Any = None) -> subprocess.CompletedProcess:
         return subprocess.run(["ctr", "--address", str(RUN_DIR / "containerd.sock"), "--namespace", NAMESPACE,
-                               *args], capture_output=True, text=True, timeout=timeout)
+                               *args], capture_output=True, text=True, timeout=timeout, stdin=stdin)
 
     def env(self) -> dict[str, str]:
         return {"KUBECONFIG": self.state.kubeconfig, "PATH": f"{self.state.bins}:{os.environ.get('PATH', '')}"}

@@ -216,7 +216,11 @@ def pause_image(binary: Path) -> Built:
 
 
 def load(cluster: Any, built: list[Built]) -> float:
-    """Import into the cluster's containerd what it lacks (an OCI archive per image); returns seconds taken."""
+    """Import into the cluster's containerd what it lacks; returns seconds taken.
+
+    buildah pushes into one OCI layout under the cache (a blob already there is not written again: after a code
+    change only the project's layer is), and containerd imports a tar stream of just that image's blobs (it
+    skips content and snapshots it already has)."""
     start = time.monotonic()
     present = set(cluster.ctr("images", "ls", "-q").stdout.split())
     for image in built:
@@ -226,15 +230,65 @@ def load(cluster: Any, built: list[Built]) -> float:
         if image.ref in present or image.name == "base":
             continue
         log(f"importing {image.ref} into containerd")
-        with tempfile.TemporaryDirectory(dir=CACHE, prefix="oci-") as tmp:
-            archive = Path(tmp) / "image.tar"
-            buildah("push", "--disable-compression", image.ref, f"oci-archive:{archive}:{image.ref}")
-            done = cluster.ctr("images", "import", str(archive), timeout=1800)
-            if done.returncode != 0:
-                raise RuntimeError(f"ctr images import {image.ref} failed: {done.stderr.strip()[-2000:]}")
+        buildah("push", "--disable-compression", image.ref, f"oci:{OCI_DIR}:{image.ref}")
+        _import(cluster, image.ref)
         if image.ref not in cluster.ctr("images", "ls", "-q").stdout.split():
             raise RuntimeError(f"containerd does not list {image.ref} after importing it")
+        _forget_superseded_blobs(image.ref)
     return round(time.monotonic() - start, 1)
+
+
+OCI_DIR = CACHE / "oci"
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+def _blob(digest: str) -> Path:
+    return OCI_DIR / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
+def _descriptor(ref: str) -> dict[str, Any]:
+    index = json.loads((OCI_DIR / "index.json").read_text())
+    found = [m for m in index["manifests"] if (m.get("annotations") or {}).get(REF_NAME) == ref]
+    if not found:
+        raise RuntimeError(f"{ref} is not in the OCI layout {OCI_DIR}")
+    return found[-1]
+
+
+def _digests(descriptor: dict[str, Any]) -> list[str]:
+    """The blobs of one image: its manifest, its config and its layers."""
+    manifest = json.loads(_blob(descriptor["digest"]).read_text())
+    return [descriptor["digest"], manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+
+
+def _import(cluster: Any, ref: str) -> None:
+    descriptor = _descriptor(ref)
+    with tempfile.TemporaryDirectory(dir=CACHE, prefix="oci-") as tmp:
+        layout = Path(tmp)
+        (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [descriptor]}))
+        (layout / "blobs" / "sha256").mkdir(parents=True)
+        for digest in _digests(descriptor):
+            os.link(_blob(digest), layout / "blobs" / "sha256" / digest.removeprefix("sha256:"))
+        with subprocess.Popen(["tar", "-C", tmp, "-cf", "-", "."], stdout=subprocess.PIPE) as tar:
+            done = cluster.ctr("images", "import", "-", timeout=1800, stdin=tar.stdout)
+        if done.returncode != 0 or tar.returncode != 0:
+            raise RuntimeError(f"ctr images import {ref} failed: {done.stderr.strip()[-2000:]}")
+
+
+def _forget_superseded_blobs(ref: str) -> None:
+    """Earlier tags of `ref`'s image leave the OCI layout, with the blobs no remaining tag uses."""
+    index_path = OCI_DIR / "index.json"
+    index = json.loads(index_path.read_text())
+    refs = [(m.get("annotations") or {}).get(REF_NAME, "") for m in index["manifests"]]
+    old = set(_superseded(refs, ref))
+    index["manifests"] = [m for m, r in zip(index["manifests"], refs, strict=True) if r not in old]
+    tmp = index_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index))
+    tmp.replace(index_path)
+    kept = {d for m in index["manifests"] for d in _digests(m)}
+    for blob in (OCI_DIR / "blobs" / "sha256").iterdir():
+        if f"sha256:{blob.name}" not in kept:
+            blob.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
