@@ -218,9 +218,9 @@ def pause_image(binary: Path) -> Built:
 def load(cluster: Any, built: list[Built]) -> float:
     """Import into the cluster's containerd what it lacks; returns seconds taken.
 
-    buildah pushes into one OCI layout under the cache (a blob already there is not written again: after a code
-    change only the project's layer is), and containerd imports a tar stream of just that image's blobs (it
-    skips content and snapshots it already has)."""
+    buildah pushes into one OCI layout under the cache (a blob already there is not written again, though buildah
+    gzips each layer anew to find out), and containerd imports a tar stream of just that image's blobs (it skips
+    content and snapshots it already has, so only a changed layer is written and unpacked)."""
     start = time.monotonic()
     present = set(cluster.ctr("images", "ls", "-q").stdout.split())
     for image in built:
