@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -210,9 +211,21 @@ def is_user_error(err: BaseException) -> bool:
 STEPS = ("collect", "preferences", "train", "merge", "evaluate", "model")
 
 
+class Terminated(BaseException):
+    """SIGTERM: a pod deleted, a node drained. Unwound like Ctrl-C, so the step's locks and partial outputs are
+    released before it exits. Needed in a container above all: there the step is PID 1, which the kernel spares
+    from every signal it has no handler for, so without one it would run on until SIGKILL, holding its lock
+    while the Job's next pod starts and is refused."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_library_output()
+    signal.signal(signal.SIGTERM, _terminated)  # servers started below install their own
     if args.command in STEPS:  # every line the step logs says which step and shard it came from
         steplog.bind(step=args.command, shard=getattr(args, "shard", None))
     try:
@@ -225,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("agentq: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Terminated:
+        print("agentq: terminated; re-run the same command to resume", file=sys.stderr)
+        return 143
     return int(rc or 0)
 
 
