@@ -35,7 +35,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Literal
@@ -230,6 +230,8 @@ class RunReport:
     duration_s: float
     stderr_tail: str
     collect_errors: list[tuple[str, str]]
+    # node id -> pytest's traceback entries of its failure ({path, lineno, lines}; the report plugin caps them)
+    tracebacks: dict[str, list[dict]] = field(default_factory=dict)
 
 
 class RepoSandbox:
@@ -367,7 +369,8 @@ class RepoSandbox:
                 status = "crashed"
             return RunReport(outcomes=report[0], exitstatus=report[1], collected=report[2], status=status,
                              duration_s=time.monotonic() - started,
-                             stderr_tail=err.decode("utf-8", "replace")[-2000:], collect_errors=report[3])
+                             stderr_tail=err.decode("utf-8", "replace")[-2000:], collect_errors=report[3],
+                             tracebacks=report[4])
         finally:
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
@@ -415,9 +418,12 @@ def _link_chain(path: str, bound: str) -> list[str]:
     return args
 
 
-def _read_report(path: Path) -> tuple[dict[str, tuple[str, str]], int | None, int, list[tuple[str, str]]]:
-    """Outcome per node id (a failure in setup/call/teardown wins over a pass), exit status, errors."""
+def _read_report(path: Path) -> tuple[dict[str, tuple[str, str]], int | None, int, list[tuple[str, str]],
+                                     dict[str, list[dict]]]:
+    """Outcome per node id (a failure in setup/call/teardown wins over a pass), exit status, errors, and the
+    first traceback reported per failing node id."""
     outcomes: dict[str, tuple[str, str]] = {}
+    tracebacks: dict[str, list[dict]] = {}
     exitstatus, collected, errors = None, 0, []
     rank = {"passed": 0, "xfailed": 0, "skipped": 1, "xpassed": 2, "failed": 3, "error": 3}
     with contextlib.suppress(OSError), path.open(encoding="utf-8", errors="replace") as fh:
@@ -437,10 +443,12 @@ def _read_report(path: Path) -> tuple[dict[str, tuple[str, str]], int | None, in
                 continue
             if outcome not in rank:
                 continue
+            if isinstance(rec.get("traceback"), list) and nodeid not in tracebacks:
+                tracebacks[nodeid] = [e for e in rec["traceback"] if isinstance(e, dict)]
             old = outcomes.get(nodeid)
             if old is None or rank[outcome] > rank[old[0]]:
                 outcomes[nodeid] = (outcome, str(rec.get("message", "")))
-    return outcomes, exitstatus, collected, errors
+    return outcomes, exitstatus, collected, errors, tracebacks
 
 
 def passed(outcome: str) -> bool:
