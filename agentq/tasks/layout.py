@@ -99,10 +99,16 @@ def pytest_config(tree: Path) -> tuple[str | None, dict[str, list[str]]]:
 
 
 def _holds_library(folder: Path, patterns: tuple[str, ...]) -> bool:
-    """Whether a folder holds library modules besides tests (a package named as a test path)."""
-    return any(p.name not in ("__init__.py", "conftest.py") and not any(fnmatch.fnmatch(p.name, pat)
-                                                                        for pat in patterns)
-               and not set(p.relative_to(folder).parts[:-1]) & set(TEST_DIRS) for p in folder.rglob("*.py"))
+    """Whether a folder holds library code besides tests (a package named as a test path): a module that is not
+    a test, conftest or empty `__init__.py`, outside its test folders."""
+    for path in folder.rglob("*.py"):
+        if set(path.relative_to(folder).parts[:-1]) & set(TEST_DIRS) or path.name == "conftest.py":
+            continue
+        if any(fnmatch.fnmatch(path.name, pat) for pat in patterns):
+            continue
+        if path.name != "__init__.py" or path.read_text(encoding="utf-8", errors="replace").strip():
+            return True
+    return False
 
 
 def detect(tree: Path) -> Layout:
