@@ -30,7 +30,7 @@ _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 _CARETS = re.compile(r"^[\s^~]*\^[\s^~]*$")  # Python 3.11+ position markers under a traceback line
 
 
-def test_names(nodeids: list[str]) -> list[str]:
+def failing_test_names(nodeids: list[str]) -> list[str]:
     """The test functions' own names (`tests/t.py::TestX::test_y[1]` -> `test_y`), which a text must not show."""
     return sorted({_PARAMS.sub("", n.rsplit("::", 1)[-1]) for n in nodeids if "::" in n})
 
@@ -41,7 +41,7 @@ def leaks(text: str, mutation_lines: list[str], paths: list[str], tests: list[st
     found = [line.strip() for line in mutation_lines if len(line.strip()) >= 4 and line.strip() in text]
     found += [p for p in paths if p in text]
     found += [t for t in tests if t in text]
-    found += [n for n in test_names(list(tests)) if re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", text)]
+    found += [n for n in failing_test_names(list(tests)) if re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", text)]
     return found
 
 
