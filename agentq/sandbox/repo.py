@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -521,17 +521,21 @@ def judge(report: RunReport, fail_to_pass: list[str], pass_to_pass: list[str], p
 
 
 class SdistStore:
-    """Where a repo task's sdist is found (`<dir>/<sdist>`), checked once against the task's sha256."""
+    """Where a repo task's sdist is found (`<dir>/<sdist>`), checked once against the task's sha256. A task from
+    a git source (SWE-bench) has its tree read from `git` (agentq.tasks.swebench.GitTrees: local mirrors, no
+    network), and is never run here: its tests need the instance's own environment."""
 
-    def __init__(self, directory: Path, executor: RepoExecutor) -> None:
-        self.directory, self.executor = Path(directory), executor
+    def __init__(self, directory: Path, executor: RepoExecutor, git: Any = None) -> None:
+        self.directory, self.executor, self.git = Path(directory), executor, git
         self._checked: dict[str, Path] = {}
 
     def pristine(self, repo: dict) -> Path:
         sdist = repo.get("sdist")
         if not sdist:
-            raise ValueError(f"repository {repo.get('git_url')!r}: git sources need network; this executor "
-                             "takes sdists only")
+            if self.git is None:
+                raise ValueError(f"repository {repo.get('git_url')!r}: a git source needs a local mirror "
+                                 "(dataset.repoData's git/ folder); none was given")
+            return self.git.pristine(repo)
         if sdist not in self._checked:
             path = self.directory / sdist
             if not path.exists():
@@ -548,6 +552,9 @@ class SdistStore:
 
     def run_task(self, task: dict, patches: list[str], buggy: bool = True) -> list[RepoVerdict]:
         """Each patch against the task's buggy tree (`buggy=False`: against the pristine tree)."""
+        if not task["repo"].get("sdist"):
+            raise ValueError(f"task {task['task_id']}: a SWE-bench instance runs only in its instance image, on a "
+                             "cluster (sandbox.swebenchUrl: `python -m controller.swebench serve`)")
         pristine = self.pristine(task["repo"])
         base = task["bug_patch"] if buggy else ""
         return [self.executor.run(pristine, p, task["fail_to_pass"], task.get("pass_to_pass", []),
