@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--holdout", help="comma-separated libraries for the test split (default: by hash, --test-share)")
     g.add_argument("--cache", help="where pristine trees and baselines live (default: beside --out)")
     g.add_argument("--run-timeout", type=float, default=300.0, help="wall-clock seconds per pytest run")
-    g.add_argument("--test-timeout", type=int, default=10, help="seconds per test in a mutant's run")
+    g.add_argument("--test-timeout", type=int, default=5,
+                   help="seconds per test in a mutant's run (the first test past it ends the run)")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
     _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.tasks.build:main"))
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--data-dir", default="../shared/data", help="repo tasks: folder holding repos/<sdist>")
     p.add_argument("--cache", help="repo tasks: where pristine trees are unpacked (default: a temp folder)")
+    p.add_argument("--swebench-url", help="SWE-bench tasks: the `python -m controller.swebench serve` service that "
+                   "runs their patches in the instance images (without it they are listed as not checked)")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
     _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.tasks.validate:main"))

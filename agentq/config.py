@@ -253,6 +253,9 @@ class EvaluateSpec(Spec):
 
 class SandboxSpec(Spec):
     url: str | None = Field(None, description="Remote sandbox (`agentq sandbox serve`); in-process when unset.")
+    swebench_url: str | None = Field(None, pattern=r"^https?://", description="Where SWE-bench tasks run: a "
+                                     "`python -m controller.swebench serve` service that runs each candidate patch "
+                                     "in its instance image as a Kubernetes Job, graded by the swebench package.")
     timeout_seconds: float = Field(5.0, gt=0)
     cpu_seconds: int | None = Field(None, ge=1, description="CPU time per candidate (default: the timeout + 1 s).")
     memory_mb: int = Field(1024, ge=64)

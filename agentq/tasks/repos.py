@@ -8,8 +8,9 @@ the suite twice (the second time with per-test coverage contexts) and keep the t
 Mutation sites are taken only on lines some stable test executes. Each mutant is written into a scratch copy
 (never the pristine tree) and checked in three runs:
 
-1. the tests that cover its lines (`--maxfail` past the failure cap, a time limit scaled from the suite's):
-   they must collect, finish, and 1 <= failing <= cap;
+1. the tests that cover its lines (`--maxfail` past the failure cap, a time limit scaled from the suite's,
+   and pytest-timeout's thread method, which ends the whole run at the first test past `--test-timeout`: a
+   mutant that loops costs seconds, not a run limit): they must collect, finish, and 1 <= failing <= cap;
 2. the failing tests and the sampled pass-to-pass tests together, on the mutant: the same tests fail again
    (not flaky) and every P2P test passes (a P2P test that reaches the bug some way coverage did not see, such
    as a cached value, drops the mutant);
@@ -63,7 +64,7 @@ from agentq.tasks.schema import RepoRef, RepoTask, write_tasks
 
 __all__ = ["LibraryRejected", "build", "issue_text", "leaks"]
 # A mutant's run may take this much longer than the same tests took in the baseline, plus a floor for start-up.
-RUN_SLACK, RUN_FLOOR_S = 4.0, 20.0
+RUN_SLACK, RUN_FLOOR_S = 5.0, 30.0
 
 
 @dataclass
@@ -247,12 +248,13 @@ class LibraryBuild:
         return sorted({t for ln in lines for t in by_line.get(ln, [])})
 
     def _run(self, base: Baseline, tree: Path, tests: list[str], maxfail: int | None = None) -> RunReport:
-        """A run of `tests` in `tree`, with a time limit scaled from what those tests took in the baseline."""
+        """A run of `tests` in `tree`, with a time limit scaled from what those tests took in the baseline; the
+        first test past --test-timeout ends the run (its report then has no end: `timed_out`)."""
         expected = base.seconds * len(tests) / max(len(base.stable), 1)
         limits = RepoLimits(timeout_s=min(self.args.run_timeout, RUN_FLOOR_S + RUN_SLACK * expected),
                             per_test_s=self.args.test_timeout)
         sandbox = RepoSandbox(limits, allow_weak_isolation=self.sandbox.bwrap is None)
-        options = [f"--maxfail={maxfail}"] if maxfail else []
+        options = ["--timeout-method=thread", *([f"--maxfail={maxfail}"] if maxfail else [])]
         report = sandbox.run(tree, [*options, *tests])
         git(tree, "clean", "-qfdx", "-e", "*.dist-info")  # what the run wrote; the tree's sources stay
         return report
@@ -296,7 +298,7 @@ class LibraryBuild:
             if first.collect_errors:
                 return done("collect_error")
             if first.status != "finished":
-                return done(first.status)
+                return done("timeout" if timed_out(first, self.args.test_timeout) else first.status)
             failing = {n: first.outcomes.get(n, ("missing", "did not run"))[1] for n in selected
                        if not passed(first.outcomes.get(n, ("missing", ""))[0])}
             if any("Timeout" in msg for msg in failing.values()):
@@ -313,7 +315,7 @@ class LibraryBuild:
             # 2. failing + P2P on the mutant: the same tests fail again, and every P2P test passes
             second = timed("recheck", self._run, base, scratch, subset)
             if second.status != "finished" or second.collect_errors:
-                return done("flaky")
+                return done("timeout" if timed_out(second, self.args.test_timeout) else "flaky")
             again = {n for n in subset if not passed(second.outcomes.get(n, ("missing", ""))[0])}
             if again & set(p2p):
                 return done("p2p_fails_on_mutant")
@@ -346,6 +348,12 @@ class LibraryBuild:
             text, by = timed("issue_model", model_issue, self.issue_policy, task, issue, changed, files + ["/repo"])
             task = task.model_copy(update={"issue": text, "metadata": {**task.metadata, "issue_by": by}})
         return done("kept", task.model_dump(exclude_none=True))
+
+
+def timed_out(report: RunReport, test_timeout: float) -> bool:
+    """A run the wall-clock limit stopped, or one that ended without pytest's end of session after running past
+    the per-test limit (pytest-timeout's thread method ends the process at once)."""
+    return report.status == "timeout" or (report.exitstatus is None and report.duration_s >= test_timeout)
 
 
 def combinations(kept: Edits, count: int, seed: str, call_graph: dict[str, dict[str, set[str]]]) -> list[Edits]:
