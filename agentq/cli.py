@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-shards", type=int, default=1)
     g.add_argument("--issue-model", metavar="MODEL_YAML",
                    help="a model (a round file's `model:` block) writes each issue; leaking answers fall back")
+    g.add_argument("--rewrite-model", metavar="MODEL_YAML",
+                   help="a model rewrites functions with a bug (SWE-smith's LM mode), checked as every mutant is")
+    g.add_argument("--rewrites", type=int, default=20, help="model-written bugs per library (with --rewrite-model)")
     g.add_argument("--holdout", help="comma-separated libraries for the test split (default: by hash, --test-share)")
     g.add_argument("--cache", help="where pristine trees and baselines live (default: beside --out)")
     g.add_argument("--run-timeout", type=float, default=300.0, help="wall-clock seconds per pytest run")

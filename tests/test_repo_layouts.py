@@ -11,6 +11,7 @@ import json
 import pytest
 
 from agentq.cli import main as cli_main
+from agentq.policy.base import BatchPolicy, Request, Sample
 from agentq.sandbox.repo import RepoSandbox
 from agentq.tasks.layout import LibraryRejected, detect
 from agentq.tasks.mutate import mutations
@@ -183,3 +184,54 @@ def test_a_task_whose_subset_fails_on_the_original_tree_is_dropped(checklib):
     # it fails on the mutant twice and keeps its P2P tests, but alone with them on the original tree it fails too
     assert outcome.result == "subset_fails_on_original", outcome
     assert set(outcome.phases) >= {"detect", "recheck", "original"}
+
+
+class Writer(BatchPolicy):
+    """A scripted model for the LM modes: a fixed rewrite for rewrite prompts, a fixed report for issue prompts."""
+
+    def __init__(self, rewrite: str, issue: str) -> None:
+        self.rewrite, self.issue, self.purposes = rewrite, issue, []
+
+    def generate_batch(self, requests: list[Request]) -> list[list[Sample]]:
+        self.purposes += [r.prompt.purpose for r in requests]
+        return [[Sample(text=self.rewrite if r.prompt.purpose == "rewrite" else self.issue)] for r in requests]
+
+
+REWRITTEN = "```python\ndef clamp(x, lo, hi):\n    if x < lo:\n        return lo\n    if x > hi:\n        return lo\n" \
+            "    return x\n```"
+
+
+@pytest.mark.parametrize(("issue", "by"), [
+    ("clamp(9, 0, 5) returns 0 instead of 5 since the last release.", "model"),
+    ("test_clamp_high fails: clamp(9, 0, 5) returns 0.", "template"),  # names a failing test: falls back
+])
+def test_a_model_rewrites_a_function_with_a_bug_and_writes_the_issue(tmp_path, issue, by):
+    """SWE-smith's LM modes through the policy interface: the rewrite is checked like any mutant; the model's
+    issue is kept only when it passes the leak check."""
+    sdist = make_sdist(tmp_path / "repos", "onemodule", LAYOUTS["onemodule"])
+    writer = Writer(REWRITTEN, issue)
+    args = argparse.Namespace(seed=0, per_operator=100, per_library=100, wrong_variable_share=0.2, max_failing=20,
+                              max_p2p=200, run_timeout=120.0, test_timeout=10, rewrite_policy=writer, rewrites=2,
+                              issue_policy=writer)
+    lib = LibraryBuild(sdist, "0" * 64, RepoSandbox(), tmp_path / "trees", args)
+    try:
+        base = lib.baseline()
+        [(rel, bug)] = lib.model_rewrites(base)
+        assert (rel, bug.operator, bug.function) == ("onemodule.py", "lm_rewrite", "clamp")
+        outcome = lib.run_mutant(base, [(rel, bug)], bug.operator)
+    finally:
+        lib.close()
+    assert outcome.result == "kept", outcome
+    assert outcome.task["fail_to_pass"] == ["tests/test_onemodule.py::test_clamp_high"]
+    assert outcome.task["metadata"]["issue_by"] == by and (outcome.task["issue"] == issue) == (by == "model")
+    assert writer.purposes == ["rewrite", "rewrite", "issue"]  # total's answer rewrote clamp: dropped
+
+
+def test_a_rewrite_that_renames_or_breaks_the_function_is_no_mutant():
+    from agentq.tasks.rewrite import functions, to_mutation
+
+    [node] = [n for n in functions(CODE) if n.name == "clamp"]
+    assert to_mutation(CODE, node, REWRITTEN) is not None
+    assert to_mutation(CODE, node, REWRITTEN.replace("def clamp", "def clip")) is None
+    assert to_mutation(CODE, node, "```python\ndef clamp(x, lo, hi:\n    pass\n```") is None
+    assert to_mutation(CODE, node, "```python\n" + CODE.split("\n\n\n")[0] + "\n```") is None  # unchanged

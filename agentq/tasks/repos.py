@@ -60,6 +60,7 @@ from agentq.sandbox.repo import (
 from agentq.tasks.issues import issue_text, leaks, model_issue
 from agentq.tasks.layout import Layout, LibraryRejected, detect
 from agentq.tasks.mutate import OPERATORS, Mutation, calls, mutations
+from agentq.tasks.rewrite import rewrites
 from agentq.tasks.schema import RepoRef, RepoTask, write_tasks
 
 __all__ = ["LibraryRejected", "build", "issue_text", "leaks"]
@@ -240,6 +241,23 @@ class LibraryBuild:
                 if not q:
                     queues.remove(q)
         return picked
+
+    def model_rewrites(self, base: Baseline) -> Edits:
+        """Bugs written by `--rewrite-model` (agentq/tasks/rewrite.py), `--rewrites` per library at most, spread
+        over the covered source files; none without a model."""
+        policy, count = getattr(self.args, "rewrite_policy", None), getattr(self.args, "rewrites", 0)
+        if policy is None or count <= 0:
+            return []
+        files = [rel for rel in self.layout.source_files(self.pristine) if base.coverage.get(rel)]
+        random.Random(f"{self.args.seed}/{self.stem}/rewrite").shuffle(files)
+        out: Edits = []
+        for i, rel in enumerate(files):
+            want = count // len(files) + (i < count % len(files))
+            if want:
+                source = (self.pristine / rel).read_text(encoding="utf-8", errors="surrogateescape")
+                out += [(rel, m) for m in rewrites(policy, self.name, source, set(base.coverage[rel]), want,
+                                                   f"{self.args.seed}/{self.stem}/{rel}")]
+        return out
 
     def covering(self, base: Baseline, rel: str, lines: range) -> list[str]:
         if not base.coverage:
@@ -456,7 +474,8 @@ def build(args: argparse.Namespace) -> int:
     progress = Progress(out, shard, num_shards, args.json)
     weak = getattr(args, "allow_weak_isolation", False)
     sandbox = RepoSandbox(RepoLimits(timeout_s=args.run_timeout, per_test_s=30), allow_weak_isolation=weak)
-    args.issue_policy = _policy(getattr(args, "issue_model", None))
+    args.issue_policy = getattr(args, "issue_policy", None) or _policy(getattr(args, "issue_model", None))
+    args.rewrite_policy = getattr(args, "rewrite_policy", None) or _policy(getattr(args, "rewrite_model", None))
     rejected_libs: list[dict] = []
     libraries: dict[str, dict] = {}
     builds: list[LibraryBuild] = []
@@ -492,6 +511,7 @@ def build(args: argparse.Namespace) -> int:
             libraries[stem] = {"stable_tests": len(base.stable), "suite_s": base.seconds, "sites_picked": len(picked),
                                "test_target": base.test_target, "started": lib_started}
             progress.say(f"{stem}: {len(base.stable)} stable tests, {len(picked)} mutants to try")
+            picked += lib.model_rewrites(base)
             pending[stem] = [(rel, m, pool.submit(_run_once, lib, base, [(rel, m)], m.operator, progress))
                              for rel, m in picked]
             bases[stem] = base
