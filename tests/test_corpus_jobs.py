@@ -49,18 +49,12 @@ def test_shards_split_the_libraries_and_every_library_is_in_one():
 
 @pytest.mark.cluster
 def test_the_driver_waits_for_the_shards_then_merges_and_returns_the_summary(tmp_path):
-    import os
-
     import testenv
     from kubernetes import client
 
-    try:
-        testenv.bin_dir()
-    except testenv.EnvMissing as err:
-        if os.environ.get("CI") or os.environ.get("AGENTQ_TESTENV_BIN"):
-            raise
-        pytest.skip(str(err))
-    cluster = testenv.LocalCluster(tmp_path / "cluster").start()
+    from tests.test_swebench import api_server
+
+    cluster = api_server(tmp_path)
     try:
         api = cluster.api()
         client.CoreV1Api(api).create_namespace({"metadata": {"name": "c"}})

@@ -11,13 +11,12 @@ from agentq.policy.scripted import ScriptedPolicy
 from agentq.repair.localization import RoundLocalization
 from agentq.repair.patch import search_replace
 from agentq.repair.reflection import REPRODUCTION_FILE, prompt_tokens
-from agentq.sandbox.repo import RepoExecutor, SdistStore
 from agentq.sandbox.runner import Runner
 from agentq.search.mcts import Search, SearchParams
 from agentq.tasks.issues import failing_test_names
 from agentq.tasks.schema import RepoTask
-from tests.test_repo_search import only
-from tests.test_repo_tasks import MINILIB, MINITESTS, make_sdist, repo_record
+from tests.test_repo_search import minilib_runner, only
+from tests.test_repo_tasks import repo_record
 
 
 class Recording(BatchPolicy):
@@ -36,9 +35,7 @@ class Recording(BatchPolicy):
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory) -> Runner:
-    root = tmp_path_factory.mktemp("data")
-    make_sdist(root / "repos", "minilib", {"minilib/__init__.py": MINILIB, "tests/test_minilib.py": MINITESTS})
-    return Runner(None, SdistStore(root / "repos", RepoExecutor(tmp_path_factory.mktemp("trees"))))
+    return minilib_runner(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

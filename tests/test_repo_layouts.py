@@ -17,47 +17,13 @@ from agentq.tasks.layout import LibraryRejected, detect
 from agentq.tasks.mutate import mutations
 from agentq.tasks.repos import LibraryBuild
 from agentq.tasks.schema import read_tasks
-from tests.test_repo_tasks import make_sdist
+from tests.test_repo_tasks import MINILIB, MINITESTS, make_sdist
 
-CODE = '''def clamp(x, lo, hi):
-    if x < lo:
-        return lo
-    if x > hi:
-        return hi
-    return x
-
-
-def total(xs):
-    s = 0
-    for x in xs:
-        s += x
-    return s
-'''
+CODE = MINILIB
 
 
 def suite_for(module: str) -> str:
-    return f'''from {module} import clamp, total
-
-
-def test_clamp_low():
-    assert clamp(-1, 0, 5) == 0
-
-
-def test_clamp_high():
-    assert clamp(9, 0, 5) == 5
-
-
-def test_clamp_mid():
-    assert clamp(3, 0, 5) == 3
-
-
-def test_total():
-    assert total([1, 2, 3]) == 6
-
-
-def test_total_empty():
-    assert total([]) == 0
-'''
+    return MINITESTS.replace("from minilib import", f"from {module} import")
 
 
 LAYOUTS = {
@@ -234,4 +200,5 @@ def test_a_rewrite_that_renames_or_breaks_the_function_is_no_mutant():
     assert to_mutation(CODE, node, REWRITTEN) is not None
     assert to_mutation(CODE, node, REWRITTEN.replace("def clamp", "def clip")) is None
     assert to_mutation(CODE, node, "```python\ndef clamp(x, lo, hi:\n    pass\n```") is None
-    assert to_mutation(CODE, node, "```python\n" + CODE.split("\n\n\n")[0] + "\n```") is None  # unchanged
+    unchanged = "def clamp" + CODE.split("def clamp", 1)[1].split("\n\n\n")[0]
+    assert to_mutation(CODE, node, f"```python\n{unchanged}\n```") is None

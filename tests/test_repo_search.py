@@ -29,6 +29,11 @@ from tests.test_repo_tasks import BUG, MINILIB, MINITESTS, make_sdist, repo_reco
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory) -> Runner:
+    return minilib_runner(tmp_path_factory)
+
+
+def minilib_runner(tmp_path_factory) -> Runner:
+    """A Runner over a data folder holding the minilib sdist (no function executor)."""
     root = tmp_path_factory.mktemp("data")
     make_sdist(root / "repos", "minilib", {"minilib/__init__.py": MINILIB, "tests/test_minilib.py": MINITESTS})
     return Runner(None, SdistStore(root / "repos", RepoExecutor(tmp_path_factory.mktemp("trees"))))

@@ -143,6 +143,21 @@ def test_a_task_gives_back_the_row_it_was_made_from():
         assert again[key] == instance[key], key
 
 
+def api_server(tmp_path: Path):
+    """A real API server (tests/testenv.py), started; skipped only outside CI and `make test` when missing."""
+    import os
+
+    import testenv
+
+    try:
+        testenv.bin_dir()
+    except testenv.EnvMissing as err:
+        if os.environ.get("CI") or os.environ.get("AGENTQ_TESTENV_BIN"):
+            raise  # in CI (and via `make test`) a missing test environment is a failure, not a skip
+        pytest.skip(str(err))
+    return testenv.LocalCluster(tmp_path / "cluster").start()
+
+
 REPORT = {"patch_is_None": False, "patch_exists": True, "patch_successfully_applied": True, "resolved": True,
           "tests_status": {"FAIL_TO_PASS": {"success": ["tests/test_calc.py::test_x"], "failure": []},
                            "PASS_TO_PASS": {"success": [], "failure": []}}}
@@ -154,7 +169,6 @@ def test_evaluation_runs_a_patch_as_a_job_through_the_swebench_service(tmp_path,
     API server -> the grader's report from the pod's termination message -> a RepoVerdict; the kubelet is played
     here (tests/testenv.py). A second request for the same patch reads the finished Job back; an instance image
     the cluster cannot pull fails the run at once."""
-    import os
     import threading
 
     import testenv
@@ -162,13 +176,7 @@ def test_evaluation_runs_a_patch_as_a_job_through_the_swebench_service(tmp_path,
 
     from agentq.sandbox import RemoteExecutor
 
-    try:
-        testenv.bin_dir()
-    except testenv.EnvMissing as err:
-        if os.environ.get("CI") or os.environ.get("AGENTQ_TESTENV_BIN"):
-            raise
-        pytest.skip(str(err))
-    cluster = testenv.LocalCluster(tmp_path / "cluster").start()
+    cluster = api_server(tmp_path)
     server = None
     try:
         api = cluster.api()
