@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--holdout", help="comma-separated libraries for the test split (default: by hash, --test-share)")
     g.add_argument("--cache", help="where pristine trees and baselines live (default: beside --out)")
     g.add_argument("--run-timeout", type=float, default=300.0, help="wall-clock seconds per pytest run")
+    g.add_argument("--baseline-timeout", type=float, default=1800.0,
+                   help="wall-clock seconds for each of a library's two whole-suite baseline runs")
     g.add_argument("--test-timeout", type=int, default=5,
                    help="seconds per test in a mutant's run (the first test past it ends the run)")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")

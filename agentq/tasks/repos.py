@@ -207,7 +207,9 @@ class LibraryBuild:
         if self.baseline_path.exists():
             raw = json.loads(self.baseline_path.read_text())
             raw["coverage"] = {f: {int(k): v for k, v in lines.items()} for f, lines in raw["coverage"].items()}
-            if raw["test_target"] == list(self.layout.test_target):  # else measured for another layout reading
+            # A baseline for another layout reading, or one whose coverage run failed (under load it can time out:
+            # without a line map every mutant runs the whole suite), is measured again.
+            if raw["test_target"] == list(self.layout.test_target) and raw["coverage"]:
                 return Baseline(**raw)
         base = measure_baseline(self.sandbox, self.pristine, self.scratch(), self.stem)
         atomic_write_json(self.baseline_path, asdict(base))
@@ -265,6 +267,13 @@ class LibraryBuild:
         by_line = base.coverage.get(rel, {})
         return sorted({t for ln in lines for t in by_line.get(ln, [])})
 
+    def broken_collection(self, report: RunReport) -> bool:
+        """A test module the mutant stopped from importing. Files pytest imports only because a node id names
+        them (pygments' example files are collected by its conftest, not as modules) fail the same way on the
+        original tree, so their errors do not count."""
+        return any(self.layout.is_test_file(path.split("::", 1)[0]) or path.endswith("conftest.py")
+                   for path, _ in report.collect_errors)
+
     def _run(self, base: Baseline, tree: Path, tests: list[str], maxfail: int | None = None) -> RunReport:
         """A run of `tests` in `tree`, with a time limit scaled from what those tests took in the baseline; the
         first test past --test-timeout ends the run (its report then has no end: `timed_out`)."""
@@ -272,7 +281,8 @@ class LibraryBuild:
         limits = RepoLimits(timeout_s=min(self.args.run_timeout, RUN_FLOOR_S + RUN_SLACK * expected),
                             per_test_s=self.args.test_timeout)
         sandbox = RepoSandbox(limits, allow_weak_isolation=self.sandbox.bwrap is None)
-        options = ["--timeout-method=thread", *([f"--maxfail={maxfail}"] if maxfail else [])]
+        options = ["--timeout-method=thread", "--continue-on-collection-errors",
+                   *([f"--maxfail={maxfail}"] if maxfail else [])]
         report = sandbox.run(tree, [*options, *tests])
         git(tree, "clean", "-qfdx", "-e", "*.dist-info")  # what the run wrote; the tree's sources stay
         return report
@@ -313,7 +323,7 @@ class LibraryBuild:
                 return done("uncovered")
             # 1. the covering tests on the mutant: which fail
             first = timed("detect", self._run, base, scratch, selected, self.args.max_failing + 1)
-            if first.collect_errors:
+            if self.broken_collection(first):
                 return done("collect_error")
             if first.status != "finished":
                 return done("timeout" if timed_out(first, self.args.test_timeout) else first.status)
@@ -332,7 +342,7 @@ class LibraryBuild:
             subset = [*sorted(failing), *p2p]  # the order `agentq tasks validate` runs them in
             # 2. failing + P2P on the mutant: the same tests fail again, and every P2P test passes
             second = timed("recheck", self._run, base, scratch, subset)
-            if second.status != "finished" or second.collect_errors:
+            if second.status != "finished" or self.broken_collection(second):
                 return done("timeout" if timed_out(second, self.args.test_timeout) else "flaky")
             again = {n for n in subset if not passed(second.outcomes.get(n, ("missing", ""))[0])}
             if again & set(p2p):
@@ -343,8 +353,8 @@ class LibraryBuild:
             reset_scratch(scratch)
         # 3. the same subset on the original tree: everything passes
         original = timed("original", self._run, base, scratch, subset)
-        if original.status != "finished" or any(not passed(original.outcomes.get(n, ("missing", ""))[0])
-                                                for n in subset):
+        green = all(passed(original.outcomes.get(n, ("missing", ""))[0]) for n in subset)
+        if original.status != "finished" or self.broken_collection(original) or not green:
             return done("subset_fails_on_original")
         changed = [ln for _, m in edits for ln in (*m.old_lines, *m.new_lines)]
         issue = issue_text(self.name, self.version, failing, first.tracebacks, changed, files + ["/repo"])
@@ -473,7 +483,10 @@ def build(args: argparse.Namespace) -> int:
     sums = read_checksums(data_dir)
     progress = Progress(out, shard, num_shards, args.json)
     weak = getattr(args, "allow_weak_isolation", False)
-    sandbox = RepoSandbox(RepoLimits(timeout_s=args.run_timeout, per_test_s=30), allow_weak_isolation=weak)
+    # The baseline runs the whole suite twice (once traced for coverage): it gets its own, longer limit, since a
+    # baseline cut short leaves no line map and every mutant then runs the whole suite.
+    sandbox = RepoSandbox(RepoLimits(timeout_s=max(args.run_timeout, getattr(args, "baseline_timeout", 1800.0)),
+                                     per_test_s=30), allow_weak_isolation=weak)
     args.issue_policy = getattr(args, "issue_policy", None) or _policy(getattr(args, "issue_model", None))
     args.rewrite_policy = getattr(args, "rewrite_policy", None) or _policy(getattr(args, "rewrite_model", None))
     rejected_libs: list[dict] = []
