@@ -50,9 +50,12 @@ run: setup
 corpus: setup
 	$(BIN)/agentq tasks build --source debugbench --data-dir $(DATA) --out data/debugbench.jsonl --hidden 10
 
-# Repository tasks from the 15 sdists in $(DATA)/repos (resumable: rerun after an interruption).
+# Repository tasks from the 15 sdists in $(DATA)/repos (resumable: rerun after an interruption), JOBS mutants at
+# once (each a pytest run in its own scratch tree). On Kubernetes the same command runs one pod per library shard:
+# `python -m controller.corpus build` (docs/repo-agent.md).
+JOBS ?= 2
 repos: setup
-	$(BIN)/agentq tasks build --source repos --data-dir $(DATA) --out data/repos.jsonl
+	$(BIN)/agentq tasks build --source repos --data-dir $(DATA) --out data/repos.jsonl --jobs $(JOBS)
 
 bench: setup
 	$(BIN)/agentq sandbox bench --data-dir $(DATA)

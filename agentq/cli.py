@@ -80,11 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--per-operator", type=int, default=100, help="mutants tried per operator and library at most")
     g.add_argument("--max-failing", type=int, default=20, help="a mutant failing more tests than this is dropped")
     g.add_argument("--max-p2p", type=int, default=200, help="pass-to-pass tests kept per task at most")
-    g.add_argument("--combine", type=int, default=0, help="tasks combining 2-3 kept mutants of one module, per library")
+    g.add_argument("--combine", type=int, default=10,
+                   help="tasks combining 2-3 kept mutants of one function or call chain, per library")
+    g.add_argument("--wrong-variable-share", type=float, default=0.2,
+                   help="wrong-variable mutants at most this share of a library's sites (they outnumber the rest)")
+    g.add_argument("--jobs", type=int, default=1, help="mutants run at once (each worker its own scratch tree)")
+    g.add_argument("--shard", type=int, default=None,
+                   help="build only every --num-shards-th library from this one (an Indexed Job's pod); without "
+                        "it, the progress of every shard over --out is merged into the corpus")
+    g.add_argument("--num-shards", type=int, default=1)
+    g.add_argument("--issue-model", metavar="MODEL_YAML",
+                   help="a model (a round file's `model:` block) writes each issue; leaking answers fall back")
+    g.add_argument("--rewrite-model", metavar="MODEL_YAML",
+                   help="a model rewrites functions with a bug (SWE-smith's LM mode), checked as every mutant is")
+    g.add_argument("--rewrites", type=int, default=20, help="model-written bugs per library (with --rewrite-model)")
     g.add_argument("--holdout", help="comma-separated libraries for the test split (default: by hash, --test-share)")
     g.add_argument("--cache", help="where pristine trees and baselines live (default: beside --out)")
     g.add_argument("--run-timeout", type=float, default=300.0, help="wall-clock seconds per pytest run")
-    g.add_argument("--test-timeout", type=int, default=10, help="seconds per test in a mutant's run")
+    g.add_argument("--baseline-timeout", type=float, default=1800.0,
+                   help="wall-clock seconds for each of a library's two whole-suite baseline runs")
+    g.add_argument("--test-timeout", type=int, default=5,
+                   help="seconds per test in a mutant's run (the first test past it ends the run)")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
     _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.tasks.build:main"))
@@ -92,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--data-dir", default="../shared/data", help="repo tasks: folder holding repos/<sdist>")
     p.add_argument("--cache", help="repo tasks: where pristine trees are unpacked (default: a temp folder)")
+    p.add_argument("--swebench-url", help="SWE-bench tasks: the `python -m controller.swebench serve` service that "
+                   "runs their patches in the instance images (without it they are listed as not checked)")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
     _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.tasks.validate:main"))
