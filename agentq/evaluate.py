@@ -95,7 +95,8 @@ def search_record(search: Search, executor: Executor, strategy: str) -> dict[str
     best = search.best()
     reading = Reading(best.code) if best else Reading(None)
     return _record(search.problem, "mcts", [reading], executor, search.stats.wall_s,
-                   {"strategy": strategy, "attempts": search.stats.samples, "search_samples": search.stats.samples,
+                   {**search.problem.notes,
+                    "strategy": strategy, "attempts": search.stats.samples, "search_samples": search.stats.samples,
                     "executions": search.stats.executions, "tokens_in": search.stats.tokens_in,
                     "tokens_out": search.stats.tokens_out})
 
@@ -106,7 +107,7 @@ def evaluate_task(task: AnyTask, mode: str, policy: Policy, executor: Executor, 
         return search_record(evaluation_search(task, policy, executor, spec).run(), executor,
                              evaluation_strategy(spec)[0])
     start = time.perf_counter()
-    problem = problem_for(task, executor)
+    problem = problem_for(task, executor, visible_only=True)  # a repo prompt never depends on the hidden tests
     answers, extra = _sample_answers(problem, mode, policy, spec)
     return _record(problem, mode, answers, executor, time.perf_counter() - start, extra)
 
@@ -141,6 +142,9 @@ def summarize(records: list[dict[str, Any]], k: int = 1, pricing: PricingSpec | 
     }
     if records and all(r.get("kind") == "repo" for r in records):  # the SWE-bench figure: greedy patches resolving
         summary["resolve_rate"] = summary["greedy_pass_rate"]
+        feedback = sorted({r["feedback"] for r in records if r.get("feedback")})
+        if feedback:  # what the search saw run: the report says it
+            summary["feedback"] = "; ".join(feedback)
     strategies = {r["strategy"] for r in records if "strategy" in r}
     if strategies:  # the mcts mode: which search ran, and the answers it drew per task
         summary["strategy"] = "/".join(sorted(strategies))

@@ -25,6 +25,8 @@ from agentq.config import (
     RoundSpec,
 )
 from controller.jobs import (
+    CONTAINER_SECURITY,
+    POD_SECURITY,
     PVC_MOUNT,
     ROUND_LABEL,
     SERVED_STEPS,
@@ -43,6 +45,7 @@ CONDITION = "InferenceServerReady"
 START_MODEL, ROUND_MODEL = "start", "round"
 URL_ENV, MODEL_ENV, ROUND_MODEL_ENV = INFERENCE_URL_ENV, INFERENCE_MODEL_ENV, INFERENCE_ROUND_MODEL_ENV
 LORA_RANKS = (8, 16, 32, 64, 128, 256)  # the --max-lora-rank values vLLM accepts
+SERVER_UID = 10001  # the uid the agentq images use; any non-root uid meets the restricted level
 
 
 class UnsupportedServer(ValueError):
@@ -128,8 +131,10 @@ def build_server(body: dict[str, Any], step: str, settings: OperatorSettings) ->
     container: dict[str, Any] = {
         "name": "server", "image": vllm.image or settings.images.inference_server,
         "imagePullPolicy": settings.images.pull_policy,
-        "args": _args(spec, round_name, step, gpus), "env": env, "volumeMounts": mounts,
-        "ports": [{"name": "http", "containerPort": PORT}],
+        # A writable home for the server's caches: the pod runs as SERVER_UID, which the image need not know.
+        "args": _args(spec, round_name, step, gpus), "env": [*env, {"name": "HOME", "value": "/tmp"}],
+        "volumeMounts": mounts, "securityContext": CONTAINER_SECURITY,
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": PORT}, "periodSeconds": 5, "failureThreshold": 3},
     }
     if settings.images.inference_server_command:
@@ -138,7 +143,9 @@ def build_server(body: dict[str, Any], step: str, settings: OperatorSettings) ->
         container["envFrom"] = env_from
     if resources:
         container["resources"] = resources
-    pod: dict[str, Any] = {"containers": [container], "volumes": volumes, "automountServiceAccountToken": False}
+    # The restricted Pod Security level, as the step pods: vLLM's image runs as root unless told otherwise.
+    pod: dict[str, Any] = {"containers": [container], "volumes": volumes, "automountServiceAccountToken": False,
+                           "securityContext": {**POD_SECURITY, "runAsUser": SERVER_UID, "runAsGroup": SERVER_UID}}
     if where.node_selector:
         pod["nodeSelector"] = where.node_selector
     if where.tolerations:
@@ -147,16 +154,24 @@ def build_server(body: dict[str, Any], step: str, settings: OperatorSettings) ->
         pod["priorityClassName"] = where.priority_class_name
     if settings.images.pull_secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in settings.images.pull_secrets]
-    labels = {ROUND_LABEL: round_name, STAGE_LABEL: step, SERVER_LABEL: name}
-    metadata = {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner_reference(body)]}
+    # The round's pass-through labels and annotations (a Kueue queue, a cost centre), as on its Jobs; agentq's
+    # own labels win.
+    labels = {**spec.job_template.labels, ROUND_LABEL: round_name, STAGE_LABEL: step, SERVER_LABEL: name}
+    annotations = dict(spec.job_template.annotations)
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels,
+                                "ownerReferences": [owner_reference(body)]}
+    template_meta: dict[str, Any] = {"labels": labels}
+    if annotations:
+        metadata["annotations"] = template_meta["annotations"] = annotations
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
         "spec": {"replicas": 1, "selector": {"matchLabels": {SERVER_LABEL: name}},
-                 "template": {"metadata": {"labels": labels}, "spec": pod}},
+                 "template": {"metadata": template_meta, "spec": pod}},
     }
     service = {
         "apiVersion": "v1", "kind": "Service", "metadata": dict(metadata),
-        "spec": {"selector": {SERVER_LABEL: name}, "ports": [{"name": "http", "port": PORT, "targetPort": PORT}]},
+        "spec": {"selector": {SERVER_LABEL: name},
+                 "ports": [{"name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP"}]},
     }
     return [deployment, service]
 

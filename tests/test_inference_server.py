@@ -60,6 +60,28 @@ def test_the_server_is_a_prefix_cached_tensor_parallel_vllm_on_the_inference_poo
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == "u-1"
 
 
+def test_the_server_meets_restricted_pod_security_and_carries_the_rounds_job_template():
+    """As the step pods: non-root (vLLM's image would run as root), RuntimeDefault seccomp, no privilege
+    escalation, no capabilities; and the round's pass-through labels (a Kueue queue) and annotations."""
+    import kubernetes_validate
+
+    b = body({"vllm": {}})
+    b["spec"]["jobTemplate"] = {"labels": {"kueue.x-k8s.io/queue-name": "gpu", "agentq.dev/round": "spoof"},
+                                "annotations": {"team": "repair"}}
+    deployment, service = build_server(b, "collect", SETTINGS)
+    pod = deployment["spec"]["template"]["spec"]
+    sec = pod["securityContext"]
+    assert sec["runAsNonRoot"] is True and sec["runAsUser"] > 0 and sec["seccompProfile"] == {"type": "RuntimeDefault"}
+    csec = pod["containers"][0]["securityContext"]
+    assert csec["allowPrivilegeEscalation"] is False and csec["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "HOME", "value": "/tmp"} in pod["containers"][0]["env"]
+    for meta in (deployment["metadata"], deployment["spec"]["template"]["metadata"]):
+        assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "gpu" and meta["annotations"] == {"team": "repair"}
+        assert meta["labels"]["agentq.dev/round"] == "r1"  # agentq's own labels are never replaced
+    assert service["spec"]["ports"][0]["protocol"] == "TCP"
+    kubernetes_validate.validate(deployment, "1.33", strict=True)
+
+
 def test_data_parallel_a_hub_base_and_the_round_adapter_in_evaluate():
     (deployment, _) = build_server(body({"vllm": {"parallel": "data", "gpus": 2, "extraArgs": ["--x"]}}),
                                    "evaluate", SETTINGS)

@@ -148,7 +148,8 @@ def test_build_humanevalfix_end_to_end_then_validate(small_data, tmp_path, capsy
     # Each task carries its reference's measured run time (CPU seconds here, where a cgroup meters them).
     assert all(t.reference_seconds is not None and 0 < t.reference_seconds < 1 for t in read_tasks(out))
     assert cli_main(["tasks", "validate", str(out), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"tasks": 6, "valid": 6, "invalid": []}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {
+        "tasks": 6, "checked": 6, "valid": 6, "invalid": [], "not_checked": []}
 
 
 def test_task_files_without_a_reference_time_still_load(tmp_path):

@@ -34,6 +34,19 @@ def _first_line(report) -> str:
     return line.strip().splitlines()[0][:500] if line.strip() else ""
 
 
+def _traceback(report) -> list[dict]:
+    """pytest's own traceback of a failure, capped: each entry's file, line and the lines pytest shows for it
+    (source with `>` at the failing line, `E` lines with the exception and the assertion's values). The
+    repository task builder writes issue texts from it."""
+    entries = getattr(getattr(getattr(report, "longrepr", None), "reprtraceback", None), "reprentries", None) or []
+    out = []
+    for entry in [*entries[:1], *entries[1:][-2:]]:
+        where = getattr(entry, "reprfileloc", None)
+        lines = [str(line)[:300] for line in getattr(entry, "lines", [])][-40:]
+        out.append({"path": str(getattr(where, "path", "")), "lineno": getattr(where, "lineno", None), "lines": lines})
+    return out
+
+
 def pytest_runtest_logreport(report) -> None:
     if report.when == "call" or report.outcome != "passed":
         outcome = report.outcome
@@ -41,7 +54,10 @@ def pytest_runtest_logreport(report) -> None:
             outcome = "error"
         if hasattr(report, "wasxfail"):
             outcome = "xfailed" if report.outcome == "skipped" else "xpassed"
-        _write({"nodeid": report.nodeid, "when": report.when, "outcome": outcome, "message": _first_line(report)})
+        record = {"nodeid": report.nodeid, "when": report.when, "outcome": outcome, "message": _first_line(report)}
+        if report.failed:
+            record["traceback"] = _traceback(report)
+        _write(record)
 
 
 def pytest_collectreport(report) -> None:

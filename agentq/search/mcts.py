@@ -203,6 +203,8 @@ class Search:
         self.critic = critic or policy
         self.problem: Problem = problem_for(task, executor, visible_only)
         self.nodes: list[Node] = [Node(id=0, parent=None, depth=0, code=self.problem.root_code())]
+        # A problem may judge its root without a run (an honest repo evaluation runs no hidden test before the end).
+        self.nodes[0].verdict = getattr(self.problem, "root_verdict", lambda: None)()
         self.stats = SearchStats()
 
     @property
