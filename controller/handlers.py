@@ -51,6 +51,7 @@ from controller.informer import (
 from controller.jobs import (
     CLEANUP_UNIT,
     ROUND_LABEL,
+    STEP_LABEL,
     UNIT_LABEL,
     build_job,
     cleanup_configmap,
@@ -408,8 +409,8 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
         RT.follows[key] = from_round
         pred = RT.cache("rounds").store.get(namespace, from_round) or kube.get_round(namespace, from_round)
         predecessor_phase = ((pred or {}).get("status") or {}).get("phase") or ("Pending" if pred else "")
-    jobs = with_unrecorded_finished(RT.cache("jobs").store.indexed(namespace, name), RT.finished.get(key, {}),
-                                    body.get("status") or {})
+    listed = RT.cache("jobs").store.indexed(namespace, name)
+    jobs = with_unrecorded_finished(listed, RT.finished.get(key, {}), body.get("status") or {})
     stamp = now()
     stuck = stuck_problems(kube, namespace, settings, jobs, RT.cache("pods").store.indexed(namespace, name)) \
         if long_unfinished(jobs, stamp, settings.resync_seconds) else []
@@ -462,31 +463,80 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
                               f"{'suspended' if suspended else 'resumed'} Job {job_name}"))
     if refused:
         result.block(refused, now())
-    if _material(result.status) != _material(body.get("status") or {}):
-        try:
-            RT.round_marks[key] = _mark(body, result.status)  # its echo may come before the answer
-            new = kube.write_status(body, result.status)
-            if new is not None:
-                RT.cache("rounds").store.put(new, own=True)
-                RT.round_marks[key] = _mark(new)
-                _announce(new)
-        except ApiException as err:
-            if err.status != 409:
-                raise
-            # Stale: the next pass plans again from fresh observations and announces the transitions then.
-            result.status = {}
-            result.events = [e for e in result.events if e[1] in ("JobCreated", "JobSuspended", "JobResumed")]
+    if worth_writing(result.status, body.get("status") or {}, listed) and not _write(kube, key, body, result.status):
+        # Stale: the next pass plans again from fresh observations and announces the transitions then.
+        result.status = {}
+        result.events = [e for e in result.events if e[1] in ("JobCreated", "JobSuspended", "JobResumed")]
     return result
 
 
-def _material(status: dict[str, Any]) -> dict[str, Any]:
+def _write(kube: Kube, key: tuple[str, str], body: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Write the status planned from `body`; False when the round changed meanwhile in what a plan reads (a
+    409). A change of its metadata alone (kopf adding its finalizer while the first pass ran) does not make the
+    plan stale: the write is made again on the newer copy the cache shows."""
+    RT.round_marks[key] = _mark(body, status)  # its echo may come before the answer
+    try:
+        new = kube.write_status(body, status)
+    except ApiException as err:
+        if err.status != 409:
+            raise
+        fresh = RT.cache("rounds").store.get(*key)
+        if fresh is None or _rv(fresh) == _rv(body) or _mark(fresh) != _mark(body):
+            return False
+        try:
+            new = kube.write_status(fresh, status)
+        except ApiException as again:
+            if again.status != 409:
+                raise
+            return False
+    if new is not None:
+        RT.cache("rounds").store.put(new, own=True)
+        RT.round_marks[key] = _mark(new)
+        _announce(new)
+    return True
+
+
+def _rv(body: dict[str, Any]) -> str:
+    return body["metadata"].get("resourceVersion", "")
+
+
+def _material(status: dict[str, Any], steady: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """The status less what alone is not worth a write: a Job that went from Pending to Running (a write per
-    Job; the next write that matters shows it)."""
+    Job; the next write that matters shows it), and the outcome of a `steady` Job (a shard of the step still
+    running that finished, and stays until the round is deleted: no TTL), with the partial results and the
+    progress message that move with it. Its outcome can be read from the Job again, and the write that ends
+    the step records every shard's: one write per step instead of one per shard."""
     jobs = status.get("jobs")
     if not jobs:
         return status
-    return {**status, "jobs": {unit: {**entry, "state": "Pending"} if entry.get("state") == "Running" else entry
+    view = {**status, "jobs": {unit: {**{k: v for k, v in entry.items() if k != "result"}, "state": "Pending"}
+                               if entry.get("state") == "Running" or entry.get("name") in steady else entry
                                for unit, entry in jobs.items()}}
+    if steady:
+        view.pop("results", None)
+        view.pop("passRate", None)
+        view["conditions"] = [{**c, "message": ""} if c.get("type") == "Progressing" else c
+                              for c in status.get("conditions") or []]
+    return view
+
+
+def worth_writing(status: dict[str, Any], old: dict[str, Any], jobs: list[dict[str, Any]]) -> bool:
+    """Whether `status` differs from the `old` one the round shows in more than what may wait (_material);
+    `jobs`: the round's Jobs as listed."""
+    steady = _steady(jobs, status, old)
+    return _material(status, steady) != _material(old, steady)
+
+
+def _steady(jobs: list[dict[str, Any]], status: dict[str, Any], old: dict[str, Any]) -> set[str]:
+    """The Jobs whose outcome may wait for the end of their step (see _material): succeeded, of the step the
+    round was and still is at, listed (not only remembered from a watch event), not being deleted, no TTL."""
+    step = status.get("step")
+    if not step or step != old.get("step") or status.get("phase") != old.get("phase"):
+        return set()
+    return {j["metadata"]["name"] for j in jobs
+            if (j["metadata"].get("labels") or {}).get(STEP_LABEL) == step and job_state(j) == "Succeeded"
+            and not j["metadata"].get("deletionTimestamp")
+            and (j.get("spec") or {}).get("ttlSecondsAfterFinished") is None}
 
 
 def ensure_configmap(kube: Kube, body: dict[str, Any], key: tuple[str, str]) -> tuple[str, str] | None:
@@ -552,15 +602,15 @@ def serve_inference(kube: Kube, body: dict[str, Any], result: Plan, stamp: str,
     return problems
 
 
-async def _sleep_until_woken(event: asyncio.Event | None, stopped: kopf.DaemonStopped, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(stopped.wait())]
-    if event is not None:
-        waiters.append(asyncio.ensure_future(event.wait()))
+async def _sleep_until_woken(event: asyncio.Event | None, stop: asyncio.Future, timeout: float) -> None:
+    """Until `event` is set, `stop` (the daemon's stop flag, awaited once per daemon) is done, or `timeout`."""
+    waiter = asyncio.ensure_future(event.wait()) if event is not None else None
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([stop] if waiter is None else [stop, waiter], timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for w in waiters:
-            w.cancel()
+        if waiter is not None:
+            waiter.cancel()
 
 
 def _backoff(failures: int) -> float:
@@ -578,18 +628,19 @@ async def _serve(what: str, key: tuple[str, str], body: kopf.Body, stopped: kopf
     """One resource's daemon: reconcile passes in a worker thread, woken by events or the resync timer."""
     namespace, name = key
     wake = wakers[key] = asyncio.Event()
+    stop = asyncio.ensure_future(stopped.wait())
     loop = asyncio.get_running_loop()
     failures = 0
     # Replicas started together each act until they have seen the other in the peering object: a newly
     # started replica waits a moment first, so the one that should stand by is paused (its daemons stopped)
     # before it ever acts.
     grace = RT.started + RT.settings.startup_grace_seconds - time.monotonic() if RT.peering else 0.0
-    if grace > 0:
-        await _sleep_until_woken(None, stopped, grace)
-    if stopped:
-        return
-    log.info("acting on %s %s/%s", what, namespace, name)
     try:
+        if grace > 0:
+            await _sleep_until_woken(None, stop, grace)
+        if stopped:
+            return
+        log.info("acting on %s %s/%s", what, namespace, name)
         while not stopped:
             wake.clear()
             try:
@@ -600,7 +651,7 @@ async def _serve(what: str, key: tuple[str, str], body: kopf.Body, stopped: kopf
                 why = f"API error {err.status}: {api_message(err)}" if isinstance(err, ApiException) else \
                     f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
                 log.warning("%s %s/%s: %s; retrying in %.1fs", what, namespace, name, why, delay)
-                await _sleep_until_woken(wake, stopped, delay)
+                await _sleep_until_woken(wake, stop, delay)
                 continue
             if result is None:
                 return
@@ -614,12 +665,13 @@ async def _serve(what: str, key: tuple[str, str], body: kopf.Body, stopped: kopf
             delay = _backoff(failures) if problems else (RT.settings.resync_seconds if result.status else 0.2)
             if getattr(result, "wake_after", None) is not None:  # a retry held back until then
                 delay = min(delay, result.wake_after + 0.5)
-            await _sleep_until_woken(wake, stopped, delay)
+            await _sleep_until_woken(wake, stop, delay)
             if wake.is_set() and not stopped:
                 # The Jobs of a sharded stage tend to finish together: one pass a moment later sees them all
                 # (and writes the status once) where a pass per event would each write it.
                 await asyncio.sleep(COALESCE_SECONDS)
     finally:
+        stop.cancel()
         wakers.pop(key, None)
 
 

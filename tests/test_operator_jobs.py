@@ -663,3 +663,25 @@ def test_a_status_write_sends_only_what_changed_and_the_server_ends_at_the_new_s
                      "conditions": new["conditions"], "noise": None, "results": {"pairs": 2, "unset": None}}
     assert _apply_merge_patch(old, patch) == {**new, "results": {"pairs": 2}}  # a null is not stored
     assert merge_patch(new, new) == {} and merge_patch(old, {**old, "extra": None}) == {}
+
+
+def test_a_shard_that_finished_while_its_step_runs_waits_for_the_steps_write_unless_its_job_may_vanish():
+    from controller.handlers import worth_writing
+
+    b = body()
+    running = [job(b, Unit("collect", 0, 2), 0, "Running"), job(b, Unit("collect", 1, 2), 0, "Running")]
+    shown = plan(b, running, no_inspect, "T0").status
+    assert not worth_writing(plan({**b, "status": shown}, running, no_inspect, "T1").status, shown, running)
+    one = [job(b, Unit("collect", 0, 2), 0, "Succeeded"), running[1]]
+    found = {"result": {"trajectories": 3}}
+    news = plan({**b, "status": shown}, one, lambda j: found, "T1").status
+    assert news["jobs"]["collect-0"]["state"] == "Succeeded"  # the truth, written with the step's next write
+    assert not worth_writing(news, shown, one)
+    ttl = [{**one[0], "spec": {**one[0]["spec"], "ttlSecondsAfterFinished": 0}}, running[1]]
+    assert worth_writing(news, shown, ttl)  # the TTL controller may delete it before the step ends
+    both = [one[0], job(b, Unit("collect", 1, 2), 0, "Succeeded")]
+    done = plan({**b, "status": shown}, both, lambda j: found, "T2").status
+    assert done["phase"] == "Preferences" and worth_writing(done, shown, both)
+    failed = [one[0], job(b, Unit("collect", 1, 2), 0, "Failed")]
+    retry = plan({**b, "status": shown}, failed, lambda j: {"reason": "OOMKilled", "logs": ""}, "T2").status
+    assert worth_writing(retry, shown, failed)  # a failure is news at once
