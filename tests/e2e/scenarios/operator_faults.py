@@ -186,6 +186,7 @@ def spec_configmap_deleted(ctx: Context) -> dict:
     ctx.wait_pods(f"{ROUND_LABEL}={name},agentq.dev/step=collect", "a running collect pod", running)
     configmap = f"{name}-spec"
     original = ctx.core.read_namespaced_config_map(configmap, ctx.namespace)
+    before = {p["metadata"]["name"] for p in ctx.step_pods(name)}
     ctx.core.delete_namespaced_config_map(configmap, ctx.namespace)
     body = ctx.wait_round(name)
     again = ctx.core.read_namespaced_config_map(configmap, ctx.namespace)
@@ -197,12 +198,16 @@ def spec_configmap_deleted(ctx: Context) -> dict:
     made, used = again.metadata.creation_timestamp, parse_time(preferences["metadata"]["creationTimestamp"])
     if made > used:
         raise ScenarioFailed(f"the preferences Job ({used}) was created before the ConfigMap was made again ({made})")
-    pods = {p["metadata"]["name"] for p in ctx.step_pods(name)}
-    mounts = [e.message for e in ctx.core.list_namespaced_event(ctx.namespace).items
-              if e.reason == "FailedMount" and e.involved_object.name in pods]
-    if mounts:
-        raise ScenarioFailed(f"step pods of {name} failed to mount: {mounts}")
-    return {"remade_at": made.isoformat(), "next_job_at": used.isoformat(), "phase": body["status"]["phase"],
+    # The pods made after the deletion must mount it at once. A pod that already ran may show FailedMount when
+    # the kubelet refreshes its volume in the moment the ConfigMap is away: it has its copy; reported only.
+    mounts = collections.defaultdict(list)
+    for event in ctx.core.list_namespaced_event(ctx.namespace).items:
+        if event.reason == "FailedMount" and event.involved_object.name.startswith(f"{name}-"):
+            mounts[event.involved_object.name in before].append(f"{event.involved_object.name}: {event.message}")
+    if mounts[False]:
+        raise ScenarioFailed(f"step pods of {name} made after the deletion failed to mount: {mounts[False]}")
+    return {"remade_at": made.isoformat(), "next_job_at": used.isoformat(),
+            "refreshes_of_running_pods_that_missed_it": mounts[True], "phase": body["status"]["phase"],
             "wall_s": round(time.monotonic() - start, 1)}
 
 
