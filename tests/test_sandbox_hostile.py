@@ -216,7 +216,7 @@ def test_the_candidates_whole_tree_shares_one_core_and_one_memory_limit():
         verdict = executor.run(code, tests)
         watcher.join()
         assert verdict.passed, verdict
-        assert all(n >= 3 for n in seen.values()), seen  # the run's init, the candidate and its child
+        assert all(n >= 2 for n in seen.values()), seen  # the candidate and its child (the runner stays out)
         if set(groups) == {"cgroup"}:  # cgroup v2: one group with every controller
             (group,) = groups.values()
             assert (group / "cpu.max").read_text().split() == ["100000", "100000"]

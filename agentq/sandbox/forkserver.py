@@ -1,27 +1,32 @@
-"""A warm sandbox worker: one per core, started once, forks two processes per run.
+"""The fork server inside each worker's sandbox: a clean template that forks two fresh processes per run.
 
-Start-up of Python dominates a short test run, so the server (already inside its bubblewrap sandbox, see
-jail.py) imports the harness, the wire codec and the LeetCode prelude once, and then for each job forks
+Why two processes forked before the job is read: every process forked from a Python process inherits its
+whole heap, and freed blocks keep their bytes. A server that read a job or a result and then forked the next
+candidate handed it the previous run's failure messages (which quote expected values) through
+`gc.get_objects()`, `sys._getframe()` or a plain read of its own memory. So the template (this process, once
+set up) never receives a job, never sees a result, never holds a test: per run it makes the run's channels
+(a socket pair, a pipe, two memfds for output) and forks
 
-* the run's init, pid 1 of a new PID namespace (trusted code only): it joins the worker's cgroups, takes
-  new IPC and mount namespaces with fresh tmpfs /tmp and /dev/shm and a fresh /proc, writes solution.py,
-  forks the candidate process and reaps; when it dies, the kernel kills everything in the namespace;
-* the candidate process: new session, scrubbed environment, rlimits, its own unprivileged uid and no
-  capabilities; it imports the candidate and answers calls;
-* the test process: own process group, another unprivileged uid, not dumpable, rlimits; it reads the
-  tests straight from the executor's socket (so they are never in memory a candidate is forked from), runs
-  them against a proxy of the candidate and reports each result on a pipe only the server holds.
+* the test process (trusted, the tests' uid), which reads only the tests from the executor's tests socket,
+  runs them against a proxy of the candidate (harness.py) and writes each outcome to the events pipe, and
+* the runner, pid 1 of a new PID namespace, which reads the job (the candidate's code and limits) from the
+  job socket, unshares a mount, IPC and network namespace of its own (fresh tmpfs scratch and /proc, no
+  interface up), joins the worker's cgroups, forks the candidate (its uid, no capability, rlimits), enforces
+  the deadline and the time budget while it collects the test process's events, kills everything left in
+  its namespace, and answers the executor.
 
-The server enforces the wall-clock deadline, kills everything the candidate started, and answers the
-executor with the raw facts; the executor turns them into a Verdict (outcome.py).
+Both exit after one run, so whatever they read dies with them. The template then reaps them and adds the test
+process's exit status (a trailer it writes without reading anything of the run).
 
-Protocol on the executor socket (wire framing): server -> {"ready", "pid", "isolation"}; then per job
-executor -> {"code", "test_names", "tests_len", "tests_code_len", "limits"} + tests_len bytes (the tests'
-marshalled code object, tests_code_len bytes, then their source), server -> result.
+Protocol (wire framing). Job socket: template -> {"ready", "pid", "isolation"}; per run executor -> {"code",
+"limits"}, runner -> result, template -> {"trailer", "tests_exit", "cpu"}. Tests socket: per run executor ->
+{"test_names", "protected", "tests_len", "tests_code_len", "limits"} + tests_len bytes (the tests'
+marshalled code object, tests_code_len bytes, then their source).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import json
@@ -44,6 +49,9 @@ TESTS_NPROC = 4
 TMPFS_MB = 512
 TMPFS_MIN_MB = 64
 MAX_EVENTS_BYTES = 4 << 20
+# How the runner tells the template why it ended (anything else: it crashed).
+EXIT_HANGUP = 3  # the executor closed the job socket: the worker is being stopped
+EXIT_FATAL = 4  # the tests socket is out of step: this worker must go
 
 
 def candidate_env(home: str) -> dict[str, str]:
@@ -82,34 +90,26 @@ def _wait_briefly(pid: int, seconds: float = 0.2) -> int | None:
         status = _poll(pid)
         if status is not None:
             return status
-        time.sleep(0.002)
+        time.sleep(0.0005)
     return None
 
 
-def _candidate_status(status_r: int, init_status: int | None) -> int | None:
-    """The candidate's own wait status as its init reported it, else the init's."""
+def _tail(fd: int, limit: int) -> str:
+    """The last `limit` bytes of an output memfd, read without following anything the candidate made."""
     try:
-        data = os.read(status_r, 4)
-    except OSError:
-        data = b""
-    finally:
-        os.close(status_r)
-    return int.from_bytes(data, "little", signed=True) if len(data) == 4 else init_status
-
-
-def _tail(path: str, limit: int) -> str:
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - limit))
-            return fh.read().decode("utf-8", "replace")
+        size = os.fstat(fd).st_size
+        return os.pread(fd, min(limit, size), max(0, size - limit)).decode("utf-8", "replace")
     except OSError:
         return ""
 
 
+def _cpu(usage: resource.struct_rusage) -> float:
+    return round(usage.ru_utime + usage.ru_stime, 6)
+
+
 class Server:
-    def __init__(self, conn: socket.socket):
-        self.conn = conn
+    def __init__(self, job: socket.socket, tests: socket.socket):
+        self.job, self.tests = job, tests
         self.notes: list[str] = []
         self.jailed = bool(os.environ.get("AGENTQ_SANDBOX_UIDS"))
         if not self.jailed:  # run directly (weak isolation allowed): the old, weaker set-up
@@ -125,7 +125,8 @@ class Server:
         self.pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
         self.run_namespaces = self._probe_namespaces()
         if not self.run_namespaces:
-            self.notes.append("no per-run namespaces: candidates share this worker's PID, IPC and mount namespaces")
+            self.notes.append("no per-run namespaces: candidates share this worker's PID, IPC, network and mount "
+                              "namespaces")
         self.prelude = leetcode.prelude_namespace()
         self.devnull = os.open(os.devnull, os.O_RDWR)
         # Everything imported so far is shared with every child; keep the collector from touching (and so
@@ -133,8 +134,9 @@ class Server:
         gc.freeze()
 
     def _probe_namespaces(self) -> bool:
-        """Whether a run can get its own PID, IPC and mount namespaces here (it needs CAP_SYS_ADMIN)."""
+        """Whether a run can get its own PID, IPC, network and mount namespaces here (needs CAP_SYS_ADMIN)."""
         try:
+            isolation.private_mounts()
             isolation.new_pid_namespace()
         except OSError:
             return False
@@ -149,90 +151,139 @@ class Server:
         return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
 
     def serve(self) -> None:
-        """Answer jobs until the executor hangs up (closing its end is how it stops a worker)."""
+        """Run jobs until the executor hangs up (closing its end is how it stops a worker)."""
         try:
-            wire.send(self.conn, {"ready": True, "pid": os.getpid(), "isolation": self.notes})
-            while True:
-                try:
-                    job = wire.recv(self.conn)
-                except (EOFError, ConnectionError):
-                    return
-                result = self.run(job)
-                wire.send(self.conn, result)
-                if result.get("fatal"):
-                    return
+            wire.send(self.job, {"ready": True, "pid": os.getpid(), "isolation": self.notes})
+            while self._one_run():
+                pass
         except ConnectionError:
             return
         finally:
             self.conf.close()
 
-    def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        rundir = tempfile.mkdtemp(prefix="agentq-run-")
-        try:
-            return self._run_in(rundir, job)
-        finally:
-            shutil.rmtree(rundir, ignore_errors=True)
-
-    def _run_in(self, rundir: str, job: dict[str, Any]) -> dict[str, Any]:
-        limits = job["limits"]
-        os.chmod(rundir, 0o711)
-        out_path, err_path = os.path.join(rundir, "stdout"), os.path.join(rundir, "stderr")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        out_fd, err_fd = os.open(out_path, flags, 0o600), os.open(err_path, flags, 0o600)
+    def _one_run(self) -> bool:
+        """Fork the next run's test process and runner (they wait for the job), reap them, send the trailer.
+        False: stop serving."""
         cand_sock, test_sock = socket.socketpair()
-        res_r, res_w = os.pipe()
-        status_r, status_w = os.pipe()
-        self.conf.prepare_run(limits)
-        cpu_before = self.conf.cpu_used()
-        start = time.monotonic()
-        deadline = start + float(limits["timeout_s"])
+        events_r, events_w = os.pipe()
+        out_fd, err_fd = os.memfd_create("stdout"), os.memfd_create("stderr")
+        test_pid = os.fork()
+        if test_pid == 0:
+            self._tests_child(test_sock, events_w, out_fd, err_fd)
+        test_sock.close()  # before the runner is forked: its copy of the events pipe must see the end
+        os.close(events_w)
         if self.run_namespaces:
             isolation.new_pid_namespace()
         try:
-            cand_pid = os.fork()
-            if cand_pid == 0:
-                self._run_init(cand_sock, status_w, out_fd, err_fd, rundir, job["code"], limits)
+            runner_pid = os.fork()
+            if runner_pid == 0:
+                cand_sock_fd = cand_sock.detach()
+                self._runner(cand_sock_fd, events_r, out_fd, err_fd)
         finally:
             if self.run_namespaces:
                 isolation.restore_pid_namespace(self.pid_ns)
-        test_pid = os.fork()
-        if test_pid == 0:
-            self._tests_child(test_sock, res_w, out_fd, err_fd, rundir, job, limits)
-        for closing in (cand_sock, test_sock):
-            closing.close()
-        for fd in (res_w, status_w, out_fd, err_fd):
+        cand_sock.close()
+        for fd in (events_r, out_fd, err_fd):
             os.close(fd)
-        budget = limits.get("time_budget_s")
-        events, ended = self._collect(res_r, deadline, None if budget is None else float(budget), cpu_before)
-        duration = time.monotonic() - start
-        cpu_after = self.conf.cpu_used()
-        timed_out = ended is not None
-        if timed_out:
-            os.kill(test_pid, signal.SIGKILL)
-        _, test_status = os.waitpid(test_pid, 0)
-        cand_status = _poll(cand_pid)
-        if cand_status is None and any(e.get("gone") or e.get("e") == "import_error" for e in events):
-            cand_status = _wait_briefly(cand_pid)  # it closed its pipe while exiting; let it finish dying
-        self.conf.kill_candidates(cand_pid)
+        _, runner_status, runner_usage = os.wait4(runner_pid, 0)
+        # The runner has answered (or died): the test process has nothing left to say. It may still be busy in
+        # a test's own code after a timeout, so it is stopped here, not waited for.
+        with contextlib.suppress(OSError):
+            os.killpg(test_pid, signal.SIGKILL)
+        _, test_status, test_usage = os.wait4(test_pid, 0)
         isolation.reap_orphans()
-        cand_status = _candidate_status(status_r, cand_status)
+        code = os.waitstatus_to_exitcode(runner_status)
+        if code == EXIT_HANGUP:
+            return False
+        wire.send(self.job, {"trailer": True, "runner_exit": _exit_info(runner_status),
+                             "tests_exit": _exit_info(test_status),
+                             "cpu": {"runner": _cpu(runner_usage), "tests": _cpu(test_usage)}})
+        return code != EXIT_FATAL
+
+    # --- the runner: pid 1 of the run -------------------------------------------------------------------
+
+    def _runner(self, cand_sock: int, events_r: int, out_fd: int, err_fd: int) -> NoReturn:
+        try:
+            self.tests.close()
+            os.setsid()
+            try:
+                job = wire.recv(self.job)
+            except (EOFError, OSError, wire.ProtocolError):
+                os._exit(EXIT_HANGUP)
+            result = self._run(job, cand_sock, events_r, out_fd, err_fd)
+            wire.send(self.job, result)
+            os._exit(EXIT_FATAL if result.get("fatal") else 0)
+        except BaseException:  # noqa: BLE001 - never return into the template's loop
+            os._exit(70)
+
+    def _run(self, job: dict[str, Any], cand_sock: int, events_r: int, out_fd: int, err_fd: int) -> dict[str, Any]:
+        limits = job["limits"]
+        received = time.monotonic()
+        uid = self.conf.candidate_uid
+        if self.run_namespaces:
+            isolation.fresh_run_mounts(uid, max(TMPFS_MIN_MB, 4 * int(limits["file_mb"])))
+            work = "/tmp"
+        else:
+            work = tempfile.mkdtemp(prefix="agentq-run-")
+            if self.conf.root:
+                os.chown(work, uid, uid)
+        try:
+            self.conf.prepare_run(limits)
+            solution = os.path.join(work, "solution.py")
+            with open(solution, "w", encoding="utf-8", errors="surrogatepass") as fh:
+                fh.write(job["code"])
+            if self.conf.root:
+                os.chown(solution, uid, uid)
+            cpu_before = self.conf.cpu_used()
+            start = time.monotonic()
+            cand_pid = os.fork()
+            if cand_pid == 0:
+                os.close(events_r)
+                self._candidate(cand_sock, out_fd, err_fd, work, solution, job["code"], limits)
+            os.close(cand_sock)
+            forked = time.monotonic()
+            budget = limits.get("time_budget_s")
+            deadline = start + float(limits["timeout_s"])
+            events, ended = self._collect(events_r, deadline, None if budget is None else float(budget), cpu_before)
+            collected = time.monotonic()
+            cand_status = _poll(cand_pid)
+            if cand_status is None and any(e.get("gone") or e.get("e") == "import_error" for e in events):
+                cand_status = _wait_briefly(cand_pid)  # it closed its socket while exiting; let it finish dying
+            cpu_after = self.conf.cpu_used()
+            cand_status = self._stop_candidates(cand_pid, cand_status)
+        finally:
+            if not self.run_namespaces:
+                shutil.rmtree(work, ignore_errors=True)
         limit = int(limits["output_bytes"])
         result: dict[str, Any] = {
             "events": events,
-            "timed_out": timed_out,
+            "timed_out": ended is not None,
             "budget_spent": ended == "budget",
-            "duration_s": round(duration, 6),
+            "duration_s": round(collected - start, 6),
             "cpu_s": None if cpu_before is None or cpu_after is None else round(cpu_after - cpu_before, 6),
             "candidate_exit": _exit_info(cand_status),
-            "tests_exit": _exit_info(test_status),
-            "stdout": _tail(out_path, limit),
-            "stderr": _tail(err_path, limit),
+            "stdout": _tail(out_fd, limit),
+            "stderr": _tail(err_fd, limit),
             "isolation": self.notes,
+            "phases_ms": {name: round(1000 * seconds, 3) for name, seconds in (
+                ("setup", start - received), ("fork", forked - start), ("run", collected - forked),
+                ("cleanup", time.monotonic() - collected))},
         }
         if not any(e.get("e") == "got_tests" for e in events):
-            # The tests may still sit in our socket: the stream is out of step, so this server must go.
+            # The tests may still sit in the tests socket: the stream is out of step, so this worker must go.
             result["fatal"] = "the test process died before reading the tests"
         return result
+
+    def _stop_candidates(self, cand_pid: int, status: int | None) -> int | None:
+        """Kill whatever the candidate left; its own wait status where it had ended by itself."""
+        if self.run_namespaces:  # we are pid 1 of the run: everything it started is in our namespace
+            if status is None:
+                status = _poll(cand_pid)
+            isolation.kill_namespace()
+            return status
+        self.conf.kill_candidates(cand_pid)
+        isolation.reap_orphans()
+        return status
 
     def _collect(
         self, fd: int, deadline: float, budget: float | None, used_at_start: float | None
@@ -279,69 +330,41 @@ class Server:
                 events.append(event)
         return events, ended
 
-    def _run_init(
-        self, sock: socket.socket, status_w: int, out_fd: int, err_fd: int, rundir: str, code: str, limits: dict
-    ) -> NoReturn:
-        """The run's init (pid 1 of its own PID namespace, trusted code only): set up, start the candidate,
-        reap, and report the candidate's wait status. When it dies the kernel kills the whole namespace."""
+    def _candidate(self, sock_fd: int, out_fd: int, err_fd: int, work: str, solution: str, code: str,
+                   limits: dict) -> NoReturn:
         try:
-            os.setsid()
-            (sock_fd, status_fd) = _arrange_fds(out_fd, err_fd, self.devnull, [sock.fileno(), status_w])
-            self.conf.join()
-            uid = self.conf.candidate_uid
-            if self.run_namespaces:
-                isolation.fresh_run_mounts(uid, max(TMPFS_MIN_MB, 4 * int(limits["file_mb"])))
-                work = "/tmp"
-            else:
-                work = os.path.join(rundir, "work")
-                os.mkdir(work, 0o700)
-                if self.conf.root:
-                    os.chown(work, uid, uid)
-            solution = os.path.join(work, "solution.py")
-            with open(solution, "w", encoding="utf-8", errors="surrogatepass") as fh:
-                fh.write(code)
-            if self.conf.root:
-                os.chown(solution, uid, uid)
-            child = os.fork()
-            if child == 0:
-                os.close(status_fd)
-                self._candidate(sock_fd, work, solution, code, limits)
-            os.close(sock_fd)
-            while True:  # reap everything re-parented to us until the candidate itself is done
-                pid, status = os.waitpid(-1, 0)
-                if pid == child:
-                    os.write(status_fd, status.to_bytes(4, "little", signed=True))
-                    os._exit(0)
-        except BaseException:  # noqa: BLE001 - never return into the server's loop
-            os._exit(70)
-
-    def _candidate(self, sock_fd: int, work: str, solution: str, code: str, limits: dict) -> NoReturn:
-        try:
+            os.setsid()  # its own process group, which the runner kills where it is not the namespace's init
+            self.conf.join()  # the cgroups, before anything of the candidate runs; the runner stays outside
+            (sock,) = _arrange_fds(out_fd, err_fd, self.devnull, [sock_fd])
             os.chdir(work)
             os.environ.clear()
             os.environ.update(candidate_env(work))
             self.conf.enter(limits, self.conf.candidate_uid, int(limits["max_procs"]))
             random.seed(0)
             sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-            candidate.serve(socket.socket(fileno=sock_fd), code, solution, self.prelude)
-        except BaseException:  # noqa: BLE001 - never return into the init's loop
+            candidate.serve(socket.socket(fileno=sock), code, solution, self.prelude)
+        except BaseException:  # noqa: BLE001 - never return into the runner
             os._exit(70)
 
-    def _tests_child(
-        self, sock: socket.socket, res_w: int, out_fd: int, err_fd: int, rundir: str, job: dict, limits: dict
-    ) -> NoReturn:
+    # --- the test process -----------------------------------------------------------------------------
+
+    def _tests_child(self, sock: socket.socket, events_w: int, out_fd: int, err_fd: int) -> NoReturn:
         try:
             os.setpgid(0, 0)
-            keep = [self.conn.fileno(), sock.fileno(), res_w]
-            conn_fd, sock_fd, res_fd = _arrange_fds(out_fd, err_fd, self.devnull, keep)
-            os.chdir(rundir)
-            self.conf.enter(limits, self.conf.tests_uid, TESTS_NPROC)
+            conn_fd, sock_fd, res_fd = _arrange_fds(out_fd, err_fd, self.devnull,
+                                                    [self.tests.fileno(), sock.fileno(), events_w])
+            os.chdir("/")
+            conn = socket.socket(fileno=conn_fd)
+            try:
+                header = wire.recv(conn)
+            except (EOFError, OSError, wire.ProtocolError):
+                os._exit(0)  # the executor hung up: no run
+            self.conf.enter(header["limits"], self.conf.tests_uid, TESTS_NPROC)
             isolation.not_dumpable()  # setuid made it dumpable again
             random.seed(0)
-            conn = socket.socket(fileno=conn_fd)
-            payload = wire.recv_exact(conn, int(job["tests_len"]))
+            payload = wire.recv_exact(conn, int(header["tests_len"]))
             conn.close()
-            split = int(job["tests_code_len"])
+            split = int(header["tests_code_len"])
             tests = harness.Tests(marshal.loads(payload[:split]), payload[split:].decode("utf-8", "surrogatepass"))
 
             def report(event: dict[str, Any]) -> None:
@@ -351,14 +374,15 @@ class Server:
 
             report({"e": "got_tests"})
             channel = harness.Channel(socket.socket(fileno=sock_fd))
-            harness.run_tests(channel, tests, list(job["test_names"]), self.prelude, report)
+            harness.run_tests(channel, tests, list(header["test_names"]), self.prelude, report,
+                              frozenset(header.get("protected", ())))
         except BaseException:  # noqa: BLE001 - a missing `end` marker is how the executor learns of this
             os._exit(70)
         os._exit(0)
 
 
 def main() -> None:
-    Server(socket.socket(fileno=int(sys.argv[1]))).serve()
+    Server(socket.socket(fileno=int(sys.argv[1])), socket.socket(fileno=int(sys.argv[2]))).serve()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ MAX_TEXT = 2000
 TESTS_FILE = "tests.py"
 # Importing these has side effects (a browser, a window) that a test process must not have.
 _NO_IMPORT = frozenset({"antigravity", "this", "turtle", "tkinter", "idlelib", "webbrowser"})
+_BUILTIN_NAMES = frozenset(dir(__import__("builtins")))
 
 
 class CandidateGone(BaseException):
@@ -242,11 +243,16 @@ def _import_local(name: str) -> types.ModuleType | None:
     return None
 
 
-def build_proxy(names: dict[str, Any], channel: Channel, prelude: dict[str, Any]) -> types.ModuleType:
+def build_proxy(names: dict[str, Any], channel: Channel, prelude: dict[str, Any],
+                protected: frozenset[str] = frozenset()) -> types.ModuleType:
+    """The `solution` module the tests import. Protected names (`protected`: the tests' own top-level names; and
+    every builtin) stay attributes, so `from solution import sum` still gets the candidate's, but a star import
+    does not bind them: a candidate exporting `sum`, `len` or a helper's name cannot replace what the tests and
+    their helpers call. Dunder names are never exported (`__builtins__` would become the tests' builtins)."""
     proxy = types.ModuleType("solution")
     exported = []
     for name, raw in names.items():
-        if type(name) is not str or not name.isidentifier():
+        if type(name) is not str or not name.isidentifier() or name.startswith("__"):
             continue
         tag = raw.get("t") if type(raw) is dict else None
         if tag == "prelude":
@@ -262,7 +268,8 @@ def build_proxy(names: dict[str, Any], channel: Channel, prelude: dict[str, Any]
         else:
             value = channel.codec.decode(raw)
         setattr(proxy, name, value)
-        exported.append(name)
+        if name not in protected and name not in _BUILTIN_NAMES:
+            exported.append(name)
     # Tests build their inputs from these; they must be this process's classes whatever the candidate did.
     for name, cls in (("ListNode", leetcode.ListNode), ("TreeNode", leetcode.TreeNode)):
         setattr(proxy, name, cls)
@@ -305,6 +312,7 @@ def run_tests(
     test_names: list[str],
     prelude: dict[str, Any],
     report: Callable[[dict[str, Any]], None],
+    protected: frozenset[str] = frozenset(),
 ) -> None:
     """Import the tests against the proxy, run each test_* function, report each outcome, then `end`."""
     try:
@@ -320,7 +328,7 @@ def run_tests(
         report({"e": "import_error", "type": None, "message": "the candidate broke the protocol", "where": ""})
         return
     try:
-        sys.modules["solution"] = build_proxy(hello["names"], channel, prelude)
+        sys.modules["solution"] = build_proxy(hello["names"], channel, prelude, protected)
     except (wire.ProtocolError, RecursionError) as err:
         report({"e": "import_error", "type": None, "message": f"the candidate broke the protocol: {err}", "where": ""})
         return

@@ -274,7 +274,7 @@ class Confinement:
                     (group / "memory.swap.max").write_text("0")
                 self._memory_mb = int(limits["memory_mb"])
             if (group / "pids.max").exists():
-                (group / "pids.max").write_text(str(int(limits["max_procs"]) + 1))  # +1: the run's init
+                (group / "pids.max").write_text(str(int(limits["max_procs"])))
             memory = int(limits["memory_mb"])
             if (group / "memory.limit_in_bytes").exists() and memory != self._memory_mb:
                 # memsw (memory + swap, where the kernel accounts it) must stay >= the memory limit, so the
@@ -291,7 +291,7 @@ class Confinement:
                     (group / "memory.swappiness").write_text("0")
 
     def join(self) -> None:
-        """In the run's init, before anything else: it and every process of the candidate join the cgroups."""
+        """In the candidate, before anything of it runs: it and every process it starts join the cgroups."""
         for group in self.cgroups:
             (group / "cgroup.procs").write_text("0")
 
@@ -377,18 +377,35 @@ def restore_pid_namespace(fd: int) -> None:
     _check(_libc.setns(fd, CLONE_NEWPID) == 0, "setns(pid)")
 
 
-def fresh_run_mounts(uid: int, scratch_mb: int) -> None:
-    """In the run's init: own IPC and mount namespaces, a new /proc, and empty tmpfs scratch dirs.
-
-    SysV objects die with the IPC namespace, files with the tmpfs, when the run's last process ends.
-    """
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC) == 0, "unshare(CLONE_NEWNS|CLONE_NEWIPC)")
+def private_mounts() -> None:
+    """Once, in the fork server: nothing a run mounts in its own mount namespace propagates back here."""
     _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0, "making mounts private")
+
+
+def fresh_run_mounts(uid: int, scratch_mb: int) -> None:
+    """In the run's init: own IPC, network and mount namespaces, a new /proc, and empty tmpfs scratch dirs.
+
+    SysV objects die with the IPC namespace, files with the tmpfs, sockets, ports in TIME_WAIT and interface
+    counters with the network namespace (which has no interface up, not even loopback), when the run's last
+    process ends: nothing one candidate does there is visible to the next.
+    """
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET) == 0, "unshare(CLONE_NEWNS|NEWIPC|NEWNET)")
     options = f"size={scratch_mb}m,mode=0700,uid={uid},gid={uid}".encode()
     for path in (b"/tmp", b"/dev/shm"):
         _check(_libc.mount(b"tmpfs", path, b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0, f"tmpfs on {path!r}")
     ok = _libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | 8, None) == 0  # 8: MS_NOEXEC
     _check(ok, "mounting /proc")
+
+
+def kill_namespace() -> None:
+    """In a PID namespace's init: kill every other process of the namespace, then reap them all."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(-1, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def drop_privileges(uid: int) -> None:
