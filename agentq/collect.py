@@ -101,7 +101,7 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
               "samples": sum(r["stats"]["samples"] for r in records)}
     if weak:  # the round's report repeats it: verdicts from a weakened sandbox are less trustworthy
         result["weakIsolation"] = "; ".join(weak)
-    ws.complete(key, local)
+    ws.complete(key, local, inputs_digest)
     return ws.finish(step, inputs_digest, result,
                      f"collect: shard {shard}/{num_shards}: {result['solved']}/{result['tasks']} tasks solved, "
                      f"{result['samples']} samples, {time.perf_counter() - start:.1f}s -> {ws.describe(key)}",
