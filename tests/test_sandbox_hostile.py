@@ -10,35 +10,13 @@ import os
 import secrets
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from hostile_driver import ORDER, shm_key
-
-REPO = Path(__file__).resolve().parents[1]
-NOBODY = 65534
-
-
-def _python_for(uid: int) -> list[str]:
-    """An interpreter of this version that `uid` can run (a pyenv one under /root is closed to others)."""
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for exe in (os.path.realpath(sys.executable), f"/usr/bin/python{version}"):
-        try:
-            probe = subprocess.run([exe, "-c", "import pydantic"], user=uid, env=_env(), capture_output=True)
-        except OSError:
-            continue
-        if probe.returncode == 0:
-            return [exe]
-    pytest.fail(f"no Python {version} that uid {uid} can run with this checkout's packages: cannot test "
-                "the unprivileged case here")
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    site = sysconfig.get_paths()["purelib"]
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": f"{REPO}:{site}", "LANG": "C.UTF-8", **(extra or {})}
+from unprivileged import POD_UID, REPO, env, python_for
 
 
 def _cmdlines() -> str:
@@ -72,15 +50,15 @@ def test_hostile_candidates_neither_pass_nor_survive(user, mode, answer_file):
     marker, oracle = answer_file
     if user == "root" and os.geteuid() != 0:
         pytest.skip("the root case needs root")
-    uid = NOBODY if user == "unprivileged" and os.geteuid() == 0 else os.geteuid()
+    uid = POD_UID if user == "unprivileged" and os.geteuid() == 0 else os.geteuid()
     snooped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", f"ANSWER-{marker}=3"])
     paths = [oracle, str(REPO / "README.md"), str(REPO.parent / "shared" / "data")]
     args = [str(REPO / "tests" / "hostile_driver.py"), "--mode", mode, "--marker", marker, "--paths", json.dumps(paths)]
     if user == "unprivileged":
         args.append("--allow-weak")
     try:
-        python = _python_for(uid) if uid != os.geteuid() else [sys.executable]
-        proc = subprocess.run([*python, *args], user=uid, env=_env({"LEAK": f"ANSWER-{marker}=3"}), cwd=REPO,
+        python = python_for(uid) if uid != os.geteuid() else [sys.executable]
+        proc = subprocess.run([*python, *args], user=uid, env=env({"LEAK": f"ANSWER-{marker}=3"}), cwd=REPO,
                               capture_output=True, text=True, timeout=300)
     finally:
         snooped.kill()
