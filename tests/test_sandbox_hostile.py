@@ -1,7 +1,8 @@
-"""Issue 11's hostile candidates, as root and as an unprivileged user, through the local executor and through
-the server (tests/hostile_driver.py runs them in a process of that user): none passes, none leaves anything
-behind on the host. As an unprivileged user full isolation is impossible (one uid, no cgroups), so the executor
-must refuse until weak isolation is allowed, and then say so in every verdict."""
+"""Issue 11's and issue 23's hostile candidates, as root and as the sandbox pods' unprivileged uid (10001),
+through the local executor and through the server (tests/hostile_driver.py runs them in a process of that user):
+none passes, none leaves anything behind on the host, and the server holds against slow and oversized requests.
+As an unprivileged user full isolation is impossible (one uid, no cgroups), so the executor must refuse until
+weak isolation is allowed, and then say so in every verdict."""
 
 from __future__ import annotations
 
@@ -74,6 +75,14 @@ def test_hostile_candidates_neither_pass_nor_survive(user, mode, answer_file):
     else:
         assert result["refused"] is None
         assert all(v["isolation"] == [] for v in verdicts.values())
+    # Issue 23 (failures 2, 4, 6, 7 as this user, through this path): the thief's sibling did quote the answer,
+    # the lone surrogate arrives as U+FFFD, and (below) none of them passed.
+    assert "424242" in verdicts["leak_wrong_sibling"]["message"]
+    assert "bad \ufffd value" in verdicts["lone_surrogate"]["message"], verdicts["lone_surrogate"]
+    if mode == "server":  # failure 8
+        server = result["server"]
+        assert server["while_trickling"] == [200, 200] and max(server["trickler_cut_s"]) < 15, server
+        assert (server["body_9mb"], server["compiler_exhausting_tests"]) == (413, 400), server
     for name, verdict in verdicts.items():
         if name == "memory_across_processes" and weak:
             # no cgroup without root: the verdict must own up to it rather than pass silently
