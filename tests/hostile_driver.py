@@ -381,7 +381,7 @@ def main() -> int:
         for name in ORDER:
             code, tests = ISSUE_23[name] if name in ISSUE_23 else (program(name, args.marker, paths, args.port), TESTS)
             verdict = runner.run(code, tests)
-            verdicts[name] = verdict.model_dump(mode="json", include={"status", "message", "isolation"})
+            verdicts[name] = verdict.model_dump(mode="json", include={"status", "message", "isolation", "profile"})
         if httpd is not None:
             out["server"] = server_checks(httpd, args.marker)
     finally:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
 import sys
 import threading
 import types
@@ -167,6 +168,8 @@ def main() -> int:
     key = os.read(spec["key_fd"], 64)
     os.close(spec["key_fd"])
     _undumpable()
+    # Processes of the run's uid, counted in its user namespace (the pids cgroup bounds them as root as well).
+    resource.setrlimit(resource.RLIMIT_NPROC, (spec["max_procs"], spec["max_procs"]))
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:0] = [here, *(d for d in spec["site"] if d not in sys.path)]
     import _pytest

@@ -15,8 +15,11 @@ How a run is kept honest (details in forkserver.py, harness.py, wire.py, isolati
   65534: one candidate must not be able to kill another worker's candidate), in a PID, IPC and mount
   namespace of its own with fresh tmpfs /tmp and /dev/shm and a fresh /proc, with a scrubbed environment,
   no capabilities, rlimits and memory/pids cgroups; all it started dies with the run's init.
-* Without full isolation (no bubblewrap, not root) the executor refuses to start unless
-  `allow_weak_isolation`; then what is missing is listed in `self.isolation` and every `Verdict.isolation`.
+* Full isolation is one of two profiles (jail.py): "root" (distinct uids, cgroups) or "userns" (a non-root pod:
+  the worker's own user namespace, the run's namespaces, seccomp, rlimits, a memory bound across the candidate's
+  processes kept by the run's init). Without either (no bubblewrap) the executor refuses to start unless
+  `allow_weak_isolation`; then what is missing is listed in `self.isolation` and every `Verdict.isolation`, and
+  `Verdict.profile` is "none".
 """
 
 from __future__ import annotations
@@ -166,6 +169,7 @@ class _Worker:
         self.sock, self.tests_sock = ours, tests_ours
         self.isolation: list[str] | None = None
         self.jail_notes = self.jail.notes if self.jail else [self.weak_reason]
+        self.profile = self.jail.profile if self.jail else "none"
 
     def _ready(self) -> None:
         if self.isolation is None:
@@ -287,10 +291,12 @@ class LocalExecutor:
         self._closed = False
         self._jailed = True
         self.isolation: list[str] = []
+        self.profile = "none"
         self.costs = RunCosts()
         try:
             first = self._start_workers()
             self.isolation = list(first.isolation or [])
+            self.profile = first.profile
             if self.isolation and not self.allow_weak:
                 raise jail.IsolationUnavailable(
                     f"full sandbox isolation is not available here ({'; '.join(self.isolation)}); {WEAK_HINT}"
@@ -343,6 +349,7 @@ class LocalExecutor:
                 try:
                     raw = worker.run(code, compiled, limits)
                     raw["isolation"] = worker.isolation  # what bwrap could not do, and what the server could not
+                    raw["profile"] = worker.profile
                     self.costs.add(raw)
                     break
                 except WorkerDied as err:

@@ -49,6 +49,7 @@ TESTS_NPROC = 4
 TMPFS_MB = 512
 TMPFS_MIN_MB = 64
 MAX_EVENTS_BYTES = 4 << 20
+MEMORY_POLL_S = 0.02  # how often the run's init sums its processes' memory where no cgroup limits it
 # How the runner tells the template why it ended (anything else: it crashed).
 EXIT_HANGUP = 3  # the executor closed the job socket: the worker is being stopped
 EXIT_FATAL = 4  # the tests socket is out of step: this worker must go
@@ -210,6 +211,8 @@ class Server:
                 job = wire.recv(self.job)
             except (EOFError, OSError, wire.ProtocolError):
                 os._exit(EXIT_HANGUP)
+            # pid 1 of the run: a signal from the candidate reaches it only where it has a handler (SIGINT's)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             result = self._run(job, cand_sock, events_r, out_fd, err_fd)
             wire.send(self.job, result)
             os._exit(EXIT_FATAL if result.get("fatal") else 0)
@@ -244,7 +247,8 @@ class Server:
             forked = time.monotonic()
             budget = limits.get("time_budget_s")
             deadline = start + float(limits["timeout_s"])
-            events, ended = self._collect(events_r, deadline, None if budget is None else float(budget), cpu_before)
+            events, ended = self._collect(events_r, deadline, None if budget is None else float(budget), cpu_before,
+                                          self._memory_bound(limits))
             collected = time.monotonic()
             cand_status = _poll(cand_pid)
             if cand_status is None and any(e.get("gone") or e.get("e") == "import_error" for e in events):
@@ -257,8 +261,9 @@ class Server:
         limit = int(limits["output_bytes"])
         result: dict[str, Any] = {
             "events": events,
-            "timed_out": ended is not None,
+            "timed_out": ended in ("wall", "budget"),
             "budget_spent": ended == "budget",
+            "memory_spent": ended == "memory",
             "duration_s": round(collected - start, 6),
             "cpu_s": None if cpu_before is None or cpu_after is None else round(cpu_after - cpu_before, 6),
             "candidate_exit": _exit_info(cand_status),
@@ -285,13 +290,24 @@ class Server:
         isolation.reap_orphans()
         return status
 
+    def _memory_bound(self, limits: dict) -> int | None:
+        """Bytes the candidate's processes may hold together, where no cgroup holds them to it (the "userns"
+        profile: the run's init measures them); None where a cgroup does or there is no run namespace."""
+        if not self.run_namespaces or any((g / "memory.max").exists() or (g / "memory.limit_in_bytes").exists()
+                                          for g in self.conf.cgroups):
+            return None
+        return int(limits["memory_mb"]) << 20
+
     def _collect(
-        self, fd: int, deadline: float, budget: float | None, used_at_start: float | None
+        self, fd: int, deadline: float, budget: float | None, used_at_start: float | None,
+        memory: int | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """The test process's events until it closes its pipe, and what ended the run early: "wall" (the
-        deadline passed), "budget" (the candidate's tree spent its time budget), or None (it finished).
-        `used_at_start`: the worker cgroup's CPU seconds before the run, None where nothing meters them."""
+        deadline passed), "budget" (the candidate's tree spent its time budget), "memory" (its processes hold
+        more than `memory` bytes together), or None (it finished). `used_at_start`: the worker cgroup's CPU
+        seconds before the run, None where nothing meters them."""
         buf, ended, wall_reason = bytearray(), None, "wall"
+        next_look = time.monotonic() + MEMORY_POLL_S
         if budget is not None and used_at_start is None:  # no CPU meter here: the budget is wall-clock time
             if time.monotonic() + budget < deadline:
                 deadline, wall_reason = time.monotonic() + budget, "budget"
@@ -311,6 +327,14 @@ class Server:
                 if left <= 0:
                     ended = wall_reason
                     break
+                if memory is not None:
+                    now = time.monotonic()
+                    if now >= next_look:
+                        if isolation.namespace_memory() > memory:
+                            ended = "memory"
+                            break
+                        next_look = now + MEMORY_POLL_S
+                    wait = min(wait, max(next_look - now, 0.0))
                 if not select.select([fd], [], [], wait)[0]:
                     continue
                 chunk = os.read(fd, 65536)

@@ -397,6 +397,23 @@ def fresh_run_mounts(uid: int, scratch_mb: int) -> None:
     _check(ok, "mounting /proc")
 
 
+def namespace_memory() -> int:
+    """Bytes of memory held by every process of this PID namespace but its init (this process), from the run's
+    /proc: proportional set sizes, so pages a fork shares with its parent count once, not once per process."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and entry != "1":
+            try:
+                with open(f"/proc/{entry}/smaps_rollup", "rb") as fh:
+                    for line in fh:
+                        if line.startswith(b"Pss:"):
+                            total += int(line.split()[1]) << 10
+                            break
+            except (OSError, IndexError, ValueError):
+                continue
+    return total
+
+
 def kill_namespace() -> None:
     """In a PID namespace's init: kill every other process of the namespace, then reap them all."""
     with contextlib.suppress(ProcessLookupError):

@@ -9,10 +9,19 @@ its own PID, IPC, UTS, network and mount namespaces, no capabilities beyond what
 be fresh (isolation.py): a PID, IPC and mount namespace for the candidate, a new tmpfs scratch directory
 and /proc, a cgroup for the whole tree.
 
-As root, workers get cgroups (memory, pids and cpu, bound into the sandbox) and two uids each that no other
-process uses. Without root, bubblewrap maps a single uid, so the candidate keeps the test process's kernel
-uid (its /proc entries are still closed to the candidate: the test process is not dumpable, and the
-candidate sees only its own PID namespace) and there is no cgroup: both are reported as weakened.
+Two isolation profiles count as full isolation; every verdict names the one it ran under:
+
+* "root": workers get cgroups (memory, pids and cpu, bound into the sandbox) and two uids each that no other
+  process uses (candidate and tests).
+* "userns" (a non-root pod: one uid, a read-only cgroupfs): bubblewrap maps the one uid into a user namespace
+  of the worker's own; the candidate runs in its own PID, mount, network, IPC and UTS namespaces under seccomp,
+  no_new_privs, no capabilities, read-only binds and rlimits (RLIMIT_NPROC binds there: it counts per user
+  namespace); the test process and the collector are outside its PID namespace or its init (not dumpable, so
+  neither signalled, traced nor read through /proc); the run's init kills the run when the candidate's processes
+  together hold more than its memory limit; the pod's own cgroup is the outer memory and pids bound. (Lead's
+  decision of 21:40, /work/NEWS.md.)
+
+Only a sandbox that bubblewrap cannot start at all is weak isolation (allow_weak_isolation, "none").
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ class Jail:
 
     argv: list[str]
     env: dict[str, str]
+    profile: str = "root"  # "root" or "userns" (see the module docstring)
     cgroups: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     pass_fds: list[int] = field(default_factory=list)  # for bwrap; closed here once it has started
@@ -278,13 +288,9 @@ def make_jail() -> Jail:
             # within its own cgroup namespace (the server must move each run's init into the worker's group).
             argv += ["--unshare-cgroup-try"]
         argv += ["--cap-add", "ALL"]  # the trusted server switches uids, mounts and joins cgroups per run
-    else:
+    else:  # the "userns" profile: one uid, no cgroup of our own (see the module docstring)
         cand_uid = tests_uid = 0
         argv += ["--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "ALL", "--unshare-cgroup-try"]
-        notes.append("no distinct uid: not root, so the candidate keeps the test process's kernel uid "
-                     "(its /proc entries stay closed: the test process is not dumpable and not in the "
-                     "candidate's PID namespace)")
-        notes.append("no cgroup: not root, so memory is limited per process only and processes are not counted")
     argv += ["--remount-ro", "/"]
     pass_fds: list[int] = []
     program = seccomp_program()
@@ -298,4 +304,5 @@ def make_jail() -> Jail:
         argv += ["--seccomp", str(fd)]
     env["AGENTQ_SANDBOX_UIDS"] = f"{cand_uid},{tests_uid}"
     env["AGENTQ_SANDBOX_CGROUPS"] = ",".join(f"{CGROUP_MOUNT}/{g.parent.parent.name}" for g in cgroups)
-    return Jail(argv=[*argv, "--"], env=env, cgroups=cgroups, notes=notes, pass_fds=pass_fds)
+    return Jail(argv=[*argv, "--"], env=env, profile="root" if root else "userns", cgroups=cgroups, notes=notes,
+                pass_fds=pass_fds)

@@ -269,8 +269,9 @@ class RepoSandbox:
         self.root = os.geteuid() == 0
         # One unprivileged uid per sandbox (distinct between executors on a host), owning the work tree per run.
         self.uid = REPO_UID_BASE + os.getpid() % 1_000_000
-        if not self.root:
-            self.notes.append("no distinct uid: not root, so pytest runs as this user inside a user namespace")
+        # The isolation profiles of jail.py: "root" (a uid of its own, cgroups), "userns" (a non-root pod: a user
+        # namespace of its own, RLIMIT_NPROC counted there, the pod's cgroup as the outer bound), "none".
+        self.profile = "none" if self.bwrap is None else "root" if self.root else "userns"
 
     def _argv(self, work: Path, spec_dir: Path, config: str | None, seccomp_fd: int | None) -> list[str]:
         """bwrap (or, weak, nothing) around `python -s -P -B agentq_pytest_boot.py spec.json`."""
@@ -350,7 +351,8 @@ class RepoSandbox:
                 f"@{spec_path}/args.txt"]
         roots = [f"{tree}/{p}".rstrip("/.") or tree for p in python_path(work)]
         spec = {"args": args, "plugins": plugins, "roots": roots, "tree": tree, "report_fd": fds[0], "key_fd": fds[1],
-                "site": trusted_site(), "candidate_files": [f"{tree}/{f}" for f in candidate_files]}
+                "site": trusted_site(), "candidate_files": [f"{tree}/{f}" for f in candidate_files],
+                "max_procs": self.limits.max_procs}
         (spec_dir / "spec.json").write_text(json.dumps(spec))
         os.chmod(spec_dir, 0o755)
         return config[0] if config is not None else None
@@ -568,7 +570,7 @@ class RepoExecutor:
         started = time.monotonic()
         expected = len(fail_to_pass) + len(pass_to_pass)
         common = {"f2p_total": len(fail_to_pass), "p2p_total": len(pass_to_pass), "expected_tests": expected,
-                  "isolation": list(self.sandbox.notes)}
+                  "isolation": list(self.sandbox.notes), "profile": self.sandbox.profile}
 
         def refused(why: str) -> RepoVerdict:
             return RepoVerdict(status="error", patch_status="refused", **common, duration_s=time.monotonic() - started,

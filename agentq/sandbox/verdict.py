@@ -46,6 +46,8 @@ class Verdict(BaseModel):
     cpu_s: float | None = Field(None, description="CPU seconds of the candidate's process tree, where a cgroup "
                                 "meters them (None: not measured).")
     isolation: list[str] = Field(default_factory=list, description="Isolation that had to be weakened.")
+    profile: str = Field("", description="The isolation profile the run had: root (distinct uids, cgroups), "
+                         "userns (a non-root pod's user-namespace jail), none (weak isolation, allowed).")
 
     # Everything a candidate can put into a verdict is made safe here, for local and remote verdicts alike.
     _text = field_validator("message", "stdout_tail", "stderr_tail", "isolation", mode="before")(lambda v: _safe(v))
