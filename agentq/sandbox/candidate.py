@@ -90,11 +90,14 @@ def _export(name: str, value: Any, prelude: dict[str, Any], codec: wire.Codec) -
     return codec.encode(value)
 
 
-def serve(sock: Any, code: str, filename: str, prelude: dict[str, Any]) -> NoReturn:
-    """Import the candidate, announce its public names, then answer call/getattr requests until killed."""
+def serve(sock: Any, code: str, filename: str, prelude: dict[str, Any], builtins: dict[str, Any]) -> NoReturn:
+    """Import the candidate, announce its public names, then answer call/getattr requests until killed.
+
+    `builtins`: Python's builtins and the LeetCode prelude's names (leetcode.prelude_builtins), so the module's
+    own namespace holds only what the candidate defines."""
     module = types.ModuleType("solution")
     module.__file__ = filename
-    module.__dict__.update(prelude)
+    module.__dict__["__builtins__"] = builtins
     sys.modules["solution"] = module
     try:
         # dont_inherit: this module's `from __future__ import annotations` must not leak into the candidate,

@@ -178,7 +178,9 @@ class _Worker:
             self.isolation = list(dict.fromkeys([*self.jail_notes, *hello.get("isolation", [])]))
 
     def run(self, code: str, tests: CompiledTests, limits: Limits) -> dict[str, Any]:
-        """The run's raw facts: the runner's result with the template's trailer (the test process's exit)."""
+        """The run's raw facts: the events the run's init streamed, its result, and the template's trailer."""
+        events: list[dict[str, Any]] = []
+        result: dict[str, Any] | None = None
         try:
             self._ready()
             sent_limits = limits.model_dump()
@@ -186,23 +188,30 @@ class _Worker:
             self.tests_sock.settimeout(limits.timeout_s + GRACE_S)
             wire.send(self.sock, {"code": code, "limits": sent_limits})
             wire.send(self.tests_sock, {"test_names": list(tests.names), "protected": list(tests.own_names),
-                                        "tests_len": len(tests.payload), "tests_code_len": tests.code_len,
-                                        "limits": sent_limits})
+                                        "tests_len": len(tests.payload), "tests_code_len": tests.code_len})
             self.tests_sock.sendall(tests.payload)
-            result = wire.recv(self.sock)
-            if result.get("trailer"):
-                raise WorkerDied(f"sandbox worker {self.proc.pid}: the run's runner ended without an answer "
-                                 f"({result.get('runner_exit')})")
-            trailer = wire.recv(self.sock)
+            while True:
+                message = wire.recv(self.sock)
+                if type(message) is not dict or message.get("trailer"):
+                    break
+                if "result" in message and result is None and type(message["result"]) is dict:
+                    result = message["result"]
+                elif "e" in message:
+                    events.append(message)
         except (OSError, EOFError, wire.ProtocolError) as err:
             raise WorkerDied(f"sandbox worker {self.proc.pid} stopped: {err}") from None
-        if not trailer.get("trailer"):
-            raise WorkerDied(f"sandbox worker {self.proc.pid} broke the protocol: a second result without a trailer")
-        result["tests_exit"] = trailer.get("tests_exit")
-        result["cpu_split"] = trailer.get("cpu", {})
-        if result.get("fatal"):
+        trailer = message if type(message) is dict else {}
+        if not any(e.get("e") == "got_tests" for e in events):
+            # The run's init died before it read the tests (never the candidate's doing: it cannot reach it); the
+            # tests may still sit in the tests socket, out of step, so this worker goes and the run is retried.
             self.close()
-        return result
+            raise WorkerDied(f"sandbox worker {self.proc.pid}: the run ended before its tests were read "
+                             f"({trailer.get('runner_exit')})")
+        raw = dict(result or {})
+        raw["events"] = events
+        raw["tests_exit"] = trailer.get("runner_exit")  # the tests ran in the run's init: its exit is theirs
+        raw["cpu_ms"] = {**(raw.get("cpu_ms") or {}), **(trailer.get("cpu_ms") or {})}
+        return raw
 
     @property
     def alive(self) -> bool:
@@ -221,20 +230,20 @@ class _Worker:
 
 
 class RunCosts:
-    """Where a worker's time went, summed over runs: the runner's phases (wall ms) and the CPU seconds of the
-    runner with the candidate's tree and of the test process, as the template measured them when it reaped them.
-    What `agentq sandbox bench` breaks its per-candidate cost into."""
+    """Where the workers' time went, summed over runs: the runner's phases (wall ms) and CPU ms of the template's
+    forks, the runner's phases, the candidate's processes, the runner in all (with the candidate) and the test
+    process, as the worker measured them. What `agentq sandbox bench` breaks its per-candidate cost into."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.runs = 0
         self.phases_ms: dict[str, float] = {}
-        self.cpu_s: dict[str, float] = {}
+        self.cpu_ms: dict[str, float] = {}
 
     def add(self, raw: dict[str, Any]) -> None:
         with self._lock:
             self.runs += 1
-            for table, values in ((self.phases_ms, raw.get("phases_ms")), (self.cpu_s, raw.get("cpu_split"))):
+            for table, values in ((self.phases_ms, raw.get("phases_ms")), (self.cpu_ms, raw.get("cpu_ms"))):
                 for name, value in (values or {}).items():
                     if isinstance(value, int | float):
                         table[name] = table.get(name, 0.0) + value
@@ -242,9 +251,8 @@ class RunCosts:
     def per_run(self) -> dict[str, Any]:
         with self._lock:
             n = max(self.runs, 1)
-            return {"runs": self.runs,
-                    "phases_ms": {k: round(v / n, 3) for k, v in self.phases_ms.items()},
-                    "cpu_ms": {k: round(1000 * v / n, 3) for k, v in self.cpu_s.items()}}
+            return {"runs": self.runs, "phases_ms": {k: round(v / n, 3) for k, v in self.phases_ms.items()},
+                    "cpu_ms": {k: round(v / n, 3) for k, v in self.cpu_ms.items()}}
 
 
 def _usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:

@@ -1,27 +1,28 @@
-"""The fork server inside each worker's sandbox: a clean template that forks two fresh processes per run.
+"""The fork server inside each worker's sandbox: a clean template that forks the run's init for each job.
 
-Why two processes forked before the job is read: every process forked from a Python process inherits its
-whole heap, and freed blocks keep their bytes. A server that read a job or a result and then forked the next
-candidate handed it the previous run's failure messages (which quote expected values) through
-`gc.get_objects()`, `sys._getframe()` or a plain read of its own memory. So the template (this process, once
-set up) never receives a job, never sees a result, never holds a test: per run it makes the run's channels
-(a socket pair, a pipe, two memfds for output) and forks
+Why fork before the job is read: every process forked from a Python process inherits its whole heap, and freed
+blocks keep their bytes. A server that read a job or a result and then forked the next candidate handed it the
+previous run's failure messages (which quote expected values) through `gc.get_objects()`, `sys._getframe()` or
+a plain read of its own memory. So the template (this process, once set up) never receives a job, never sees a
+result, never holds a test. Per run it forks the run's init, pid 1 of a new PID namespace, which
 
-* the test process (trusted, the tests' uid), which reads only the tests from the executor's tests socket,
-  runs them against a proxy of the candidate (harness.py) and writes each outcome to the events pipe, and
-* the runner, pid 1 of a new PID namespace, which reads the job (the candidate's code and limits) from the
-  job socket, unshares a mount, IPC and network namespace of its own (fresh tmpfs scratch and /proc, no
-  interface up), joins the worker's cgroups, forks the candidate (its uid, no capability, rlimits), enforces
-  the deadline and the time budget while it collects the test process's events, kills everything left in
-  its namespace, and answers the executor.
+1. reads the job (the candidate's code and limits) from the job socket, unshares a mount, IPC and network
+   namespace of its own (fresh tmpfs scratch and /proc, no interface up: nothing of an earlier run's sockets,
+   ports or counters), and forks the candidate (its uid, the worker's cgroups, no capability, rlimits), which
+   has read nothing but its own job;
+2. only then reads the tests from the tests socket, drops to the tests' uid (not dumpable, so the candidate,
+   which sees it as pid 1, can neither trace it nor read it through /proc, and a signal reaches it only where
+   it has a handler), runs them against a proxy of the candidate (harness.py) and streams each outcome to the
+   executor, while a watcher thread ends the run at the deadline, the time budget or the memory bound;
+3. exits, and with it, by the kernel's hand, everything the candidate started.
 
-Both exit after one run, so whatever they read dies with them. The template then reaps them and adds the test
-process's exit status (a trailer it writes without reading anything of the run).
+The template reaps it and adds a trailer (its exit status and CPU), without reading anything of the run.
+Two processes per run, not three: a separate test process and collector cost a fork, an exit and a pipe.
 
 Protocol (wire framing). Job socket: template -> {"ready", "pid", "isolation"}; per run executor -> {"code",
-"limits"}, runner -> result, template -> {"trailer", "tests_exit", "cpu"}. Tests socket: per run executor ->
-{"test_names", "protected", "tests_len", "tests_code_len", "limits"} + tests_len bytes (the tests'
-marshalled code object, tests_code_len bytes, then their source).
+"limits"}; the run's init -> events ({"e": ...}) as the tests report them, then {"result": {...}}; template ->
+{"trailer", "runner_exit", "cpu_ms"}. Tests socket: per run executor -> {"test_names", "protected", "tests_len",
+"tests_code_len"} + tests_len bytes (the tests' marshalled code object, tests_code_len bytes, then their source).
 """
 
 from __future__ import annotations
@@ -29,17 +30,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
-import json
 import marshal
 import os
 import random
 import resource
-import select
 import shutil
 import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, NoReturn
 
@@ -105,7 +105,11 @@ def _tail(fd: int, limit: int) -> str:
 
 
 def _cpu(usage: resource.struct_rusage) -> float:
-    return round(usage.ru_utime + usage.ru_stime, 6)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _ms(seconds: float) -> float:
+    return round(1000 * seconds, 3)
 
 
 class Server:
@@ -129,6 +133,8 @@ class Server:
             self.notes.append("no per-run namespaces: candidates share this worker's PID, IPC, network and mount "
                               "namespaces")
         self.prelude = leetcode.prelude_namespace()
+        self.builtins = leetcode.prelude_builtins(self.prelude)
+        isolation.drop_bounding_set()  # for every child at once (none of these processes ever executes a program)
         self.devnull = os.open(os.devnull, os.O_RDWR)
         # Everything imported so far is shared with every child; keep the collector from touching (and so
         # copying) those pages in each of them.
@@ -163,246 +169,214 @@ class Server:
             self.conf.close()
 
     def _one_run(self) -> bool:
-        """Fork the next run's test process and runner (they wait for the job), reap them, send the trailer.
-        False: stop serving."""
-        cand_sock, test_sock = socket.socketpair()
-        events_r, events_w = os.pipe()
-        out_fd, err_fd = os.memfd_create("stdout"), os.memfd_create("stderr")
-        test_pid = os.fork()
-        if test_pid == 0:
-            self._tests_child(test_sock, events_w, out_fd, err_fd)
-        test_sock.close()  # before the runner is forked: its copy of the events pipe must see the end
-        os.close(events_w)
+        """Fork the next run's init (it waits for the job), reap it, send the trailer. False: stop serving."""
+        cpu_at_start = time.process_time()
         if self.run_namespaces:
             isolation.new_pid_namespace()
         try:
-            runner_pid = os.fork()
-            if runner_pid == 0:
-                cand_sock_fd = cand_sock.detach()
-                self._runner(cand_sock_fd, events_r, out_fd, err_fd)
+            init = os.fork()
+            if init == 0:
+                _RunInit(self).main()
         finally:
             if self.run_namespaces:
                 isolation.restore_pid_namespace(self.pid_ns)
-        cand_sock.close()
-        for fd in (events_r, out_fd, err_fd):
-            os.close(fd)
-        _, runner_status, runner_usage = os.wait4(runner_pid, 0)
-        # The runner has answered (or died): the test process has nothing left to say. It may still be busy in
-        # a test's own code after a timeout, so it is stopped here, not waited for.
-        with contextlib.suppress(OSError):
-            os.killpg(test_pid, signal.SIGKILL)
-        _, test_status, test_usage = os.wait4(test_pid, 0)
+        forking = time.process_time() - cpu_at_start
+        # As pid 1 of its namespace, it exits only once the kernel has killed and reaped everything in it.
+        _, status, usage = os.wait4(init, 0)
+        if not self.run_namespaces:
+            self.conf.kill_candidates(None)
         isolation.reap_orphans()
-        code = os.waitstatus_to_exitcode(runner_status)
+        code = os.waitstatus_to_exitcode(status)
         if code == EXIT_HANGUP:
             return False
-        wire.send(self.job, {"trailer": True, "runner_exit": _exit_info(runner_status),
-                             "tests_exit": _exit_info(test_status),
-                             "cpu": {"runner": _cpu(runner_usage), "tests": _cpu(test_usage)}})
+        wire.send(self.job, {"trailer": True, "runner_exit": _exit_info(status),
+                             "cpu_ms": {"template_fork": _ms(forking), "run": _ms(_cpu(usage))}})
         return code != EXIT_FATAL
 
-    # --- the runner: pid 1 of the run -------------------------------------------------------------------
 
-    def _runner(self, cand_sock: int, events_r: int, out_fd: int, err_fd: int) -> NoReturn:
+
+class RunEnded(Exception):
+    """The watcher ended the run (deadline, time budget or memory): what the run's init reports, once."""
+
+
+class _RunInit:
+    """The run's init: pid 1 of the run's PID namespace, trusted code only (see the module docstring)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server, self.conf = server, server.conf
+        self.lock = threading.Lock()
+        self.done = False
+        self.events: list[dict[str, Any]] = []
+
+    def main(self) -> NoReturn:
         try:
-            self.tests.close()
             os.setsid()
-            try:
-                job = wire.recv(self.job)
-            except (EOFError, OSError, wire.ProtocolError):
-                os._exit(EXIT_HANGUP)
             # pid 1 of the run: a signal from the candidate reaches it only where it has a handler (SIGINT's)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            result = self._run(job, cand_sock, events_r, out_fd, err_fd)
-            wire.send(self.job, result)
-            os._exit(EXIT_FATAL if result.get("fatal") else 0)
+            try:
+                job = wire.recv(self.server.job)
+            except (EOFError, OSError, wire.ProtocolError):
+                os._exit(EXIT_HANGUP)
+            self.run(job)
         except BaseException:  # noqa: BLE001 - never return into the template's loop
             os._exit(70)
 
-    def _run(self, job: dict[str, Any], cand_sock: int, events_r: int, out_fd: int, err_fd: int) -> dict[str, Any]:
-        limits = job["limits"]
-        received = time.monotonic()
+    # --- the run ------------------------------------------------------------------------------------------
+
+    def run(self, job: dict[str, Any]) -> NoReturn:
+        server, limits = self.server, job["limits"]
+        self.limits = limits
+        self.received, cpu_received = time.monotonic(), time.process_time()
         uid = self.conf.candidate_uid
-        if self.run_namespaces:
+        if server.run_namespaces:
             isolation.fresh_run_mounts(uid, max(TMPFS_MIN_MB, 4 * int(limits["file_mb"])))
             work = "/tmp"
         else:
             work = tempfile.mkdtemp(prefix="agentq-run-")
             if self.conf.root:
                 os.chown(work, uid, uid)
-        try:
-            self.conf.prepare_run(limits)
-            solution = os.path.join(work, "solution.py")
-            with open(solution, "w", encoding="utf-8", errors="surrogatepass") as fh:
-                fh.write(job["code"])
-            if self.conf.root:
-                os.chown(solution, uid, uid)
-            cpu_before = self.conf.cpu_used()
-            start = time.monotonic()
-            cand_pid = os.fork()
-            if cand_pid == 0:
-                os.close(events_r)
-                self._candidate(cand_sock, out_fd, err_fd, work, solution, job["code"], limits)
-            os.close(cand_sock)
-            forked = time.monotonic()
-            budget = limits.get("time_budget_s")
-            deadline = start + float(limits["timeout_s"])
-            events, ended = self._collect(events_r, deadline, None if budget is None else float(budget), cpu_before,
-                                          self._memory_bound(limits))
-            collected = time.monotonic()
-            cand_status = _poll(cand_pid)
-            if cand_status is None and any(e.get("gone") or e.get("e") == "import_error" for e in events):
-                cand_status = _wait_briefly(cand_pid)  # it closed its socket while exiting; let it finish dying
-            cpu_after = self.conf.cpu_used()
-            cand_status = self._stop_candidates(cand_pid, cand_status)
-        finally:
-            if not self.run_namespaces:
-                shutil.rmtree(work, ignore_errors=True)
-        limit = int(limits["output_bytes"])
-        result: dict[str, Any] = {
-            "events": events,
-            "timed_out": ended in ("wall", "budget"),
-            "budget_spent": ended == "budget",
-            "memory_spent": ended == "memory",
-            "duration_s": round(collected - start, 6),
-            "cpu_s": None if cpu_before is None or cpu_after is None else round(cpu_after - cpu_before, 6),
-            "candidate_exit": _exit_info(cand_status),
-            "stdout": _tail(out_fd, limit),
-            "stderr": _tail(err_fd, limit),
-            "isolation": self.notes,
-            "phases_ms": {name: round(1000 * seconds, 3) for name, seconds in (
-                ("setup", start - received), ("fork", forked - start), ("run", collected - forked),
-                ("cleanup", time.monotonic() - collected))},
-        }
-        if not any(e.get("e") == "got_tests" for e in events):
-            # The tests may still sit in the tests socket: the stream is out of step, so this worker must go.
-            result["fatal"] = "the test process died before reading the tests"
-        return result
+        self.work = work
+        self.conf.prepare_run(limits)
+        solution = os.path.join(work, "solution.py")
+        with open(solution, "w", encoding="utf-8", errors="surrogatepass") as fh:
+            fh.write(job["code"])
+        if self.conf.root:
+            os.chown(solution, uid, uid)
+        self.out_fd, self.err_fd = os.memfd_create("stdout"), os.memfd_create("stderr")
+        cand_sock, test_sock = socket.socketpair()
+        self.cpu_before = self.conf.cpu_used()
+        self.start, cpu_start = time.monotonic(), time.process_time()
+        self.cand_pid = os.fork()
+        if self.cand_pid == 0:
+            test_sock.close()
+            self._candidate(cand_sock.detach(), solution, job["code"], limits)
+        cand_sock.close()
+        self.forked, self.cpu_forked = time.monotonic(), time.process_time()
+        self.cpu_ms = {"init_setup": _ms(cpu_start - cpu_received), "init_fork": _ms(self.cpu_forked - cpu_start)}
+        # Only now, with the candidate running on what it inherited, do the tests come into this process.
+        conn_fd, sock_fd, job_fd = _arrange_fds(self.out_fd, self.err_fd, server.devnull,
+                                                [server.tests.detach(), test_sock.detach(), server.job.detach()])
+        self.out_fd, self.err_fd = 1, 2  # the output memfds, as this process's own stdout and stderr now
+        self.conf.open_meter()
+        self.job_sock = socket.socket(fileno=job_fd)
+        watcher = threading.Thread(target=self._watch, daemon=True)
+        watcher.start()  # before the tests' rlimits: RLIMIT_NPROC counts threads too
+        conn = socket.socket(fileno=conn_fd)
+        header = wire.recv(conn)
+        payload = wire.recv_exact(conn, int(header["tests_len"]))
+        conn.close()
+        self.conf.enter(limits, self.conf.tests_uid, TESTS_NPROC)
+        isolation.not_dumpable()  # setuid made it dumpable again
+        random.seed(0)
+        split = int(header["tests_code_len"])
+        tests = harness.Tests(marshal.loads(payload[:split]), payload[split:].decode("utf-8", "surrogatepass"))
+        del payload
+        self.report({"e": "got_tests"})
+        channel = harness.Channel(socket.socket(fileno=sock_fd))
+        with contextlib.suppress(RunEnded):
+            harness.run_tests(channel, tests, list(header["test_names"]), server.prelude, self.report,
+                              frozenset(header.get("protected", ())), server.builtins)
+        self.finish(None)
 
-    def _stop_candidates(self, cand_pid: int, status: int | None) -> int | None:
-        """Kill whatever the candidate left; its own wait status where it had ended by itself."""
-        if self.run_namespaces:  # we are pid 1 of the run: everything it started is in our namespace
-            if status is None:
-                status = _poll(cand_pid)
-            isolation.kill_namespace()
-            return status
-        self.conf.kill_candidates(cand_pid)
-        isolation.reap_orphans()
-        return status
+    def report(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            if self.done:
+                raise RunEnded("the run has ended")
+            self.events.append(event)
+            wire.send(self.job_sock, event)
 
-    def _memory_bound(self, limits: dict) -> int | None:
-        """Bytes the candidate's processes may hold together, where no cgroup holds them to it (the "userns"
-        profile: the run's init measures them); None where a cgroup does or there is no run namespace."""
-        if not self.run_namespaces or any((g / "memory.max").exists() or (g / "memory.limit_in_bytes").exists()
-                                          for g in self.conf.cgroups):
-            return None
-        return int(limits["memory_mb"]) << 20
-
-    def _collect(
-        self, fd: int, deadline: float, budget: float | None, used_at_start: float | None,
-        memory: int | None = None,
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """The test process's events until it closes its pipe, and what ended the run early: "wall" (the
-        deadline passed), "budget" (the candidate's tree spent its time budget), "memory" (its processes hold
-        more than `memory` bytes together), or None (it finished). `used_at_start`: the worker cgroup's CPU
-        seconds before the run, None where nothing meters them."""
-        buf, ended, wall_reason = bytearray(), None, "wall"
-        next_look = time.monotonic() + MEMORY_POLL_S
-        if budget is not None and used_at_start is None:  # no CPU meter here: the budget is wall-clock time
-            if time.monotonic() + budget < deadline:
-                deadline, wall_reason = time.monotonic() + budget, "budget"
+    def _watch(self) -> None:
+        """End the run at the deadline, when the candidate's tree has spent its time budget (CPU seconds of its
+        cgroup, else wall-clock seconds), or when its processes together exceed the memory bound."""
+        # Started before the tests' uid: the main thread's change of uid reaches it too (glibc changes every
+        # thread's), while the capabilities it keeps in the "userns" profile let it read the memory of candidate
+        # processes that made themselves undumpable. It runs only this loop; nothing of the candidate reaches it.
+        limits, now = self.limits, time.monotonic()
+        deadline, wall_reason = self.start + float(limits["timeout_s"]), "wall"
+        budget = limits.get("time_budget_s")
+        budget = None if budget is None else float(budget)
+        if budget is not None and self.cpu_before is None:  # no CPU meter here: the budget is wall-clock time
+            if now + budget < deadline:
+                deadline, wall_reason = now + budget, "budget"
             budget = None
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                wait = left
-                if budget is not None and used_at_start is not None:
-                    # The tree uses at most one core (its cgroup's CPU quota), so the rest of the budget cannot
-                    # be spent in less wall time than it: waiting that long and looking again is exact enough.
-                    unspent = budget - ((self.conf.cpu_used() or 0.0) - used_at_start)
-                    if unspent <= 0:
-                        ended = "budget"
-                        break
-                    wait = min(left, unspent)
-                if left <= 0:
-                    ended = wall_reason
-                    break
-                if memory is not None:
-                    now = time.monotonic()
-                    if now >= next_look:
-                        if isolation.namespace_memory() > memory:
-                            ended = "memory"
-                            break
-                        next_look = now + MEMORY_POLL_S
-                    wait = min(wait, max(next_look - now, 0.0))
-                if not select.select([fd], [], [], wait)[0]:
-                    continue
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                if len(buf) < MAX_EVENTS_BYTES:
-                    buf += chunk
-        finally:
-            os.close(fd)
-        events = []
-        for line in bytes(buf).splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-        return events, ended
+        memory = self._memory_bound()
+        while True:
+            now = time.monotonic()
+            wait = deadline - now
+            if wait <= 0:
+                return self.finish(wall_reason)
+            if budget is not None:
+                # The tree uses at most one core (its cgroup's CPU quota), so the rest of the budget cannot be
+                # spent in less wall time than it: waiting that long and looking again is exact enough.
+                unspent = budget - ((self.conf.cpu_used() or 0.0) - (self.cpu_before or 0.0))
+                if unspent <= 0:
+                    return self.finish("budget")
+                wait = min(wait, unspent)
+            if memory is not None:
+                if isolation.namespace_memory() > memory:
+                    return self.finish("memory")
+                wait = min(wait, MEMORY_POLL_S)
+            time.sleep(wait)
 
-    def _candidate(self, sock_fd: int, out_fd: int, err_fd: int, work: str, solution: str, code: str,
-                   limits: dict) -> NoReturn:
+    def _memory_bound(self) -> int | None:
+        """Bytes the candidate's processes may hold together, where no cgroup holds them to it (the "userns"
+        profile: this init measures them); None where a cgroup does or there is no run namespace."""
+        if not self.server.run_namespaces or any(
+                (g / "memory.max").exists() or (g / "memory.limit_in_bytes").exists() for g in self.conf.cgroups):
+            return None
+        return int(self.limits["memory_mb"]) << 20
+
+    def finish(self, ended: str | None) -> NoReturn:
+        """Send the run's result (once: the tests ending and the watcher may race) and exit, which ends the run."""
+        with self.lock:
+            if self.done:
+                time.sleep(3600)  # the other thread is exiting the process
+            self.done = True
+            collected, cpu_collected = time.monotonic(), time.process_time()
+            cand_status = _poll(self.cand_pid)
+            if cand_status is None and any(e.get("gone") or e.get("e") == "import_error" for e in self.events):
+                cand_status = _wait_briefly(self.cand_pid)  # it closed its socket while exiting
+            cpu_after = self.conf.cpu_used()
+            if not self.server.run_namespaces:
+                with contextlib.suppress(OSError):
+                    os.killpg(self.cand_pid, signal.SIGKILL)  # where it can (same uid); the template does the rest
+                shutil.rmtree(self.work, ignore_errors=True)
+            limit = int(self.limits["output_bytes"])
+            self.cpu_ms["init_tests"] = _ms(cpu_collected - self.cpu_forked)
+            result = {
+                "timed_out": ended in ("wall", "budget"),
+                "budget_spent": ended == "budget",
+                "memory_spent": ended == "memory",
+                "duration_s": round(collected - self.start, 6),
+                "cpu_s": None if self.cpu_before is None or cpu_after is None else
+                round(cpu_after - self.cpu_before, 6),
+                "candidate_exit": _exit_info(cand_status),
+                "stdout": _tail(self.out_fd, limit),
+                "stderr": _tail(self.err_fd, limit),
+                "isolation": self.server.notes,
+                # Where the run's time went (agentq sandbox bench): wall clock of its phases, CPU of this process.
+                "phases_ms": {"setup": _ms(self.start - self.received), "fork": _ms(self.forked - self.start),
+                              "run": _ms(collected - self.forked)},
+                "cpu_ms": {**self.cpu_ms, "init_total": _ms(time.process_time())},
+            }
+            wire.send(self.job_sock, {"result": result})
+            fatal = not any(e.get("e") == "got_tests" for e in self.events)
+            os._exit(EXIT_FATAL if fatal else 0)
+
+    def _candidate(self, sock_fd: int, solution: str, code: str, limits: dict) -> NoReturn:
         try:
-            os.setsid()  # its own process group, which the runner kills where it is not the namespace's init
-            self.conf.join()  # the cgroups, before anything of the candidate runs; the runner stays outside
-            (sock,) = _arrange_fds(out_fd, err_fd, self.devnull, [sock_fd])
-            os.chdir(work)
+            os.setsid()  # its own process group, which is killed where it is not in a namespace of its own
+            self.conf.join()  # the cgroups, before anything of the candidate runs; the init stays outside
+            (sock,) = _arrange_fds(self.out_fd, self.err_fd, self.server.devnull, [sock_fd])
+            os.chdir(self.work)
             os.environ.clear()
-            os.environ.update(candidate_env(work))
+            os.environ.update(candidate_env(self.work))
             self.conf.enter(limits, self.conf.candidate_uid, int(limits["max_procs"]))
             random.seed(0)
             sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-            candidate.serve(socket.socket(fileno=sock), code, solution, self.prelude)
-        except BaseException:  # noqa: BLE001 - never return into the runner
+            candidate.serve(socket.socket(fileno=sock), code, solution, self.server.prelude, self.server.builtins)
+        except BaseException:  # noqa: BLE001 - never return into the init
             os._exit(70)
-
-    # --- the test process -----------------------------------------------------------------------------
-
-    def _tests_child(self, sock: socket.socket, events_w: int, out_fd: int, err_fd: int) -> NoReturn:
-        try:
-            os.setpgid(0, 0)
-            conn_fd, sock_fd, res_fd = _arrange_fds(out_fd, err_fd, self.devnull,
-                                                    [self.tests.fileno(), sock.fileno(), events_w])
-            os.chdir("/")
-            conn = socket.socket(fileno=conn_fd)
-            try:
-                header = wire.recv(conn)
-            except (EOFError, OSError, wire.ProtocolError):
-                os._exit(0)  # the executor hung up: no run
-            self.conf.enter(header["limits"], self.conf.tests_uid, TESTS_NPROC)
-            isolation.not_dumpable()  # setuid made it dumpable again
-            random.seed(0)
-            payload = wire.recv_exact(conn, int(header["tests_len"]))
-            conn.close()
-            split = int(header["tests_code_len"])
-            tests = harness.Tests(marshal.loads(payload[:split]), payload[split:].decode("utf-8", "surrogatepass"))
-
-            def report(event: dict[str, Any]) -> None:
-                data = memoryview(json.dumps(event).encode() + b"\n")
-                while data:
-                    data = data[os.write(res_fd, data) :]
-
-            report({"e": "got_tests"})
-            channel = harness.Channel(socket.socket(fileno=sock_fd))
-            harness.run_tests(channel, tests, list(header["test_names"]), self.prelude, report,
-                              frozenset(header.get("protected", ())))
-        except BaseException:  # noqa: BLE001 - a missing `end` marker is how the executor learns of this
-            os._exit(70)
-        os._exit(0)
 
 
 def main() -> None:

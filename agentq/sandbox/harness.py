@@ -276,6 +276,13 @@ def build_proxy(names: dict[str, Any], channel: Channel, prelude: dict[str, Any]
         if name not in exported:
             exported.append(name)
     proxy.__all__ = exported
+
+    def prelude_name(name: str) -> Any:  # `from solution import List`: the prelude's, as in plain Python
+        if name in prelude and not name.startswith("__"):
+            return prelude[name]
+        raise AttributeError(f"module 'solution' has no attribute {name!r}")
+
+    proxy.__getattr__ = prelude_name  # type: ignore[method-assign]
     return proxy
 
 
@@ -313,8 +320,10 @@ def run_tests(
     prelude: dict[str, Any],
     report: Callable[[dict[str, Any]], None],
     protected: frozenset[str] = frozenset(),
+    builtins: dict[str, Any] | None = None,
 ) -> None:
-    """Import the tests against the proxy, run each test_* function, report each outcome, then `end`."""
+    """Import the tests against the proxy, run each test_* function, report each outcome, then `end`.
+    `builtins`: what the tests' module runs with (Python's builtins and the LeetCode prelude's names)."""
     try:
         hello = channel.receive()
     except CandidateGone as err:
@@ -333,6 +342,8 @@ def run_tests(
         report({"e": "import_error", "type": None, "message": f"the candidate broke the protocol: {err}", "where": ""})
         return
     namespace: dict[str, Any] = {"__name__": "tests", "__file__": TESTS_FILE}
+    if builtins is not None:
+        namespace["__builtins__"] = builtins
     lines = tests.source.splitlines()
     try:
         exec(tests.code, namespace)

@@ -170,6 +170,12 @@ def empty_and_remove(group: Path) -> None:
         group.rmdir()
 
 
+def _write_if_changed(files: list[Path], value: str) -> None:
+    for path in files:
+        if path.read_text().strip() != value:
+            path.write_text(value)
+
+
 def _cpu_meter(groups: list[Path]) -> Path | None:
     """The file that counts the CPU time of a worker's cgroup tree: cpuacct.usage (v1) or cpu.stat (v2)."""
     for group in groups:
@@ -206,16 +212,21 @@ class Confinement:
             self.cgroups = [group] if group is not None else []
             if group is None:
                 self.notes.append("no pids cgroup: processes a candidate detaches are found by uid instead")
-        self._memory_mb: int | None = None
-        self._cpu_set = False
         self.cpu_meter = _cpu_meter(self.cgroups)
+        self._limit_files()
+
+    def open_meter(self) -> None:
+        """Keep the CPU meter open, so a process that then gives up its uid (the run's init) can still read it."""
+        if self.cpu_meter is not None:
+            self._meter_fd = os.open(self.cpu_meter, os.O_RDONLY)
 
     def cpu_used(self) -> float | None:
-        """CPU seconds used so far by every process that ever ran in the worker's cgroup (the runs' inits and
-        candidates; test processes never join), or None where no cgroup meters it."""
+        """CPU seconds used so far by every process that ever ran in the worker's cgroup (the runs'
+        candidates; their inits and the tests never join), or None where no cgroup meters it."""
         if self.cpu_meter is None:
             return None
-        text = self.cpu_meter.read_text()
+        fd = getattr(self, "_meter_fd", None)
+        text = os.pread(fd, 4096, 0).decode() if fd is not None else self.cpu_meter.read_text()
         if self.cpu_meter.name == "cpuacct.usage":  # cgroup v1: nanoseconds
             return int(text) / 1e9
         for line in text.splitlines():  # cgroup v2 cpu.stat: "usage_usec N"
@@ -257,38 +268,44 @@ class Confinement:
                 continue
         return None
 
-    def prepare_run(self, limits: dict[str, float]) -> None:
-        """In the server, before forking a run: the cgroups' limits for the candidate's whole tree."""
+    def _limit_files(self) -> None:
+        """Once, in the fork server: one core for the whole tree however many processes (it never changes), and
+        which limit files this host has (each run is forked anew, so nothing a run learns would be kept)."""
+        self._pids_files = [g / "pids.max" for g in self.cgroups if (g / "pids.max").exists()]
+        self._memory_files = []  # (file, its memsw partner on v1, or None)
         for group in self.cgroups:
             quota = group / "cpu.cfs_quota_us"
-            if quota.exists() and not self._cpu_set:  # one core for the whole tree, however many processes
+            if quota.exists():
                 (group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
                 quota.write_text(str(CPU_PERIOD_US))
-                self._cpu_set = True
-            if (group / "cpu.max").exists() and not self._cpu_set:  # the same on cgroup v2
+            if (group / "cpu.max").exists():  # the same on cgroup v2
                 (group / "cpu.max").write_text(f"{CPU_PERIOD_US} {CPU_PERIOD_US}")
-                self._cpu_set = True
-            if (group / "memory.max").exists() and int(limits["memory_mb"]) != self._memory_mb:  # cgroup v2
-                (group / "memory.max").write_text(str(int(limits["memory_mb"]) << 20))
+            if (group / "memory.max").exists():  # cgroup v2
                 if (group / "memory.swap.max").exists():
                     (group / "memory.swap.max").write_text("0")
-                self._memory_mb = int(limits["memory_mb"])
-            if (group / "pids.max").exists():
-                (group / "pids.max").write_text(str(int(limits["max_procs"])))
-            memory = int(limits["memory_mb"])
-            if (group / "memory.limit_in_bytes").exists() and memory != self._memory_mb:
-                # memsw (memory + swap, where the kernel accounts it) must stay >= the memory limit, so the
-                # order of the two writes depends on the direction; EBUSY while the last run's pages linger.
-                files = [group / "memory.limit_in_bytes", group / "memory.memsw.limit_in_bytes"]
-                files = [f for f in files if f.exists()]
-                for order in (files, files[::-1]):
-                    with contextlib.suppress(OSError):
-                        for f in order:
-                            f.write_text(str(memory << 20))
-                        self._memory_mb = memory
-                        break
+                self._memory_files.append((group / "memory.max", None))
+            if (group / "memory.limit_in_bytes").exists():
+                memsw = group / "memory.memsw.limit_in_bytes"
+                self._memory_files.append((group / "memory.limit_in_bytes", memsw if memsw.exists() else None))
                 with contextlib.suppress(OSError):
                     (group / "memory.swappiness").write_text("0")
+
+    def prepare_run(self, limits: dict[str, float]) -> None:
+        """In the run's init, before the candidate starts: the cgroups' limits for its whole tree, written only
+        where they differ from what an earlier run left (a write costs more than a read)."""
+        _write_if_changed(self._pids_files, str(int(limits["max_procs"])))
+        memory = str(int(limits["memory_mb"]) << 20)
+        for limit, memsw in self._memory_files:
+            if limit.read_text().strip() == memory:
+                continue
+            # memsw (memory + swap, where the kernel accounts it) must stay >= the memory limit, so the order of
+            # the two writes depends on the direction; EBUSY while the last run's pages linger.
+            files = [limit, memsw] if memsw is not None else [limit]
+            for order in (files, files[::-1]):
+                with contextlib.suppress(OSError):
+                    for f in order:
+                        f.write_text(memory)
+                    break
 
     def join(self) -> None:
         """In the candidate, before anything of it runs: it and every process it starts join the cgroups."""
@@ -425,18 +442,30 @@ def kill_namespace() -> None:
             return
 
 
+_bounding_dropped = False
+_CapData2 = _CapData * 2  # made once: an array type is costly to create in every forked child
+
+
+def drop_bounding_set() -> None:
+    """Empty the capability bounding set, which only limits what an exec could gain: a process keeps its own
+    capabilities, and every child it forks inherits the empty set (so none pays 64 prctl calls per run)."""
+    global _bounding_dropped
+    for cap in range(CAP_LAST + 1):
+        _prctl(PR_CAPBSET_DROP, cap)
+    _bounding_dropped = True
+
+
 def drop_privileges(uid: int) -> None:
     """Become `uid` with no capability, none in the bounding set and none regained by exec."""
     if os.geteuid() == 0 and uid != 0:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
-    for cap in range(CAP_LAST + 1):
-        _prctl(PR_CAPBSET_DROP, cap)
+    if not _bounding_dropped:
+        drop_bounding_set()
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN)
     if os.geteuid() != uid:
         os.setresuid(uid, uid, uid)
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    data = (_CapData * 2)()
-    _check(_libc.capset(ctypes.byref(header), data) == 0, "capset")
+    _check(_libc.capset(ctypes.byref(header), _CapData2()) == 0, "capset")
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
