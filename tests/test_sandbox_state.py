@@ -3,7 +3,8 @@
 Each attack is a pair of candidates run one after the other on a single warm worker: a sibling that leaves
 something behind (a failing run whose messages quote the expected value, packets over loopback) and a thief
 whose tests pass only if it finds it. Before the fix the fork server forked each candidate from a frame that
-still held the previous run's result, and every run of a worker shared one network namespace.
+still held the previous run's result, and every run of a worker shared one network namespace in which any
+candidate could send packets (now none can open a socket but AF_UNIX).
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ def test_a_candidate_sees_no_network_state_of_earlier_runs(one_worker):
     assert verdict.status == "failed" and verdict.message.startswith("test_f: AssertionError: 0 at"), verdict
 
 
-def test_each_run_has_its_own_network_namespace(one_worker):
-    code = "import os\n\ndef f():\n    return os.stat('/proc/self/ns/net').st_ino\n"
-    tests = "from solution import *\n\ndef test_f():\n    assert False, f()\n"
-    first, second = one_worker.run(code, tests), one_worker.run(code, tests)
-    inodes = [v.message.split("AssertionError: ")[1].split(" at")[0] for v in (first, second)]
-    assert inodes[0].isdigit() and inodes[0] != inodes[1], (first.message, second.message)
+def test_no_candidate_can_open_a_network_socket_so_none_changes_network_state(one_worker):
+    """The equivalent of a network namespace per run, at no cost per run (jail.seccomp_program)."""
+    code = "import socket\n\ndef f(family):\n    try:\n        socket.socket(family, socket.SOCK_DGRAM).close()\n" \
+           "    except PermissionError:\n        return 'refused'\n    return 'opened'\n"
+    tests = "import socket\nfrom solution import *\n\ndef test_f():\n" \
+            "    assert [f(socket.AF_INET), f(socket.AF_INET6), f(socket.AF_NETLINK), f(socket.AF_UNIX)] == " \
+            "['refused', 'refused', 'refused', 'opened']\n"
+    verdict = one_worker.run(code, tests)
+    assert verdict.passed, verdict

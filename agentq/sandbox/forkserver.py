@@ -6,10 +6,10 @@ previous run's failure messages (which quote expected values) through `gc.get_ob
 a plain read of its own memory. So the template (this process, once set up) never receives a job, never sees a
 result, never holds a test. Per run it forks the run's init, pid 1 of a new PID namespace, which
 
-1. reads the job (the candidate's code and limits) from the job socket, unshares a mount, IPC and network
-   namespace of its own (fresh tmpfs scratch and /proc, no interface up: nothing of an earlier run's sockets,
-   ports or counters), and forks the candidate (its uid, the worker's cgroups, no capability, rlimits), which
-   has read nothing but its own job;
+1. reads the job (the candidate's code and limits) from the job socket, unshares a mount and IPC namespace
+   of its own (fresh tmpfs scratch and /proc), and forks the candidate (its uid, the worker's cgroups, no
+   capability, rlimits, and, by the worker's seccomp filter, no socket but AF_UNIX, so no run changes network
+   state a later one could read), which has read nothing but its own job;
 2. only then reads the tests from the tests socket, drops to the tests' uid (not dumpable, so the candidate,
    which sees it as pid 1, can neither trace it nor read it through /proc, and a signal reaches it only where
    it has a handler), runs them against a proxy of the candidate (harness.py) and streams each outcome to the
@@ -27,6 +27,7 @@ Protocol (wire framing). Job socket: template -> {"ready", "pid", "isolation"}; 
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import fcntl
 import gc
@@ -34,12 +35,9 @@ import marshal
 import os
 import random
 import resource
-import shutil
 import signal
 import socket
 import sys
-import tempfile
-import threading
 import time
 from typing import Any, NoReturn
 
@@ -119,7 +117,8 @@ class Server:
         self.jailed = bool(os.environ.get("AGENTQ_SANDBOX_UIDS"))
         if not self.jailed:  # run directly (weak isolation allowed): the old, weaker set-up
             self.notes.append("no bubblewrap: the candidate sees the host's filesystem (read-only where "
-                              "permissions say so), its processes and its SysV IPC")
+                              "permissions say so), its processes and its SysV IPC, and no seccomp filter keeps "
+                              "it from network sockets, whose state the runs of a worker then share")
             private = isolation.private_tmp(TMPFS_MB)
             exposed = isolation.expose_interpreter() if private is None else None
             self.notes.extend(filter(None, [isolation.unshare_network(), private, exposed]))
@@ -204,7 +203,7 @@ class _RunInit:
 
     def __init__(self, server: Server) -> None:
         self.server, self.conf = server, server.conf
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()
         self.done = False
         self.events: list[dict[str, Any]] = []
 
@@ -232,6 +231,8 @@ class _RunInit:
             isolation.fresh_run_mounts(uid, max(TMPFS_MIN_MB, 4 * int(limits["file_mb"])))
             work = "/tmp"
         else:
+            import tempfile  # weak isolation only: the template does not carry it into every fork
+
             work = tempfile.mkdtemp(prefix="agentq-run-")
             if self.conf.root:
                 os.chown(work, uid, uid)
@@ -259,8 +260,10 @@ class _RunInit:
         self.out_fd, self.err_fd = 1, 2  # the output memfds, as this process's own stdout and stderr now
         self.conf.open_meter()
         self.job_sock = socket.socket(fileno=job_fd)
-        watcher = threading.Thread(target=self._watch, daemon=True)
-        watcher.start()  # before the tests' rlimits: RLIMIT_NPROC counts threads too
+        # Before the tests' rlimits (RLIMIT_NPROC counts threads too). `_thread`, not `threading`: importing
+        # threading would register an at-fork handler that costs every fork of the template 0.4 ms.
+        self.memory_bound = self._memory_bound()  # as root, before anything could deny the look at the cgroups
+        _thread.start_new_thread(self._watch, ())
         conn = socket.socket(fileno=conn_fd)
         header = wire.recv(conn)
         payload = wire.recv_exact(conn, int(header["tests_len"]))
@@ -288,6 +291,12 @@ class _RunInit:
     def _watch(self) -> None:
         """End the run at the deadline, when the candidate's tree has spent its time budget (CPU seconds of its
         cgroup, else wall-clock seconds), or when its processes together exceed the memory bound."""
+        try:
+            self._watch_limits()
+        except BaseException:  # noqa: BLE001 - without its watcher a run has no deadline: end it now
+            os._exit(71)
+
+    def _watch_limits(self) -> None:
         # Started before the tests' uid: the main thread's change of uid reaches it too (glibc changes every
         # thread's), while the capabilities it keeps in the "userns" profile let it read the memory of candidate
         # processes that made themselves undumpable. It runs only this loop; nothing of the candidate reaches it.
@@ -299,7 +308,7 @@ class _RunInit:
             if now + budget < deadline:
                 deadline, wall_reason = now + budget, "budget"
             budget = None
-        memory = self._memory_bound()
+        memory = self.memory_bound
         while True:
             now = time.monotonic()
             wait = deadline - now
@@ -340,7 +349,7 @@ class _RunInit:
             if not self.server.run_namespaces:
                 with contextlib.suppress(OSError):
                     os.killpg(self.cand_pid, signal.SIGKILL)  # where it can (same uid); the template does the rest
-                shutil.rmtree(self.work, ignore_errors=True)
+                __import__("shutil").rmtree(self.work, ignore_errors=True)
             limit = int(self.limits["output_bytes"])
             self.cpu_ms["init_tests"] = _ms(cpu_collected - self.cpu_forked)
             result = {

@@ -15,8 +15,7 @@ import sys
 import traceback
 import types
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentq.sandbox import leetcode, wire
 
@@ -307,8 +306,7 @@ def _failure_text(err: BaseException, test_lines: list[str]) -> str:
     return (head + line)[:MAX_TEXT]
 
 
-@dataclass(frozen=True)
-class Tests:
+class Tests(NamedTuple):
     code: types.CodeType  # compiled by the executor from `source` with filename TESTS_FILE
     source: str
 

@@ -400,13 +400,12 @@ def private_mounts() -> None:
 
 
 def fresh_run_mounts(uid: int, scratch_mb: int) -> None:
-    """In the run's init: own IPC, network and mount namespaces, a new /proc, and empty tmpfs scratch dirs.
+    """In the run's init: own IPC and mount namespaces, a new /proc, and empty tmpfs scratch dirs.
 
-    SysV objects die with the IPC namespace, files with the tmpfs, sockets, ports in TIME_WAIT and interface
-    counters with the network namespace (which has no interface up, not even loopback), when the run's last
-    process ends: nothing one candidate does there is visible to the next.
+    SysV objects die with the IPC namespace, files with the tmpfs, when the run's last process ends: nothing one
+    candidate leaves there is visible to the next. (The network: jail.seccomp_program, network=False.)
     """
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET) == 0, "unshare(CLONE_NEWNS|NEWIPC|NEWNET)")
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC) == 0, "unshare(CLONE_NEWNS|CLONE_NEWIPC)")
     options = f"size={scratch_mb}m,mode=0700,uid={uid},gid={uid}".encode()
     for path in (b"/tmp", b"/dev/shm"):
         _check(_libc.mount(b"tmpfs", path, b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0, f"tmpfs on {path!r}")

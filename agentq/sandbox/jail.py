@@ -31,6 +31,7 @@ import errno
 import itertools
 import os
 import shutil
+import socket
 import sys
 import sysconfig
 import tempfile
@@ -204,12 +205,18 @@ DENIED_SYSCALLS = (
 CLONE_NEWUSER = 0x10000000
 
 
-def seccomp_program() -> bytes | str:
+def seccomp_program(network: bool = True) -> bytes | str:
     """The seccomp filter (compiled BPF, made with libseccomp) that bwrap puts on the sandbox, or why none.
 
     Besides DENIED_SYSCALLS it refuses new user namespaces (the server never needs one once bwrap has set up,
     and inside one a candidate would hold every capability against much of the kernel) and answers clone3
     with ENOSYS, as container runtimes do, since its flags cannot be inspected: libc falls back to clone.
+
+    `network=False` (the function-run workers) refuses every socket but AF_UNIX. Nothing in a worker needs
+    another (its channels are socket pairs), and a candidate that cannot open one cannot change any state of
+    the worker's network namespace (loopback counters, ports in TIME_WAIT, routes, netlink) for a later run
+    to read: what a network namespace per run would give, without the few milliseconds of kernel time (RCU
+    grace periods included) its creation and teardown cost every run (docs/benchmarks.md).
     """
     try:
         import pyseccomp as seccomp
@@ -222,6 +229,8 @@ def seccomp_program() -> bytes | str:
             rules.add_rule(seccomp.ERRNO(errno.EPERM), name,
                            seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER))
         rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+        if not network:
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX))
         with tempfile.TemporaryFile() as fh:
             rules.export_bpf(fh)
             fh.seek(0)
@@ -293,7 +302,7 @@ def make_jail() -> Jail:
         argv += ["--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "ALL", "--unshare-cgroup-try"]
     argv += ["--remount-ro", "/"]
     pass_fds: list[int] = []
-    program = seccomp_program()
+    program = seccomp_program(network=False)
     if isinstance(program, str):
         notes.append(program)
     else:
