@@ -238,11 +238,15 @@ class _RunInit:
                 os.chown(work, uid, uid)
         self.work = work
         self.conf.prepare_run(limits)
+        self.conf.open_meter()  # kept open across the change of uid below
         solution = os.path.join(work, "solution.py")
-        with open(solution, "w", encoding="utf-8", errors="surrogatepass") as fh:
-            fh.write(job["code"])
-        if self.conf.root:
-            os.chown(solution, uid, uid)
+        fd = os.open(solution, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, job["code"].encode("utf-8", "surrogatepass"))
+            if self.conf.root:
+                os.fchown(fd, uid, uid)
+        finally:
+            os.close(fd)
         self.out_fd, self.err_fd = os.memfd_create("stdout"), os.memfd_create("stderr")
         cand_sock, test_sock = socket.socketpair()
         self.cpu_before = self.conf.cpu_used()
@@ -258,18 +262,19 @@ class _RunInit:
         conn_fd, sock_fd, job_fd = _arrange_fds(self.out_fd, self.err_fd, server.devnull,
                                                 [server.tests.detach(), test_sock.detach(), server.job.detach()])
         self.out_fd, self.err_fd = 1, 2  # the output memfds, as this process's own stdout and stderr now
-        self.conf.open_meter()
+        self.conf.open_meter()  # again: closing every other descriptor closed it
         self.job_sock = socket.socket(fileno=job_fd)
-        # Before the tests' rlimits (RLIMIT_NPROC counts threads too). `_thread`, not `threading`: importing
-        # threading would register an at-fork handler that costs every fork of the template 0.4 ms.
-        self.memory_bound = self._memory_bound()  # as root, before anything could deny the look at the cgroups
-        _thread.start_new_thread(self._watch, ())
         conn = socket.socket(fileno=conn_fd)
         header = wire.recv(conn)
         payload = wire.recv_exact(conn, int(header["tests_len"]))
         conn.close()
-        self.conf.enter(limits, self.conf.tests_uid, TESTS_NPROC)
+        self.conf.enter(limits, self.conf.tests_uid, None)
         isolation.not_dumpable()  # setuid made it dumpable again
+        # The watcher starts after the change of uid (one thread then, so no signal to carry the change to
+        # another) and before the tests' RLIMIT_NPROC (which counts threads too). `_thread`, not `threading`:
+        # importing threading registers an at-fork handler that costs every fork of the template 0.4 ms.
+        _thread.start_new_thread(self._watch, ())
+        resource.setrlimit(resource.RLIMIT_NPROC, (TESTS_NPROC, TESTS_NPROC))
         random.seed(0)
         split = int(header["tests_code_len"])
         tests = harness.Tests(marshal.loads(payload[:split]), payload[split:].decode("utf-8", "surrogatepass"))
@@ -297,9 +302,6 @@ class _RunInit:
             os._exit(71)
 
     def _watch_limits(self) -> None:
-        # Started before the tests' uid: the main thread's change of uid reaches it too (glibc changes every
-        # thread's), while the capabilities it keeps in the "userns" profile let it read the memory of candidate
-        # processes that made themselves undumpable. It runs only this loop; nothing of the candidate reaches it.
         limits, now = self.limits, time.monotonic()
         deadline, wall_reason = self.start + float(limits["timeout_s"]), "wall"
         budget = limits.get("time_budget_s")
@@ -308,7 +310,7 @@ class _RunInit:
             if now + budget < deadline:
                 deadline, wall_reason = now + budget, "budget"
             budget = None
-        memory = self.memory_bound
+        memory = self._memory_bound()
         while True:
             now = time.monotonic()
             wait = deadline - now
@@ -330,8 +332,7 @@ class _RunInit:
     def _memory_bound(self) -> int | None:
         """Bytes the candidate's processes may hold together, where no cgroup holds them to it (the "userns"
         profile: this init measures them); None where a cgroup does or there is no run namespace."""
-        if not self.server.run_namespaces or any(
-                (g / "memory.max").exists() or (g / "memory.limit_in_bytes").exists() for g in self.conf.cgroups):
+        if not self.server.run_namespaces or self.conf.limits_memory:
             return None
         return int(self.limits["memory_mb"]) << 20
 

@@ -129,7 +129,8 @@ def kill_uid(uid: int) -> None:
     os.waitpid(helper, 0)
 
 
-def set_limits(limits: dict[str, float], nproc: int) -> None:
+def set_limits(limits: dict[str, float], nproc: int | None) -> None:
+    """rlimits of a run's process; `nproc` None: RLIMIT_NPROC is set later (a thread is still to be started)."""
     cpu = int(limits["cpu_s"])
     mem = int(limits["memory_mb"]) << 20
     fsize = int(limits["file_mb"]) << 20
@@ -139,7 +140,8 @@ def set_limits(limits: dict[str, float], nproc: int) -> None:
         (resource.RLIMIT_NPROC, nproc),
         (resource.RLIMIT_CORE, 0),
     ):
-        resource.setrlimit(res, (value, value))
+        if value is not None:
+            resource.setrlimit(res, (value, value))
     # Soft limit: SIGXCPU, reported as a CPU-time timeout. With hard == soft the kernel sends SIGKILL on the
     # same tick instead; the hard limit a second later only stops a candidate that ignores SIGXCPU.
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -170,10 +172,28 @@ def empty_and_remove(group: Path) -> None:
         group.rmdir()
 
 
-def _write_if_changed(files: list[Path], value: str) -> None:
+def _read(path: str) -> bytes:
+    """A small file's bytes with plain system calls: per run, pathlib's and io's objects cost more (touching them
+    copies their pages in every forked child) than the read itself."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def _write(path: str, value: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value)
+    finally:
+        os.close(fd)
+
+
+def _write_if_changed(files: list[str], value: str) -> None:
     for path in files:
-        if path.read_text().strip() != value:
-            path.write_text(value)
+        if _read(path).strip() != value.encode():
+            _write(path, value.encode())
 
 
 def _cpu_meter(groups: list[Path]) -> Path | None:
@@ -271,7 +291,8 @@ class Confinement:
     def _limit_files(self) -> None:
         """Once, in the fork server: one core for the whole tree however many processes (it never changes), and
         which limit files this host has (each run is forked anew, so nothing a run learns would be kept)."""
-        self._pids_files = [g / "pids.max" for g in self.cgroups if (g / "pids.max").exists()]
+        self._procs_files = [str(g / "cgroup.procs") for g in self.cgroups]
+        self._pids_files = [str(g / "pids.max") for g in self.cgroups if (g / "pids.max").exists()]
         self._memory_files = []  # (file, its memsw partner on v1, or None)
         for group in self.cgroups:
             quota = group / "cpu.cfs_quota_us"
@@ -283,20 +304,26 @@ class Confinement:
             if (group / "memory.max").exists():  # cgroup v2
                 if (group / "memory.swap.max").exists():
                     (group / "memory.swap.max").write_text("0")
-                self._memory_files.append((group / "memory.max", None))
+                self._memory_files.append((str(group / "memory.max"), None))
             if (group / "memory.limit_in_bytes").exists():
                 memsw = group / "memory.memsw.limit_in_bytes"
-                self._memory_files.append((group / "memory.limit_in_bytes", memsw if memsw.exists() else None))
+                self._memory_files.append((str(group / "memory.limit_in_bytes"),
+                                           str(memsw) if memsw.exists() else None))
                 with contextlib.suppress(OSError):
                     (group / "memory.swappiness").write_text("0")
+
+    @property
+    def limits_memory(self) -> bool:
+        """Whether a cgroup holds the candidate's whole tree to its memory limit."""
+        return bool(self._memory_files)
 
     def prepare_run(self, limits: dict[str, float]) -> None:
         """In the run's init, before the candidate starts: the cgroups' limits for its whole tree, written only
         where they differ from what an earlier run left (a write costs more than a read)."""
         _write_if_changed(self._pids_files, str(int(limits["max_procs"])))
-        memory = str(int(limits["memory_mb"]) << 20)
+        memory = str(int(limits["memory_mb"]) << 20).encode()
         for limit, memsw in self._memory_files:
-            if limit.read_text().strip() == memory:
+            if _read(limit).strip() == memory:
                 continue
             # memsw (memory + swap, where the kernel accounts it) must stay >= the memory limit, so the order of
             # the two writes depends on the direction; EBUSY while the last run's pages linger.
@@ -304,15 +331,15 @@ class Confinement:
             for order in (files, files[::-1]):
                 with contextlib.suppress(OSError):
                     for f in order:
-                        f.write_text(memory)
+                        _write(f, memory)
                     break
 
     def join(self) -> None:
         """In the candidate, before anything of it runs: it and every process it starts join the cgroups."""
-        for group in self.cgroups:
-            (group / "cgroup.procs").write_text("0")
+        for path in self._procs_files:
+            _write(path, b"0")
 
-    def enter(self, limits: dict[str, float], uid: int, nproc: int) -> None:
+    def enter(self, limits: dict[str, float], uid: int, nproc: int | None) -> None:
         """In a freshly forked child: apply rlimits, drop to `uid` for good and every capability with it."""
         set_limits(limits, nproc)
         drop_privileges(uid)
@@ -415,16 +442,20 @@ def fresh_run_mounts(uid: int, scratch_mb: int) -> None:
 
 def namespace_memory() -> int:
     """Bytes of memory held by every process of this PID namespace but its init (this process), from the run's
-    /proc: proportional set sizes, so pages a fork shares with its parent count once, not once per process."""
-    total = 0
+    /proc: proportional set sizes, so pages a fork shares with its parent count once, not once per process. A
+    process that made itself undumpable hides its smaps: its whole resident size counts then (statm, readable
+    by anyone), which can only overstate it."""
+    total, page = 0, os.sysconf("SC_PAGE_SIZE")
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and entry != "1":
+        if not entry.isdigit() or entry == "1":
+            continue
+        try:
+            with open(f"/proc/{entry}/smaps_rollup", "rb") as fh:
+                total += next(int(line.split()[1]) << 10 for line in fh if line.startswith(b"Pss:"))
+        except (OSError, StopIteration, IndexError, ValueError):
             try:
-                with open(f"/proc/{entry}/smaps_rollup", "rb") as fh:
-                    for line in fh:
-                        if line.startswith(b"Pss:"):
-                            total += int(line.split()[1]) << 10
-                            break
+                with open(f"/proc/{entry}/statm", "rb") as fh:
+                    total += int(fh.read().split()[1]) * page
             except (OSError, IndexError, ValueError):
                 continue
     return total
