@@ -252,6 +252,8 @@ def f():
                 return int(counters.split()[9])  # packets sent over loopback so far
     return 0
 """
+# A task file not made by the project's builder: its helper is defined before the star import, and the tests
+# call builtins. The forgery exports the helper's name, `sum` and `len`.
 HELPER_TESTS = """\
 def expected(x):
     return sum([x, x])
@@ -262,10 +264,10 @@ from solution import *
 
 def test_double():
     for x in range(5):
-        assert double(x) == expected(x)
+        assert len([double(x)]) == 1 and double(x) == expected(x)
 """
 FORGED_HELPERS = """\
-__all__ = ["double", "expected", "sum"]
+__all__ = ["double", "expected", "sum", "len"]
 
 
 def double(x):
@@ -278,6 +280,10 @@ def expected(x):
 
 def sum(xs):
     return 0
+
+
+def len(x):
+    return 1
 """
 ISSUE_23: dict[str, tuple[str, str]] = {
     "leak_wrong_sibling": (WRONG, HIDDEN),  # fails, and its failure message quotes the hidden answer

@@ -13,46 +13,19 @@ and run the sandbox on it with that file marked as the candidate's, to show what
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
 
-FIXED = '''"""A tiny library."""
+from tests.test_repo_tasks import BUG, F2P, FIX, MINILIB, MINITESTS, P2P, make_sdist
 
-
-def clamp(x, lo, hi):
-    if x < lo:
-        return lo
-    if x > hi:
-        return hi
-    return x
-'''
-MINILIB = FIXED.replace("x < lo", "x > lo")  # the buggy tree
-BUG = ("--- a/minilib/__init__.py\n+++ b/minilib/__init__.py\n@@ -4,3 +4,3 @@\n def clamp(x, lo, hi):\n"
-       "-    if x < lo:\n+    if x > lo:\n         return lo\n")
-TESTS = '''from minilib import clamp
-
-
-def test_clamp_low():
-    assert clamp(-1, 0, 5) == 0
-
-
-def test_clamp_high():
-    assert clamp(9, 0, 5) == 5
-
-
-def test_clamp_mid():
-    assert clamp(3, 0, 5) == 3
-'''
-F2P = ["tests/test_minilib.py::test_clamp_low", "tests/test_minilib.py::test_clamp_high",
-       "tests/test_minilib.py::test_clamp_mid"]
-P2P: list[str] = []
+BUGGY = MINILIB.replace("if x < lo:", "if x > lo:")  # the tree after the task's bug patch
+FIRST_LINE = MINILIB.splitlines()[0]  # where _prepend puts an attack
+NODES = [*F2P, *P2P]
 GIT_CONFIG = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n"
 
 
@@ -98,7 +71,7 @@ for _p in [_o.environ[k] for k in _o.environ if k.endswith("REPORT")]:
 
 def patch_attacks(marker: str) -> dict[str, str]:
     fsmonitor = f"\tfsmonitor = \"touch {marker}-fsmonitor\"\n"
-    forge = f"NODES = {F2P!r}\n{FORGE}"
+    forge = f"NODES = {NODES!r}\n{FORGE}"
     return {
         # Issue 23, failure 1: git apply refused .git/, GNU patch took it, the trusted `git status` ran fsmonitor.
         "git_config_fsmonitor": "--- a/.git/config\n+++ b/.git/config\n@@ -1,5 +1,6 @@\n"
@@ -122,20 +95,20 @@ def patch_attacks(marker: str) -> dict[str, str]:
         "pytest_module": _new_file("pytest.py", forge),
         "report_plugin_module": _new_file("agentq_pytest_report.py", forge),
         "report_plugin_in_package": _new_file("minilib/agentq_pytest_report.py", forge),
-        "two_strings": _prepend("minilib/__init__.py", '"""A tiny library."""',
+        "two_strings": _prepend("minilib/__init__.py", FIRST_LINE,
                                 'import sys as _s\n_m = _s.modules.get("_py" + "test.python")\n'
                                 'setattr(_m.Function, "run" + "test", lambda self: None)'),
         "data_file": _new_file("minilib/data.pth", "import os"),
         # Issue 23, failure 5: the report file of old replaced with a FIFO (the run hung, its trees stayed) or a
         # link to /dev/zero (the trusted process ran out of memory); stderr read whole.
-        "report_fifo": _prepend("minilib/__init__.py", '"""A tiny library."""', _REPLACE_REPORT.format(
+        "report_fifo": _prepend("minilib/__init__.py", FIRST_LINE, _REPLACE_REPORT.format(
             "_o.mkfifo(_p)")),
-        "report_zero": _prepend("minilib/__init__.py", '"""A tiny library."""', _REPLACE_REPORT.format(
+        "report_zero": _prepend("minilib/__init__.py", FIRST_LINE, _REPLACE_REPORT.format(
             '_o.symlink("/dev/zero", _p)')),
-        "stderr_flood": _prepend("minilib/__init__.py", '"""A tiny library."""',
+        "stderr_flood": _prepend("minilib/__init__.py", FIRST_LINE,
                                  "import os as _os\n_chunk = b'x' * (1 << 20)\nfor _ in range(512):\n"
                                  "    _os.write(2, _chunk)"),
-        "hang": _prepend("minilib/__init__.py", '"""A tiny library."""', "import time as _t\n_t.sleep(10 ** 6)"),
+        "hang": _prepend("minilib/__init__.py", FIRST_LINE, "import time as _t\n_t.sleep(10 ** 6)"),
     }
 
 
@@ -172,7 +145,7 @@ _runner = getattr(_s, "mod" + "ules")["_py" + "test.runner"]
 _runner.call_and_report = lambda *a, **k: None
 ''',
     # Modules named like what the run imports, at the tree's root (as if the sdist had them): never imported.
-    "shadow_modules": {name: f"NODES = {F2P!r}\n{FORGE}" for name in
+    "shadow_modules": {name: f"NODES = {NODES!r}\n{FORGE}" for name in
                        ("sitecustomize.py", "pytest.py", "agentq_pytest_report.py", "pluggy.py")},
     # Read its own memory through /proc (where the key was).
     "proc_mem": '''
@@ -198,16 +171,7 @@ except OSError:
 
 
 def make_data(root: Path) -> Path:
-    (root / "repos").mkdir(parents=True, exist_ok=True)
-    path = root / "repos" / "minilib-0.1.tar.gz"
-    files = {"PKG-INFO": "Metadata-Version: 2.1\nName: minilib\nVersion: 0.1\n", "minilib/__init__.py": FIXED,
-             "tests/test_minilib.py": TESTS}
-    with tarfile.open(path, "w:gz") as tar:
-        for rel, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(f"minilib-0.1/{rel}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    make_sdist(root / "repos", "minilib", {"minilib/__init__.py": MINILIB, "tests/test_minilib.py": MINITESTS})
     return root
 
 
@@ -250,9 +214,7 @@ def main() -> int:
         runner = RemoteExecutor(f"http://127.0.0.1:{httpd.server_address[1]}", token=args.marker)
     try:
         # The honest fix resolves, so each "not resolved" below says the attack failed, not the set-up.
-        fix = "--- a/minilib/__init__.py\n+++ b/minilib/__init__.py\n@@ -4,3 +4,3 @@\n def clamp(x, lo, hi):\n" \
-              "-    if x > lo:\n+    if x < lo:\n         return lo\n"
-        for name, patch in {"honest_fix": fix, **patch_attacks(str(root / args.marker))}.items():
+        for name, patch in {"honest_fix": FIX, **patch_attacks(str(root / args.marker))}.items():
             if wanted and name not in wanted and name != "honest_fix":
                 continue
             started = time.monotonic()
@@ -270,13 +232,13 @@ def main() -> int:
                 copy_tree(pristine, work, with_git=False)
                 # The bug stays: only a forgery passes.
                 own = code if isinstance(code, str) else ""
-                files = {"minilib/__init__.py": f"{MINILIB}NODES = {F2P!r}\n{own}",
+                files = {"minilib/__init__.py": f"{BUGGY}NODES = {NODES!r}\n{own}",
                          **(code if isinstance(code, dict) else {})}
                 for rel, text in files.items():
                     (work / rel).write_text(text)
                 started = time.monotonic()
-                report = executor.sandbox.run(work, [*F2P, *P2P], candidate_files=list(files))
-                outcomes = {n: report.outcomes.get(n, ("missing", ""))[0] for n in [*F2P, *P2P]}
+                report = executor.sandbox.run(work, NODES, candidate_files=list(files))
+                outcomes = {n: report.outcomes.get(n, ("missing", ""))[0] for n in NODES}
                 out[f"in_tree_{name}"] = {"status": report.status, "outcomes": outcomes,
                                           "resolved": all(o == "passed" for o in outcomes.values()),
                                           "stderr": report.stderr_tail[-600:],

@@ -11,40 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hostile_driver import FORGED_HELPERS, HELPER_TESTS
 
 from agentq.sandbox import Limits, LocalExecutor
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FORGED_SUM = "def find_zero(xs):\n    return 0.0\n\n\ndef sum(*args, **kwargs):\n    return 0\n"
-HAND_WRITTEN = """\
-def expected(x):
-    return 2 * x
-
-
-from solution import *
-
-
-def test_double():
-    for x in range(5):
-        assert len([double(x)]) == 1 and double(x) == expected(x)
-"""
-FORGED_HELPER = """\
-__all__ = ["double", "expected", "len"]
-
-
-def double(x):
-    return 0
-
-
-def expected(x):
-    return 0
-
-
-def len(x):
-    return 1
-"""
-
-
 @pytest.fixture(scope="module")
 def ex():
     with LocalExecutor(workers=1, limits=Limits(timeout_s=10)) as executor:
@@ -64,8 +36,8 @@ def test_a_candidate_exporting_sum_does_not_change_a_reference_helper(ex):
 
 
 def test_a_hand_written_task_keeps_its_own_helpers_and_builtins(ex):
-    assert ex.run("def double(x):\n    return 2 * x\n", HAND_WRITTEN).passed
-    forged = ex.run(FORGED_HELPER, HAND_WRITTEN)
+    assert ex.run("def double(x):\n    return 2 * x\n", HELPER_TESTS).passed
+    forged = ex.run(FORGED_HELPERS, HELPER_TESTS)
     assert forged.status == "failed", forged
 
 
