@@ -1,7 +1,8 @@
 """`agentq sandbox bench`: the warm executor against one fresh `python -m pytest` per candidate.
 
 Every HumanEvalFix canonical and buggy solution goes through both paths in the same run, under the same
-limits, each path using all cores (the naive path runs one pytest per core at a time). Start-up of the
+limits, each with the same number of workers (two per usable core by default, `--workers`: the naive path
+runs that many pytest processes at a time). Start-up of the
 fork servers is reported but not counted: it is paid once per executor, not per candidate. Neither is the
 timing of the reference solutions, which `agentq tasks build` pays once per task: the warm path runs each
 candidate with the time budget derived from it (limits.for_reference), and once more with the spec's
@@ -25,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from agentq.sandbox.executor import LocalExecutor
+from agentq.sandbox.executor import LocalExecutor, _usable_cores
 from agentq.sandbox.limits import BUDGET_FACTOR, BUDGET_FLOOR_S, Limits, budgeted
 from agentq.sandbox.naive import STARTUP_ALLOWANCE_S, run_naive
 from agentq.sandbox.verdict import Verdict
@@ -113,7 +114,10 @@ def main(args: argparse.Namespace) -> int:
     items = [(t.reference_code or "", t.tests) for t in tasks] + [(t.buggy_code, t.tests) for t in tasks]
     ids = [t.id for t in tasks] * 2
     n = len(tasks)
-    workers = os.cpu_count() or 1
+    cores = _usable_cores()
+    # Two workers a core: a run is a chain of processes handing each other the turn (executor, init, candidate),
+    # so one worker leaves its core idle between turns; a second one fills the gaps. The baseline gets as many.
+    workers = getattr(args, "workers", None) or 2 * cores
     load_start = _load()
 
     start = time.perf_counter()
@@ -159,6 +163,7 @@ def main(args: argparse.Namespace) -> int:
         "load": load,
         "load_start": load_start,
         "load_after_warm": load_warm,
+        "cores": cores,
         "workers": workers,
         "isolation_profile": profile,
         "cpu_ms_per_candidate": breakdown,
@@ -168,7 +173,8 @@ def main(args: argparse.Namespace) -> int:
     }
     summary["meets_issue_23_goal"] = (summary["warm_per_s"] >= 200 and summary["ratio"] >= 40
                                       and summary["agreement"] == 1.0)
-    print(f"HumanEvalFix: {n} tasks, {len(items)} candidates (canonical + buggy); {workers} cores; load average "
+    print(f"HumanEvalFix: {n} tasks, {len(items)} candidates (canonical + buggy); {cores} cores, {workers} workers "
+          f"on each path; load average "
           f"{load_start} at the start, {load_warm} after the warm runs, {load} at the end")
     print(f"limits: timeout {BENCH_LIMITS.timeout_s:g} s, cpu {BENCH_LIMITS.cpu_s} s, "
           f"memory {BENCH_LIMITS.memory_mb} MB, file {BENCH_LIMITS.file_mb} MB, {BENCH_LIMITS.max_procs} processes")
