@@ -27,7 +27,6 @@ Protocol (wire framing). Job socket: template -> {"ready", "pid", "isolation"}; 
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import fcntl
 import gc
@@ -203,8 +202,9 @@ class _RunInit:
 
     def __init__(self, server: Server) -> None:
         self.server, self.conf = server, server.conf
-        self.lock = _thread.allocate_lock()
         self.done = False
+        self.reporting = False  # inside report(): an alarm that ends the run waits for the send to finish
+        self.pending: str | None = None
         self.events: list[dict[str, Any]] = []
 
     def main(self) -> NoReturn:
@@ -268,13 +268,9 @@ class _RunInit:
         header = wire.recv(conn)
         payload = wire.recv_exact(conn, int(header["tests_len"]))
         conn.close()
-        self.conf.enter(limits, self.conf.tests_uid, None)
+        self.conf.enter(limits, self.conf.tests_uid, TESTS_NPROC)
         isolation.not_dumpable()  # setuid made it dumpable again
-        # The watcher starts after the change of uid (one thread then, so no signal to carry the change to
-        # another) and before the tests' RLIMIT_NPROC (which counts threads too). `_thread`, not `threading`:
-        # importing threading registers an at-fork handler that costs every fork of the template 0.4 ms.
-        _thread.start_new_thread(self._watch, ())
-        resource.setrlimit(resource.RLIMIT_NPROC, (TESTS_NPROC, TESTS_NPROC))
+        self._start_watch()
         random.seed(0)
         split = int(header["tests_code_len"])
         tests = harness.Tests(marshal.loads(payload[:split]), payload[split:].decode("utf-8", "surrogatepass"))
@@ -287,47 +283,66 @@ class _RunInit:
         self.finish(None)
 
     def report(self, event: dict[str, Any]) -> None:
-        with self.lock:
-            if self.done:
-                raise RunEnded("the run has ended")
+        if self.done:
+            raise RunEnded("the run has ended")
+        self.reporting = True
+        try:
             self.events.append(event)
             wire.send(self.job_sock, event)
+        finally:
+            self.reporting = False
+        if self.pending is not None:
+            self.finish(self.pending)
 
-    def _watch(self) -> None:
-        """End the run at the deadline, when the candidate's tree has spent its time budget (CPU seconds of its
-        cgroup, else wall-clock seconds), or when its processes together exceed the memory bound."""
-        try:
-            self._watch_limits()
-        except BaseException:  # noqa: BLE001 - without its watcher a run has no deadline: end it now
-            os._exit(71)
+    # --- the watch: deadline, time budget, memory ----------------------------------------------------------
+    # A timer signal (SIGALRM) in this process, not a thread: a run that ends before its first look costs nothing
+    # (a thread cost each run about 0.5 ms), and the handler runs in the thread that runs the tests, between
+    # their steps or in place of a blocking receive. The tests must not use SIGALRM themselves.
 
-    def _watch_limits(self) -> None:
+    def _start_watch(self) -> None:
         limits, now = self.limits, time.monotonic()
-        deadline, wall_reason = self.start + float(limits["timeout_s"]), "wall"
+        self.deadline, self.wall_reason = self.start + float(limits["timeout_s"]), "wall"
         budget = limits.get("time_budget_s")
-        budget = None if budget is None else float(budget)
-        if budget is not None and self.cpu_before is None:  # no CPU meter here: the budget is wall-clock time
-            if now + budget < deadline:
-                deadline, wall_reason = now + budget, "budget"
-            budget = None
-        memory = self._memory_bound()
-        while True:
-            now = time.monotonic()
-            wait = deadline - now
-            if wait <= 0:
-                return self.finish(wall_reason)
-            if budget is not None:
-                # The tree uses at most one core (its cgroup's CPU quota), so the rest of the budget cannot be
-                # spent in less wall time than it: waiting that long and looking again is exact enough.
-                unspent = budget - ((self.conf.cpu_used() or 0.0) - (self.cpu_before or 0.0))
-                if unspent <= 0:
-                    return self.finish("budget")
-                wait = min(wait, unspent)
-            if memory is not None:
-                if isolation.namespace_memory() > memory:
-                    return self.finish("memory")
+        self.budget = None if budget is None else float(budget)
+        if self.budget is not None and self.cpu_before is None:  # no CPU meter: the budget is wall-clock time
+            if now + self.budget < self.deadline:
+                self.deadline, self.wall_reason = now + self.budget, "budget"
+            self.budget = None
+        self.memory = self._memory_bound()
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        self._on_alarm()
+
+    def _on_alarm(self, *_: object) -> None:
+        """End the run at the deadline, when the candidate's tree has spent its time budget (CPU seconds of its
+        cgroup, else wall-clock seconds), or when its processes together exceed the memory bound; else look
+        again when the earliest of them could next be reached. (Also what a stray SIGALRM causes: a look.)"""
+        if self.done:
+            return
+        try:
+            wait, reason = self._next_look()
+        except Exception:  # noqa: BLE001 - a run whose limits cannot be looked at is ended, not left unwatched
+            wait, reason = 0.0, "wall"
+        if wait > 0:
+            signal.setitimer(signal.ITIMER_REAL, wait)
+        elif self.reporting:
+            self.pending = reason  # report() ends the run once its message is whole
+        else:
+            self.finish(reason)
+
+    def _next_look(self) -> tuple[float, str]:
+        """Seconds until a limit could next be reached and which (0 or less: it is reached)."""
+        wait, reason = self.deadline - time.monotonic(), self.wall_reason
+        if wait > 0 and self.budget is not None:
+            # The tree uses at most one core (its cgroup's CPU quota), so the rest of the budget cannot be spent
+            # in less wall time than it: waiting that long and looking again is exact enough.
+            unspent = self.budget - ((self.conf.cpu_used() or 0.0) - (self.cpu_before or 0.0))
+            wait, reason = (unspent, "budget") if unspent < wait else (wait, reason)
+        if wait > 0 and self.memory is not None:
+            if isolation.namespace_memory() > self.memory:
+                wait, reason = 0.0, "memory"
+            else:
                 wait = min(wait, MEMORY_POLL_S)
-            time.sleep(wait)
+        return wait, reason
 
     def _memory_bound(self) -> int | None:
         """Bytes the candidate's processes may hold together, where no cgroup holds them to it (the "userns"
@@ -337,41 +352,39 @@ class _RunInit:
         return int(self.limits["memory_mb"]) << 20
 
     def finish(self, ended: str | None) -> NoReturn:
-        """Send the run's result (once: the tests ending and the watcher may race) and exit, which ends the run."""
-        with self.lock:
-            if self.done:
-                time.sleep(3600)  # the other thread is exiting the process
-            self.done = True
-            collected, cpu_collected = time.monotonic(), time.process_time()
-            cand_status = _poll(self.cand_pid)
-            if cand_status is None and any(e.get("gone") or e.get("e") == "import_error" for e in self.events):
-                cand_status = _wait_briefly(self.cand_pid)  # it closed its socket while exiting
-            cpu_after = self.conf.cpu_used()
-            if not self.server.run_namespaces:
-                with contextlib.suppress(OSError):
-                    os.killpg(self.cand_pid, signal.SIGKILL)  # where it can (same uid); the template does the rest
-                __import__("shutil").rmtree(self.work, ignore_errors=True)
-            limit = int(self.limits["output_bytes"])
-            self.cpu_ms["init_tests"] = _ms(cpu_collected - self.cpu_forked)
-            result = {
-                "timed_out": ended in ("wall", "budget"),
-                "budget_spent": ended == "budget",
-                "memory_spent": ended == "memory",
-                "duration_s": round(collected - self.start, 6),
-                "cpu_s": None if self.cpu_before is None or cpu_after is None else
-                round(cpu_after - self.cpu_before, 6),
-                "candidate_exit": _exit_info(cand_status),
-                "stdout": _tail(self.out_fd, limit),
-                "stderr": _tail(self.err_fd, limit),
-                "isolation": self.server.notes,
-                # Where the run's time went (agentq sandbox bench): wall clock of its phases, CPU of this process.
-                "phases_ms": {"setup": _ms(self.start - self.received), "fork": _ms(self.forked - self.start),
-                              "run": _ms(collected - self.forked)},
-                "cpu_ms": {**self.cpu_ms, "init_total": _ms(time.process_time())},
-            }
-            wire.send(self.job_sock, {"result": result})
-            fatal = not any(e.get("e") == "got_tests" for e in self.events)
-            os._exit(EXIT_FATAL if fatal else 0)
+        """Send the run's result and exit, which ends the run."""
+        self.done = True
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        collected, cpu_collected = time.monotonic(), time.process_time()
+        cand_status = _poll(self.cand_pid)
+        if cand_status is None and any(e.get("gone") or e.get("e") == "import_error" for e in self.events):
+            cand_status = _wait_briefly(self.cand_pid)  # it closed its socket while exiting
+        cpu_after = self.conf.cpu_used()
+        if not self.server.run_namespaces:
+            with contextlib.suppress(OSError):
+                os.killpg(self.cand_pid, signal.SIGKILL)  # where it can (same uid); the template does the rest
+            __import__("shutil").rmtree(self.work, ignore_errors=True)
+        limit = int(self.limits["output_bytes"])
+        self.cpu_ms["init_tests"] = _ms(cpu_collected - self.cpu_forked)
+        result = {
+            "timed_out": ended in ("wall", "budget"),
+            "budget_spent": ended == "budget",
+            "memory_spent": ended == "memory",
+            "duration_s": round(collected - self.start, 6),
+            "cpu_s": None if self.cpu_before is None or cpu_after is None else
+            round(cpu_after - self.cpu_before, 6),
+            "candidate_exit": _exit_info(cand_status),
+            "stdout": _tail(self.out_fd, limit),
+            "stderr": _tail(self.err_fd, limit),
+            "isolation": self.server.notes,
+            # Where the run's time went (agentq sandbox bench): wall clock of its phases, CPU of this process.
+            "phases_ms": {"setup": _ms(self.start - self.received), "fork": _ms(self.forked - self.start),
+                          "run": _ms(collected - self.forked)},
+            "cpu_ms": {**self.cpu_ms, "init_total": _ms(time.process_time())},
+        }
+        wire.send(self.job_sock, {"result": result})
+        fatal = not any(e.get("e") == "got_tests" for e in self.events)
+        os._exit(EXIT_FATAL if fatal else 0)
 
     def _candidate(self, sock_fd: int, solution: str, code: str, limits: dict) -> NoReturn:
         try:
