@@ -83,7 +83,7 @@ class Channel:
     """Request/response to the candidate. Once broken it stays broken."""
 
     def __init__(self, sock: Any):
-        self.sock = sock
+        self.sock = wire.Framed(sock)
         self.broken: str | None = None
         self.codec = wire.Codec(self._to_ref, self._from_ref)
 
@@ -113,7 +113,7 @@ class Channel:
         if self.broken:
             raise CandidateGone(self.broken)
         try:
-            message = wire.recv(self.sock)
+            message = self.sock.recv()
             if type(message) is not dict:
                 raise wire.ProtocolError("message is not an object")
             return message
@@ -127,7 +127,7 @@ class Channel:
         if self.broken:
             raise CandidateGone(self.broken)
         try:
-            wire.send(self.sock, message)
+            self.sock.send(message)
         except OSError as err:
             self.broken = f"the candidate process died or closed its pipe ({err})"
             raise CandidateGone(self.broken) from None
