@@ -16,10 +16,13 @@ Two isolation profiles count as full isolation; every verdict names the one it r
 * "userns" (a non-root pod: one uid, a read-only cgroupfs): bubblewrap maps the one uid into a user namespace
   of the worker's own; the candidate runs in its own PID, mount, network, IPC and UTS namespaces under seccomp,
   no_new_privs, no capabilities, read-only binds and rlimits (RLIMIT_NPROC binds there: it counts per user
-  namespace); the test process and the collector are outside its PID namespace or its init (not dumpable, so
-  neither signalled, traced nor read through /proc); the run's init kills the run when the candidate's processes
-  together hold more than its memory limit; the pod's own cgroup is the outer memory and pids bound. (Lead's
-  decision of 21:40, /work/NEWS.md.)
+  namespace); the tests run in the candidate's PID namespace's init (forkserver.py), which the candidate can
+  see as pid 1 but neither signal (an init gets only the signals it handles, and it handles none the candidate
+  could use to stop it), trace (seccomp, no capabilities) nor read through /proc (not dumpable); that init ends
+  the run when the candidate's processes together hold more than its memory limit; the pod's own cgroup is the
+  outer memory and pids bound. (The lead's decision of 21:40 in /work/NEWS.md asked for the test process
+  outside the candidate's PID namespace; the init is inside it, with the three properties that decision gave
+  as the reason.)
 
 Only a sandbox that bubblewrap cannot start at all is weak isolation (allow_weak_isolation, "none").
 """
