@@ -190,7 +190,9 @@ class PreferencesSpec(Spec):
     threshold: float = Field(0.1, ge=0, le=1, description="A pair is decided by the tests when the siblings' "
                                                           "test rewards differ by more than this.")
     critique_ties: bool = Field(False, description="Also keep pairs of siblings whose test rewards tie, when "
-                                                   "the critique prefers one in both presentation orders.")
+                                                   "the critique prefers one in every presentation order.")
+    parse_failure_pairs: bool = Field(False, description="Also pair a runnable answer against one with no program "
+                                      "in it (a parse failure): such pairs teach the answer format, not the fix.")
 
 
 class LoraSpec(Spec):

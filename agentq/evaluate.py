@@ -148,7 +148,8 @@ def _record(problem: Problem, mode: str, answers: list[Reading], executor: Execu
     greedy = judged[0]
     samples = judged[1:] or judged  # with samples == 1 the greedy answer is the one sample
     return {"task_id": task.id, "group": task.group, "kind": task.kind, "mode": mode, **greedy,
-            "samples": [{k: j[k] for k in ("solved", "visible_solved", "parse_failure", "status")} for j in samples],
+            "samples": [{**{k: j[k] for k in ("solved", "visible_solved", "parse_failure", "status")},
+                         "reward": j.get("reward", 0.0)} for j in samples],
             "n": len(samples), "correct": sum(j["solved"] for j in samples), **extra,
             "seconds": round(seconds + time.perf_counter() - start, 3)}
 
@@ -288,7 +289,7 @@ def _run_arm(ws: RoundWorkspace, arm: str, mine: list[AnyTask], inputs_digest: s
                 local.unlink()
             todo = [t for t in mine if t.id not in done]
             bar = tqdm(desc=f"evaluate {arm} {mode}", unit="task", disable=None, total=len(todo))
-            for record in _records(mode, todo, policy, executor, spec):
+            for record in mode_records(mode, todo, policy, executor, spec):
                 append_jsonl(local, {**record, "inputs_digest": inputs_digest})
                 ws.publish(partial)
                 bar.update(1)
@@ -308,7 +309,7 @@ def _run_arm(ws: RoundWorkspace, arm: str, mine: list[AnyTask], inputs_digest: s
     ws.finish(step, inputs_digest, {"weakIsolation": "; ".join(weak)} if weak else {}, outputs=outputs)
 
 
-def _records(mode: str, tasks: list[AnyTask], policy: Policy, executor: Executor,
+def mode_records(mode: str, tasks: list[AnyTask], policy: Policy, executor: Executor,
              spec: RoundSpec) -> Iterator[dict[str, Any]]:
     """Each task's record as it is ready: mcts searches run together through the scheduler (in the order
     they finish), the single-prompt modes `collect.treesInFlight` tasks per generate call (in task order)."""
