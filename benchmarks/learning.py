@@ -1,7 +1,8 @@
 """Learning: does the loop make the model better? base -> round 1 -> round 2 for DPO, expert iteration and GRPO.
 
 Every round is a real `agentq round run` (collect on the same training slice with the same budget and seed,
-then the method's training, merge, evaluate), round 2 starting from round 1's merge of the same method. The
+then the method's training, merge, evaluate), round 2 starting from round 1's merge of the same method; the
+three round-1 collections would be the same trees (same base, settings and seed), so they are collected once. The
 base is scored once on the held-out test slice through evaluate's own code with the rounds' settings (same
 prompts, seeds, greedy + sampled answers), and every round is paired with it per task: pass@1 delta with a 95%
 interval resampled by group, the exact McNemar p on the greedy answers, the pass@k curve over the samples. A
@@ -70,6 +71,17 @@ def round_document(name: str, method: str, args: argparse.Namespace, from_round:
             "store": {"path": "store"},
         },
     }
+
+
+def share_collection(source: RoundWorkspace, target: RoundWorkspace) -> None:
+    """Round 1 of every method starts from the same base with the same collect settings and seed, so its trees
+    are the same: collected once, by the first method's round, and given to the others with its completion
+    marker (whose digest names the settings, tasks and model, not the round). Every method then learns from
+    the same data, and the benchmark spends the collection once."""
+    step = "collect-shard-0-of-1"
+    for relative in ("trajectories/shard-0-of-1.jsonl", f"steps/{step}.json"):
+        source.store.get_file(source.key(relative), target.work_path(f"shared/{relative}"))
+        target.store.put_file(target.key(relative), target.work_path(f"shared/{relative}"))
 
 
 def row(method: str, model: str, records: list[dict], base: list[dict] | None) -> dict[str, Any]:
@@ -181,30 +193,37 @@ def main(argv: list[str] | None = None) -> int:
     write_tasks(work / "train.jsonl", train)
     write_tasks(work / "test.jsonl", test)
 
-    workspaces: dict[str, list[RoundWorkspace]] = {}
-    for method in methods:
-        for i in range(1, args.rounds + 1):
-            name = f"{method.replace('_', '-')}-r{i}"
-            previous = f"{method.replace('_', '-')}-r{i - 1}" if i > 1 else None
-            path = work / f"{name}.yaml"
-            path.write_text(yaml.safe_dump(round_document(name, method, args, previous), sort_keys=False))
-            ws = RoundWorkspace(apply_preset(load_round(path), args.preset), str(path))
-            print(f"== {name}", flush=True)
-            run_round(ws)
-            workspaces.setdefault(method, []).append(ws)
+    def workspace(method: str, i: int) -> RoundWorkspace:
+        name = f"{method.replace('_', '-')}-r{i}"
+        previous = f"{method.replace('_', '-')}-r{i - 1}" if i > 1 else None
+        path = work / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(round_document(name, method, args, previous), sort_keys=False))
+        return RoundWorkspace(apply_preset(load_round(path), args.preset), str(path))
 
-    first = next(iter(workspaces.values()))[0]
+    # The base first, on the test slice through evaluate's code with the rounds' settings: every round is
+    # paired with it, and each round's row is written as it finishes (a stopped run keeps the finished ones).
+    first = workspace(methods[0], 1)
     spec = first.round.spec
     print("== base on the test slice", flush=True)
     with reusing_policies(), first.runner() as executor:
         policy = load_policy(spec.model.model_copy(update={"from_round": None}))
         base = list(mode_records("full_rewrite", test, policy, executor, spec))
+        del policy
     rows = [row("-", "base", base, None)]
-    rounds = []
-    for method, chain in workspaces.items():
-        for ws in chain:
+    rounds: list[dict[str, Any]] = []
+    progress = work / "rows.jsonl"
+    progress.write_text(json.dumps(rows[0]) + "\n")
+    for i in range(1, args.rounds + 1):
+        for method in methods:
+            ws = workspace(method, i)
+            if i == 1 and method != methods[0]:
+                share_collection(first, ws)
+            print(f"== {ws.name}", flush=True)
+            run_round(ws)
             rows.append(row(method, ws.name, list(read_jsonl(ws.fetch("eval/full_rewrite.jsonl"))), base))
             rounds.append(learned_from(ws))
+            with progress.open("a") as fh:
+                fh.write(json.dumps({**rows[-1], **rounds[-1]}) + "\n")
     power = power_rows(len(test), rows)
     wall = time.perf_counter() - start
     loads.append([round(x, 2) for x in os.getloadavg()])

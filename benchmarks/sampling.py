@@ -5,7 +5,8 @@ each, after a warm-up). A round's steps add everything around it: the search's b
 scheduler's batching, the tail when few trees are left. This runs all three in one process on the same model,
 backend and token limit: generation.py's `measure` on the collect tasks' first prompts (treesInFlight x K),
 then the real collect step on those tasks (tokens over the search loop's wall time), then evaluate's
-single-prompt mode on test tasks (`mode_records`, greedy + samples). The figure that matters is the ratio
+single-prompt mode on test tasks (`mode_records`, greedy + samples), then generation.py's measure again (the
+bare figure is the mean of the two, which bracket the steps). The figure that matters is the ratio
 generation / step (1.0: the step samples as fast as the bare backend; the issue asks for at most 1.5). The
 load average is printed at the start and the end: on a shared machine absolute figures move, the ratios
 measured in one run much less.
@@ -111,15 +112,24 @@ def main(argv: list[str] | None = None) -> int:
         tokens = sum(r["tokens_out"] for r in records)
         rows["evaluate"] = {"tasks": len(records), "answers": sum(r["n"] + 1 for r in records),
                             "tokens": tokens, "seconds": round(seconds, 1), "tok_per_s": round(tokens / seconds, 1)}
-    bare = generation.get("tok_per_s")
+    # Measured again after the steps: on a shared machine the load moves, and the mean of the two bare figures
+    # brackets the steps' measurements (their spread says how much the load moved meanwhile).
+    print("sampling: generation benchmark again ...", file=sys.stderr, flush=True)
+    again = measure(args.model, variant, prompts, k=args.k, temperature=spec.collect.temperature,
+                    max_new_tokens=args.max_new_tokens, seed=0)
+    rows["generation_after"] = again
+    figures = [g["tok_per_s"] for g in (generation, again) if g.get("tok_per_s")]
+    bare = round(sum(figures) / len(figures), 1) if figures else None
     out = {"model": args.model, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens, "k": args.k,
-           "in_flight": args.in_flight, "rows": rows, "loadavg_start": started_load, "loadavg_end": loadavg(),
+           "in_flight": args.in_flight, "rows": rows, "generation_tok_per_s": bare,
+           "loadavg_start": started_load, "loadavg_end": loadavg(),
            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     for step in ("collect", "evaluate"):
         mine = rows[step]["tok_per_s"]
         out[f"generation_over_{step}"] = round(bare / mine, 2) if bare and mine else None
     print(f"load average {started_load} -> {out['loadavg_end']} ({os.cpu_count()} cores)")
-    print(f"generation.py measure: {bare} tok/s ({generation.get('batch')}, up to {args.max_new_tokens} tokens)")
+    print(f"generation.py measure: {bare} tok/s (mean of {figures} before and after the steps; "
+          f"{generation.get('batch')}, up to {args.max_new_tokens} tokens)")
     for step in ("collect", "evaluate"):
         print(f"{step}: {rows[step]['tok_per_s']} tok/s; generation / {step} = {out[f'generation_over_{step}']}")
     if args.json:
