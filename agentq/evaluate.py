@@ -27,6 +27,7 @@ import gc
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import yaml
@@ -117,7 +118,8 @@ def answer_records(tasks: list[AnyTask], mode: str, policy: Policy, executor: Ex
                    batch: int = 1) -> Iterator[dict[str, Any]]:
     """The single-prompt modes, `batch` tasks per generate call (every task's greedy and sampled requests
     together, as collection batches its trees), each batch's answers judged on a worker thread while the
-    next batch generates. Records come in task order; a record's `seconds` is its share of its batch's time."""
+    next batch generates (function tasks; a batch holding repo tasks is judged before the next one generates).
+    Records come in task order; a record's `seconds` is its share of its batch's time."""
     chunks = [tasks[i:i + batch] for i in range(0, len(tasks), batch)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge") as pool:
         pending: Future | None = None
@@ -134,10 +136,19 @@ def answer_records(tasks: list[AnyTask], mode: str, policy: Policy, executor: Ex
                 at += len(rs)
             if pending is not None:
                 yield from pending.result()
-            pending = pool.submit(lambda jobs=jobs, share=share: [
-                _record(problem, mode, readings, executor, share, extra) for problem, readings, extra in jobs])
+            judge = partial(_judge_all, jobs, mode, executor, share)
+            if all(task.kind == "function" for task in chunk):
+                pending = pool.submit(judge)
+            else:  # a repo task's problem reads its tree while judging: judged here, not beside the next batch
+                pending = None
+                yield from judge()
         if pending is not None:
             yield from pending.result()
+
+
+def _judge_all(jobs: list[tuple[Problem, list[Reading], dict]], mode: str, executor: Executor,
+               seconds: float) -> list[dict[str, Any]]:
+    return [_record(problem, mode, readings, executor, seconds, extra) for problem, readings, extra in jobs]
 
 
 def _record(problem: Problem, mode: str, answers: list[Reading], executor: Executor, seconds: float,

@@ -36,6 +36,7 @@ from generation import measure  # noqa: E402  (the generation benchmark's own me
 from agentq import collect  # noqa: E402
 from agentq.config import load_round  # noqa: E402
 from agentq.evaluate import mode_records  # noqa: E402
+from agentq.io import read_jsonl  # noqa: E402
 from agentq.policy.base import load_policy, reusing_policies  # noqa: E402
 from agentq.policy.prompts import rewrite_prompt  # noqa: E402
 from agentq.tasks.schema import read_tasks, write_tasks  # noqa: E402
@@ -99,19 +100,24 @@ def main(argv: list[str] | None = None) -> int:
                          max_new_tokens=args.max_new_tokens, seed=0)
     rows: dict[str, Any] = {"generation": generation}
     with reusing_policies():
-        print("sampling: collect ...", file=sys.stderr, flush=True)
-        result = collect.run(ws, 0, 1)
-        rows["collect"] = {"tasks": result["tasks"], "samples": result["samples"],
-                           "tok_per_s": result["tokensPerSecond"]}
-        print("sampling: evaluate (full_rewrite) ...", file=sys.stderr, flush=True)
+        # loaded before the steps (they find it loaded): their CPU time is then the sampling's, not the load's
         policy = load_policy(spec.model, path_override=ws.model_source()[0])
+        print("sampling: collect ...", file=sys.stderr, flush=True)
+        cpu = time.process_time()
+        result = collect.run(ws, 0, 1)
+        cpu_s = time.process_time() - cpu
+        tokens = sum(r["stats"]["tokens_out"] for r in read_jsonl(ws.fetch(ws.shard_key(0, 1))))
+        rows["collect"] = {"tasks": result["tasks"], "samples": result["samples"], "tokens": tokens,
+                           "tok_per_s": result["tokensPerSecond"], "tok_per_cpu_s": round(tokens / cpu_s, 1)}
+        print("sampling: evaluate (full_rewrite) ...", file=sys.stderr, flush=True)
         with ws.runner() as executor:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             records = list(mode_records("full_rewrite", test, policy, executor, spec))
-            seconds = time.perf_counter() - start
+            seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu
         tokens = sum(r["tokens_out"] for r in records)
         rows["evaluate"] = {"tasks": len(records), "answers": sum(r["n"] + 1 for r in records),
-                            "tokens": tokens, "seconds": round(seconds, 1), "tok_per_s": round(tokens / seconds, 1)}
+                            "tokens": tokens, "seconds": round(seconds, 1), "tok_per_s": round(tokens / seconds, 1),
+                            "tok_per_cpu_s": round(tokens / cpu_s, 1)}
     # Measured again after the steps: on a shared machine the load moves, and the mean of the two bare figures
     # brackets the steps' measurements (their spread says how much the load moved meanwhile).
     print("sampling: generation benchmark again ...", file=sys.stderr, flush=True)
@@ -124,14 +130,19 @@ def main(argv: list[str] | None = None) -> int:
            "in_flight": args.in_flight, "rows": rows, "generation_tok_per_s": bare,
            "loadavg_start": started_load, "loadavg_end": loadavg(),
            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    cpu_figures = [g["tok_per_cpu_s"] for g in (generation, again) if g.get("tok_per_cpu_s")]
+    bare_cpu = sum(cpu_figures) / len(cpu_figures) if cpu_figures else None
     for step in ("collect", "evaluate"):
-        mine = rows[step]["tok_per_s"]
+        mine, mine_cpu = rows[step]["tok_per_s"], rows[step]["tok_per_cpu_s"]
         out[f"generation_over_{step}"] = round(bare / mine, 2) if bare and mine else None
+        # per CPU-second of this process: what the step's own code costs, whatever the neighbours' load
+        out[f"generation_over_{step}_cpu"] = round(bare_cpu / mine_cpu, 2) if bare_cpu and mine_cpu else None
     print(f"load average {started_load} -> {out['loadavg_end']} ({os.cpu_count()} cores)")
     print(f"generation.py measure: {bare} tok/s (mean of {figures} before and after the steps; "
           f"{generation.get('batch')}, up to {args.max_new_tokens} tokens)")
     for step in ("collect", "evaluate"):
-        print(f"{step}: {rows[step]['tok_per_s']} tok/s; generation / {step} = {out[f'generation_over_{step}']}")
+        print(f"{step}: {rows[step]['tok_per_s']} tok/s; generation / {step} = {out[f'generation_over_{step}']} "
+              f"(per CPU-second of this process: {out[f'generation_over_{step}_cpu']})")
     if args.json:
         print(json.dumps(out))
     return 0
