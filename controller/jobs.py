@@ -39,6 +39,8 @@ PHASE_OF_STEP = {"model": "Initializing", "collect": "Collecting", "preferences"
 INFERENCE_STEPS = {"collect", "evaluate", "merge"}
 TRAINING_STEPS = {"train"}
 SANDBOX_STEPS = {"collect", "evaluate"}
+# Steps whose pods the sandbox's NetworkPolicy admits: also train, whose GRPO reward runs every completion.
+SANDBOX_CLIENTS = SANDBOX_STEPS | {"train"}
 SERVED_STEPS = ("collect", "evaluate")  # the steps that may use a served model (spec.model.server)
 
 
