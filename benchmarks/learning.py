@@ -121,13 +121,14 @@ def power_rows(n: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(rows: list[dict[str, Any]], rounds: list[dict[str, Any]], power: dict[str, Any],
              args: argparse.Namespace, wall: float, loads: list[list[float]]) -> str:
+    answers = f"greedy + {args.samples} sampled answers (T = 0.8)" if args.samples > 1 else "the greedy answer"
     lines = [f"## {SECTION}", "",
              f"Model {args.model} ({args.backend}, {args.dtype}); {args.train_tasks} training tasks (from "
              f"{Path(args.train_file).name}, offset {args.train_offset}) and {args.test_tasks} test tasks (from "
              f"{Path(args.test_file).name}). Per round, every method: collect rootK = k = {args.k}, rollouts "
              f"{args.rollouts}, depth 2, critic none, at most {args.max_new_tokens} new tokens; {args.steps} training "
              f"steps at lr {args.learning_rate} (LoRA r 8); GRPO groups of {args.group_size}, KL {args.kl_coef}. "
-             f"Test: greedy + {args.samples} sampled answers per task (T = 0.8). Wall time {wall / 60:.0f} min; load "
+             f"Test: {answers} per task. Wall time {wall / 60:.0f} min; load "
              f"average {loads[0]} at the start, {loads[1]} at the end (2 shared cores).", "",
              "| method | model | pass@1 | 95% CI | greedy | delta vs base [95% CI] | McNemar p | pass@k, k = 1.. |",
              "|---|---|---:|---|---:|---|---:|---|"]
