@@ -15,7 +15,7 @@ export UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config g
 	https://download.pytorch.org/whl/cpu/torch/)
 DATA ?= ../shared/data
 
-.PHONY: setup system run test lint lock corpus repos bench
+.PHONY: setup system run test lint lock corpus repos bench e2e-system images e2e
 setup: system $(STAMP)
 
 # Debian packages by name, installed when missing: bubblewrap runs the candidates' sandbox; chromium is the
@@ -50,9 +50,12 @@ run: setup
 corpus: setup
 	$(BIN)/agentq tasks build --source debugbench --data-dir $(DATA) --out data/debugbench.jsonl --hidden 10
 
-# Repository tasks from the 15 sdists in $(DATA)/repos (resumable: rerun after an interruption).
+# Repository tasks from the 15 sdists in $(DATA)/repos (resumable: rerun after an interruption), JOBS mutants at
+# once (each a pytest run in its own scratch tree). On Kubernetes the same command runs one pod per library shard:
+# `python -m controller.corpus build` (docs/repo-agent.md).
+JOBS ?= 2
 repos: setup
-	$(BIN)/agentq tasks build --source repos --data-dir $(DATA) --out data/repos.jsonl
+	$(BIN)/agentq tasks build --source repos --data-dir $(DATA) --out data/repos.jsonl --jobs $(JOBS)
 
 bench: setup
 	$(BIN)/agentq sandbox bench --data-dir $(DATA)
@@ -61,6 +64,25 @@ test: setup
 	$(BIN)/ruff check agentq controller tests benchmarks scripts
 	# The operator tests need kube-apiserver, kube-controller-manager and etcd: built once, cached outside the repo (scripts/testenv.sh).
 	bins="$$(scripts/testenv.sh)" && AGENTQ_TESTENV_BIN="$$bins" $(BIN)/python -m pytest -q
+
+# The real single-node cluster's host parts (Debian packages by name, installed when missing): containerd + runc,
+# the CNI plugins, iptables (kube-proxy), dnsmasq (the cluster DNS), debootstrap + buildah (the images' local
+# base and their builds), gcc + libc6-dev (the pause binary), dpkg-dev (the Kubernetes source package).
+E2E_PACKAGES := runc containerd containernetworking-plugins iptables conntrack dnsmasq-base debootstrap buildah \
+	gcc libc6-dev dpkg-dev openssl
+e2e-system:
+	@missing=""; for p in $(E2E_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; fi
+
+# The images (controller, sandbox, CPU infer and train) built with buildah, cached by content (tests/e2e/images.py).
+images: setup e2e-system
+	PYTHONPATH=tests nice -n 10 $(BIN)/python -m e2e.images --json
+
+# A round and a campaign in real pods on a real single-node cluster (tests/e2e): the cluster is brought up,
+# the images built and imported, the chart installed with helm, every scenario run, everything torn down; one
+# JSON object last. kubelet, kube-scheduler and kube-proxy build once from the Kubernetes source (cached).
+e2e: setup e2e-system
+	bins="$$(scripts/testenv.sh --node)" && AGENTQ_TESTENV_BIN="$$bins" PYTHONPATH=tests $(BIN)/python -m e2e.run
 
 lint: setup
 	$(BIN)/ruff check agentq controller tests benchmarks scripts

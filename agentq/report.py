@@ -223,6 +223,11 @@ def write_report(ws: RoundWorkspace, summary: dict[str, Any]) -> None:
     if resolve:
         lines.append("Resolve rate (repo tasks: the greedy final patch makes the failing tests pass and keeps the "
                      "passing ones passing): " + ", ".join(f"{mode} {_pct(r)}" for mode, r in resolve.items()) + ".")
+        feedback = {mode: m["feedback"] for mode, m in summary["modes"].items() if m.get("feedback")}
+        if feedback:
+            lines.append("What a search saw run while it searched: " + "; ".join(
+                f"{mode}: {f}" for mode, f in feedback.items()) + ". The task's tests judge only the final answer "
+                "in evaluation; collection's searches are rewarded by them.")
     if search := search_line(summary):
         lines.append(search)
     pairs = summary.get("pairs")

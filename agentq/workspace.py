@@ -74,6 +74,7 @@ OUTPUT_NEUTRAL: dict[str, str] = {
     "delete_artifacts": "what happens on deletion",
     "sandbox.url": "which sandbox runs candidates; the limits that decide verdicts are digested",
     "sandbox.workers": "parallelism only",
+    "sandbox.swebench_url": "which service runs SWE-bench patches; their instance images decide the verdicts",
     "model.token_secret": "credentials for the model step's download",
     "model.openai.url": "where the served model (named by model.openai.model) answers",
     "model.openai.round_url": "where the merged model (model.openai.round_model) answers",
@@ -326,17 +327,20 @@ class RoundWorkspace:
         from agentq.sandbox.client import RemoteExecutor
         from agentq.sandbox.repo import RepoExecutor, SdistStore
         from agentq.sandbox.runner import Runner
+        from agentq.tasks.swebench import GitTrees
 
         sandbox = self.round.spec.sandbox
         data = self.repo_data()
         repos = None if data is None else SdistStore(
-            data / "repos", RepoExecutor(cache_root() / "repos", allow_weak_isolation=sandbox.allow_weak_isolation))
+            data / "repos", RepoExecutor(cache_root() / "repos", allow_weak_isolation=sandbox.allow_weak_isolation),
+            git=GitTrees(data / "git", cache_root() / "git"))
+        swebench = RemoteExecutor(sandbox.swebench_url) if sandbox.swebench_url else None
         with self.executor() as executor:
             remote = executor if isinstance(executor, RemoteExecutor) else None
             # Remote repo runs are one request each: at most as many at once as a server pod has workers, well
             # inside its request cap (twice that), so a busy batch is not refused and retried into a failure.
             workers = int(remote.health().get("workers") or 1) if remote else sandbox.workers or os.cpu_count() or 1
-            yield Runner(executor, repos=repos, workers=workers, remote_repos=remote)
+            yield Runner(executor, repos=repos, workers=workers, remote_repos=remote, git_repos=swebench)
 
     # ---- completion markers -------------------------------------------------------------------------------
 

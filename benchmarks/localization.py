@@ -10,7 +10,15 @@ are the test set. Figures are over the test tasks of every fold.
 
 Corpus: `--tasks` reads a repo-task JSONL (gold = the files its bug_patch touches); without it, synthetic
 tasks are built from the sdists in `--repos` (agentq.localize.corpus.synthetic_tasks: no test is run, and the
-report names the function, so it is easier than a real report). `--lite` measures SWE-bench Lite instead, each
+report names the function, so it is easier than a real report). The learned parts are fitted on real tasks only:
+a synthetic task's test ids are taken from tests that import its gold module, so its test prior is an oracle,
+and a reranker fitted on it leans on that stage and collapses on real tasks. On synthetic tasks there is no test
+prior and no reranker row. On real tasks the test prior is measured (it reads the failing tests' ids, which an
+honest evaluation never has: marked so) and the reranker is fitted without it, as the round's model is.
+
+Calibration uses only tasks with two or more candidate files (a library of one module gives every set size 1,
+q-hat 0, and says nothing about coverage). The JSON has coverage per library and per fold for every row.
+`--lite` measures SWE-bench Lite instead, each
 instance on the release sdist of its version, which approximates its base commit (agentq.localize.swebench).
 
     python benchmarks/localization.py --per-library 12 --write-docs docs/benchmarks.md --json
@@ -47,6 +55,7 @@ STAGE_ROWS = (("BM25 only", ("bm25",)), ("+ dense", ("bm25", "dense")),
               ("+ test prior", ("bm25", "dense", "cross", "ppr", "prior")))
 # Stages measured on their own (PPR is left out: it is seeded by the text retrievers, so never alone).
 ALONE_ROWS = (("dense alone", ("dense",)), ("cross-encoder alone", ("cross",)), ("test prior alone", ("prior",)))
+RERANKER = "+ reranker (no test prior)"
 
 
 @dataclass
@@ -61,7 +70,8 @@ class Scored:
 
 
 def score_corpus(tasks: list[LocTask], repos: Path, cache: Path, embedder: Embedder | None,
-                 query_tests: bool = True, cross_encoder: CrossEncoder | None = None) -> list[Scored]:
+                 query_tests: bool = True, cross_encoder: CrossEncoder | None = None,
+                 prior: bool = True) -> list[Scored]:
     out: list[Scored] = []
     by_repo: dict[str, list[LocTask]] = {}
     for task in tasks:
@@ -77,6 +87,8 @@ def score_corpus(tasks: list[LocTask], repos: Path, cache: Path, embedder: Embed
         for task in group:
             t1 = time.perf_counter()
             stages = localizer.evidence(task.issue, list(task.test_ids), query_tests)
+            if not prior:  # synthetic tasks: their test ids point at the gold module by construction
+                stages.pop("prior")
             gold = np.array([p in task.gold for p in localizer.paths])
             out.append(Scored(task, localizer.paths, stages, gold, time.perf_counter() - t1))
     return out
@@ -134,22 +146,25 @@ def metrics(scores: list[np.ndarray], scored: list[Scored], conformal: Conformal
     return {"recall@1": r1 / n, "recall@5": r5 / n, "coverage": covered / n, "set_size": size / n}
 
 
-def evaluate(scored: list[Scored], k: int, alpha: float) -> list[dict]:
+def evaluate(scored: list[Scored], k: int, alpha: float, rerank: bool = True) -> tuple[list[dict], dict]:
+    """Rows of the table (over every fold's test tasks) and, per row, coverage by fold and by library."""
     groups = sorted({s.task.group for s in scored})
-    # A stage that did not run (--no-dense, no --cross-encoder) loses its row, and the later rows run without it.
+    # A stage that did not run (--no-dense, no --cross-encoder, no prior) loses its row, and later rows run without it.
     cumulative = [(label, tuple(u for u in use if u in scored[0].stages)) for label, use in STAGE_ROWS
                   if use[-1] in scored[0].stages]
-    use_all = cumulative[-1][1]
+    honest = tuple(u for u in cumulative[-1][1] if u != "prior")
     alone = [(label, use) for label, use in ALONE_ROWS if use[0] in scored[0].stages]
     rows: dict[str, dict] = {}  # in table order: the cumulative stages, the reranker, the stages alone
-    for train_g, calib_g, test_g in folds(groups, k):
+    detail: dict[str, dict] = {}
+    for fold, (train_g, calib_g, test_g) in enumerate(folds(groups, k)):
         train = [s for s in scored if s.task.group in train_g]
-        calib = [s for s in scored if s.task.group in calib_g]
+        calib = [s for s in scored if s.task.group in calib_g and len(s.paths) > 1]
         test = [s for s in scored if s.task.group in test_g]
         if not (train and calib and test):
             continue
         variants = {label: [stage_scores(part, use) for part in (train, calib, test)] for label, use in cumulative}
-        variants["+ reranker"] = [reranked_scores(train, part, use_all) for part in (train, calib, test)]
+        if rerank:
+            variants[RERANKER] = [reranked_scores(train, part, honest) for part in (train, calib, test)]
         variants |= {label: [stage_scores(part, use) for part in (train, calib, test)] for label, use in alone}
         for label, (train_x, calib_x, test_x) in variants.items():
             temperature = fit_temperature(list(zip(train_x, (s.gold for s in train), strict=True)))
@@ -160,6 +175,16 @@ def evaluate(scored: list[Scored], k: int, alpha: float) -> list[dict]:
             for key, value in m.items():
                 row[key] += value * len(test)
             row["tasks"] += len(test)
+            info = detail.setdefault(label, {"by_fold": [], "by_library": {}})
+            info["by_fold"].append({"fold": fold, "test": test_g, "calibration": calib_g, "tasks": len(test),
+                                    "calibration_tasks": len(calib), "qhat": round(conformal.qhat, 4),
+                                    **{key: round(v, 4) for key, v in m.items()}})
+            for lib in test_g:
+                mine = [(x, s) for x, s in zip(test_x, test, strict=True) if s.task.group == lib]
+                if mine:
+                    lm = metrics([x for x, _ in mine], [s for _, s in mine], conformal)
+                    info["by_library"][lib] = {"tasks": len(mine), "candidates": len(mine[0][1].paths),
+                                               **{key: round(v, 4) for key, v in lm.items()}}
     out = []
     for row in rows.values():
         for key in ("recall@1", "recall@5", "coverage", "set_size"):
@@ -169,7 +194,7 @@ def evaluate(scored: list[Scored], k: int, alpha: float) -> list[dict]:
     for row in out:
         row["recall@1_vs_bm25"] = row["recall@1"] / base["recall@1"] if base["recall@1"] else None
         row["set_size_vs_bm25"] = row["set_size"] / base["set_size"]
-    return out
+    return out, detail
 
 
 def table(rows: list[dict], alpha: float) -> str:
@@ -222,7 +247,7 @@ def lite_main(args: argparse.Namespace, argv: list[str]) -> int:
     except CrossEncoderError as err:
         print(f"localization: --cross-encoder: {err}", file=sys.stderr)
         return 2
-    rows = evaluate(scored, args.folds, args.alpha)
+    rows, detail = evaluate(scored, args.folds, args.alpha)
     seconds = time.perf_counter() - t0
     releases = sorted({t.repo for t in tasks})
     per_repo = {g: sum(t.group == g for t in tasks) for g in groups}
@@ -252,7 +277,7 @@ def lite_main(args: argparse.Namespace, argv: list[str]) -> int:
         print(json.dumps({"corpus": "swe-bench-lite", "approximation": "release sdist for base commit",
                           "instances": len(instances), "measured": len(tasks), "skipped": dict(skipped),
                           "per_repository": per_repo, "releases": releases, "alpha": args.alpha,
-                          "seconds": round(seconds, 1), "rows": rows}))
+                          "seconds": round(seconds, 1), "rows": rows, "coverage_detail": detail}))
     return 0
 
 
@@ -299,11 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         scored = score_corpus(tasks, repos, cache, None if args.no_dense else Embedder.load(),
-                              cross_encoder=load_cross_encoder(args))
+                              cross_encoder=load_cross_encoder(args), prior=bool(args.tasks))
     except (ValueError, CrossEncoderError) as err:
         print(f"localization: {err}", file=sys.stderr)
         return 2
-    rows = evaluate(scored, args.folds, args.alpha)
+    rows, detail = evaluate(scored, args.folds, args.alpha, rerank=bool(args.tasks))
     seconds = time.perf_counter() - t0
     groups = sorted({t.group for t in tasks})
     section = (f"## {title}\n\nCorpus: {corpus}. {len(tasks)} tasks in {len(groups)} libraries "
@@ -311,7 +336,14 @@ def main(argv: list[str] | None = None) -> int:
                f"half of the other libraries, conformal threshold calibrated on the other half). Coverage: "
                f"share of test tasks whose gold files are all in the split-conformal set (alpha {args.alpha}). "
                f"Scoring took {seconds:.0f} s on this machine's CPU (indexing included; embeddings cached in "
-               f"--cache).\n\n{table(rows, args.alpha)}\n\nReading: RRF weighs every stage alike, so a stage that is "
+               f"--cache). "
+               + ("The test prior rows read the failing tests' ids (an oracle an honest evaluation lacks); the "
+                  "reranker is fitted without it. " if args.tasks else "Synthetic tasks: no test prior (their "
+                  "test ids name the gold module's importers) and no reranker (learned parts are fitted on real "
+                  "tasks only). ")
+               + "Calibration skips tasks with a single candidate file."
+               + f"\n\n{table(rows, args.alpha)}\n\nCoverage per library and per fold, for every row, is in the "
+               "--json output (`coverage_detail`).\n\nReading: RRF weighs every stage alike, so a stage that is "
                "weaker alone than BM25 can pull the fused Recall@1 down (compare its 'alone' row); the reranker "
                "learns how much each stage counts. Coverage is over held-out libraries, so it can miss the "
                "target where libraries differ (conformal coverage assumes exchangeable tasks); set size is the "
@@ -323,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote the {title} section of {args.write_docs}")
     if args.json:
         print(json.dumps({"corpus": corpus, "tasks": len(tasks), "libraries": groups, "alpha": args.alpha,
-                          "seconds": round(seconds, 1), "rows": rows}))
+                          "seconds": round(seconds, 1), "rows": rows, "coverage_detail": detail}))
     return 0
 
 

@@ -8,7 +8,9 @@ deletes them mid-round); `--restart-after N` kills the operator (SIGKILL) once N
 starts it again. Printed, all measured in this run: apply-to-first-Job latency p50/p95 (and, as the
 baseline, how long the same watch takes to show a Job created directly), rounds driven to Succeeded per
 second, duplicate Jobs (a unit with more than one Job UID ever; must be 0), the operator's CPU per round
-and peak RSS, each against the goals (p95 < 1 s, < 50 ms CPU per round, 0 duplicates).
+and peak RSS, each against the goals (p95 < 1 s, < 50 ms CPU per round, 0 duplicates), and the operator's
+API calls and reconcile passes per round (not with --restart-after: the count starts again with the new
+process; with --controllers, Events are left out: the controller-manager posts them too).
 
     AGENTQ_TESTENV_BIN=$(scripts/testenv.sh) .venv/bin/python benchmarks/operator_scale.py [--rounds 50] \
         [--controllers] [--ttl 0] [--restart-after 25] [--json]
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from kubernetes import client, watch  # noqa: E402
-from testenv import LocalCluster, Operator, finish_job, pod_ran, start_job  # noqa: E402
+from testenv import ADMIN_TOKEN, LocalCluster, Operator, finish_job, free_port, pod_ran, start_job  # noqa: E402
 
 from controller.jobs import ROUND_LABEL, UNIT_LABEL  # noqa: E402
 
@@ -115,6 +117,42 @@ def watch_baseline(batch: client.BatchV1Api, player: JobPlayer, n: int = 10) -> 
     return latencies
 
 
+def scrape(url: str, token: str | None = None) -> dict[str, float]:
+    """A Prometheus text page as {series: value}."""
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    text = urllib.request.urlopen(urllib.request.Request(url, headers=headers), context=ctx, timeout=10).read()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
+            if line and not line.startswith("#")}
+
+
+def api_calls(operator_port: int, server: str, controllers: bool) -> dict[str, float]:
+    """The operator's requests by verb and resource: its reconciler's own count, plus what only kopf sends
+    (Events, patches of the rounds: finalizers, annotations) from the API server's count, as nobody else sends
+    those here (with `controllers`, the controller-manager posts Events too: those are left out)."""
+    ours: dict[str, float] = {}
+    page = scrape(f"http://127.0.0.1:{operator_port}/metrics")
+    ours["reconcile passes"] = page.get("agentq_operator_reconcile_seconds_count", 0.0)
+    for series, value in page.items():
+        if series.startswith("agentq_operator_api_requests_total{"):
+            labels = dict(part.split("=", 1) for part in series[series.index("{") + 1:-1].split(","))
+            key = f"{labels['verb'].strip(chr(34))} {labels['resource'].strip(chr(34))}"
+            ours[key] = ours.get(key, 0) + value
+    for series, value in scrape(f"{server}/metrics", ADMIN_TOKEN).items():
+        if series.startswith("apiserver_request_total{") and 'code="409"' in series and 'verb="PUT"' in series:
+            ours["conflicts (409)"] = value  # of the status PUTs counted above; not added to the total
+        if series.startswith("apiserver_request_total{") and 'code="2' in series:
+            for verb, resource in (("PATCH", "agentqrounds"),) if controllers else \
+                    (("POST", "events"), ("PATCH", "agentqrounds")):
+                if f'verb="{verb}"' in series and f'resource="{resource}"' in series and 'subresource=""' in series:
+                    ours[f"{verb} {resource} (kopf)"] = ours.get(f"{verb} {resource} (kopf)", 0) + value
+    return ours
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -143,7 +181,9 @@ def main() -> int:
             api = cluster.api()
             core, custom, batch = client.CoreV1Api(api), client.CustomObjectsApi(api), client.BatchV1Api(api)
             core.create_namespace({"metadata": {"name": NS}})
-            config = {"resyncSeconds": 30, **({"jobTtlSeconds": args.ttl} if args.ttl is not None else {})}
+            metrics_port = free_port()
+            config = {"resyncSeconds": 30, "metricsPort": metrics_port,
+                      **({"jobTtlSeconds": args.ttl} if args.ttl is not None else {})}
             operator = Operator(cluster.kubeconfig, Path(tmp), config=config).start()
             player = JobPlayer(api, job_controller=controllers)
             player.start()
@@ -179,6 +219,7 @@ def main() -> int:
             wall = (max(done.values()) if done else time.monotonic()) - t0
             rss = max(operator.peak_rss_mb(), rss_before_restart)
             cpu = cpu_before_restart + operator.cpu_seconds() - cpu0
+            calls = api_calls(metrics_port, cluster.server, controllers)
             player.stop_flag.set()
             jobs = batch.list_namespaced_job(NS, label_selector=ROUND_LABEL).items
             duplicates = player.duplicates()
@@ -207,6 +248,15 @@ def main() -> int:
             print(f"operator peak RSS:            {rss:.0f} MiB")
             print(f"operator CPU:                 {cpu:.1f}s for {args.rounds} rounds "
                   f"({cpu_ms:.0f} ms per round of 8 Jobs); goal < {GOAL_CPU_MS_PER_ROUND} ms")
+            rounds_run = args.rounds + 1  # with the warm-up round
+            passes = round(calls.pop("reconcile passes") / rounds_run, 1)
+            conflicts = round(calls.pop("conflicts (409)", 0) / rounds_run, 1)
+            per_round = {k: round(v / rounds_run, 1) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}
+            if restarted:  # the reconciler's count starts again with the new process: not a per-round figure
+                per_round, passes = {}, 0.0
+            print(f"operator API calls per round: {sum(per_round.values()):.1f} ("
+                  + ", ".join(f"{k} {v}" for k, v in per_round.items()) + f"); {passes} reconcile passes, "
+                  f"{conflicts} status writes refused as stale (409)")
             print(f"load average (1/5/15 min):    {' '.join(f'{x:.1f}' for x in load)} on {os.cpu_count()} cores")
             if player.errors:
                 print(f"job-player errors:            {len(player.errors)} (first: {player.errors[0]})")
@@ -218,6 +268,8 @@ def main() -> int:
                     "baseline_watch_p50_ms": round(floor * 1000, 1), "p50_vs_baseline": p50 and round(p50 / floor, 1),
                     "rounds_per_s": round(len(done) / wall, 2), "duplicates": duplicates,
                     "cpu_ms_per_round": round(cpu_ms), "peak_rss_mib": round(rss),
+                    "api_calls_per_round": round(sum(per_round.values()), 1), "api_calls": per_round,
+                    "passes_per_round": passes, "conflicts_per_round": conflicts,
                     "load_avg": [round(x, 1) for x in load],
                     "meets_goals": bool(ok and p95 is not None and p95 * 1000 < GOAL_P95_MS
                                         and cpu_ms < GOAL_CPU_MS_PER_ROUND),

@@ -21,6 +21,13 @@ million tokens (n/a without both). The scripted backend measures the machinery (
 mixture, so reflection helps only by drawing again); `--model smollm2-135m --backend hf` a real small model
 (slow on CPU: few tasks).
 
+Prompt size: every prompt of every search is measured against the budget (`--prompt-tokens`, the round's
+`localize.promptTokens`): estimated tokens (agentq/repair/context.py) and, with `--tokenizer NAME` (a model
+whose tokenizer loads locally, e.g. smollm2-135m), the tokenizer's own count; `within_budget` is the share of
+prompts at or under the budget by each count. `unbounded_tokens` is what the same issue with the prompt's files
+in full would have cost (the old context: whole files). `--honest` searches as evaluation does (only the agent's
+own reproduction tests run; the final answer is judged once), else as collection does.
+
     PYTHONPATH=. python benchmarks/repo_agent.py --tasks corpus.jsonl --data-dir ../shared/data --limit 6 --json
 """
 
@@ -37,7 +44,9 @@ from pathlib import Path
 from agentq.config import LocalizeSpec, ModelSpec, PricingSpec
 from agentq.localize.corpus import patch_files
 from agentq.policy.base import load_policy
+from agentq.repair.context import estimate_tokens
 from agentq.repair.localization import RoundLocalization, fit_model
+from agentq.repair.reflection import prompt_tokens
 from agentq.sandbox.repo import RepoExecutor, SdistStore
 from agentq.sandbox.runner import Runner
 from agentq.search.mcts import Search, SearchParams
@@ -79,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--localize", default="bm25", choices=("bm25", "model"),
                         help="prompt files: BM25's top 3, or the conformal set of a model fitted on other libraries")
     parser.add_argument("--coverage", type=float, default=0.9, help="--localize model: the set's target coverage")
+    parser.add_argument("--prompt-tokens", type=int, default=LocalizeSpec().prompt_tokens,
+                        help="every prompt's budget (estimated tokens), as localize.promptTokens")
+    parser.add_argument("--tokenizer", help="also count prompt tokens with this model's tokenizer (e.g. smollm2-135m)")
+    parser.add_argument("--honest", action="store_true", help="search as evaluation does (no hidden test runs)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -100,23 +113,35 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="agentq-bench-") as cache:
         runner = Runner(None, SdistStore(Path(args.data_dir) / "repos", RepoExecutor(Path(cache))))
         fitted_on = 0
+        runner.localization = RoundLocalization(None, None, args.prompt_tokens)
         if args.localize == "model":
             others = [t for t in corpus if t.group not in {s.group for s in tasks}]
             model, why = fit_model(others, runner, LocalizeSpec(coverage=args.coverage))
             if model is None:
                 print(f"repo_agent: no localisation model from the other libraries' tasks: {why}", file=sys.stderr)
                 return 2
-            runner.localization, fitted_on = RoundLocalization(model), len(others)
+            runner.localization, fitted_on = RoundLocalization(model, None, args.prompt_tokens), len(others)
+        count = _tokenizer(args.tokenizer)
         for name, params in strategies(args.attempts).items():
             if name not in wanted:
                 continue
             started = time.monotonic()
             resolved, samples, runs, tokens_in, tokens_out, categories = 0, 0, 0, 0, 0, Counter()
-            shown, context_files = 0, 0
+            shown, context_files, sizes, real, unbounded = 0, 0, [], [], []
             for seed in seeds:
                 for task in tasks:
-                    search = Search(task, policy, runner, params.replace(seed=seed)).run()
-                    resolved += search.solved
+                    search = Search(task, policy, runner, params.replace(seed=seed), visible_only=args.honest).run()
+                    best = search.best()
+                    resolved += (search.problem.final(best.code, runner)["solved"] if best else False) \
+                        if args.honest else search.solved
+                    for node in search.nodes[1:]:
+                        if node.prompt:
+                            sizes.append(prompt_tokens(node.prompt))
+                            if count is not None:
+                                real.append(sum(count(m["content"]) + 4 for m in node.prompt))
+                    problem = search.problem
+                    unbounded.append(estimate_tokens(task.problem_text()) + sum(
+                        estimate_tokens(problem.tree.joinpath(f).read_text(errors="replace")) for f in problem.context))
                     samples += search.stats.samples
                     runs += search.stats.executions
                     tokens_in += search.stats.tokens_in
@@ -133,13 +158,29 @@ def main(argv: list[str] | None = None) -> int:
                           "tokens_in_per_task": round(tokens_in / n, 1),
                           "tokens_out_per_task": round(tokens_out / n, 1),
                           "cost_per_task_usd": None if cost is None else round(cost, 6),
-                          "seconds": round(time.monotonic() - started, 1), "categories": dict(categories)}
+                          "seconds": round(time.monotonic() - started, 1), "categories": dict(categories),
+                          "prompts": len(sizes), "prompt_tokens_budget": args.prompt_tokens,
+                          "prompt_tokens_mean": round(sum(sizes) / max(len(sizes), 1), 1),
+                          "prompt_tokens_max": max(sizes, default=0),
+                          "within_budget": round(sum(x <= args.prompt_tokens for x in sizes) / max(len(sizes), 1), 4),
+                          "unbounded_tokens_mean": round(sum(unbounded) / max(len(unbounded), 1), 1),
+                          "unbounded_tokens_max": max(unbounded, default=0)}
+            if count is not None:
+                rows[name] |= {"tokenizer": args.tokenizer, "tokenizer_tokens_max": max(real, default=0),
+                               "tokenizer_tokens_mean": round(sum(real) / max(len(real), 1), 1),
+                               "within_budget_by_tokenizer": round(sum(x <= args.prompt_tokens for x in real)
+                                                                   / max(len(real), 1), 4)}
             print(f"{name:>10}: resolve {resolved}/{n} ({resolved / n:.0%}), {samples / n:.2f} attempts/task, "
                   f"gold files in the prompt {shown}/{n} ({context_files / n:.2f} files), "
                   f"{runs} sandbox runs, tokens/task {tokens_in / n:.0f} in {tokens_out / n:.0f} out, cost/task "
-                  f"{'n/a' if cost is None else f'${cost:.6f}'}, {rows[name]['seconds']}s", flush=True)
+                  f"{'n/a' if cost is None else f'${cost:.6f}'}, {rows[name]['seconds']}s; prompts "
+                  f"{len(sizes)}: max {rows[name]['prompt_tokens_max']} of {args.prompt_tokens} est. tokens "
+                  f"(within {rows[name]['within_budget']:.0%}; whole files would be "
+                  f"{rows[name]['unbounded_tokens_mean']:.0f} on average, {rows[name]['unbounded_tokens_max']} max)",
+                  flush=True)
     base = rows.get("single", {}).get("resolve_rate")
     result = {"benchmark": "repo_agent", "model": args.model, "backend": args.backend, "attempts": args.attempts,
+              "honest": args.honest, "prompt_tokens_budget": args.prompt_tokens,
               "localize": args.localize, "localization_fitted_on": fitted_on,
               "coverage": args.coverage if args.localize == "model" else None,
               "price_in_per_million": args.price_in, "price_out_per_million": args.price_out,
@@ -149,6 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def _tokenizer(name: str | None):  # noqa: ANN202 - a text -> token count function, or None
+    """A model's own tokenizer as a counter (loaded locally: agentq/policy/models.py), or None without --tokenizer."""
+    if not name:
+        return None
+    from agentq.policy.models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(name))
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 if __name__ == "__main__":

@@ -80,9 +80,16 @@ def plan_campaign(body: dict[str, Any], rounds: dict[str, dict[str, Any]], now: 
         return finish("Failed", "InvalidSpec", describe_errors(f"AgentQCampaign {meta['name']}", err))
     status.setdefault("startTime", now)
     curve: list[dict[str, Any]] = []
+    reached = _index(campaign.name, old.get("currentRound"))  # the furthest round the campaign has created
     for index in range(1, campaign.spec.rounds + 1):
         name = round_name(campaign.name, index)
         found = rounds.get(name)
+        if found is None and index <= reached:
+            # Deleted by someone: a decision of theirs to show, never undone by quietly making it again.
+            _record(status, campaign, [p for p in old.get("learningCurve") or [] if p.get("round", 0) < index])
+            return finish("Failed", "RoundDeleted",
+                          f"round {name} was deleted while the campaign ran; the campaign stops here (its learning "
+                          "curve so far is kept). Delete and re-create the campaign to run it again")
         status["currentRound"] = name
         if found is None:
             plan = finish("Running", "RoundCreated", f"round {index} of {campaign.spec.rounds}: created {name}")
@@ -110,6 +117,14 @@ def plan_campaign(body: dict[str, Any], rounds: dict[str, dict[str, Any]], now: 
             why = "no gain" if reason == "NoGain" else "every round ran"
             return finish("Succeeded", reason, f"stopped after {len(curve)} round(s): {why}")
     raise AssertionError("verdict() ends a campaign at its last round at the latest")
+
+
+def _index(campaign: str, name: str | None) -> int:
+    """N of a round named <campaign>-rN; 0 for none."""
+    prefix = f"{campaign}-r"
+    if not name or not name.startswith(prefix) or not name[len(prefix):].isdigit():
+        return 0
+    return int(name[len(prefix):])
 
 
 def _message(status: dict[str, Any]) -> str:

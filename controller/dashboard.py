@@ -94,7 +94,9 @@ def round_view(body: dict[str, Any], jobs: list[dict[str, Any]], summary: dict[s
     pass_rate = headline(summary) or (status.get("results") or {}).get("passRate") or {}
     progressing = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})
     failed = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed"), {})
-    return {"name": meta["name"], "namespace": meta.get("namespace"), "source": "cluster", "phase": phase,
+    # A round run again on a cluster is a new resource (deleted and applied again): its uid names the run.
+    return {"name": meta["name"], "namespace": meta.get("namespace"), "source": "cluster",
+            "run": meta.get("uid") or meta.get("creationTimestamp") or meta["name"], "phase": phase,
             "step": status.get("step"), "message": failed.get("message") or progressing.get("message") or "",
             "startTime": _epoch(status.get("startTime")), "completionTime": _epoch(status.get("completionTime")),
             "updatedTime": None, "conditions": status.get("conditions") or [], "steps": steps,
@@ -136,8 +138,11 @@ class ClusterRounds:
         meta = body["metadata"]
         jobs = self.kube.list_jobs(meta["namespace"], meta["name"])
         view = round_view(body, jobs, self.reader.json(f"rounds/{meta['name']}/eval/summary.json"))
-        in_store = meta["name"] in self.reader.round_names()
-        return {**view, "collected": len(self.reader.trees(meta["name"])) if in_store else 0}
+        if not self.reader.exists(meta["name"]):
+            return {**view, "collected": 0, "kind": None, "progress": None}
+        trees = self.reader.trees(meta["name"])
+        return {**view, "collected": len(trees), "kind": self.reader.kind(meta["name"], trees),
+                "progress": self.reader.progress(meta["name"], view["spec"], trees)}
 
     def rounds(self) -> list[dict[str, Any]]:
         bodies = self.kube.list_rounds(self.namespace)
@@ -183,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(args.log_level)
     source = ClusterRounds(Kube(), reader, args.namespace)
-    return serve(create_app(reader, source, token=token, poll_interval=args.poll_interval), args)
+    return serve(create_app(reader, source, token=token, poll_interval=args.poll_interval,
+                            allowed_hosts=args.allowed_host), args)
 
 
 if __name__ == "__main__":

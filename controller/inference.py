@@ -25,6 +25,8 @@ from agentq.config import (
     RoundSpec,
 )
 from controller.jobs import (
+    CONTAINER_SECURITY,
+    POD_SECURITY,
     PVC_MOUNT,
     ROUND_LABEL,
     SERVED_STEPS,
@@ -43,6 +45,7 @@ CONDITION = "InferenceServerReady"
 START_MODEL, ROUND_MODEL = "start", "round"
 URL_ENV, MODEL_ENV, ROUND_MODEL_ENV = INFERENCE_URL_ENV, INFERENCE_MODEL_ENV, INFERENCE_ROUND_MODEL_ENV
 LORA_RANKS = (8, 16, 32, 64, 128, 256)  # the --max-lora-rank values vLLM accepts
+SERVER_UID = 10001  # the uid the agentq images use; any non-root uid meets the restricted level
 
 
 class UnsupportedServer(ValueError):
@@ -128,8 +131,10 @@ def build_server(body: dict[str, Any], step: str, settings: OperatorSettings) ->
     container: dict[str, Any] = {
         "name": "server", "image": vllm.image or settings.images.inference_server,
         "imagePullPolicy": settings.images.pull_policy,
-        "args": _args(spec, round_name, step, gpus), "env": env, "volumeMounts": mounts,
-        "ports": [{"name": "http", "containerPort": PORT}],
+        # A writable home for the server's caches: the pod runs as SERVER_UID, which the image need not know.
+        "args": _args(spec, round_name, step, gpus), "env": [*env, {"name": "HOME", "value": "/tmp"}],
+        "volumeMounts": mounts, "securityContext": CONTAINER_SECURITY,
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": PORT}, "periodSeconds": 5, "failureThreshold": 3},
     }
     if settings.images.inference_server_command:
@@ -138,7 +143,9 @@ def build_server(body: dict[str, Any], step: str, settings: OperatorSettings) ->
         container["envFrom"] = env_from
     if resources:
         container["resources"] = resources
-    pod: dict[str, Any] = {"containers": [container], "volumes": volumes, "automountServiceAccountToken": False}
+    # The restricted Pod Security level, as the step pods: vLLM's image runs as root unless told otherwise.
+    pod: dict[str, Any] = {"containers": [container], "volumes": volumes, "automountServiceAccountToken": False,
+                           "securityContext": {**POD_SECURITY, "runAsUser": SERVER_UID, "runAsGroup": SERVER_UID}}
     if where.node_selector:
         pod["nodeSelector"] = where.node_selector
     if where.tolerations:
@@ -147,28 +154,39 @@ def build_server(body: dict[str, Any], step: str, settings: OperatorSettings) ->
         pod["priorityClassName"] = where.priority_class_name
     if settings.images.pull_secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in settings.images.pull_secrets]
-    labels = {ROUND_LABEL: round_name, STAGE_LABEL: step, SERVER_LABEL: name}
-    metadata = {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner_reference(body)]}
+    # The round's pass-through labels and annotations (a Kueue queue, a cost centre), as on its Jobs; agentq's
+    # own labels win.
+    labels = {**spec.job_template.labels, ROUND_LABEL: round_name, STAGE_LABEL: step, SERVER_LABEL: name}
+    annotations = dict(spec.job_template.annotations)
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels,
+                                "ownerReferences": [owner_reference(body)]}
+    template_meta: dict[str, Any] = {"labels": labels}
+    if annotations:
+        metadata["annotations"] = template_meta["annotations"] = annotations
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
         "spec": {"replicas": 1, "selector": {"matchLabels": {SERVER_LABEL: name}},
-                 "template": {"metadata": {"labels": labels}, "spec": pod}},
+                 "template": {"metadata": template_meta, "spec": pod}},
     }
     service = {
         "apiVersion": "v1", "kind": "Service", "metadata": dict(metadata),
-        "spec": {"selector": {SERVER_LABEL: name}, "ports": [{"name": "http", "port": PORT, "targetPort": PORT}]},
+        "spec": {"selector": {SERVER_LABEL: name},
+                 "ports": [{"name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP"}]},
     }
     return [deployment, service]
 
 
-def readiness(deployment: dict[str, Any] | None, now: str, timeout_s: int) -> tuple[bool, str, str]:
-    """(ready, reason, message) of a server Deployment as the API server reports it."""
+def readiness(deployment: dict[str, Any] | None, service: bool, now: str, timeout_s: int) -> tuple[bool, str, str]:
+    """(ready, reason, message) of a server as the API server reports it: ready only when its Deployment has an
+    available replica AND its Service exists (the step Jobs reach the server through the Service's name)."""
     if deployment is None:
         return False, "Creating", "the inference server is being created"
     name = deployment["metadata"]["name"]
     status = deployment.get("status") or {}
     if (status.get("availableReplicas") or 0) >= 1:
-        return True, "Ready", f"Deployment {name} is available"
+        if not service:
+            return False, "ServiceMissing", f"Deployment {name} is available but its Service {name} does not exist"
+        return True, "Ready", f"Deployment {name} is available behind Service {name}"
     why = "; ".join(f"{c.get('reason')}: {c.get('message')}" for c in status.get("conditions") or []
                     if c.get("status") != "True") or "no replica available yet"
     created = deployment["metadata"].get("creationTimestamp")
@@ -186,7 +204,7 @@ def _time(stamp: str) -> datetime.datetime:
 class ServerPlan:
     """What the operator does about inference servers in one pass."""
 
-    create: list[dict[str, Any]] = field(default_factory=list)  # manifests
+    create: list[dict[str, Any]] = field(default_factory=list)  # manifests of the missing objects
     delete: list[str] = field(default_factory=list)  # server names (Deployment and Service alike)
     hold: str | None = None  # a step whose new Jobs must wait for its server
     condition: tuple[bool, str, str] | None = None  # (ready, reason, message) of InferenceServerReady
@@ -194,15 +212,17 @@ class ServerPlan:
 
 
 def plan_servers(body: dict[str, Any], step: str | None, done: bool, deployments: list[dict[str, Any]],
-                 now: str, settings: OperatorSettings) -> ServerPlan:
+                 services: list[dict[str, Any]], now: str, settings: OperatorSettings) -> ServerPlan:
     """The server the round's current `step` needs (none once the round is `done`), the ones to remove (a
-    stage that ended), and whether the step's Jobs must wait. `deployments`: the round's server Deployments."""
+    stage that ended), and whether the step's Jobs must wait. `deployments`, `services`: the round's server
+    objects as observed; whichever of the two is missing is created (an operator that died between them)."""
     spec = RoundSpec.model_validate(body["spec"])
     name = body["metadata"]["name"]
     vllm = spec.model.server.vllm if spec.model.server else None
     wanted = server_name(name, step) if vllm and step in SERVED_STEPS and not done else None
     live = {d["metadata"]["name"]: d for d in deployments if not d["metadata"].get("deletionTimestamp")}
-    out = ServerPlan(delete=sorted(n for n in live if n != wanted))
+    fronted = {s["metadata"]["name"] for s in services if not s["metadata"].get("deletionTimestamp")}
+    out = ServerPlan(delete=sorted(n for n in set(live) | fronted if n != wanted))
     if wanted is None or vllm is None or step is None:
         return out
     try:
@@ -211,9 +231,8 @@ def plan_servers(body: dict[str, Any], step: str | None, done: bool, deployments
         out.hold, out.condition = step, (False, "UnsupportedStore", str(err))
         out.problem = ("InferenceServer", str(err))
         return out
-    if wanted not in live:
-        out.create = manifests
-    ready, reason, message = readiness(live.get(wanted), now, vllm.ready_timeout_seconds)
+    out.create = [m for m in manifests if m["metadata"]["name"] not in (live if m["kind"] == "Deployment" else fronted)]
+    ready, reason, message = readiness(live.get(wanted), wanted in fronted, now, vllm.ready_timeout_seconds)
     out.condition = (ready, reason, message)
     if not ready:
         out.hold = step

@@ -20,6 +20,10 @@ UNIT_LABEL = "agentq.dev/unit"
 STEP_LABEL = "agentq.dev/step"
 ATTEMPT_LABEL = "agentq.dev/attempt"
 SPEC_HASH_ANNOTATION = "agentq.dev/spec-hash"
+# Set on a Job in the same PATCH that suspends it (spec.suspend) because its round is suspended: the record of
+# what the operator suspended lives on the Job, so no lost status write or crash can part it from the act, and
+# a Job someone else holds suspended (Kueue, before admission) is never resumed by the operator.
+SUSPENDED_ANNOTATION = "agentq.dev/suspended-by-round"
 CLEANUP_UNIT = "cleanup"
 # What may change once a round has started: everything else would mix two settings in one round's artifacts.
 MUTABLE_FIELDS = ("suspend", "backoffLimit")
@@ -39,6 +43,8 @@ PHASE_OF_STEP = {"model": "Initializing", "collect": "Collecting", "preferences"
 INFERENCE_STEPS = {"collect", "evaluate", "merge"}
 TRAINING_STEPS = {"train"}
 SANDBOX_STEPS = {"collect", "evaluate"}
+# Steps whose pods the sandbox's NetworkPolicy admits: also train, whose GRPO reward runs every completion.
+SANDBOX_CLIENTS = SANDBOX_STEPS | {"train"}
 SERVED_STEPS = ("collect", "evaluate")  # the steps that may use a served model (spec.model.server)
 
 
@@ -291,7 +297,9 @@ def build_job(body: dict[str, Any], unit: Unit, attempt: int, settings: Operator
     where = placement(unit, spec, settings)
     env = [{"name": "AGENTQ_RESULT_FILE", "value": RESULT_FILE}]
     sandbox_url = spec.sandbox.url or settings.sandbox_url
-    if unit.step in SANDBOX_STEPS and sandbox_url:
+    # GRPO's reward is the sandbox's verdict on each completion, so its train Job reaches the sandbox too.
+    runs_candidates = unit.step in SANDBOX_STEPS or (unit.step == "train" and spec.train.method == "grpo")
+    if runs_candidates and sandbox_url:
         env.append({"name": "SANDBOX_URL", "value": sandbox_url})
         if settings.sandbox_token_secret:
             ref = {"name": settings.sandbox_token_secret, "key": "token"}
@@ -327,6 +335,23 @@ def build_job(body: dict[str, Any], unit: Unit, attempt: int, settings: Operator
     if settings.job_ttl_seconds is not None:
         job["spec"]["ttlSecondsAfterFinished"] = settings.job_ttl_seconds
     return job
+
+
+def suspended_by_round(job: dict[str, Any]) -> bool:
+    return (job["metadata"].get("annotations") or {}).get(SUSPENDED_ANNOTATION) == "true"
+
+
+def job_suspended(job: dict[str, Any]) -> bool:
+    """Whether the Job is held suspended: its spec.suspend, or on servers that drop that field (1.20) what the
+    round's PATCH recorded beside it."""
+    spec = job.get("spec") or {}
+    return bool(spec["suspend"]) if "suspend" in spec else suspended_by_round(job)
+
+
+def suspend_patch(suspend: bool) -> dict[str, Any]:
+    """The one PATCH that suspends (or resumes) a round's Job and records (or clears) that the round did it."""
+    return {"metadata": {"annotations": {SUSPENDED_ANNOTATION: "true" if suspend else None}},
+            "spec": {"suspend": suspend}}
 
 
 def cleanup_name(round_name: str) -> str:

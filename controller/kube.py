@@ -1,21 +1,53 @@
 """The few API calls the operator makes, on the official client, as plain dicts.
 
 Responses are read raw (`_preload_content=False`) and parsed as JSON: the generated model classes cost far
-more CPU than the operator's logic, and the pure planner wants dicts anyway.
+more CPU than the operator's logic, and the pure planner wants dicts anyway. Every call has a connect and a
+read timeout (the client has none by default): a request on a connection that died silently fails within
+seconds and is retried, instead of hanging a reconcile thread for good.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
 import json
 import os
+import re
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from controller import metrics
 from controller.crd import CAMPAIGN_PLURAL, GROUP, PLURAL, VERSION
 from controller.inference import SERVER_LABEL
 from controller.jobs import ROUND_LABEL
+
+TIMEOUT = (5.0, 30.0)  # (connect, read) seconds of every request
+# /api/v1/namespaces/ns/pods/x/log -> pods/log; /apis/batch/v1/namespaces/ns/jobs -> jobs
+RESOURCE = re.compile(r"/(?:api/v1|apis/[^/]+/[^/]+)(?:/namespaces/[^/]+)?/([^/?]+)(?:/[^/?]+/([^/?]+))?")
+
+
+def resource_of(url: str) -> str:
+    found = RESOURCE.search(url)
+    return "/".join(p for p in found.groups() if p) if found else "other"
+
+
+def with_timeouts(api: client.ApiClient, timeout: tuple[float, float] = TIMEOUT) -> client.ApiClient:
+    """`api` with `timeout` on every request that names none, each request counted for /metrics (once: a
+    client already wrapped is returned as it is)."""
+    if getattr(api, "_agentq_timed", False):
+        return api
+    request = api.request
+
+    @functools.wraps(request)
+    def timed(method: str, url: str, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        metrics.API_REQUESTS.labels(verb=method, resource=resource_of(url)).inc()
+        return request(method, url, *args, _request_timeout=_request_timeout or timeout, **kwargs)
+
+    api.request = timed  # type: ignore[method-assign]
+    api._agentq_timed = True  # type: ignore[attr-defined]
+    return api
 
 
 def load_config() -> client.ApiClient:
@@ -40,8 +72,8 @@ def _done(resp: Any) -> None:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient | None = None) -> None:
-        self.api = api or load_config()
+    def __init__(self, api: client.ApiClient | None = None, timeout: tuple[float, float] = TIMEOUT) -> None:
+        self.api = with_timeouts(api or load_config(), timeout)
         self.core = client.CoreV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
@@ -109,18 +141,38 @@ class Kube:
                 return None
             raise
 
-    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        _done(self.batch.patch_namespaced_job(name, namespace, patch, _preload_content=False))
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """The Job as patched (a strategic merge patch: `None` removes an annotation)."""
+        return _raw(self.batch.patch_namespaced_job(name, namespace, patch, _preload_content=False))
 
-    def apply_configmap(self, cm: dict[str, Any]) -> None:
+    def failed_creates(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's FailedCreate events of Jobs: the Job controller's only record of a pod the API server
+        refused (a ResourceQuota, an admission webhook, a policy); the Job's own status says nothing in 1.20."""
+        resp = self.core.list_namespaced_event(namespace, field_selector="involvedObject.kind=Job,reason=FailedCreate",
+                                               _preload_content=False)
+        return _raw(resp)["items"]
+
+    def post_event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        """A Kubernetes Event about `obj`, for what happens outside any handler (an informer's callback)."""
+        meta = obj["metadata"]
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {"metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                 "involvedObject": {"apiVersion": obj.get("apiVersion", "batch/v1"), "kind": obj.get("kind", "Job"),
+                                    "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+                 "type": kind, "reason": reason, "message": message[:1000], "count": 1,
+                 "firstTimestamp": stamp, "lastTimestamp": stamp, "source": {"component": "agentq-operator"}}
+        _done(self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False))
+
+    def apply_configmap(self, cm: dict[str, Any]) -> dict[str, Any]:
+        """Create, or replace when it exists; the ConfigMap as written."""
         meta = cm["metadata"]
         try:
-            _done(self.core.create_namespaced_config_map(meta["namespace"], cm, _preload_content=False))
+            return _raw(self.core.create_namespaced_config_map(meta["namespace"], cm, _preload_content=False))
         except ApiException as err:
             if err.status != 409:
                 raise
-            _done(self.core.replace_namespaced_config_map(meta["name"], meta["namespace"], cm,
-                                                          _preload_content=False))
+        return _raw(self.core.replace_namespaced_config_map(meta["name"], meta["namespace"], cm,
+                                                            _preload_content=False))
 
     def delete_round_objects(self, namespace: str, round_name: str, configmap: str) -> int:
         """Jobs (and, through Background propagation, their pods) plus the spec ConfigMap. Explicit, not
@@ -140,24 +192,26 @@ class Kube:
                 raise
         return len(jobs)
 
-    def list_servers(self, namespace: str, round_name: str) -> list[dict[str, Any]]:
-        """The round's inference server Deployments (controller/inference.py)."""
-        resp = self.apps.list_namespaced_deployment(
-            namespace, label_selector=f"{ROUND_LABEL}={round_name},{SERVER_LABEL}", _preload_content=False)
-        return _raw(resp)["items"]
+    def list_servers(self, namespace: str, round_name: str) -> list[str]:
+        """The names of the round's inference servers (controller/inference.py): Deployments and Services."""
+        selector = f"{ROUND_LABEL}={round_name},{SERVER_LABEL}"
+        names = set()
+        for list_objects in (self.apps.list_namespaced_deployment, self.core.list_namespaced_service):
+            resp = list_objects(namespace, label_selector=selector, _preload_content=False)
+            names |= {item["metadata"]["name"] for item in _raw(resp)["items"]}
+        return sorted(names)
 
-    def create_server_object(self, manifest: dict[str, Any]) -> bool:
-        """Create a server's Deployment or Service; False when it already exists (a repeated create)."""
+    def create_server_object(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a server's Deployment or Service; None when it already exists (a repeated create)."""
         namespace = manifest["metadata"]["namespace"]
         create = self.apps.create_namespaced_deployment if manifest["kind"] == "Deployment" \
             else self.core.create_namespaced_service
         try:
-            create(namespace, manifest, _preload_content=False)
+            return _raw(create(namespace, manifest, _preload_content=False))
         except ApiException as err:
             if err.status == 409:
-                return False
+                return None
             raise
-        return True
 
     def delete_server(self, namespace: str, name: str) -> None:
         """A server's Deployment (its pods with it) and Service; already gone is fine."""

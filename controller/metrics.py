@@ -18,8 +18,12 @@ from prometheus_client.registry import Collector
 JOBS_CREATED = Counter("agentq_operator_jobs_created", "Step Jobs the operator created", ["step"])
 RECONCILE_SECONDS = Histogram("agentq_operator_reconcile_seconds", "One reconcile pass: observe, plan, act",
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
-RECONCILE_ERRORS = Counter("agentq_operator_reconcile_errors", "Reconcile passes that failed on an API error",
-                           ["code"])
+RECONCILE_ERRORS = Counter("agentq_operator_reconcile_errors", "Reconcile passes that failed on an API error "
+                           "(code: the HTTP status, or `connection` for a dropped connection or a timeout)", ["code"])
+API_REQUESTS = Counter("agentq_operator_api_requests", "Requests the reconciler made (kopf's own, for finalizers, "
+                       "Events and peering, are not counted here)", ["verb", "resource"])
+WATCH_ERRORS = Counter("agentq_operator_watch_errors", "Watches of the rounds' objects that broke and were "
+                       "re-established", ["kind", "code"])
 
 
 class RoundsByPhase(Collector):

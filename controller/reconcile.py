@@ -23,7 +23,9 @@ from controller.jobs import (
     UNIT_LABEL,
     Unit,
     job_name,
+    job_suspended,
     spec_hash,
+    suspended_by_round,
     units,
 )
 
@@ -46,7 +48,7 @@ class Plan:
     spec: dict[str, Any] = field(default_factory=dict)
     # What keeps the round from progressing until a person acts: (reason, message); the Blocked condition.
     problems: list[tuple[str, str]] = field(default_factory=list)
-    # Running Jobs whose Job.spec.suspend must be set (True) or cleared (False): spec.suspend reaches them too.
+    # Unfinished Jobs to suspend (True) or resume (False) with jobs.suspend_patch: spec.suspend reaches them too.
     suspend: dict[str, bool] = field(default_factory=dict)
     # Seconds until a held-back retry may start: the next pass is due then.
     wake_after: float | None = None
@@ -154,6 +156,23 @@ def pod_problems(pods: list[dict[str, Any]]) -> list[tuple[str, str]]:
             if waiting.get("reason") in STUCK_WAITING:
                 problems.append((waiting["reason"], f"pod {meta['name']}: {waiting['reason']}: "
                                                     f"{waiting.get('message', '')}".rstrip(": ")))
+    return problems
+
+
+def refused_pods(events: list[dict[str, Any]], podless: dict[str, str]) -> list[tuple[str, str]]:
+    """The Job controller's FailedCreate events of Jobs that have no pod (`podless`: Job UID -> name), newest
+    per Job: a ResourceQuota or an admission policy refusing the step's pod, in the API server's words."""
+    newest: dict[str, dict[str, Any]] = {}
+    for event in events:
+        uid = (event.get("involvedObject") or {}).get("uid")
+        stamp = event.get("lastTimestamp") or event.get("eventTime") or ""
+        if uid in podless and stamp >= (newest.get(uid, {}).get("lastTimestamp") or ""):
+            newest[uid] = {**event, "lastTimestamp": stamp}
+    problems = []
+    for uid, event in sorted(newest.items(), key=lambda item: podless[item[0]]):
+        message = event.get("message") or "pod creation refused"
+        reason = "QuotaExceeded" if "exceeded quota" in message else "PodCreateRefused"
+        problems.append((reason, f"Job {podless[uid]} cannot create its pod: {message}"))
     return problems
 
 
@@ -288,6 +307,7 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     by_unit: dict[str, list[dict]] = {}
     foreign: dict[str, dict] = {}
     cleanup_running = None
+    cleanup_failed: dict[str, Any] | None = None
     for job in jobs:
         labels = job["metadata"].get("labels") or {}
         # A Job being deleted still counts once finished: its outcome is final, and the TTL controller deletes in
@@ -297,6 +317,8 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
         if labels.get(UNIT_LABEL) == CLEANUP_UNIT:
             if job_state(job) not in TERMINAL:
                 cleanup_running = job["metadata"]["name"]
+            elif job_state(job) == "Failed":
+                cleanup_failed = job
         elif not _owned(job, uid):
             foreign[job["metadata"]["name"]] = job
         elif UNIT_LABEL in labels:
@@ -306,6 +328,13 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
         return finish("Pending", "CleanupRunning",
                       f"Job {cleanup_running} is still deleting the artifacts of an earlier round named {name}; "
                       "this round starts when it has finished")
+    if cleanup_failed is not None and not by_unit:
+        # Not done: the store may still hold the earlier round's artifacts, which this round would mix with its own.
+        message = (f"Job {cleanup_failed['metadata']['name']} failed to delete the artifacts of an earlier round "
+                   f"named {name} ({job_failure_reason(cleanup_failed)}); they may still be in the store. Remove "
+                   "them, then delete that Job: this round starts once it is gone")
+        problems.append(("CleanupFailed", message))
+        return finish("Pending", "CleanupFailed", message)
     from_round = spec.model.from_round
     if from_round and predecessor_phase != "Succeeded" and not by_unit and not old_jobs:
         why = "does not exist" if not predecessor_phase else f"is {predecessor_phase}"
@@ -319,6 +348,7 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     current: str | None = None
     current_names: list[str] = []
     failed: tuple[dict, Inspection, int] | None = None
+    live: dict[str, dict[str, Any]] = {}  # the unfinished Jobs as observed: what suspend acts on
     for stage in units(spec):
         stage_done = True
         stage_results: dict[str, Any] = {}
@@ -375,6 +405,8 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
             jobs_status[unit.key] = entry
             if state != "Succeeded":
                 current_names.append(entry["name"])
+            if state not in TERMINAL and not entry.get("jobDeleted"):
+                live[entry["name"]] = latest
         results.update(stage_results)
         if not stage_done:  # only the first unfinished stage gets Jobs; later stages wait for it
             current = stage[0].step
@@ -384,13 +416,16 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
     text = _pass_rate_text(results)
     if text:
         status["passRate"] = text
-    # spec.suspend also suspends the step's running Jobs (their pods stop; Kueue can take the quota back);
-    # the Jobs suspended so far are recorded, so each is patched once and resumed only by the operator.
-    unfinished = {e["name"] for e in jobs_status.values() if e["state"] not in TERMINAL and not e.get("jobDeleted")}
-    was = set(old.get("suspendedJobs") or [])
-    want = unfinished if spec.suspend else set()
-    suspend = {n: True for n in want - was} | {n: False for n in (was - want) & unfinished}
-    status["suspendedJobs"] = sorted(want)
+    # spec.suspend also suspends the step's unfinished Jobs (their pods stop; Kueue can take the quota back).
+    # Decided from the Jobs as they are, never from a record in the round's status: a Job the round suspended
+    # carries that on itself (jobs.SUSPENDED_ANNOTATION), so a lost status write or a crash right after the
+    # PATCH leaves nothing stale. A Job held suspended by someone else is left alone both ways.
+    if spec.suspend:
+        suspend = {n: True for n, j in live.items() if not job_suspended(j)}
+    else:
+        suspend = {n: False for n, j in live.items() if suspended_by_round(j)}
+    status["suspendedJobs"] = sorted(n for n, j in live.items() if spec.suspend and (job_suspended(j)
+                                                                                     or n in suspend))
     if any(j["state"] != "Pending" for j in jobs_status.values()) or creates:
         status.setdefault("startTime", now)
         status.setdefault("acceptedSpec", spec_dict)

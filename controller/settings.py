@@ -74,6 +74,12 @@ class OperatorSettings(Spec):
     retry_backoff_seconds: float = Field(10.0, ge=0, description="Wait before retrying a failed step Job, "
                                          "doubled per attempt (at most 10 minutes); 0 retries at once.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus /metrics on this port.")
+    peering_lifetime_seconds: int = Field(
+        10, ge=3, description="How long a replica's peering record counts as alive: a standby takes over at most "
+        "this long after the active replica died (kopf refreshes the record every 1-5 s at 10).")
+    startup_grace_seconds: float = Field(
+        5.0, ge=0, description="With peering, a starting replica waits this long before it acts, so replicas "
+        "started together (within this long of each other) see each other first and only one of them acts.")
     job_ttl_seconds: int | None = Field(
         None, ge=0, description="ttlSecondsAfterFinished of step Jobs: finished Jobs are removed this long after "
         "they end (their outcome stays in the round's status); none: kept until the round is deleted.")

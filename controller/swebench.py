@@ -6,30 +6,55 @@ and the instance row, and a Job whose pod runs two containers in order:
 * `run` (an init container, the instance image, e.g. `swebench/sweb.eval.x86_64.django_1776_django-15202`):
   applies the patch in /testbed (`git apply`, then `patch --fuzz`; SWE-bench's own markers in the log say which,
   or that it failed), runs the evaluation script, and writes the log to a shared emptyDir;
-* `grade` (an image with agentq and `swebench`): `python -m controller.swebench grade` reads the log and the row
-  and prints SWE-bench's report (resolved, F2P/P2P results), computed by `swebench.harness.grading`, as one
-  JSON line, also written to the termination log so the operator reads it from the pod status.
+* `grade` (the grader image: agentq + `swebench`, images/swebench-grader): `python -m controller.swebench grade`
+  reads the log and the row and prints SWE-bench's report (resolved, F2P/P2P results), computed by
+  `swebench.harness.grading`, as one JSON line, also written to the termination log so it is read from the pod
+  status.
 
-Only rows that carry `image`, `eval_script`, `log_parser` and `eval_type` (swebench v5 datasets) can run: the
-Lite file's 12-field rows lack them, and a row without them is refused with the missing fields named.
+A row needs `image`, `eval_script`, `log_parser` and `eval_type` (swebench v5 datasets carry them). The image
+may instead come from `--image-template` (SWE-bench's official instance images by default,
+`swebench/sweb.eval.x86_64.<id>:latest` with `__` written `_1776_`; any registry the cluster can pull, or a
+local name); the other three from `swebench`'s own `make_test_spec` where the grader environment can import it.
+A row that still lacks one is refused with the missing fields named.
+
+`serve` is what evaluation talks to (`sandbox.swebenchUrl`; `agentq tasks validate --swebench-url`): an HTTP
+service with the sandbox server's contract (`POST /run_repo {task, patches}` -> RepoVerdicts, `GET /healthz`,
+bearer token from AGENTQ_SANDBOX_TOKEN) that runs each patch as one Job, waits for it, and turns the grader's
+report into a verdict. A Job's name is a digest of the instance and the patch, so a patch already graded is
+read back, not run again; an instance image the cluster cannot pull fails the run at once with its reason.
+
+`swebench.harness`'s package `__init__` imports the harness's Docker, Modal and `datasets` parts; grading needs
+none of them, so the grading module is imported without it (`_swebench`) and the grader image installs
+`swebench` without those dependencies.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import importlib
+import importlib.util
 import json
+import os
 import re
 import sys
+import time
+import types
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from agentq.config import ConfigError
-from agentq.tasks.swebench import runnable
+from agentq.tasks.swebench import instance_row, runnable
 
 PATCH_DIR = "/agentq"
 RESULTS_DIR = "/results"
 LOG_FILE = f"{RESULTS_DIR}/test_output.txt"
 INSTANCE_LABEL = "agentq.dev/swebench-instance"
+IMAGE_TEMPLATE = "swebench/sweb.eval.x86_64.{id}:latest"
+PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}
 # swebench.harness.constants: the markers its grader looks for in the log.
 APPLY_PATCH_FAIL = ">>>>> Patch Apply Failed"
 APPLY_PATCH_PASS = ">>>>> Applied Patch"
@@ -108,14 +133,203 @@ def job(instance: dict[str, Any], patch: str, namespace: str, grader_image: str,
     }
 
 
-def grade(instance: dict[str, Any], log_path: str, patch: str) -> dict[str, Any]:
-    """SWE-bench's own report for one run (needs the `swebench` package, imported only here)."""
-    from swebench.harness.grading import get_eval_report
-    from swebench.harness.utils import make_test_spec
+def image_name(instance_id: str, template: str = IMAGE_TEMPLATE) -> str:
+    """SWE-bench's instance image name (`django__django-15202` -> `...django_1776_django-15202...`)."""
+    return template.format(id=instance_id.replace("__", "_1776_").lower(), instance_id=instance_id)
 
-    spec = make_test_spec(instance)
+
+def _swebench(module: str) -> types.ModuleType:
+    """A module of the swebench package, imported without `swebench.harness/__init__.py` (see the docstring)."""
+    if "swebench.harness" not in sys.modules:
+        spec = importlib.util.find_spec("swebench")
+        if spec is None or spec.origin is None:
+            raise ConfigError("the swebench package is not installed here; the grader image has it "
+                              "(images/swebench-grader)")
+        harness = types.ModuleType("swebench.harness")
+        harness.__path__ = [str(Path(spec.origin).parent / "harness")]
+        sys.modules["swebench.harness"] = harness
+    return importlib.import_module(module)
+
+
+def complete(instance: dict[str, Any], template: str = IMAGE_TEMPLATE) -> dict[str, Any]:
+    """The row with what a run needs: the image by the template when absent, the evaluation script, log parser
+    and evaluation type from swebench's `make_test_spec` when absent and swebench can build them."""
+    row = {**instance, "image": instance.get("image") or image_name(instance["instance_id"], template)}
+    if not runnable(row):
+        return row
+    try:
+        spec = _swebench("swebench.harness.utils").make_test_spec(
+            {**row, "FAIL_TO_PASS": json.dumps(row["FAIL_TO_PASS"]), "PASS_TO_PASS": json.dumps(row["PASS_TO_PASS"])})
+    except (ConfigError, ImportError, KeyError, ValueError) as err:
+        raise ConfigError(f"swebench instance {row['instance_id']}: missing {', '.join(runnable(row))}, and "
+                          f"swebench cannot make them here ({type(err).__name__}: {err})") from None
+    made = {"eval_script": spec.eval_script, "log_parser": spec.log_parser, "eval_type": spec.eval_type}
+    return {**row, **{k: v for k, v in made.items() if not row.get(k)}}
+
+
+def grade(instance: dict[str, Any], log_path: str, patch: str) -> dict[str, Any]:
+    """SWE-bench's own report for one run: `swebench.harness.grading.get_eval_report` on the instance's TestSpec."""
+    grading = _swebench("swebench.harness.grading")
+    test_spec = _swebench("swebench.types").TestSpec(
+        instance_id=instance["instance_id"], image=instance["image"],
+        eval_script_list=instance["eval_script"].splitlines(), repo=instance["repo"], version=instance["version"],
+        FAIL_TO_PASS=list(instance["FAIL_TO_PASS"]), PASS_TO_PASS=list(instance["PASS_TO_PASS"]),
+        log_parser=instance["log_parser"], eval_type=instance["eval_type"])
     prediction = {"instance_id": instance["instance_id"], "model_name_or_path": "agentq", "model_patch": patch}
-    return get_eval_report(spec, prediction, log_path, include_tests_status=True)[instance["instance_id"]]
+    return grading.get_eval_report(test_spec, prediction, log_path, include_tests_status=True)[instance["instance_id"]]
+
+
+def verdict(instance: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """The grader's report as a RepoVerdict (what evaluation and validation read), tests in F2P + P2P order."""
+    from agentq.sandbox.repo import RepoVerdict
+    from agentq.sandbox.verdict import TestResult
+
+    status = report.get("tests_status", {})
+    tests = []
+    for key in ("FAIL_TO_PASS", "PASS_TO_PASS"):
+        passed = set(status.get(key, {}).get("success", []))
+        tests += [TestResult(name=t, passed=t in passed, message="" if t in passed else "failed or did not run")
+                  for t in instance[key]]
+    f2p = sum(t.passed for t in tests[: len(instance["FAIL_TO_PASS"])])
+    applied = bool(report.get("patch_successfully_applied"))
+    resolved = bool(report.get("resolved"))
+    failing = [t.name for t in tests if not t.passed]
+    message = "" if resolved else ("the patch did not apply in the instance image" if not applied else
+                                   f"{len(failing)} test(s) fail: {', '.join(failing[:5])}")
+    return RepoVerdict(status="passed" if resolved else "failed" if applied else "error", tests=tests,
+                       message=message, patch_status="applied" if applied else "failed",
+                       f2p_passed=f2p, f2p_total=len(instance["FAIL_TO_PASS"]),
+                       p2p_passed=sum(t.passed for t in tests) - f2p, p2p_total=len(instance["PASS_TO_PASS"]),
+                       expected_tests=len(tests)).model_dump(mode="json")
+
+
+def failed_run(instance: dict[str, Any], message: str) -> dict[str, Any]:
+    from agentq.sandbox.repo import RepoVerdict
+
+    f2p, p2p = len(instance["FAIL_TO_PASS"]), len(instance["PASS_TO_PASS"])
+    return RepoVerdict(status="error", message=message[:500], f2p_total=f2p, p2p_total=p2p,
+                       expected_tests=f2p + p2p).model_dump(mode="json")
+
+
+class JobRunner:
+    """Runs patches against instances as Jobs in one namespace and reads back the grader's report."""
+
+    def __init__(self, api: Any, namespace: str, grader_image: str, image_template: str = IMAGE_TEMPLATE,
+                 eval_timeout_s: int = 1800, poll_s: float = 2.0) -> None:
+        from kubernetes import client
+
+        self.batch, self.core = client.BatchV1Api(api), client.CoreV1Api(api)
+        self.namespace, self.grader_image, self.template = namespace, grader_image, image_template
+        self.eval_timeout_s, self.poll_s = eval_timeout_s, poll_s
+
+    def run(self, instance: dict[str, Any], patch: str) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            row = complete(instance, self.template)
+        except ConfigError as err:
+            return failed_run(instance, str(err))
+        manifest = job(row, patch, self.namespace, self.grader_image, self.eval_timeout_s)
+        name = manifest["metadata"]["name"]
+        try:
+            created = self.batch.create_namespaced_job(self.namespace, manifest)
+            owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": created.metadata.uid}
+            cm = configmap(row, patch, name, self.namespace)
+            cm["metadata"]["ownerReferences"] = [owner]  # deleting the Job (or its TTL) removes the ConfigMap
+            self.core.create_namespaced_config_map(self.namespace, cm)
+        except ApiException as err:
+            if err.status != 409:  # 409: this patch already ran (or runs) for this instance: read it back
+                return failed_run(row, f"the cluster refused the Job {name}: {err.reason}")
+        return self._wait(row, name)
+
+    def _wait(self, row: dict[str, Any], name: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self.eval_timeout_s + 600
+        while time.monotonic() < deadline:
+            pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"job-name={name}").items
+            for pod in pods:
+                for status in [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]:
+                    waiting = status.state.waiting if status.state else None
+                    if waiting is not None and waiting.reason in PULL_FAILURES:
+                        image = status.image
+                        return failed_run(row, f"image {image} cannot be pulled ({waiting.reason}): build it or "
+                                               "set --image-template to images the cluster has")
+                    done = status.state.terminated if status.state else None
+                    if status.name == "grade" and done is not None:
+                        try:
+                            return verdict(row, json.loads(done.message or ""))
+                        except ValueError:
+                            return failed_run(row, f"the grader of {name} exited {done.exit_code} without a report: "
+                                                   f"{(done.message or '').strip()[-300:]}")
+            state = self.batch.read_namespaced_job_status(name, self.namespace).status
+            if state.failed:
+                return failed_run(row, f"Job {name} failed: {self._reason(pods)}")
+            time.sleep(self.poll_s)
+        return failed_run(row, f"Job {name} did not finish within {self.eval_timeout_s + 600} s")
+
+    @staticmethod
+    def _reason(pods: list[Any]) -> str:
+        for pod in pods:
+            for status in [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]:
+                done = status.state.terminated if status.state else None
+                if done is not None and done.exit_code:
+                    return f"container {status.name} exited {done.exit_code} ({done.reason})"
+        return "no container reported a reason"
+
+    def run_task(self, task: dict[str, Any], patches: list[str]) -> list[dict[str, Any]]:
+        row = instance_row(task)
+        return [self.run(row, patch) for patch in patches]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: SwebenchServer
+
+    def log_message(self, *args: Any) -> None:  # requests are not logged one by one
+        pass
+
+    def _answer(self, code: HTTPStatus, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path == "/healthz":
+            self._answer(HTTPStatus.OK, {"ok": True, "workers": self.server.workers, "repos": True, "isolation": []})
+        else:
+            self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        token = self.server.token
+        if token and self.headers.get("Authorization", "") != f"Bearer {token}":
+            self._answer(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
+            return
+        if self.path != "/run_repo":
+            self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 < length <= 8 << 20:
+                raise ValueError(f"body of {length} bytes: expected 1 byte to 8 MiB of JSON")
+            body = json.loads(self.rfile.read(length))
+            task, patches = body.get("task"), body.get("patches")
+            if not isinstance(task, dict) or not isinstance(patches, list) or not all(isinstance(p, str)
+                                                                                      for p in patches):
+                raise ValueError("expected {task: <repo task>, patches: [<diff>, ...]}")
+            verdicts = self.server.runner.run_task(task, patches)
+        except (ValueError, KeyError) as err:
+            self._answer(HTTPStatus.BAD_REQUEST, {"error": f"{type(err).__name__}: {err}"})
+            return
+        self._answer(HTTPStatus.OK, {"verdicts": verdicts})
+
+
+class SwebenchServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], runner: Any, token: str | None, workers: int = 4) -> None:
+        super().__init__(address, _Handler)
+        self.runner, self.token, self.workers = runner, token, workers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +339,30 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("instance")
     g.add_argument("log")
     g.add_argument("--patch", required=True)
+    v = sub.add_parser("serve", help="run patches as Jobs for evaluation (the sandbox server's /run_repo contract)")
+    v.add_argument("--namespace", required=True)
+    v.add_argument("--grader-image", required=True, help="an image with agentq and swebench (images/swebench-grader)")
+    v.add_argument("--image-template", default=IMAGE_TEMPLATE,
+                   help="instance images for rows without `image`; {id} is SWE-bench's docker-safe instance id")
+    v.add_argument("--eval-timeout", type=int, default=1800, help="seconds for one instance's evaluation script")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8081)
+    v.add_argument("--workers", type=int, default=4, help="Jobs a client may keep in flight (what /healthz says)")
     args = parser.parse_args(argv)
+    if args.cmd == "serve":
+        from agentq.sandbox.client import TOKEN_ENV
+        from controller.kube import load_config
+
+        token = os.environ.get(TOKEN_ENV)
+        if not token and args.host not in ("127.0.0.1", "localhost"):
+            parser.error(f"serving on {args.host} needs a token ({TOKEN_ENV}): whoever reaches the port runs Jobs")
+        runner = JobRunner(load_config(), args.namespace, args.grader_image, args.image_template, args.eval_timeout)
+        server = SwebenchServer((args.host, args.port), runner, token, args.workers)
+        print(f"swebench runner on http://{args.host}:{server.server_address[1]} (namespace {args.namespace})",
+              flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.serve_forever()
+        return 0
     with open(args.instance) as fh:
         instance = json.load(fh)
     with open(args.patch) as fh:

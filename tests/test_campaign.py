@@ -128,3 +128,34 @@ def test_two_round_campaign_runs_embedded(tmp_path, capsys):
     assert [p["name"] for p in summary["learningCurve"]] == ["learn-r1", "learn-r2"]
     assert summary["stopped"] in ("AllRounds", "NoGain") and "campaign learn finished" in out
     assert "| learn-r2 |" in (store / "campaigns" / "learn" / "report.md").read_text()
+
+
+def test_a_campaign_without_a_baseline_is_refused_not_stopped_for_no_gain():
+    template = {**TEMPLATE, "evaluate": {"modes": ["full_rewrite"], "baseline": False}}
+    with pytest.raises(ValueError, match="template.evaluate.baseline must be true in a campaign"):
+        CampaignFile.model_validate({"metadata": {"name": "learn"}, "spec": {"template": template}})
+    p = plan_campaign({**body(), "spec": {"template": template}}, {}, "T")
+    assert p.status["phase"] == "Failed" and p.create == []
+    assert "evaluate.baseline must be true" in p.status["conditions"][2]["message"]
+
+
+def test_a_member_round_deleted_mid_campaign_stops_it_visibly_and_is_not_made_again():
+    b = body(rounds=3, stop={"patience": 2})
+    r1 = plan_campaign(b, {}, "T0").create[0]
+    b["status"] = plan_campaign(b, {"learn-r1": observed(r1, "Succeeded", result(0.3, 0.1))}, "T1").status
+    r2 = round_manifest_of(b, 2)
+    b["status"] = plan_campaign(b, {"learn-r1": observed(r1, "Succeeded", result(0.3, 0.1)),
+                                    "learn-r2": observed(r2, "Training")}, "T2").status
+    assert b["status"]["currentRound"] == "learn-r2"
+    p = plan_campaign(b, {"learn-r1": observed(r1, "Succeeded", result(0.3, 0.1))}, "T3")  # r2 deleted
+    assert p.create == [] and p.status["phase"] == "Failed"
+    failed = p.status["conditions"][2]
+    assert failed["reason"] == "RoundDeleted" and "learn-r2 was deleted while the campaign ran" in failed["message"]
+    assert ("Warning", "RoundDeleted") in [e[:2] for e in p.events]
+    assert [pt["round"] for pt in p.status["learningCurve"]] == [1]
+
+
+def round_manifest_of(b: dict, index: int) -> dict:
+    from controller.campaign import round_manifest
+
+    return round_manifest(b, CampaignFile.model_validate({"metadata": {"name": "learn"}, "spec": b["spec"]}), index)

@@ -5,7 +5,9 @@ Kubernetes 1.30 schemas, check the security settings a sandbox must have, and ap
 from __future__ import annotations
 
 import base64
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import pytest
 import testenv
 import yaml
 
-from controller.jobs import SANDBOX_STEPS, STEP_LABEL
+from controller.jobs import SANDBOX_CLIENTS, SANDBOX_STEPS, STEP_LABEL
 from controller.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,13 +215,32 @@ def test_watched_namespaces_get_their_own_peering_objects():
     assert f"--peering={peerings[0]['metadata']['name']}" in args
     config = yaml.safe_load(rendering.one("ConfigMap", "-operator")["data"]["config.yaml"])
     assert config["metricsPort"] == 9191
+    # The namespaces are created when missing (kept on uninstall), and the operator's rights end at them: a Role
+    # per namespace with the manifest's namespaced rules, and cluster-wide only the CRD read kopf needs.
+    namespaces = [d for d in rendering.docs if d["kind"] == "Namespace"]
+    assert [n["metadata"]["name"] for n in namespaces] == ["ml", "ml-dev"]
+    assert all(n["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for n in namespaces)
+    manifest = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "manifests" / "rbac.yaml").read_text())}
+    cluster_wide = [r for r in manifest["ClusterRole"]["rules"]
+                    if {"customresourcedefinitions", "clusterkopfpeerings"} & set(r["resources"])]
+    namespaced = [r for r in manifest["ClusterRole"]["rules"] if r not in cluster_wide]
+    role = rendering.one("ClusterRole", "-operator")
+    assert role["rules"] == [r for r in cluster_wide if r["apiGroups"] == ["apiextensions.k8s.io"]]
+    roles = [d for d in rendering.docs if d["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "ml-dev"]
+    for r in roles:
+        assert r["rules"] == [*namespaced, {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"],
+                                            "verbs": ["get", "list", "watch", "patch"]}]
+    bindings = [d for d in rendering.docs if d["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "ml-dev"]
+    assert all(b["subjects"][0]["namespace"] == "agentq-system" and b["roleRef"]["kind"] == "Role" for b in bindings)
 
 
-def _hardened(pod: dict[str, Any], where: str) -> None:
+def _hardened(pod: dict[str, Any], where: str, seccomp: dict | None = None) -> None:
     sec = pod["securityContext"]
     assert sec["runAsNonRoot"] is True and sec["runAsUser"] != 0, where
-    assert sec["seccompProfile"] == {"type": "RuntimeDefault"}, where
-    for c in pod["containers"]:
+    assert sec["seccompProfile"] == (seccomp or {"type": "RuntimeDefault"}), where
+    for c in pod["containers"] + pod.get("initContainers", []):
         csec = c["securityContext"]
         assert csec["readOnlyRootFilesystem"] is True, where
         assert csec["allowPrivilegeEscalation"] is False, where
@@ -227,20 +248,42 @@ def _hardened(pod: dict[str, Any], where: str) -> None:
         assert c["resources"]["limits"]["cpu"] and c["resources"]["limits"]["memory"], where
 
 
+SANDBOX_PROFILE = CHART / "files" / "sandbox-seccomp.json"
+
+
+def _values(rendering: Rendering) -> dict:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    return _merged(values, yaml.safe_load(VALUES[rendering.name].read_text())) if VALUES[rendering.name] else values
+
+
 def test_sandbox_pods_are_locked_down(rendering):
     deployment = rendering.one("Deployment", "-sandbox")
     pod = deployment["spec"]["template"]["spec"]
-    _hardened(pod, f"{rendering.name}: sandbox")
-    assert pod["automountServiceAccountToken"] is False
+    mode = _values(rendering)["sandbox"]["isolation"]["mode"]
     container = pod["containers"][0]
+    if mode == "bubblewrap":
+        # Non-root, no capabilities, read-only root, with the two things bubblewrap needs from the cluster: the
+        # chart's seccomp profile (user namespaces) and an unmasked /proc; an init container checks both.
+        _hardened(pod, f"{rendering.name}: sandbox",
+                  {"type": "Localhost", "localhostProfile": "agentq/sandbox-seccomp.json"})
+        (check,) = pod["initContainers"]
+        assert check["image"] == container["image"] and check["command"] == ["python", "-c"]
+        assert check["args"][0] == (CHART / "files" / "isolation-check.py").read_text()
+        for c in (container, check):
+            assert c["securityContext"]["procMount"] == "Unmasked", rendering.name
+        # what no non-root pod can have (a second uid, per-candidate cgroups) is allowed, and said in every verdict
+        assert "--allow-weak-isolation" in container["args"]
+    else:
+        _hardened(pod, f"{rendering.name}: sandbox")
+        # weak isolation in a locked-down pod is chosen explicitly, so the server says so in its log and verdicts
+        assert "--allow-weak-isolation" in container["args"]
+    assert pod["automountServiceAccountToken"] is False
     scratch = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert scratch == {"scratch": "/tmp"}
     volume = next(v for v in pod["volumes"] if v["name"] == "scratch")
     assert "emptyDir" in volume and volume["emptyDir"]["sizeLimit"]
     assert container["args"][:2] == ["sandbox", "serve"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    # weak isolation in a locked-down pod is chosen explicitly, so the server says so in its log and verdicts
-    assert "--allow-weak-isolation" in container["args"]
     token = rendering.one("Secret", "-sandbox-token")
     assert len(base64.b64decode(token["data"]["token"])) == 40
     env = {e["name"]: e for e in container["env"]}
@@ -249,6 +292,83 @@ def test_sandbox_pods_are_locked_down(rendering):
     config = yaml.safe_load(rendering.one("ConfigMap", "-operator")["data"]["config.yaml"])
     assert config["sandboxTokenSecret"] == token["metadata"]["name"]
     _hardened(rendering.one("Deployment", "-operator")["spec"]["template"]["spec"], f"{rendering.name}: operator")
+
+
+def test_weak_mode_keeps_the_runtime_default_profile_and_says_so():
+    out = helm("template", "agentq", str(CHART), "-n", "agentq-system", "--set", "sandbox.isolation.mode=weak").stdout
+    pod = Rendering("weak", out).one("Deployment", "-sandbox")["spec"]["template"]["spec"]
+    _hardened(pod, "weak: sandbox")
+    assert "initContainers" not in pod and "procMount" not in pod["containers"][0]["securityContext"]
+    assert "--allow-weak-isolation" in pod["containers"][0]["args"]
+
+
+def test_sandbox_seccomp_profile_permits_bubblewrap_and_denies_the_rest():
+    """What the profile is for: user namespaces and mounts (which RuntimeDefault refuses) for bubblewrap; what it
+    still denies: at least every syscall the jail denies its candidates, and the kernel's module, time and
+    new-mount interfaces."""
+    from agentq.sandbox.jail import DENIED_SYSCALLS
+
+    profile = json.loads(SANDBOX_PROFILE.read_text())
+    assert profile["defaultAction"] == "SCMP_ACT_ALLOW"
+    denied = {name for rule in profile["syscalls"] if rule["action"] == "SCMP_ACT_ERRNO" for name in rule["names"]}
+    assert set(DENIED_SYSCALLS) <= denied, sorted(set(DENIED_SYSCALLS) - denied)
+    assert {"init_module", "settimeofday", "fsopen", "open_tree", "mount_setattr"} <= denied
+    assert not {"unshare", "clone", "clone3", "mount", "umount2", "pivot_root", "setns"} & denied
+
+
+def test_install_profile_puts_the_charts_profile_on_every_sandbox_node():
+    out = helm("template", "agentq", str(CHART), "-n", "agentq-system", "--set",
+               "sandbox.isolation.installProfile=true", "--set", "sandbox.nodeSelector.pool=sandbox").stdout
+    rendering = Rendering("install", out)
+    config_map = rendering.one("ConfigMap", "-sandbox-seccomp")
+    assert json.loads(config_map["data"]["profile.json"]) == json.loads(SANDBOX_PROFILE.read_text())
+    daemonset = rendering.one("DaemonSet", "-sandbox-seccomp")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "sandbox"} and pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["env"] == [{"name": "PROFILE", "value": "agentq/sandbox-seccomp.json"}]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    host = next(v for v in pod["volumes"] if v["name"] == "seccomp")["hostPath"]
+    assert host == {"path": "/var/lib/kubelet/seccomp", "type": "DirectoryOrCreate"}
+    kubernetes_validate.validate(daemonset, K8S_VERSION, strict=True)
+    done = helm("template", "agentq", str(CHART), "--set", "sandbox.isolation.installProfile=true",
+                "--set", "sandbox.isolation.seccompProfile.type=RuntimeDefault", check=False)
+    assert done.returncode != 0
+    assert "installProfile needs sandbox.isolation.seccompProfile.type Localhost" in done.stderr
+
+
+@pytest.mark.parametrize(("stderr", "names"), [
+    ("bwrap: No permissions to creating new namespace, likely because the kernel does not allow non-privileged "
+     "user namespaces.", "seccomp profile"),
+    ("bwrap: Can't mount proc on /newroot/proc: Operation not permitted", "procMount: Unmasked"),
+])
+def test_isolation_check_names_what_the_pod_lacks(tmp_path, stderr, names):
+    """The init container's script against a bubblewrap that fails as it does in a pod without the profile or
+    with a masked /proc: exit 1 and one line naming the missing piece; with a working bubblewrap, exit 0."""
+    script = (CHART / "files" / "isolation-check.py").read_text()
+    fake = tmp_path / "bwrap"
+    fake.write_text(f"#!/bin/sh\necho {shlex.quote(stderr)} >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert names in done.stderr and "agentq sandbox cannot isolate candidates here" in done.stderr
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_port_names_its_protocol(rendering):
+    """Server-side apply (Helm 4's default) keys Service and container ports by (port, protocol): a port without
+    `protocol` is refused there, although client-side apply defaults it."""
+    for doc in rendering.docs:
+        spec = doc.get("spec") or {}
+        ports = list(spec.get("ports") or []) if doc["kind"] == "Service" else []
+        pod = (spec.get("template") or {}).get("spec") or (spec if doc["kind"] == "Pod" else {})
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            ports += c.get("ports") or []
+        for port in ports:
+            assert port.get("protocol") == "TCP", f"{rendering.name}: {doc['kind']}/{doc['metadata']['name']} {port}"
 
 
 def test_user_namespace_isolation_gives_bubblewrap_what_it_needs():
@@ -305,7 +425,7 @@ def test_sandbox_network_policy_denies_all_egress_and_admits_only_step_pods(rend
     (rule,) = policy["ingress"]
     (peer,) = rule["from"]
     assert peer["podSelector"] == {"matchExpressions": [
-        {"key": STEP_LABEL, "operator": "In", "values": sorted(SANDBOX_STEPS)}]}
+        {"key": STEP_LABEL, "operator": "In", "values": sorted(SANDBOX_CLIENTS)}]}
     port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
     assert rule["ports"] == [{"protocol": "TCP", "port": port}]
 
@@ -375,6 +495,31 @@ def test_each_rendering_is_accepted_by_the_api_server(cluster, rendering, tmp_pa
     done = cluster.kubectl("apply", "--dry-run=server", "-n", "agentq-system", "-f", str(manifest), check=False)
     assert done.returncode == 0, f"{rendering.name}:\n{done.stdout}{done.stderr}"
     assert done.stdout.count("(server dry run)") == len(objects)
+    # Helm 4 installs with server-side apply, which keys ports by (port, protocol): a port without its protocol
+    # is refused there ("associative list with keys has an element that omits key field protocol").
+    done = cluster.kubectl("apply", "--server-side", "--field-manager=helm", "--dry-run=server", "-n", "agentq-system",
+                           "-f", str(manifest), check=False)
+    assert done.returncode == 0, f"{rendering.name} (server-side apply):\n{done.stdout}{done.stderr}"
+    assert done.stdout.count("(server dry run)") == len(objects)
+
+
+@pytest.mark.cluster
+def test_watch_namespaces_install_creates_them_and_keeps_them(cluster):
+    """`helm install` (Helm's default flags) with watchNamespaces that do not exist yet, on the real API server:
+    the release creates them, an upgrade keeps them in the release, an uninstall leaves them (with their rounds)."""
+    kube = ["--kubeconfig", str(cluster.kubeconfig)]
+    sets = ["--set", "operator.watchNamespaces={team-a,team-b}", "--set", "dashboard.enabled=false"]
+    helm("install", "watch", str(CHART), "-n", "agentq-system", *sets, *kube)
+    for ns in ("team-a", "team-b"):
+        namespace = yaml.safe_load(cluster.kubectl("get", "namespace", ns, "-o", "yaml").stdout)
+        assert namespace["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        role = yaml.safe_load(cluster.kubectl("get", "role", "watch-agentq-operator", "-n", ns, "-o", "yaml").stdout)
+        assert {"kopfpeerings"} in [set(r["resources"]) for r in role["rules"]]
+    helm("upgrade", "watch", str(CHART), "-n", "agentq-system", *sets, *kube)
+    assert cluster.kubectl("get", "namespace", "team-a").returncode == 0
+    helm("uninstall", "watch", "-n", "agentq-system", *kube)
+    assert cluster.kubectl("get", "namespace", "team-b").returncode == 0  # kept: it holds rounds and artifacts
+    assert cluster.kubectl("get", "role", "watch-agentq-operator", "-n", "team-b", check=False).returncode != 0
 
 
 @pytest.mark.cluster
@@ -489,3 +634,27 @@ def test_dashboard_helm_test_script_passes_against_a_live_service_and_fails_with
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_an_open_dashboard_answers_to_its_service_names_only(tmp_path):
+    """Without a token the dashboard checks Host (DNS rebinding): the chart names the Service's DNS names and the
+    ingress host, so the helm test, kubectl port-forward and the ingress reach it and a rebound name does not."""
+    from fastapi.testclient import TestClient
+
+    from agentq.serve.app import create_app
+    from agentq.serve.reader import StoreReader
+    from agentq.store import FileStore
+
+    out = helm("template", "agentq", str(CHART), "-n", "agentq-system", "--set", "dashboard.auth.enabled=false",
+               "--set", "dashboard.ingress.enabled=true", "--set", "dashboard.ingress.host=agentq.example.com").stdout
+    rendering = Rendering("open", out)
+    args = rendering.one("Deployment", "-dashboard")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--token-file" not in args
+    allowed = [args[i + 1] for i, a in enumerate(args) if a == "--allowed-host"]
+    assert "agentq-dashboard.agentq-system.svc" in allowed and "agentq.example.com" in allowed
+    script = rendering.one("Pod", "-test-dashboard")["spec"]["containers"][0]["args"][0]
+    app = create_app(StoreReader(FileStore(tmp_path)), allowed_hosts=allowed)  # an empty store will do
+    for base, status in (("http://agentq-dashboard.agentq-system.svc:8265", 200), ("http://localhost:8265", 200),
+                         ("http://agentq.example.com", 200), ("http://rebound.example.net", 403)):
+        assert TestClient(app, base_url=base).get("/api/rounds").status_code == status, base
+    assert "http://agentq-dashboard.agentq-system.svc:8265" in script

@@ -18,6 +18,8 @@ from agentq.serve.reader import NotFound, StoreReader
 from controller.dashboard import ClusterRounds, round_view
 from controller.jobs import UNIT_LABEL
 
+WS = "ws://localhost"  # TestClient's sockets say Host: testserver unless the URL names one
+
 
 def job(unit: str, start: str | None, end: str | None, gpus: int = 0) -> dict:
     limits = {"nvidia.com/gpu": gpus} if gpus else {}
@@ -79,6 +81,9 @@ def test_status_and_jobs_become_steps_with_timings():
     assert steps["train"]["startTime"] is not None and steps["train"]["seconds"] is None
     assert view["phase"] == "Training" and view["source"] == "cluster" and view["message"] == "step train: r2-x"
     assert view["passRate"] == {"zero_shot": 0.1}  # the operator's results until a summary is in the store
+    # a round deleted and applied again is a new resource: its uid names the run the event stream follows
+    again = {**TRAINING, "metadata": {**TRAINING["metadata"], "uid": "u-2"}}
+    assert round_view(again, JOBS, None)["run"] == "u-2" != round_view(TRAINING, JOBS, None)["run"]
 
 
 def test_gpu_hours_are_what_the_jobs_held():
@@ -101,17 +106,18 @@ def test_the_report_job_counts_as_evaluate_and_a_failed_round_shows_its_step_fai
 
 def test_the_app_serves_cluster_rounds_with_store_artifacts(tmp_path):
     reader = StoreReader(dashboard_store.build(tmp_path / "store"), ttl=0)
-    client = TestClient(create_app(reader, ClusterRounds(FakeKube([TRAINING], JOBS), reader, "ns")))
-    rounds = client.get("/api/rounds").json()
+    client = TestClient(create_app(reader, ClusterRounds(FakeKube([TRAINING], JOBS), reader, "ns")), base_url="http://localhost")
+    rounds = client.get("/api/rounds").json()["items"]
     assert [(r["name"], r["phase"], r["source"]) for r in rounds] == [("r2", "Training", "cluster")]
-    assert rounds[0]["collected"] == 2  # the trees already in the store
+    assert rounds[0]["collected"] == 2 and rounds[0]["kind"] == "function"  # the trees already in the store
     assert rounds[0]["passRate"] == {"zero_shot": 0.5}  # the store's summary wins over the status
     assert client.get("/api/rounds/r2/eval/summary").json()["arms"][0]["arm"] == "baseline"
     assert client.get("/api/rounds/r2/trajectories").status_code == 200
     missing = client.get("/api/rounds/r9")
     assert missing.status_code == 404 and missing.json()["detail"] == "no AgentQRound 'r9' in namespace ns"
-    with client.websocket_connect("/api/rounds/r2/events") as ws:
-        assert ws.receive_json()["data"]["steps"][2]["state"] == "Running"
+    with client.websocket_connect(WS + "/api/rounds/r2/events") as ws:
+        snapshot = ws.receive_json()["data"]
+        assert snapshot["steps"][2]["state"] == "Running" and snapshot["progress"]["collect"]["trees"] == 2
     assert 'agentq_step_gpu_hours{round="r2",step="collect"} 0.0356' in client.get("/metrics").text
 
 
@@ -138,8 +144,8 @@ def test_unit_keys_map_to_steps(unit, step):
 def test_cluster_campaigns_come_from_their_resources(tmp_path):
     reader = StoreReader(dashboard_store.build(tmp_path / "store"), ttl=0)
     kube = FakeKube([TRAINING], JOBS, [CAMPAIGN])
-    client = TestClient(create_app(reader, ClusterRounds(kube, reader, "ns")))
-    (campaign,) = client.get("/api/campaigns").json()
+    client = TestClient(create_app(reader, ClusterRounds(kube, reader, "ns")), base_url="http://localhost")
+    (campaign,) = client.get("/api/campaigns").json()["items"]
     assert (campaign["name"], campaign["phase"], campaign["currentRound"]) == ("learn", "Running", "r2")
     assert campaign["plannedRounds"] == 3 and campaign["bestPassRate"] == 0.3 and campaign["stopped"] is None
     assert campaign["roundsInStore"] == ["r1"] and campaign["mode"] == "zero_shot"

@@ -60,6 +60,28 @@ def test_the_server_is_a_prefix_cached_tensor_parallel_vllm_on_the_inference_poo
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == "u-1"
 
 
+def test_the_server_meets_restricted_pod_security_and_carries_the_rounds_job_template():
+    """As the step pods: non-root (vLLM's image would run as root), RuntimeDefault seccomp, no privilege
+    escalation, no capabilities; and the round's pass-through labels (a Kueue queue) and annotations."""
+    import kubernetes_validate
+
+    b = body({"vllm": {}})
+    b["spec"]["jobTemplate"] = {"labels": {"kueue.x-k8s.io/queue-name": "gpu", "agentq.dev/round": "spoof"},
+                                "annotations": {"team": "repair"}}
+    deployment, service = build_server(b, "collect", SETTINGS)
+    pod = deployment["spec"]["template"]["spec"]
+    sec = pod["securityContext"]
+    assert sec["runAsNonRoot"] is True and sec["runAsUser"] > 0 and sec["seccompProfile"] == {"type": "RuntimeDefault"}
+    csec = pod["containers"][0]["securityContext"]
+    assert csec["allowPrivilegeEscalation"] is False and csec["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "HOME", "value": "/tmp"} in pod["containers"][0]["env"]
+    for meta in (deployment["metadata"], deployment["spec"]["template"]["metadata"]):
+        assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "gpu" and meta["annotations"] == {"team": "repair"}
+        assert meta["labels"]["agentq.dev/round"] == "r1"  # agentq's own labels are never replaced
+    assert service["spec"]["ports"][0]["protocol"] == "TCP"
+    kubernetes_validate.validate(deployment, "1.33", strict=True)
+
+
 def test_data_parallel_a_hub_base_and_the_round_adapter_in_evaluate():
     (deployment, _) = build_server(body({"vllm": {"parallel": "data", "gpus": 2, "extraArgs": ["--x"]}}),
                                    "evaluate", SETTINGS)
@@ -104,35 +126,49 @@ def test_readiness_says_why_and_times_out():
     dep = {"metadata": {"name": "s", "creationTimestamp": "2026-01-01T00:09:00Z"},
            "status": {"conditions": [{"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
                                       "message": "Deployment does not have minimum availability."}]}}
-    ready, reason, message = readiness(dep, NOW, 900)
+    ready, reason, message = readiness(dep, True, NOW, 900)
     assert (ready, reason) == (False, "Starting") and "MinimumReplicasUnavailable" in message
-    assert readiness(dep, NOW, 30)[1] == "Timeout"
-    assert readiness({**dep, "status": {"availableReplicas": 1}}, NOW, 30)[:2] == (True, "Ready")
-    assert readiness(None, NOW, 30)[:2] == (False, "Creating")
+    assert readiness(dep, True, NOW, 30)[1] == "Timeout"
+    available = {**dep, "status": {"availableReplicas": 1}}
+    assert readiness(available, True, NOW, 30)[:2] == (True, "Ready")
+    # Without its Service no step Job can reach the server: not ready, whatever the Deployment says.
+    assert readiness(available, False, NOW, 30)[:2] == (False, "ServiceMissing")
+    assert readiness(None, True, NOW, 30)[:2] == (False, "Creating")
 
 
 def test_plan_creates_holds_then_releases_and_removes_the_server_after_its_stage():
     b = body({"vllm": {"readyTimeoutSeconds": 30}})
-    first = plan_servers(b, "collect", False, [], NOW, SETTINGS)
+    first = plan_servers(b, "collect", False, [], [], NOW, SETTINGS)
     assert [m["kind"] for m in first.create] == ["Deployment", "Service"] and first.hold == "collect"
     assert first.condition[:2] == (False, "Creating") and first.delete == []
     live = {"metadata": {"name": "r1-infer-collect", "creationTimestamp": NOW}, "status": {"availableReplicas": 1}}
-    ready = plan_servers(b, "collect", False, [live], NOW, SETTINGS)
+    service = {"metadata": {"name": "r1-infer-collect"}}
+    ready = plan_servers(b, "collect", False, [live], [service], NOW, SETTINGS)
     assert ready.create == [] and ready.hold is None and ready.condition[0] is True
-    later = plan_servers(b, "train", False, [live], NOW, SETTINGS)
+    later = plan_servers(b, "train", False, [live], [service], NOW, SETTINGS)
     assert later.delete == ["r1-infer-collect"] and later.create == [] and later.condition is None
-    done = plan_servers(b, "evaluate", True, [live], NOW, SETTINGS)
+    done = plan_servers(b, "evaluate", True, [live], [service], NOW, SETTINGS)
     assert done.delete == ["r1-infer-collect"] and done.create == []
+    orphan = plan_servers(b, "train", False, [], [service], NOW, SETTINGS)  # a Service left without its server
+    assert orphan.delete == ["r1-infer-collect"]
     stuck = {"metadata": {"name": "r1-infer-collect", "creationTimestamp": "2026-01-01T00:00:00Z"}}
-    late = plan_servers(b, "collect", False, [stuck], NOW, SETTINGS)
+    late = plan_servers(b, "collect", False, [stuck], [service], NOW, SETTINGS)
     assert late.hold == "collect" and late.problem[0] == "InferenceServerNotReady"
-    assert plan_servers(body({"url": "http://x/v1"}), "collect", False, [], NOW, SETTINGS).create == []
+    assert plan_servers(body({"url": "http://x/v1"}), "collect", False, [], [], NOW, SETTINGS).create == []
+
+
+def test_an_operator_that_died_between_deployment_and_service_creates_the_service_and_holds_the_jobs():
+    b = body({"vllm": {}})
+    live = {"metadata": {"name": "r1-infer-collect", "creationTimestamp": NOW}, "status": {"availableReplicas": 1}}
+    half = plan_servers(b, "collect", False, [live], [], NOW, SETTINGS)
+    assert [m["kind"] for m in half.create] == ["Service"] and half.hold == "collect"
+    assert half.condition[:2] == (False, "ServiceMissing")
 
 
 def test_a_model_in_an_s3_store_cannot_be_served_and_says_so():
     b = body({"vllm": {}}, base="store:models/qwen")
     b["spec"]["store"] = {"s3": {"bucket": "b"}}
-    out = plan_servers(b, "collect", False, [], NOW, SETTINGS)
+    out = plan_servers(b, "collect", False, [], [], NOW, SETTINGS)
     assert out.hold == "collect" and out.condition[1] == "UnsupportedStore" and "store.pvc" in out.condition[2]
     assert server_name("r1", "collect") == "r1-infer-collect"
 

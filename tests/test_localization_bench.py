@@ -26,15 +26,18 @@ def test_benchmark_measures_every_stage_against_bm25_on_held_out_libraries(tmp_p
                      "--json"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert [r["stage"] for r in result["rows"]] == ["BM25 only", "+ PPR", "+ test prior", "+ reranker",
-                                                  "test prior alone"]
+    # synthetic tasks: no test prior (an oracle there) and nothing fitted (learned parts are fitted on real tasks)
+    assert [r["stage"] for r in result["rows"]] == ["BM25 only", "+ PPR"]
     assert result["libraries"] == ["cachetools", "sqlparse", "toolz"]
+    detail = result["coverage_detail"]["+ PPR"]
+    assert sorted(detail["by_library"]) == result["libraries"] and len(detail["by_fold"]) == 3
+    assert all(f["calibration_tasks"] > 0 and 0 <= f["coverage"] <= 1 for f in detail["by_fold"])
     for row in result["rows"]:
         assert row["tasks"] == result["tasks"] > 0  # every fold's test tasks, each counted once
         assert 0 <= row["recall@1"] <= row["recall@5"] <= 1 and row["set_size"] >= 1
     assert result["rows"][0]["recall@1_vs_bm25"] == 1.0
     text = docs.read_text()
-    assert "old table" not in text and "keep me" in text and "| + reranker |" in text and "synthetic" in text
+    assert "old table" not in text and "keep me" in text and "| + PPR |" in text and "no reranker" in text
 
 
 def test_too_few_libraries_is_one_clear_line(tmp_path, capsys):

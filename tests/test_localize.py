@@ -233,8 +233,9 @@ def test_repo_task_lines_give_report_failing_tests_and_gold_files(tmp_path):
 
 
 def test_a_models_conformal_set_sizes_the_prompt_context(repo):
-    """With a model, the prompt's files are its prediction set (here: the failing test's imports, two files);
-    without one, the CONTEXT_FILES best by BM25."""
+    """With a model, the prompt's files are its prediction set, ranked from the issue alone (the failing test's
+    imports, http.py and util.py, do not pull them in); without one, the CONTEXT_FILES best by BM25. Small files
+    fit the budget whole: their functions are shown in full."""
     from agentq.localize.conformal import Conformal
     from agentq.repair.localization import RoundLocalization
     from agentq.repair.problem import CONTEXT_FILES, localised_context
@@ -243,14 +244,14 @@ def test_a_models_conformal_set_sizes_the_prompt_context(repo):
     task = RepoTask(task_id="t", group="pkg", repo={"sdist": "pkg-1.0.tar.gz", "name": "pkg", "version": "1.0"},
                     bug_patch="x", issue="the colour hex string is wrong",
                     fail_to_pass=["tests/test_http.py::test_parse"], test_target=["tests"])
-    names = features({s: dict.fromkeys(repo.candidates, 0.0) for s in ("bm25", "ppr", "prior")},
-                     repo.candidates)[0]
-    weights = np.array([10.0 if n == "prior.norm" else 0.0 for n in names])
-    model = Model(stages=("bm25", "ppr", "prior"), reranker=Reranker(names=names, weights=weights),
-                  conformal=Conformal(temperature=1.0, qhat=0.999, alpha=0.1))
+    names = features({s: dict.fromkeys(repo.candidates, 0.0) for s in ("bm25", "ppr")}, repo.candidates)[0]
+    weights = np.array([10.0 if n == "bm25.norm" else 0.0 for n in names])
+    model = Model(stages=("bm25", "ppr"), reranker=Reranker(names=names, weights=weights),
+                  conformal=Conformal(temperature=1.0, qhat=0.5, alpha=0.1))
     context, notes = localised_context(repo.root, task, RoundLocalization(model))
-    assert list(context) == ["pkg/http.py", "pkg/util.py"] and context["pkg/util.py"] == FILES["pkg/util.py"]
-    assert notes == {"by": "model", "files": ["pkg/http.py", "pkg/util.py"], "set_size": 2}
+    assert list(context) == ["pkg/colors.py"] and "pkg/http.py" not in context
+    assert "    return '#%02x%02x%02x' % (r, g, b)" in context["pkg/colors.py"]
+    assert notes["by"] == "model" and notes["files"] == ["pkg/colors.py"] and notes["set_size"] == 1
     fallback, notes = localised_context(repo.root, task)
     assert len(fallback) == CONTEXT_FILES and "pkg/colors.py" in fallback  # the report's "hex" matches it
-    assert notes == {"by": "bm25", "files": list(fallback)}
+    assert notes["by"] == "bm25" and notes["files"] == list(fallback) and notes["context_tokens"] > 0

@@ -11,8 +11,8 @@ import yaml
 
 from agentq.config import RoundFile
 from controller.crd import render
-from controller.jobs import Unit, build_job, cleanup_job, job_name, spec_configmap, units
-from controller.reconcile import long_unfinished, plan, pod_problems, with_unrecorded_finished
+from controller.jobs import Unit, build_job, cleanup_job, job_name, spec_configmap, suspend_patch, units
+from controller.reconcile import long_unfinished, plan, pod_problems, refused_pods, with_unrecorded_finished
 from controller.settings import OperatorSettings
 
 SETTINGS = OperatorSettings.model_validate({
@@ -65,6 +65,8 @@ def test_train_goes_to_training_pool_preferences_and_report_are_cpu_only():
     assert container(train)["image"] == "train:1"
     assert container(train)["resources"]["limits"] == {"nvidia.com/gpu": 1}
     assert "SANDBOX_URL" not in {e["name"] for e in container(train)["env"]}
+    grpo = build_job(body(train={"method": "grpo"}), Unit("train"), 0, SETTINGS)  # its reward runs candidates
+    assert {e["name"]: e.get("value") for e in container(grpo)["env"]}["SANDBOX_URL"] == "http://sandbox.agentq:8080"
     for step in ("preferences", "report"):
         job = build_job(body(), Unit(step), 0, SETTINGS)
         assert "resources" not in container(job)
@@ -402,6 +404,21 @@ def test_a_cleanup_job_of_an_earlier_round_of_that_name_holds_the_new_one():
     assert advance(b, [cleanup], no_inspect).create
 
 
+def test_a_failed_cleanup_is_reported_and_not_counted_as_done():
+    b = body()
+    cleanup = cleanup_job(b, SETTINGS)
+    cleanup["status"] = {"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                                                      "reason": "BackoffLimitExceeded"}]}
+    p = advance(b, [cleanup], no_inspect)
+    assert p.status["phase"] == "Pending" and p.create == []
+    blocked = condition(p, "Blocked")
+    assert blocked["status"] == "True" and blocked["reason"] == "CleanupFailed"
+    assert "r1-cleanup failed to delete the artifacts" in blocked["message"] and "BackoffLimitExceeded" in \
+        blocked["message"]
+    assert ("Warning", "CleanupFailed") in [e[:2] for e in p.events]
+    assert advance(b, [], no_inspect).create  # the Job deleted by the person who cleaned up: the round starts
+
+
 def pod(name: str, *, unschedulable: str = "", waiting: str = "") -> dict:
     status: dict = {"phase": "Pending", "conditions": [], "containerStatuses": []}
     if unschedulable:
@@ -446,18 +463,54 @@ def test_every_condition_names_the_generation_it_describes():
     assert {c["observedGeneration"] for c in plan(b, [], no_inspect, "T").status["conditions"]} == {7}
 
 
-def test_suspend_reaches_running_jobs_once_and_resume_clears_it():
+def patched(j: dict, suspend: bool) -> dict:
+    """The Job as the API server returns it after jobs.suspend_patch (a strategic merge: None removes)."""
+    patch = suspend_patch(suspend)
+    annotations = {**(j["metadata"].get("annotations") or {}), **patch["metadata"]["annotations"]}
+    meta = {**j["metadata"], "annotations": {k: v for k, v in annotations.items() if v is not None}}
+    return {**j, "metadata": meta, "spec": {**j["spec"], **patch["spec"]}}
+
+
+def test_suspend_follows_the_jobs_own_state_not_a_record_in_the_status():
     b = body()
     running = [job(b, Unit("collect", 0, 2), 0, "Running"), job(b, Unit("collect", 1, 2), 0, "Succeeded")]
     assert advance(b, running).suspend == {}
     b["spec"]["suspend"] = True
     p = advance(b, running, no_inspect)
     assert p.status["phase"] == "Suspended" and p.suspend == {"r1-collect-0": True}
-    assert advance(b, running, no_inspect).suspend == {}  # patched once
+    # The status write that followed the PATCH was lost (a 409, a crash): the Job itself says it is suspended.
+    b["status"].pop("suspendedJobs", None)
+    held = [patched(running[0], True), running[1]]
+    assert advance(b, held, no_inspect).suspend == {}
+    assert b["status"]["suspendedJobs"] == ["r1-collect-0"]
     b["spec"]["suspend"] = False
-    p = advance(b, running, no_inspect)
+    p = advance(b, held, no_inspect)
     assert p.suspend == {"r1-collect-0": False} and p.status["phase"] == "Collecting"
-    assert advance(b, running, no_inspect).suspend == {}
+    # The PATCH was lost instead (the operator died before it): the Job still says suspended, so it is resumed.
+    assert advance(b, held, no_inspect).suspend == {"r1-collect-0": False}
+    assert advance(b, [patched(held[0], False), running[1]], no_inspect).suspend == {}
+
+
+def test_on_servers_with_job_suspend_the_jobs_own_field_decides():
+    b = body(suspend=True)
+    running = job(b, Unit("collect", 0, 2), 0, "Running")
+    ours = patched(running, True)
+    assert advance(b, [ours], no_inspect).suspend == {}
+    ours["spec"]["suspend"] = False  # someone resumed it by hand while the round is suspended: suspend it again
+    assert advance(b, [ours], no_inspect).suspend == {"r1-collect-0": True}
+    del ours["spec"]["suspend"]  # a 1.20 server drops the field: the annotation is what it keeps
+    assert advance(b, [ours], no_inspect).suspend == {} and b["status"]["suspendedJobs"] == ["r1-collect-0"]
+
+
+def test_a_job_held_suspended_by_someone_else_is_left_alone():
+    b = body()
+    queued = job(b, Unit("collect", 0, 2), 0)
+    queued["spec"]["suspend"] = True  # Kueue holds it until admission
+    assert advance(b, [queued], no_inspect).suspend == {}
+    b["spec"]["suspend"] = True
+    assert advance(b, [queued], no_inspect).suspend == {}  # already suspended, and not ours to resume later
+    b["spec"]["suspend"] = False
+    assert advance(b, [queued], no_inspect).suspend == {}
 
 
 def test_a_failed_step_is_retried_after_a_growing_delay():
@@ -488,19 +541,38 @@ def test_pods_are_read_only_for_jobs_unfinished_past_a_resync():
 def test_a_missing_step_service_account_is_named():
     from controller.handlers import stuck_problems
 
-    class Cluster:  # the two observations stuck_problems makes
+    class Cluster:  # the observations stuck_problems makes
         def round_pods(self, namespace, name):
             return [pod("r1-collect-0-x", waiting="ErrImagePull")]
+
+        def failed_creates(self, namespace):
+            raise AssertionError("every Job has a pod: no events to read")
 
         def service_account_exists(self, namespace, name):
             return name == "present"
 
+    running = [job(body(), Unit("collect", 0, 2), 0, "Running")]
     settings = OperatorSettings.model_validate({"jobServiceAccount": "agentq-steps"})
-    problems = stuck_problems(Cluster(), "ns", "r1", settings)
+    problems = stuck_problems(Cluster(), "ns", "r1", settings, running)
     assert [r for r, _ in problems] == ["ErrImagePull", "ServiceAccountMissing"]
     assert "ServiceAccount agentq-steps (operator.jobServiceAccount) does not exist in namespace ns" in problems[1][1]
     ok = OperatorSettings.model_validate({"jobServiceAccount": "present"})
-    assert [r for r, _ in stuck_problems(Cluster(), "ns", "r1", ok)] == ["ErrImagePull"]
+    assert [r for r, _ in stuck_problems(Cluster(), "ns", "r1", ok, running)] == ["ErrImagePull"]
+
+
+def test_pods_refused_by_a_quota_are_named_from_the_jobs_failedcreate_events():
+    podless = {"u-0": "r1-collect-0", "u-1": "r1-collect-1"}
+    quota = ('Error creating: pods "r1-collect-0-abc" is forbidden: exceeded quota: steps, requested: pods=1, '
+             'used: pods=0, limited: pods=0')
+    events = [{"involvedObject": {"uid": "u-0"}, "lastTimestamp": "2026-01-01T00:00:01Z", "message": "older"},
+              {"involvedObject": {"uid": "u-0"}, "lastTimestamp": "2026-01-01T00:00:09Z", "message": quota},
+              {"involvedObject": {"uid": "u-1"}, "lastTimestamp": "2026-01-01T00:00:05Z",
+               "message": 'Error creating: admission webhook "policy" denied the request'},
+              {"involvedObject": {"uid": "other"}, "lastTimestamp": "2026-01-01T00:00:09Z", "message": "x"}]
+    problems = refused_pods(events, podless)
+    assert [r for r, _ in problems] == ["QuotaExceeded", "PodCreateRefused"]
+    assert problems[0][1] == f"Job r1-collect-0 cannot create its pod: {quota}"
+    assert "admission webhook" in problems[1][1]
 
 
 def test_a_round_that_fetches_its_model_starts_with_the_model_step():

@@ -35,7 +35,8 @@ def workdir(tmp_path_factory):
         (tmp / "data" / "repos" / name).symlink_to(DATA / "repos" / name)
     corpus = tmp / "corpus.jsonl"
     assert main(["tasks", "build", "--source", "repos", "--data-dir", str(tmp / "data"), "--out", str(corpus),
-                 "--per-library", "6", "--per-operator", "2", "--json"]) == 0
+                 "--per-library", "12", "--per-operator", "2", "--combine", "0", "--test-timeout", "10", "--jobs", "2",
+                 "--json"]) == 0
     tasks = read_tasks(corpus, kinds=("repo",))
     assert len(tasks) >= 2, "the build kept fewer than two cachetools mutants"
     write_tasks(tmp / "train.jsonl", tasks)
@@ -98,14 +99,14 @@ def assert_prompts_use_the_rounds_localisation_model(workdir: Path, store: Path,
     assert stored["model"] is not None, stored["reason"]
     assert stored["tasks"] == len(read_tasks(workdir / "train.jsonl", kinds=("repo",)))
     model = Model.from_json(stored["model"])
-    assert model.stages == ("bm25", "ppr", "prior") and 0 < model.conformal.qhat <= 1
+    assert model.stages == ("bm25", "ppr") and 0 < model.conformal.qhat <= 1  # no test prior: the issue alone
     tasks = {t.id: t for t in read_tasks(workdir / "train.jsonl", kinds=("repo",))}
     ws = RoundWorkspace(load_round(workdir / "repo1.yaml"), str(workdir / "repo1.yaml"), save_spec=False)
     with ws.runner() as runner:
         for record in trees:
             task = tasks[record["task_id"]]
             tree = buggy_tree(task, runner)
-            located = Localizer(Repository.scan(tree)).locate(task.issue, task.fail_to_pass, model)
+            located = Localizer(Repository.scan(tree)).locate(task.issue, [], model)
             notes = record["localization"]
             assert notes["by"] == "model" and notes["set_size"] == len(located.prediction_set)
             assert notes["files"] and notes["files"] == located.prediction_set[: len(notes["files"])]
@@ -158,7 +159,7 @@ def test_the_localisation_model_is_fitted_once_per_training_set(workdir, monkeyp
         record = json.loads(stored.read_text())
         ws.store.put_text(ws.key(localization.KEY), json.dumps({**record, "inputs_digest": "other training tasks"}))
         monkeypatch.setattr(localization, "fit_model", lambda *args: (None, "too few usable tasks"))
-        assert localization.round_model(ws, runner) is None
+        assert localization.round_model(ws, runner).model is None  # prompts then rank by BM25
         assert json.loads(stored.read_text())["reason"] == "too few usable tasks"
 
 
@@ -172,7 +173,7 @@ def test_the_localize_settings_choose_the_stages_and_the_coverage(workdir):
     ws = RoundWorkspace(load_round(path), str(path))
     with ws.runner() as runner:
         found = localization.round_model(ws, runner)
-        assert found.model.stages == ("bm25", "dense", "ppr", "prior") and found.embedder is not None
+        assert found.model.stages == ("bm25", "dense", "ppr") and found.embedder is not None
         assert found.model.conformal.alpha == pytest.approx(0.2)
         runner.localization = found
         task = read_tasks(workdir / "test.jsonl", kinds=("repo",))[0]

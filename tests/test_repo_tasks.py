@@ -231,15 +231,36 @@ def test_mutations_outside_function_bodies_are_not_made():
 
 # --- issue text and its leak check -------------------------------------------------------------------------
 
-def test_leak_check_refuses_changed_lines_and_paths():
+def test_leak_check_refuses_changed_lines_paths_and_failing_tests():
     changed = ["    if x < lo:\n", "    if x > lo:\n"]
     assert leaks("AssertionError: if x > lo: failed", changed, ["minilib/__init__.py"]) == ["if x > lo:"]
     assert leaks("see minilib/__init__.py line 5", changed, ["minilib/__init__.py"]) == ["minilib/__init__.py"]
-    failing = {F2P[0]: "assert 5 == 0", F2P[1]: "error at if x > lo: here"}
-    text = issue_text("minilib", "0.1", failing, changed, ["minilib/__init__.py"])
-    assert text is not None and F2P[0] in text and "assert 5 == 0" in text
-    assert "if x > lo" not in text  # the leaking message is left out, the test id stays
-    assert issue_text("minilib", "0.1", {"tests/t.py::test_if x > lo:": ""}, changed, []) is None
+    assert leaks("test_clamp_low() failed", [], [], [F2P[1]]) == ["test_clamp_low"]
+    assert leaks("test_clamp_lower is another name", [], [], [F2P[1]]) == []
+
+
+TRACEBACKS = {
+    F2P[1]: [{"path": "tests/test_minilib.py", "lineno": 5, "lines": [
+        "    def test_clamp_low():", ">       assert clamp(-1, 0, 5) == 0", "E       assert 5 == 0",
+        "E        +  where 5 = clamp(-1, 0, 5)"]}],
+    F2P[0]: [{"path": "tests/test_minilib.py", "lineno": 9, "lines": [
+        "    def test_clamp_high():", ">       assert clamp(9, 0, 5) == 5"]},
+        {"path": "minilib/__init__.py", "lineno": 5, "lines": [
+            "    def clamp(x, lo, hi):", ">       if x > lo:", "E       TypeError: boom"]}],
+}
+
+
+def test_issue_text_shows_the_check_and_its_values_never_the_tests_or_the_bug():
+    changed = ["    if x < lo:\n", "    if x > lo:\n"]
+    failing = {F2P[1]: "assert 5 == 0", F2P[0]: "TypeError: boom"}
+    text = issue_text("minilib", "0.1", failing, TRACEBACKS, changed, ["minilib/__init__.py"])
+    assert text is not None
+    assert "assert clamp(-1, 0, 5) == 0" in text and "where 5 = clamp(-1, 0, 5)" in text  # the check, its values
+    assert "TypeError: boom" in text and "clamp(9, 0, 5)" in text  # the exception and the call that raised it
+    assert not leaks(text, changed, ["minilib/__init__.py"], list(failing))
+    assert "test_clamp" not in text and "if x > lo" not in text and "minilib/__init__.py" not in text
+    # a failure whose only report would leak the changed line is no task
+    assert issue_text("minilib", "0.1", {F2P[2]: "if x > lo: failed"}, {}, changed, []) is None
 
 
 # --- the repository executor -------------------------------------------------------------------------------
@@ -296,7 +317,8 @@ def test_build_keeps_caught_mutants_rejects_a_library_without_tests_and_validate
     assert cli_main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["rejected_libraries"] == [{"library": "notests-0.1", "reason": "no pytest suite found (no "
-                                              "tests/, test/ or <package>/tests with test_*.py files)"}]
+                                              "tests/, test/ or testing/ folder, no test folder inside a package, "
+                                              "no module matching test_*.py *_test.py)"}]
     tasks = read_tasks(out, kinds=("repo",))
     assert tasks and summary["tasks"] == len(tasks) and summary["test"] == len(tasks)
     for task in tasks:
@@ -323,7 +345,7 @@ def test_build_and_validate_a_real_library_from_shared_data(tmp_path, capsys):
         (data / "repos" / name).symlink_to(DATA / "repos" / name)
     out = tmp_path / "repos.jsonl"
     assert cli_main(["tasks", "build", "--source", "repos", "--data-dir", str(data), "--out", str(out),
-                     "--per-library", "2", "--per-operator", "1", "--json"]) == 0
+                     "--per-library", "6", "--per-operator", "1", "--combine", "0", "--jobs", "2", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["libraries"]["cachetools-8.0.0"]["stable_tests"] > 300
     tasks = read_tasks(out, kinds=("repo",))

@@ -31,7 +31,7 @@ def row(**fields) -> dict:
 
 
 V5 = {"image": "registry.invalid/sweb.eval.x86_64.acme_1776_calc-1:latest", "log_parser": "parse_log_pytest",
-      "eval_type": "pytest", "eval_script": "#!/bin/bash\ncd /testbed\necho '>>>>> Start Test Output'\n"
+      "eval_type": "pass_and_fail", "eval_script": "#!/bin/bash\ncd /testbed\necho '>>>>> Start Test Output'\n"
                                            "python -c 'import calc; print(calc.X)'\necho '>>>>> End Test Output'\n"}
 
 
@@ -106,13 +106,175 @@ def test_the_run_script_applies_the_patch_and_logs_with_swebench_markers(tmp_pat
 
 
 def test_grading_uses_swebench(tmp_path):
-    """Runs only where `swebench` is installed (cluster grader images); it is not pinned here (see README)."""
-    pytest.importorskip("swebench.harness.grading")
+    """swebench's own grading code (the grader image installs it without the harness's Docker/Modal parts; here it
+    runs where the package is installed, `pip install --no-deps swebench==5.0.2 unidiff`)."""
+    pytest.importorskip("swebench")
     log = tmp_path / "test_output.txt"
     log.write_text(f"{swebench.APPLY_PATCH_PASS}\n>>>>> Start Test Output\nPASSED tests/test_calc.py::test_x\n"
                    ">>>>> End Test Output\n")
     report = swebench.grade({**load_row(), **V5}, str(log), PATCH)
     assert report["resolved"] is True and report["patch_successfully_applied"] is True
+    verdict = swebench.verdict({**load_row(), **V5}, report)
+    assert (verdict["status"], verdict["f2p_passed"], verdict["f2p_total"]) == ("passed", 1, 1)
     log.write_text(f"{swebench.APPLY_PATCH_PASS}\n>>>>> Start Test Output\nFAILED tests/test_calc.py::test_x\n"
                    ">>>>> End Test Output\n")
     assert swebench.grade({**load_row(), **V5}, str(log), PATCH)["resolved"] is False
+    log.write_text(f"{swebench.APPLY_PATCH_FAIL}\n")
+    failed = swebench.verdict({**load_row(), **V5}, swebench.grade({**load_row(), **V5}, str(log), PATCH))
+    assert (failed["status"], failed["patch_status"]) == ("error", "failed")
+    assert not [m for m in sys.modules if m.split(".")[0] in ("docker", "modal")]  # the harness's other parts
+
+
+def test_instance_images_follow_swebench_naming_or_a_template():
+    assert swebench.image_name("django__django-15202") == "swebench/sweb.eval.x86_64.django_1776_django-15202:latest"
+    assert swebench.image_name("acme__calc-1", "localhost/sweb.{id}:v1") == "localhost/sweb.acme_1776_calc-1:v1"
+    completed = swebench.complete({**load_row(), **V5, "image": ""}, "local/{instance_id}:1")
+    assert completed["image"] == "local/acme__calc-1:1"
+
+
+def test_a_task_gives_back_the_row_it_was_made_from():
+    from agentq.tasks.swebench import instance_row
+
+    instance = {**load_row(), **V5}
+    task = to_repo_task(instance).model_dump(exclude_none=True)
+    again = instance_row(task)
+    for key in ("repo", "instance_id", "base_commit", "patch", "test_patch", "version", "FAIL_TO_PASS",
+                "PASS_TO_PASS", "environment_setup_commit", *V5):
+        assert again[key] == instance[key], key
+
+
+def api_server(tmp_path: Path):
+    """A real API server (tests/testenv.py), started; skipped only outside CI and `make test` when missing."""
+    import os
+
+    import testenv
+
+    try:
+        testenv.bin_dir()
+    except testenv.EnvMissing as err:
+        if os.environ.get("CI") or os.environ.get("AGENTQ_TESTENV_BIN"):
+            raise  # in CI (and via `make test`) a missing test environment is a failure, not a skip
+        pytest.skip(str(err))
+    return testenv.LocalCluster(tmp_path / "cluster").start()
+
+
+REPORT = {"patch_is_None": False, "patch_exists": True, "patch_successfully_applied": True, "resolved": True,
+          "tests_status": {"FAIL_TO_PASS": {"success": ["tests/test_calc.py::test_x"], "failure": []},
+                           "PASS_TO_PASS": {"success": [], "failure": []}}}
+
+
+@pytest.mark.cluster
+def test_evaluation_runs_a_patch_as_a_job_through_the_swebench_service(tmp_path, monkeypatch):
+    """agentq's RemoteExecutor -> `controller.swebench serve` -> a Job (and its ConfigMap, owned by it) in a real
+    API server -> the grader's report from the pod's termination message -> a RepoVerdict; the kubelet is played
+    here (tests/testenv.py). A second request for the same patch reads the finished Job back; an instance image
+    the cluster cannot pull fails the run at once."""
+    import threading
+
+    import testenv
+    from kubernetes import client
+
+    from agentq.sandbox import RemoteExecutor
+
+    cluster = api_server(tmp_path)
+    server = None
+    try:
+        api = cluster.api()
+        core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+        core.create_namespace({"metadata": {"name": "swe"}})
+        runner = swebench.JobRunner(api, "swe", "grader:1", poll_s=0.05)
+        server = swebench.SwebenchServer(("127.0.0.1", 0), runner, token="t0k3n")
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        task = to_repo_task({**load_row(), **V5}).model_dump(exclude_none=True)
+
+        def kubelet(patch: str, **finish) -> None:
+            name = swebench.resource_name("acme__calc-1", patch)
+            for _ in range(400):
+                if batch.list_namespaced_job("swe").items:
+                    break
+                threading.Event().wait(0.05)
+            testenv.finish_job(api, "swe", name, **finish)
+
+        played = threading.Thread(target=kubelet, args=(PATCH,),
+                                  kwargs={"succeeded": True, "message": json.dumps(REPORT)})
+        played.start()
+        monkeypatch.setenv("AGENTQ_SANDBOX_TOKEN", "t0k3n")
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        [verdict] = RemoteExecutor(url).run_task(task, [PATCH])
+        played.join()
+        assert verdict.resolved and verdict.reward == 1.0 and verdict.f2p_passed == 1, verdict
+        name = swebench.resource_name("acme__calc-1", PATCH)
+        job = batch.read_namespaced_job(name, "swe")
+        assert job.spec.template.spec.init_containers[0].image == V5["image"]
+        cm = core.read_namespaced_config_map(name, "swe")
+        assert cm.data["patch.diff"] == PATCH and cm.metadata.owner_references[0].uid == job.metadata.uid
+        assert RemoteExecutor(url).run_task(task, [PATCH])[0].resolved  # read back, not run again
+        # an instance image the cluster cannot pull
+        other = PATCH.replace("X = 2", "X = 5")
+        pending = threading.Thread(target=lambda: (
+            [threading.Event().wait(0.05) for _ in range(40) if len(batch.list_namespaced_job("swe").items) < 2],
+            testenv.job_pod(api, "swe", swebench.resource_name("acme__calc-1", other), {
+                "phase": "Pending", "initContainerStatuses": [{
+                    "name": "run", "image": V5["image"], "imageID": "", "ready": False, "restartCount": 0,
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}]})))
+        pending.start()
+        [failed] = RemoteExecutor(url).run_task(task, [other])
+        pending.join()
+        assert failed.status == "error" and "cannot be pulled (ImagePullBackOff)" in failed.message
+        with pytest.raises(Exception, match="token"):
+            RemoteExecutor(url, token="wrong").run_task(task, [PATCH])
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        cluster.stop()
+
+
+def _mirror(tmp_path: Path) -> tuple[Path, str]:
+    """A data folder whose git/ holds a bare mirror of acme/calc; returns it and the base commit."""
+    work = tmp_path / "calc"
+    work.mkdir()
+    (work / "calc.py").write_text("X = 1\n\n\ndef double(y):\n    return y * X\n")
+    env = {"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@b",
+           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "base"]):
+        subprocess.run(["git", *cmd], cwd=work, check=True, env=env)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True).stdout.strip()
+    data = tmp_path / "data"
+    (data / "repos").mkdir(parents=True)
+    subprocess.run(["git", "clone", "-q", "--mirror", str(work), str(data / "git" / "acme__calc.git")], check=True)
+    return data, commit
+
+
+def test_a_swebench_task_reads_its_code_from_a_local_mirror_and_never_runs_here(tmp_path):
+    """The Lite-task crash ('git sources need network'): the prompt is built from the mirror at the base commit;
+    running the task's tests needs its instance image, and says so."""
+    from agentq.repair.problem import RepoProblem
+    from agentq.sandbox.repo import RepoExecutor, SdistStore
+    from agentq.sandbox.runner import Runner
+    from agentq.tasks.swebench import GitTrees
+
+    data, commit = _mirror(tmp_path)
+    task = to_repo_task({**load_row(), **V5, "base_commit": commit, "problem_statement": "double(2) is wrong"})
+    store = SdistStore(data / "repos", RepoExecutor(tmp_path / "trees"), git=GitTrees(data / "git", tmp_path / "git"))
+    problem = RepoProblem.build(task, Runner(repos=store), honest=True)
+    assert "def double(y):" in problem.prompt([]).messages[-1]["content"]
+    with pytest.raises(ValueError, match="runs only in its instance image"):
+        problem.final(PATCH, Runner(repos=store))
+    missing = to_repo_task({**load_row(), **V5, "repo": "acme/other"})
+    with pytest.raises(ValueError, match="no local mirror at .*acme__other.git"):
+        RepoProblem.build(missing, Runner(repos=store))
+
+
+def test_validate_says_a_swebench_task_was_not_checked_rather_than_invalid(tmp_path, capsys):
+    from agentq.cli import main as cli_main
+    from agentq.tasks.schema import write_tasks
+
+    data, commit = _mirror(tmp_path)
+    path = tmp_path / "swe.jsonl"
+    write_tasks(path, [to_repo_task({**load_row(), **V5, "base_commit": commit})])
+    assert cli_main(["tasks", "validate", str(path), "--data-dir", str(data), "--cache", str(tmp_path / "c"),
+                     "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == "0/0 tasks valid" and out[1].startswith("1 SWE-bench task(s) not checked: a SWE-bench")
+    assert json.loads(out[-1])["not_checked"] == ["acme__calc-1"]

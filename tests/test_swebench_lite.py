@@ -97,8 +97,8 @@ def test_lite_mode_reports_every_stage_and_the_skips(tmp_path, capsys):
     assert result["instances"] == 9 and result["measured"] == 8 and result["skipped"] == {NO_SDIST: 1}
     assert result["per_repository"] == dict.fromkeys(["mwaskom/seaborn", "pallets/flask", "psf/requests",
                                                        "pydata/xarray"], 2)
-    assert [r["stage"] for r in result["rows"]] == ["BM25 only", "+ PPR", "+ test prior", "+ reranker",
-                                                  "test prior alone"]
+    assert [r["stage"] for r in result["rows"]] == ["BM25 only", "+ PPR", "+ test prior",
+                                                  "+ reranker (no test prior)", "test prior alone"]
     for row in result["rows"]:
         assert row["tasks"] == 8 and 0 <= row["recall@1"] <= row["recall@5"] <= 1 and row["set_size"] >= 1
     # Gold is core.py and new.py; the statement names "core", so BM25 finds core.py first: half the gold files.

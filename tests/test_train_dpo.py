@@ -232,6 +232,9 @@ def test_train_then_merge_publish_to_the_store(ws):
     ]
     adapter_sha = ws.store.sha256(ws.key("adapter/adapter_model.safetensors"))
     assert adapter_sha is not None
+    shown = ws.store.get_json(ws.key("progress/train.json"))  # what the dashboard showed while it trained
+    assert (shown["method"], shown["step"], shown["maxSteps"]) == ("dpo", 2, 2)
+    assert [h["step"] for h in shown["history"] if "loss" in h] == [1, 2]
     assert dpo.run(ws) == result  # finished: a re-run does nothing
     assert ws.store.sha256(ws.key("adapter/adapter_model.safetensors")) == adapter_sha
 

@@ -40,9 +40,10 @@ class EnvMissing(RuntimeError):
 
 BINARIES = ("kube-apiserver", "kube-controller-manager", "etcd", "kubectl")
 # The Job controller runs pods to completion, the TTL controller removes finished Jobs, the garbage collector
-# removes what a deleted owner owned. No service-account token controller: the API server runs without the
-# ServiceAccount admission plugin, so pods need no tokens.
-CONTROLLERS = "job,ttl-after-finished,garbagecollector"
+# removes what a deleted owner owned, the resource-quota controller keeps ResourceQuotas' usage (the API server's
+# quota admission refuses creates from it). No service-account token controller: the API server runs without
+# the ServiceAccount admission plugin, so pods need no tokens.
+CONTROLLERS = "job,ttl-after-finished,garbagecollector,resourcequota"
 # ttlSecondsAfterFinished is alpha in 1.20: without the gate the API server drops the field silently.
 FEATURE_GATES = "TTLAfterFinished=true"
 
@@ -141,7 +142,7 @@ class LocalCluster:
         self.server = f"https://127.0.0.1:{api_port}"
         _wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{etcd_port}/health", timeout=1).status == 200,
               20, "etcd", self.procs[0], etcd_log)
-        self._spawn([str(bins / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+        self._apiserver = [str(bins / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
                      "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
                      f"--cert-dir={self.workdir / 'certs'}", f"--token-auth-file={tokens}",
                      f"--authorization-mode={'RBAC' if self.rbac else 'AlwaysAllow'}",
@@ -150,7 +151,8 @@ class LocalCluster:
                      "--service-account-issuer=https://agentq.test", "--api-audiences=agentq.test",
                      "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=false",
                      f"--feature-gates={FEATURE_GATES}",
-                     "--enable-priority-and-fairness=false", "--v=0"], api_log)
+                     "--enable-priority-and-fairness=false", "--v=0"]
+        self._spawn(self._apiserver, api_log)
         self.kubeconfig = _kubeconfig(self.workdir / "admin.kubeconfig", self.server, ADMIN_TOKEN)
         self.operator_kubeconfig = _kubeconfig(self.workdir / "operator.kubeconfig", self.server, OPERATOR_TOKEN)
         _wait(lambda: self._get("/readyz") == 200 and self._get("/api/v1/namespaces/default") == 200,
@@ -173,6 +175,18 @@ class LocalCluster:
         proc = self.procs[-1]
         _wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200,
               60, "kube-controller-manager", proc, log)
+
+    def restart_apiserver(self, down_s: float) -> None:
+        """Stop the API server (SIGTERM, as a control-plane upgrade does), keep it away for `down_s` seconds,
+        start it again on the same port and wait until it serves; etcd and the controllers stay up."""
+        index = next(i for i, p in enumerate(self.procs) if p.args == self._apiserver)
+        stop_process(self.procs[index])
+        time.sleep(down_s)
+        log = self.workdir / "apiserver.log"
+        with open(log, "ab") as out:
+            self.procs[index] = subprocess.Popen(self._apiserver, stdout=out, stderr=subprocess.STDOUT,
+                                                 start_new_session=True)
+        _wait(lambda: self._get("/readyz") == 200, 60, "kube-apiserver (restarted)", self.procs[index], log)
 
     def _spawn(self, cmd: list[str], log: Path) -> None:
         with open(log, "ab") as out:

@@ -14,9 +14,12 @@ round's own, not for other libraries. Too few usable tasks (a gold file among th
 leave no model: the file then records why and prompts rank by BM25 alone. The localisation libraries are
 imported only for a round with repo tasks.
 
-`localize` in the round spec sets the set's target coverage and whether the dense stage (an ONNX sentence
-encoder) joins BM25, PageRank and the test prior; the dense stage then also runs for every prompt, so the
-embedder travels with the model (`RoundLocalization`).
+`localize` in the round spec sets the set's target coverage, whether the dense stage (an ONNX sentence
+encoder) joins BM25 and PageRank (the dense stage then also runs for every prompt, so the embedder travels
+with the model: `RoundLocalization`), and the prompts' token budget. The test-import prior is not a stage of
+the round's model: it reads the failing tests' ids, which an honest evaluation never has (a prompt may not
+depend on the hidden tests, and a model fitted with it would lean on it), so fitting and prompts use the issue
+text alone.
 """
 
 from __future__ import annotations
@@ -39,14 +42,16 @@ KEY = "localize/model.json"
 
 @dataclass
 class RoundLocalization:
-    """What repo prompts rank their files by: the fitted model, and the embedder when its stages include dense."""
+    """What repo prompts rank their files by: the fitted model (None: BM25 alone), the embedder when its stages
+    include dense, and the prompts' token budget."""
 
-    model: Model
+    model: Model | None
     embedder: Embedder | None = None
+    prompt_tokens: int = LocalizeSpec().prompt_tokens
 
 
 def stages(spec: LocalizeSpec) -> tuple[str, ...]:
-    return ("bm25", "dense", "ppr", "prior") if spec.dense else ("bm25", "ppr", "prior")
+    return ("bm25", "dense", "ppr") if spec.dense else ("bm25", "ppr")
 
 
 def embedder(spec: LocalizeSpec) -> Embedder | None:
@@ -74,7 +79,7 @@ def fit_model(tasks: list[RepoTask], runner: Any, spec: LocalizeSpec,
     for task in tasks:
         localizer = tree_localizer(buggy_tree(task, runner), encoder)
         gold = set(patch_files(task.bug_patch))
-        evidence = localizer.evidence(task.issue, task.fail_to_pass)
+        evidence = localizer.evidence(task.issue, [])
         names, x = features({s: evidence[s] for s in used}, localizer.paths)
         mask = [p in gold for p in localizer.paths]
         if any(mask) and len(mask) > 1:
@@ -91,14 +96,15 @@ def fit_model(tasks: list[RepoTask], runner: Any, spec: LocalizeSpec,
 
 
 def round_model(ws: RoundWorkspace, runner: Any) -> RoundLocalization | None:
-    """The round's model from its store, fitted and stored first when absent or fitted on other inputs."""
+    """The round's model from its store, fitted and stored first when absent or fitted on other inputs (None for
+    a round without repo tasks)."""
     tasks, tasks_digest = ws.tasks("train")
     repo_tasks = [t for t in tasks if isinstance(t, RepoTask)]
     if not repo_tasks:
         return None
     spec = ws.round.spec.localize
     encoder = embedder(spec)
-    inputs = digest("localize", tasks_digest, spec.model_dump(mode="json"))
+    inputs = digest("localize-no-prior", tasks_digest, spec.model_dump(mode="json"))
     stored = ws.get_json(ws.key(KEY))
     if stored is None or stored.get("inputs_digest") != inputs:
         model, reason = fit_model(repo_tasks, runner, spec, encoder)
@@ -109,8 +115,7 @@ def round_model(ws: RoundWorkspace, runner: Any) -> RoundLocalization | None:
         steplog.log("localisation model", fitted=model is not None, tasks=len(repo_tasks),
                     message=f"localize: {'fitted' if model else 'no model'} on {len(repo_tasks)} training repo "
                             f"tasks -> {ws.describe(KEY)}" + (f" ({reason}; prompts rank by BM25)" if reason else ""))
-    if not stored["model"]:
-        return None
     from agentq.localize.pipeline import Model
 
-    return RoundLocalization(Model.from_json(stored["model"]), encoder)
+    model = Model.from_json(stored["model"]) if stored["model"] else None
+    return RoundLocalization(model, encoder if model else None, spec.prompt_tokens)

@@ -9,11 +9,14 @@ Two answer formats are read: search/replace blocks (the format the repair prompt
     their replacement
     >>>>>>> REPLACE
 
-and a unified diff (in a ```diff fence or bare). Either way the result is rebuilt with difflib from the files'
-old and new text, so what reaches the sandbox is always a diff `git apply` takes, whatever line counts the
-model wrote. Two failures are kept apart: `ParseError`, an answer that holds no edit in either format (a
-malformed answer, counted apart from failed fixes), and `ApplyError`, well-formed edits that do not match the
-tree (search text not found or ambiguous, a hunk that does not apply, a path outside the repository).
+and a unified diff (in a ```diff fence or bare). The path line may be written as the prompt shows files
+(`### path/to/file.py`, in backticks or bold), and the code itself may hold a `=======` line (a reST underline
+in a docstring): a block with several such lines is split at the one whose SEARCH part fits the file.
+Either way the result is rebuilt with difflib from the files' old and new text, so what reaches the sandbox
+is always a diff `git apply` takes, whatever line counts the model wrote. Two failures are kept apart:
+`ParseError`, an answer that holds no edit in either format (a malformed answer, counted apart from failed
+fixes), and `ApplyError`, well-formed edits that do not match the tree (search text not found or ambiguous,
+a hunk that does not apply, a path outside the repository).
 """
 
 from __future__ import annotations
@@ -26,12 +29,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-_BLOCK = re.compile(
-    r"^[ \t]*(?:```[\w+-]*[ \t]*\n)?(?P<path>[^\n<>=]*?\S)[ \t]*\n(?:```[\w+-]*[ \t]*\n)?"
-    r"<{5,9} ?SEARCH[ \t]*\n(?P<search>.*?)^={5,9}[ \t]*\n(?P<replace>.*?)^>{5,9} ?REPLACE[ \t]*$",
-    re.MULTILINE | re.DOTALL,
-)
-_MARKER = re.compile(r"^(?:<{5,9} ?SEARCH|={5,9}|>{5,9} ?REPLACE)\s*$", re.MULTILINE)
+_SEARCH = re.compile(r"^<{5,9} ?SEARCH\s*$")
+_DIVIDER = re.compile(r"^={5,9}\s*$")
+_REPLACE = re.compile(r"^>{5,9} ?REPLACE\s*$")
+_FENCE = re.compile(r"^\s*```[\w+-]*\s*$")
 _DIFF_FENCE = re.compile(r"```(?:diff|patch|udiff)?[ \t]*\n(.*?)```", re.DOTALL)
 _DIFF_HEADER = re.compile(r"^--- (\S+).*\n\+\+\+ (\S+)", re.MULTILINE)
 GIT_TIMEOUT_S = 30
@@ -50,6 +51,9 @@ class Edit:
     path: str
     search: str
     replace: str
+    # Every (search, replace) reading of the block, when its code holds a `=======` line too; the first that
+    # fits the file is the edit (`search`/`replace` are the first reading).
+    readings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,12 +70,41 @@ class Patch:
         return not self.diff
 
 
+def _path_line(lines: list[str], before: int) -> str:
+    """The file a block edits: the last line above its SEARCH marker that is not blank or a fence, with the
+    decoration models add (`### `, backticks, bold, a trailing colon) taken off."""
+    for line in reversed(lines[:before]):
+        if line.strip() and not _FENCE.match(line):
+            return re.sub(r"^(?:#+\s*|(?:file|path)\s*:\s*)", "", line.strip(), flags=re.I).strip("`*: \t")
+    return ""
+
+
 def parse_edits(answer: str) -> list[Edit]:
-    """Search/replace blocks in order; a stray marker means a block the model broke, which is a parse error."""
-    edits = [Edit(m["path"].strip().strip("`*").strip(), m["search"], m["replace"]) for m in _BLOCK.finditer(answer)]
-    markers = len(_MARKER.findall(answer))
-    if markers != 3 * len(edits):
-        raise ParseError(f"{markers} search/replace markers for {len(edits)} complete block(s): a block is broken")
+    """Search/replace blocks in order; a marker outside a complete block means a block the model broke, which is
+    a parse error."""
+    lines = answer.splitlines(keepends=True)
+    edits: list[Edit] = []
+    i = 0
+    while i < len(lines):
+        if _REPLACE.match(lines[i]):
+            raise ParseError("a REPLACE marker without its SEARCH marker: a block is broken")
+        if not _SEARCH.match(lines[i]):
+            i += 1
+            continue
+        end = next((j for j in range(i + 1, len(lines)) if _REPLACE.match(lines[j]) or _SEARCH.match(lines[j])),
+                   None)
+        if end is None or _SEARCH.match(lines[end]):
+            raise ParseError("a SEARCH marker without its REPLACE marker: a block is broken")
+        body = lines[i + 1 : end]
+        dividers = [k for k, line in enumerate(body) if _DIVIDER.match(line)]
+        if not dividers:
+            raise ParseError("a search/replace block without its ======= divider")
+        readings = tuple(("".join(body[:k]), "".join(body[k + 1 :])) for k in dividers)
+        path = _path_line(lines, i)
+        if not path:
+            raise ParseError("a search/replace block without the file path above it")
+        edits.append(Edit(path, *readings[0], readings=readings))
+        i = end + 1
     return edits
 
 
@@ -147,8 +180,20 @@ def edits_to_patch(root: str | Path, edits: list[Edit]) -> Patch:
                 texts[path] = edit.replace
                 continue
             texts[path] = file.read_text(encoding="utf-8")
-        texts[path] = _replace_once(texts[path], Edit(path, edit.search, edit.replace))
+        texts[path] = _replace_fitting(texts[path], path, edit.readings or ((edit.search, edit.replace),))
     return _diff(root, texts)
+
+
+def _replace_fitting(text: str, path: str, readings: tuple[tuple[str, str], ...]) -> str:
+    """The first reading of a block whose SEARCH part fits the file; the first reading's error otherwise."""
+    first: ApplyError | None = None
+    for search, replace in readings:
+        try:
+            return _replace_once(text, Edit(path, search, replace))
+        except ApplyError as err:
+            first = first or err
+    assert first is not None
+    raise first
 
 
 def diff_to_patch(root: str | Path, diff: str) -> Patch:

@@ -10,17 +10,29 @@ the rest go to the repository executor through the Runner (`RepoJob`). Every att
 be reflected on, so every node may grow. Siblings (K>1) are critiqued as their diffs with their category and
 failing output (`critique_messages`): what the repair prompts show, never the tests' source or the bug patch.
 
-Localisation runs once per task, when its search is made. With the round's model (fitted at the start of
-collect on the round's training repo tasks: agentq/repair/localization.py) `Localizer.locate` ranks the files
-and the prompt gets its conformal prediction set; without one the files are ranked by BM25 alone, which
-untrained RRF with the other stages did not beat (docs/benchmarks.md, localization on repo tasks: Recall@1
-0.82 alone, 0.51-0.61 fused), and the prompt gets the CONTEXT_FILES best. Either way within CONTEXT_CHARS.
+Localisation runs once per task, when its search is made, from the issue text alone (never the failing tests'
+ids). With the round's model (fitted at the start of collect on the round's training repo tasks:
+agentq/repair/localization.py) `Localizer.locate` ranks the files and the prompt gets its conformal prediction
+set; without one the files are ranked by BM25 alone, which untrained RRF with the other stages did not beat
+(docs/benchmarks.md, localization on repo tasks), and the prompt gets the CONTEXT_FILES best. Every prompt
+holds to the round's token budget (`localize.promptTokens`): the issue at most ISSUE_SHARE of it, earlier
+attempts at most ATTEMPT_SHARE (oldest left out first), and the code the rest, filled by priority
+(agentq/repair/context.py: skeletons of the set's files, then whole functions, most relevant first).
+
+Evaluation is honest (`honest`, what `visible_only` means for a repo task): the agent sees what a developer
+would, the issue, the code, and the results of tests it writes itself. Its answers may create
+REPRODUCTION_FILE, which runs (alone) against the patched tree; that is the only run during the search, its
+output the only feedback, and its result the reward that picks the answer. The task's fail-to-pass and
+pass-to-pass tests are run once, on the final answer (without the reproduction file). Collection keeps the
+judged tests' results as feedback and reward (the records say which: `feedback` in the notes).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,13 +43,16 @@ import numpy as np
 from agentq.localize.pipeline import Localizer, fuse
 from agentq.localize.repo import Repository
 from agentq.policy.base import Prompt
+from agentq.repair.context import budgeted_context, estimate_tokens
 from agentq.repair.patch import ApplyError, ParseError, Patch, answer_to_patch
 from agentq.repair.reflection import (
+    REPRODUCTION_FILE,
     Category,
     RunOutcome,
     categorize,
     critique_messages,
     failing_output,
+    prompt_tokens,
     repair_messages,
     syntax_errors,
 )
@@ -52,9 +67,13 @@ if TYPE_CHECKING:
     from agentq.repair.localization import RoundLocalization
     from agentq.search.mcts import Node
 
-CONTEXT_CHARS = 16_000
 CONTEXT_FILES = 3
 RANKING_STAGES = ("bm25",)
+DEFAULT_PROMPT_TOKENS = 8192
+ISSUE_SHARE = 0.25
+ATTEMPT_SHARE = 0.3
+FEEDBACK = {True: "own reproduction tests (the task's tests judged once, on the final answer)",
+            False: "the task's fail-to-pass and pass-to-pass tests"}
 
 
 def run_outcome(verdict: Verdict) -> RunOutcome:
@@ -106,53 +125,95 @@ def tree_localizer(tree: Path, embedder: Embedder | None = None) -> Localizer:
     return Localizer(Repository.scan(tree), embedder, cache_dir=cache)
 
 
-def localised_context(tree: Path, task: RepoTask,
-                      localization: RoundLocalization | None = None) -> tuple[dict[str, str], dict]:
-    """The prompt's files, best first, within CONTEXT_CHARS (the first always): with the round's model, its
-    conformal prediction set (the set's size is the budget, so a confident ranking shows fewer files); without
-    one, the CONTEXT_FILES best by RANKING_STAGES. Also what the tree's record notes about it."""
+def clip_issue(issue: str, tokens: int) -> str:
+    """The issue cut to `tokens` (estimated), said so where it is cut."""
+    if estimate_tokens(issue) <= tokens:
+        return issue
+    return issue[: int(tokens * 2.5) - 40].rsplit("\n", 1)[0] + "\n[... the rest of the report is cut]"
+
+
+def localised_context(tree: Path, task: RepoTask, localization: RoundLocalization | None = None,
+                      tokens: int = DEFAULT_PROMPT_TOKENS) -> tuple[dict[str, str], dict]:
+    """The prompt's code within `tokens` (estimated): with the round's model, its conformal prediction set (a
+    confident ranking shows fewer files); without one, the CONTEXT_FILES best by RANKING_STAGES; skeletons
+    first, then whole functions (agentq/repair/context.py). Also what the tree's record notes about it."""
     model = localization.model if localization is not None else None
     localizer = tree_localizer(tree, localization.embedder if localization is not None else None)
     if not localizer.paths:
         return {}, {"by": "none", "files": []}
     if model is not None:
-        chosen = localizer.locate(task.issue, task.fail_to_pass, model).prediction_set
+        chosen = localizer.locate(task.issue, [], model).prediction_set
     else:
-        scores = fuse(localizer.evidence(task.issue, task.fail_to_pass), RANKING_STAGES, localizer.paths)
+        scores = fuse(localizer.evidence(task.issue, []), RANKING_STAGES, localizer.paths)
         chosen = [localizer.paths[i] for i in np.argsort(-scores, kind="stable")[:CONTEXT_FILES]]
-    context: dict[str, str] = {}
-    used = 0
-    for path in chosen:
-        text = localizer.repo.files[path]
-        if context and used + len(text) > CONTEXT_CHARS:
-            break
-        context[path], used = text, used + len(text)
-    notes = {"by": "model" if model is not None else "+".join(RANKING_STAGES), "files": list(context)}
+    context, shown = budgeted_context(chosen, localizer.repo.files, task.issue, tokens)
+    notes = {"by": "model" if model is not None else "+".join(RANKING_STAGES), **shown}
     return context, notes | ({"set_size": len(chosen)} if model is not None else {})
 
 
+def reproduction_tests(patch: Patch) -> list[str]:
+    """Node ids of the test functions an answer's REPRODUCTION_FILE defines (none: nothing to run)."""
+    text = patch.new_text.get(REPRODUCTION_FILE)
+    if text is None:
+        return []
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    return [f"{REPRODUCTION_FILE}::{node.name}" for node in tree.body
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test")]
+
+
+def without_reproduction(diff: str) -> str:
+    """The diff less its REPRODUCTION_FILE section: the fix the task's tests judge."""
+    sections = re.split(r"(?m)^(?=diff --git )", diff)
+    return "".join(s for s in sections if not s.startswith(f"diff --git a/{REPRODUCTION_FILE} "))
+
+
 class RepoProblem:
-    def __init__(self, task: RepoTask, tree: Path, context: dict[str, str], localization: dict | None = None) -> None:
-        self.task, self.tree, self.context = task, tree, context
-        self.notes = {"localization": localization} if localization else {}
+    def __init__(self, task: RepoTask, tree: Path, context: dict[str, str], localization: dict | None = None,
+                 honest: bool = False, prompt_tokens: int = DEFAULT_PROMPT_TOKENS, issue: str | None = None) -> None:
+        self.task, self.tree, self.context, self.honest = task, tree, context, honest
+        self.budget, self.issue = prompt_tokens, issue if issue is not None else task.problem_text()
+        self.notes: dict[str, Any] = {"feedback": FEEDBACK[honest]}
+        if localization:
+            self.notes["localization"] = localization
         self.suspects = set(context)
         self._patches: dict[str, Patch] = {}
+        self._reproductions: dict[str, list[str]] = {}
 
     @classmethod
-    def build(cls, task: RepoTask, runner: Any) -> RepoProblem:
+    def build(cls, task: RepoTask, runner: Any, honest: bool = False) -> RepoProblem:
+        """The problem with its prompt's parts sized to the budget: the issue, then the code in what is left
+        beside the fixed text and the reserve for earlier attempts."""
+        localization = getattr(runner, "localization", None)
+        budget = getattr(localization, "prompt_tokens", DEFAULT_PROMPT_TOKENS)
         tree = buggy_tree(task, runner)
-        return cls(task, tree, *localised_context(tree, task, getattr(runner, "localization", None)))
+        issue = clip_issue(task.problem_text(), int(budget * ISSUE_SHARE))
+        fixed = prompt_tokens(repair_messages(issue, {}, honest=honest))
+        code_tokens = max(0, budget - fixed - int(budget * ATTEMPT_SHARE))
+        context, notes = localised_context(tree, task, localization, code_tokens)
+        return cls(task, tree, context, notes, honest, budget, issue)
 
     def root_code(self) -> str:
         return ""  # the empty patch: the buggy tree as it is
 
+    def root_verdict(self) -> Verdict | None:
+        """Honest: the root is not run (its only tests are the hidden ones); collection runs it (None)."""
+        return Verdict(status="error", message="not run: the task's tests are judged only on the final answer") \
+            if self.honest else None
+
     def job(self, code: str) -> RepoJob:
-        return RepoJob(self.task, code)
+        """A run of a candidate: collection, on the task's tests; honest, on its own reproduction tests alone."""
+        if not self.honest:
+            return RepoJob(self.task, code)
+        visible = self.task.model_copy(update={"fail_to_pass": self._reproductions[code], "pass_to_pass": []})
+        return RepoJob(visible, code)
 
     def prompt(self, path: list[Node]) -> Prompt:
         attempts = [(n.completion, Category(n.category), n.feedback or "") for n in path[1:] if n.category]
-        return Prompt(messages=repair_messages(self.task.problem_text(), self.context, attempts), task=self.task,
-                      purpose="repair")
+        messages = repair_messages(self.issue, self.context, attempts, honest=self.honest, budget=self.budget)
+        return Prompt(messages=messages, task=self.task, purpose="repair")
 
     def first_prompt(self, mode: str) -> Prompt:
         return self.prompt([])
@@ -171,6 +232,12 @@ class RepoProblem:
             output = failing_output(patch, None)
             return Reading(patch.diff, Verdict(status="error", message=output or category.value), category.value,
                            output)
+        if self.honest:
+            tests = reproduction_tests(patch)
+            if not tests:
+                return Reading(patch.diff, Verdict(status="error", message="not run: no reproduction test"),
+                               Category.UNCHECKED.value, "")
+            self._reproductions[patch.diff] = tests
         self._patches[patch.diff] = patch
         return Reading(patch.diff)
 
@@ -186,11 +253,13 @@ class RepoProblem:
 
     def critique_prompt(self, siblings: list[Node]) -> Prompt:
         shown = [(n.code, n.completion, n.category or "", n.feedback or "") for n in siblings]
-        return Prompt(messages=critique_messages(self.task.problem_text(), shown), task=self.task, purpose="critique",
+        return Prompt(messages=critique_messages(self.issue, shown), task=self.task, purpose="critique",
                       candidates=[n.code or n.completion for n in siblings])
 
     def final(self, code: str, executor: Any) -> dict[str, Any]:
-        """A final patch run on the task's tests: solved means resolved (F2P pass, P2P keep passing)."""
-        verdict = executor.run_many([RepoJob(self.task, code)])[0]
+        """A final patch run on the task's tests, once: solved means resolved (F2P pass, P2P keep passing). The
+        agent's reproduction file is not part of the fix."""
+        fix = without_reproduction(code)
+        verdict = executor.run_many([RepoJob(self.task, fix)])[0]
         return {"parse_failure": False, "solved": verdict.passed, "visible_solved": verdict.passed,
                 "status": verdict.status, "reward": verdict.reward, "message": verdict.message[:500]}

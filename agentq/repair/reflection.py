@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from agentq.policy.prompts import RANKING_LABEL
+from agentq.repair.context import CHARS_PER_TOKEN, estimate_tokens, file_block
 from agentq.repair.patch import ApplyError, ParseError, Patch
 
 OUTPUT_LIMIT = 2000
@@ -41,6 +42,7 @@ class Category(StrEnum):
     REGRESSION = "regression in a passing test"
     WRONG_FILE = "wrong file"
     TEST_ASSERTION = "failing tests still fail"
+    UNCHECKED = "not checked"
     RESOLVED = "resolved"
 
 
@@ -57,6 +59,7 @@ ADVICE = {
     Category.WRONG_FILE: "The change is in a file the failure does not go through; look at the files in the "
                          "traceback.",
     Category.TEST_ASSERTION: "The failing tests still fail: the change does not fix the behaviour they check.",
+    Category.UNCHECKED: "Nothing ran: the answer had no reproduction test, so the change could not be checked.",
 }
 
 
@@ -157,16 +160,52 @@ def failure_report(issue: str) -> str:
     return f"## Failure report\n{issue.strip()}"
 
 
-def repair_messages(issue: str, context: dict[str, str], attempts: list[tuple[str, Category, str]] = ()) -> list[dict]:
+REPRODUCTION_FILE = "reproduce_issue.py"
+HONEST = (f"You cannot run the project's test suite. To check a fix, your answer may also create the file "
+          f"`{REPRODUCTION_FILE}` (a block with an empty SEARCH part) holding test functions `def test_...():` that "
+          "reproduce the issue with plain `assert` statements (do not import pytest). It runs against your patched "
+          "code and its results are shown with your next attempt; it is not part of the fix.")
+
+
+def _attempt(n: int, answer: str, category: Category, output: str) -> str:
+    return (f"## Attempt {n}: {category.value}\n{answer.strip()}\n\n{ADVICE[category]}"
+            + (f"\n\nOutput:\n```\n{output}\n```" if output else ""))
+
+
+def repair_messages(issue: str, context: dict[str, str], attempts: list[tuple[str, Category, str]] = (),
+                    honest: bool = False, budget: int | None = None) -> list[dict]:
     """Chat messages for an attempt: the report, the files in the localisation set, and for each earlier
-    failed attempt its answer, category, advice and failing output (most recent last)."""
-    files = "\n\n".join(f"### {path}\n```python\n{text.rstrip()}\n```" for path, text in context.items())
-    parts = [failure_report(issue), f"## Relevant files\n{files}"]
-    for n, (answer, category, output) in enumerate(attempts, 1):
-        parts.append(f"## Attempt {n}: {category.value}\n{answer.strip()}\n\n{ADVICE[category]}"
-                     + (f"\n\nOutput:\n```\n{output}\n```" if output else ""))
-    parts.append(FORMAT)
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+    failed attempt its answer, category, advice and failing output (most recent last). `honest` (evaluation):
+    the model is told it may write its own reproduction test, the only test it gets to see run. With a
+    `budget` (estimated tokens), the oldest attempts are left out, and the last one cut, until the prompt fits;
+    the report and the files are sized to the budget by the caller (agentq/repair/problem.py)."""
+    files = "\n\n".join(file_block(path, text) for path, text in context.items())
+    head = [failure_report(issue), f"## Relevant files\n{files}"]
+    tail = [FORMAT + (f"\n\n{HONEST}" if honest else "")]
+    shown = [_attempt(n, *a) for n, a in enumerate(attempts, 1)]
+
+    def messages(parts: list[str]) -> list[dict]:
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join([*head, *parts, *tail])}]
+
+    if budget is None:
+        return messages(shown)
+    parts: list[str] = []
+    for k in range(len(shown) + 1):
+        kept = shown[k:]
+        parts = ([f"({k} earlier attempt(s) left out to fit the prompt.)"] if k else []) + kept
+        if prompt_tokens(messages(parts)) <= budget or len(kept) <= 1:
+            break
+    over = prompt_tokens(messages(parts)) - budget
+    if over > 0 and parts:  # the last attempt alone is too long: cut it
+        cut = parts[-1][: max(0, len(parts[-1]) - int(over * CHARS_PER_TOKEN) - 64)]
+        parts = parts[:-1] + ([cut + "\n[... cut to fit the prompt]"] if len(cut) > 200 else [])
+    return messages(parts)
+
+
+def prompt_tokens(messages: list[dict]) -> int:
+    """The estimated tokens of a chat prompt (agentq/repair/context.py's estimate; a few per message for the
+    chat template)."""
+    return sum(estimate_tokens(m["content"]) + 4 for m in messages)
 
 
 def critique_messages(issue: str, candidates: list[tuple[str | None, str, str, str]]) -> list[dict]:

@@ -26,19 +26,25 @@ def _writer(fd: int, key: bytes):  # noqa: ANN202 - a closure over captured C fu
     import os
 
     mac = _hashlib.hmac_new(key, digestmod="sha256")
-    copy, write, to_str, is_bool, is_int = mac.copy, os.write, str, bool, int
+    copy, write, to_str, is_bool, is_int, is_dict, is_list, is_tuple = mac.copy, os.write, str, bool, int, dict, \
+        list, tuple
 
     def text(value: Any) -> str:
+        kind = type(value)
         if value is None:
             return "null"
-        if type(value) is is_bool:
+        if kind is is_bool:
             return "true" if value else "false"
-        if type(value) is is_int:
+        if kind is is_int:
             return int.__repr__(value)
+        if kind is is_dict:
+            return "{" + ",".join(text(to_str(k)) + ":" + text(v) for k, v in dict.items(value)) + "}"
+        if kind is is_list or kind is is_tuple:
+            return "[" + ",".join(text(v) for v in list.__iter__(list(value))) + "]"
         return '"' + str.translate(to_str(value), _ESCAPES) + '"'
 
     def emit(record: dict[str, Any]) -> None:
-        payload = "{" + ",".join(text(k) + ":" + text(v) for k, v in record.items()) + "}"
+        payload = text(record)
         signed = copy()
         signed.update(str.encode(payload, "utf-8", "surrogatepass"))
         data = str.encode(payload + "\t" + signed.hexdigest() + "\n", "utf-8", "surrogatepass")
@@ -64,6 +70,19 @@ def _first_line(report) -> str:
     return line.strip().splitlines()[0][:500] if line.strip() else ""
 
 
+def _traceback(report) -> list[dict]:
+    """pytest's own traceback of a failure, capped: each entry's file, line and the lines pytest shows for it
+    (source with `>` at the failing line, `E` lines with the exception and the assertion's values). The
+    repository task builder writes issue texts from it."""
+    entries = getattr(getattr(getattr(report, "longrepr", None), "reprtraceback", None), "reprentries", None) or []
+    out = []
+    for entry in [*entries[:1], *entries[1:][-2:]]:
+        where = getattr(entry, "reprfileloc", None)
+        lines = [str(line)[:300] for line in getattr(entry, "lines", [])][-40:]
+        out.append({"path": str(getattr(where, "path", "")), "lineno": getattr(where, "lineno", None), "lines": lines})
+    return out
+
+
 def pytest_runtest_logreport(report) -> None:
     if report.when == "call" or report.outcome != "passed":
         outcome = report.outcome
@@ -71,7 +90,10 @@ def pytest_runtest_logreport(report) -> None:
             outcome = "error"
         if hasattr(report, "wasxfail"):
             outcome = "xfailed" if report.outcome == "skipped" else "xpassed"
-        _emit({"nodeid": report.nodeid, "when": report.when, "outcome": outcome, "message": _first_line(report)})
+        record = {"nodeid": report.nodeid, "when": report.when, "outcome": outcome, "message": _first_line(report)}
+        if report.failed:
+            record["traceback"] = _traceback(report)
+        _emit(record)
 
 
 def pytest_collectreport(report) -> None:

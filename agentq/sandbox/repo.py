@@ -43,10 +43,10 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -248,6 +248,8 @@ class RunReport:
     duration_s: float
     stderr_tail: str
     collect_errors: list[tuple[str, str]]
+    # node id -> pytest's traceback entries of its failure ({path, lineno, lines}; the report plugin caps them)
+    tracebacks: dict[str, list[dict]] = field(default_factory=dict)
 
 
 class RepoSandbox:
@@ -414,7 +416,7 @@ class RepoSandbox:
                 streams = {}
             proc.wait()
             data, err = streams.get(report_r, (b"", False)), streams.get(err_r, (b"", False))
-            outcomes, exitstatus, collected, errors = _read_report(data[0], key)
+            outcomes, exitstatus, collected, errors, tracebacks = _read_report(data[0], key)
             stderr_tail = err[0].decode("utf-8", "replace")
             if data[1]:
                 status, stderr_tail = "crashed", f"{stderr_tail}\nagentq: the run's report exceeded {REPORT_CAP} bytes"
@@ -422,7 +424,7 @@ class RepoSandbox:
                 status = "crashed"
             return RunReport(outcomes=outcomes, exitstatus=exitstatus, collected=collected, status=status,
                              duration_s=time.monotonic() - started, stderr_tail=stderr_tail[-2000:],
-                             collect_errors=errors)
+                             collect_errors=errors, tracebacks=tracebacks)
         finally:
             for fd in (report_r, report_w, key_r, err_r, seccomp_fd):
                 if fd is not None and fd >= 0:
@@ -515,10 +517,12 @@ def _link_chain(path: str, bound: str) -> list[str]:
 
 
 def _read_report(data: bytes, key: bytes) -> tuple[dict[str, tuple[str, str]], int | None, int,
-                                                list[tuple[str, str]]]:
-    """Outcome per node id (a failure in setup/call/teardown wins over a pass), exit status, errors; from the
-    records whose signature matches this run's key (anything else in the pipe is ignored)."""
+                                                list[tuple[str, str]], dict[str, list[dict]]]:
+    """Outcome per node id (a failure in setup/call/teardown wins over a pass), exit status, errors, and the
+    first traceback reported per failing node id; from the records whose signature matches this run's key
+    (anything else in the pipe is ignored)."""
     outcomes: dict[str, tuple[str, str]] = {}
+    tracebacks: dict[str, list[dict]] = {}
     exitstatus, collected, errors = None, 0, []
     rank = {"passed": 0, "xfailed": 0, "skipped": 1, "xpassed": 2, "failed": 3, "error": 3}
     for line in data.split(b"\n"):
@@ -541,10 +545,12 @@ def _read_report(data: bytes, key: bytes) -> tuple[dict[str, tuple[str, str]], i
             continue
         if outcome not in rank:
             continue
+        if isinstance(rec.get("traceback"), list) and nodeid not in tracebacks:
+            tracebacks[nodeid] = [e for e in rec["traceback"] if isinstance(e, dict)]
         old = outcomes.get(nodeid)
         if old is None or rank[outcome] > rank[old[0]]:
             outcomes[nodeid] = (outcome, str(rec.get("message", "")))
-    return outcomes, exitstatus, collected, errors
+    return outcomes, exitstatus, collected, errors, tracebacks
 
 
 def passed(outcome: str) -> bool:
@@ -640,17 +646,21 @@ def judge(report: RunReport, fail_to_pass: list[str], pass_to_pass: list[str], p
 
 
 class SdistStore:
-    """Where a repo task's sdist is found (`<dir>/<sdist>`), checked once against the task's sha256."""
+    """Where a repo task's sdist is found (`<dir>/<sdist>`), checked once against the task's sha256. A task from
+    a git source (SWE-bench) has its tree read from `git` (agentq.tasks.swebench.GitTrees: local mirrors, no
+    network), and is never run here: its tests need the instance's own environment."""
 
-    def __init__(self, directory: Path, executor: RepoExecutor) -> None:
-        self.directory, self.executor = Path(directory), executor
+    def __init__(self, directory: Path, executor: RepoExecutor, git: Any = None) -> None:
+        self.directory, self.executor, self.git = Path(directory), executor, git
         self._checked: dict[str, Path] = {}
 
     def pristine(self, repo: dict) -> Path:
         sdist = repo.get("sdist")
         if not sdist:
-            raise ValueError(f"repository {repo.get('git_url')!r}: git sources need network; this executor "
-                             "takes sdists only")
+            if self.git is None:
+                raise ValueError(f"repository {repo.get('git_url')!r}: a git source needs a local mirror "
+                                 "(dataset.repoData's git/ folder); none was given")
+            return self.git.pristine(repo)
         if sdist not in self._checked:
             path = self.directory / sdist
             if not path.exists():
@@ -667,6 +677,9 @@ class SdistStore:
 
     def run_task(self, task: dict, patches: list[str], buggy: bool = True) -> list[RepoVerdict]:
         """Each patch against the task's buggy tree (`buggy=False`: against the pristine tree)."""
+        if not task["repo"].get("sdist"):
+            raise ValueError(f"task {task['task_id']}: a SWE-bench instance runs only in its instance image, on a "
+                             "cluster (sandbox.swebenchUrl: `python -m controller.swebench serve`)")
         pristine = self.pristine(task["repo"])
         base = task["bug_patch"] if buggy else ""
         return [self.executor.run(pristine, p, task["fail_to_pass"], task.get("pass_to_pass", []),

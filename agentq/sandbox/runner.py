@@ -26,9 +26,12 @@ class RepoJob:
 
 class Runner:
     def __init__(self, functions: Any = None, repos: SdistStore | Any = None, workers: int = 1,
-                 remote_repos: Any = None) -> None:
+                 remote_repos: Any = None, git_repos: Any = None) -> None:
         self.functions, self.repos, self.workers = functions, repos, max(1, workers)
         self.remote_repos = remote_repos  # a RemoteExecutor whose server runs the patches (`/run_repo`)
+        # Tasks from git sources (SWE-bench): a service with the same `/run_repo` contract that runs each patch in
+        # its instance image as a Kubernetes Job (`python -m controller.swebench serve`).
+        self.git_repos = git_repos
         # The round's localisation model (agentq.repair.localization), which repo problems built on this runner
         # rank their files with; collect and evaluate set it, None ranks by BM25.
         self.localization: Any = None
@@ -39,7 +42,7 @@ class Runner:
         return self.functions.run_many(jobs)
 
     def run_repo(self, task: RepoTask, patches: list[str]) -> list[Verdict]:
-        runs = self.remote_repos or self.repos
+        runs = self.git_repos if task.repo.git_url and self.git_repos is not None else self.remote_repos or self.repos
         if runs is None:
             raise ValueError(f"task {task.task_id}: this runner has no repository executor (give --data-dir)")
         record = task.model_dump(exclude_none=True)

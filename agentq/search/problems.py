@@ -128,9 +128,11 @@ def visible_feedback(verdict: Verdict | None) -> str | None:
 
 
 def problem_for(task: Any, executor: Any, visible_only: bool = False) -> Problem:
-    """The problem of a task of either kind; repo tasks need an executor with a repository store (Runner)."""
+    """The problem of a task of either kind; repo tasks need an executor with a repository store (Runner).
+    `visible_only` (evaluation): function tasks are rewarded by their visible tests; repo tasks are honest, run
+    only the agent's own reproduction tests, and their hidden tests judge the final answer alone."""
     if task.kind == "repo":
         from agentq.repair.problem import RepoProblem
 
-        return RepoProblem.build(task, executor)
+        return RepoProblem.build(task, executor, honest=visible_only)
     return FunctionProblem(task, executor, visible_only)

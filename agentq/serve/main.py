@@ -82,4 +82,5 @@ def main(args: argparse.Namespace) -> int:
     token = read_token(args.token_file)  # a bad flag fails in one line before anything is configured
     reader = StoreReader(open_named_store(args.store))
     configure_logging(args.log_level)
-    return serve(create_app(reader, token=token, poll_interval=args.poll_interval), args)
+    return serve(create_app(reader, token=token, poll_interval=args.poll_interval,
+                            allowed_hosts=args.allowed_host), args)

@@ -4,12 +4,21 @@ A round's state has two sources: `status.json` (written by the embedded runner w
 fields the operator keeps in the AgentQRound status) and the steps' completion markers, which every step
 writes wherever it ran. The markers decide what is done; status.json adds what only a live runner knows
 (the step in progress, when each step started). A round that was run step by step by hand has markers
-only, and its phase is derived from them.
+only, and its phase is derived from them. A status.json that ended (Failed, Interrupted) before a marker
+was written has been overtaken by a later run of the steps, so it is read as history, not as the state.
+
+Each state carries `run`, the identity of the run that produced it (the runner's start time, or the first
+marker written after the last runner stopped): a round run again is a new run, and the event stream starts
+it afresh instead of replaying the old run's end.
+
+Messages never name the store's location (a path or a bucket): they reach whoever can open the page.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import threading
 import time
 from typing import Any
@@ -17,15 +26,23 @@ from typing import Any
 import yaml
 
 from agentq.round import PHASE_OF_STEP
+from agentq.serve.progress import collect_progress, train_progress
 from agentq.serve.summary import headline
+from agentq.serve.trees import tree_kind
 from agentq.store import IntegrityError, Store, StoreError
 from agentq.workspace import STEPS
 
 TERMINAL = ("Succeeded", "Failed", "Interrupted")
+# trajectories/shard-<i>-of-<n>.jsonl, and the partial a running collect appends to: <that>.partial-<digest>
+SHARD_FILE = re.compile(r"^trajectories/(shard-(\d+)-of-(\d+))\.jsonl(\.partial-[0-9a-f]+)?$")
 
 
 class NotFound(LookupError):
-    """A round, task or artifact that does not exist; the message says which and where."""
+    """A round, task or artifact that does not exist; the message says which (never where the store is)."""
+
+
+class BadRequest(ValueError):
+    """A query naming something the round does not have (an arm, a mode); the message lists what it has."""
 
 
 def parse_jsonl(text: str) -> list[dict[str, Any]]:
@@ -55,7 +72,8 @@ def fold_results(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 class StoreReader:
     """Reads rounds from one store. Listing a large S3 store is a paged call, so the key list is kept for
-    `ttl` seconds: every request of one page view shares it."""
+    `ttl` seconds: every request of one page view shares it. The trajectory folder of one round is listed
+    afresh on each call, so the event stream sees a collect's first tree as soon as it is written."""
 
     def __init__(self, store: Store, ttl: float = 1.0) -> None:
         self.store = store
@@ -114,29 +132,42 @@ class StoreReader:
         names = {k.split("/")[1] for k in self.keys() if k.count("/") >= 2}
         return sorted(names)
 
-    def spec(self, name: str) -> dict[str, Any]:
-        key = f"rounds/{name}/spec.yaml"
-        if not self.store.exists(key):
-            return {}
-        try:
-            doc = yaml.safe_load(self.store.get_text(key)) or {}
-        except (yaml.YAMLError, StoreError):
-            return {}
-        return doc.get("spec") or {} if isinstance(doc, dict) else {}
+    def exists(self, name: str) -> bool:
+        return name in self.round_names()
 
-    def steps(self, name: str, spec: dict[str, Any], status: dict[str, Any]) -> list[dict[str, Any]]:
-        """Each step: state (Pending, Running, Partial, Succeeded, Failed), start/end times, seconds, result."""
+    def spec(self, name: str) -> dict[str, Any]:
+        def parse(text: str) -> dict[str, Any]:
+            try:
+                doc = yaml.safe_load(text) or {}
+            except yaml.YAMLError:
+                return {}
+            return doc.get("spec") or {} if isinstance(doc, dict) else {}
+
+        key = f"rounds/{name}/spec.yaml"
+        try:
+            return self._cached(key, parse) if self.store.exists(key) else {}
+        except StoreError:
+            return {}
+
+    def _markers(self, name: str, spec: dict[str, Any], live: dict[str, Any]) -> dict[str, list[dict | None]]:
         shards = int((spec.get("collect") or {}).get("shards", 1))
-        live = status.get("steps") or {}
-        rows = []
         # `model` (fetching the base model into the store) runs only for rounds that ask for it
         fetched = "model" in live or self.store.exists(f"rounds/{name}/steps/model.json")
+        out = {}
         for step in ("model", *STEPS) if fetched else STEPS:
             names = [f"collect-shard-{i}-of-{shards}" for i in range(shards)] if step == "collect" else [step]
-            markers = [self.json(f"rounds/{name}/steps/{n}.json") for n in names]
-            found = [m for m in markers if m]
+            out[step] = [self.json(f"rounds/{name}/steps/{n}.json") for n in names]
+        return out
+
+    def steps(self, markers: dict[str, list[dict | None]], status: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each step: state (Pending, Running, Partial, Succeeded, Failed, Interrupted), start/end, seconds,
+        result."""
+        live = status.get("steps") or {}
+        rows = []
+        for step, found_or_none in markers.items():
+            found = [m for m in found_or_none if m]
             mine = live.get(step) or {}
-            if found and len(found) == len(markers):
+            if found and len(found) == len(found_or_none):
                 state = "Succeeded"
             elif mine.get("state") in ("Running", "Failed", "Interrupted"):
                 state = mine["state"]
@@ -148,16 +179,33 @@ class StoreReader:
                 end = None
             rows.append({"name": step, "state": state, "startTime": start, "completionTime": end,
                          "seconds": round(end - start, 1) if start is not None and end is not None else None,
-                         "shards": {"done": len(found), "total": len(markers)},
+                         "shards": {"done": len(found), "total": len(found_or_none)},
                          "result": fold_results([m.get("result") or {} for m in found])})
         return rows
 
+    @staticmethod
+    def _live_status(status: dict[str, Any], markers: dict[str, list[dict | None]]) -> tuple[dict, str]:
+        """(the status to believe, the run it belongs to). A runner's status that ended in Failed or
+        Interrupted is overtaken by any marker written after it ended: the steps ran again by other means
+        (step by step by hand, or a runner whose first status write has not landed yet), so the markers speak."""
+        ended = status.get("completionTime") or status.get("updatedTime")
+        if not status.get("phase"):
+            return {}, "steps"
+        if status["phase"] in ("Failed", "Interrupted") and ended is not None:
+            later = [m["finished_at"] for ms in markers.values() for m in ms
+                     if m and isinstance(m.get("finished_at"), int | float) and m["finished_at"] > ended]
+            if later:
+                return {}, f"steps@{min(later):.3f}"
+        return status, f"run@{status.get('startTime')}"
+
     def round(self, name: str) -> dict[str, Any]:
-        if name not in self.round_names():
-            raise NotFound(f"no round {name!r} in {self.store.url}")
+        if not self.exists(name):
+            raise NotFound(f"no round {name!r} in this store")
         spec = self.spec(name)
-        status = self.json(f"rounds/{name}/status.json") or {}
-        steps = self.steps(name, spec, status)
+        written = self.json(f"rounds/{name}/status.json") or {}
+        markers = self._markers(name, spec, written.get("steps") or {})
+        status, run = self._live_status(written, markers)
+        steps = self.steps(markers, status)
         phase, step = status.get("phase"), status.get("step")
         if not phase:  # markers only: derive the phase as the operator would
             pending = next((s for s in steps if s["state"] != "Succeeded"), None)
@@ -165,25 +213,48 @@ class StoreReader:
                 ("Pending" if all(s["state"] == "Pending" for s in steps) else PHASE_OF_STEP[pending["name"]])
             step = pending["name"] if pending else None
         summary = self.json(f"rounds/{name}/eval/summary.json")
-        pass_rate = headline(summary)
-        return {"name": name, "source": "store", "phase": phase, "step": step, "message": status.get("message", ""),
-                "startTime": status.get("startTime"), "completionTime": status.get("completionTime"),
-                "updatedTime": status.get("updatedTime"), "conditions": [], "steps": steps,
-                "model": (spec.get("model") or {}).get("base"), "fromRound": (spec.get("model") or {}).get("fromRound"),
-                "passRate": pass_rate, "collected": len(self.trees(name)), "spec": spec}
+        trees = self.trees(name)
+        return {"name": name, "source": "store", "run": run, "phase": phase, "step": step,
+                "message": status.get("message", ""), "startTime": status.get("startTime"),
+                "completionTime": status.get("completionTime"), "updatedTime": status.get("updatedTime"),
+                "conditions": [], "steps": steps, "model": (spec.get("model") or {}).get("base"),
+                "fromRound": (spec.get("model") or {}).get("fromRound"), "passRate": headline(summary),
+                "collected": len(trees), "kind": self.kind(name, trees), "progress": self.progress(name, spec, trees),
+                "spec": spec}
 
     def rounds(self) -> list[dict[str, Any]]:
         return [self.round(n) for n in self.round_names()]
 
+    def kind(self, name: str, trees: list[dict[str, Any]] | None = None) -> str | None:
+        """function, repo or mixed: from the evaluation's records (they say), else from the trees' shape."""
+        kinds = {r.get("kind") for modes in self.eval_results(name).values() for rows in modes.values()
+                 for r in rows[:50] if r.get("kind")}
+        if not kinds:
+            kinds = {tree_kind(t) for t in (self.trees(name) if trees is None else trees)}
+        return None if not kinds else kinds.pop() if len(kinds) == 1 else "mixed"
+
+    # ---- progress inside a step ---------------------------------------------------------------------------
+
+    def progress(self, name: str, spec: dict[str, Any] | None = None,
+                 trees: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Inside collect (trees done of the shards' tasks, samples, sandbox runs) and train (step, loss,
+        reward accuracy), from the partial trajectory files and the steps' progress records."""
+        spec = self.spec(name) if spec is None else spec
+        shards = int((spec.get("collect") or {}).get("shards", 1))
+        planned = [self.json(f"rounds/{name}/progress/collect-shard-{i}-of-{shards}.json") for i in range(shards)]
+        markers = [self.json(f"rounds/{name}/steps/collect-shard-{i}-of-{shards}.json") for i in range(shards)]
+        return {"collect": collect_progress(self.trees(name) if trees is None else trees, planned, markers),
+                "train": train_progress(self.json(f"rounds/{name}/progress/train.json"))}
+
     # ---- evaluation ---------------------------------------------------------------------------------------
 
     def summary(self, name: str) -> dict[str, Any] | None:
-        self._require(name)
+        self.require(name)
         return self.json(f"rounds/{name}/eval/summary.json")
 
     def eval_results(self, name: str) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """{arm: {mode: per-task records}} from eval/<mode>.jsonl and eval/baseline/<mode>.jsonl."""
-        self._require(name)
+        self.require(name)
         out: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for rel in self.round_keys(name):
             parts = rel.split("/")
@@ -196,15 +267,56 @@ class StoreReader:
             out.setdefault(arm, {})[mode] = records
         return out
 
+    def arm_mode(self, name: str, arm: str | None, mode: str | None) -> tuple[str, str, list[dict[str, Any]]]:
+        """(arm, mode, records): the round arm and its first mode unless named; a name the round does not
+        have is a BadRequest that lists what it has."""
+        results = self.eval_results(name)
+        if not results:
+            raise NotFound(f"round {name!r} has no per-task evaluation results yet (eval/<mode>.jsonl)")
+        arm = arm or ("round" if "round" in results else sorted(results)[0])
+        if arm not in results:
+            raise BadRequest(f"round {name!r} has no arm {arm!r}: it has {', '.join(sorted(results))}")
+        modes = results[arm]
+        mode = mode or next(iter(sorted(modes)))
+        if mode not in modes:
+            raise BadRequest(f"round {name!r} arm {arm!r} has no mode {mode!r}: it has {', '.join(sorted(modes))}")
+        return arm, mode, modes[mode]
+
+    def test_set(self, name: str) -> dict[str, Any] | None:
+        """What the round was evaluated on: the task kind and the set of task ids (as a digest). Two rounds
+        lie on one learning curve only when these agree."""
+        results = self.eval_results(name).get("round") or {}
+        ids = sorted({r.get("task_id", "") for rows in results.values() for r in rows})
+        if not ids:
+            return None
+        kinds = {r.get("kind") or "function" for rows in results.values() for r in rows}
+        return {"kind": kinds.pop() if len(kinds) == 1 else "mixed", "tasks": len(ids),
+                "digest": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
+
     # ---- trajectories and pairs ---------------------------------------------------------------------------
 
     def trajectory_files(self, name: str) -> list[str]:
-        return [f"rounds/{name}/{rel}" for rel in self.round_keys(name)
-                if rel.startswith("trajectories/shard-") and rel.endswith(".jsonl") and ".stale-" not in rel]
+        """The shard files the trees are read from: a finished shard's file, or while collect runs (or after
+        it stopped) the partial it appends each finished tree to. A shard with a partial shows the partial:
+        it is the run in progress (finishing a shard removes its partials). Shards of another shard count
+        than the spec's are an earlier layout, and left out."""
+        shards = (self.spec(name).get("collect") or {}).get("shards")
+        by_shard: dict[str, dict[str, list[str]]] = {}
+        for key in self.store.list(f"rounds/{name}/trajectories"):
+            match = SHARD_FILE.match(key[len(f"rounds/{name}/"):])
+            if not match or (shards is not None and int(match[3]) != int(shards)):
+                continue
+            by_shard.setdefault(match[1], {"done": [], "partial": []})["partial" if match[4] else "done"].append(key)
+        return [k for shard in sorted(by_shard) for k in (by_shard[shard]["partial"] or by_shard[shard]["done"])]
 
     def trees(self, name: str) -> list[dict[str, Any]]:
-        self._require(name)
-        return [record for key in self.trajectory_files(name) for record in self.jsonl(key)]
+        """Every tree of the round, one per task (a task in two partials of a shard: the later file wins)."""
+        self.require(name)
+        out: dict[str, dict[str, Any]] = {}
+        for key in self.trajectory_files(name):
+            for record in self.jsonl(key):
+                out[str(record.get("task_id"))] = record
+        return list(out.values())
 
     def tree(self, name: str, task_id: str) -> dict[str, Any]:
         for record in self.trees(name):
@@ -213,11 +325,11 @@ class StoreReader:
         raise NotFound(f"round {name!r} has no search tree for task {task_id!r}")
 
     def pairs(self, name: str) -> list[dict[str, Any]]:
-        self._require(name)
+        self.require(name)
         return self.jsonl(f"rounds/{name}/preferences.jsonl")
 
     def pair_stats(self, name: str) -> dict[str, Any] | None:
-        self._require(name)
+        self.require(name)
         return self.json(f"rounds/{name}/preferences.stats.json")
 
     # ---- campaigns ----------------------------------------------------------------------------------------
@@ -232,11 +344,11 @@ class StoreReader:
     def campaign(self, name: str) -> dict[str, Any]:
         found = self.json(f"campaigns/{name}/campaign.json")
         if found is None:
-            raise NotFound(f"no campaign {name!r} in {self.store.url} (expected campaigns/{name}/campaign.json)")
+            raise NotFound(f"no campaign {name!r} in this store (expected campaigns/{name}/campaign.json)")
         rounds = set(self.round_names())
         curve = found.get("learningCurve") or []
         return {"name": name, **found, "roundsInStore": [p.get("name") for p in curve if p.get("name") in rounds]}
 
-    def _require(self, name: str) -> None:
-        if name not in self.round_names():
-            raise NotFound(f"no round {name!r} in {self.store.url}")
+    def require(self, name: str) -> None:
+        if not self.exists(name):
+            raise NotFound(f"no round {name!r} in this store")

@@ -4,6 +4,10 @@ verdict and failing tests, Q values and visits, and the preference pairs it ente
 Pairs are matched to nodes by what they hold (the shared prompt and the node's completion), not by
 re-running pair construction: the rule that makes pairs changes between versions, the pairs file is what
 training actually saw.
+
+Two kinds of tree: a function task's nodes hold whole programs, shown as a diff against the buggy program; a
+repository task's nodes hold patches (the root is the empty patch on the buggy tree), shown as they are. A
+node whose answer could not be read has no program at all, and says so.
 """
 
 from __future__ import annotations
@@ -54,21 +58,51 @@ def pair_roles(record: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[int,
     return roles
 
 
+def tree_kind(record: dict[str, Any]) -> str:
+    """`repo` when the candidates are patches (a repository task: the record notes how it was localised, its
+    nodes carry the reflection category, its root is the empty patch), else `function`."""
+    if record.get("kind") in ("function", "repo"):
+        return record["kind"]
+    nodes = record.get("nodes") or []
+    if "localization" in record or any("category" in n for n in nodes) or (nodes and nodes[0].get("code") == ""):
+        return "repo"
+    return "function"
+
+
+def node_change(kind: str, buggy: str | None, node: dict[str, Any]) -> tuple[str, str]:
+    """(what the node changed, how to read it): `diff` against the buggy program, `patch` as the node's own
+    unified diff, `none` for an answer with no program in it, `same` for a program equal to the buggy one,
+    `root` for the root."""
+    code = node.get("code")
+    if node.get("parent") is None:
+        return "", "root"
+    if code is None:
+        return "", "none"
+    if kind == "repo":
+        return code, "patch" if code.strip() else "same"
+    diff = code_diff(buggy, code)
+    return diff, "diff" if diff else "same"
+
+
 def annotate(record: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """The tree with per-node display fields; prompts are left out (the same long text on every sibling)."""
     nodes = record.get("nodes", [])
+    kind = tree_kind(record)
     buggy = nodes[0].get("code") if nodes else None
     roles = pair_roles(record, pairs)
     out = []
     for node in nodes:
         verdict = node.get("verdict") or {}
         tests = verdict.get("tests") or []
+        change, change_kind = node_change(kind, buggy, node)
+        root = "buggy repository" if kind == "repo" else "buggy program"
         out.append({
             "id": node["id"], "parent": node.get("parent"), "depth": node.get("depth", 0),
-            "children": node.get("children", []), "code": node.get("code"),
-            "diff": code_diff(buggy, node.get("code")) if node.get("parent") is not None else "",
-            "completion": node.get("completion", ""),
-            "status": verdict.get("status") if verdict else ("buggy program" if node.get("parent") is None else None),
+            "children": node.get("children", []), "code": node.get("code"), "diff": change, "change": change_kind,
+            "completion": node.get("completion", ""), "category": node.get("category"),
+            "feedback": (node.get("feedback") or "")[:2000],
+            "status": verdict.get("status") if verdict and node.get("parent") is not None else
+            (root if node.get("parent") is None else None),
             "passed_tests": sum(bool(t.get("passed")) for t in tests), "expected_tests": verdict.get("expected_tests"),
             "failing_tests": [{"name": t.get("name"), "message": (t.get("message") or "")[:400]}
                               for t in tests if not t.get("passed")],
@@ -77,7 +111,8 @@ def annotate(record: dict[str, Any], pairs: list[dict[str, Any]]) -> dict[str, A
             "visits": node.get("visits"), "flags": node.get("flags") or [], "pairs": roles.get(node["id"], []),
         })
     return {"task_id": record.get("task_id"), "group": record.get("group"), "solved": record.get("solved"),
-            "stats": record.get("stats") or {}, "params": record.get("params") or {}, "buggy_code": buggy,
+            "kind": kind, "stats": record.get("stats") or {}, "params": record.get("params") or {},
+            "localization": record.get("localization"), "buggy_code": buggy if kind == "function" else None,
             "nodes": out}
 
 
@@ -85,7 +120,8 @@ def tree_row(record: dict[str, Any]) -> dict[str, Any]:
     """One line of the trees list."""
     stats = record.get("stats") or {}
     nodes = record.get("nodes", [])
-    return {"task_id": record.get("task_id"), "group": record.get("group"), "solved": record.get("solved"),
-            "nodes": len(nodes), "samples": stats.get("samples"), "executions": stats.get("executions"),
+    return {"task_id": record.get("task_id"), "group": record.get("group"), "kind": tree_kind(record),
+            "solved": record.get("solved"), "nodes": len(nodes), "samples": stats.get("samples"),
+            "executions": stats.get("executions"),
             "best_reward": max((n.get("reward") or 0.0 for n in nodes[1:]), default=0.0),
             "seconds": stats.get("wall_s")}

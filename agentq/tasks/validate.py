@@ -61,13 +61,25 @@ def check_tasks(tasks: list[Task], executor: LocalExecutor) -> Checked:
     return Checked(invalid, timings)
 
 
+NEEDS_CLUSTER = "needs_cluster"
+
+
 def check_repo_tasks(tasks: list[RepoTask], runner: Runner) -> list[Invalid]:
-    """Reference = the pristine tree passes every F2P and P2P test; the buggy tree (the empty patch judged
-    through the task interface) fails every F2P test and keeps every P2P test."""
+    """Reference = the pristine tree passes every F2P and P2P test (a SWE-bench task: its gold patch resolves it);
+    the buggy tree (the empty patch judged through the task interface) fails every F2P test and keeps every P2P
+    test. A SWE-bench task without a SWE-bench runner (`--swebench-url`) is not checked (NEEDS_CLUSTER), which
+    is not a verdict on the task."""
     invalid = []
     for task in tasks:
+        if task.repo.git_url and runner.git_repos is None:
+            invalid.append(Invalid(task.task_id, NEEDS_CLUSTER, "a SWE-bench instance runs only in its instance "
+                                   "image: pass --swebench-url (python -m controller.swebench serve on a cluster)"))
+            continue
         try:
-            reference = runner.repos.run_task(task.model_dump(exclude_none=True), [""], buggy=False)[0]
+            if task.repo.git_url:
+                reference = task.judge([task.metadata.get("gold_patch", "")], runner)[0]
+            else:
+                reference = runner.repos.run_task(task.model_dump(exclude_none=True), [""], buggy=False)[0]
             buggy = task.judge([task.start_candidate()], runner)[0]
         except ValueError as err:
             invalid.append(Invalid(task.task_id, "repo_unavailable", str(err)))
@@ -96,25 +108,36 @@ def main(args: argparse.Namespace) -> int:
     tasks = [t for t in tasks if not isinstance(t, RepoTask)]
     invalid: list[Invalid] = []
     if repo_tasks:
+        from agentq.sandbox.client import RemoteExecutor
         from agentq.sandbox.repo import RepoExecutor, SdistStore
+        from agentq.tasks.swebench import GitTrees
 
         cache = Path(args.cache) if getattr(args, "cache", None) else Path(tempfile.gettempdir()) / "agentq-repos"
-        store = SdistStore(Path(args.data_dir) / "repos", RepoExecutor(cache, allow_weak_isolation=weak))
-        invalid += check_repo_tasks(repo_tasks, Runner(repos=store))
+        store = SdistStore(Path(args.data_dir) / "repos", RepoExecutor(cache, allow_weak_isolation=weak),
+                           git=GitTrees(Path(args.data_dir) / "git", cache / "git"))
+        url = getattr(args, "swebench_url", None)
+        invalid += check_repo_tasks(repo_tasks, Runner(repos=store, git_repos=RemoteExecutor(url) if url else None))
     if tasks:
         with LocalExecutor(allow_weak_isolation=weak) as executor:
             invalid += check_tasks(tasks, executor).invalid
     tasks = [*tasks, *repo_tasks]
+    unchecked = [i for i in invalid if i.reason == NEEDS_CLUSTER]
+    invalid = [i for i in invalid if i.reason != NEEDS_CLUSTER]
     for item in invalid:
         print(f"invalid {item.id}: {item.reason}: {item.detail[:300]}")
+    checked = len(tasks) - len(unchecked)
     without_reference = sum(getattr(t, "reference_code", "") is None for t in tasks)
     note = f" ({without_reference} without a reference: only the buggy code was checked)" if without_reference else ""
-    print(f"{len(tasks) - len(invalid)}/{len(tasks)} tasks valid{note}")
+    print(f"{checked - len(invalid)}/{checked} tasks valid{note}")
+    if unchecked:
+        print(f"{len(unchecked)} SWE-bench task(s) not checked: {unchecked[0].detail}")
     if args.json:
         summary = {
             "tasks": len(tasks),
-            "valid": len(tasks) - len(invalid),
+            "checked": checked,
+            "valid": checked - len(invalid),
             "invalid": [asdict(i) for i in invalid],
+            "not_checked": [i.id for i in unchecked],
         }
         print(json.dumps(summary))
     return 0 if not invalid else 1

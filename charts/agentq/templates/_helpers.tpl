@@ -64,6 +64,14 @@ capabilities:
   drop: [ALL]
 {{- end -}}
 
+{{/* The sandbox container in isolation.mode bubblewrap: locked down like the others, with an unmasked /proc so
+bubblewrap can mount a fresh one for each worker (a masked /proc makes the kernel refuse that mount in a user
+namespace). */}}
+{{- define "agentq.sandboxContainerSecurity" -}}
+{{ include "agentq.containerSecurity" . }}
+procMount: Unmasked
+{{- end -}}
+
 {{/* The dashboard's bearer-token Secret: the user's own, or the one this chart makes. */}}
 {{- define "agentq.dashboardSecret" -}}
 {{- .Values.dashboard.auth.existingSecret | default (printf "%s-dashboard-token" (include "agentq.fullname" .)) -}}

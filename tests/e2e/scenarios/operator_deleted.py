@@ -1,0 +1,47 @@
+"""The operator pod deleted mid-round: its replacement resumes the round, and no step runs twice."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from e2e.context import ROUND_LABEL, Context, ScenarioFailed, parse_time
+from e2e.scenarios import scenario
+from e2e.scenarios.pod_deleted import running
+
+NAME = "e2e-operator-deleted"
+
+
+@scenario("operator-deleted", order=40)
+def operator_deleted(ctx: Context) -> dict:
+    """Delete the operator pod while a collect pod runs; the Deployment's new pod finishes the round."""
+    start = time.monotonic()
+    ctx.apply(ctx.small_round(NAME))
+    ctx.wait_pods(f"{ROUND_LABEL}={NAME},agentq.dev/step=collect", "a running collect pod", running)
+    old = ctx.component_pod("operator")["metadata"]["name"]
+    ctx.kubectl("delete", "pod", old, "-n", ctx.namespace, "--wait=false")
+
+    def replacement(pods: list[dict]) -> dict | None:
+        for pod in pods:
+            ready = [c for c in pod["status"].get("conditions") or [] if c["type"] == "Ready"]
+            if pod["metadata"]["name"] != old and ready and ready[0]["status"] == "True":
+                return pod
+        return None
+
+    new = ctx.wait_pods("app.kubernetes.io/component=operator", "a new operator pod Ready", replacement)
+    body = ctx.wait_round(NAME)
+    jobs = ctx.round_jobs(NAME)
+    per_unit = collections.Counter(ctx.unit_of(j) for j in jobs)
+    twins = {unit: n for unit, n in per_unit.items() if n > 1}
+    if twins:
+        raise ScenarioFailed(f"steps with more than one Job (twins): {twins}")
+    per_job = collections.Counter(p["metadata"]["labels"]["job-name"] for p in ctx.step_pods(NAME))
+    if any(n > 1 for n in per_job.values()):
+        raise ScenarioFailed(f"Jobs with more than one pod: {dict(per_job)}")
+    took_over = parse_time(new["metadata"]["creationTimestamp"])
+    resumed = sorted(ctx.unit_of(j) for j in jobs if parse_time(j["metadata"]["creationTimestamp"]) >= took_over)
+    if not resumed:
+        raise ScenarioFailed("the new operator created no Job: the round was over before the old one went")
+    return {"deleted_operator": old, "new_operator": new["metadata"]["name"], "jobs": len(jobs),
+            "units_started_by_the_new_operator": resumed, "twin_jobs": twins, "phase": body["status"]["phase"],
+            "wall_s": round(time.monotonic() - start, 1)}
