@@ -142,6 +142,20 @@ def test_a_fix_may_touch_the_librarys_python_source_only(tmp_path):
         assert policy.why_not(path), path
 
 
+def test_a_new_top_level_file_is_admitted_only_as_the_test_the_run_names(tmp_path):
+    """An honest search runs the agent's own `reproduce_issue.py::test_x`: that file, new, is what the run needs;
+    a name the run does not test, a file the tree has, a nested path or a reserved name stays refused."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "__init__.py").write_text("")
+    (tmp_path / "setup.py").write_text("")
+    runs = ["reproduce_issue.py::test_x", "setup.py::test_y", "lib/sub/new_check.py::test_z", "conftest.py::t"]
+    policy = RepoPolicy.of(tmp_path, ["tests/"], runs)
+    assert policy.why_not("reproduce_issue.py") is None
+    for path in ("other.py", "setup.py", "lib2/new_check.py", "conftest.py"):
+        assert policy.why_not(path), path
+    assert RepoPolicy.of(tmp_path, ["tests/"]).why_not("reproduce_issue.py")
+
+
 @pytest.mark.parametrize("added", [
     'import sys\nm = getattr(sys, "mod" + "ules")',
     '__import__("_py" + "test")',

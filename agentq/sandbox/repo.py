@@ -588,7 +588,7 @@ class RepoExecutor:
             return refused(str(err))
         restored = [e.path for e in edits if is_test_path(e.path, test_target)]
         edits = [e for e in edits if e.path not in restored]
-        policy = RepoPolicy.of(pristine, test_target)
+        policy = RepoPolicy.of(pristine, test_target, fail_to_pass)
         for edit in edits:
             why = policy.why_not(edit.path)
             if why:

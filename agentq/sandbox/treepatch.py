@@ -232,15 +232,20 @@ def is_test_path(path: str, test_target: Iterable[str] = ()) -> bool:
 @dataclass(frozen=True)
 class RepoPolicy:
     """What a fix of this repository may touch: `.py` files inside its packages (directories with an
-    `__init__.py` under an import root, as the pristine tree has them) and its existing top-level modules."""
+    `__init__.py` under an import root, as the pristine tree has them) and its existing top-level modules.
+
+    One more kind of file: a new top-level test file that the run itself names (an honest search runs the
+    agent's own reproduction test, `reproduce_issue.py::test_x`, and nothing else). A task's tests always name
+    files the pristine tree has, so a run judged by them never admits a new file this way."""
 
     roots: tuple[str, ...]  # import roots ("src", ".")
     packages: frozenset[str]  # package directories, relative to the tree
     modules: frozenset[str]  # existing top-level modules of an import root
     test_target: tuple[str, ...] = ()
+    own_tests: frozenset[str] = frozenset()  # new top-level files the run's test ids name
 
     @classmethod
-    def of(cls, tree: Path, test_target: Iterable[str] = ()) -> RepoPolicy:
+    def of(cls, tree: Path, test_target: Iterable[str] = (), run_tests: Iterable[str] = ()) -> RepoPolicy:
         roots = ("src", ".") if (tree / "src").is_dir() else (".",)
         packages, modules = set(), set()
         for root in roots:
@@ -253,7 +258,9 @@ class RepoPolicy:
                     modules.add(rel)
                 elif entry.is_dir() and (entry / "__init__.py").is_file() and entry.name not in TEST_DIRS:
                     packages.add(rel)
-        return cls(roots, frozenset(packages), frozenset(modules), tuple(test_target))
+        files = {t.split("::", 1)[0] for t in run_tests}
+        own = {f for f in files if "/" not in f and f.endswith(".py") and not (tree / f).exists()}
+        return cls(roots, frozenset(packages), frozenset(modules), tuple(test_target), frozenset(own))
 
     def why_not(self, path: str) -> str | None:
         """None when a fix may write `path`, else why not (a test path is for `is_test_path`, not this)."""
@@ -262,7 +269,7 @@ class RepoPolicy:
             return f"{path}: a fix changes Python source only (.py files of the library)"
         if name in RESERVED_NAMES:
             return f"{path}: a module of that name would be imported by the test run or by Python itself"
-        if path in self.modules:
+        if path in self.modules or path in self.own_tests:
             return None
         if any(path.startswith(pkg + "/") for pkg in self.packages):
             return None
