@@ -21,7 +21,7 @@ import pytest
 import testenv
 import yaml
 
-from controller.jobs import SANDBOX_STEPS, STEP_LABEL
+from controller.jobs import SANDBOX_CLIENTS, SANDBOX_STEPS, STEP_LABEL
 from controller.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,8 +271,8 @@ def test_sandbox_pods_are_locked_down(rendering):
         assert check["args"][0] == (CHART / "files" / "isolation-check.py").read_text()
         for c in (container, check):
             assert c["securityContext"]["procMount"] == "Unmasked", rendering.name
-        # what no non-root pod can have (a second uid, per-candidate cgroups) is allowed, and said in every verdict
-        assert "--allow-weak-isolation" in container["args"]
+        # the executor's userns profile is full isolation there: the server is never told to accept less
+        assert "--allow-weak-isolation" not in container["args"]
     else:
         _hardened(pod, f"{rendering.name}: sandbox")
         # weak isolation in a locked-down pod is chosen explicitly, so the server says so in its log and verdicts
@@ -425,7 +425,7 @@ def test_sandbox_network_policy_denies_all_egress_and_admits_only_step_pods(rend
     (rule,) = policy["ingress"]
     (peer,) = rule["from"]
     assert peer["podSelector"] == {"matchExpressions": [
-        {"key": STEP_LABEL, "operator": "In", "values": sorted(SANDBOX_STEPS)}]}
+        {"key": STEP_LABEL, "operator": "In", "values": sorted(SANDBOX_CLIENTS)}]}
     port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
     assert rule["ports"] == [{"protocol": "TCP", "port": port}]
 
