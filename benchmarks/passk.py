@@ -7,7 +7,12 @@ evaluate's own full_rewrite path (batched, judged on visible + hidden tests), th
 k = 1, 2, 4, ... n (Chen et al.), and per task the share of samples that pass, the mean graded reward, and
 whether its samples' rewards differ by more than the pair threshold (a task that can make pairs).
 
+Each task's record is appended to `--records` as its batch is judged; a rerun with the same file skips the
+tasks already there (a killed run keeps what it measured), so long curves can be built in several sittings.
+
     python benchmarks/passk.py --tasks 24 --samples 16 --json            # SmolLM2-135M bf16, HumanEvalFix train
+    python benchmarks/passk.py --tasks-file data/debugbench.test.jsonl --match 'missing_colons|unclosed' \
+        --tasks 100 --samples 8 --records passk-db.jsonl --json        # a DebugBench slice, by bug type
     python benchmarks/passk.py --model tiny --dtype float32 --tasks 2 --samples 4 --json   # smoke
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,11 +29,12 @@ from typing import Any
 
 from agentq.config import RoundSpec
 from agentq.evaluate import answer_records
+from agentq.io import append_jsonl, read_jsonl, repair_jsonl
 from agentq.policy.base import load_policy
 from agentq.sandbox.executor import LocalExecutor
 from agentq.sandbox.limits import Limits
 from agentq.stats import pass_at_k
-from agentq.tasks.schema import read_tasks
+from agentq.tasks.schema import Task, read_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,24 +56,48 @@ def task_rows(records: list[dict[str, Any]], threshold: float) -> list[dict[str,
     return rows
 
 
+def select(tasks: list[Task], match: str | None, offset: int, count: int) -> list[Task]:
+    """The slice: tasks whose id matches `match` (a regular expression, searched), then `count` from `offset`."""
+    pattern = re.compile(match) if match else None
+    return [t for t in tasks if pattern is None or pattern.search(t.id)][offset: offset + count]
+
+
+def measured(path: Path | None, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Records an earlier run of the same settings left in `path`, by task id (a torn last line dropped)."""
+    if path is None or not path.exists():
+        return {}
+    repair_jsonl(path)
+    return {r["task_id"]: r for r in read_jsonl(path) if r.get("settings") == settings}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--tasks-file", default=str(ROOT / "data" / "humanevalfix.train.jsonl"))
-    parser.add_argument("--offset", type=int, default=0, help="skip this many tasks of the file first")
+    parser.add_argument("--match", default=None, help="only tasks whose id matches this regular expression")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many (matching) tasks of the file first")
     parser.add_argument("--tasks", type=int, default=24)
     parser.add_argument("--samples", type=int, default=16, help="n samples per task (k runs up to n; <= 64)")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8, help="tasks per generate call")
     parser.add_argument("--threshold", type=float, default=0.1, help="preferences.threshold, for `pairable`")
+    parser.add_argument("--records", default=None, help="append each task's record here; a rerun resumes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if not 1 <= args.samples <= 64:
         parser.error("--samples must be 1..64")
 
-    tasks = read_tasks(args.tasks_file)[args.offset: args.offset + args.tasks]
+    tasks = select(read_tasks(args.tasks_file), args.match, args.offset, args.tasks)
+    if not tasks:
+        parser.error(f"--tasks-file {args.tasks_file}: no task matches --match {args.match!r} from --offset "
+                     f"{args.offset}")
+    settings = {"model": args.model, "dtype": args.dtype, "samples": args.samples, "temperature": args.temperature,
+                "max_new_tokens": args.max_new_tokens}
+    records_path = Path(args.records) if args.records else None
+    done = measured(records_path, settings)
+    todo = [t for t in tasks if t.id not in done]
     spec = RoundSpec.model_validate({
         "model": {"base": args.model, "backend": "hf", "dtype": args.dtype, "maxNewTokens": args.max_new_tokens},
         "dataset": {"train": args.tasks_file, "test": args.tasks_file},
@@ -75,22 +106,31 @@ def main(argv: list[str] | None = None) -> int:
         "store": {"path": "unused"},
     })
     load_start = os.getloadavg()
-    policy = load_policy(spec.model)
-    start = time.perf_counter()
-    with LocalExecutor(limits=Limits(timeout_s=5)) as executor:
-        records = list(answer_records(tasks, "full_rewrite", policy, executor, spec, args.batch))
-    seconds = time.perf_counter() - start
+    start, cpu = time.perf_counter(), time.process_time()
+    fresh = []
+    if todo:
+        policy = load_policy(spec.model)
+        with LocalExecutor(limits=Limits(timeout_s=5)) as executor:
+            for record in answer_records(todo, "full_rewrite", policy, executor, spec, args.batch):
+                fresh.append(record)
+                if records_path is not None:
+                    append_jsonl(records_path, {**record, "settings": settings})
+    seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    by_id = {**done, **{r["task_id"]: r for r in fresh}}
+    records = [by_id[t.id] for t in tasks]
     rows = task_rows(records, args.threshold)
-    tokens = sum(r["tokens_out"] for r in records)
-    out = {"model": args.model, "dtype": args.dtype, "tasks_file": args.tasks_file, "offset": args.offset,
-           "tasks": len(tasks), "samples": args.samples, "temperature": args.temperature,
+    tokens = sum(r["tokens_out"] for r in fresh)
+    out = {"model": args.model, "dtype": args.dtype, "tasks_file": args.tasks_file, "match": args.match,
+           "offset": args.offset, "tasks": len(tasks), "measured_now": len(fresh), "samples": args.samples,
+           "temperature": args.temperature,
            "max_new_tokens": args.max_new_tokens, "pass_at_k": curve(records, args.samples),
            "greedy_solved": sum(r["solved"] for r in records),
            "tasks_with_a_pass": sum(r["passed"] > 0 for r in rows),
            "pairable_tasks": sum(r["pairable"] for r in rows),
            "parse_failure_share": round(sum(r["parse_failures"] for r in rows) / (len(rows) * args.samples), 3),
            "mean_reward": round(sum(r["mean_reward"] for r in rows) / len(rows), 3),
-           "seconds": round(seconds, 1), "tok_per_s": round(tokens / seconds, 1),
+           "seconds": round(seconds, 1), "cpu_seconds": round(cpu_s, 1),
+           "tok_per_s": round(tokens / seconds, 1) if fresh else None,
            "loadavg_start": [round(x, 2) for x in load_start],
            "loadavg_end": [round(x, 2) for x in os.getloadavg()], "per_task": rows}
     print(f"{args.model} on {len(tasks)} tasks of {Path(args.tasks_file).name} (from {args.offset}), "
@@ -98,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
           ", ".join(f"pass@{k} {v:.1%}" for k, v in out["pass_at_k"].items()))
     print(f"tasks with a pass {out['tasks_with_a_pass']}/{len(tasks)}, pairable {out['pairable_tasks']}/{len(tasks)}, "
           f"parse failures {out['parse_failure_share']:.0%}, mean reward {out['mean_reward']:.2f}; "
-          f"{out['seconds']}s, {out['tok_per_s']} tok/s, load average {out['loadavg_start']} -> {out['loadavg_end']}")
+          f"{len(fresh)} tasks measured now in {out['seconds']}s ({out['cpu_seconds']} CPU-s), "
+          f"{out['tok_per_s']} tok/s, "
+          f"load average {out['loadavg_start']} -> {out['loadavg_end']}")
     for r in rows:
         print(f"  {r['task_id']}: {r['passed']}/{r['n']} pass, mean reward {r['mean_reward']:.2f}"
               f"{', pairable' if r['pairable'] else ''}")

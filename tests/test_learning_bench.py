@@ -3,6 +3,8 @@ Their end-to-end runs are the tiny rounds of tests/test_train_methods.py and the
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from agentq.stats import pass_at_k
@@ -33,3 +35,15 @@ def test_learning_power_rows_take_the_measured_losses():
     assert power["p_loss"] == 0.1 and set(power["power"]) == {"+5%", "+10%", "+20%"}
     assert power["power"]["+5%"] <= power["power"]["+20%"] < 0.8
     assert power["tasks_for_80pct_at_10pts"] > 10
+
+
+def test_passk_resumes_from_its_records(tmp_path):
+    """A killed pass@k run keeps what it measured: records of the same settings are reused, others are not."""
+    passk = load_script("benchmarks/passk.py", "passk_bench")
+    path = tmp_path / "records.jsonl"
+    settings = {"model": "m", "samples": 4}
+    path.write_text(json.dumps({"task_id": "a", "settings": settings}) + "\n"
+                    + json.dumps({"task_id": "b", "settings": {"model": "other", "samples": 4}}) + "\n"
+                    + '{"task_id": "c", "sett')  # a torn last line, as a kill leaves it
+    assert list(passk.measured(path, settings)) == ["a"]
+    assert passk.measured(tmp_path / "absent.jsonl", settings) == {}
