@@ -27,6 +27,7 @@ import functools
 import itertools
 import json
 import os
+import py_compile
 import re
 import resource
 import shutil
@@ -52,6 +53,7 @@ WORK_MOUNT = "/repo"
 RESULTS_MOUNT = "/results"
 PLUGIN_MOUNT = "/opt/agentq-plugin"
 SPEC_MOUNT = "/opt/agentq-spec/args.txt"
+PYCACHE_MOUNT = "/opt/agentq-pycache"
 CONFIG_FILES = ("conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml", "noxfile.py")
 # Added lines that reach for the test machinery instead of fixing the library.
 _FORGERY = re.compile(r"\b(pytest|_pytest|pluggy|agentq_pytest_report|AGENTQ_REPORT|/results)\b")
@@ -257,7 +259,7 @@ class RepoSandbox:
             self.notes.append("no distinct uid: not root, so pytest runs as this user inside a user namespace")
 
     def _argv(self, work: Path, results: Path, spec: Path, pythonpath: list[str], seccomp_fd: int | None,
-              plugins: list[str]) -> list[str]:
+              plugins: list[str], pycache: Path | None = None, write_pycache: bool = False) -> list[str]:
         venv = os.path.realpath(sys.prefix)
         python = sys.executable
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp", "TZ": "UTC",
@@ -265,12 +267,18 @@ class RepoSandbox:
                "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
                "PYTHONPATH": ":".join([*(f"{WORK_MOUNT}/{p}".rstrip("/.") or WORK_MOUNT for p in pythonpath),
                                        PLUGIN_MOUNT])}
+        if pycache is not None:
+            env["PYTHONPYCACHEPREFIX"] = PYCACHE_MOUNT
+            if write_pycache:
+                del env["PYTHONDONTWRITEBYTECODE"]
         pytest_cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "agentq_pytest_report",
                       *(arg for name in plugins for arg in ("-p", name)), f"--timeout={self.limits.per_test_s}",
                       f"--rootdir={WORK_MOUNT}", f"@{SPEC_MOUNT}"]
         if self.bwrap is None:
             local_env = dict(env, AGENTQ_REPORT=str(results / "report.jsonl"),
                              PYTHONPATH=":".join([*(str(work / p) for p in pythonpath), str(REPORT_PLUGIN.parent)]))
+            if pycache is not None:
+                local_env["PYTHONPYCACHEPREFIX"] = str(pycache)
             return ["env", "-i", *(f"{k}={v}" for k, v in local_env.items()), *pytest_cmd[:-2],
                     f"--rootdir={work}", f"@{spec}"]
         if self.root:
@@ -289,6 +297,8 @@ class RepoSandbox:
                  "--ro-bind", str(spec), SPEC_MOUNT]
         if venv != os.path.realpath(sys.base_prefix):
             binds += ["--ro-bind", venv, venv, *_link_chain(python, venv)]
+        if pycache is not None:  # read-only but for the warm-up: nothing a run compiles outlives it
+            binds += ["--bind" if write_pycache else "--ro-bind", str(pycache), PYCACHE_MOUNT]
         argv += [*jail._parents(binds), *binds,
                  "--bind", str(work), WORK_MOUNT, "--bind", str(results), RESULTS_MOUNT,
                  "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", WORK_MOUNT,
@@ -317,14 +327,17 @@ class RepoSandbox:
                     (group / knob).write_text(str(value))
         return made
 
-    def run(self, work: Path, node_args: list[str], plugins: tuple[str, ...] = ()) -> RunReport:
+    def run(self, work: Path, node_args: list[str], plugins: tuple[str, ...] = (), pycache: Path | None = None,
+            write_pycache: bool = False) -> RunReport:
         """Run pytest on `node_args` (node ids, paths, options) in `work`; the results are read back here.
 
         `plugins` are loaded with `-p` on the command line: pytest reads early plugin options only there,
-        not from the `@file` that carries the node ids."""
+        not from the `@file` that carries the node ids. `pycache`: a bytecode cache the run reads (Python's
+        PYTHONPYCACHEPREFIX, read-only; see warm_pycache), written only when `write_pycache`."""
         results = Path(tempfile.mkdtemp(prefix="agentq-results-"))
         if self.root:
-            subprocess.run(["chown", "-R", f"{self.uid}:{self.uid}", str(work), str(results)], check=True)
+            owned = [str(work), str(results), *([str(pycache)] if pycache is not None and write_pycache else [])]
+            subprocess.run(["chown", "-R", f"{self.uid}:{self.uid}", *owned], check=True)
         spec_dir = Path(tempfile.mkdtemp(prefix="agentq-spec-"))
         spec = spec_dir / "args.txt"
         spec.write_text("\n".join(node_args) + "\n")
@@ -353,7 +366,8 @@ class RepoSandbox:
         try:
             proc = subprocess.Popen(
                 self._argv(work, results, spec, python_path(work), seccomp_fd,
-                           [*needed_plugins(work), *(p for p in plugins if p not in needed_plugins(work))]),
+                           [*needed_plugins(work), *(p for p in plugins if p not in needed_plugins(work))],
+                           pycache, write_pycache),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 pass_fds=[seccomp_fd] if seccomp_fd is not None else [], preexec_fn=confine,
                 start_new_session=True, cwd=work)
@@ -380,12 +394,36 @@ class RepoSandbox:
             shutil.rmtree(spec_dir, ignore_errors=True)
 
 
+    def warm_pycache(self, work: Path, pycache: Path, sources: list[str], test_target: list[str]) -> None:
+        """Fill a bytecode cache for runs in trees like `work` (the same files at the same mount point).
+
+        Why: a run's interpreter starts with PYTHONDONTWRITEBYTECODE in a fresh tree, so it compiled every
+        library module and pytest re-rewrote every test module's asserts on every run: about half of a run's
+        CPU time (0.6-1.0 of 0.8-1.6 s, measured on click, jinja2, beautifulsoup4). Sound when sources change:
+        the library's modules are compiled here with checked-hash invalidation (Python compares the source's
+        hash on import, so a mutated module is compiled afresh, in memory), pytest's rewritten test modules
+        carry their source hash too, and a `--collect-only` run in the sandbox writes the rest (the standard
+        library and plugins as imported there). Later runs bind the cache read-only.
+        """
+        mount = WORK_MOUNT if self.bwrap is not None else str(work.resolve())
+        tag = sys.implementation.cache_tag
+        for rel in sources:
+            target = pycache / mount.lstrip("/") / Path(rel).parent / f"{Path(rel).stem}.{tag}.pyc"
+            with contextlib.suppress(py_compile.PyCompileError, OSError, ValueError):
+                py_compile.compile(str(work / rel), cfile=str(target), dfile=f"{mount}/{rel}", doraise=True,
+                                   invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+        self.run(work, ["--collect-only", "--continue-on-collection-errors", *test_target], pycache=pycache,
+                 write_pycache=True)
+
+
 def needed_plugins(tree: Path) -> list[str]:
     """The installed pytest plugins this suite uses (plus pytest-timeout, which every run needs).
 
     Plugin autoloading is off in the sandbox: the environment's plugins cost seconds of start-up per run
     (hypothesis, anyio, coverage), which dominates a mutant's handful of tests. A plugin is loaded when its
-    short name (`pytest-cov` -> `cov`) appears in the suite's files or pytest configuration.
+    short name (`pytest-cov` -> `cov`) appears as a word in what pytest reads: its configuration section,
+    conftest.py files and the test modules. Not in a tox command line or a dependency list (`pytest-cov` in
+    pyproject's dev dependencies), nor in "pragma: no cover": loading pytest-cov for those cost 0.3-2.8 s a run.
     """
     return _plugins_for(str(tree.resolve()))
 
@@ -393,18 +431,34 @@ def needed_plugins(tree: Path) -> list[str]:
 @functools.lru_cache(maxsize=64)
 def _plugins_for(tree: str) -> list[str]:
     root = Path(tree)
-    texts = [p for name in CONFIG_FILES for p in root.glob(name)]
-    texts += [p for d in ("tests", "test", "testing") for p in (root / d).rglob("*.py")] if root.exists() else []
+    texts = [p for d in ("tests", "test", "testing") for p in (root / d).rglob("*.py")] if root.exists() else []
     texts += [p for p in root.rglob("conftest.py")] + [p for p in root.glob("*/*/test*/*.py")]
     texts += [p for p in root.glob("*/test*/*.py")]
-    blob = "\n".join(p.read_text(errors="replace") for p in dict.fromkeys(texts) if p.is_file())
+    blob = "\n".join([*(pytest_section(p) for p in root.glob("*") if p.name in CONFIG_FILES and p.suffix != ".py"),
+                      *(p.read_text(errors="replace") for p in dict.fromkeys(texts) if p.is_file())])
     plugins = ["pytest_timeout"]
     for ep in entry_points(group="pytest11"):
         dist = (ep.dist.name if ep.dist else ep.name).lower()
         short = re.sub(r"^pytest[-_]", "", dist)
-        if ep.name not in plugins and short != "timeout" and re.search(rf"(\b|_){re.escape(short)}(\b|_|er\b)", blob):
+        if ep.name not in plugins and short != "timeout" and re.search(rf"(\b|_){re.escape(short)}(\b|_)", blob):
             plugins.append(ep.name)
     return plugins
+
+
+def pytest_section(config: Path) -> str:
+    """The part of a configuration file pytest reads: all of pytest.ini, else the `[pytest]` (tox.ini),
+    `[tool:pytest]` (setup.cfg) or `[tool.pytest...]` (pyproject.toml) section's lines."""
+    text = config.read_text(errors="replace") if config.is_file() else ""
+    if config.name in ("pytest.ini", ".pytest.ini"):
+        return text
+    keep, out = False, []
+    for line in text.splitlines():
+        if line.startswith("["):
+            header = line.strip().strip("[]").strip()
+            keep = header in ("pytest", "tool:pytest") or header.startswith("tool.pytest")
+        elif keep:
+            out.append(line)
+    return "\n".join(out)
 
 
 def _link_chain(path: str, bound: str) -> list[str]:
