@@ -152,6 +152,28 @@ def test_a_task_whose_subset_fails_on_the_original_tree_is_dropped(checklib):
     assert set(outcome.phases) >= {"detect", "recheck", "original"}
 
 
+def test_mutants_caught_by_the_same_tests_share_one_run_on_the_original_tree(checklib, monkeypatch):
+    """Each kept mutant still gets all three checks, but the original tree (which never changes) runs a given
+    subset once; the runs read the library's warm bytecode cache."""
+    base = checklib.baseline()
+    checklib.warm(base)
+    assert any(checklib.pycache.rglob("memo.*.pyc"))
+    source = (checklib.pristine / "checklib/memo.py").read_text()
+    runs: list[list[str]] = []
+    monkeypatch.setattr(checklib, "_original", {})  # what earlier tests on this library ran on the original tree
+    real = checklib._run
+    monkeypatch.setattr(checklib, "_run", lambda b, tree, tests, maxfail=None: runs.append(list(tests))
+                        or real(b, tree, tests, maxfail))
+    outcomes = [checklib.run_mutant(base, [("checklib/memo.py", m)], m.operator)
+                for m in mutations(source) if m.function == "cube"]
+    kept = [o for o in outcomes if o.result == "kept"]
+    assert len(kept) >= 2, outcomes
+    subsets = {tuple(o.task["fail_to_pass"] + o.task["pass_to_pass"]) for o in kept}
+    assert len(subsets) == 1 and all(set(o.phases) >= {"detect", "recheck", "original"} for o in kept)
+    # per kept mutant one run of the subset on the mutant, plus one on the original tree for all of them
+    assert sum(tuple(r) in subsets for r in runs) == len(kept) + 1
+
+
 class Writer(BatchPolicy):
     """A scripted model for the LM modes: a fixed rewrite for rewrite prompts, a fixed report for issue prompts."""
 
