@@ -20,6 +20,7 @@ from agentq import steplog
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
 from agentq.policy.base import load_policy, served_model
 from agentq.repair.localization import round_model
+from agentq.search.critique import CritiqueGate
 from agentq.search.mcts import Search, SearchParams
 from agentq.search.scheduler import Scheduler
 from agentq.tasks.schema import AnyTask
@@ -86,8 +87,15 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
         weak = list(executor.isolation)
         bar = tqdm(desc=f"collect shard {shard}/{num_shards}", unit="task", disable=None,
                    initial=len(done), total=len(mine))
-        searches = (Search(task, policy, executor, params, critic=critic) for task in todo)
-        for search in Scheduler(spec.collect.trees_in_flight).run(searches):
+        gate = CritiqueGate()
+        searches = (Search(task, policy, executor, params, critic=critic, gate=gate) for task in todo)
+        scheduler = Scheduler(spec.collect.trees_in_flight)
+        loop_start, tokens_out = time.perf_counter(), 0
+        for search in scheduler.run(searches):
+            tokens_out += search.stats.tokens_out
+            if gate.warning:
+                steplog.log("critique off", level="warning", message=f"collect: {gate.warning}")
+                gate.warning = None
             append_jsonl(local, {**search.record(), "inputs_digest": inputs_digest})
             ws.publish(partial)
             bar.update(1)
@@ -96,16 +104,22 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
                             seconds=round(search.stats.wall_s, 1),
                             message=f"collect: {search.task.id}: solved={search.solved} "
                                     f"samples={search.stats.samples} {search.stats.wall_s:.1f}s")
+        loop_s = time.perf_counter() - loop_start
     # Trees land as they finish; the finished shard lists them in task order, as a one-at-a-time run would.
     order = {t.id: i for i, t in enumerate(mine)}
     records = sorted(read_jsonl(local), key=lambda r: order.get(r["task_id"], len(order))) if local.exists() else []
     write_jsonl(local, records)
     result = {"tasks": len(records), "solved": sum(r["solved"] for r in records),
               "samples": sum(r["stats"]["samples"] for r in records)}
+    if todo:  # this run's sampling speed: completion tokens over the search loop's wall time (model loaded)
+        result["tokensPerSecond"] = round(tokens_out / loop_s, 1) if loop_s > 0 else 0.0
+    if gate.judgements:  # how often the critic could rank at all (a model that cannot is switched off, see above)
+        result["critiqueUsable"] = f"{gate.usable}/{gate.judgements}"
     if weak:  # the round's report repeats it: verdicts from a weakened sandbox are less trustworthy
         result["weakIsolation"] = "; ".join(weak)
     ws.complete(key, local)
+    speed = f", {result['tokensPerSecond']} tokens/s" if todo else ""
     return ws.finish(step, inputs_digest, result,
                      f"collect: shard {shard}/{num_shards}: {result['solved']}/{result['tasks']} tasks solved, "
-                     f"{result['samples']} samples, {time.perf_counter() - start:.1f}s -> {ws.describe(key)}",
+                     f"{result['samples']} samples, {time.perf_counter() - start:.1f}s{speed} -> {ws.describe(key)}",
                      outputs=[key])

@@ -190,7 +190,9 @@ class PreferencesSpec(Spec):
     threshold: float = Field(0.1, ge=0, le=1, description="A pair is decided by the tests when the siblings' "
                                                           "test rewards differ by more than this.")
     critique_ties: bool = Field(False, description="Also keep pairs of siblings whose test rewards tie, when "
-                                                   "the critique prefers one in both presentation orders.")
+                                                   "the critique prefers one in every presentation order.")
+    parse_failure_pairs: bool = Field(False, description="Also pair a runnable answer against one with no program "
+                                      "in it (a parse failure): such pairs teach the answer format, not the fix.")
 
 
 class LoraSpec(Spec):
@@ -200,9 +202,24 @@ class LoraSpec(Spec):
     target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1)
 
 
+class GrpoSpec(Spec):
+    """GRPO with the sandbox as reward (train.method grpo): group size and KL coefficient."""
+
+    group_size: int = Field(4, ge=2, description="Completions sampled per prompt; advantages are relative to the "
+                            "group's mean reward.")
+    kl_coef: float = Field(0.04, ge=0, description="Weight of the KL penalty to the starting model (TRL's beta); "
+                           "0 loads no reference model.")
+
+
 class TrainSpec(Spec):
-    method: Literal["dpo", "sft"] = Field("dpo", description="dpo: on preferences.jsonl (sibling pairs). sft: on "
-                                          "sft.jsonl (prompt -> resolving answer, incl. reflection examples).")
+    method: Literal["dpo", "sft", "expert_iteration", "grpo"] = Field(
+        "dpo", description="dpo: on preferences.jsonl (sibling pairs). sft: on sft.jsonl (prompt -> resolving "
+        "answer, incl. reflection examples). expert_iteration: SFT on the test-passing samples only (rejection-"
+        "sampling fine-tuning; iterate it with fromRound/campaigns). grpo: GRPO on the training tasks' prompts, "
+        "rewarded by the sandbox (visible + hidden tests).")
+    examples_per_task: int = Field(4, ge=1, description="expert_iteration: at most this many distinct passing "
+                                   "answers per task, so easy tasks do not drown the rest.")
+    grpo: GrpoSpec = Field(default_factory=GrpoSpec)
     beta: float = Field(0.1, gt=0)
     lora: LoraSpec = Field(default_factory=LoraSpec)
     effective_batch_size: int = Field(16, ge=1)

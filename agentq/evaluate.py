@@ -26,6 +26,8 @@ import argparse
 import gc
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import yaml
@@ -34,7 +36,7 @@ from tqdm import tqdm
 from agentq import steplog
 from agentq.config import OpenAISpec, PricingSpec, RoundFile, RoundSpec, parse_model
 from agentq.io import append_jsonl, read_jsonl, repair_jsonl, write_jsonl
-from agentq.policy.base import Policy, load_policy, served_model, spent
+from agentq.policy.base import Policy, Request, Sample, load_policy, served_model, spent
 from agentq.repair.localization import round_model
 from agentq.report import write_report
 from agentq.search.mcts import Executor, Search, SearchParams, evaluation_strategy
@@ -68,17 +70,21 @@ def _judge(problem: Problem, reading: Reading, executor: Executor) -> dict[str, 
     return problem.final(reading.code, executor)
 
 
-def _sample_answers(problem: Problem, mode: str, policy: Policy, spec: RoundSpec) -> tuple[list[Reading], dict]:
-    """[greedy, sampled...] answers for the single-prompt modes; one greedy answer when samples == 1."""
+def answer_requests(problem: Problem, mode: str, spec: RoundSpec) -> list[Request]:
+    """The single-prompt modes' requests for one task: the greedy answer, and `samples` sampled ones at the
+    collection temperature (seeded apart from the greedy draw) when samples > 1."""
     prompt = problem.first_prompt(mode)
-    max_tokens = spec.model.max_new_tokens
-    greedy = policy.generate([prompt], n=1, temperature=0.0, max_new_tokens=max_tokens, seed=spec.collect.seed)[0]
-    sampled = []
+    max_tokens, seed = spec.model.max_new_tokens, spec.collect.seed
+    requests = [Request(prompt, 1, 0.0, max_tokens, seed)]
     if spec.evaluate.samples > 1:
-        sampled = policy.generate([prompt], n=spec.evaluate.samples, temperature=spec.collect.temperature,
-                                  max_new_tokens=max_tokens, seed=spec.collect.seed + 1)[0]  # not the greedy draw
-    texts = [s.text for s in greedy + sampled]
-    tokens_in, tokens_out = spent([greedy, sampled])
+        requests.append(Request(prompt, spec.evaluate.samples, spec.collect.temperature, max_tokens, seed + 1))
+    return requests
+
+
+def _readings(problem: Problem, groups: list[list[Sample]]) -> tuple[list[Reading], dict]:
+    """[greedy, sampled...] answers read as candidates, with what generating them cost."""
+    texts = [s.text for group in groups for s in group]
+    tokens_in, tokens_out = spent(groups)
     return [problem.read(t) for t in texts], {"completion": texts[0][:2000], "tokens_in": tokens_in,
                                               "tokens_out": tokens_out}
 
@@ -106,10 +112,45 @@ def evaluate_task(task: AnyTask, mode: str, policy: Policy, executor: Executor, 
     if mode == "mcts":
         return search_record(evaluation_search(task, policy, executor, spec).run(), executor,
                              evaluation_strategy(spec)[0])
-    start = time.perf_counter()
-    problem = problem_for(task, executor, visible_only=True)  # a repo prompt never depends on the hidden tests
-    answers, extra = _sample_answers(problem, mode, policy, spec)
-    return _record(problem, mode, answers, executor, time.perf_counter() - start, extra)
+    return next(answer_records([task], mode, policy, executor, spec))
+
+
+def answer_records(tasks: list[AnyTask], mode: str, policy: Policy, executor: Executor, spec: RoundSpec,
+                   batch: int = 1) -> Iterator[dict[str, Any]]:
+    """The single-prompt modes, `batch` tasks per generate call (every task's greedy and sampled requests
+    together, as collection batches its trees), each batch's answers judged on a worker thread while the
+    next batch generates (function tasks; a batch holding repo tasks is judged before the next one generates).
+    Records come in task order; a record's `seconds` is its share of its batch's time."""
+    chunks = [tasks[i:i + batch] for i in range(0, len(tasks), batch)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge") as pool:
+        pending: Future | None = None
+        for chunk in chunks:
+            start = time.perf_counter()
+            # a repo prompt never depends on the hidden tests
+            problems = [problem_for(task, executor, visible_only=True) for task in chunk]
+            requests = [answer_requests(problem, mode, spec) for problem in problems]
+            answers = policy.generate_batch([r for rs in requests for r in rs])
+            share = (time.perf_counter() - start) / len(chunk)
+            jobs, at = [], 0
+            for problem, rs in zip(problems, requests, strict=True):
+                readings, extra = _readings(problem, answers[at:at + len(rs)])
+                jobs.append((problem, readings, extra))
+                at += len(rs)
+            if pending is not None:
+                yield from pending.result()
+            judge = partial(_judge_all, jobs, mode, executor, share)
+            if all(task.kind == "function" for task in chunk):
+                pending = pool.submit(judge)
+            else:  # a repo task's problem reads its tree while judging: judged here, not beside the next batch
+                pending = None
+                yield from judge()
+        if pending is not None:
+            yield from pending.result()
+
+
+def _judge_all(jobs: list[tuple[Problem, list[Reading], dict]], mode: str, executor: Executor,
+               seconds: float) -> list[dict[str, Any]]:
+    return [_record(problem, mode, readings, executor, seconds, extra) for problem, readings, extra in jobs]
 
 
 def _record(problem: Problem, mode: str, answers: list[Reading], executor: Executor, seconds: float,
@@ -120,7 +161,8 @@ def _record(problem: Problem, mode: str, answers: list[Reading], executor: Execu
     greedy = judged[0]
     samples = judged[1:] or judged  # with samples == 1 the greedy answer is the one sample
     return {"task_id": task.id, "group": task.group, "kind": task.kind, "mode": mode, **greedy,
-            "samples": [{k: j[k] for k in ("solved", "visible_solved", "parse_failure", "status")} for j in samples],
+            "samples": [{**{k: j[k] for k in ("solved", "visible_solved", "parse_failure", "status")},
+                         "reward": j.get("reward", 0.0)} for j in samples],
             "n": len(samples), "correct": sum(j["solved"] for j in samples), **extra,
             "seconds": round(seconds + time.perf_counter() - start, 3)}
 
@@ -263,7 +305,7 @@ def _run_arm(ws: RoundWorkspace, arm: str, mine: list[AnyTask], inputs_digest: s
                 local.unlink()
             todo = [t for t in mine if t.id not in done]
             bar = tqdm(desc=f"evaluate {arm} {mode}", unit="task", disable=None, total=len(todo))
-            for record in _records(mode, todo, policy, executor, spec):
+            for record in mode_records(mode, todo, policy, executor, spec):
                 append_jsonl(local, {**record, "inputs_digest": inputs_digest})
                 ws.publish(partial)
                 bar.update(1)
@@ -283,12 +325,12 @@ def _run_arm(ws: RoundWorkspace, arm: str, mine: list[AnyTask], inputs_digest: s
     ws.finish(step, inputs_digest, {"weakIsolation": "; ".join(weak)} if weak else {}, outputs=outputs)
 
 
-def _records(mode: str, tasks: list[AnyTask], policy: Policy, executor: Executor,
+def mode_records(mode: str, tasks: list[AnyTask], policy: Policy, executor: Executor,
              spec: RoundSpec) -> Iterator[dict[str, Any]]:
     """Each task's record as it is ready: mcts searches run together through the scheduler (in the order
-    they finish), the single-prompt modes one task after another."""
+    they finish), the single-prompt modes `collect.treesInFlight` tasks per generate call (in task order)."""
     if mode != "mcts":
-        yield from (evaluate_task(task, mode, policy, executor, spec) for task in tasks)
+        yield from answer_records(tasks, mode, policy, executor, spec, spec.collect.trees_in_flight)
         return
     searches = (evaluation_search(task, policy, executor, spec) for task in tasks)
     for search in Scheduler(spec.collect.trees_in_flight).run(searches):

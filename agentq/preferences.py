@@ -31,6 +31,11 @@ from agentq.workspace import RoundWorkspace, digest
 class PairPolicy:
     threshold: float = 0.1
     critique_ties: bool = False
+    parse_failure_pairs: bool = False
+
+
+def _parse_failure(node: dict[str, Any]) -> bool:
+    return bool(node.get("verdict")) and node["verdict"].get("status") == "parse_error"
 
 
 def _usable(node: dict[str, Any]) -> bool:
@@ -46,6 +51,9 @@ def judge_pair(a: dict[str, Any], b: dict[str, Any], policy: PairPolicy) -> tupl
     """(outcome, chosen, rejected) for two siblings; outcome names why a pair was or was not made."""
     if a["completion"] == b["completion"]:
         return "identical", None, None
+    if not policy.parse_failure_pairs and (_parse_failure(a) or _parse_failure(b)):
+        # An answer with no program teaches the format, not the fix: counted apart unless the round asks for it.
+        return "parse_failure", None, None
     ra, rb = a["reward"], b["reward"]
     if abs(ra - rb) > policy.threshold:
         chosen, rejected = (a, b) if ra > rb else (b, a)
@@ -136,6 +144,7 @@ def build_pairs(records: Iterable[dict[str, Any]], policy: PairPolicy) -> tuple[
         "flag_reasons": dict(flag_reasons),
         "threshold": policy.threshold,
         "critique_ties": policy.critique_ties,
+        "parse_failure_pairs": policy.parse_failure_pairs,
     }
     return pairs, stats
 
@@ -152,7 +161,8 @@ def run(ws: RoundWorkspace) -> dict[str, Any]:
     if done_result is not None:
         return done_result
     spec = ws.round.spec.preferences
-    pairs, stats = build_pairs(ws.read_trajectories(), PairPolicy(spec.threshold, spec.critique_ties))
+    pairs, stats = build_pairs(ws.read_trajectories(),
+                               PairPolicy(spec.threshold, spec.critique_ties, spec.parse_failure_pairs))
     ws.write_preferences(pairs, stats)
     examples = sft_examples(ws.read_trajectories())
     write_jsonl(ws.work_path("sft.jsonl"), examples)

@@ -54,3 +54,39 @@ def mcnemar_exact(wins: int, losses: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n
     return min(1.0, 2 * tail)
+
+
+def mcnemar_power(n: int, delta: float, p_loss: float, alpha: float = 0.05) -> float:
+    """Power of the two-sided exact McNemar test on n paired tasks when the new model wins a task the old one
+    lost with probability p_loss + delta and loses one it won with probability p_loss (exact: every number of
+    discordant tasks and of wins among them)."""
+    p_win = p_loss + delta
+    if n < 1 or p_loss < 0 or delta < 0 or p_win + p_loss > 1:
+        raise ValueError(f"mcnemar_power needs n >= 1, delta >= 0, p_loss >= 0, 2 p_loss + delta <= 1; got "
+                         f"n={n} delta={delta} p_loss={p_loss}")
+    p_discordant = p_win + p_loss
+    if p_discordant == 0:
+        return 0.0
+    share = p_win / p_discordant
+    power = 0.0
+    for d in range(1, n + 1):
+        p_d = math.comb(n, d) * p_discordant ** d * (1 - p_discordant) ** (n - d)
+        if p_d < 1e-15:
+            continue
+        power += p_d * sum(math.comb(d, w) * share ** w * (1 - share) ** (d - w)
+                           for w in range(d + 1) if mcnemar_exact(w, d - w) < alpha)
+    return min(1.0, power)
+
+
+def tasks_for_power(delta: float, p_loss: float, target: float = 0.8, alpha: float = 0.05,
+                    limit: int = 5000) -> int | None:
+    """The fewest paired tasks at which the exact McNemar test reaches `target` power (None beyond `limit`).
+
+    Power is not monotone in n for an exact test (the rejection region jumps), so this is the first n that
+    reaches it, found by doubling and then a linear scan of the last interval."""
+    low, high = 1, 2
+    while mcnemar_power(high, delta, p_loss, alpha) < target:
+        low, high = high, high * 2
+        if high > limit:
+            return None
+    return next(n for n in range(low, high + 1) if mcnemar_power(n, delta, p_loss, alpha) >= target)

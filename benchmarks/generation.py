@@ -120,17 +120,18 @@ def measure(
     except (PolicyError, RuntimeError, TypeError) as err:  # e.g. bf16 kernels missing on this CPU
         return {**row, "skipped": f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"}
     load_s = time.perf_counter() - started
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     out = policy.generate(prompts, n=k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+    seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
     tokens = sum(s.tokens for group in out for s in group)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     del policy
     free_memory()
     return {**row, "load_s": round(load_s, 1), "seconds": round(seconds, 2), "tokens": tokens,
-            "tok_per_s": round(tokens / seconds, 1), "peak_gpu_gb": round(peak, 1) if peak is not None else None}
+            "tok_per_s": round(tokens / seconds, 1), "tok_per_cpu_s": round(tokens / cpu_s, 1) if cpu_s else None,
+            "peak_gpu_gb": round(peak, 1) if peak is not None else None}
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> str:

@@ -43,6 +43,8 @@ PHASE_OF_STEP = {"model": "Initializing", "collect": "Collecting", "preferences"
 INFERENCE_STEPS = {"collect", "evaluate", "merge"}
 TRAINING_STEPS = {"train"}
 SANDBOX_STEPS = {"collect", "evaluate"}
+# Steps whose pods the sandbox's NetworkPolicy admits: also train, whose GRPO reward runs every completion.
+SANDBOX_CLIENTS = SANDBOX_STEPS | {"train"}
 SERVED_STEPS = ("collect", "evaluate")  # the steps that may use a served model (spec.model.server)
 
 
@@ -295,7 +297,9 @@ def build_job(body: dict[str, Any], unit: Unit, attempt: int, settings: Operator
     where = placement(unit, spec, settings)
     env = [{"name": "AGENTQ_RESULT_FILE", "value": RESULT_FILE}]
     sandbox_url = spec.sandbox.url or settings.sandbox_url
-    if unit.step in SANDBOX_STEPS and sandbox_url:
+    # GRPO's reward is the sandbox's verdict on each completion, so its train Job reaches the sandbox too.
+    runs_candidates = unit.step in SANDBOX_STEPS or (unit.step == "train" and spec.train.method == "grpo")
+    if runs_candidates and sandbox_url:
         env.append({"name": "SANDBOX_URL", "value": sandbox_url})
         if settings.sandbox_token_secret:
             ref = {"name": settings.sandbox_token_secret, "key": "token"}

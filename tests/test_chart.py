@@ -21,7 +21,7 @@ import pytest
 import testenv
 import yaml
 
-from controller.jobs import SANDBOX_STEPS, STEP_LABEL
+from controller.jobs import SANDBOX_CLIENTS, SANDBOX_STEPS, STEP_LABEL
 from controller.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -425,7 +425,7 @@ def test_sandbox_network_policy_denies_all_egress_and_admits_only_step_pods(rend
     (rule,) = policy["ingress"]
     (peer,) = rule["from"]
     assert peer["podSelector"] == {"matchExpressions": [
-        {"key": STEP_LABEL, "operator": "In", "values": sorted(SANDBOX_STEPS)}]}
+        {"key": STEP_LABEL, "operator": "In", "values": sorted(SANDBOX_CLIENTS)}]}
     port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
     assert rule["ports"] == [{"protocol": "TCP", "port": port}]
 

@@ -3,8 +3,8 @@
 import pytest
 
 from agentq.config import RoundSpec
-from agentq.evaluate import compare, evaluate_task, summarize
-from agentq.policy.base import Sample
+from agentq.evaluate import answer_records, compare, evaluate_task, summarize
+from agentq.policy.base import BatchPolicy, Sample
 from agentq.sandbox.verdict import Verdict
 from agentq.tasks.schema import Task
 
@@ -15,17 +15,22 @@ SPEC = RoundSpec.model_validate({"dataset": {"train": "a", "test": "b"}, "store"
                                  "evaluate": {"samples": 4, "passK": 2}})
 
 
-class Answers:
-    """Greedy calls get one fixed answer; sampled calls get a fixed list (a pass when the code says so)."""
+class Answers(BatchPolicy):
+    """Greedy requests get one fixed answer; sampled ones get a fixed list (a pass when the code says so)."""
 
     def __init__(self, greedy: str, sampled: list[str]) -> None:
         self.greedy, self.sampled = greedy, sampled
         self.temperatures: list[float] = []
+        self.calls = 0
 
-    def generate(self, prompts, *, n, temperature, max_new_tokens, seed):
-        self.temperatures.append(temperature)
-        texts = [self.greedy] if temperature == 0 else self.sampled[:n]
-        return [[Sample(f"```python\n{t}```") for t in texts]]
+    def generate_batch(self, requests):
+        self.calls += 1
+        out = []
+        for r in requests:
+            self.temperatures.append(r.temperature)
+            texts = [self.greedy] if r.temperature == 0 else self.sampled[:r.n]
+            out.append([Sample(f"```python\n{t}```") for t in texts])
+        return out
 
 
 class Sandbox:
@@ -47,6 +52,16 @@ def test_greedy_and_every_sample_are_judged_and_stored():
                         SPEC.model_copy(update={"evaluate": SPEC.evaluate.model_copy(update={"samples": 1,
                                                                                             "pass_k": 1})}))
     assert one["n"] == 1 and one["correct"] == 1 and one["solved"]  # one sample: the greedy answer itself
+
+
+def test_single_prompt_modes_batch_tasks_into_one_generate_call_and_keep_task_order():
+    tasks = [TASK.model_copy(update={"id": f"t{i}", "group": f"g{i}"}) for i in range(5)]
+    policy = Answers(GOOD, [GOOD, BAD, BAD, BAD])
+    records = list(answer_records(tasks, "full_rewrite", policy, Sandbox(), SPEC, batch=2))
+    assert policy.calls == 3  # 2 + 2 + 1 tasks, each call holding the greedy and the sampled request of each
+    assert policy.temperatures == [0.0, SPEC.collect.temperature] * 5
+    assert [r["task_id"] for r in records] == [t.id for t in tasks]
+    assert all(r["solved"] and r["n"] == 4 and r["correct"] == 1 for r in records)
 
 
 def record(task_id, group, correct, n=4, solved=False):

@@ -7,7 +7,7 @@ import pytest
 from agentq.policy.base import Sample
 from agentq.sandbox.limits import Limits
 from agentq.sandbox.verdict import TestResult, Verdict
-from agentq.search.critique import NEUTRAL_Q, rank_to_q
+from agentq.search.critique import NEUTRAL_Q, CritiqueGate, _orders, rank_to_q
 from agentq.search.mcts import Node, Search, SearchParams, blended_q, ucb1
 from agentq.tasks.schema import Task
 
@@ -146,6 +146,36 @@ def test_a_position_biased_critique_counts_as_no_preference():
     a, b = search.nodes[1:]
     assert (a.q_ai_votes, b.q_ai_votes) == ([1.0, 0.0], [0.0, 1.0]) and a.q_ai == b.q_ai == 0.5
     assert search.stats.critique_flips == 1
+
+
+def test_a_judge_that_always_prefers_the_middle_slot_yields_no_position_only_pairs():
+    """K = 3 siblings of equal test reward, a judge that always ranks the middle slot first: judged in the shown
+    order and reversed only, the middle candidate stayed ahead of both others (position-only pairs with ties on);
+    judged in every cyclic rotation, each candidate sits in the middle once and no preference survives."""
+    from agentq.preferences import PairPolicy, build_pairs
+
+    assert sorted(map(tuple, _orders(3))) == [(0, 1, 2), (1, 2, 0), (2, 0, 1)]
+    policy = ScriptPolicy([fenced(f"def f(x):\n    return x + {i}  # score 2\n") for i in range(3)],
+                          critique="Reasoning.\nRANKING: 2 > 1 > 3")
+    gate = CritiqueGate()
+    search = Search(TASK, policy, FakeSandbox(), SearchParams(k=3, rollouts=1), gate=gate).run()
+    siblings = search.nodes[1:]
+    assert search.stats.critique_calls == 3 and gate.usable == 3
+    assert all(sorted(n.q_ai_votes) == [0.0, 0.5, 1.0] for n in siblings)  # best, middle and worst once each
+    pairs, stats = build_pairs([search.record()], PairPolicy(threshold=0.1, critique_ties=True))
+    assert pairs == [] and stats["sibling_comparisons"] == {"critique_unsure": 3}
+
+
+def test_a_critic_that_cannot_rank_is_switched_off_for_the_shard_and_says_so():
+    gate = CritiqueGate(after=4)
+    for i in range(4):
+        policy = ScriptPolicy([cand(1), cand(3)] * 2, critique="they both look fine")
+        search = Search(TASK, policy, FakeSandbox(), SearchParams(k=2, rollouts=2, depth=1), gate=gate).run()
+        asked = [c for c in policy.calls if c[0] == "critique"]
+        assert len(asked) == (2 if i == 0 else 0)  # 2 expansions x 2 judgements, then the critic is not asked
+    assert gate.off and gate.judgements == 4 and gate.usable == 0
+    assert "usable ranking in 0 of 4" in gate.warning and "collect.critic: none" in gate.warning
+    assert all(n.q_ai == NEUTRAL_Q for n in search.nodes[1:])
 
 
 def test_selection_follows_ucb_and_child_prompt_carries_parent_and_feedback():

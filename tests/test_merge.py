@@ -96,3 +96,45 @@ def test_failed_check_publishes_nothing(base_and_adapter, tmp_path):
         merge_adapter(base, adapter, out, atol=0.0, rtol=0.0, device="cpu")  # float rounding exceeds zero
     assert [p.name for p in out.iterdir()] == ["previous.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["merged"]
+
+
+@pytest.mark.parametrize("strength", [0.9, 0.5])
+def test_a_merge_that_lost_a_weak_adapter_is_refused(base_and_adapter, tmp_path, strength):
+    """The same adapter scaled down until its effect sits below the old fixed bar (10 x atol = 1e-4 in float32):
+    the base standing in for its merge used to pass as 'not measurable'; judged against the adapter's own
+    effect (above float32 rounding), it is refused, and a real merge of the weak adapter still passes."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    base, adapter = base_and_adapter
+    original = load_file(adapter / "adapter_model.safetensors")
+    weak = tmp_path / "weak"
+    shutil.copytree(adapter, weak)
+
+    def scaled(scale: float) -> dict:
+        save_file({k: v * scale if "lora_B" in k else v for k, v in original.items()},
+                  weak / "adapter_model.safetensors", metadata={"format": "pt"})
+        return merge_adapter(base, weak, tmp_path / "merged", device="cpu")
+
+    # the adapter's effect is nearly linear in B once small: one step to measure the slope, one to land on target
+    probe = 1e-3
+    scale = probe * strength * 1e-4 / scaled(probe)["adapter_change"]
+    kept = scaled(scale)
+    assert kept["adapter_change"] < 1e-4 and kept["adapter_change_measurable"]  # below the old bar, still judged
+    assert kept["adapter_change_kept"] > 0.9
+    with pytest.raises(MergeCheckError, match="merged model lost the adapter"):
+        check_merge(base, base, weak, device="cpu")
+
+
+def test_a_missing_adapter_file_is_one_clear_line(base_and_adapter, tmp_path):
+    from agentq.train.merge import AdapterMissing
+
+    base, adapter = base_and_adapter
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text((adapter / "adapter_config.json").read_text())
+    with pytest.raises(AdapterMissing) as err:
+        merge_adapter(base, tmp_path / "adapter", tmp_path / "out", device="cpu")
+    message = str(err.value)
+    assert "\n" not in message and "missing adapter_model.safetensors" in message and "Repo id" not in message
+    assert not (tmp_path / "out").exists()

@@ -65,6 +65,8 @@ def test_train_goes_to_training_pool_preferences_and_report_are_cpu_only():
     assert container(train)["image"] == "train:1"
     assert container(train)["resources"]["limits"] == {"nvidia.com/gpu": 1}
     assert "SANDBOX_URL" not in {e["name"] for e in container(train)["env"]}
+    grpo = build_job(body(train={"method": "grpo"}), Unit("train"), 0, SETTINGS)  # its reward runs candidates
+    assert {e["name"]: e.get("value") for e in container(grpo)["env"]}["SANDBOX_URL"] == "http://sandbox.agentq:8080"
     for step in ("preferences", "report"):
         job = build_job(body(), Unit(step), 0, SETTINGS)
         assert "resources" not in container(job)

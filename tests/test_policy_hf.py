@@ -133,3 +133,46 @@ def test_prompt_tokens_are_the_tokenized_prompt_once_per_request_and_greedy_copi
     assert out[0][0].tokens > 0 and [s.tokens for s in out[0][1:]] == [0, 0]  # greedy: generated once
     assert all(s.tokens > 0 for s in out[1])
     assert spent(out) == (sum(lengths), out[0][0].tokens + out[1][0].tokens + out[1][1].tokens)
+
+
+def test_one_prefill_per_prompt_gives_the_answers_of_prefilling_every_row(policy, monkeypatch):
+    """The shared prefill (each prompt read once, its cache repeated for its n rows) changes nothing: greedy
+    answers and their log-probs are those of a batch that reads every row's prompt itself."""
+    from agentq.policy.base import Request
+
+    requests = [Request(PROMPTS[0], 1, 0.0, 12, 3), Request(PROMPTS[1], 1, 0.0, 9, 3)]
+    shared = policy.generate_batch(requests)
+    calls = []
+    monkeypatch.setattr(policy, "_prefill", lambda batch, copies: calls.append(copies))
+    alone = policy.generate_batch(requests)
+    assert calls == [[1, 1]]
+    assert [g[0].text for g in shared] == [g[0].text for g in alone]
+    assert [g[0].tokens for g in shared] == [g[0].tokens for g in alone]
+    assert [g[0].logprob for g in shared] == pytest.approx([g[0].logprob for g in alone], abs=1e-3)
+
+
+def test_a_row_stops_where_it_closes_its_code_block_and_at_its_own_limit():
+    """Rewrite and zero-shot rows end at the closing fence (nothing after it is read); other rows, and rows
+    still inside their block, run on to their own token limit."""
+    from agentq.policy.hf import _RowStop, closes_code_block
+
+    assert not closes_code_block("Here:\n```python\ndef f():\n    return 1\n")
+    assert closes_code_block("Here:\n```python\ndef f():\n    return 1\n```")
+    assert not closes_code_block("no fences at all")
+
+    class Pieces:
+        def __init__(self, texts):
+            self.texts = texts
+
+        def batch_decode(self, last, skip_special_tokens):
+            return [t[int(last[i, 0])] for i, t in enumerate(self.texts)]
+
+    answer = ["```python\n", "x = 1\n", "```", "\nMore prose", " and more"]
+    stop = _RowStop(Pieces([answer, answer, answer]), prompt_length=2, limits=[5, 5, 2],
+                    code_stops=[True, False, True])
+    done = []
+    for step in range(1, 6):
+        ids = torch.tensor([[0, 0, *range(step)]] * 3)
+        done.append(stop(ids, None).tolist())
+    assert stop.lengths == [3, 5, 2]
+    assert done[0] == [False, False, False] and done[1] == [False, False, True] and done[2] == [True, False, True]

@@ -62,6 +62,16 @@ def test_flagged_or_codeless_candidates_are_never_chosen():
     assert len(pairs_from_tree(flagged_low, PairPolicy())) == 1
 
 
+def test_a_parse_failure_pairs_with_a_runnable_answer_only_when_the_round_asks():
+    broken = node(2, 0, 0.0, code=None)
+    broken["verdict"] = {"status": "parse_error"}
+    record = tree(node(1, 0, 0.5), broken)
+    pairs, stats = build_pairs([record], PairPolicy())
+    assert pairs == [] and stats["sibling_comparisons"] == {"parse_failure": 1}
+    [pair] = pairs_from_tree(record, PairPolicy(parse_failure_pairs=True))
+    assert pair["decided_by"] == "tests" and pair["rejected"][0]["content"] == "answer 2"
+
+
 def test_dedupe_and_stats():
     record = tree(node(1, 0, 1.0), node(2, 0, 0.0, flags=["hidden_fail"]), node(3, 0, 0.0, votes=(1.0, 1.0)))
     same_again = {**record, "task_id": "t2"}

@@ -144,15 +144,15 @@ def _critiqued_search(runner, task, critique: str) -> Search:
 
 
 @pytest.mark.parametrize(("critique", "resolving_q", "fallbacks"),
-                         [("truthful", 1.0, 0), ("reverse", 0.0, 0), ("garbage", 0.5, 2)])
+                         [("truthful", 1.0, 0), ("reverse", 0.0, 0), ("garbage", 0.5, 3)])
 def test_repo_siblings_are_critiqued_and_a_truthful_critic_ranks_the_resolving_one_first(runner, task, critique,
                                                                                            resolving_q, fallbacks):
     search = _critiqued_search(runner, task, critique)
     siblings = search.nodes[1:]
     record = search.record()
-    assert search.stats.critique_calls == 2  # shown order and reversed
+    assert search.stats.critique_calls == 3  # K = 3 siblings: every cyclic rotation of the order
     assert search.stats.critique_fallbacks == fallbacks  # an unreadable answer votes neutral
-    assert all(len(n["q_ai_votes"]) == 2 for n in record["nodes"][1:])
+    assert all(len(n["q_ai_votes"]) == 3 for n in record["nodes"][1:])
     [resolving] = [n for n in siblings if n.category == Category.RESOLVED.value]
     assert resolving.q_ai == resolving_q, [(n.category, n.q_ai_votes) for n in siblings]
     if critique != "garbage":

@@ -46,3 +46,23 @@ def test_bootstrap_interval_covers_a_known_mean_about_95_percent_of_the_time():
         _, low, high = bootstrap_mean(values, [str(i) for i in range(80)], reps=400, seed=trial)
         covered += low <= 0.3 <= high
     assert covered >= 50
+
+
+def test_mcnemar_power_matches_a_simulation_and_keeps_its_size():
+    import random
+
+    from agentq.stats import mcnemar_exact, mcnemar_power, tasks_for_power
+
+    rng = random.Random(0)
+    n, delta, p_loss = 40, 0.15, 0.05
+    hits = 0
+    for _ in range(3000):
+        draws = [rng.random() for _ in range(n)]
+        wins = sum(d < p_loss + delta for d in draws)
+        losses = sum(p_loss + delta <= d < 2 * p_loss + delta for d in draws)
+        hits += mcnemar_exact(wins, losses) < 0.05
+    assert abs(mcnemar_power(n, delta, p_loss) - hits / 3000) < 0.03
+    assert mcnemar_power(33, 0.10, 0.02) < 0.15  # HumanEvalFix's 33 test tasks cannot see +10 points
+    assert mcnemar_power(100, 0.0, 0.1) <= 0.05  # no effect: rejects at most alpha of the time
+    needed = tasks_for_power(0.10, 0.02)
+    assert needed is not None and mcnemar_power(needed, 0.10, 0.02) >= 0.8 > mcnemar_power(needed - 1, 0.10, 0.02)

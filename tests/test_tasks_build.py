@@ -193,3 +193,21 @@ def test_helpers_the_tests_call_come_from_the_reference_not_the_candidate():
         )
     assert reference.passed, reference
     assert not buggy.passed and not cheating.passed and not cheating_38.passed, (cheating, cheating_38)
+
+
+def test_each_assert_of_check_is_a_test_of_its_own_so_rewards_are_graded():
+    """HumanEval-0's check holds 7 asserts: 7 tests, and a fix right on some inputs earns that share. A loop of
+    asserts is one case with the set-up before it; `assert True` is no case."""
+    from agentq.tasks.humanevalfix import rewrite_check
+
+    tasks = {t.id: t for t in load_humanevalfix(DATA)}
+    task = tasks["humanevalfix/HumanEval-0"]
+    assert task.tests.count("def test_check_") == 7
+    always_true = "def has_close_elements(numbers, threshold):\n    return True\n"
+    with LocalExecutor(workers=2) as executor:
+        reference, partly = executor.run_many([(task.reference_code, task.tests), (always_true, task.tests)])
+    assert reference.passed and reference.reward == 1.0
+    assert partly.status == "failed" and partly.reward == pytest.approx(4 / 7)  # right where the answer is True
+    looped = rewrite_check("def check(f):\n    import math\n    for x in range(3):\n        assert f(x) == x\n"
+                           "    assert True\n    y = 2\n    assert f(y) == y\n", "f", "demo")
+    assert looped.count("def test_check_") == 2 and looped.count("import math") == 2

@@ -6,12 +6,14 @@ import math
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from agentq.config import ModelSpec
 from agentq.policy.base import BatchPolicy, Prompt, Request, Sample, request_samples
 from agentq.policy.models import load_model, load_tokenizer, loadable_dir, nf4_config, resolve_model
 
+# Answers whose program is one fenced block: a row ends when it closes it (the prompts ask for exactly one).
+CODE_ANSWERS = ("rewrite", "zero_shot")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -62,6 +64,39 @@ class _RowTemperature(LogitsProcessor):
         return torch.where(self.greedy, only_top, scaled)
 
 
+class _RowStop(StoppingCriteria):
+    """Ends each row on its own: at its request's token limit, and (rewrite and zero-shot answers) once it has
+    closed its code block, since the prompts ask for one block and what follows it is never read.
+
+    A finished row stops costing nothing only when every row has finished (a padded batch advances together),
+    but its length is recorded here, so it is cut there and not counted beyond it; the batch as a whole ends
+    when its last row does instead of at the largest limit of any request.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_length: int, limits: list[int], code_stops: list[bool]) -> None:
+        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+        self.limits, self.code_stops = limits, code_stops
+        self.texts = [""] * len(limits)
+        self.lengths: list[int | None] = [None] * len(limits)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        step = input_ids.shape[1] - self.prompt_length
+        last = self.tokenizer.batch_decode(input_ids[:, -1:], skip_special_tokens=True)
+        for row, piece in enumerate(last):
+            if self.lengths[row] is not None:
+                continue
+            self.texts[row] += piece
+            closed = self.code_stops[row] and "`" in piece and closes_code_block(self.texts[row])
+            if step >= self.limits[row] or closed:
+                self.lengths[row] = step
+        return torch.tensor([n is not None for n in self.lengths], device=input_ids.device)
+
+
+def closes_code_block(text: str) -> bool:
+    """A fenced block was opened and closed (a second line starting with ```): the answer's program is complete."""
+    return sum(line.lstrip().startswith("```") for line in text.split("\n")) >= 2
+
+
 def pick_device_and_dtype(spec: ModelSpec) -> tuple[str, torch.dtype]:
     """bf16 on CUDA, fp32 on CPU (CPU bf16 matmuls are slow or unsupported on many cores) unless set."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -99,10 +134,23 @@ class HFPolicy(BatchPolicy):
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return {k: v.to(self.model.device) for k, v in batch.items()}
 
+    def _prefill(self, batch: dict[str, torch.Tensor], copies: list[int]) -> DynamicCache:
+        """Each prompt read once, all but its last token, and its cache repeated for its rows: n samples of one
+        prompt share one prefill instead of computing it n times (generate reads the last token itself)."""
+        ids, mask = batch["input_ids"][:, :-1], batch["attention_mask"][:, :-1]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        rows = torch.repeat_interleave(torch.arange(len(copies), device=ids.device),
+                                       torch.tensor(copies, device=ids.device))
+        cache.batch_select_indices(rows)
+        return cache
+
     @torch.inference_mode()
     def generate_batch(self, requests: list[Request]) -> list[list[Sample]]:
         """Every request in one padded `model.generate`: one row per sample (one per greedy request, whose
-        samples are all the same answer), each row at its own temperature, cut at its own token limit.
+        samples are all the same answer), each row at its own temperature, cut at its own token limit or, for
+        rewrite and zero-shot answers, where it closes its code block; each prompt prefilled once for its rows.
 
         transformers draws the whole batch from one random stream, seeded here by the first request's seed:
         the same batch gives the same samples, but a request's samples depend on its batch companions.
@@ -112,11 +160,18 @@ class HFPolicy(BatchPolicy):
         torch.manual_seed(requests[0].seed)
         copies = [1 if r.temperature <= 0 else r.n for r in requests]
         rows = [r for r, c in zip(requests, copies, strict=True) for _ in range(c)]
-        batch = self._encode([r.prompt for r in rows])
+        prompts = self._encode([r.prompt for r in requests])
+        index = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor(copies)).to(self.model.device)
+        batch = {k: v[index] for k, v in prompts.items()}
+        prompt_length = batch["input_ids"].shape[1]
+        cache = self._prefill(prompts, copies) if prompt_length > 1 else None
         logprobs = _TokenLogprobs()
+        stop = _RowStop(self.tokenizer, prompt_length, [r.max_new_tokens for r in rows],
+                        [r.prompt.purpose in CODE_ANSWERS for r in rows])
         temperatures = torch.tensor([r.temperature for r in rows], device=self.model.device)
         out = self.model.generate(
             **batch,
+            past_key_values=cache,
             do_sample=True,  # greedy rows are made greedy by _RowTemperature; the warpers below are no-ops
             temperature=1.0, top_p=1.0, top_k=0,
             num_return_sequences=1,
@@ -124,15 +179,16 @@ class HFPolicy(BatchPolicy):
             eos_token_id=self.eos_ids,
             pad_token_id=self.tokenizer.pad_token_id,
             logits_processor=LogitsProcessorList([logprobs, _RowTemperature(temperatures)]),
+            stopping_criteria=StoppingCriteriaList([stop]),
         )
-        generated = out[:, batch["input_ids"].shape[1]:].cpu()
-        token_logprobs = logprobs.finish(out[:, batch["input_ids"].shape[1]:]).cpu()
-        samples = [self._sample(row[:r.max_new_tokens], lp[:r.max_new_tokens])
-                   for r, row, lp in zip(rows, generated, token_logprobs, strict=True)]
-        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()  # each row's prompt, without its padding
+        generated = out[:, prompt_length:].cpu()
+        token_logprobs = logprobs.finish(out[:, prompt_length:]).cpu()
+        samples = [self._sample(row[:length or r.max_new_tokens], lp[:length or r.max_new_tokens])
+                   for r, row, lp, length in zip(rows, generated, token_logprobs, stop.lengths, strict=True)]
+        prompt_tokens = prompts["attention_mask"].sum(dim=1).tolist()  # each prompt, without its padding
         result, at = [], 0
-        for request, count in zip(requests, copies, strict=True):
-            result.append(request_samples(request, samples[at:at + count], int(prompt_tokens[at])))
+        for i, (request, count) in enumerate(zip(requests, copies, strict=True)):
+            result.append(request_samples(request, samples[at:at + count], int(prompt_tokens[i])))
             at += count
         return result
 

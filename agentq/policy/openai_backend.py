@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -46,6 +46,11 @@ class OpenAIPolicy(BatchPolicy):
 
     def generate_batch(self, requests: list[Request]) -> list[list[Sample]]:
         return list(self.pool.map(self._complete, requests))
+
+    def submit(self, request: Request) -> Future[list[Sample]]:
+        """One request sent now, answered on its own: the search scheduler hands each tree's requests over as
+        soon as the tree needs them, so the server's continuous batching always holds every pending one."""
+        return self.pool.submit(self._complete, request)
 
     def _complete(self, request: Request) -> list[Sample]:
         greedy = request.temperature <= 0

@@ -2,21 +2,27 @@
 
 Agent Q uses the model's own judgement of sibling actions as a second value signal beside the search
 return. Judges, small models above all, favour a position (11 of 11 quickstart critiques put candidate 1
-first), so each set of siblings is judged twice, in the shown order and reversed: the two judgements
-are kept as votes, Q_ai is their mean, and a preference between two siblings counts only when both
-votes agree (`consistent_preference`). A critique answer the parser cannot use gives a neutral vote and
-is counted, so it can neither stall nor bias the search.
+first), so each set of K siblings is judged in every cyclic rotation of the order (K judgements; for K = 2,
+the shown order and its reverse): each candidate sits in each slot exactly once. The judgements are kept as
+votes, Q_ai is their mean, and a preference between two siblings counts only when every vote agrees
+(`consistent_preference`). A judge that prefers a slot, whichever slot (the first, the last, the middle one),
+then never yields a preference: for a fixed ranking of slots, no slot can outrank the slot d places after it
+in every rotation (that would be a cycle of strict inequalities). Reversing the order alone cancels only a
+first- or last-slot bias: a judge fond of the middle slot kept the middle candidate ahead of both others.
+A critique answer the parser cannot use gives a neutral vote and is counted, so it can neither stall nor
+bias the search. A model that cannot rank at all (SmolLM2-135M reached `RANKING:` in 0 of 16 critiques)
+only spends generation on neutral votes: a shard's `CritiqueGate` stops asking it after a few unusable
+judgements and says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from agentq.policy.base import Policy, Prompt, Request, Sample
-from agentq.policy.prompts import critique_prompt, parse_ranking
-from agentq.tasks.schema import Task
+from agentq.policy.base import Prompt, Request, Sample
+from agentq.policy.prompts import parse_ranking
 
 C = TypeVar("C")
 
@@ -69,7 +75,7 @@ class Critique:
 
 def critique_requests(build: Callable[[list[C]], Prompt], candidates: list[C], *, temperature: float,
                       max_new_tokens: int, seed: int) -> list[Request]:
-    """The two judgements (shown order, reversed) of k >= 2 candidates, as requests for one batched call.
+    """The k judgements (every cyclic rotation of the order) of k >= 2 candidates, as requests for one batched call.
 
     `build` writes the prompt that shows the candidates in the order given; what a candidate is (a function
     rewrite with its test results, a patch with its reflection category) is the task kind's business."""
@@ -78,7 +84,31 @@ def critique_requests(build: Callable[[list[C]], Prompt], candidates: list[C], *
 
 
 def _orders(k: int) -> list[list[int]]:
-    return [list(range(k)), list(reversed(range(k)))]
+    """Every cyclic rotation of 0..k-1: each candidate in each slot once (k = 2: shown and reversed)."""
+    return [[(start + i) % k for i in range(k)] for start in range(k)]
+
+
+@dataclass
+class CritiqueGate:
+    """A shard's running count of critique judgements the parser could read; once `after` judgements have
+    been made and at most `min_share` of them were usable, the critic is not asked again (every later Q_ai
+    stays neutral) and `warning` says so once. Pairs never depend on it: the tests decide them."""
+
+    after: int = 8
+    min_share: float = 0.25
+    judgements: int = 0
+    usable: int = 0
+    off: bool = False
+    warning: str | None = None
+
+    def record(self, critique: Critique) -> None:
+        self.judgements += len(critique.answers)
+        self.usable += critique.usable
+        if not self.off and self.judgements >= self.after and self.usable <= self.min_share * self.judgements:
+            self.off = True
+            self.warning = (f"the critic gave a usable ranking in {self.usable} of {self.judgements} judgements; "
+                            "critique is off for the rest of this shard (Q_ai neutral, pairs decided by the "
+                            "tests as always); set collect.critic: none to skip it from the start")
 
 
 def read_critique(requests: list[Request], answers: list[list[Sample]]) -> Critique:
@@ -97,17 +127,3 @@ def read_critique(requests: list[Request], answers: list[list[Sample]]) -> Criti
             votes[index].append(q_shown[position])
     flipped = sum(_flips(votes[a], votes[b]) for a in range(k) for b in range(a + 1, k))
     return Critique([sum(v) / len(v) for v in votes], votes, [a[0].text for a in answers], usable, flipped)
-
-
-def critique_siblings(
-    policy: Policy, task: Task, candidates: list[str], *, feedback: Sequence[str | None] | None = None,
-    temperature: float, max_new_tokens: int, seed: int,
-) -> Critique:
-    """Judge the candidates in the shown order and reversed, in one batched call; see the module docstring."""
-    k = len(candidates)
-    if k < 2:
-        return Critique([NEUTRAL_Q] * k, [[NEUTRAL_Q] for _ in range(k)], [], 0, 0)
-    shown: list[tuple[str, Any]] = list(zip(candidates, feedback or [None] * k, strict=True))
-    requests = critique_requests(lambda order: critique_prompt(task, [c for c, _ in order], [f for _, f in order]),
-                                 shown, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    return read_critique(requests, policy.generate_batch(requests))

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from agentq.config import CollectSpec, EvaluateSpec, RoundSpec
 from agentq.policy.base import Policy, Request, Sample, spent
 from agentq.sandbox.verdict import Verdict
-from agentq.search.critique import NEUTRAL_Q, Critique, critique_requests, read_critique
+from agentq.search.critique import NEUTRAL_Q, Critique, CritiqueGate, critique_requests, read_critique
 from agentq.search.problems import Problem, problem_for
 from agentq.tasks.schema import AnyTask
 
@@ -196,11 +196,12 @@ class Search:
     """One task's tree. `run()` spends the rollout budget; `record()` is what the trajectory file stores."""
 
     def __init__(self, task: AnyTask, policy: Policy, executor: Executor, params: SearchParams,
-                 critic: Policy | None = None, visible_only: bool = False) -> None:
+                 critic: Policy | None = None, visible_only: bool = False, gate: CritiqueGate | None = None) -> None:
         """Rewards come from all of a task's tests (collection); evaluation searches with `visible_only` and
-        judges the final answer on all of them."""
+        judges the final answer on all of them. `gate`, shared by a shard's trees, stops the critique once the
+        critic has shown it cannot rank."""
         self.task, self.policy, self.executor, self.params = task, policy, executor, params
-        self.critic = critic or policy
+        self.critic, self.gate = critic or policy, gate
         self.problem: Problem = problem_for(task, executor, visible_only)
         self.nodes: list[Node] = [Node(id=0, parent=None, depth=0, code=self.problem.root_code())]
         # A problem may judge its root without a run (an honest repo evaluation runs no hidden test before the end).
@@ -286,7 +287,7 @@ class Search:
         A widened node's new batch is critiqued on its own (prompts stay K candidates long); each node
         records its batch, so critique votes are only ever compared within one judgement.
         """
-        if len(siblings) < 2 or not self.params.critique:
+        if len(siblings) < 2 or not self.params.critique or (self.gate is not None and self.gate.off):
             return []
         return critique_requests(self.problem.critique_prompt, siblings, temperature=self.params.critique_temperature,
                                  max_new_tokens=self.params.critique_max_new_tokens, seed=seed + 1)
@@ -333,7 +334,10 @@ class Search:
             if critique:
                 answers = yield Generate(self.critic, critique)
                 self.count_tokens(answers)
-                self.take_critique(children, read_critique(critique, answers))
+                judged = read_critique(critique, answers)
+                if self.gate is not None:
+                    self.gate.record(judged)
+                self.take_critique(children, judged)
             for child in children:
                 child.visits, child.value_sum = 1, child.reward
             self.backpropagate(path, [c.reward for c in children])

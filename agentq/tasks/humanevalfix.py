@@ -1,8 +1,14 @@
-"""HumanEvalFix (HumanEvalPack, Python) -> Task, keeping the upstream `check()` as the test.
+"""HumanEvalFix (HumanEvalPack, Python) -> Task, keeping the upstream `check()`'s asserts as the tests.
 
 Upstream `check(candidate)` compares the candidate's raw return values, so a returned object with a lying
 `__eq__` would pass. An AST pass wraps every call into solution code in `_canon(...)`, which makes every
 comparison, truthiness test and arithmetic in the asserts operate on plain data whatever the operator.
+
+Each assert of `check` (a top-level statement that asserts something, a loop of asserts included) becomes a
+test of its own (`test_check_<i>`), with the statements before it that assert nothing (imports, set-up) in
+front, so a candidate's reward is the share of cases it gets right: graded, as DebugBench's per-example tests
+are. As one all-or-nothing test, 8 training tasks x 8 samples of SmolLM2-135M gave 0 pairs; a candidate
+right on 5 of 7 cases and one right on 1 now differ. Asserts of a constant (`assert True`) are no case.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ def reference_helpers(reference: str, wanted: set[str]) -> tuple[str, set[str]]:
 
 
 def rewrite_check(test_source: str, entry_point: str, task_id: str, reference: str = "") -> str:
-    """Upstream test module -> self-contained test file with `test_check` and canonicalised candidate values.
+    """Upstream test module -> self-contained test file, one `test_check_<i>` per case, canonicalised values.
 
     Helpers the check calls are copied from `reference` (after `from solution import *`, so they win)."""
     try:
@@ -86,10 +92,38 @@ def rewrite_check(test_source: str, entry_point: str, task_id: str, reference: s
     helpers, trusted = reference_helpers(reference, untrusted - {param, entry_point}) if reference else ("", set())
     untrusted -= trusted
     tree = ast.fix_missing_locations(_WrapCandidateCalls(untrusted).visit(tree))
+    cases = split_cases(tree, checks[0])
     body = ast.unparse(tree)
     if helpers:
         body = f"# helpers from the reference solution, never the candidate's\n{helpers}\n\n{body}"
-    return f"{module_prelude(used)}\n\n{body}\n\n\ndef test_check():\n    check({entry_point})\n"
+    tests = "".join(f"\n\ndef test_check_{i}():\n    {name}({entry_point})\n" for i, name in enumerate(cases, 1))
+    return f"{module_prelude(used)}\n\n{body}\n{tests}"
+
+
+def _asserts(statement: ast.stmt) -> bool:
+    """Whether a statement checks anything: it holds an assert of something other than a constant."""
+    return any(isinstance(n, ast.Assert) and not isinstance(n.test, ast.Constant) for n in ast.walk(statement))
+
+
+def split_cases(tree: ast.Module, check: ast.FunctionDef) -> list[str]:
+    """Replace `check` in `tree` by one function per case (set-up statements before it, then the case); returns
+    their names in order. A check with no case of its own (no assert) stays one case, the whole body."""
+    setup: list[ast.stmt] = []
+    cases: list[ast.FunctionDef] = []
+    for statement in check.body:
+        if not _asserts(statement):
+            setup.append(statement)
+            continue
+        name = f"_check_case_{len(cases) + 1}"
+        cases.append(ast.FunctionDef(name=name, args=check.args, body=[*setup, statement], decorator_list=[],
+                                     returns=None, type_params=[]))
+    if not cases:
+        cases = [ast.FunctionDef(name="_check_case_1", args=check.args, body=check.body, decorator_list=[],
+                                 returns=None, type_params=[])]
+    at = tree.body.index(check)
+    tree.body[at:at + 1] = cases
+    ast.fix_missing_locations(tree)
+    return [c.name for c in cases]
 
 
 def task_id_for(upstream_id: str) -> str:

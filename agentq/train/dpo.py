@@ -102,6 +102,53 @@ def split_pairs(pairs: list[dict], share: float, seed: int,
     return train, held
 
 
+CUT_MARK = "\n[... {} characters cut to fit train.maxLength ...]\n"
+
+
+def fit_prompt(messages: list[dict[str, str]], completion_tokens: int, tokenizer: Any,
+               max_length: int) -> list[dict[str, str]]:
+    """The prompt cut to leave room for its answer within max_length tokens, from the middle of its longest
+    message, so the problem statement at its start and the instructions at its end both stay.
+
+    TRL's keep_end cut the statement (training prompts then differed from the ones the model answers) and is
+    deprecated; its keep_start cuts the answer. Cutting here, the completion keeps at least half the room.
+    """
+    budget = max_length - min(completion_tokens, max_length // 2)
+
+    def length(msgs: list[dict[str, str]]) -> int:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    excess = length(messages) - budget
+    if excess <= 0:
+        return messages
+    longest = max(range(len(messages)), key=lambda i: len(messages[i]["content"]))
+    content = messages[longest]["content"]
+
+    def keeping(keep: int) -> list[dict[str, str]]:
+        head, tail = content[: keep // 2], content[len(content) - (keep - keep // 2):]
+        cut = CUT_MARK.format(len(content) - keep)
+        return [*messages[:longest], {**messages[longest], "content": head + cut + tail}, *messages[longest + 1:]]
+
+    low, high = 0, len(content) - 1  # the most characters kept that fit: a binary search on their count
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if length(keeping(middle)) <= budget else (low, middle - 1)
+    return keeping(low)
+
+
+def fit_pairs(pairs: list[dict[str, Any]], tokenizer: Any, max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """Pairs whose prompt is cut to fit (fit_prompt) beside their longer answer; returns how many were cut."""
+    fitted, cut = [], 0
+    for pair in pairs:
+        answer = max(len(tokenizer(m["content"], add_special_tokens=False)["input_ids"])
+                     for key in ("chosen", "rejected") for m in pair[key])
+        prompt = fit_prompt(pair["prompt"], answer, tokenizer, max_length)
+        cut += prompt is not pair["prompt"]
+        fitted.append({**pair, "prompt": prompt})
+    return fitted, cut
+
+
 def is_improvement(best: float | None, value: float) -> bool:
     """Strictly better only: on a tie the earlier (less trained, less drifted) checkpoint stays."""
     return not math.isnan(value) and (best is None or value > best)
@@ -192,9 +239,9 @@ def dpo_config(spec: TrainSpec, work_dir: Path, device: str, *, has_eval: bool, 
         num_train_epochs=spec.epochs,
         max_steps=spec.max_steps or -1,
         max_length=spec.max_length,
-        # Cut an over-long sequence from the prompt's start: with TRL's default (keep_start) a prompt that alone
-        # fills max_length is dropped, and a repair prompt (whole files of context) often does, leaving no pair.
-        truncation_mode="keep_end",
+        # Prompts are cut to fit beforehand (fit_pairs: from their middle, the problem statement kept); what
+        # TRL still truncates is the end of an over-long answer.
+        truncation_mode="keep_start",
         activation_checkpointing=spec.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         bf16=on_gpu,
@@ -247,6 +294,8 @@ def build_trainer(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    train, _ = fit_pairs(train, tokenizer, spec.max_length)
+    held_out, _ = fit_pairs(held_out, tokenizer, spec.max_length)
     lora = lora_config(spec)
     args = dpo_config(spec, work_dir, device, has_eval=bool(held_out), run_name=run_name, **overrides)
     return use_step_bar(DPOTrainer(
@@ -333,8 +382,10 @@ def run(ws: Any) -> dict[str, Any]:
     done_result = ws.finished("train", inputs_digest, "train")
     if done_result is not None:
         return done_result
-    if spec.method == "sft":
+    if spec.method in ("sft", "expert_iteration"):
         return _run_sft(ws, inputs_digest)
+    if spec.method == "grpo":
+        return _run_grpo(ws, inputs_digest)
     pairs_path = ws.fetch("preferences.jsonl")
     if not pairs_path.exists() or pairs_path.stat().st_size == 0:
         # The tests told no siblings apart (a weak model fails everything): nothing to learn, which is a
@@ -362,18 +413,42 @@ def run(ws: Any) -> dict[str, Any]:
 
 
 def _run_sft(ws: Any, inputs_digest: str) -> dict[str, Any]:
-    from agentq.train.sft import train_sft
+    from agentq.train.sft import expert_examples, train_sft
 
+    spec = ws.round.spec.train
     path = ws.fetch("sft.jsonl")
+    if spec.method == "expert_iteration" and path.exists():
+        path = expert_examples(path, ws.work_path("expert.jsonl"), spec.examples_per_task)
     if not path.exists() or path.stat().st_size == 0:
         return ws.finish("train", inputs_digest, {"examples": 0, "steps": 0},
                          f"train: no SFT examples in {ws.describe('sft.jsonl')} (no attempt resolved its task): "
                          "nothing to learn, the round's model stays its base")
     with ws.store.writing_dir(ws.key("adapter")) as out_dir:
-        summary = train_sft(path, base_model_dir(ws), out_dir, ws.round.spec.train)
+        summary = train_sft(path, base_model_dir(ws), out_dir, spec)
     return ws.finish("train", inputs_digest, {"examples": summary["examples"], "steps": summary["steps"]},
-                     f"train (sft): {summary['steps']} steps on {summary['examples']} examples -> "
+                     f"train ({spec.method}): {summary['steps']} steps on {summary['examples']} examples -> "
                      f"{ws.describe('adapter')}")
+
+
+def _run_grpo(ws: Any, inputs_digest: str) -> dict[str, Any]:
+    """GRPO on the training tasks' depth-1 prompts, rewarded by this round's sandbox."""
+    from agentq.train.grpo import grpo_prompts, train_grpo
+
+    spec = ws.round.spec
+    tasks = {t.id: t for t in ws.tasks("train")[0] if t.kind == "function"}
+    examples = grpo_prompts(list(ws.read_trajectories()), tasks)
+    if not examples:
+        raise ConfigError(f"{ws.source}: train.method grpo needs function tasks with collected trees; "
+                          f"{len(tasks)} function tasks in spec.dataset.train, none with a depth-1 prompt")
+    with ws.executor() as executor, ws.store.writing_dir(ws.key("adapter")) as out_dir:
+        summary = train_grpo(examples, tasks, executor, base_model_dir(ws), out_dir, spec.train,
+                             max_completion_length=spec.model.max_new_tokens, temperature=spec.collect.temperature)
+    result = {"prompts": summary["prompts"], "steps": summary["steps"], "bestStep": summary["best_step"],
+              "evalReward": summary["best_eval_reward"]}
+    return ws.finish("train", inputs_digest, result,
+                     f"train (grpo): {summary['steps']} steps on {summary['train_prompts']} prompts x "
+                     f"{summary['group_size']} samples (KL {summary['kl_coef']}); best step {summary['best_step']} "
+                     f"(held-out reward {summary['best_eval_reward']}) -> {ws.describe('adapter')}")
 
 
 def main(args: argparse.Namespace) -> int:

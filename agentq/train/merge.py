@@ -4,7 +4,11 @@ A merge that silently changes the model (a wrong adapter, a dtype slip, a module
 save) would poison every later round, so the merged model is read back from disk and its logits on a
 probe batch are compared with base+adapter before the directory is published. A tolerance scaled by the
 largest logit can exceed a whole adapter's effect, so the check also measures the adapter's own change
-from the base and fails a merged model that does not reproduce most of it (a lost adapter).
+from the base and fails a merged model that does not reproduce most of it (a lost adapter). That check is
+relative to the adapter's own effect: it judges any adapter whose change stands above the rounding of the
+dtype the model is saved in (measured on the base itself: its logits after a round trip through that dtype),
+however weak. With a fixed "measurable" bar of 10 x atol, a merge that had lost a weak adapter (the same
+adapter scaled by 0.9 or 0.5) was published.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from agentq.config import ConfigError
 from agentq.io import atomic_write_json
 from agentq.train.dpo import base_model_dir, default_device
 
@@ -29,12 +34,25 @@ PROBE_PROMPTS = (
 TOLERANCES = {"float32": (1e-5, 1e-4), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 5e-3)}
 # The merged model must reproduce the adapter's change from the base to within this share of it ...
 MAX_LOST_SHARE = 0.5
-# ... whenever that change is measurable: above this many times the dtype's absolute rounding budget.
-MEASURABLE = 10.0
+# ... whenever that change is measurable: above this many times the rounding noise of the saved dtype (the
+# larger of atol and the base's own logit change when its weights are rounded to that dtype).
+MEASURABLE = 2.0
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class MergeCheckError(RuntimeError):
     """The merged model does not reproduce base+adapter within tolerance; it is not published."""
+
+
+class AdapterMissing(ConfigError):
+    """The adapter directory lacks a file PEFT needs (PEFT would take the path for a hub repo id instead)."""
+
+
+def check_adapter_dir(adapter_dir: str | Path) -> None:
+    missing = [name for name in ADAPTER_FILES if not (Path(adapter_dir) / name).is_file()]
+    if missing:
+        raise AdapterMissing(f"adapter {adapter_dir}: missing {', '.join(missing)}; the train step writes them "
+                             "(re-run `agentq train`, or point merge at a finished adapter directory)")
 
 
 def probe_logits(model: Any, tokenizer: Any) -> Any:
@@ -53,10 +71,12 @@ def probe_logits(model: Any, tokenizer: Any) -> Any:
 
 def compare(
     reference: Any, merged: Any, dtype: str, *, base: Any = None, atol: float | None = None,
-    rtol: float | None = None,
+    rtol: float | None = None, rounding: float = 0.0,
 ) -> dict[str, Any]:
     """max |merged - reference| against atol + rtol * max |reference|, and, given the base's logits, against
-    half the adapter's own change max |reference - base|; raises past either."""
+    half the adapter's own change max |reference - base| whenever that change stands above the noise
+    (MEASURABLE x the larger of atol and `rounding`, the saved dtype's own effect on the base); raises past
+    either."""
     default_atol, default_rtol = TOLERANCES.get(dtype, TOLERANCES["bfloat16"])
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
@@ -78,8 +98,9 @@ def compare(
     }
     if base is not None:
         change = float((reference - base).abs().max())
-        summary["adapter_change"] = change
-        summary["adapter_change_measurable"] = change > MEASURABLE * atol
+        noise = max(atol, rounding)
+        summary.update(adapter_change=change, rounding_noise=noise)
+        summary["adapter_change_measurable"] = change > MEASURABLE * noise
         if summary["adapter_change_measurable"]:
             summary["adapter_change_kept"] = 1.0 - max_diff / change
             if max_diff > MAX_LOST_SHARE * change:
@@ -108,6 +129,23 @@ def _tokenizer(model_dir: str | Path) -> Any:
     return tokenizer
 
 
+def rounding_noise(model: Any, tokenizer: Any, logits: Any, dtype: str) -> float:
+    """max |logit change| of `model` (float32) when its weights are rounded to `dtype` and back: how far saving
+    alone moves the probe logits, below which an adapter's effect cannot be told from rounding. Restores it."""
+    import torch
+
+    if dtype == "float32":
+        return 0.0
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(value.to(getattr(torch, dtype)).float())
+        noise = float((probe_logits(model, tokenizer) - logits).abs().max())
+        model.load_state_dict(saved)
+    return noise
+
+
 def _saved_dtype(base_dir: str | Path) -> str:
     config = json.loads((Path(base_dir) / "config.json").read_text())
     return str(config.get("dtype") or config.get("torch_dtype") or "float32")
@@ -125,13 +163,16 @@ def check_merge(
     """Compare an existing merged directory with base+adapter (what merge_adapter runs before publishing)."""
     from peft import PeftModel
 
+    check_adapter_dir(adapter_dir)
     device = device or default_device()
     tokenizer = _tokenizer(base_dir)
     base_model = _load(base_dir, device)
     base = probe_logits(base_model, tokenizer)
+    dtype = _saved_dtype(merged_dir)
+    rounding = rounding_noise(base_model, tokenizer, base, dtype)
     reference = probe_logits(PeftModel.from_pretrained(base_model, adapter_dir).eval(), tokenizer)
-    return compare(reference, probe_logits(_load(merged_dir, device), tokenizer), _saved_dtype(merged_dir),
-                   base=base, atol=atol, rtol=rtol)
+    return compare(reference, probe_logits(_load(merged_dir, device), tokenizer), dtype,
+                   base=base, atol=atol, rtol=rtol, rounding=rounding)
 
 
 def merge_adapter(
@@ -150,6 +191,7 @@ def merge_adapter(
     import torch
     from peft import PeftModel
 
+    check_adapter_dir(adapter_dir)
     device = device or default_device()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +201,7 @@ def merge_adapter(
     try:
         base_model = _load(base_dir, device)
         base = probe_logits(base_model, tokenizer)
+        rounding = rounding_noise(base_model, tokenizer, base, dtype)
         model = PeftModel.from_pretrained(base_model, adapter_dir).eval()
         reference = probe_logits(model, tokenizer)
         merged = model.merge_and_unload()
@@ -167,7 +210,7 @@ def merge_adapter(
         tokenizer.save_pretrained(tmp)
         del model, merged
         summary = compare(reference, probe_logits(_load(tmp, device), _tokenizer(tmp)), dtype, base=base,
-                          atol=atol, rtol=rtol)
+                          atol=atol, rtol=rtol, rounding=rounding)
         summary.update({"base": str(base_dir), "adapter": str(adapter_dir), "dtype": dtype, "device": device})
         atomic_write_json(tmp / "merge_summary.json", summary)
         if out_dir.exists():

@@ -2,9 +2,10 @@
 
 The examples (agentq/repair/sft.py) are prompt -> resolving answer; TRL's SFTTrainer learns the answer only
 (prompt-completion format: the loss covers the completion), with the same LoRA settings as DPO and the same
-adapter files out, so merge and evaluate do not care which method trained. Over-long sequences are cut from
-the prompt's start (keep_end), as for DPO: a repair prompt holds whole files. No held-out split: there is no
-reward accuracy to pick a checkpoint by, so the last adapter is the one kept.
+adapter files out, so merge and evaluate do not care which method trained. Over-long prompts are cut from their
+middle (agentq/train/dpo.py: fit_prompt), as for DPO, so the problem statement stays: a repair prompt holds whole
+files. No held-out split: there is no reward accuracy to pick a checkpoint by, so the last adapter is kept.
+`train.method: expert_iteration` trains the same way on the passing samples alone (`expert_examples`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from agentq.config import ConfigError, TrainSpec
 from agentq.io import atomic_write_json, read_jsonl, write_jsonl
-from agentq.train.dpo import ADAPTER_FILES, default_device, lora_config
+from agentq.train.dpo import ADAPTER_FILES, default_device, fit_prompt, lora_config
 
 
 def read_examples(path: str | Path) -> list[dict[str, Any]]:
@@ -29,6 +30,24 @@ def read_examples(path: str | Path) -> list[dict[str, Any]]:
                               "assistant's answer")
         examples.append({"prompt": messages[:-1], "completion": messages[-1:]})
     return examples
+
+
+def expert_examples(sft_path: str | Path, out_path: str | Path, per_task: int) -> Path:
+    """Expert iteration's data: the `positive` examples of sft.jsonl (a tree's first prompt -> an answer that
+    passed every test), distinct answers only, at most `per_task` per task (rejection-sampling fine-tuning
+    keeps distinct correct samples; an easy task's many identical passes would otherwise dominate)."""
+    kept: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    count: dict[str, int] = {}
+    for record in read_jsonl(sft_path):
+        task, answer = str(record.get("task_id")), record["messages"][-1]["content"]
+        if record.get("kind") != "positive" or (task, answer) in seen or count.get(task, 0) >= per_task:
+            continue
+        seen.add((task, answer))
+        count[task] = count.get(task, 0) + 1
+        kept.append(record)
+    write_jsonl(out_path, kept)
+    return Path(out_path)
 
 
 def train_sft(examples_path: str | Path, model_dir: str | Path, out_dir: str | Path, spec: TrainSpec,
@@ -55,12 +74,15 @@ def train_sft(examples_path: str | Path, model_dir: str | Path, out_dir: str | P
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=max(1, spec.effective_batch_size // per_device),
         num_train_epochs=spec.epochs, max_steps=spec.max_steps or -1, max_length=spec.max_length,
-        truncation_mode="keep_end", completion_only_loss=True, logging_steps=1, save_strategy="no",
+        completion_only_loss=True, logging_steps=1, save_strategy="no",
         report_to="none", bf16=on_gpu, use_cpu=not on_gpu, seed=spec.seed, data_seed=spec.seed,
         dataloader_num_workers=0,
     )
+    fitted = [{**e, "prompt": fit_prompt(e["prompt"], len(tokenizer(e["completion"][0]["content"],
+                                                                  add_special_tokens=False)["input_ids"]),
+                                         tokenizer, spec.max_length)} for e in examples]
     start = time.perf_counter()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(fitted),
                          processing_class=tokenizer, peft_config=lora_config(spec))
     result = trainer.train()
     trainer.model.save_pretrained(out_dir / ".trainer" / "final")
