@@ -174,6 +174,17 @@ def test_mutants_caught_by_the_same_tests_share_one_run_on_the_original_tree(che
     assert sum(tuple(r) in subsets for r in runs) == len(kept) + 1
 
 
+def test_a_sandbox_that_cannot_run_pytest_stops_the_build_before_any_mutant(checklib, monkeypatch, tmp_path):
+    from agentq.sandbox.repo import RunReport
+
+    broken = RunReport({}, None, 0, "crashed", 0.1, "bwrap: Can't find source path x: No such file or directory", [])
+    monkeypatch.setattr(checklib, "pycache", tmp_path / "fresh.pycache")
+    monkeypatch.setattr(checklib.sandbox, "warm_pycache", lambda *a: broken)
+    with pytest.raises(SystemExit, match="checklib-0.1: pytest did not finish .* bwrap: Can't find source path"):
+        checklib.warm(checklib.baseline())
+    assert not (tmp_path / "fresh.pycache").exists()
+
+
 class Writer(BatchPolicy):
     """A scripted model for the LM modes: a fixed rewrite for rewrite prompts, a fixed report for issue prompts."""
 

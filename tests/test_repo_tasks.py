@@ -321,11 +321,14 @@ def test_a_patch_reaching_for_pytest_is_refused(minilib, executor):
     assert verdict.patch_status == "refused" and verdict.reward == 0.0
 
 
-def test_a_warm_bytecode_cache_never_serves_a_changed_module_and_no_run_writes_it(minilib, executor, tmp_path):
+def test_a_warm_bytecode_cache_never_serves_a_changed_module_and_no_run_writes_it(minilib, executor, tmp_path,
+                                                                                   monkeypatch):
     """The build's bytecode cache (warm_pycache): filled once, read by every run. A mutant of the same size with
-    the original's mtime (what would fool a timestamp pyc) still runs as mutated; a run cannot write the cache."""
+    the original's mtime (what would fool a timestamp pyc) still runs as mutated; a run cannot write the cache.
+    The cache's path may be relative (the build's default: beside --out)."""
     sandbox = executor.sandbox
-    work, cache = tmp_path / "work", tmp_path / "pyc"
+    monkeypatch.chdir(tmp_path)
+    work, cache = tmp_path / "work", Path("pyc")
     work.mkdir()
     cache.mkdir()
     copy_tree(executor.pristine(minilib / "repos" / "minilib-0.1.tar.gz"), work)

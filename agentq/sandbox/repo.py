@@ -278,7 +278,7 @@ class RepoSandbox:
             local_env = dict(env, AGENTQ_REPORT=str(results / "report.jsonl"),
                              PYTHONPATH=":".join([*(str(work / p) for p in pythonpath), str(REPORT_PLUGIN.parent)]))
             if pycache is not None:
-                local_env["PYTHONPYCACHEPREFIX"] = str(pycache)
+                local_env["PYTHONPYCACHEPREFIX"] = str(pycache.resolve())
             return ["env", "-i", *(f"{k}={v}" for k, v in local_env.items()), *pytest_cmd[:-2],
                     f"--rootdir={work}", f"@{spec}"]
         if self.root:
@@ -298,7 +298,7 @@ class RepoSandbox:
         if venv != os.path.realpath(sys.base_prefix):
             binds += ["--ro-bind", venv, venv, *_link_chain(python, venv)]
         if pycache is not None:  # read-only but for the warm-up: nothing a run compiles outlives it
-            binds += ["--bind" if write_pycache else "--ro-bind", str(pycache), PYCACHE_MOUNT]
+            binds += ["--bind" if write_pycache else "--ro-bind", str(pycache.resolve()), PYCACHE_MOUNT]
         argv += [*jail._parents(binds), *binds,
                  "--bind", str(work), WORK_MOUNT, "--bind", str(results), RESULTS_MOUNT,
                  "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", WORK_MOUNT,
@@ -394,7 +394,7 @@ class RepoSandbox:
             shutil.rmtree(spec_dir, ignore_errors=True)
 
 
-    def warm_pycache(self, work: Path, pycache: Path, sources: list[str], test_target: list[str]) -> None:
+    def warm_pycache(self, work: Path, pycache: Path, sources: list[str], test_target: list[str]) -> RunReport:
         """Fill a bytecode cache for runs in trees like `work` (the same files at the same mount point).
 
         Why: a run's interpreter starts with PYTHONDONTWRITEBYTECODE in a fresh tree, so it compiled every
@@ -403,7 +403,7 @@ class RepoSandbox:
         the library's modules are compiled here with checked-hash invalidation (Python compares the source's
         hash on import, so a mutated module is compiled afresh, in memory), pytest's rewritten test modules
         carry their source hash too, and a `--collect-only` run in the sandbox writes the rest (the standard
-        library and plugins as imported there). Later runs bind the cache read-only.
+        library and plugins as imported there). Later runs bind the cache read-only. Returns that run's report.
         """
         mount = WORK_MOUNT if self.bwrap is not None else str(work.resolve())
         tag = sys.implementation.cache_tag
@@ -412,8 +412,8 @@ class RepoSandbox:
             with contextlib.suppress(py_compile.PyCompileError, OSError, ValueError):
                 py_compile.compile(str(work / rel), cfile=str(target), dfile=f"{mount}/{rel}", doraise=True,
                                    invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
-        self.run(work, ["--collect-only", "--continue-on-collection-errors", *test_target], pycache=pycache,
-                 write_pycache=True)
+        return self.run(work, ["--collect-only", "--continue-on-collection-errors", *test_target], pycache=pycache,
+                        write_pycache=True)
 
 
 def needed_plugins(tree: Path) -> list[str]:

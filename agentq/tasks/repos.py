@@ -226,7 +226,9 @@ class LibraryBuild:
 
     def warm(self, base: Baseline) -> None:
         """The library's bytecode cache, filled once (RepoSandbox.warm_pycache): every later run reads it and
-        compiles only what a mutant changed. A cache for another interpreter or mount point is filled again."""
+        compiles only what a mutant changed. A cache for another interpreter or mount point is filled again.
+        The fill is a trusted run of the pristine suite's collection: if pytest did not get to its end there, the
+        sandbox itself is broken, and the build stops rather than record every mutant as crashed."""
         stamp = self.pycache / ".warm"
         key = json.dumps([sys.version, sys.prefix, self.sandbox.bwrap is not None])
         if not (stamp.exists() and stamp.read_text() == key):
@@ -234,9 +236,15 @@ class LibraryBuild:
             fresh = Path(tempfile.mkdtemp(prefix=f".{self.pycache.name}-", dir=self.pycache.parent))
             scratch = self.scratch()
             try:
-                self.sandbox.warm_pycache(scratch, fresh, self.layout.source_files(self.pristine), base.test_target)
+                report = self.sandbox.warm_pycache(scratch, fresh, self.layout.source_files(self.pristine),
+                                                   base.test_target)
             finally:
                 reset_scratch(scratch)
+            if report.exitstatus is None:
+                shutil.rmtree(fresh, ignore_errors=True)
+                why = (report.stderr_tail.strip().splitlines() or [report.status])[-1]
+                raise SystemExit(f"agentq tasks build: {self.stem}: pytest did not finish collecting the pristine "
+                                 f"suite in the sandbox ({report.status}): {why[:300]}")
             (fresh / ".warm").write_text(key)
             fresh.chmod(0o755)
             fresh.rename(self.pycache)
