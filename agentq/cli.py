@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lazy("agentq.sandbox.server:main"))
     p = sandbox.add_parser("bench", help="warm executor vs one fresh pytest per candidate, on HumanEvalFix")
     p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--workers", type=int, default=None, help="workers on each path (default: two per usable core)")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
     _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.sandbox.bench:main"))

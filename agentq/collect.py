@@ -117,7 +117,7 @@ def run(ws: RoundWorkspace, shard: int, num_shards: int) -> dict:
         result["critiqueUsable"] = f"{gate.usable}/{gate.judgements}"
     if weak:  # the round's report repeats it: verdicts from a weakened sandbox are less trustworthy
         result["weakIsolation"] = "; ".join(weak)
-    ws.complete(key, local)
+    ws.complete(key, local, inputs_digest)
     speed = f", {result['tokensPerSecond']} tokens/s" if todo else ""
     return ws.finish(step, inputs_digest, result,
                      f"collect: shard {shard}/{num_shards}: {result['solved']}/{result['tasks']} tasks solved, "

@@ -20,6 +20,16 @@ CAMPAIGN_KIND = "AgentQCampaign"
 DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 EvalMode = Literal["zero_shot", "full_rewrite", "mcts"]
+# Upper bounds of a round file's numbers: far beyond any sensible round, so a typo (10^12 rollouts, a timeout of
+# 1e300 s) is one clear validation error when the file is read, not a traceback hours later.
+MAX_SECONDS = 86_400
+MAX_DEADLINE = 30 * 86_400
+MAX_TOKENS = 1 << 17
+MAX_SHARDS = 1024
+MAX_K = 64
+MAX_ROLLOUTS = 10_000
+MAX_DEPTH = 100
+MAX_TEMPERATURE = 10.0
 
 
 class ConfigError(ValueError):
@@ -63,10 +73,10 @@ class OpenAISpec(Spec):
     round_model: str | None = Field(None, min_length=1, description="Its served name; default: model.")
     api_key_secret: str | None = Field(None, description="Kubernetes Secret whose `token` key is the API key "
                                        "(OPENAI_API_KEY in the step); embedded runs read OPENAI_API_KEY.")
-    concurrency: int = Field(64, ge=1, description="Requests in flight at once.")
-    max_retries: int = Field(6, ge=0, description="Retries of a request answered 429/5xx or not answered, with "
+    concurrency: int = Field(64, ge=1, le=4096, description="Requests in flight at once.")
+    max_retries: int = Field(6, ge=0, le=100, description="Retries of a request answered 429/5xx or not answered, with "
                                                   "exponential backoff.")
-    timeout_seconds: float = Field(600, gt=0, description="Per request.")
+    timeout_seconds: float = Field(600, gt=0, le=MAX_SECONDS, description="Per request.")
 
 
 # How the operator points a served step (model.server) at its inference server: the OpenAI base URL, and the
@@ -81,13 +91,13 @@ class VllmServerSpec(Spec):
     """A vLLM server the operator starts on the inference pool for the round's collect and evaluate stages."""
 
     image: str | None = Field(None, description="Server image (default: the operator's images.inferenceServer).")
-    gpus: int | None = Field(None, ge=0, description="GPUs of the server (default: the inference pool's "
+    gpus: int | None = Field(None, ge=0, le=64, description="GPUs of the server (default: the inference pool's "
                              "gpusPerShard); 0 runs it without a GPU request (a CPU build, or the mock image).")
     parallel: Literal["tensor", "data"] = Field("tensor", description="How the server spreads the model over its "
                                                 "GPUs: tensor parallel (one copy split across them) or data "
                                                 "parallel (one copy per GPU).")
-    ready_timeout_seconds: int = Field(900, ge=1, description="How long the stage waits for the server to be "
-                                       "ready before the round is shown as blocked on it.")
+    ready_timeout_seconds: int = Field(900, ge=1, le=MAX_SECONDS, description="How long the stage waits for the "
+                                       "server to be ready before the round is shown as blocked on it.")
     extra_args: list[str] = Field(default_factory=list, description="More `vllm serve` arguments.")
 
 
@@ -110,8 +120,8 @@ class InferenceServerSpec(Spec):
 class PricingSpec(Spec):
     """What the model's tokens cost, so the evaluation report gives a cost per task beside its token counts."""
 
-    input_per_million: float = Field(..., ge=0, description="USD per million prompt tokens.")
-    output_per_million: float = Field(..., ge=0, description="USD per million completion tokens.")
+    input_per_million: float = Field(..., ge=0, le=1e6, description="USD per million prompt tokens.")
+    output_per_million: float = Field(..., ge=0, le=1e6, description="USD per million completion tokens.")
 
     def cost(self, tokens_in: float, tokens_out: float) -> float:
         """USD for that many prompt and completion tokens."""
@@ -126,7 +136,7 @@ class ModelSpec(Spec):
     gguf_file: str | None = Field(None, description="GGUF file inside `base` (dequantised on load).")
     quantization: Literal["none", "nf4"] = Field("none", description="nf4 needs CUDA and bitsandbytes.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    max_new_tokens: int = Field(768, ge=1)
+    max_new_tokens: int = Field(768, ge=1, le=MAX_TOKENS)
     scripted: ScriptedSpec = Field(default_factory=ScriptedSpec)
     fetch_from: str | None = Field(None, description="With base `store:<key>`: the hub name (or directory) the model "
                                    "step copies there once, before collect.")
@@ -150,23 +160,23 @@ class ModelSpec(Spec):
 class DatasetSpec(Spec):
     train: str = Field(..., min_length=1, description="Task JSONL for collection (path or store URL).")
     test: str = Field(..., min_length=1, description="Task JSONL for evaluation.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N tasks of each file.")
+    limit: int | None = Field(None, ge=1, le=10**9, description="Use only the first N tasks of each file.")
     repo_data: str | None = Field(None, description="Repo tasks: the data folder whose repos/ holds their "
                                   "sdists (relative: to the round file, else the cwd; default ../shared/data).")
 
 
 class CollectSpec(Spec):
-    shards: int = Field(2, ge=1, description="Parallel collection Jobs (one GPU each on Kubernetes).")
-    k: int = Field(2, ge=1, description="Rewrites proposed per expansion.")
-    root_k: int | None = Field(None, ge=1, description="Rewrites per expansion of the root (default: k).")
-    rollouts: int = Field(10, ge=1, description="Expansions each tree spends (nodes are widened when deeper "
-                                                "ones cannot grow), fewer only when stopOnPass ends it.")
-    depth: int = Field(2, ge=1)
-    temperature: float = Field(0.8, ge=0)
-    critique_temperature: float = Field(0.2, ge=0)
-    critique_max_new_tokens: int = Field(256, ge=8, description="Room for the critique to reason before "
+    shards: int = Field(2, ge=1, le=MAX_SHARDS, description="Parallel collection Jobs (one GPU each on Kubernetes).")
+    k: int = Field(2, ge=1, le=MAX_K, description="Rewrites proposed per expansion.")
+    root_k: int | None = Field(None, ge=1, le=MAX_K, description="Rewrites per expansion of the root (default: k).")
+    rollouts: int = Field(10, ge=1, le=MAX_ROLLOUTS, description="Expansions each tree spends (nodes are widened "
+                          "when deeper ones cannot grow), fewer only when stopOnPass ends it.")
+    depth: int = Field(2, ge=1, le=MAX_DEPTH)
+    temperature: float = Field(0.8, ge=0, le=MAX_TEMPERATURE)
+    critique_temperature: float = Field(0.2, ge=0, le=MAX_TEMPERATURE)
+    critique_max_new_tokens: int = Field(256, ge=8, le=MAX_TOKENS, description="Room for the critique to reason before "
                                                                 "its RANKING line.")
-    exploration: float = Field(1.0, ge=0, description="UCB1 exploration constant c.")
+    exploration: float = Field(1.0, ge=0, le=1000, description="UCB1 exploration constant c.")
     stop_on_pass: bool = Field(False, description="End a tree at its first full pass (off: later siblings "
                                                   "still give pass-vs-fail contrast for pairs).")
     critic: Literal["self", "scripted", "none"] = Field(
@@ -178,10 +188,10 @@ class CollectSpec(Spec):
         "mcts", description="mcts: the search with k, rootK, depth and rollouts. reflection: one attempt at a time "
                             "(K=1), each prompted with the earlier attempts' failure category and output, up to "
                             "`attempts` (MCTS with depth = rollouts = attempts); it yields no sibling pairs.")
-    attempts: int = Field(3, ge=1, description="The reflection strategy's attempts per task.")
-    trees_in_flight: int = Field(16, ge=1, description="Trees of a shard searched together (collect and evaluate's "
-                                 "mcts mode): their expansions and critiques go to the model as one batch, their "
-                                 "candidates to the sandbox as one. 1: one task after another.")
+    attempts: int = Field(3, ge=1, le=MAX_DEPTH, description="The reflection strategy's attempts per task.")
+    trees_in_flight: int = Field(16, ge=1, le=4096, description="Trees of a shard searched together (collect and "
+                                 "evaluate's mcts mode): their expansions and critiques go to the model as one "
+                                 "batch, their candidates to the sandbox as one. 1: one task after another.")
 
 
 class PreferencesSpec(Spec):
@@ -196,8 +206,8 @@ class PreferencesSpec(Spec):
 
 
 class LoraSpec(Spec):
-    r: int = Field(32, ge=1)
-    alpha: int = Field(64, ge=1)
+    r: int = Field(32, ge=1, le=4096)
+    alpha: int = Field(64, ge=1, le=65536)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1)
 
@@ -205,10 +215,10 @@ class LoraSpec(Spec):
 class GrpoSpec(Spec):
     """GRPO with the sandbox as reward (train.method grpo): group size and KL coefficient."""
 
-    group_size: int = Field(4, ge=2, description="Completions sampled per prompt; advantages are relative to the "
-                            "group's mean reward.")
-    kl_coef: float = Field(0.04, ge=0, description="Weight of the KL penalty to the starting model (TRL's beta); "
-                           "0 loads no reference model.")
+    group_size: int = Field(4, ge=2, le=MAX_K, description="Completions sampled per prompt; advantages are "
+                            "relative to the group's mean reward.")
+    kl_coef: float = Field(0.04, ge=0, le=1000, description="Weight of the KL penalty to the starting model (TRL's "
+                           "beta); 0 loads no reference model.")
 
 
 class TrainSpec(Spec):
@@ -217,25 +227,25 @@ class TrainSpec(Spec):
         "answer, incl. reflection examples). expert_iteration: SFT on the test-passing samples only (rejection-"
         "sampling fine-tuning; iterate it with fromRound/campaigns). grpo: GRPO on the training tasks' prompts, "
         "rewarded by the sandbox (visible + hidden tests).")
-    examples_per_task: int = Field(4, ge=1, description="expert_iteration: at most this many distinct passing "
-                                   "answers per task, so easy tasks do not drown the rest.")
+    examples_per_task: int = Field(4, ge=1, le=1000, description="expert_iteration: at most this many distinct "
+                                   "passing answers per task, so easy tasks do not drown the rest.")
     grpo: GrpoSpec = Field(default_factory=GrpoSpec)
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(0.1, gt=0, le=1000)
     lora: LoraSpec = Field(default_factory=LoraSpec)
-    effective_batch_size: int = Field(16, ge=1)
-    per_device_batch_size: int = Field(4, ge=1, description="4 x 4 accumulation was faster than 1 x 16 in "
+    effective_batch_size: int = Field(16, ge=1, le=65536)
+    per_device_batch_size: int = Field(4, ge=1, le=65536, description="4 x 4 accumulation was faster than 1 x 16 in "
                                                             "benchmarks/dpo_step.py.")
-    learning_rate: float = Field(5e-6, gt=0)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    learning_rate: float = Field(5e-6, gt=0, le=1)
+    epochs: float = Field(1.0, gt=0, le=10000)
+    max_steps: int | None = Field(None, ge=1, le=10**9, description="Stop after this many optimizer steps.")
     eval_share: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out to pick the best checkpoint.")
-    eval_steps: int = Field(10, ge=1)
-    max_length: int = Field(2048, ge=16)
+    eval_steps: int = Field(10, ge=1, le=10**9)
+    max_length: int = Field(2048, ge=16, le=MAX_TOKENS)
     gradient_checkpointing: bool = True
     quantization: Literal["none", "nf4"] = Field("none", description="nf4: QLoRA, the frozen base in 4-bit NF4 "
                                                  "under the adapter (needs CUDA and bitsandbytes).")
-    sft_weight: float = Field(0.0, ge=0, description="Weight of an SFT (NLL) term on the chosen answers beside "
-                                                     "the DPO loss (RPO); 0 turns it off.")
+    sft_weight: float = Field(0.0, ge=0, le=1000, description="Weight of an SFT (NLL) term on the chosen answers "
+                              "beside the DPO loss (RPO); 0 turns it off.")
     precompute_ref_log_probs: bool = Field(True, description="Reference log-probs computed once before "
                                                              "training (faster per step in dpo_step.py).")
     wandb: bool = Field(False, description="Log to Weights & Biases, offline, run files under adapter/wandb.")
@@ -244,21 +254,21 @@ class TrainSpec(Spec):
 
 class EvaluateSpec(Spec):
     modes: list[EvalMode] = Field(default_factory=lambda: ["full_rewrite", "mcts"], min_length=1)
-    shards: int = Field(1, ge=1)
+    shards: int = Field(1, ge=1, le=MAX_SHARDS)
     baseline: bool = Field(True, description="Also evaluate the starting model (base or fromRound) the same "
                                              "way, so the report can compare against it.")
-    samples: int = Field(1, ge=1, description="Sampled answers per task in full_rewrite and zero_shot, at the "
+    samples: int = Field(1, ge=1, le=1000, description="Sampled answers per task in full_rewrite and zero_shot, at the "
                                               "collection temperature, beside the greedy one (pass@k).")
-    pass_k: int = Field(1, ge=1, description="k of the reported pass@k (at most `samples`).")
+    pass_k: int = Field(1, ge=1, le=1000, description="k of the reported pass@k (at most `samples`).")
     dedupe_by_group: bool = Field(False, description="Score one task per group instead of every task.")
-    rollouts: int = Field(4, ge=1, description="MCTS budget at evaluation time.")
-    depth: int = Field(2, ge=1)
-    k: int = Field(2, ge=1)
+    rollouts: int = Field(4, ge=1, le=MAX_ROLLOUTS, description="MCTS budget at evaluation time.")
+    depth: int = Field(2, ge=1, le=MAX_DEPTH)
+    k: int = Field(2, ge=1, le=MAX_K)
     strategy: Literal["mcts", "reflection"] | None = Field(
         None, description="The mcts mode's search: mcts (k, rollouts, depth above) or reflection (one attempt at a "
                           "time, up to `attempts`, stopping at the first pass). Default: collect.strategy.")
-    attempts: int | None = Field(None, ge=1, description="The reflection strategy's attempts per task at evaluation "
-                                                         "time. Default: collect.attempts.")
+    attempts: int | None = Field(None, ge=1, le=MAX_DEPTH, description="The reflection strategy's attempts per "
+                                 "task at evaluation time. Default: collect.attempts.")
 
     @model_validator(mode="after")
     def _k_within_samples(self) -> EvaluateSpec:
@@ -273,10 +283,12 @@ class SandboxSpec(Spec):
     swebench_url: str | None = Field(None, pattern=r"^https?://", description="Where SWE-bench tasks run: a "
                                      "`python -m controller.swebench serve` service that runs each candidate patch "
                                      "in its instance image as a Kubernetes Job, graded by the swebench package.")
-    timeout_seconds: float = Field(5.0, gt=0)
-    cpu_seconds: int | None = Field(None, ge=1, description="CPU time per candidate (default: the timeout + 1 s).")
-    memory_mb: int = Field(1024, ge=64)
-    workers: int | None = Field(None, ge=1, description="Warm workers; defaults to the CPU count.")
+    timeout_seconds: float = Field(5.0, gt=0, le=3600, description="Wall clock per candidate run (at most an hour, "
+                                   "as the sandbox takes).")
+    cpu_seconds: int | None = Field(None, ge=1, le=3600, description="CPU time per candidate (default: the timeout "
+                                    "+ 1 s).")
+    memory_mb: int = Field(1024, ge=64, le=1 << 20)
+    workers: int | None = Field(None, ge=1, le=1024, description="Warm workers; defaults to the CPU count.")
     allow_weak_isolation: bool = Field(False, description="Run candidates even where full isolation (bubblewrap, "
                                        "root or user namespaces, cgroups) is missing; every verdict then says "
                                        "what was weakened. Off: the executor refuses to start.")
@@ -330,7 +342,7 @@ class PoolSpec(Spec):
 
     node_selector: dict[str, str] | None = None
     tolerations: list[Toleration] | None = None
-    gpus: int | None = Field(None, ge=0, description="nvidia.com/gpu per Job (per shard for collect/evaluate).")
+    gpus: int | None = Field(None, ge=0, le=64, description="nvidia.com/gpu per Job (per shard for collect/evaluate).")
     resources: Resources | None = Field(None, description="Requests and limits of the step container.")
     shm_size: Quantity | None = Field(None, description="A memory-backed /dev/shm of this size (dataloaders, NCCL).")
     scratch_size: Quantity | None = Field(
@@ -349,13 +361,13 @@ class PlacementSpec(Spec):
 class StepDeadlines(Spec):
     """activeDeadlineSeconds of each step's Jobs: a Job running longer fails (and is retried like any failure)."""
 
-    model: int | None = Field(None, ge=1)
-    collect: int | None = Field(None, ge=1)
-    preferences: int | None = Field(None, ge=1)
-    train: int | None = Field(None, ge=1)
-    merge: int | None = Field(None, ge=1)
-    evaluate: int | None = Field(None, ge=1)
-    report: int | None = Field(None, ge=1)
+    model: int | None = Field(None, ge=1, le=MAX_DEADLINE)
+    collect: int | None = Field(None, ge=1, le=MAX_DEADLINE)
+    preferences: int | None = Field(None, ge=1, le=MAX_DEADLINE)
+    train: int | None = Field(None, ge=1, le=MAX_DEADLINE)
+    merge: int | None = Field(None, ge=1, le=MAX_DEADLINE)
+    evaluate: int | None = Field(None, ge=1, le=MAX_DEADLINE)
+    report: int | None = Field(None, ge=1, le=MAX_DEADLINE)
 
 
 class JobTemplateSpec(Spec):
@@ -395,7 +407,7 @@ class RoundSpec(Spec):
                                                    description="Per step, in seconds (Kubernetes runs).")
     image: str | None = Field(None, description="Override the step image (Kubernetes runs).")
     suspend: bool = False
-    backoff_limit: int = Field(2, ge=0, description="Retries of a failed step Job before the round fails.")
+    backoff_limit: int = Field(2, ge=0, le=100, description="Retries of a failed step Job before the round fails.")
     delete_artifacts: bool = Field(False, description="Remove the round's artifacts when the round is deleted.")
 
 
@@ -426,7 +438,7 @@ class RoundFile(Document):
 class CampaignStopSpec(Spec):
     """When a campaign stops before its last round: the evaluation shows no gain, `patience` rounds in a row."""
 
-    patience: int = Field(1, ge=1, description="Rounds in a row without a gain before the campaign stops.")
+    patience: int = Field(1, ge=1, le=50, description="Rounds in a row without a gain before the campaign stops.")
     mode: EvalMode | None = Field(None, description="The evaluation mode judged (default: the template's first).")
     min_delta: float = Field(0.0, ge=-1, le=1, description="A gain: the paired pass@1 delta's 95% interval lies "
                                                             "above this (its point estimate, without an interval).")
@@ -484,9 +496,12 @@ def parse_model(data: Any, model: type[M], source: str) -> M:
 def load_yaml(path: str | Path, model: type[M]) -> M:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); a round file is YAML in "
+                          "UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

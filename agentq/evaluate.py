@@ -321,7 +321,7 @@ def _run_arm(ws: RoundWorkspace, arm: str, mine: list[AnyTask], inputs_digest: s
     for relative in outputs:
         local = ws.work_path(ws.partial(relative, inputs_digest))
         local.touch()
-        ws.complete(relative, local)
+        ws.complete(relative, local, inputs_digest)
     ws.finish(step, inputs_digest, {"weakIsolation": "; ".join(weak)} if weak else {}, outputs=outputs)
 
 

@@ -417,14 +417,12 @@ class RoundWorkspace:
         settings stays untouched until this one is complete (a revert then finds it intact)."""
         return f"{relative}.partial-{inputs_digest}"
 
-    def complete(self, relative: str, local: Path) -> None:
-        """Publish a finished output over the previous one and drop every partial of it."""
+    def complete(self, relative: str, local: Path, inputs_digest: str) -> None:
+        """Publish a finished output over the previous one and drop its partial for these inputs. The partials of
+        other settings stay: a run of settings A interrupted, a run of B completed, then A again resumes where it
+        was (it used to find its partial deleted and redo everything)."""
         self.store.put_file(self.key(relative), local)
-        name = Path(relative).name
-        parent = self.key(str(Path(relative).parent)) if Path(relative).parent != Path(".") else self.prefix
-        for key in self.store.list(parent):
-            if Path(key).name.startswith(f"{name}.partial-"):
-                self.store.delete_prefix(key)
+        self.store.delete_prefix(self.key(self.partial(relative, inputs_digest)))
 
     def step_digest(self, step: str) -> str:
         """Digest a step's marker must hold; raises, naming the command to run, when it has not finished."""

@@ -8,9 +8,10 @@ deletes them mid-round); `--restart-after N` kills the operator (SIGKILL) once N
 starts it again. Printed, all measured in this run: apply-to-first-Job latency p50/p95 (and, as the
 baseline, how long the same watch takes to show a Job created directly), rounds driven to Succeeded per
 second, duplicate Jobs (a unit with more than one Job UID ever; must be 0), the operator's CPU per round
-and peak RSS, each against the goals (p95 < 1 s, < 50 ms CPU per round, 0 duplicates), and the operator's
-API calls and reconcile passes per round (not with --restart-after: the count starts again with the new
-process; with --controllers, Events are left out: the controller-manager posts them too).
+(and how it splits between its event loop, reconcile workers and informers) and peak RSS, each against the
+goals (p95 < 1 s, < 50 ms CPU per round, 0 duplicates), and the operator's API calls and reconcile passes
+per round (not with --restart-after: the counts start again with the new process; with --controllers,
+Events are left out: the controller-manager posts them too).
 
     AGENTQ_TESTENV_BIN=$(scripts/testenv.sh) .venv/bin/python benchmarks/operator_scale.py [--rounds 50] \
         [--controllers] [--ttl 0] [--restart-after 25] [--json]
@@ -143,14 +144,29 @@ def api_calls(operator_port: int, server: str, controllers: bool) -> dict[str, f
             key = f"{labels['verb'].strip(chr(34))} {labels['resource'].strip(chr(34))}"
             ours[key] = ours.get(key, 0) + value
     for series, value in scrape(f"{server}/metrics", ADMIN_TOKEN).items():
-        if series.startswith("apiserver_request_total{") and 'code="409"' in series and 'verb="PUT"' in series:
-            ours["conflicts (409)"] = value  # of the status PUTs counted above; not added to the total
+        if series.startswith("apiserver_request_total{") and 'code="409"' in series \
+                and 'resource="agentqrounds"' in series and 'subresource="status"' in series:
+            # of the status writes counted above; not added to the total
+            ours["conflicts (409)"] = ours.get("conflicts (409)", 0) + value
         if series.startswith("apiserver_request_total{") and 'code="2' in series:
             for verb, resource in (("PATCH", "agentqrounds"),) if controllers else \
                     (("POST", "events"), ("PATCH", "agentqrounds")):
                 if f'verb="{verb}"' in series and f'resource="{resource}"' in series and 'subresource=""' in series:
                     ours[f"{verb} {resource} (kopf)"] = ours.get(f"{verb} {resource} (kopf)", 0) + value
     return ours
+
+
+def thread_cpu(operator_port: int) -> dict[str, float]:
+    """The operator's CPU seconds so far by kind of thread (its agentq_operator_thread_cpu_seconds), informers
+    summed: where its CPU per round goes."""
+    by_kind: dict[str, float] = {}
+    for series, value in scrape(f"http://127.0.0.1:{operator_port}/metrics").items():
+        if series.startswith("agentq_operator_thread_cpu_seconds_total{"):
+            kind = series.split('thread="', 1)[1].rsplit('"', 1)[0]
+            kind = {"MainThread": "event loop (kopf, daemons)", "reconcile": "reconcile passes"}.get(
+                kind, "informers" if kind.startswith("informer-") else "other")
+            by_kind[kind] = by_kind.get(kind, 0.0) + value
+    return by_kind
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -196,6 +212,7 @@ def main() -> int:
                 time.sleep(0.05)
             applied: dict[str, float] = {}
             cpu0, cpu_before_restart, rss_before_restart, restarted = operator.cpu_seconds(), 0.0, 0.0, False
+            threads0 = thread_cpu(metrics_port)
             t0 = time.monotonic()
             for i in range(args.rounds):
                 name = f"bench-{i:03d}"
@@ -219,6 +236,8 @@ def main() -> int:
             wall = (max(done.values()) if done else time.monotonic()) - t0
             rss = max(operator.peak_rss_mb(), rss_before_restart)
             cpu = cpu_before_restart + operator.cpu_seconds() - cpu0
+            threads = {kind: round((seconds - threads0.get(kind, 0.0)) / args.rounds * 1000)
+                       for kind, seconds in thread_cpu(metrics_port).items()} if not restarted else {}
             calls = api_calls(metrics_port, cluster.server, controllers)
             player.stop_flag.set()
             jobs = batch.list_namespaced_job(NS, label_selector=ROUND_LABEL).items
@@ -248,6 +267,9 @@ def main() -> int:
             print(f"operator peak RSS:            {rss:.0f} MiB")
             print(f"operator CPU:                 {cpu:.1f}s for {args.rounds} rounds "
                   f"({cpu_ms:.0f} ms per round of 8 Jobs); goal < {GOAL_CPU_MS_PER_ROUND} ms")
+            if threads:
+                print("operator CPU per round by thread: " + ", ".join(
+                    f"{kind} {ms} ms" for kind, ms in sorted(threads.items(), key=lambda kv: -kv[1])))
             rounds_run = args.rounds + 1  # with the warm-up round
             passes = round(calls.pop("reconcile passes") / rounds_run, 1)
             conflicts = round(calls.pop("conflicts (409)", 0) / rounds_run, 1)
@@ -267,7 +289,8 @@ def main() -> int:
                     "jobs_created": created, "p50_ms": p50 and round(p50 * 1000), "p95_ms": p95 and round(p95 * 1000),
                     "baseline_watch_p50_ms": round(floor * 1000, 1), "p50_vs_baseline": p50 and round(p50 / floor, 1),
                     "rounds_per_s": round(len(done) / wall, 2), "duplicates": duplicates,
-                    "cpu_ms_per_round": round(cpu_ms), "peak_rss_mib": round(rss),
+                    "cpu_ms_per_round": round(cpu_ms), "cpu_ms_per_round_by_thread": threads,
+                    "peak_rss_mib": round(rss),
                     "api_calls_per_round": round(sum(per_round.values()), 1), "api_calls": per_round,
                     "passes_per_round": passes, "conflicts_per_round": conflicts,
                     "load_avg": [round(x, 1) for x in load],

@@ -41,6 +41,7 @@ from controller.informer import (
     CONFIGMAPS,
     DEPLOYMENTS,
     JOBS,
+    PODS,
     ROUNDS,
     SERVICES,
     Informers,
@@ -50,6 +51,7 @@ from controller.informer import (
 from controller.jobs import (
     CLEANUP_UNIT,
     ROUND_LABEL,
+    STEP_LABEL,
     UNIT_LABEL,
     build_job,
     cleanup_configmap,
@@ -95,7 +97,8 @@ class Runtime:
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.campaign_wakers: dict[tuple[str, str], asyncio.Event] = {}
         self.follows: dict[tuple[str, str], str] = {}  # (namespace, round) -> the round it starts from
-        # (namespace, round) -> (generation, deletionTimestamp, status) of the round's last event that woke it
+        # (namespace, round) -> (generation, deletionTimestamp, status) of the round as its daemon last saw or
+        # wrote it: a round event showing the same wakes nobody
         self.round_marks: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         # (namespace, round) -> Job name -> the Job as its last watch event showed it finished
         self.finished: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
@@ -169,16 +172,22 @@ def _cleanup_failed(job: dict[str, Any]) -> None:
         log.warning("could not post the CleanupFailed event of Job %s: %s", job["metadata"]["name"], err)
 
 
+def _mark(body: dict[str, Any], status: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
+    """What a pass acts on: the spec (generation), deletion, and the status (`status`: the one being written)."""
+    meta = body["metadata"]
+    return meta.get("generation"), meta.get("deletionTimestamp"), body.get("status") if status is None else status
+
+
 def _round_seen(kind: str, body: dict[str, Any]) -> None:
-    """A round changed: its daemon, the rounds that start from it and its campaign may have something to do
-    (the echo of our own status write never gets here: the store has it from the write's answer)."""
+    """A round changed: its daemon, the rounds that start from it and its campaign may have something to do.
+    Not when the event shows what the daemon already saw or wrote (kopf's own metadata patches, such as its
+    finalizer; the echo of our own status write, when it is parsed because it came before the write's answer;
+    the ADDED event of a round whose daemon read it first): each would cost a pass."""
     meta = body["metadata"]
     namespace, name = meta.get("namespace", ""), meta["name"]
     if RT.loop is None:
         return
-    # What a pass acts on: the spec (generation), deletion, and a status someone else wrote. kopf's own
-    # metadata patches (its finalizer) would only cost a pass each.
-    mark = (meta.get("generation"), meta.get("deletionTimestamp"), body.get("status"))
+    mark = _mark(body)
     if kind == "DELETED" or RT.round_marks.get((namespace, name)) != mark:
         RT.round_marks[(namespace, name)] = mark
         RT.loop.call_soon_threadsafe(RT.wake, namespace, name)
@@ -248,6 +257,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
                                  _wake_on("ADDED", "MODIFIED", "DELETED"), _watch_error("deployments")),
         "services": Informers(api, SERVICES, inference.SERVER_LABEL, ROUND_LABEL, clusterwide, _wake_on("DELETED"),
                               _watch_error("services")),
+        # The step pods: a finished step's result (its termination message) and why a pod does not start,
+        # read from memory. Their changes wake nobody: the Job's own event follows a pod's end.
+        "pods": Informers(api, PODS, ROUND_LABEL, ROUND_LABEL, clusterwide, _wake_on(), _watch_error("pods")),
     }
     # Replicas with equal priority all freeze (safe, but nothing runs); distinct ones let exactly one act.
     if not settings.peering.priority:
@@ -285,12 +297,29 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _pods_of(kube: Kube, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Job's pods, oldest first, from the pod cache; from the API server when the cache does not show the
+    newest one terminated yet (its watch event may come after the Job's own), so a finished Job is never
+    judged from a pod the cache shows still running."""
+    meta = job["metadata"]
+    cached = sorted((p for p in RT.cache("pods").store.indexed(meta["namespace"],
+                                                               (meta.get("labels") or {}).get(ROUND_LABEL, ""))
+                     if any(ref.get("uid") == meta.get("uid") for ref in p["metadata"].get("ownerReferences") or [])),
+                    key=_created)
+    if cached and _terminated(cached[-1]):
+        return cached
+    return sorted(kube.job_pods(meta["namespace"], meta["name"]), key=_created)
+
+
+def _created(obj: dict[str, Any]) -> str:
+    return obj["metadata"].get("creationTimestamp") or ""
+
+
 def inspect_job(kube: Kube, job: dict[str, Any], log_lines: int) -> Inspection:
     """A finished Job's outcome from its newest pod: the step's JSON result (termination message) when it
     succeeded; the reason and the log tail (pods/log, else the termination message) when it failed."""
     meta = job["metadata"]
-    pods = sorted(kube.job_pods(meta["namespace"], meta["name"]),
-                  key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    pods = _pods_of(kube, job)
     term = _terminated(pods[-1]) if pods else {}
     message = term.get("message") or ""
     if (job.get("status") or {}).get("succeeded"):
@@ -335,12 +364,12 @@ def reconcile_once(namespace: str, name: str) -> Plan | None:
     return result
 
 
-def stuck_problems(kube: Kube, namespace: str, name: str, settings: OperatorSettings,
-                   jobs: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """Why a round's Jobs may be waiting on a person: their pods (unschedulable, image pull), pods the API
+def stuck_problems(kube: Kube, namespace: str, settings: OperatorSettings, jobs: list[dict[str, Any]],
+                   pods: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Why a round's Jobs may be waiting on a person: their `pods` (unschedulable, image pull), pods the API
     server refuses to create (a ResourceQuota, an admission policy: the Job controller's FailedCreate events),
     or the step ServiceAccount missing from the namespace (then no pod can be created at all)."""
-    problems = pod_problems(kube.round_pods(namespace, name))
+    problems = pod_problems(pods)
     podless = {j["metadata"]["uid"]: j["metadata"]["name"] for j in jobs
                if job_state(j) not in TERMINAL and not (j.get("status") or {}).get("active")}
     if podless:
@@ -373,16 +402,17 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
     body = observed_round(kube, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
+    RT.round_marks[key] = _mark(body)
     predecessor_phase = None
     from_round = ((body.get("spec") or {}).get("model") or {}).get("fromRound")
     if from_round:
         RT.follows[key] = from_round
         pred = RT.cache("rounds").store.get(namespace, from_round) or kube.get_round(namespace, from_round)
         predecessor_phase = ((pred or {}).get("status") or {}).get("phase") or ("Pending" if pred else "")
-    jobs = with_unrecorded_finished(RT.cache("jobs").store.indexed(namespace, name), RT.finished.get(key, {}),
-                                    body.get("status") or {})
+    listed = RT.cache("jobs").store.indexed(namespace, name)
+    jobs = with_unrecorded_finished(listed, RT.finished.get(key, {}), body.get("status") or {})
     stamp = now()
-    stuck = stuck_problems(kube, namespace, name, settings, jobs) \
+    stuck = stuck_problems(kube, namespace, settings, jobs, RT.cache("pods").store.indexed(namespace, name)) \
         if long_unfinished(jobs, stamp, settings.resync_seconds) else []
     result = plan(body, jobs, lambda job: inspect_job(kube, job, settings.log_lines), stamp, predecessor_phase,
                   stuck, settings.retry_backoff_seconds)
@@ -433,30 +463,80 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
                               f"{'suspended' if suspended else 'resumed'} Job {job_name}"))
     if refused:
         result.block(refused, now())
-    if _material(result.status) != _material(body.get("status") or {}):
-        try:
-            new = kube.replace_round_status(body, result.status)
-            RT.cache("rounds").store.put(new, own=True)
-            RT.round_marks[key] = (new["metadata"].get("generation"), new["metadata"].get("deletionTimestamp"),
-                                   new.get("status"))
-            _announce(new)
-        except ApiException as err:
-            if err.status != 409:
-                raise
-            # Stale: the next pass plans again from fresh observations and announces the transitions then.
-            result.status = {}
-            result.events = [e for e in result.events if e[1] in ("JobCreated", "JobSuspended", "JobResumed")]
+    if worth_writing(result.status, body.get("status") or {}, listed) and not _write(kube, key, body, result.status):
+        # Stale: the next pass plans again from fresh observations and announces the transitions then.
+        result.status = {}
+        result.events = [e for e in result.events if e[1] in ("JobCreated", "JobSuspended", "JobResumed")]
     return result
 
 
-def _material(status: dict[str, Any]) -> dict[str, Any]:
+def _write(kube: Kube, key: tuple[str, str], body: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Write the status planned from `body`; False when the round changed meanwhile in what a plan reads (a
+    409). A change of its metadata alone (kopf adding its finalizer while the first pass ran) does not make the
+    plan stale: the write is made again on the newer copy the cache shows."""
+    RT.round_marks[key] = _mark(body, status)  # its echo may come before the answer
+    try:
+        new = kube.write_status(body, status)
+    except ApiException as err:
+        if err.status != 409:
+            raise
+        fresh = RT.cache("rounds").store.get(*key)
+        if fresh is None or _rv(fresh) == _rv(body) or _mark(fresh) != _mark(body):
+            return False
+        try:
+            new = kube.write_status(fresh, status)
+        except ApiException as again:
+            if again.status != 409:
+                raise
+            return False
+    if new is not None:
+        RT.cache("rounds").store.put(new, own=True)
+        RT.round_marks[key] = _mark(new)
+        _announce(new)
+    return True
+
+
+def _rv(body: dict[str, Any]) -> str:
+    return body["metadata"].get("resourceVersion", "")
+
+
+def _material(status: dict[str, Any], steady: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """The status less what alone is not worth a write: a Job that went from Pending to Running (a write per
-    Job; the next write that matters shows it)."""
+    Job; the next write that matters shows it), and the outcome of a `steady` Job (a shard of the step still
+    running that finished, and stays until the round is deleted: no TTL), with the partial results and the
+    progress message that move with it. Its outcome can be read from the Job again, and the write that ends
+    the step records every shard's: one write per step instead of one per shard."""
     jobs = status.get("jobs")
     if not jobs:
         return status
-    return {**status, "jobs": {unit: {**entry, "state": "Pending"} if entry.get("state") == "Running" else entry
+    view = {**status, "jobs": {unit: {**{k: v for k, v in entry.items() if k != "result"}, "state": "Pending"}
+                               if entry.get("state") == "Running" or entry.get("name") in steady else entry
                                for unit, entry in jobs.items()}}
+    if steady:
+        view.pop("results", None)
+        view.pop("passRate", None)
+        view["conditions"] = [{**c, "message": ""} if c.get("type") == "Progressing" else c
+                              for c in status.get("conditions") or []]
+    return view
+
+
+def worth_writing(status: dict[str, Any], old: dict[str, Any], jobs: list[dict[str, Any]]) -> bool:
+    """Whether `status` differs from the `old` one the round shows in more than what may wait (_material);
+    `jobs`: the round's Jobs as listed."""
+    steady = _steady(jobs, status, old)
+    return _material(status, steady) != _material(old, steady)
+
+
+def _steady(jobs: list[dict[str, Any]], status: dict[str, Any], old: dict[str, Any]) -> set[str]:
+    """The Jobs whose outcome may wait for the end of their step (see _material): succeeded, of the step the
+    round was and still is at, listed (not only remembered from a watch event), not being deleted, no TTL."""
+    step = status.get("step")
+    if not step or step != old.get("step") or status.get("phase") != old.get("phase"):
+        return set()
+    return {j["metadata"]["name"] for j in jobs
+            if (j["metadata"].get("labels") or {}).get(STEP_LABEL) == step and job_state(j) == "Succeeded"
+            and not j["metadata"].get("deletionTimestamp")
+            and (j.get("spec") or {}).get("ttlSecondsAfterFinished") is None}
 
 
 def ensure_configmap(kube: Kube, body: dict[str, Any], key: tuple[str, str]) -> tuple[str, str] | None:
@@ -522,15 +602,15 @@ def serve_inference(kube: Kube, body: dict[str, Any], result: Plan, stamp: str,
     return problems
 
 
-async def _sleep_until_woken(event: asyncio.Event | None, stopped: kopf.DaemonStopped, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(stopped.wait())]
-    if event is not None:
-        waiters.append(asyncio.ensure_future(event.wait()))
+async def _sleep_until_woken(event: asyncio.Event | None, stop: asyncio.Future, timeout: float) -> None:
+    """Until `event` is set, `stop` (the daemon's stop flag, awaited once per daemon) is done, or `timeout`."""
+    waiter = asyncio.ensure_future(event.wait()) if event is not None else None
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([stop] if waiter is None else [stop, waiter], timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for w in waiters:
-            w.cancel()
+        if waiter is not None:
+            waiter.cancel()
 
 
 def _backoff(failures: int) -> float:
@@ -548,18 +628,19 @@ async def _serve(what: str, key: tuple[str, str], body: kopf.Body, stopped: kopf
     """One resource's daemon: reconcile passes in a worker thread, woken by events or the resync timer."""
     namespace, name = key
     wake = wakers[key] = asyncio.Event()
+    stop = asyncio.ensure_future(stopped.wait())
     loop = asyncio.get_running_loop()
     failures = 0
     # Replicas started together each act until they have seen the other in the peering object: a newly
     # started replica waits a moment first, so the one that should stand by is paused (its daemons stopped)
     # before it ever acts.
     grace = RT.started + RT.settings.startup_grace_seconds - time.monotonic() if RT.peering else 0.0
-    if grace > 0:
-        await _sleep_until_woken(None, stopped, grace)
-    if stopped:
-        return
-    log.info("acting on %s %s/%s", what, namespace, name)
     try:
+        if grace > 0:
+            await _sleep_until_woken(None, stop, grace)
+        if stopped:
+            return
+        log.info("acting on %s %s/%s", what, namespace, name)
         while not stopped:
             wake.clear()
             try:
@@ -570,7 +651,7 @@ async def _serve(what: str, key: tuple[str, str], body: kopf.Body, stopped: kopf
                 why = f"API error {err.status}: {api_message(err)}" if isinstance(err, ApiException) else \
                     f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
                 log.warning("%s %s/%s: %s; retrying in %.1fs", what, namespace, name, why, delay)
-                await _sleep_until_woken(wake, stopped, delay)
+                await _sleep_until_woken(wake, stop, delay)
                 continue
             if result is None:
                 return
@@ -584,12 +665,13 @@ async def _serve(what: str, key: tuple[str, str], body: kopf.Body, stopped: kopf
             delay = _backoff(failures) if problems else (RT.settings.resync_seconds if result.status else 0.2)
             if getattr(result, "wake_after", None) is not None:  # a retry held back until then
                 delay = min(delay, result.wake_after + 0.5)
-            await _sleep_until_woken(wake, stopped, delay)
+            await _sleep_until_woken(wake, stop, delay)
             if wake.is_set() and not stopped:
                 # The Jobs of a sharded stage tend to finish together: one pass a moment later sees them all
                 # (and writes the status once) where a pass per event would each write it.
                 await asyncio.sleep(COALESCE_SECONDS)
     finally:
+        stop.cancel()
         wakers.pop(key, None)
 
 
@@ -621,7 +703,7 @@ def reconcile_campaign(namespace: str, name: str) -> CampaignPlan | None:
             result.events.append(("Normal", "RoundCreated", f"created AgentQRound {manifest['metadata']['name']}"))
     if result.status != (body.get("status") or {}):
         try:
-            kube.replace_round_status(body, result.status, CAMPAIGN_PLURAL)
+            kube.write_status(body, result.status, CAMPAIGN_PLURAL)
         except ApiException as err:
             if err.status != 409:
                 raise

@@ -1,6 +1,6 @@
-"""List+watch caches of the objects rounds own (Jobs, spec ConfigMaps, inference-server Deployments and
-Services), as controller-runtime's informers keep them: a reconcile pass reads what it owns from memory and
-converges it, without a LIST or GET per pass.
+"""List+watch caches of the objects rounds own (Jobs and their pods, spec ConfigMaps, inference-server
+Deployments and Services), as controller-runtime's informers keep them: a reconcile pass reads what it owns
+from memory and converges it, without a LIST or GET per pass.
 
 Why not kopf's watches: kopf watches a resource cluster-wide with no server-side label selector and runs its
 whole per-object machinery for every event (every Job and Deployment of the cluster); that was most of the
@@ -160,6 +160,8 @@ ROUNDS = Kind("agentqrounds",
                   GROUP, VERSION, namespace, PLURAL, **kw))
 SERVICES = Kind("services", lambda api: client.CoreV1Api(api).list_service_for_all_namespaces,
                 lambda api: client.CoreV1Api(api).list_namespaced_service)
+PODS = Kind("pods", lambda api: client.CoreV1Api(api).list_pod_for_all_namespaces,
+            lambda api: client.CoreV1Api(api).list_namespaced_pod)
 
 
 class Informer(threading.Thread):

@@ -64,6 +64,24 @@ def _raw(resp: Any) -> dict[str, Any]:
     return json.loads(resp.data)
 
 
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: changed keys only, nested objects merged
+    key by key, a removed key as null, lists replaced whole. A null where `old` has no key is no change (a
+    merge patch cannot store a null; absent and null read the same)."""
+    patch: dict[str, Any] = {key: None for key in old.keys() - new.keys()}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            if changed := merge_patch(before, value):
+                patch[key] = changed
+        elif key not in old:
+            if value is not None:
+                patch[key] = value
+        elif before != value:
+            patch[key] = value
+    return patch
+
+
 def _done(resp: Any) -> None:
     """Read a response whose body is not needed: urllib3 returns a connection to the pool only once its
     response has been read, and an unreturned one makes the next request open a new TLS connection
@@ -92,17 +110,20 @@ class Kube:
     def get_campaign(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get_round(namespace, name, CAMPAIGN_PLURAL)
 
-    def replace_round_status(self, body: dict[str, Any], status: dict[str, Any], plural: str = PLURAL
-                             ) -> dict[str, Any]:
-        """PUT with the resourceVersion the plan was made from: a concurrent change answers 409 and the
-        caller simply reconciles again from fresh observations. Returns the object as written."""
+    def write_status(self, body: dict[str, Any], status: dict[str, Any], plural: str = PLURAL
+                     ) -> dict[str, Any] | None:
+        """Turn the round's (or campaign's) status into `status` with one merge PATCH of what changed, on
+        condition that the object is still at the resourceVersion the plan was made from: a concurrent change
+        answers 409 and the caller simply reconciles again from fresh observations. Returns the object as
+        written, None when nothing changed. Only the changes travel, not the whole spec and status a PUT would
+        send."""
         meta = body["metadata"]
-        obj = {"apiVersion": body["apiVersion"], "kind": body["kind"],
-               "metadata": {"name": meta["name"], "namespace": meta["namespace"],
-                            "resourceVersion": meta["resourceVersion"]},
-               "spec": body["spec"], "status": status}
-        resp = self.custom.replace_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], plural,
-                                                                   meta["name"], obj, _preload_content=False)
+        changes = merge_patch(body.get("status") or {}, status)
+        if not changes:
+            return None
+        patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": changes}
+        resp = self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], plural,
+                                                                 meta["name"], patch, _preload_content=False)
         return _raw(resp)
 
     def list_rounds(self, namespace: str | None, label_selector: str = "", plural: str = PLURAL
@@ -221,12 +242,6 @@ class Kube:
             except ApiException as err:
                 if err.status != 404:
                     raise
-
-    def round_pods(self, namespace: str, round_name: str) -> list[dict[str, Any]]:
-        """Every pod of the round's Jobs (they carry the round label from the Job template)."""
-        resp = self.core.list_namespaced_pod(namespace, label_selector=f"{ROUND_LABEL}={round_name}",
-                                             _preload_content=False)
-        return _raw(resp)["items"]
 
     def service_account_exists(self, namespace: str, name: str) -> bool:
         try:

@@ -8,6 +8,8 @@ same plan from the same observations, and deterministic Job names turn a repeate
 from __future__ import annotations
 
 import datetime
+import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,14 +107,18 @@ def job_failure_reason(job: dict[str, Any]) -> str:
     return "Failed"
 
 
-def validate(body: dict[str, Any]) -> str | None:
-    """What the API server's schema cannot check (metadata.name, cross-field rules); None when valid."""
-    name = body["metadata"]["name"]
+def parse(name: str, spec: dict[str, Any]) -> RoundSpec | str:
+    """The round's spec as a RoundSpec, or what the API server's schema cannot check (metadata.name,
+    cross-field rules) as one line. Validated once per distinct (name, spec): a round's every pass repeats it."""
+    return _parse(name, json.dumps(spec, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(name: str, spec_json: str) -> RoundSpec | str:
     try:
-        RoundFile.model_validate({"metadata": {"name": name}, "spec": body.get("spec") or {}})
+        return RoundFile.model_validate({"metadata": {"name": name}, "spec": json.loads(spec_json)}).spec
     except ValidationError as err:
         return describe_errors(f"AgentQRound {name}", err)
-    return None
 
 
 def condition(old: list[dict], ctype: str, status: bool, reason: str, message: str, now: str,
@@ -297,10 +303,9 @@ def plan(body: dict[str, Any], jobs: list[dict[str, Any]], inspect: Inspect, now
         result.block(problems, now)
         return result
 
-    problem = validate({**body, "spec": spec_dict})
-    if problem:
-        return finish("Failed", "InvalidSpec", problem)
-    spec = RoundSpec.model_validate(spec_dict)
+    spec = parse(name, spec_dict)
+    if isinstance(spec, str):
+        return finish("Failed", "InvalidSpec", spec)
     status["artifacts"] = _artifacts(spec, name)
 
     uid = meta.get("uid")

@@ -163,7 +163,137 @@ ATTACKS: dict[str, str] = {
     """,
 }
 TESTS = "from solution import *\n\ndef test_attack():\n    assert attack() == 3\n"
-ORDER = list(ATTACKS)  # plant runs right before harvest, on the same single worker
+
+# Issue 23's function-run attacks (failures 2, 4, 6, 7): pairs run one after the other on the single worker.
+HIDDEN = "from solution import *\n\ndef test_hidden():\n    assert f(7) == 424242\n"
+WRONG = "def f(x):\n    return 0\n"
+# Looks for `f(7) == <answer>` everywhere a forked child can look: every object the collector tracks, every
+# frame up its stack, and the raw heap (freed blocks keep their bytes).
+THIEF = r'''
+import ctypes, gc, re, sys
+
+PATTERN = re.compile(r"f\(7\) == (\d+)")
+
+
+def _search(text):
+    match = PATTERN.search(text)
+    return int(match[1]) if match else None
+
+
+def _from_objects():
+    for obj in gc.get_objects():
+        for text in ([obj] if isinstance(obj, str) else obj.values() if isinstance(obj, dict) else
+                     obj if isinstance(obj, list) else []):
+            if isinstance(text, str) and (found := _search(text)) is not None:
+                return found
+    return None
+
+
+def _from_frames():
+    frame = sys._getframe()
+    while frame is not None:
+        for value in frame.f_locals.values():
+            found = _search(repr(value)[:1_000_000])
+            if found is not None:
+                return found
+        frame = frame.f_back
+    return None
+
+
+def _from_heap():
+    with open("/proc/self/maps") as fh:
+        regions = [line.split() for line in fh]
+    for fields in regions:
+        if "rw" not in fields[1] or len(fields) > 5 and fields[5].startswith("/"):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        try:
+            blob = ctypes.string_at(start, min(end - start, 64 << 20))
+        except Exception:
+            continue
+        match = re.search(rb"f\(7\) == (\d+)", blob)
+        if match:
+            return int(match[1])
+    return None
+
+
+def f(x):
+    for look in (_from_objects, _from_frames, _from_heap):
+        found = look()
+        if found is not None:
+            return found
+    return -1
+'''
+
+
+NET_SENDER = """
+import socket
+
+def f():
+    sent = 0
+    for _ in range(37):
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.sendto(b"x", ("127.0.0.1", 9))
+            s.close()
+            sent += 1
+        except OSError:
+            pass
+    return sent
+"""
+NET_RECEIVER = """
+import os
+
+def f():
+    with open("/proc/net/dev") as fh:
+        for line in fh:
+            name, _, counters = line.partition(":")
+            if name.strip() == "lo":
+                return int(counters.split()[9])  # packets sent over loopback so far
+    return 0
+"""
+# A task file not made by the project's builder: its helper is defined before the star import, and the tests
+# call builtins. The forgery exports the helper's name, `sum` and `len`.
+HELPER_TESTS = """\
+def expected(x):
+    return sum([x, x])
+
+
+from solution import *
+
+
+def test_double():
+    for x in range(5):
+        assert len([double(x)]) == 1 and double(x) == expected(x)
+"""
+FORGED_HELPERS = """\
+__all__ = ["double", "expected", "sum", "len"]
+
+
+def double(x):
+    return 0
+
+
+def expected(x):
+    return 0
+
+
+def sum(xs):
+    return 0
+
+
+def len(x):
+    return 1
+"""
+ISSUE_23: dict[str, tuple[str, str]] = {
+    "leak_wrong_sibling": (WRONG, HIDDEN),  # fails, and its failure message quotes the hidden answer
+    "leak_thief": (THIEF, HIDDEN),  # answers from what the last run left in memory
+    "net_sender": (NET_SENDER, "from solution import *\n\ndef test_f():\n    assert f() < 0\n"),
+    "net_receiver": (NET_RECEIVER, "from solution import *\n\ndef test_f():\n    assert f() >= 37\n"),
+    "forged_helpers": (FORGED_HELPERS, HELPER_TESTS),
+    "lone_surrogate": ('def attack():\n    raise ValueError("bad \\ud800 value")\n', TESTS),
+}
+ORDER = [*ATTACKS, *ISSUE_23]  # plant runs right before harvest, leak_wrong_sibling right before leak_thief
 
 
 def shm_key(marker: str) -> int:
@@ -174,6 +304,53 @@ def program(name: str, marker: str, paths: list[str], port: int) -> str:
     source = textwrap.dedent(ATTACKS[name])
     return (source.replace("{marker}", marker).replace("{paths!r}", repr(paths))
             .replace("{key}", str(shm_key(marker))).replace("{port}", str(port)))
+
+
+def server_checks(httpd, token: str) -> dict[str, object]:  # noqa: ANN001 - a SandboxServer
+    """Issue 23, failure 8, against this process's server: clients trickling a byte at a time hold no run slot
+    and are cut at the request deadline; a body over the cap is a 413 its sender reads; tests that exhaust the
+    compiler are a 400."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    port = httpd.server_address[1]
+    head = f"POST /run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+    cut: list[float] = []
+
+    def trickle() -> None:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+            for byte in (head + "Content-Length: 900\r\n\r\n" + " " * 900).encode():
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    break
+                time.sleep(0.5)
+        cut.append(round(time.monotonic() - started, 1))
+
+    def post(body: bytes) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/run", data=body, method="POST", headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    tricklers = [threading.Thread(target=trickle) for _ in range(4)]
+    for t in tricklers:
+        t.start()
+    time.sleep(1)
+    ok = json.dumps({"code": "def attack():\n    return 3\n", "tests": TESTS}).encode()
+    while_trickling = [post(ok) for _ in range(2)]
+    for t in tricklers:
+        t.join()
+    deep = "def test_a():\n    assert 1" + "+1" * 200_000 + "\n"
+    return {"while_trickling": while_trickling, "trickler_cut_s": sorted(cut),
+            "body_9mb": post(json.dumps({"code": "#" * (9 << 20), "tests": TESTS}).encode()),
+            "compiler_exhausting_tests": post(json.dumps({"code": "x = 1", "tests": deep}).encode())}
 
 
 def main() -> int:
@@ -200,15 +377,19 @@ def main() -> int:
     runner: LocalExecutor | RemoteExecutor = executor
     httpd = None
     if args.mode == "server":
-        httpd = SandboxServer(("127.0.0.1", 0), executor, token=args.marker)
+        httpd = SandboxServer(("127.0.0.1", 0), executor, token=args.marker, read_timeout_s=2.0,
+                              request_deadline_s=4.0, max_concurrent=1)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         runner = RemoteExecutor(f"http://127.0.0.1:{httpd.server_address[1]}", limits=limits, token=args.marker)
     paths = json.loads(args.paths)
     verdicts = {}
     try:
         for name in ORDER:
-            verdict = runner.run(program(name, args.marker, paths, args.port), TESTS)
-            verdicts[name] = verdict.model_dump(mode="json", include={"status", "message", "isolation"})
+            code, tests = ISSUE_23[name] if name in ISSUE_23 else (program(name, args.marker, paths, args.port), TESTS)
+            verdict = runner.run(code, tests)
+            verdicts[name] = verdict.model_dump(mode="json", include={"status", "message", "isolation", "profile"})
+        if httpd is not None:
+            out["server"] = server_checks(httpd, args.marker)
     finally:
         if httpd is not None:
             httpd.shutdown()

@@ -322,3 +322,27 @@ def test_mock_model_tasks_match_the_converter():
     folder = ROOT / "images" / "mock-model" / "tasks"
     assert read_tasks(folder / "train.jsonl") == tasks[:5]
     assert read_tasks(folder / "test.jsonl") == tasks[100:105]
+
+
+def test_the_sandbox_command_imports_only_what_the_sandbox_image_installs():
+    """The sandbox image carries agentq with a short pin list (no numpy, bm25s, torch): its command must start
+    with every other package of this venv made unimportable (the project's own modules aside), as in the pod."""
+    installed = pins.read_pins(IMAGES["sandbox"].requirements)
+    script = f"""
+import importlib.abc, importlib.metadata, sys
+from packaging.utils import canonicalize_name
+allowed = {sorted(installed)!r}
+missing = {{top for top, dists in importlib.metadata.packages_distributions().items()
+           if top not in ("agentq", "controller") and not any(canonicalize_name(d) in allowed for d in dists)}}
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in missing:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not in the sandbox image)")
+sys.meta_path.insert(0, Missing())
+from agentq.cli import build_parser
+args = build_parser().parse_args(["sandbox", "serve"])
+import agentq.sandbox.server
+print("started")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0 and "started" in done.stdout, done.stderr[-3000:]

@@ -112,7 +112,8 @@ def test_the_benchmark_measures_the_cross_encoder_stage(model_dir, tmp_path, cap
                               "--cross-encoder", str(model_dir), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [r["stage"] for r in result["rows"]] == ["BM25 only", "+ cross-encoder", "+ PPR", "+ test prior",
-                                                  "+ reranker", "cross-encoder alone", "test prior alone"]
+                                                  "+ reranker (no test prior)", "cross-encoder alone",
+                                                  "test prior alone"]
     assert all(r["tasks"] == 6 for r in result["rows"])
     assert load_bench().main(["--lite", str(lite), "--lite-cache", str(cache), "--offline", "--no-dense",
                               "--cross-encoder", str(tmp_path)]) == 2

@@ -58,6 +58,13 @@ def metric(name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
+def quota(h: Harness, name: str, hard: dict) -> None:
+    """A ResourceQuota, waited for until the quota controller has counted its usage (admission needs that)."""
+    h.core.create_namespaced_resource_quota(h.ns, {"metadata": {"name": name}, "spec": {"hard": hard}})
+    wait_for(lambda: (h.core.read_namespaced_resource_quota(name, h.ns).status.hard or {}) and
+             h.core.read_namespaced_resource_quota(name, h.ns).status.used is not None, f"quota {name} counted")
+
+
 # --- 1. suspend ---------------------------------------------------------------------------------------------
 
 
@@ -68,7 +75,7 @@ def test_suspend_flapping_under_conflicting_status_writes_converges(h: Harness):
     h.wait_phase("flap", "Collecting")
     stop = threading.Event()
 
-    def conflicting_writes() -> None:  # another writer of the status: the operator's PUTs meet 409s
+    def conflicting_writes() -> None:  # another writer of the status: the operator's writes meet 409s
         i = 0
         while not stop.is_set():
             i += 1
@@ -121,10 +128,15 @@ def test_an_api_server_restart_costs_seconds_not_a_minute(h: Harness):
     h.apply(small_round("outage"))
     h.wait_jobs("outage", ["outage-collect-0", "outage-collect-1"])
     h.wait_phase("outage", "Collecting")
-    time.sleep(CONFIG["resyncSeconds"] + 1)  # Jobs past a resync: the next pass reads pods (an API call)
+    # A round whose pods a quota refuses, in a namespace of its own: its resync passes read the Job controller's
+    # events, so they meet the outage (a round whose Jobs run reads only caches until one of them ends).
+    starved = Harness(h.cluster, h.operator, f"{h.ns}-starved")
+    quota(starved, "no-pods", {"pods": "0"})
+    starved.apply(small_round("starved"))
+    starved.wait_condition("starved", "Blocked", "QuotaExceeded", timeout=CONFIG["resyncSeconds"] * 2 + 10)
     watch_errors, pass_errors = metric("agentq_operator_watch_errors_total"), metric(
         'agentq_operator_reconcile_errors_total{code="connection"}')
-    h.cluster.restart_apiserver(down_s=CONFIG["resyncSeconds"] * 2)  # every round's pass meets it at least once
+    h.cluster.restart_apiserver(down_s=CONFIG["resyncSeconds"] * 2)  # every resync pass meets it at least once
     back = time.monotonic()
     h.finish("outage-collect-0", {})
     h.finish("outage-collect-1", {})
@@ -137,13 +149,6 @@ def test_an_api_server_restart_costs_seconds_not_a_minute(h: Harness):
 
 
 # --- 3. the inference server's Service -----------------------------------------------------------------------
-
-
-def quota(h: Harness, name: str, hard: dict) -> None:
-    """A ResourceQuota, waited for until the quota controller has counted its usage (admission needs that)."""
-    h.core.create_namespaced_resource_quota(h.ns, {"metadata": {"name": name}, "spec": {"hard": hard}})
-    wait_for(lambda: (h.core.read_namespaced_resource_quota(name, h.ns).status.hard or {}) and
-             h.core.read_namespaced_resource_quota(name, h.ns).status.used is not None, f"quota {name} counted")
 
 
 def test_a_crash_between_the_servers_deployment_and_service(h: Harness):

@@ -541,10 +541,7 @@ def test_pods_are_read_only_for_jobs_unfinished_past_a_resync():
 def test_a_missing_step_service_account_is_named():
     from controller.handlers import stuck_problems
 
-    class Cluster:  # the observations stuck_problems makes
-        def round_pods(self, namespace, name):
-            return [pod("r1-collect-0-x", waiting="ErrImagePull")]
-
+    class Cluster:  # the observations stuck_problems makes beside the cached pods
         def failed_creates(self, namespace):
             raise AssertionError("every Job has a pod: no events to read")
 
@@ -553,11 +550,12 @@ def test_a_missing_step_service_account_is_named():
 
     running = [job(body(), Unit("collect", 0, 2), 0, "Running")]
     settings = OperatorSettings.model_validate({"jobServiceAccount": "agentq-steps"})
-    problems = stuck_problems(Cluster(), "ns", "r1", settings, running)
+    pods = [pod("r1-collect-0-x", waiting="ErrImagePull")]
+    problems = stuck_problems(Cluster(), "ns", settings, running, pods)
     assert [r for r, _ in problems] == ["ErrImagePull", "ServiceAccountMissing"]
     assert "ServiceAccount agentq-steps (operator.jobServiceAccount) does not exist in namespace ns" in problems[1][1]
     ok = OperatorSettings.model_validate({"jobServiceAccount": "present"})
-    assert [r for r, _ in stuck_problems(Cluster(), "ns", "r1", ok, running)] == ["ErrImagePull"]
+    assert [r for r, _ in stuck_problems(Cluster(), "ns", ok, running, pods)] == ["ErrImagePull"]
 
 
 def test_pods_refused_by_a_quota_are_named_from_the_jobs_failedcreate_events():
@@ -636,3 +634,56 @@ def test_a_finished_job_being_deleted_still_decides_its_unit():
     p = plan(b, jobs, lambda j: {"result": {"trajectories": 3}}, "T1")
     assert p.status["jobs"]["collect-0"]["state"] == "Succeeded"
     assert [(u.key, a) for u, a in p.create] == [("collect-1", 0)]
+
+
+def _apply_merge_patch(target: dict, patch: dict) -> dict:
+    """RFC 7386, as the API server applies a merge patch."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict):
+            out[key] = _apply_merge_patch(out[key] if isinstance(out.get(key), dict) else {}, value)
+        else:
+            out[key] = value
+    return out
+
+
+def test_a_status_write_sends_only_what_changed_and_the_server_ends_at_the_new_status():
+    from controller.kube import merge_patch
+
+    old = {"phase": "Collecting", "jobs": {"collect-0": {"name": "r-collect-0", "state": "Pending"},
+                                           "collect-1": {"name": "r-collect-1", "state": "Pending"}},
+           "conditions": [{"type": "Progressing", "status": "True"}], "noise": 3, "acceptedSpec": {"a": 1}}
+    new = copy.deepcopy(old)
+    new["jobs"]["collect-0"].update(state="Succeeded", result={"pairs": 2})
+    new["conditions"][0]["message"] = "step collect: r-collect-1"
+    del new["noise"]
+    new["results"] = {"pairs": 2, "unset": None}
+    patch = merge_patch(old, new)
+    assert patch == {"jobs": {"collect-0": {"state": "Succeeded", "result": {"pairs": 2}}},
+                     "conditions": new["conditions"], "noise": None, "results": {"pairs": 2, "unset": None}}
+    assert _apply_merge_patch(old, patch) == {**new, "results": {"pairs": 2}}  # a null is not stored
+    assert merge_patch(new, new) == {} and merge_patch(old, {**old, "extra": None}) == {}
+
+
+def test_a_shard_that_finished_while_its_step_runs_waits_for_the_steps_write_unless_its_job_may_vanish():
+    from controller.handlers import worth_writing
+
+    b = body()
+    running = [job(b, Unit("collect", 0, 2), 0, "Running"), job(b, Unit("collect", 1, 2), 0, "Running")]
+    shown = plan(b, running, no_inspect, "T0").status
+    assert not worth_writing(plan({**b, "status": shown}, running, no_inspect, "T1").status, shown, running)
+    one = [job(b, Unit("collect", 0, 2), 0, "Succeeded"), running[1]]
+    found = {"result": {"trajectories": 3}}
+    news = plan({**b, "status": shown}, one, lambda j: found, "T1").status
+    assert news["jobs"]["collect-0"]["state"] == "Succeeded"  # the truth, written with the step's next write
+    assert not worth_writing(news, shown, one)
+    ttl = [{**one[0], "spec": {**one[0]["spec"], "ttlSecondsAfterFinished": 0}}, running[1]]
+    assert worth_writing(news, shown, ttl)  # the TTL controller may delete it before the step ends
+    both = [one[0], job(b, Unit("collect", 1, 2), 0, "Succeeded")]
+    done = plan({**b, "status": shown}, both, lambda j: found, "T2").status
+    assert done["phase"] == "Preferences" and worth_writing(done, shown, both)
+    failed = [one[0], job(b, Unit("collect", 1, 2), 0, "Failed")]
+    retry = plan({**b, "status": shown}, failed, lambda j: {"reason": "OOMKilled", "logs": ""}, "T2").status
+    assert worth_writing(retry, shown, failed)  # a failure is news at once

@@ -97,7 +97,7 @@ def test_the_agents_own_reproduction_test_is_what_runs_and_decides(runner, task)
     policy = Recording(answers=[wrong, fix])
     record = evaluate_task(task, "mcts", policy, runner, _spec())
     # the second prompt quotes the first attempt's own test failing; the fix then passes it and the chain stops
-    assert len(policy.prompts) == 2 and record["attempts"] == 2 and record["solved"], record
+    assert len(policy.prompts) == 2 and record["attempts"] == 2 and record["solved"], (record, policy.prompts[-1])
     assert f"{REPRODUCTION_FILE}::test_low" in policy.prompts[1]
     for prompt in policy.prompts:  # its own test may print what a hidden one would: the names never show
         assert [s for s in _forbidden(task, []) if s in prompt] == []

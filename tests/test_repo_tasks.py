@@ -441,7 +441,7 @@ for address in (("1.1.1.1", 53), ("127.0.0.1", HOST_PORT)):  # the internet; a s
         raise SystemError(f"reached {address}")
     except OSError:
         pass
-for path in ("/usr/agentq-escape", "/etc/agentq-escape", os.path.expanduser("~/../agentq-escape")):
+for path in ("/usr/sandbox-escape", "/etc/sandbox-escape", os.path.expanduser("~/../sandbox-escape")):
     try:
         open(path, "w").close()
         raise SystemError(f"wrote {path}")
@@ -466,7 +466,7 @@ def test_a_hostile_patch_reaches_no_network_writes_nothing_outside_and_leaves_no
     assert verdict.resolved, verdict.message  # every escape attempt raised OSError inside the sandbox
     leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p) == "sleep 317"]
     assert not leftovers
-    assert not Path("/usr/agentq-escape").exists() and not Path("/etc/agentq-escape").exists()
+    assert not Path("/usr/sandbox-escape").exists() and not Path("/etc/sandbox-escape").exists()
 
 
 def _cmdline(proc: Path) -> str:

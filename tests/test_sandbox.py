@@ -202,8 +202,8 @@ def test_no_network_even_to_loopback(ex):
     """
     try:
         verdict = check(ex, code, "failed")
-        # The sandbox has a loopback of its own (bubblewrap brings it up), with nothing listening on it.
-        assert any(why in verdict.message for why in ("OSError", "unreachable", "ConnectionRefusedError"))
+        # A candidate may open no socket but AF_UNIX (the worker's seccomp filter).
+        assert "candidate raised PermissionError" in verdict.message, verdict
         with pytest.raises(BlockingIOError):
             listener.accept()  # nobody ever connected
     finally:

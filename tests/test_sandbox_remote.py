@@ -160,14 +160,14 @@ def test_only_json_and_only_text_that_encodes(guarded):
     assert _post(url, body, {**auth, "Content-Type": "text/plain"})[0] == 415
     code = b'"x = \\"\\ud800\\"\\ndef f(x):\\n    return x * x\\n"'  # a lone surrogate, legal in JSON
     lone = b'{"code": ' + code + b', "tests": ' + json.dumps(TESTS).encode() + b"}"
+    # Candidate code is never the caller's mistake: as from a LocalExecutor, it is a verdict (a 400 would stop
+    # the caller's round on one bad answer of its model).
     status, answer = _post(url, lone, {**auth, **JSON})
-    assert status == 400 and "body.code" in answer and "UTF-8" in answer
+    assert status == 200 and json.loads(answer)["status"] == "error" and "not valid text" in answer
+    lone_tests = b'{"code": "x = 1", "tests": "x = \\"\\ud800\\"\\ndef test_a():\\n    pass\\n"}'
+    status, answer = _post(url, lone_tests, {**auth, **JSON})
+    assert status == 400 and "body.tests" in answer and "UTF-8" in answer
     assert _post(url, b"[1, 2", {**auth, **JSON})[0] == 400
-    with socket.create_connection(("127.0.0.1", guarded[1].server_address[1]), timeout=5) as raw:
-        raw.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
-                    b"Content-Type: application/json\r\nContent-Length: 9437184\r\n\r\n")
-        assert raw.recv(100).startswith(b"HTTP/1.1 400")  # answered before a byte of the 9 MB is read
-    # the executor itself answers unencodable code with a verdict, without bothering (or crashing) a worker
     verdict = guarded[1].executor.run("x = '\ud800'\n", TESTS)
     assert verdict.status == "error" and "not valid text" in verdict.message
 
@@ -179,22 +179,92 @@ def test_caller_limits_are_clamped_to_the_servers(guarded):
     assert verdict.status == "timeout" and "after 1.5s" in verdict.message, verdict
 
 
-def test_concurrency_cap_and_read_timeout(guarded):
+def test_a_half_sent_request_holds_no_slot_and_is_dropped_after_the_read_timeout(guarded):
     url, httpd = guarded
-    port = httpd.server_address[1]
-    stalled = socket.create_connection(("127.0.0.1", port))
+    stalled = socket.create_connection(("127.0.0.1", httpd.server_address[1]))
     try:
-        # a half-sent request holds the only slot until the read timeout drops it, then the slot is free again
         stalled.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
         time.sleep(0.3)
         body = json.dumps({"code": CASES[0], "tests": TESTS}).encode()
-        assert _post(url, body, {**JSON, "Authorization": "Bearer s3cret"})[0] == 503
+        assert _post(url, body, {**JSON, "Authorization": "Bearer s3cret"})[0] == 200  # the only slot was free
         stalled.settimeout(5)
         assert stalled.recv(100) == b""  # closed by the server after its 1 s read timeout
-        assert _post(url, body, {**JSON, "Authorization": "Bearer s3cret"})[0] == 200
     finally:
         stalled.close()
+
+
+# --- issue 23, failure 8 -----------------------------------------------------------------------------------
+
+def _trickle(port: int, stop: threading.Event, closed: list[float]) -> None:
+    """A slowloris client: headers and body a byte at a time, one every 0.3 s (well inside the read timeout)."""
+    request = (b"POST /run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/json"
+               b"\r\nContent-Length: 4000\r\n\r\n" + b" " * 4000)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        for byte in request:
+            if stop.is_set():
+                return
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.3)
+    closed.append(time.monotonic() - started)
+
+
+def test_trickling_clients_hold_no_slot_and_are_cut_at_the_request_deadline():
+    with LocalExecutor(workers=1, limits=LIMITS) as executor:
+        httpd = SandboxServer(("127.0.0.1", 0), executor, token="s3cret", max_concurrent=1, read_timeout_s=1.0,
+                              request_deadline_s=3.0)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        port, stop, closed = httpd.server_address[1], threading.Event(), []
+        tricklers = [threading.Thread(target=_trickle, args=(port, stop, closed)) for _ in range(4)]
+        try:
+            for t in tricklers:
+                t.start()
+            time.sleep(1.0)
+            body = json.dumps({"code": CASES[0], "tests": TESTS}).encode()
+            for _ in range(3):  # answered while four clients trickle, though the server runs one at a time
+                assert _post(f"http://127.0.0.1:{port}", body, {**JSON, "Authorization": "Bearer s3cret"})[0] == 200
+            for t in tricklers:
+                t.join(timeout=30)
+            assert len(closed) == 4 and max(closed) < 12, closed  # cut at the 3 s deadline, not after 20 minutes
+        finally:
+            stop.set()
+            httpd.shutdown()
+            httpd.server_close()
+
+
+def test_a_body_over_the_cap_is_a_413_its_sender_reads(guarded):
+    url, httpd = guarded
+    big = json.dumps({"code": "x = 1\n" + "#" * (9 << 20), "tests": TESTS}).encode()
+    status, answer = _post(url, big, {**JSON, "Authorization": "Bearer s3cret"})
+    assert status == 413 and "at most" in answer  # not a broken pipe the client would retry
+    with pytest.raises(ValueError, match="HTTP 413"):
+        RemoteExecutor(url, token="s3cret", retries=3).run("x = 1\n" + "#" * (9 << 20), TESTS)
+    with socket.create_connection(("127.0.0.1", httpd.server_address[1]), timeout=5) as raw:
+        raw.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                    b"Content-Type: application/json\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 411")
+
+
+def test_a_batch_over_the_cap_is_sent_in_parts(guarded):
+    url, _ = guarded
+    code = "def f(x):\n    return x * x\n" + "# padding\n" * 30_000  # about 300 KB each, 30 of them: 9 MB
+    verdicts = RemoteExecutor(url, token="s3cret").run_many([(code, TESTS)] * 30)
+    assert len(verdicts) == 30 and all(v.passed for v in verdicts)
+
+
+def test_tests_that_exhaust_the_compiler_are_a_400_not_a_500(guarded):
+    url, _ = guarded
+    deep = "def test_a():\n    assert 1" + "+1" * 200_000 + "\n"  # RecursionError in the compiler
+    body = json.dumps({"code": "x = 1", "tests": deep}).encode()
+    status, answer = _post(url, body, {**JSON, "Authorization": "Bearer s3cret"})
+    assert status == 400 and "do not compile" in answer, (status, answer[:300])
+    nested = "x = " + "-" * 200_000 + "1\n"  # MemoryError in the candidate's compile: a verdict, never a 400
+    verdict = RemoteExecutor(url, token="s3cret").run(nested, TESTS)
+    assert verdict.status in ("error", "memory") and "failed to import" in verdict.message, verdict
 
 
 def test_cli_serve_binds_loopback_and_refuses_other_addresses_without_a_token():

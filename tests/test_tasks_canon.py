@@ -99,7 +99,8 @@ def test_humanevalfix_references_pass_the_same_tests(tmp_path, humanevalfix, num
 def test_humanevalfix_tests_fail_lying_candidates(tmp_path, humanevalfix, task_id, solution):
     lying = run_pytest(tmp_path, solution, humanevalfix[task_id].tests)
     assert lying.returncode == 1, lying.stdout[-2000:]
-    assert "1 failed" in lying.stdout
+    # each upstream assert is its own test (graded rewards): a liar must pass none of them
+    assert " failed" in lying.stdout and " passed" not in lying.stdout, lying.stdout[-2000:]
 
 
 TWO_SUM = """class Solution:

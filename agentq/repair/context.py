@@ -21,8 +21,6 @@ import ast
 import math
 from dataclasses import dataclass
 
-from agentq.localize.lexical import BM25Index
-
 CHARS_PER_TOKEN = 2.5
 ELIDED = "..."
 
@@ -159,6 +157,10 @@ def _by_relevance(functions: list[Function], texts: dict[str, str], query: str, 
     the order in the file."""
     if not functions:
         return []
+    # Imported here: the sandbox image has neither bm25s nor numpy, and every `agentq` command imports this
+    # module while it builds its parser (serve-scripted's arguments).
+    from agentq.localize.lexical import BM25Index
+
     lines = {p: texts[p].splitlines() for p in files}
     docs = {f"{i}": "\n".join(lines[f.path][f.start - 1 : f.end]) for i, f in enumerate(functions)}
     scores = BM25Index(docs).scores(query)

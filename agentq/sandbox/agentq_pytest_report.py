@@ -1,26 +1,62 @@
-"""pytest plugin loaded into every repository run (`-p agentq_pytest_report`): one JSON line per test outcome.
+"""pytest plugin loaded into every repository run by agentq_pytest_boot.py: one signed record per test outcome.
 
 Why a plugin rather than `--junitxml`: junit names a test by dotted class and name, which cannot be mapped
 back to a pytest node id in general (parametrised ids, tests inside packages); the executor needs node ids to
-compare with a task's fail-to-pass and pass-to-pass lists. The file is read on the trusted side after the run.
-Only the standard library is used here: the plugin runs inside the sandbox, next to the repository's code.
+compare with a task's fail-to-pass and pass-to-pass lists.
+
+Why signed, and written to a pipe: the repository's code runs in this process and can write to any file or
+descriptor it holds. Each record goes to an inherited pipe as `<json>\\t<hmac>\\n`, the HMAC-SHA256 of the JSON
+under a key the trusted side made for this run and the boot script read before any repository code ran. The
+C objects doing the signing and the writing are taken when this module is configured (so later patches of
+`json`, `hmac` or `os` do not reach them), and the JSON is built here from builtin `str` methods, which cannot
+be patched. The trusted side reads the pipe with a size cap and a deadline and drops any line whose HMAC does
+not match. Only the standard library is used.
 """
 
 from __future__ import annotations
 
-import json
-import os
+from typing import Any
 
-_PATH = os.environ.get("AGENTQ_REPORT", "/results/report.jsonl")
-_fh = None
+_emit = None
+_ESCAPES = {i: f"\\u{i:04x}" for i in range(32)} | {ord('"'): '\\"', ord("\\"): "\\\\"}
 
 
-def _write(record: dict) -> None:
-    global _fh
-    if _fh is None:
-        _fh = open(_PATH, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the whole session
-    _fh.write(json.dumps(record) + "\n")
-    _fh.flush()
+def _writer(fd: int, key: bytes):  # noqa: ANN202 - a closure over captured C functions
+    import _hashlib
+    import os
+
+    mac = _hashlib.hmac_new(key, digestmod="sha256")
+    copy, write, to_str, is_bool, is_int, is_dict, is_list, is_tuple = mac.copy, os.write, str, bool, int, dict, \
+        list, tuple
+
+    def text(value: Any) -> str:
+        kind = type(value)
+        if value is None:
+            return "null"
+        if kind is is_bool:
+            return "true" if value else "false"
+        if kind is is_int:
+            return int.__repr__(value)
+        if kind is is_dict:
+            return "{" + ",".join(text(to_str(k)) + ":" + text(v) for k, v in dict.items(value)) + "}"
+        if kind is is_list or kind is is_tuple:
+            return "[" + ",".join(text(v) for v in list.__iter__(list(value))) + "]"
+        return '"' + str.translate(to_str(value), _ESCAPES) + '"'
+
+    def emit(record: dict[str, Any]) -> None:
+        payload = text(record)
+        signed = copy()
+        signed.update(str.encode(payload, "utf-8", "surrogatepass"))
+        data = str.encode(payload + "\t" + signed.hexdigest() + "\n", "utf-8", "surrogatepass")
+        while data:
+            data = data[write(fd, data):]
+
+    return emit
+
+
+def configure(fd: int, key: bytes) -> None:
+    global _emit
+    _emit = _writer(fd, key)
 
 
 def _first_line(report) -> str:
@@ -57,16 +93,13 @@ def pytest_runtest_logreport(report) -> None:
         record = {"nodeid": report.nodeid, "when": report.when, "outcome": outcome, "message": _first_line(report)}
         if report.failed:
             record["traceback"] = _traceback(report)
-        _write(record)
+        _emit(record)
 
 
 def pytest_collectreport(report) -> None:
     if report.failed:
-        _write({"nodeid": report.nodeid, "when": "collect", "outcome": "error", "message": _first_line(report)})
+        _emit({"nodeid": report.nodeid, "when": "collect", "outcome": "error", "message": _first_line(report)})
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    global _fh
-    _write({"end": True, "exitstatus": int(exitstatus), "collected": session.testscollected})
-    _fh.close()
-    _fh = None
+    _emit({"end": True, "exitstatus": int(exitstatus), "collected": int(session.testscollected)})

@@ -7,7 +7,6 @@ accepts plain data from it and nothing else (see wire.py).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import traceback
@@ -90,18 +89,22 @@ def _export(name: str, value: Any, prelude: dict[str, Any], codec: wire.Codec) -
     return codec.encode(value)
 
 
-def serve(sock: Any, code: str, filename: str, prelude: dict[str, Any]) -> NoReturn:
-    """Import the candidate, announce its public names, then answer call/getattr requests until killed."""
+def serve(raw_sock: Any, code: str, filename: str, prelude: dict[str, Any], builtins: dict[str, Any]) -> NoReturn:
+    """Import the candidate, announce its public names, then answer call/getattr requests until killed.
+
+    `builtins`: Python's builtins and the LeetCode prelude's names (leetcode.prelude_builtins), so the module's
+    own namespace holds only what the candidate defines."""
+    sock = wire.Framed(raw_sock)
     module = types.ModuleType("solution")
     module.__file__ = filename
-    module.__dict__.update(prelude)
+    module.__dict__["__builtins__"] = builtins
     sys.modules["solution"] = module
     try:
         # dont_inherit: this module's `from __future__ import annotations` must not leak into the candidate,
         # where it would make annotations lazy and hide NameErrors that plain Python (and LeetCode) raise.
         exec(compile(code, filename, "exec", dont_inherit=True), module.__dict__)
     except BaseException as err:  # noqa: BLE001 - SystemExit and friends are candidate failures too
-        wire.send(sock, {"import_error": describe_exception(err, filename)})
+        sock.send({"import_error": describe_exception(err, filename)})
         os._exit(0)
     handles = _Handles()
     module_ns = module.__dict__
@@ -116,17 +119,19 @@ def serve(sock: Any, code: str, filename: str, prelude: dict[str, Any]) -> NoRet
             names[name] = _export(name, getattr(module, name), prelude, codec)
         except BaseException:  # noqa: BLE001 - a name that cannot be exported is simply absent
             continue
-    wire.send(sock, {"names": names})
+    sock.send({"names": names})
     while True:
-        request = wire.recv(sock)
+        request = sock.recv()
         try:
             reply = _answer(request, handles, codec)
         except BaseException as err:  # noqa: BLE001
             reply = {"exc": describe_exception(err, filename)}
         for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(BaseException):
+            try:  # noqa: SIM105 - no context manager per call: this is the hot path
                 stream.flush()
-        wire.send(sock, reply)
+            except BaseException:  # noqa: BLE001 - a stream the candidate broke is its own business
+                pass
+        sock.send(reply)
 
 
 def _mutable(raw: Any) -> bool:

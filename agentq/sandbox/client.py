@@ -24,6 +24,8 @@ class SandboxUnavailable(RuntimeError):
 
 
 TOKEN_ENV = "AGENTQ_SANDBOX_TOKEN"
+MAX_BODY = 8 << 20  # the largest request body a sandbox server reads (it answers 413 beyond)
+MAX_ITEMS = 256  # the most items one /run_many request may carry
 
 
 class RemoteExecutor:
@@ -90,11 +92,12 @@ class RemoteExecutor:
         for item in items:
             own = item_limits(item, None)
             batch.append({"code": item[0], "tests": item[1], **({"limits": own.model_dump()} if own else {})})
-        if not batch:
-            return []
-        body = {"items": batch, "limits": limits.model_dump()}
-        answer = self._post("/run_many", body, limits.timeout_s * len(batch) + 60)
-        return [Verdict.model_validate(v) for v in answer["verdicts"]]
+        verdicts: list[Verdict] = []
+        for part in _parts(batch, MAX_BODY - (64 << 10)):  # each request within what the server reads
+            body = {"items": part, "limits": limits.model_dump()}
+            answer = self._post("/run_many", body, limits.timeout_s * len(part) + 60)
+            verdicts += [Verdict.model_validate(v) for v in answer["verdicts"]]
+        return verdicts
 
     def run_task(self, task: dict[str, Any], patches: list[str], timeout_s: float = 600.0) -> list[Verdict]:
         """Repository runs on the server (`--repo-data-dir`): each patch against the task's buggy tree. A server
@@ -110,8 +113,24 @@ class RemoteExecutor:
     def close(self) -> None:
         """Nothing to release; here so both executors can be used the same way."""
 
+
     def __enter__(self) -> RemoteExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _parts(items: list[dict[str, Any]], budget: int) -> list[list[dict[str, Any]]]:
+    """Consecutive groups of at most MAX_ITEMS items whose JSON fits `budget` bytes (an item over it goes alone:
+    the server's 413 then says so)."""
+    parts: list[list[dict[str, Any]]] = []
+    size = 0
+    for item in items:
+        length = len(json.dumps(item)) + 1
+        if not parts or size + length > budget or len(parts[-1]) >= MAX_ITEMS:
+            parts.append([])
+            size = 0
+        parts[-1].append(item)
+        size += length
+    return parts

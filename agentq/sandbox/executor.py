@@ -15,12 +15,16 @@ How a run is kept honest (details in forkserver.py, harness.py, wire.py, isolati
   65534: one candidate must not be able to kill another worker's candidate), in a PID, IPC and mount
   namespace of its own with fresh tmpfs /tmp and /dev/shm and a fresh /proc, with a scrubbed environment,
   no capabilities, rlimits and memory/pids cgroups; all it started dies with the run's init.
-* Without full isolation (no bubblewrap, not root) the executor refuses to start unless
-  `allow_weak_isolation`; then what is missing is listed in `self.isolation` and every `Verdict.isolation`.
+* Full isolation is one of two profiles (jail.py): "root" (distinct uids, cgroups) or "userns" (a non-root pod:
+  the worker's own user namespace, the run's namespaces, seccomp, rlimits, a memory bound across the candidate's
+  processes kept by the run's init). Without either (no bubblewrap) the executor refuses to start unless
+  `allow_weak_isolation`; then what is missing is listed in `self.isolation` and every `Verdict.isolation`, and
+  `Verdict.profile` is "none".
 """
 
 from __future__ import annotations
 
+import dis
 import functools
 import io
 import marshal
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import threading
 import tokenize
+import types
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,11 +62,13 @@ class WorkerDied(RuntimeError):
 
 @dataclass(frozen=True)
 class CompiledTests:
-    """What the test process needs: the test names, the source (for failure messages) and its bytecode."""
+    """What the test process needs: the test names, the source (for failure messages), its bytecode, and the
+    names the tests bind themselves (which `from solution import *` must not replace)."""
 
     names: tuple[str, ...]
     payload: bytes  # marshalled code object followed by the UTF-8 source
     code_len: int
+    own_names: tuple[str, ...] = ()
 
 
 @functools.lru_cache(maxsize=512)
@@ -75,16 +82,33 @@ def find_tests(tests: str) -> CompiledTests | str:
     """
     try:
         code = compile(tests, "tests.py", "exec", dont_inherit=True)
+        names = [n for n in _module_level_functions(tests) if n.startswith("test_")]
     except SyntaxError as err:
         return f"the tests do not compile: {err.msg} (tests.py line {err.lineno})"
-    except ValueError as err:
+    except (ValueError, tokenize.TokenError) as err:
         return f"the tests do not compile: {err}"
-    names = [n for n in _module_level_functions(tests) if n.startswith("test_")]
+    except (RecursionError, MemoryError, OverflowError) as err:  # nesting that exhausts the compiler
+        return f"the tests do not compile: {type(err).__name__}: {str(err)[:200]}"
     if not names:
         return "the tests define no test_* function"
     marshalled = marshal.dumps(code)
     payload = marshalled + tests.encode("utf-8", "surrogatepass")
-    return CompiledTests(tuple(dict.fromkeys(names)), payload, len(marshalled))
+    return CompiledTests(tuple(dict.fromkeys(names)), payload, len(marshalled), _bound_names(code))
+
+
+def _bound_names(code: types.CodeType) -> tuple[str, ...]:
+    """Every global name the tests bind (top-level assignments, defs, imports; `global` stores in functions),
+    read from the bytecode: thread-safe, unlike building an `ast` here."""
+    names: set[str] = set()
+    todo = [code]
+    while todo:
+        current = todo.pop()
+        top = current is code
+        for ins in dis.get_instructions(current):
+            if ins.opname == "STORE_GLOBAL" or top and ins.opname in ("STORE_NAME", "DELETE_NAME"):
+                names.add(ins.argval)
+        todo += [c for c in current.co_consts if isinstance(c, types.CodeType)]
+    return tuple(sorted(names))
 
 
 def _module_level_functions(source: str) -> list[str]:
@@ -113,7 +137,8 @@ class _Worker:
     """One fork server process (inside its bubblewrap sandbox) and the socket to it; one thread at a time."""
 
     def __init__(self, allow_weak: bool, jailed: bool = True) -> None:
-        ours, theirs = socket.socketpair()
+        ours, theirs = socket.socketpair()  # jobs and results
+        tests_ours, tests_theirs = socket.socketpair()  # tests, read only by each run's test process
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": _PACKAGE_ROOT,
                "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
         prefix: list[str] = []
@@ -129,8 +154,8 @@ class _Worker:
             self.weak_reason = str(err)
         self.proc = subprocess.Popen(
             [*prefix, os.path.realpath(sys.executable), "-P", "-s", "-m", "agentq.sandbox.forkserver",
-             str(theirs.fileno())],
-            pass_fds=[theirs.fileno(), *(self.jail.pass_fds if self.jail else [])],
+             str(theirs.fileno()), str(tests_theirs.fileno())],
+            pass_fds=[theirs.fileno(), tests_theirs.fileno(), *(self.jail.pass_fds if self.jail else [])],
             env=env,
             cwd="/",
             stdin=subprocess.DEVNULL,
@@ -138,11 +163,13 @@ class _Worker:
             start_new_session=True,
         )
         theirs.close()
+        tests_theirs.close()
         if self.jail is not None:
             self.jail.started()
-        self.sock = ours
+        self.sock, self.tests_sock = ours, tests_ours
         self.isolation: list[str] | None = None
         self.jail_notes = self.jail.notes if self.jail else [self.weak_reason]
+        self.profile = self.jail.profile if self.jail else "none"
 
     def _ready(self) -> None:
         if self.isolation is None:
@@ -151,24 +178,40 @@ class _Worker:
             self.isolation = list(dict.fromkeys([*self.jail_notes, *hello.get("isolation", [])]))
 
     def run(self, code: str, tests: CompiledTests, limits: Limits) -> dict[str, Any]:
+        """The run's raw facts: the events the run's init streamed, its result, and the template's trailer."""
+        events: list[dict[str, Any]] = []
+        result: dict[str, Any] | None = None
         try:
             self._ready()
-            header = {
-                "code": code,
-                "test_names": list(tests.names),
-                "tests_len": len(tests.payload),
-                "tests_code_len": tests.code_len,
-                "limits": limits.model_dump(),
-            }
+            sent_limits = limits.model_dump()
             self.sock.settimeout(limits.timeout_s + GRACE_S)
-            wire.send(self.sock, header)
-            self.sock.sendall(tests.payload)
-            result = wire.recv(self.sock)
+            self.tests_sock.settimeout(limits.timeout_s + GRACE_S)
+            wire.send(self.sock, {"code": code, "limits": sent_limits})
+            wire.send(self.tests_sock, {"test_names": list(tests.names), "protected": list(tests.own_names),
+                                        "tests_len": len(tests.payload), "tests_code_len": tests.code_len})
+            self.tests_sock.sendall(tests.payload)
+            while True:
+                message = wire.recv(self.sock)
+                if type(message) is not dict or message.get("trailer"):
+                    break
+                if "result" in message and result is None and type(message["result"]) is dict:
+                    result = message["result"]
+                elif "e" in message:
+                    events.append(message)
         except (OSError, EOFError, wire.ProtocolError) as err:
             raise WorkerDied(f"sandbox worker {self.proc.pid} stopped: {err}") from None
-        if result.get("fatal"):
+        trailer = message if type(message) is dict else {}
+        if not any(e.get("e") == "got_tests" for e in events):
+            # The run's init died before it read the tests (never the candidate's doing: it cannot reach it); the
+            # tests may still sit in the tests socket, out of step, so this worker goes and the run is retried.
             self.close()
-        return result
+            raise WorkerDied(f"sandbox worker {self.proc.pid}: the run ended before its tests were read "
+                             f"({trailer.get('runner_exit')})")
+        raw = dict(result or {})
+        raw["events"] = events
+        raw["tests_exit"] = trailer.get("runner_exit")  # the tests ran in the run's init: its exit is theirs
+        raw["cpu_ms"] = {**(raw.get("cpu_ms") or {}), **(trailer.get("cpu_ms") or {})}
+        return raw
 
     @property
     def alive(self) -> bool:
@@ -176,6 +219,7 @@ class _Worker:
 
     def close(self) -> None:
         self.sock.close()
+        self.tests_sock.close()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -183,6 +227,32 @@ class _Worker:
             self.proc.wait()
         if self.jail is not None:
             self.jail.close()
+
+
+class RunCosts:
+    """Where the workers' time went, summed over runs: the runner's phases (wall ms) and CPU ms of the template's
+    forks, the runner's phases, the candidate's processes, the runner in all (with the candidate) and the test
+    process, as the worker measured them. What `agentq sandbox bench` breaks its per-candidate cost into."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.runs = 0
+        self.phases_ms: dict[str, float] = {}
+        self.cpu_ms: dict[str, float] = {}
+
+    def add(self, raw: dict[str, Any]) -> None:
+        with self._lock:
+            self.runs += 1
+            for table, values in ((self.phases_ms, raw.get("phases_ms")), (self.cpu_ms, raw.get("cpu_ms"))):
+                for name, value in (values or {}).items():
+                    if isinstance(value, int | float):
+                        table[name] = table.get(name, 0.0) + value
+
+    def per_run(self) -> dict[str, Any]:
+        with self._lock:
+            n = max(self.runs, 1)
+            return {"runs": self.runs, "phases_ms": {k: round(v / n, 3) for k, v in self.phases_ms.items()},
+                    "cpu_ms": {k: round(v / n, 3) for k, v in self.cpu_ms.items()}}
 
 
 def _usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
@@ -229,9 +299,12 @@ class LocalExecutor:
         self._closed = False
         self._jailed = True
         self.isolation: list[str] = []
+        self.profile = "none"
+        self.costs = RunCosts()
         try:
             first = self._start_workers()
             self.isolation = list(first.isolation or [])
+            self.profile = first.profile
             if self.isolation and not self.allow_weak:
                 raise jail.IsolationUnavailable(
                     f"full sandbox isolation is not available here ({'; '.join(self.isolation)}); {WEAK_HINT}"
@@ -284,6 +357,8 @@ class LocalExecutor:
                 try:
                     raw = worker.run(code, compiled, limits)
                     raw["isolation"] = worker.isolation  # what bwrap could not do, and what the server could not
+                    raw["profile"] = worker.profile
+                    self.costs.add(raw)
                     break
                 except WorkerDied as err:
                     # Not the candidate's doing when isolation holds (it cannot signal the server), so retry

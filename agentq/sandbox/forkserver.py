@@ -1,40 +1,42 @@
-"""A warm sandbox worker: one per core, started once, forks two processes per run.
+"""The fork server inside each worker's sandbox: a clean template that forks the run's init for each job.
 
-Start-up of Python dominates a short test run, so the server (already inside its bubblewrap sandbox, see
-jail.py) imports the harness, the wire codec and the LeetCode prelude once, and then for each job forks
+Why fork before the job is read: every process forked from a Python process inherits its whole heap, and freed
+blocks keep their bytes. A server that read a job or a result and then forked the next candidate handed it the
+previous run's failure messages (which quote expected values) through `gc.get_objects()`, `sys._getframe()` or
+a plain read of its own memory. So the template (this process, once set up) never receives a job, never sees a
+result, never holds a test. Per run it forks the run's init, pid 1 of a new PID namespace, which
 
-* the run's init, pid 1 of a new PID namespace (trusted code only): it joins the worker's cgroups, takes
-  new IPC and mount namespaces with fresh tmpfs /tmp and /dev/shm and a fresh /proc, writes solution.py,
-  forks the candidate process and reaps; when it dies, the kernel kills everything in the namespace;
-* the candidate process: new session, scrubbed environment, rlimits, its own unprivileged uid and no
-  capabilities; it imports the candidate and answers calls;
-* the test process: own process group, another unprivileged uid, not dumpable, rlimits; it reads the
-  tests straight from the executor's socket (so they are never in memory a candidate is forked from), runs
-  them against a proxy of the candidate and reports each result on a pipe only the server holds.
+1. reads the job (the candidate's code and limits) from the job socket, unshares a mount and IPC namespace
+   of its own (fresh tmpfs scratch and /proc), and forks the candidate (its uid, the worker's cgroups, no
+   capability, rlimits, and, by the worker's seccomp filter, no socket but AF_UNIX, so no run changes network
+   state a later one could read), which has read nothing but its own job;
+2. only then reads the tests from the tests socket, drops to the tests' uid (not dumpable, so the candidate,
+   which sees it as pid 1, can neither trace it nor read it through /proc, and a signal reaches it only where
+   it has a handler), runs them against a proxy of the candidate (harness.py) and streams each outcome to the
+   executor, while a watcher thread ends the run at the deadline, the time budget or the memory bound;
+3. exits, and with it, by the kernel's hand, everything the candidate started.
 
-The server enforces the wall-clock deadline, kills everything the candidate started, and answers the
-executor with the raw facts; the executor turns them into a Verdict (outcome.py).
+The template reaps it and adds a trailer (its exit status and CPU), without reading anything of the run.
+Two processes per run, not three: a separate test process and collector cost a fork, an exit and a pipe.
 
-Protocol on the executor socket (wire framing): server -> {"ready", "pid", "isolation"}; then per job
-executor -> {"code", "test_names", "tests_len", "tests_code_len", "limits"} + tests_len bytes (the tests'
-marshalled code object, tests_code_len bytes, then their source), server -> result.
+Protocol (wire framing). Job socket: template -> {"ready", "pid", "isolation"}; per run executor -> {"code",
+"limits"}; the run's init -> events ({"e": ...}) as the tests report them, then {"result": {...}}; template ->
+{"trailer", "runner_exit", "cpu_ms"}. Tests socket: per run executor -> {"test_names", "protected", "tests_len",
+"tests_code_len"} + tests_len bytes (the tests' marshalled code object, tests_code_len bytes, then their source).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
-import json
 import marshal
 import os
 import random
 import resource
-import select
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from typing import Any, NoReturn
 
@@ -44,6 +46,10 @@ TESTS_NPROC = 4
 TMPFS_MB = 512
 TMPFS_MIN_MB = 64
 MAX_EVENTS_BYTES = 4 << 20
+MEMORY_POLL_S = 0.02  # how often the run's init sums its processes' memory where no cgroup limits it
+# How the runner tells the template why it ended (anything else: it crashed).
+EXIT_HANGUP = 3  # the executor closed the job socket: the worker is being stopped
+EXIT_FATAL = 4  # the tests socket is out of step: this worker must go
 
 
 def candidate_env(home: str) -> dict[str, str]:
@@ -82,39 +88,36 @@ def _wait_briefly(pid: int, seconds: float = 0.2) -> int | None:
         status = _poll(pid)
         if status is not None:
             return status
-        time.sleep(0.002)
+        time.sleep(0.0005)
     return None
 
 
-def _candidate_status(status_r: int, init_status: int | None) -> int | None:
-    """The candidate's own wait status as its init reported it, else the init's."""
+def _tail(fd: int, limit: int) -> str:
+    """The last `limit` bytes of an output memfd, read without following anything the candidate made."""
     try:
-        data = os.read(status_r, 4)
-    except OSError:
-        data = b""
-    finally:
-        os.close(status_r)
-    return int.from_bytes(data, "little", signed=True) if len(data) == 4 else init_status
-
-
-def _tail(path: str, limit: int) -> str:
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - limit))
-            return fh.read().decode("utf-8", "replace")
+        size = os.fstat(fd).st_size
+        return os.pread(fd, min(limit, size), max(0, size - limit)).decode("utf-8", "replace")
     except OSError:
         return ""
 
 
+def _cpu(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def _ms(seconds: float) -> float:
+    return round(1000 * seconds, 3)
+
+
 class Server:
-    def __init__(self, conn: socket.socket):
-        self.conn = conn
+    def __init__(self, job: socket.socket, tests: socket.socket):
+        self.job, self.tests = job, tests
         self.notes: list[str] = []
         self.jailed = bool(os.environ.get("AGENTQ_SANDBOX_UIDS"))
         if not self.jailed:  # run directly (weak isolation allowed): the old, weaker set-up
             self.notes.append("no bubblewrap: the candidate sees the host's filesystem (read-only where "
-                              "permissions say so), its processes and its SysV IPC")
+                              "permissions say so), its processes and its SysV IPC, and no seccomp filter keeps "
+                              "it from network sockets, whose state the runs of a worker then share")
             private = isolation.private_tmp(TMPFS_MB)
             exposed = isolation.expose_interpreter() if private is None else None
             self.notes.extend(filter(None, [isolation.unshare_network(), private, exposed]))
@@ -125,16 +128,20 @@ class Server:
         self.pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
         self.run_namespaces = self._probe_namespaces()
         if not self.run_namespaces:
-            self.notes.append("no per-run namespaces: candidates share this worker's PID, IPC and mount namespaces")
+            self.notes.append("no per-run namespaces: candidates share this worker's PID, IPC, network and mount "
+                              "namespaces")
         self.prelude = leetcode.prelude_namespace()
+        self.builtins = leetcode.prelude_builtins(self.prelude)
+        isolation.drop_bounding_set()  # for every child at once (none of these processes ever executes a program)
         self.devnull = os.open(os.devnull, os.O_RDWR)
         # Everything imported so far is shared with every child; keep the collector from touching (and so
         # copying) those pages in each of them.
         gc.freeze()
 
     def _probe_namespaces(self) -> bool:
-        """Whether a run can get its own PID, IPC and mount namespaces here (it needs CAP_SYS_ADMIN)."""
+        """Whether a run can get its own PID, IPC, network and mount namespaces here (needs CAP_SYS_ADMIN)."""
         try:
+            isolation.private_mounts()
             isolation.new_pid_namespace()
         except OSError:
             return False
@@ -149,216 +156,254 @@ class Server:
         return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
 
     def serve(self) -> None:
-        """Answer jobs until the executor hangs up (closing its end is how it stops a worker)."""
+        """Run jobs until the executor hangs up (closing its end is how it stops a worker)."""
         try:
-            wire.send(self.conn, {"ready": True, "pid": os.getpid(), "isolation": self.notes})
-            while True:
-                try:
-                    job = wire.recv(self.conn)
-                except (EOFError, ConnectionError):
-                    return
-                result = self.run(job)
-                wire.send(self.conn, result)
-                if result.get("fatal"):
-                    return
+            wire.send(self.job, {"ready": True, "pid": os.getpid(), "isolation": self.notes})
+            while self._one_run():
+                pass
         except ConnectionError:
             return
         finally:
             self.conf.close()
 
-    def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        rundir = tempfile.mkdtemp(prefix="agentq-run-")
-        try:
-            return self._run_in(rundir, job)
-        finally:
-            shutil.rmtree(rundir, ignore_errors=True)
-
-    def _run_in(self, rundir: str, job: dict[str, Any]) -> dict[str, Any]:
-        limits = job["limits"]
-        os.chmod(rundir, 0o711)
-        out_path, err_path = os.path.join(rundir, "stdout"), os.path.join(rundir, "stderr")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        out_fd, err_fd = os.open(out_path, flags, 0o600), os.open(err_path, flags, 0o600)
-        cand_sock, test_sock = socket.socketpair()
-        res_r, res_w = os.pipe()
-        status_r, status_w = os.pipe()
-        self.conf.prepare_run(limits)
-        cpu_before = self.conf.cpu_used()
-        start = time.monotonic()
-        deadline = start + float(limits["timeout_s"])
+    def _one_run(self) -> bool:
+        """Fork the next run's init (it waits for the job), reap it, send the trailer. False: stop serving."""
+        cpu_at_start = time.process_time()
         if self.run_namespaces:
             isolation.new_pid_namespace()
         try:
-            cand_pid = os.fork()
-            if cand_pid == 0:
-                self._run_init(cand_sock, status_w, out_fd, err_fd, rundir, job["code"], limits)
+            init = os.fork()
+            if init == 0:
+                _RunInit(self).main()
         finally:
             if self.run_namespaces:
                 isolation.restore_pid_namespace(self.pid_ns)
-        test_pid = os.fork()
-        if test_pid == 0:
-            self._tests_child(test_sock, res_w, out_fd, err_fd, rundir, job, limits)
-        for closing in (cand_sock, test_sock):
-            closing.close()
-        for fd in (res_w, status_w, out_fd, err_fd):
-            os.close(fd)
-        budget = limits.get("time_budget_s")
-        events, ended = self._collect(res_r, deadline, None if budget is None else float(budget), cpu_before)
-        duration = time.monotonic() - start
-        cpu_after = self.conf.cpu_used()
-        timed_out = ended is not None
-        if timed_out:
-            os.kill(test_pid, signal.SIGKILL)
-        _, test_status = os.waitpid(test_pid, 0)
-        cand_status = _poll(cand_pid)
-        if cand_status is None and any(e.get("gone") or e.get("e") == "import_error" for e in events):
-            cand_status = _wait_briefly(cand_pid)  # it closed its pipe while exiting; let it finish dying
-        self.conf.kill_candidates(cand_pid)
+        forking = time.process_time() - cpu_at_start
+        # As pid 1 of its namespace, it exits only once the kernel has killed and reaped everything in it.
+        _, status, usage = os.wait4(init, 0)
+        if not self.run_namespaces:
+            self.conf.kill_candidates(None)
         isolation.reap_orphans()
-        cand_status = _candidate_status(status_r, cand_status)
-        limit = int(limits["output_bytes"])
-        result: dict[str, Any] = {
-            "events": events,
-            "timed_out": timed_out,
-            "budget_spent": ended == "budget",
-            "duration_s": round(duration, 6),
-            "cpu_s": None if cpu_before is None or cpu_after is None else round(cpu_after - cpu_before, 6),
-            "candidate_exit": _exit_info(cand_status),
-            "tests_exit": _exit_info(test_status),
-            "stdout": _tail(out_path, limit),
-            "stderr": _tail(err_path, limit),
-            "isolation": self.notes,
-        }
-        if not any(e.get("e") == "got_tests" for e in events):
-            # The tests may still sit in our socket: the stream is out of step, so this server must go.
-            result["fatal"] = "the test process died before reading the tests"
-        return result
+        code = os.waitstatus_to_exitcode(status)
+        if code == EXIT_HANGUP:
+            return False
+        wire.send(self.job, {"trailer": True, "runner_exit": _exit_info(status),
+                             "cpu_ms": {"template_fork": _ms(forking), "run": _ms(_cpu(usage))}})
+        return code != EXIT_FATAL
 
-    def _collect(
-        self, fd: int, deadline: float, budget: float | None, used_at_start: float | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """The test process's events until it closes its pipe, and what ended the run early: "wall" (the
-        deadline passed), "budget" (the candidate's tree spent its time budget), or None (it finished).
-        `used_at_start`: the worker cgroup's CPU seconds before the run, None where nothing meters them."""
-        buf, ended, wall_reason = bytearray(), None, "wall"
-        if budget is not None and used_at_start is None:  # no CPU meter here: the budget is wall-clock time
-            if time.monotonic() + budget < deadline:
-                deadline, wall_reason = time.monotonic() + budget, "budget"
-            budget = None
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                wait = left
-                if budget is not None and used_at_start is not None:
-                    # The tree uses at most one core (its cgroup's CPU quota), so the rest of the budget cannot
-                    # be spent in less wall time than it: waiting that long and looking again is exact enough.
-                    unspent = budget - ((self.conf.cpu_used() or 0.0) - used_at_start)
-                    if unspent <= 0:
-                        ended = "budget"
-                        break
-                    wait = min(left, unspent)
-                if left <= 0:
-                    ended = wall_reason
-                    break
-                if not select.select([fd], [], [], wait)[0]:
-                    continue
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                if len(buf) < MAX_EVENTS_BYTES:
-                    buf += chunk
-        finally:
-            os.close(fd)
-        events = []
-        for line in bytes(buf).splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-        return events, ended
 
-    def _run_init(
-        self, sock: socket.socket, status_w: int, out_fd: int, err_fd: int, rundir: str, code: str, limits: dict
-    ) -> NoReturn:
-        """The run's init (pid 1 of its own PID namespace, trusted code only): set up, start the candidate,
-        reap, and report the candidate's wait status. When it dies the kernel kills the whole namespace."""
+
+class RunEnded(Exception):
+    """The watcher ended the run (deadline, time budget or memory): what the run's init reports, once."""
+
+
+class _RunInit:
+    """The run's init: pid 1 of the run's PID namespace, trusted code only (see the module docstring)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server, self.conf = server, server.conf
+        self.done = False
+        self.reporting = False  # inside report(): an alarm that ends the run waits for the send to finish
+        self.pending: str | None = None
+        self.events: list[dict[str, Any]] = []
+
+    def main(self) -> NoReturn:
         try:
             os.setsid()
-            (sock_fd, status_fd) = _arrange_fds(out_fd, err_fd, self.devnull, [sock.fileno(), status_w])
-            self.conf.join()
-            uid = self.conf.candidate_uid
-            if self.run_namespaces:
-                isolation.fresh_run_mounts(uid, max(TMPFS_MIN_MB, 4 * int(limits["file_mb"])))
-                work = "/tmp"
-            else:
-                work = os.path.join(rundir, "work")
-                os.mkdir(work, 0o700)
-                if self.conf.root:
-                    os.chown(work, uid, uid)
-            solution = os.path.join(work, "solution.py")
-            with open(solution, "w", encoding="utf-8", errors="surrogatepass") as fh:
-                fh.write(code)
-            if self.conf.root:
-                os.chown(solution, uid, uid)
-            child = os.fork()
-            if child == 0:
-                os.close(status_fd)
-                self._candidate(sock_fd, work, solution, code, limits)
-            os.close(sock_fd)
-            while True:  # reap everything re-parented to us until the candidate itself is done
-                pid, status = os.waitpid(-1, 0)
-                if pid == child:
-                    os.write(status_fd, status.to_bytes(4, "little", signed=True))
-                    os._exit(0)
-        except BaseException:  # noqa: BLE001 - never return into the server's loop
+            # pid 1 of the run: a signal from the candidate reaches it only where it has a handler (SIGINT's)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                job = wire.recv(self.server.job)
+            except (EOFError, OSError, wire.ProtocolError):
+                os._exit(EXIT_HANGUP)
+            self.run(job)
+        except BaseException:  # noqa: BLE001 - never return into the template's loop
             os._exit(70)
 
-    def _candidate(self, sock_fd: int, work: str, solution: str, code: str, limits: dict) -> NoReturn:
+    # --- the run ------------------------------------------------------------------------------------------
+
+    def run(self, job: dict[str, Any]) -> NoReturn:
+        server, limits = self.server, job["limits"]
+        self.limits = limits
+        self.received, cpu_received = time.monotonic(), time.process_time()
+        uid = self.conf.candidate_uid
+        if server.run_namespaces:
+            isolation.fresh_run_mounts(uid, max(TMPFS_MIN_MB, 4 * int(limits["file_mb"])))
+            work = "/tmp"
+        else:
+            import tempfile  # weak isolation only: the template does not carry it into every fork
+
+            work = tempfile.mkdtemp(prefix="agentq-run-")
+            if self.conf.root:
+                os.chown(work, uid, uid)
+        self.work = work
+        self.conf.prepare_run(limits)
+        self.conf.open_meter()  # kept open across the change of uid below
+        solution = os.path.join(work, "solution.py")
+        fd = os.open(solution, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.chdir(work)
+            os.write(fd, job["code"].encode("utf-8", "surrogatepass"))
+            if self.conf.root:
+                os.fchown(fd, uid, uid)
+        finally:
+            os.close(fd)
+        self.out_fd, self.err_fd = os.memfd_create("stdout"), os.memfd_create("stderr")
+        cand_sock, test_sock = socket.socketpair()
+        self.cpu_before = self.conf.cpu_used()
+        self.start, cpu_start = time.monotonic(), time.process_time()
+        self.cand_pid = os.fork()
+        if self.cand_pid == 0:
+            test_sock.close()
+            self._candidate(cand_sock.detach(), solution, job["code"], limits)
+        cand_sock.close()
+        self.forked, self.cpu_forked = time.monotonic(), time.process_time()
+        self.cpu_ms = {"init_setup": _ms(cpu_start - cpu_received), "init_fork": _ms(self.cpu_forked - cpu_start)}
+        # Only now, with the candidate running on what it inherited, do the tests come into this process.
+        conn_fd, sock_fd, job_fd = _arrange_fds(self.out_fd, self.err_fd, server.devnull,
+                                                [server.tests.detach(), test_sock.detach(), server.job.detach()])
+        self.out_fd, self.err_fd = 1, 2  # the output memfds, as this process's own stdout and stderr now
+        self.conf.open_meter()  # again: closing every other descriptor closed it
+        self.job_sock = socket.socket(fileno=job_fd)
+        conn = socket.socket(fileno=conn_fd)
+        header = wire.recv(conn)
+        payload = wire.recv_exact(conn, int(header["tests_len"]))
+        conn.close()
+        self.conf.enter(limits, self.conf.tests_uid, TESTS_NPROC)
+        isolation.not_dumpable()  # setuid made it dumpable again
+        self._start_watch()
+        random.seed(0)
+        split = int(header["tests_code_len"])
+        tests = harness.Tests(marshal.loads(payload[:split]), payload[split:].decode("utf-8", "surrogatepass"))
+        del payload
+        self.report({"e": "got_tests"})
+        channel = harness.Channel(socket.socket(fileno=sock_fd))
+        with contextlib.suppress(RunEnded):
+            harness.run_tests(channel, tests, list(header["test_names"]), server.prelude, self.report,
+                              frozenset(header.get("protected", ())), server.builtins)
+        self.finish(None)
+
+    def report(self, event: dict[str, Any]) -> None:
+        if self.done:
+            raise RunEnded("the run has ended")
+        self.reporting = True
+        try:
+            self.events.append(event)
+            wire.send(self.job_sock, event)
+        finally:
+            self.reporting = False
+        if self.pending is not None:
+            self.finish(self.pending)
+
+    # --- the watch: deadline, time budget, memory ----------------------------------------------------------
+    # A timer signal (SIGALRM) in this process, not a thread: a run that ends before its first look costs nothing
+    # (a thread cost each run about 0.5 ms), and the handler runs in the thread that runs the tests, between
+    # their steps or in place of a blocking receive. The tests must not use SIGALRM themselves.
+
+    def _start_watch(self) -> None:
+        limits, now = self.limits, time.monotonic()
+        self.deadline, self.wall_reason = self.start + float(limits["timeout_s"]), "wall"
+        budget = limits.get("time_budget_s")
+        self.budget = None if budget is None else float(budget)
+        if self.budget is not None and self.cpu_before is None:  # no CPU meter: the budget is wall-clock time
+            if now + self.budget < self.deadline:
+                self.deadline, self.wall_reason = now + self.budget, "budget"
+            self.budget = None
+        self.memory = self._memory_bound()
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        self._on_alarm()
+
+    def _on_alarm(self, *_: object) -> None:
+        """End the run at the deadline, when the candidate's tree has spent its time budget (CPU seconds of its
+        cgroup, else wall-clock seconds), or when its processes together exceed the memory bound; else look
+        again when the earliest of them could next be reached. (Also what a stray SIGALRM causes: a look.)"""
+        if self.done:
+            return
+        try:
+            wait, reason = self._next_look()
+        except Exception:  # noqa: BLE001 - a run whose limits cannot be looked at is ended, not left unwatched
+            wait, reason = 0.0, "wall"
+        if wait > 0:
+            signal.setitimer(signal.ITIMER_REAL, wait)
+        elif self.reporting:
+            self.pending = reason  # report() ends the run once its message is whole
+        else:
+            self.finish(reason)
+
+    def _next_look(self) -> tuple[float, str]:
+        """Seconds until a limit could next be reached and which (0 or less: it is reached)."""
+        wait, reason = self.deadline - time.monotonic(), self.wall_reason
+        if wait > 0 and self.budget is not None:
+            # The tree uses at most one core (its cgroup's CPU quota), so the rest of the budget cannot be spent
+            # in less wall time than it: waiting that long and looking again is exact enough.
+            unspent = self.budget - ((self.conf.cpu_used() or 0.0) - (self.cpu_before or 0.0))
+            wait, reason = (unspent, "budget") if unspent < wait else (wait, reason)
+        if wait > 0 and self.memory is not None:
+            if isolation.namespace_memory() > self.memory:
+                wait, reason = 0.0, "memory"
+            else:
+                wait = min(wait, MEMORY_POLL_S)
+        return wait, reason
+
+    def _memory_bound(self) -> int | None:
+        """Bytes the candidate's processes may hold together, where no cgroup holds them to it (the "userns"
+        profile: this init measures them); None where a cgroup does or there is no run namespace."""
+        if not self.server.run_namespaces or self.conf.limits_memory:
+            return None
+        return int(self.limits["memory_mb"]) << 20
+
+    def finish(self, ended: str | None) -> NoReturn:
+        """Send the run's result and exit, which ends the run."""
+        self.done = True
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        collected, cpu_collected = time.monotonic(), time.process_time()
+        cand_status = _poll(self.cand_pid)
+        if cand_status is None and any(e.get("gone") or e.get("e") == "import_error" for e in self.events):
+            cand_status = _wait_briefly(self.cand_pid)  # it closed its socket while exiting
+        cpu_after = self.conf.cpu_used()
+        if not self.server.run_namespaces:
+            with contextlib.suppress(OSError):
+                os.killpg(self.cand_pid, signal.SIGKILL)  # where it can (same uid); the template does the rest
+            __import__("shutil").rmtree(self.work, ignore_errors=True)
+        limit = int(self.limits["output_bytes"])
+        self.cpu_ms["init_tests"] = _ms(cpu_collected - self.cpu_forked)
+        result = {
+            "timed_out": ended in ("wall", "budget"),
+            "budget_spent": ended == "budget",
+            "memory_spent": ended == "memory",
+            "duration_s": round(collected - self.start, 6),
+            "cpu_s": None if self.cpu_before is None or cpu_after is None else
+            round(cpu_after - self.cpu_before, 6),
+            "candidate_exit": _exit_info(cand_status),
+            "stdout": _tail(self.out_fd, limit),
+            "stderr": _tail(self.err_fd, limit),
+            "isolation": self.server.notes,
+            # Where the run's time went (agentq sandbox bench): wall clock of its phases, CPU of this process.
+            "phases_ms": {"setup": _ms(self.start - self.received), "fork": _ms(self.forked - self.start),
+                          "run": _ms(collected - self.forked)},
+            "cpu_ms": {**self.cpu_ms, "init_total": _ms(time.process_time())},
+        }
+        wire.send(self.job_sock, {"result": result})
+        fatal = not any(e.get("e") == "got_tests" for e in self.events)
+        os._exit(EXIT_FATAL if fatal else 0)
+
+    def _candidate(self, sock_fd: int, solution: str, code: str, limits: dict) -> NoReturn:
+        try:
+            os.setsid()  # its own process group, which is killed where it is not in a namespace of its own
+            self.conf.join()  # the cgroups, before anything of the candidate runs; the init stays outside
+            (sock,) = _arrange_fds(self.out_fd, self.err_fd, self.server.devnull, [sock_fd])
+            os.chdir(self.work)
             os.environ.clear()
-            os.environ.update(candidate_env(work))
+            os.environ.update(candidate_env(self.work))
             self.conf.enter(limits, self.conf.candidate_uid, int(limits["max_procs"]))
             random.seed(0)
             sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-            candidate.serve(socket.socket(fileno=sock_fd), code, solution, self.prelude)
-        except BaseException:  # noqa: BLE001 - never return into the init's loop
+            candidate.serve(socket.socket(fileno=sock), code, solution, self.server.prelude, self.server.builtins)
+        except BaseException:  # noqa: BLE001 - never return into the init
             os._exit(70)
-
-    def _tests_child(
-        self, sock: socket.socket, res_w: int, out_fd: int, err_fd: int, rundir: str, job: dict, limits: dict
-    ) -> NoReturn:
-        try:
-            os.setpgid(0, 0)
-            keep = [self.conn.fileno(), sock.fileno(), res_w]
-            conn_fd, sock_fd, res_fd = _arrange_fds(out_fd, err_fd, self.devnull, keep)
-            os.chdir(rundir)
-            self.conf.enter(limits, self.conf.tests_uid, TESTS_NPROC)
-            isolation.not_dumpable()  # setuid made it dumpable again
-            random.seed(0)
-            conn = socket.socket(fileno=conn_fd)
-            payload = wire.recv_exact(conn, int(job["tests_len"]))
-            conn.close()
-            split = int(job["tests_code_len"])
-            tests = harness.Tests(marshal.loads(payload[:split]), payload[split:].decode("utf-8", "surrogatepass"))
-
-            def report(event: dict[str, Any]) -> None:
-                data = memoryview(json.dumps(event).encode() + b"\n")
-                while data:
-                    data = data[os.write(res_fd, data) :]
-
-            report({"e": "got_tests"})
-            channel = harness.Channel(socket.socket(fileno=sock_fd))
-            harness.run_tests(channel, tests, list(job["test_names"]), self.prelude, report)
-        except BaseException:  # noqa: BLE001 - a missing `end` marker is how the executor learns of this
-            os._exit(70)
-        os._exit(0)
 
 
 def main() -> None:
-    Server(socket.socket(fileno=int(sys.argv[1]))).serve()
+    Server(socket.socket(fileno=int(sys.argv[1])), socket.socket(fileno=int(sys.argv[2]))).serve()
 
 
 if __name__ == "__main__":

@@ -15,8 +15,7 @@ import sys
 import traceback
 import types
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentq.sandbox import leetcode, wire
 
@@ -24,6 +23,7 @@ MAX_TEXT = 2000
 TESTS_FILE = "tests.py"
 # Importing these has side effects (a browser, a window) that a test process must not have.
 _NO_IMPORT = frozenset({"antigravity", "this", "turtle", "tkinter", "idlelib", "webbrowser"})
+_BUILTIN_NAMES = frozenset(dir(__import__("builtins")))
 
 
 class CandidateGone(BaseException):
@@ -83,7 +83,7 @@ class Channel:
     """Request/response to the candidate. Once broken it stays broken."""
 
     def __init__(self, sock: Any):
-        self.sock = sock
+        self.sock = wire.Framed(sock)
         self.broken: str | None = None
         self.codec = wire.Codec(self._to_ref, self._from_ref)
 
@@ -113,7 +113,7 @@ class Channel:
         if self.broken:
             raise CandidateGone(self.broken)
         try:
-            message = wire.recv(self.sock)
+            message = self.sock.recv()
             if type(message) is not dict:
                 raise wire.ProtocolError("message is not an object")
             return message
@@ -127,7 +127,7 @@ class Channel:
         if self.broken:
             raise CandidateGone(self.broken)
         try:
-            wire.send(self.sock, message)
+            self.sock.send(message)
         except OSError as err:
             self.broken = f"the candidate process died or closed its pipe ({err})"
             raise CandidateGone(self.broken) from None
@@ -242,11 +242,16 @@ def _import_local(name: str) -> types.ModuleType | None:
     return None
 
 
-def build_proxy(names: dict[str, Any], channel: Channel, prelude: dict[str, Any]) -> types.ModuleType:
+def build_proxy(names: dict[str, Any], channel: Channel, prelude: dict[str, Any],
+                protected: frozenset[str] = frozenset()) -> types.ModuleType:
+    """The `solution` module the tests import. Protected names (`protected`: the tests' own top-level names; and
+    every builtin) stay attributes, so `from solution import sum` still gets the candidate's, but a star import
+    does not bind them: a candidate exporting `sum`, `len` or a helper's name cannot replace what the tests and
+    their helpers call. Dunder names are never exported (`__builtins__` would become the tests' builtins)."""
     proxy = types.ModuleType("solution")
     exported = []
     for name, raw in names.items():
-        if type(name) is not str or not name.isidentifier():
+        if type(name) is not str or not name.isidentifier() or name.startswith("__"):
             continue
         tag = raw.get("t") if type(raw) is dict else None
         if tag == "prelude":
@@ -262,13 +267,21 @@ def build_proxy(names: dict[str, Any], channel: Channel, prelude: dict[str, Any]
         else:
             value = channel.codec.decode(raw)
         setattr(proxy, name, value)
-        exported.append(name)
+        if name not in protected and name not in _BUILTIN_NAMES:
+            exported.append(name)
     # Tests build their inputs from these; they must be this process's classes whatever the candidate did.
     for name, cls in (("ListNode", leetcode.ListNode), ("TreeNode", leetcode.TreeNode)):
         setattr(proxy, name, cls)
         if name not in exported:
             exported.append(name)
     proxy.__all__ = exported
+
+    def prelude_name(name: str) -> Any:  # `from solution import List`: the prelude's, as in plain Python
+        if name in prelude and not name.startswith("__"):
+            return prelude[name]
+        raise AttributeError(f"module 'solution' has no attribute {name!r}")
+
+    proxy.__getattr__ = prelude_name  # type: ignore[method-assign]
     return proxy
 
 
@@ -293,8 +306,7 @@ def _failure_text(err: BaseException, test_lines: list[str]) -> str:
     return (head + line)[:MAX_TEXT]
 
 
-@dataclass(frozen=True)
-class Tests:
+class Tests(NamedTuple):
     code: types.CodeType  # compiled by the executor from `source` with filename TESTS_FILE
     source: str
 
@@ -305,8 +317,11 @@ def run_tests(
     test_names: list[str],
     prelude: dict[str, Any],
     report: Callable[[dict[str, Any]], None],
+    protected: frozenset[str] = frozenset(),
+    builtins: dict[str, Any] | None = None,
 ) -> None:
-    """Import the tests against the proxy, run each test_* function, report each outcome, then `end`."""
+    """Import the tests against the proxy, run each test_* function, report each outcome, then `end`.
+    `builtins`: what the tests' module runs with (Python's builtins and the LeetCode prelude's names)."""
     try:
         hello = channel.receive()
     except CandidateGone as err:
@@ -320,11 +335,13 @@ def run_tests(
         report({"e": "import_error", "type": None, "message": "the candidate broke the protocol", "where": ""})
         return
     try:
-        sys.modules["solution"] = build_proxy(hello["names"], channel, prelude)
+        sys.modules["solution"] = build_proxy(hello["names"], channel, prelude, protected)
     except (wire.ProtocolError, RecursionError) as err:
         report({"e": "import_error", "type": None, "message": f"the candidate broke the protocol: {err}", "where": ""})
         return
     namespace: dict[str, Any] = {"__name__": "tests", "__file__": TESTS_FILE}
+    if builtins is not None:
+        namespace["__builtins__"] = builtins
     lines = tests.source.splitlines()
     try:
         exec(tests.code, namespace)

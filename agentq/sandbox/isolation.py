@@ -129,7 +129,8 @@ def kill_uid(uid: int) -> None:
     os.waitpid(helper, 0)
 
 
-def set_limits(limits: dict[str, float], nproc: int) -> None:
+def set_limits(limits: dict[str, float], nproc: int | None) -> None:
+    """rlimits of a run's process; `nproc` None: RLIMIT_NPROC is set later (a thread is still to be started)."""
     cpu = int(limits["cpu_s"])
     mem = int(limits["memory_mb"]) << 20
     fsize = int(limits["file_mb"]) << 20
@@ -139,7 +140,8 @@ def set_limits(limits: dict[str, float], nproc: int) -> None:
         (resource.RLIMIT_NPROC, nproc),
         (resource.RLIMIT_CORE, 0),
     ):
-        resource.setrlimit(res, (value, value))
+        if value is not None:
+            resource.setrlimit(res, (value, value))
     # Soft limit: SIGXCPU, reported as a CPU-time timeout. With hard == soft the kernel sends SIGKILL on the
     # same tick instead; the hard limit a second later only stops a candidate that ignores SIGXCPU.
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -168,6 +170,30 @@ def empty_and_remove(group: Path) -> None:
         time.sleep(0.002)
     with contextlib.suppress(OSError):
         group.rmdir()
+
+
+def _read(path: str) -> bytes:
+    """A small file's bytes with plain system calls: per run, pathlib's and io's objects cost more (touching them
+    copies their pages in every forked child) than the read itself."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def _write(path: str, value: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value)
+    finally:
+        os.close(fd)
+
+
+def _write_if_changed(files: list[str], value: str) -> None:
+    for path in files:
+        if _read(path).strip() != value.encode():
+            _write(path, value.encode())
 
 
 def _cpu_meter(groups: list[Path]) -> Path | None:
@@ -206,16 +232,21 @@ class Confinement:
             self.cgroups = [group] if group is not None else []
             if group is None:
                 self.notes.append("no pids cgroup: processes a candidate detaches are found by uid instead")
-        self._memory_mb: int | None = None
-        self._cpu_set = False
         self.cpu_meter = _cpu_meter(self.cgroups)
+        self._limit_files()
+
+    def open_meter(self) -> None:
+        """Keep the CPU meter open, so a process that then gives up its uid (the run's init) can still read it."""
+        if self.cpu_meter is not None:
+            self._meter_fd = os.open(self.cpu_meter, os.O_RDONLY)
 
     def cpu_used(self) -> float | None:
-        """CPU seconds used so far by every process that ever ran in the worker's cgroup (the runs' inits and
-        candidates; test processes never join), or None where no cgroup meters it."""
+        """CPU seconds used so far by every process that ever ran in the worker's cgroup (the runs'
+        candidates; their inits and the tests never join), or None where no cgroup meters it."""
         if self.cpu_meter is None:
             return None
-        text = self.cpu_meter.read_text()
+        fd = getattr(self, "_meter_fd", None)
+        text = os.pread(fd, 4096, 0).decode() if fd is not None else self.cpu_meter.read_text()
         if self.cpu_meter.name == "cpuacct.usage":  # cgroup v1: nanoseconds
             return int(text) / 1e9
         for line in text.splitlines():  # cgroup v2 cpu.stat: "usage_usec N"
@@ -257,45 +288,58 @@ class Confinement:
                 continue
         return None
 
-    def prepare_run(self, limits: dict[str, float]) -> None:
-        """In the server, before forking a run: the cgroups' limits for the candidate's whole tree."""
+    def _limit_files(self) -> None:
+        """Once, in the fork server: one core for the whole tree however many processes (it never changes), and
+        which limit files this host has (each run is forked anew, so nothing a run learns would be kept)."""
+        self._procs_files = [str(g / "cgroup.procs") for g in self.cgroups]
+        self._pids_files = [str(g / "pids.max") for g in self.cgroups if (g / "pids.max").exists()]
+        self._memory_files = []  # (file, its memsw partner on v1, or None)
         for group in self.cgroups:
             quota = group / "cpu.cfs_quota_us"
-            if quota.exists() and not self._cpu_set:  # one core for the whole tree, however many processes
+            if quota.exists():
                 (group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
                 quota.write_text(str(CPU_PERIOD_US))
-                self._cpu_set = True
-            if (group / "cpu.max").exists() and not self._cpu_set:  # the same on cgroup v2
+            if (group / "cpu.max").exists():  # the same on cgroup v2
                 (group / "cpu.max").write_text(f"{CPU_PERIOD_US} {CPU_PERIOD_US}")
-                self._cpu_set = True
-            if (group / "memory.max").exists() and int(limits["memory_mb"]) != self._memory_mb:  # cgroup v2
-                (group / "memory.max").write_text(str(int(limits["memory_mb"]) << 20))
+            if (group / "memory.max").exists():  # cgroup v2
                 if (group / "memory.swap.max").exists():
                     (group / "memory.swap.max").write_text("0")
-                self._memory_mb = int(limits["memory_mb"])
-            if (group / "pids.max").exists():
-                (group / "pids.max").write_text(str(int(limits["max_procs"]) + 1))  # +1: the run's init
-            memory = int(limits["memory_mb"])
-            if (group / "memory.limit_in_bytes").exists() and memory != self._memory_mb:
-                # memsw (memory + swap, where the kernel accounts it) must stay >= the memory limit, so the
-                # order of the two writes depends on the direction; EBUSY while the last run's pages linger.
-                files = [group / "memory.limit_in_bytes", group / "memory.memsw.limit_in_bytes"]
-                files = [f for f in files if f.exists()]
-                for order in (files, files[::-1]):
-                    with contextlib.suppress(OSError):
-                        for f in order:
-                            f.write_text(str(memory << 20))
-                        self._memory_mb = memory
-                        break
+                self._memory_files.append((str(group / "memory.max"), None))
+            if (group / "memory.limit_in_bytes").exists():
+                memsw = group / "memory.memsw.limit_in_bytes"
+                self._memory_files.append((str(group / "memory.limit_in_bytes"),
+                                           str(memsw) if memsw.exists() else None))
                 with contextlib.suppress(OSError):
                     (group / "memory.swappiness").write_text("0")
 
-    def join(self) -> None:
-        """In the run's init, before anything else: it and every process of the candidate join the cgroups."""
-        for group in self.cgroups:
-            (group / "cgroup.procs").write_text("0")
+    @property
+    def limits_memory(self) -> bool:
+        """Whether a cgroup holds the candidate's whole tree to its memory limit."""
+        return bool(self._memory_files)
 
-    def enter(self, limits: dict[str, float], uid: int, nproc: int) -> None:
+    def prepare_run(self, limits: dict[str, float]) -> None:
+        """In the run's init, before the candidate starts: the cgroups' limits for its whole tree, written only
+        where they differ from what an earlier run left (a write costs more than a read)."""
+        _write_if_changed(self._pids_files, str(int(limits["max_procs"])))
+        memory = str(int(limits["memory_mb"]) << 20).encode()
+        for limit, memsw in self._memory_files:
+            if _read(limit).strip() == memory:
+                continue
+            # memsw (memory + swap, where the kernel accounts it) must stay >= the memory limit, so the order of
+            # the two writes depends on the direction; EBUSY while the last run's pages linger.
+            files = [limit, memsw] if memsw is not None else [limit]
+            for order in (files, files[::-1]):
+                with contextlib.suppress(OSError):
+                    for f in order:
+                        _write(f, memory)
+                    break
+
+    def join(self) -> None:
+        """In the candidate, before anything of it runs: it and every process it starts join the cgroups."""
+        for path in self._procs_files:
+            _write(path, b"0")
+
+    def enter(self, limits: dict[str, float], uid: int, nproc: int | None) -> None:
         """In a freshly forked child: apply rlimits, drop to `uid` for good and every capability with it."""
         set_limits(limits, nproc)
         drop_privileges(uid)
@@ -377,13 +421,18 @@ def restore_pid_namespace(fd: int) -> None:
     _check(_libc.setns(fd, CLONE_NEWPID) == 0, "setns(pid)")
 
 
+def private_mounts() -> None:
+    """Once, in the fork server: nothing a run mounts in its own mount namespace propagates back here."""
+    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0, "making mounts private")
+
+
 def fresh_run_mounts(uid: int, scratch_mb: int) -> None:
     """In the run's init: own IPC and mount namespaces, a new /proc, and empty tmpfs scratch dirs.
 
-    SysV objects die with the IPC namespace, files with the tmpfs, when the run's last process ends.
+    SysV objects die with the IPC namespace, files with the tmpfs, when the run's last process ends: nothing one
+    candidate leaves there is visible to the next. (The network: jail.seccomp_program, network=False.)
     """
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC) == 0, "unshare(CLONE_NEWNS|CLONE_NEWIPC)")
-    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0, "making mounts private")
     options = f"size={scratch_mb}m,mode=0700,uid={uid},gid={uid}".encode()
     for path in (b"/tmp", b"/dev/shm"):
         _check(_libc.mount(b"tmpfs", path, b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0, f"tmpfs on {path!r}")
@@ -391,18 +440,62 @@ def fresh_run_mounts(uid: int, scratch_mb: int) -> None:
     _check(ok, "mounting /proc")
 
 
+def namespace_memory() -> int:
+    """Bytes of memory held by every process of this PID namespace but its init (this process), from the run's
+    /proc: proportional set sizes, so pages a fork shares with its parent count once, not once per process. A
+    process that made itself undumpable hides its smaps: its whole resident size counts then (statm, readable
+    by anyone), which can only overstate it."""
+    total, page = 0, os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or entry == "1":
+            continue
+        try:
+            with open(f"/proc/{entry}/smaps_rollup", "rb") as fh:
+                total += next(int(line.split()[1]) << 10 for line in fh if line.startswith(b"Pss:"))
+        except (OSError, StopIteration, IndexError, ValueError):
+            try:
+                with open(f"/proc/{entry}/statm", "rb") as fh:
+                    total += int(fh.read().split()[1]) * page
+            except (OSError, IndexError, ValueError):
+                continue
+    return total
+
+
+def kill_namespace() -> None:
+    """In a PID namespace's init: kill every other process of the namespace, then reap them all."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(-1, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+_bounding_dropped = False
+_CapData2 = _CapData * 2  # made once: an array type is costly to create in every forked child
+
+
+def drop_bounding_set() -> None:
+    """Empty the capability bounding set, which only limits what an exec could gain: a process keeps its own
+    capabilities, and every child it forks inherits the empty set (so none pays 64 prctl calls per run)."""
+    global _bounding_dropped
+    for cap in range(CAP_LAST + 1):
+        _prctl(PR_CAPBSET_DROP, cap)
+    _bounding_dropped = True
+
+
 def drop_privileges(uid: int) -> None:
     """Become `uid` with no capability, none in the bounding set and none regained by exec."""
     if os.geteuid() == 0 and uid != 0:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
-    for cap in range(CAP_LAST + 1):
-        _prctl(PR_CAPBSET_DROP, cap)
+    if not _bounding_dropped:
+        drop_bounding_set()
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN)
     if os.geteuid() != uid:
         os.setresuid(uid, uid, uid)
     header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    data = (_CapData * 2)()
-    _check(_libc.capset(ctypes.byref(header), data) == 0, "capset")
+    _check(_libc.capset(ctypes.byref(header), _CapData2()) == 0, "capset")
     _prctl(PR_SET_NO_NEW_PRIVS, 1)

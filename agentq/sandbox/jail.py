@@ -9,10 +9,22 @@ its own PID, IPC, UTS, network and mount namespaces, no capabilities beyond what
 be fresh (isolation.py): a PID, IPC and mount namespace for the candidate, a new tmpfs scratch directory
 and /proc, a cgroup for the whole tree.
 
-As root, workers get cgroups (memory, pids and cpu, bound into the sandbox) and two uids each that no other
-process uses. Without root, bubblewrap maps a single uid, so the candidate keeps the test process's kernel
-uid (its /proc entries are still closed to the candidate: the test process is not dumpable, and the
-candidate sees only its own PID namespace) and there is no cgroup: both are reported as weakened.
+Two isolation profiles count as full isolation; every verdict names the one it ran under:
+
+* "root": workers get cgroups (memory, pids and cpu, bound into the sandbox) and two uids each that no other
+  process uses (candidate and tests).
+* "userns" (a non-root pod: one uid, a read-only cgroupfs): bubblewrap maps the one uid into a user namespace
+  of the worker's own; the candidate runs in its own PID, mount, network, IPC and UTS namespaces under seccomp,
+  no_new_privs, no capabilities, read-only binds and rlimits (RLIMIT_NPROC binds there: it counts per user
+  namespace); the tests run in the candidate's PID namespace's init (forkserver.py), which the candidate can
+  see as pid 1 but neither signal (an init gets only the signals it handles, and it handles none the candidate
+  could use to stop it), trace (seccomp, no capabilities) nor read through /proc (not dumpable); that init ends
+  the run when the candidate's processes together hold more than its memory limit; the pod's own cgroup is the
+  outer memory and pids bound. (The lead's decision of 21:40 in /work/NEWS.md asked for the test process
+  outside the candidate's PID namespace; the init is inside it, with the three properties that decision gave
+  as the reason.)
+
+Only a sandbox that bubblewrap cannot start at all is weak isolation (allow_weak_isolation, "none").
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import errno
 import itertools
 import os
 import shutil
+import socket
 import sys
 import sysconfig
 import tempfile
@@ -59,6 +72,7 @@ class Jail:
 
     argv: list[str]
     env: dict[str, str]
+    profile: str = "root"  # "root" or "userns" (see the module docstring)
     cgroups: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     pass_fds: list[int] = field(default_factory=list)  # for bwrap; closed here once it has started
@@ -194,12 +208,18 @@ DENIED_SYSCALLS = (
 CLONE_NEWUSER = 0x10000000
 
 
-def seccomp_program() -> bytes | str:
+def seccomp_program(network: bool = True) -> bytes | str:
     """The seccomp filter (compiled BPF, made with libseccomp) that bwrap puts on the sandbox, or why none.
 
     Besides DENIED_SYSCALLS it refuses new user namespaces (the server never needs one once bwrap has set up,
     and inside one a candidate would hold every capability against much of the kernel) and answers clone3
     with ENOSYS, as container runtimes do, since its flags cannot be inspected: libc falls back to clone.
+
+    `network=False` (the function-run workers) refuses every socket but AF_UNIX. Nothing in a worker needs
+    another (its channels are socket pairs), and a candidate that cannot open one cannot change any state of
+    the worker's network namespace (loopback counters, ports in TIME_WAIT, routes, netlink) for a later run
+    to read: what a network namespace per run would give, without the few milliseconds of kernel time (RCU
+    grace periods included) its creation and teardown cost every run (docs/benchmarks.md).
     """
     try:
         import pyseccomp as seccomp
@@ -212,6 +232,8 @@ def seccomp_program() -> bytes | str:
             rules.add_rule(seccomp.ERRNO(errno.EPERM), name,
                            seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER))
         rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+        if not network:
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX))
         with tempfile.TemporaryFile() as fh:
             rules.export_bpf(fh)
             fh.seek(0)
@@ -278,16 +300,12 @@ def make_jail() -> Jail:
             # within its own cgroup namespace (the server must move each run's init into the worker's group).
             argv += ["--unshare-cgroup-try"]
         argv += ["--cap-add", "ALL"]  # the trusted server switches uids, mounts and joins cgroups per run
-    else:
+    else:  # the "userns" profile: one uid, no cgroup of our own (see the module docstring)
         cand_uid = tests_uid = 0
         argv += ["--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "ALL", "--unshare-cgroup-try"]
-        notes.append("no distinct uid: not root, so the candidate keeps the test process's kernel uid "
-                     "(its /proc entries stay closed: the test process is not dumpable and not in the "
-                     "candidate's PID namespace)")
-        notes.append("no cgroup: not root, so memory is limited per process only and processes are not counted")
     argv += ["--remount-ro", "/"]
     pass_fds: list[int] = []
-    program = seccomp_program()
+    program = seccomp_program(network=False)
     if isinstance(program, str):
         notes.append(program)
     else:
@@ -298,4 +316,5 @@ def make_jail() -> Jail:
         argv += ["--seccomp", str(fd)]
     env["AGENTQ_SANDBOX_UIDS"] = f"{cand_uid},{tests_uid}"
     env["AGENTQ_SANDBOX_CGROUPS"] = ",".join(f"{CGROUP_MOUNT}/{g.parent.parent.name}" for g in cgroups)
-    return Jail(argv=[*argv, "--"], env=env, cgroups=cgroups, notes=notes, pass_fds=pass_fds)
+    return Jail(argv=[*argv, "--"], env=env, profile="root" if root else "userns", cgroups=cgroups, notes=notes,
+                pass_fds=pass_fds)

@@ -22,7 +22,10 @@ from agentq.sandbox.limits import Limits
 from agentq.sandbox.verdict import Status, Verdict
 
 NAIVE_UID_BASE = 1_700_000_000
-STARTUP_ALLOWANCE_S = 5.0
+# Generous: the baseline's verdict only has to agree with the warm one, and on a loaded machine a fresh
+# interpreter and pytest take many seconds to start (5 s timed out correct programs at load 10). Programs that
+# loop are cut by the CPU limit long before it.
+STARTUP_ALLOWANCE_S = 30.0
 # A fresh interpreter plus pytest's collection costs about 0.7 s of CPU here before the first test line runs
 # (the warm path has paid it once, up front): without an allowance the baseline kills correct programs.
 STARTUP_CPU_S = 2

@@ -43,6 +43,7 @@ def verdict_from_run(raw: dict[str, Any], test_names: list[str], limits: Limits)
         "duration_s": float(raw.get("duration_s", 0.0)),
         "cpu_s": None if raw.get("cpu_s") is None else float(raw["cpu_s"]),
         "isolation": list(raw.get("isolation", [])),
+        "profile": str(raw.get("profile", "")),
     }
     cand_exit = raw.get("candidate_exit")
     kinds = {e.get("e"): e for e in reversed(events)}  # first event of each kind wins
@@ -54,6 +55,9 @@ def verdict_from_run(raw: dict[str, Any], test_names: list[str], limits: Limits)
                        f"solution's run time){where}")
             return Verdict(status="timeout", message=message, **common)
         return Verdict(status="timeout", message=f"timed out after {limits.timeout_s:g}s{where}", **common)
+    if raw.get("memory_spent"):
+        return Verdict(status="memory", message=f"the candidate's processes together used more than "
+                       f"{limits.memory_mb} MB", **common)
     if raw.get("fatal"):
         return Verdict(status="error", message=f"sandbox failure: {raw['fatal']}", **common)
     if "import_error" in kinds:

@@ -8,33 +8,44 @@ GET  /healthz                        -> {"ok": true, "workers": n, "isolation": 
 Whoever reaches the port can make it run code, so: POSTs need `Authorization: Bearer <token>` (the token comes
 from AGENTQ_SANDBOX_TOKEN, which the chart fills from a Secret; without one the server only binds loopback),
 bodies are JSON only and size-capped, caller limits are clamped to the server's maxima, at most a fixed number
-of requests run at once (the rest get 503, which the client retries), and an idle or half-sent connection is
-dropped after a read timeout.
+of requests run at once (the rest get 503, which the client retries) and a fixed number of connections are
+open at once.
+
+A request is read whole, within one deadline, before it takes a run slot: a client trickling its headers or
+body a byte at a time holds a connection until the deadline, never a slot. Answers the client must not retry
+are 4xx: 413 for a body over the cap (answered at once, then the rest of the body is read and dropped, so the
+client gets the answer instead of a broken pipe), 411/400 for a missing or bad length, 400 for tests that do
+not compile (whatever exhausts the compiler included). Candidate code is never refused here: code that is not
+valid text or too large is a verdict, as it is from a LocalExecutor.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import ipaddress
 import json
 import os
 import signal
+import socket
 import sys
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pydantic import ValidationError
 
-from agentq.sandbox.client import TOKEN_ENV
-from agentq.sandbox.executor import LocalExecutor
+from agentq.sandbox.client import MAX_BODY, MAX_ITEMS, TOKEN_ENV
+from agentq.sandbox.executor import LocalExecutor, find_tests
 from agentq.sandbox.limits import Limits
 
-MAX_BODY = 8 << 20
-MAX_ITEMS = 256
+MAX_DRAIN = 64 << 20  # a body over MAX_BODY is read and dropped up to this size, so its sender sees the 413
 READ_TIMEOUT_S = 15.0
+REQUEST_DEADLINE_S = 30.0
+MAX_CONNECTIONS = 64
 CLAMPED = ("timeout_s", "cpu_s", "memory_mb", "file_mb", "max_procs", "output_bytes")
 
 
@@ -53,9 +64,18 @@ def _text(value: Any, where: str) -> str:
 
 
 def _source(item: Any, where: str) -> tuple[str, str]:
+    """(code, tests) of one item: tests that are text and compile (the caller's to fix: 400); code that is a
+    string (anything else about it is the candidate's verdict)."""
     if not isinstance(item, dict):
         raise BadRequest(f"{where}: expected an object with string fields 'code' and 'tests'")
-    return _text(item.get("code"), f"{where}.code"), _text(item.get("tests"), f"{where}.tests")
+    code = item.get("code")
+    if not isinstance(code, str):
+        raise BadRequest(f"{where}.code: expected a string")
+    tests = _text(item.get("tests"), f"{where}.tests")
+    compiled = find_tests(tests)
+    if isinstance(compiled, str):
+        raise BadRequest(f"{where}.tests: {compiled}")
+    return code, tests
 
 
 def clamp(requested: Limits, maximum: Limits) -> Limits:
@@ -87,14 +107,33 @@ class SandboxServer(ThreadingHTTPServer):
         max_concurrent: int | None = None,
         read_timeout_s: float = READ_TIMEOUT_S,
         repos: Any = None,
+        request_deadline_s: float = REQUEST_DEADLINE_S,
+        max_connections: int = MAX_CONNECTIONS,
     ):
         super().__init__(address, _Handler)
         self.read_timeout_s = read_timeout_s
+        self.request_deadline_s = request_deadline_s
+        self.connections = threading.BoundedSemaphore(max_connections)
         self.executor = executor
         self.repos = repos  # a SdistStore (agentq.sandbox.repo) when this server serves repository runs
         self.token = token
         self.max_limits = max_limits or executor.limits
         self.slots = threading.BoundedSemaphore(max_concurrent or 2 * executor.workers)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, up to `max_connections`; beyond that, 503 and close at once."""
+        if not self.connections.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
 
 
 class JsonHandler(BaseHTTPRequestHandler):
@@ -124,7 +163,24 @@ class _Handler(JsonHandler):
         self.timeout = self.server.read_timeout_s  # every read: half-open connections do not pile up
         super().setup()
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def handle_one_request(self) -> None:
+        """One request, read whole before its deadline: past it, the connection is shut (a trickling client)."""
+        self.reading = True
+        timer = threading.Timer(self.server.request_deadline_s, self._deadline_passed)
+        timer.daemon = True
+        timer.start()
+        try:
+            super().handle_one_request()
+        finally:
+            timer.cancel()
+
+    def _deadline_passed(self) -> None:
+        if self.reading:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _get(self) -> None:
         if self.path == "/healthz":
             executor = self.server.executor
             self._answer(HTTPStatus.OK, {"ok": True, "workers": executor.workers, "isolation": executor.isolation,
@@ -138,6 +194,10 @@ class _Handler(JsonHandler):
         sent = self.headers.get("Authorization", "")
         return hmac.compare_digest(sent.encode(), f"Bearer {self.server.token}".encode())
 
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.reading = False
+        self._get()
+
     def do_POST(self) -> None:  # noqa: N802
         if not self._authorised():
             wanted = f"missing or wrong token (Authorization: Bearer ${TOKEN_ENV})"
@@ -146,52 +206,86 @@ class _Handler(JsonHandler):
         if self.headers.get_content_type() != "application/json":
             self._answer(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "Content-Type must be application/json"})
             return
+        if self.path not in ("/run", "/run_many", "/run_repo"):
+            self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
+            return
+        try:
+            raw = self._body()
+        except (TimeoutError, OSError):
+            self.close_connection = True  # the client stopped sending: drop it, nobody is listening for an answer
+            return
+        if raw is None:
+            return
+        self.reading = False
+        try:
+            work = self._parse(raw)
+        except BadRequest as err:
+            self._answer(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+            return
         if not self.server.slots.acquire(blocking=False):
             self._answer(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many requests at once; retry"})
             return
         try:
-            self._post()
-        finally:
-            self.server.slots.release()
-
-    def _post(self) -> None:
-        try:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = 0
-            if not 0 < length <= MAX_BODY:
-                raise BadRequest(f"body must be 1..{MAX_BODY} bytes of JSON with a Content-Length")
-            try:
-                body = json.loads(self.rfile.read(length))
-            except (ValueError, RecursionError) as err:
-                raise BadRequest(f"body is not JSON: {err}") from None
-            if not isinstance(body, dict):
-                raise BadRequest("body must be a JSON object")
-            executor = self.server.executor
-            limits = _limits(body, self.server.max_limits)
-            if self.path == "/run":
-                code, tests = _source(body, "body")
-                self._answer(HTTPStatus.OK, executor.run(code, tests, limits).model_dump(mode="json"))
-            elif self.path == "/run_many":
-                items = body.get("items")
-                if not isinstance(items, list) or len(items) > MAX_ITEMS:
-                    raise BadRequest(f"body.items: expected a list of at most {MAX_ITEMS}")
-                jobs = [(*_source(item, f"items[{i}]"), _limits(item, self.server.max_limits) if
-                         isinstance(item, dict) and item.get("limits") is not None else limits)
-                        for i, item in enumerate(items)]
-                verdicts = executor.run_many(jobs)
-                self._answer(HTTPStatus.OK, {"verdicts": [v.model_dump(mode="json") for v in verdicts]})
-            elif self.path == "/run_repo":
-                self._answer(HTTPStatus.OK, {"verdicts": self._run_repo(body)})
-            else:
-                self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
-        except TimeoutError:
-            self.close_connection = True  # the client stopped sending: drop it, nobody is listening for an answer
+            self._answer(HTTPStatus.OK, work())
         except BadRequest as err:
             self._answer(HTTPStatus.BAD_REQUEST, {"error": str(err)})
         except Exception as err:  # noqa: BLE001 - the client retries 5xx
             self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(err).__name__}: {err}"})
+        finally:
+            self.server.slots.release()
+
+    def _body(self) -> bytes | None:
+        """The whole body, or None once a 4xx about its length has been answered."""
+        header = self.headers.get("Content-Length")
+        if header is None:
+            self._answer(HTTPStatus.LENGTH_REQUIRED, {"error": f"a Content-Length of 1..{MAX_BODY} bytes is needed"})
+            return None
+        try:
+            length = int(header)
+        except ValueError:
+            length = -1
+        if length > MAX_BODY:
+            self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                         {"error": f"body of {length} bytes; this server reads at most {MAX_BODY} (send fewer items)"})
+            self._drop(min(length, MAX_DRAIN))
+            return None
+        if length <= 0:
+            self._answer(HTTPStatus.BAD_REQUEST, {"error": f"body must be 1..{MAX_BODY} bytes of JSON"})
+            return None
+        return self.rfile.read(length)
+
+    def _drop(self, length: int) -> None:
+        """Read and discard what the client is still sending (within the request's deadline), so it can finish
+        sending and read the answer instead of failing on a broken pipe."""
+        with contextlib.suppress(OSError, TimeoutError):
+            while length > 0:
+                chunk = self.rfile.read(min(length, 1 << 16))
+                if not chunk:
+                    break
+                length -= len(chunk)
+
+    def _parse(self, raw: bytes) -> Callable[[], Any]:
+        """Check the whole request before it takes a slot; what runs it, once it has one."""
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as err:
+            raise BadRequest(f"body is not JSON: {err}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object")
+        executor = self.server.executor
+        limits = _limits(body, self.server.max_limits)
+        if self.path == "/run":
+            code, tests = _source(body, "body")
+            return lambda: executor.run(code, tests, limits).model_dump(mode="json")
+        if self.path == "/run_many":
+            items = body.get("items")
+            if not isinstance(items, list) or len(items) > MAX_ITEMS:
+                raise BadRequest(f"body.items: expected a list of at most {MAX_ITEMS}")
+            jobs = [(*_source(item, f"items[{i}]"), _limits(item, self.server.max_limits) if
+                     isinstance(item, dict) and item.get("limits") is not None else limits)
+                    for i, item in enumerate(items)]
+            return lambda: {"verdicts": [v.model_dump(mode="json") for v in executor.run_many(jobs)]}
+        return lambda: {"verdicts": self._run_repo(body)}
 
 
     def _run_repo(self, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 Status = Literal["passed", "failed", "error", "timeout", "memory", "killed", "parse_error"]
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def safe_text(text: str) -> str:
+    """`text` as it may enter JSON, a prompt or a tokenizer: a lone surrogate (a candidate can raise, print or
+    answer one, and it makes `str.encode` fail wherever the text goes next) becomes U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, list):
+        return [_safe(v) for v in value]
+    return value
 
 
 class TestResult(BaseModel):
@@ -15,6 +31,8 @@ class TestResult(BaseModel):
     name: str
     passed: bool
     message: str = ""
+
+    _text = field_validator("name", "message", mode="before")(lambda v: _safe(v))
 
 
 class Verdict(BaseModel):
@@ -28,6 +46,11 @@ class Verdict(BaseModel):
     cpu_s: float | None = Field(None, description="CPU seconds of the candidate's process tree, where a cgroup "
                                 "meters them (None: not measured).")
     isolation: list[str] = Field(default_factory=list, description="Isolation that had to be weakened.")
+    profile: str = Field("", description="The isolation profile the run had: root (distinct uids, cgroups), "
+                         "userns (a non-root pod's user-namespace jail), none (weak isolation, allowed).")
+
+    # Everything a candidate can put into a verdict is made safe here, for local and remote verdicts alike.
+    _text = field_validator("message", "stdout_tail", "stderr_tail", "isolation", mode="before")(lambda v: _safe(v))
 
     @property
     def passed(self) -> bool:

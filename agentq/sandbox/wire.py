@@ -58,6 +58,42 @@ def recv(sock: socket.socket, limit: int = MAX_MESSAGE) -> Any:
         raise ProtocolError(f"malformed message: {err}") from None
 
 
+class Framed:
+    """Length-prefixed JSON messages on a stream socket, read through a buffer: a call between the test process
+    and the candidate is one small message each way, which one recv then usually holds whole (reading the
+    4-byte length and the body apart cost a second system call per message)."""
+
+    _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+    def __init__(self, sock: socket.socket, limit: int = MAX_MESSAGE) -> None:
+        self.sock, self.limit = sock, limit
+        self.buf = bytearray()
+
+    def send(self, obj: Any) -> None:
+        data = self._dumps(obj).encode()
+        self.sock.sendall(len(data).to_bytes(4, "big") + data)
+
+    def _fill(self, need: int) -> None:
+        while len(self.buf) < need:
+            chunk = self.sock.recv(max(65536, need - len(self.buf)))
+            if not chunk:
+                raise EOFError("connection closed")
+            self.buf += chunk
+
+    def recv(self) -> Any:
+        self._fill(4)
+        n = int.from_bytes(self.buf[:4], "big")
+        if n > self.limit:
+            raise ProtocolError(f"message of {n} bytes exceeds the {self.limit}-byte limit")
+        self._fill(4 + n)
+        body = bytes(self.buf[4 : 4 + n])
+        del self.buf[: 4 + n]
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as err:
+            raise ProtocolError(f"malformed message: {err}") from None
+
+
 class Codec:
     """Encode/decode plain data; `to_ref`/`from_ref` decide what a handle means on this side."""
 

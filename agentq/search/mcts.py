@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from agentq.config import CollectSpec, EvaluateSpec, RoundSpec
 from agentq.policy.base import Policy, Request, Sample, spent
-from agentq.sandbox.verdict import Verdict
+from agentq.sandbox.verdict import Verdict, safe_text
 from agentq.search.critique import NEUTRAL_Q, Critique, CritiqueGate, critique_requests, read_critique
 from agentq.search.problems import Problem, problem_for
 from agentq.tasks.schema import AnyTask
@@ -247,9 +247,10 @@ class Search:
         self.stats.samples += len(samples)
         children = []
         for sample in samples:
-            reading = self.problem.read(sample.text)
+            text = safe_text(sample.text)  # the answer goes on into prompts, JSON and the trainer's tokenizer
+            reading = self.problem.read(text)
             node = Node(id=len(self.nodes), parent=leaf.id, depth=leaf.depth + 1, prompt=request.prompt.messages,
-                        completion=sample.text, code=reading.code, verdict=reading.verdict,
+                        completion=text, code=reading.code, verdict=reading.verdict,
                         category=reading.category, feedback=reading.feedback, batch=self.stats.rollouts)
             self.nodes.append(node)
             leaf.children.append(node.id)

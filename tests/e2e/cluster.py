@@ -509,6 +509,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             raise RuntimeError(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
         return done
 
+    def restart_apiserver(self, down_s: float) -> None:
+        """Stop the API server (SIGTERM, as a control-plane upgrade does), keep it away `down_s` seconds and
+        start it again with the same command line; returns once it serves. Everything else keeps running: the
+        kubelet its pods, the controllers and the operator their (broken) watches."""
+        pid = self.state.pids["kube-apiserver"]
+        cmd = [part.decode() for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if part]
+        self._stop("kube-apiserver")
+        time.sleep(down_s)
+        with open(self.logs / "kube-apiserver.log", "ab") as out:  # the lock stays held by the other daemons
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.state.pids["kube-apiserver"] = proc.pid
+        self.state.save()
+        self._wait("kube-apiserver", lambda: self.kubectl("get", "--raw", "/readyz").returncode == 0, 120, proc)
+
     def helm(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         cmd = [str(Path(self.state.bins) / "helm"), f"--kubeconfig={self.state.kubeconfig}", *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

@@ -122,10 +122,14 @@ def sandbox_isolation(ctx: Context) -> dict:
     if verdict["status"] != "passed":
         raise ScenarioFailed(f"the candidate was not contained: {verdict['status']}: {verdict['message']} "
                              f"{verdict['tests']}")
+    if verdict.get("profile") != "userns":
+        # the chart's bubblewrap mode must give full isolation (the executor's userns profile), never a weak run
+        raise ScenarioFailed(f"the candidate ran under isolation profile {verdict.get('profile')!r}, not 'userns': "
+                             f"{verdict['isolation']}")
     if listener.accepted != control_accepts or control_accepts != 1:
         raise ScenarioFailed(f"the node listener saw {listener.accepted} connections ({control_accepts} expected "
                              "from the pod itself, none from the candidate)")
     return {"targets": {label: f"{host}:{port}" for label, host, port in targets},
             "from_the_pod": control, "candidate_verdict": verdict["status"],
-            "candidate_tests": {t["name"]: t["passed"] for t in verdict["tests"]},
+            "candidate_tests": {t["name"]: t["passed"] for t in verdict["tests"]}, "profile": verdict["profile"],
             "isolation_notes": verdict["isolation"], "server_isolation": seen["health"].get("isolation")}
