@@ -30,10 +30,10 @@ LAYOUTS = {
     # one module at the top of the tree, tests beside it in tests/
     "onemodule": {"onemodule.py": CODE, "tests/test_onemodule.py": suite_for("onemodule"),
                   "setup.py": "from setuptools import setup\nsetup(name='onemodule', py_modules=['onemodule'])\n"},
-    # the suite is found only through pytest's configuration: checks/check_*.py
+    # the suite is found only through pytest's configuration: checks/check_*.py; every warning an error (click)
     "declared": {"declared/__init__.py": CODE, "checks/check_declared.py": suite_for("declared"),
                  "pyproject.toml": '[tool.pytest.ini_options]\ntestpaths = ["checks"]\n'
-                                   'python_files = ["check_*.py"]\n'},
+                                   'python_files = ["check_*.py"]\nfilterwarnings = ["error"]\n'},
     # src layout
     "srclayout": {"src/srclayout/__init__.py": "from srclayout.core import clamp, total\n",
                   "src/srclayout/core.py": CODE, "tests/test_core.py": suite_for("srclayout")},

@@ -357,7 +357,11 @@ class RepoSandbox:
             config_arg = f"{SPEC_MOUNT if self.bwrap is not None else spec_dir}/pytest.ini"
         (spec_dir / "args.txt").write_text("\n".join(node_args) + "\n")
         spec_path = SPEC_MOUNT if self.bwrap is not None else str(spec_dir)
-        args = ["-q", "-p", "no:cacheprovider", *(arg for name in plugins for arg in ("-p", name)),
+        # The boot script imports the plugins before pytest sees `-p` (so none comes from the tree); pytest then
+        # warns that it cannot rewrite their asserts, and a suite with `filterwarnings = error` (click's) would
+        # stop on that warning before collecting anything.
+        args = ["-q", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestAssertRewriteWarning",
+                *(arg for name in plugins for arg in ("-p", name)),
                 f"--timeout={self.limits.per_test_s}", f"--rootdir={tree}", f"--confcutdir={tree}", "-c", config_arg,
                 f"@{spec_path}/args.txt"]
         roots = [f"{tree}/{p}".rstrip("/.") or tree for p in python_path(work)]
