@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Every package of the venv, pinned with hashes; `make lock` rewrites it from pyproject.toml (scripts/lock.py).
 LOCK := requirements.lock
-# Re-install when the lock or this recipe changes.
-STAMP := $(VENV)/.installed-$(shell cat $(LOCK) Makefile | sha256sum | cut -c1-12)
+# swebench's grading code without its dependencies (see the file), apart from the lock: .venv/swebench.
+SWEBENCH_REQ := images/swebench-grader/requirements.txt
+# Re-install when the lock, the swebench pins or this recipe changes.
+STAMP := $(VENV)/.installed-$(shell cat $(LOCK) $(SWEBENCH_REQ) Makefile | sha256sum | cut -c1-12)
 # The installer is the lock's own uv, so set-up needs nothing but Python and pip to begin with.
 UV_PIN := $(shell grep -m1 -o '^uv==[^ ]*' $(LOCK))
 # The lock pins the CPU build of torch (torch==2.13.0+cpu), never the CUDA wheels PyPI serves: uv takes it
@@ -25,7 +27,7 @@ system:
 	@command -v bwrap >/dev/null && test -x /usr/bin/chromium || \
 		{ apt-get update -q && apt-get install -y -q bubblewrap chromium; }
 
-$(STAMP): $(LOCK)
+$(STAMP): $(LOCK) $(SWEBENCH_REQ)
 	# Debian's own python3 ships venv separately (python3-venv); install it when it is missing.
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); apt-get update -q && apt-get install -y -q python3-venv \
 		&& $(PYTHON) -m venv $(VENV); }
@@ -34,6 +36,10 @@ $(STAMP): $(LOCK)
 	$(BIN)/uv pip sync -q --python $(BIN)/python --require-hashes $(LOCK)
 	# The project itself, with the lock's setuptools and no dependency resolution.
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
+	# The grader image's swebench, pinned with hashes, for tests/test_swebench.py's grading tests (not on sys.path
+	# otherwise: the tests add it).
+	rm -rf $(VENV)/swebench && $(BIN)/uv pip install -q --python $(BIN)/python --no-deps --require-hashes \
+		--target $(VENV)/swebench -r $(SWEBENCH_REQ)
 	rm -f $(VENV)/.installed-* && touch $@
 
 # Refresh the lock after a change to pyproject.toml's dependencies (tests/test_lock.py fails until then);

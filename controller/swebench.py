@@ -58,9 +58,12 @@ PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "Inval
 # swebench.harness.constants: the markers its grader looks for in the log.
 APPLY_PATCH_FAIL = ">>>>> Patch Apply Failed"
 APPLY_PATCH_PASS = ">>>>> Applied Patch"
+# An empty patch (validation's "the instance as it is": its F2P tests must fail) has nothing to apply and runs.
 RUN_SCRIPT = f"""set -u
 cd /testbed
-if git apply --verbose --reject {PATCH_DIR}/patch.diff > {RESULTS_DIR}/apply.txt 2>&1 \\
+if ! grep -q '[^[:space:]]' {PATCH_DIR}/patch.diff; then
+  echo "{APPLY_PATCH_PASS}" > {LOG_FILE}
+elif git apply --verbose --reject {PATCH_DIR}/patch.diff > {RESULTS_DIR}/apply.txt 2>&1 \\
    || patch --batch --fuzz=5 -p1 -i {PATCH_DIR}/patch.diff >> {RESULTS_DIR}/apply.txt 2>&1; then
   echo "{APPLY_PATCH_PASS}" > {LOG_FILE}
 else
@@ -152,31 +155,34 @@ def _swebench(module: str) -> types.ModuleType:
 
 
 def complete(instance: dict[str, Any], template: str = IMAGE_TEMPLATE) -> dict[str, Any]:
-    """The row with what a run needs: the image by the template when absent, the evaluation script, log parser
-    and evaluation type from swebench's `make_test_spec` when absent and swebench can build them."""
+    """The row with what a run needs: the image by the template when absent, and where swebench is importable
+    (the grader image) the evaluation script as swebench's harness runs it (`make_test_spec(...).eval_script`:
+    the row's script plus the line recording the test command's exit status, which grading cross-checks), and
+    the log parser and evaluation type when absent."""
     row = {**instance, "image": instance.get("image") or image_name(instance["instance_id"], template)}
-    if not runnable(row):
-        return row
     try:
-        spec = _swebench("swebench.harness.utils").make_test_spec(
-            {**row, "FAIL_TO_PASS": json.dumps(row["FAIL_TO_PASS"]), "PASS_TO_PASS": json.dumps(row["PASS_TO_PASS"])})
+        spec = test_spec(row)
     except (ConfigError, ImportError, KeyError, ValueError) as err:
+        if not runnable(row):
+            return row
         raise ConfigError(f"swebench instance {row['instance_id']}: missing {', '.join(runnable(row))}, and "
                           f"swebench cannot make them here ({type(err).__name__}: {err})") from None
-    made = {"eval_script": spec.eval_script, "log_parser": spec.log_parser, "eval_type": spec.eval_type}
-    return {**row, **{k: v for k, v in made.items() if not row.get(k)}}
+    made = {"log_parser": spec.log_parser, "eval_type": spec.eval_type}
+    return {**row, **{k: v for k, v in made.items() if not row.get(k)}, "eval_script": spec.eval_script}
+
+
+def test_spec(row: dict[str, Any]) -> Any:
+    """swebench's TestSpec for a row (`swebench.harness.utils.make_test_spec`, what its own harness builds)."""
+    return _swebench("swebench.harness.utils").make_test_spec(
+        {**row, "FAIL_TO_PASS": json.dumps(row["FAIL_TO_PASS"]), "PASS_TO_PASS": json.dumps(row["PASS_TO_PASS"])})
 
 
 def grade(instance: dict[str, Any], log_path: str, patch: str) -> dict[str, Any]:
     """SWE-bench's own report for one run: `swebench.harness.grading.get_eval_report` on the instance's TestSpec."""
     grading = _swebench("swebench.harness.grading")
-    test_spec = _swebench("swebench.types").TestSpec(
-        instance_id=instance["instance_id"], image=instance["image"],
-        eval_script_list=instance["eval_script"].splitlines(), repo=instance["repo"], version=instance["version"],
-        FAIL_TO_PASS=list(instance["FAIL_TO_PASS"]), PASS_TO_PASS=list(instance["PASS_TO_PASS"]),
-        log_parser=instance["log_parser"], eval_type=instance["eval_type"])
     prediction = {"instance_id": instance["instance_id"], "model_name_or_path": "agentq", "model_patch": patch}
-    return grading.get_eval_report(test_spec, prediction, log_path, include_tests_status=True)[instance["instance_id"]]
+    return grading.get_eval_report(test_spec(instance), prediction, log_path,
+                                   include_tests_status=True)[instance["instance_id"]]
 
 
 def verdict(instance: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
@@ -215,21 +221,29 @@ class JobRunner:
     """Runs patches against instances as Jobs in one namespace and reads back the grader's report."""
 
     def __init__(self, api: Any, namespace: str, grader_image: str, image_template: str = IMAGE_TEMPLATE,
-                 eval_timeout_s: int = 1800, poll_s: float = 2.0) -> None:
+                 eval_timeout_s: int = 1800, poll_s: float = 2.0, memory: str = "8Gi", cpu: str = "2") -> None:
         from kubernetes import client
 
         self.batch, self.core = client.BatchV1Api(api), client.CoreV1Api(api)
         self.namespace, self.grader_image, self.template = namespace, grader_image, image_template
-        self.eval_timeout_s, self.poll_s = eval_timeout_s, poll_s
+        self.eval_timeout_s, self.poll_s, self.memory, self.cpu = eval_timeout_s, poll_s, memory, cpu
 
-    def run(self, instance: dict[str, Any], patch: str) -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
-
+    def run(self, instance: dict[str, Any], patches: list[str]) -> list[dict[str, Any]]:
+        """A verdict per patch. Every patch's Job is created first, so the cluster runs them side by side (the
+        fan-out), then each is waited for."""
         try:
             row = complete(instance, self.template)
         except ConfigError as err:
-            return failed_run(instance, str(err))
-        manifest = job(row, patch, self.namespace, self.grader_image, self.eval_timeout_s)
+            return [failed_run(instance, str(err)) for _ in patches]
+        started = [self._submit(row, patch) for patch in patches]
+        return [name if isinstance(name, dict) else self._wait(row, name) for name in started]
+
+    def _submit(self, row: dict[str, Any], patch: str) -> str | dict[str, Any]:
+        """The Job's name once it exists (created now, or by an earlier request for the same patch), else the
+        failed verdict."""
+        from kubernetes.client.exceptions import ApiException
+
+        manifest = job(row, patch, self.namespace, self.grader_image, self.eval_timeout_s, self.memory, self.cpu)
         name = manifest["metadata"]["name"]
         try:
             created = self.batch.create_namespaced_job(self.namespace, manifest)
@@ -240,7 +254,7 @@ class JobRunner:
         except ApiException as err:
             if err.status != 409:  # 409: this patch already ran (or runs) for this instance: read it back
                 return failed_run(row, f"the cluster refused the Job {name}: {err.reason}")
-        return self._wait(row, name)
+        return name
 
     def _wait(self, row: dict[str, Any], name: str) -> dict[str, Any]:
         deadline = time.monotonic() + self.eval_timeout_s + 600
@@ -276,8 +290,7 @@ class JobRunner:
         return "no container reported a reason"
 
     def run_task(self, task: dict[str, Any], patches: list[str]) -> list[dict[str, Any]]:
-        row = instance_row(task)
-        return [self.run(row, patch) for patch in patches]
+        return self.run(instance_row(task), patches)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -345,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--image-template", default=IMAGE_TEMPLATE,
                    help="instance images for rows without `image`; {id} is SWE-bench's docker-safe instance id")
     v.add_argument("--eval-timeout", type=int, default=1800, help="seconds for one instance's evaluation script")
+    v.add_argument("--cpu", default="2", help="CPU an instance's run container requests")
+    v.add_argument("--memory", default="8Gi", help="memory an instance's run container requests and is limited to")
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8081)
     v.add_argument("--workers", type=int, default=4, help="Jobs a client may keep in flight (what /healthz says)")
@@ -356,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         token = os.environ.get(TOKEN_ENV)
         if not token and args.host not in ("127.0.0.1", "localhost"):
             parser.error(f"serving on {args.host} needs a token ({TOKEN_ENV}): whoever reaches the port runs Jobs")
-        runner = JobRunner(load_config(), args.namespace, args.grader_image, args.image_template, args.eval_timeout)
+        runner = JobRunner(load_config(), args.namespace, args.grader_image, args.image_template, args.eval_timeout,
+                           memory=args.memory, cpu=args.cpu)
         server = SwebenchServer((args.host, args.port), runner, token, args.workers)
         print(f"swebench runner on http://{args.host}:{server.server_address[1]} (namespace {args.namespace})",
               flush=True)

@@ -30,10 +30,10 @@ LAYOUTS = {
     # one module at the top of the tree, tests beside it in tests/
     "onemodule": {"onemodule.py": CODE, "tests/test_onemodule.py": suite_for("onemodule"),
                   "setup.py": "from setuptools import setup\nsetup(name='onemodule', py_modules=['onemodule'])\n"},
-    # the suite is found only through pytest's configuration: checks/check_*.py
+    # the suite is found only through pytest's configuration: checks/check_*.py; every warning an error (click)
     "declared": {"declared/__init__.py": CODE, "checks/check_declared.py": suite_for("declared"),
                  "pyproject.toml": '[tool.pytest.ini_options]\ntestpaths = ["checks"]\n'
-                                   'python_files = ["check_*.py"]\n'},
+                                   'python_files = ["check_*.py"]\nfilterwarnings = ["error"]\n'},
     # src layout
     "srclayout": {"src/srclayout/__init__.py": "from srclayout.core import clamp, total\n",
                   "src/srclayout/core.py": CODE, "tests/test_core.py": suite_for("srclayout")},
@@ -150,6 +150,39 @@ def test_a_task_whose_subset_fails_on_the_original_tree_is_dropped(checklib):
     # it fails on the mutant twice and keeps its P2P tests, but alone with them on the original tree it fails too
     assert outcome.result == "subset_fails_on_original", outcome
     assert set(outcome.phases) >= {"detect", "recheck", "original"}
+
+
+def test_mutants_caught_by_the_same_tests_share_one_run_on_the_original_tree(checklib, monkeypatch):
+    """Each kept mutant still gets all three checks, but the original tree (which never changes) runs a given
+    subset once; the runs read the library's warm bytecode cache."""
+    base = checklib.baseline()
+    checklib.warm(base)
+    assert any(checklib.pycache.rglob("memo.*.pyc"))
+    source = (checklib.pristine / "checklib/memo.py").read_text()
+    runs: list[list[str]] = []
+    monkeypatch.setattr(checklib, "_original", {})  # what earlier tests on this library ran on the original tree
+    real = checklib._run
+    monkeypatch.setattr(checklib, "_run", lambda b, tree, tests, maxfail=None: runs.append(list(tests))
+                        or real(b, tree, tests, maxfail))
+    outcomes = [checklib.run_mutant(base, [("checklib/memo.py", m)], m.operator)
+                for m in mutations(source) if m.function == "cube"]
+    kept = [o for o in outcomes if o.result == "kept"]
+    assert len(kept) >= 2, outcomes
+    subsets = {tuple(o.task["fail_to_pass"] + o.task["pass_to_pass"]) for o in kept}
+    assert len(subsets) == 1 and all(set(o.phases) >= {"detect", "recheck", "original"} for o in kept)
+    # per kept mutant one run of the subset on the mutant, plus one on the original tree for all of them
+    assert sum(tuple(r) in subsets for r in runs) == len(kept) + 1
+
+
+def test_a_sandbox_that_cannot_run_pytest_stops_the_build_before_any_mutant(checklib, monkeypatch, tmp_path):
+    from agentq.sandbox.repo import RunReport
+
+    broken = RunReport({}, None, 0, "crashed", 0.1, "bwrap: Can't find source path x: No such file or directory", [])
+    monkeypatch.setattr(checklib, "pycache", tmp_path / "fresh.pycache")
+    monkeypatch.setattr(checklib.sandbox, "warm_pycache", lambda *a: broken)
+    with pytest.raises(SystemExit, match="checklib-0.1: pytest did not finish .* bwrap: Can't find source path"):
+        checklib.warm(checklib.baseline())
+    assert not (tmp_path / "fresh.pycache").exists()
 
 
 class Writer(BatchPolicy):

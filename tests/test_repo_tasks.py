@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agentq.cli import main as cli_main
-from agentq.sandbox.repo import RepoExecutor, changed_paths, is_test_path
+from agentq.sandbox.repo import RepoExecutor, changed_paths, copy_tree, is_test_path, needed_plugins, passed
 from agentq.tasks.mutate import OPERATORS, mutations
 from agentq.tasks.repos import issue_text, leaks
 from agentq.tasks.schema import RepoTask, Task, TaskFileError, read_tasks
@@ -271,6 +272,21 @@ def test_test_paths_and_patch_paths():
     assert changed_paths(EDIT_TESTS) == ["tests/test_minilib.py", "tests/conftest.py"]
 
 
+def test_a_suite_gets_the_plugins_pytest_reads_it_using(tmp_path):
+    """pytest-cov is loaded for `--cov` in pytest's own section, not for a tox command, a dependency list or
+    "pragma: no cover" (each cost seconds a run); hypothesis for a test module that imports it."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text("def f():  # pragma: no cover\n    pass\n")
+    (tmp_path / "tox.ini").write_text("[testenv]\ncommands = pytest --cov=pkg\n[pytest]\naddopts = -ra\n")
+    (tmp_path / "pyproject.toml").write_text('[project]\ndependencies = ["pytest-cov"]\n')
+    assert needed_plugins(tmp_path) == ["pytest_timeout"]
+    uses = tmp_path / "uses"
+    (uses / "tests").mkdir(parents=True)
+    (uses / "tests" / "test_b.py").write_text("from hypothesis import given\n")
+    (uses / "setup.cfg").write_text("[tool:pytest]\naddopts = --cov=pkg\n[flake8]\nmax-line-length = 99\n")
+    assert set(needed_plugins(uses)) == {"pytest_timeout", "pytest_cov", "hypothesispytest"}
+
+
 def test_a_fix_resolves_and_the_buggy_tree_fails(minilib, executor):
     pristine = executor.pristine(minilib / "repos" / "minilib-0.1.tar.gz")
     fixed = executor.run(pristine, FIX, F2P, P2P, ["tests/"], base_patch=BUG)
@@ -303,6 +319,38 @@ def test_a_patch_reaching_for_pytest_is_refused(minilib, executor):
     forge = FIX.replace("+    if x < lo:", "+    if x < lo:\n+        import _pytest")
     verdict = executor.run(pristine, forge, F2P, P2P, ["tests/"], base_patch=BUG)
     assert verdict.patch_status == "refused" and verdict.reward == 0.0
+
+
+def test_a_warm_bytecode_cache_never_serves_a_changed_module_and_no_run_writes_it(minilib, executor, tmp_path,
+                                                                                   monkeypatch):
+    """The build's bytecode cache (warm_pycache): filled once, read by every run. A mutant of the same size with
+    the original's mtime (what would fool a timestamp pyc) still runs as mutated; a run cannot write the cache.
+    The cache's path may be relative (the build's default: beside --out)."""
+    sandbox = executor.sandbox
+    monkeypatch.chdir(tmp_path)
+    work, cache = tmp_path / "work", Path("pyc")
+    work.mkdir()
+    cache.mkdir()
+    copy_tree(executor.pristine(minilib / "repos" / "minilib-0.1.tar.gz"), work)
+    sandbox.warm_pycache(work, cache, ["minilib/__init__.py"], ["tests/"])
+    names = {p.name for p in cache.rglob("*.pyc")}
+    assert {n.split(".")[0] for n in names} >= {"__init__", "test_minilib"}, names
+    assert any("pytest" in n for n in names)  # pytest's rewritten test module, too
+    assert all(passed(o) for o, _ in sandbox.run(work, F2P + P2P, pycache=cache).outcomes.values())
+    lib = work / "minilib" / "__init__.py"
+    before = lib.stat()
+    lib.write_text(MINILIB.replace("if x < lo", "if x > lo"))
+    os.utime(lib, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert lib.stat().st_size == before.st_size
+    report = sandbox.run(work, F2P + P2P, pycache=cache)
+    assert {n for n, (o, _) in report.outcomes.items() if not passed(o)} == set(F2P)
+    if sandbox.bwrap is not None:
+        (work / "tests" / "test_write.py").write_text(
+            "import os, pathlib\n\ndef test_write():\n"
+            "    pathlib.Path(os.environ['PYTHONPYCACHEPREFIX'], 'planted.pyc').write_text('x')\n")
+        report = sandbox.run(work, ["tests/test_write.py"], pycache=cache)
+        assert report.outcomes["tests/test_write.py::test_write"][0] == "failed"
+        assert not (cache / "planted.pyc").exists()
 
 
 # --- build + validate ----------------------------------------------------------------------------------------

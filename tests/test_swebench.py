@@ -85,6 +85,7 @@ def load_row() -> dict:
 @pytest.mark.parametrize(("patch", "marker", "value"), [
     (PATCH, swebench.APPLY_PATCH_PASS, "2"),
     (PATCH.replace("-X = 1", "-X = 9"), swebench.APPLY_PATCH_FAIL, None),
+    ("", swebench.APPLY_PATCH_PASS, "1"),  # nothing to apply: the instance as it is (validation's buggy run)
 ])
 def test_the_run_script_applies_the_patch_and_logs_with_swebench_markers(tmp_path, patch, marker, value):
     testbed, agentq, results = tmp_path / "testbed", tmp_path / "agentq", tmp_path / "results"
@@ -105,10 +106,27 @@ def test_the_run_script_applies_the_patch_and_logs_with_swebench_markers(tmp_pat
         assert log[-1] == "agentq: eval script exit 0"
 
 
-def test_grading_uses_swebench(tmp_path):
-    """swebench's own grading code (the grader image installs it without the harness's Docker/Modal parts; here it
-    runs where the package is installed, `pip install --no-deps swebench==5.0.2 unidiff`)."""
-    pytest.importorskip("swebench")
+SWEBENCH_DIR = Path(sys.prefix) / "swebench"  # `make setup`: images/swebench-grader/requirements.txt, --no-deps
+
+
+@pytest.fixture
+def swebench_grading() -> None:
+    """swebench's grading code as the grader image has it: `make setup` installs the image's pins (no
+    dependencies) into .venv/swebench, outside the main lock. Missing under `make test` or in CI is a failure."""
+    import importlib.util
+    import os
+
+    if SWEBENCH_DIR.is_dir() and str(SWEBENCH_DIR) not in sys.path:
+        sys.path.append(str(SWEBENCH_DIR))
+    if importlib.util.find_spec("swebench") is None:
+        if os.environ.get("CI") or os.environ.get("AGENTQ_TESTENV_BIN"):
+            pytest.fail(f"swebench is not installed in {SWEBENCH_DIR} (make setup installs it)")
+        pytest.skip(f"swebench is not installed in {SWEBENCH_DIR}: run make setup")
+
+
+def test_grading_uses_swebench(tmp_path, swebench_grading):
+    """swebench's own grading code (the grader image installs it without the harness's Docker/Modal parts; here
+    from the same pins in .venv/swebench)."""
     log = tmp_path / "test_output.txt"
     log.write_text(f"{swebench.APPLY_PATCH_PASS}\n>>>>> Start Test Output\nPASSED tests/test_calc.py::test_x\n"
                    ">>>>> End Test Output\n")
@@ -123,6 +141,13 @@ def test_grading_uses_swebench(tmp_path):
     failed = swebench.verdict({**load_row(), **V5}, swebench.grade({**load_row(), **V5}, str(log), PATCH))
     assert (failed["status"], failed["patch_status"]) == ("error", "failed")
     assert not [m for m in sys.modules if m.split(".")[0] in ("docker", "modal")]  # the harness's other parts
+    # The script a Job runs is the one swebench's harness runs: it records the test command's exit status, and
+    # grading refuses a log whose tests "passed" under a failing exit status (e.g. a conftest printing PASSED).
+    script = swebench.complete({**load_row(), **V5})["eval_script"]
+    assert script.startswith("#!/bin/bash\nset -uxo pipefail\n") and ">>>>> Test Exit Code" in script
+    log.write_text(f"{swebench.APPLY_PATCH_PASS}\n>>>>> Start Test Output\nPASSED tests/test_calc.py::test_x\n"
+                   ">>>>> End Test Output\n>>>>> Test Exit Code: 1\n")
+    assert swebench.grade({**load_row(), **V5}, str(log), PATCH)["resolved"] is False
 
 
 def test_instance_images_follow_swebench_naming_or_a_template():
@@ -209,6 +234,30 @@ def test_evaluation_runs_a_patch_as_a_job_through_the_swebench_service(tmp_path,
         cm = core.read_namespaced_config_map(name, "swe")
         assert cm.data["patch.diff"] == PATCH and cm.metadata.owner_references[0].uid == job.metadata.uid
         assert RemoteExecutor(url).run_task(task, [PATCH])[0].resolved  # read back, not run again
+        # fan-out: one request's patches are all Jobs before the runner waits for the first one
+        two = [PATCH.replace("X = 2", "X = 3"), PATCH.replace("X = 2", "X = 4")]
+        seen_at_once = []
+
+        def kubelet_for_two() -> None:
+            """Runs nothing until both Jobs exist; after 10 s it runs whatever exists (a runner that waits for
+            each Job before making the next then finishes too, and the assertion below fails)."""
+            names, done = [swebench.resource_name("acme__calc-1", p) for p in two], set()
+            for step in range(600):
+                live = {j.metadata.name for j in batch.list_namespaced_job("swe").items} & set(names)
+                if live == set(names) and not done:
+                    seen_at_once.append(True)
+                for name in live - done if live == set(names) or step >= 200 else ():
+                    testenv.finish_job(api, "swe", name, succeeded=True, message=json.dumps(REPORT))
+                    done.add(name)
+                if len(done) == len(names):
+                    return
+                threading.Event().wait(0.05)
+
+        played = threading.Thread(target=kubelet_for_two)
+        played.start()
+        assert all(v.resolved for v in RemoteExecutor(url).run_task(task, two))
+        played.join()
+        assert seen_at_once == [True]
         # an instance image the cluster cannot pull
         other = PATCH.replace("X = 2", "X = 5")
         pending = threading.Thread(target=lambda: (

@@ -18,12 +18,18 @@ Mutation sites are taken only on lines some stable test executes. Each mutant is
    original, e.g. an order-dependent one, drops it).
 
 So every kept task passes `agentq tasks validate` by construction. The issue is written from run 1's pytest
-report (issues.py). Every finished mutant and library is appended to `<out>.progress.jsonl` with the time
-each run took, so a killed build resumes and the summary says where time goes. `--jobs N` runs N mutants at
-once (each worker its own scratch copy; the next library's baseline overlaps them); `--shard I --num-shards N`
-builds every N-th library into its own progress file (one pod of an Indexed Job each: controller/corpus.py),
-and a build without `--shard` over the same `--out` merges every shard's progress into the corpus, running
-only what no shard finished.
+report (issues.py), before runs 2 and 3 (a leaking issue drops the mutant). What keeps the runs cheap without
+skipping any: each library's bytecode cache (RepoSandbox.warm_pycache, read-only in every run) spares each run
+compiling the library and re-rewriting the tests' asserts; the P2P sample is seeded by the files and the tests
+that failed, so mutants caught by the same tests share a subset and run 3 happens once per distinct subset
+(the original tree never changes); runs 2 and 3 stop at the first failure that decides the drop.
+
+Every finished mutant and library is appended to `<out>.progress.jsonl` with the time each run took, so a
+killed build resumes and the summary says where time goes. `--jobs N` runs N mutants at once (each worker its
+own scratch copy; the next library's baseline overlaps them); `--shard I --num-shards N` builds every N-th
+library into its own progress file (one pod of an Indexed Job each: controller/corpus.py), and a build without
+`--shard` over the same `--out` merges every shard's progress into the corpus, running only what no shard
+finished.
 """
 
 from __future__ import annotations
@@ -184,8 +190,11 @@ class LibraryBuild:
         self.layout: Layout = detect(self.pristine)
         self.name, _, self.version = self.stem.rpartition("-")
         self.baseline_path = cache / f"{self.stem}.baseline.json"
+        self.pycache = cache / f"{self.stem}.pycache"
+        self._warm = False
         self._scratch: dict[int, Path] = {}
         self._lock = threading.Lock()
+        self._original: dict[str, bool] = {}  # a test subset -> whether it all passed on the original tree
         self.issue_policy = getattr(args, "issue_policy", None)
 
     def scratch(self) -> Path:
@@ -214,6 +223,32 @@ class LibraryBuild:
         base = measure_baseline(self.sandbox, self.pristine, self.scratch(), self.stem)
         atomic_write_json(self.baseline_path, asdict(base))
         return base
+
+    def warm(self, base: Baseline) -> None:
+        """The library's bytecode cache, filled once (RepoSandbox.warm_pycache): every later run reads it and
+        compiles only what a mutant changed. A cache for another interpreter or mount point is filled again.
+        The fill is a trusted run of the pristine suite's collection: if pytest did not get to its end there, the
+        sandbox itself is broken, and the build stops rather than record every mutant as crashed."""
+        stamp = self.pycache / ".warm"
+        key = json.dumps([sys.version, sys.prefix, self.sandbox.bwrap is not None])
+        if not (stamp.exists() and stamp.read_text() == key):
+            shutil.rmtree(self.pycache, ignore_errors=True)
+            fresh = Path(tempfile.mkdtemp(prefix=f".{self.pycache.name}-", dir=self.pycache.parent))
+            scratch = self.scratch()
+            try:
+                report = self.sandbox.warm_pycache(scratch, fresh, self.layout.source_files(self.pristine),
+                                                   base.test_target)
+            finally:
+                reset_scratch(scratch)
+            if report.exitstatus is None:
+                shutil.rmtree(fresh, ignore_errors=True)
+                why = (report.stderr_tail.strip().splitlines() or [report.status])[-1]
+                raise SystemExit(f"agentq tasks build: {self.stem}: pytest did not finish collecting the pristine "
+                                 f"suite in the sandbox ({report.status}): {why[:300]}")
+            (fresh / ".warm").write_text(key)
+            fresh.chmod(0o755)
+            fresh.rename(self.pycache)
+        self._warm = True
 
     def candidates(self, base: Baseline) -> Edits:
         """Mutation sites on covered lines, sampled round-robin over operators under the caps. Wrong-variable
@@ -283,9 +318,24 @@ class LibraryBuild:
         sandbox = RepoSandbox(limits, allow_weak_isolation=self.sandbox.bwrap is None)
         options = ["--timeout-method=thread", "--continue-on-collection-errors",
                    *([f"--maxfail={maxfail}"] if maxfail else [])]
-        report = sandbox.run(tree, [*options, *tests])
+        report = sandbox.run(tree, [*options, *tests], pycache=self.pycache if self._warm else None)
         git(tree, "clean", "-qfdx", "-e", "*.dist-info")  # what the run wrote; the tree's sources stay
         return report
+
+    def passes_on_original(self, base: Baseline, subset: list[str]) -> bool:
+        """Whether `subset`, in this order, all passes on the original tree: run once per distinct subset (the
+        original tree never changes; mutants caught by the same tests share their P2P sample, so their subsets
+        recur), stopping at the first failure."""
+        key = "\n".join(subset)
+        with self._lock:
+            if key in self._original:
+                return self._original[key]
+        report = self._run(base, self.scratch(), subset, maxfail=1)
+        green = (report.status == "finished" and not self.broken_collection(report)
+                 and all(passed(report.outcomes.get(n, ("missing", ""))[0]) for n in subset))
+        with self._lock:
+            self._original[key] = green
+        return green
 
     def run_mutant(self, base: Baseline, edits: Edits, operator: str) -> Outcome:
         started = time.monotonic()
@@ -336,12 +386,19 @@ class LibraryBuild:
             if len(failing) > self.args.max_failing:
                 return done("too_many_failures")
             files = sorted(by_file)
+            changed = [ln for _, m in edits for ln in (*m.old_lines, *m.new_lines)]
+            issue = issue_text(self.name, self.version, failing, first.tracebacks, changed, files + ["/repo"])
+            if issue is None:
+                return done("issue_leaks")
             pool = sorted({t for rel in files for lines in base.coverage.get(rel, {}).values() for t in lines}
                           - set(failing)) if base.coverage else sorted(set(base.stable) - set(failing))
-            p2p = sorted(random.Random(key).sample(pool, min(len(pool), self.args.max_p2p)))
+            # Seeded by what was caught, not by the mutant: mutants caught by the same tests get the same sample.
+            p2p = sorted(random.Random(json.dumps([files, sorted(failing)])).sample(pool, min(len(pool),
+                                                                                         self.args.max_p2p)))
             subset = [*sorted(failing), *p2p]  # the order `agentq tasks validate` runs them in
-            # 2. failing + P2P on the mutant: the same tests fail again, and every P2P test passes
-            second = timed("recheck", self._run, base, scratch, subset)
+            # 2. failing + P2P on the mutant: the same tests fail again, and every P2P test passes (the failing
+            # tests come first, so one failure more than they are ends the run: the mutant is dropped either way)
+            second = timed("recheck", self._run, base, scratch, subset, len(failing) + 1)
             if second.status != "finished" or self.broken_collection(second):
                 return done("timeout" if timed_out(second, self.args.test_timeout) else "flaky")
             again = {n for n in subset if not passed(second.outcomes.get(n, ("missing", ""))[0])}
@@ -352,14 +409,8 @@ class LibraryBuild:
         finally:
             reset_scratch(scratch)
         # 3. the same subset on the original tree: everything passes
-        original = timed("original", self._run, base, scratch, subset)
-        green = all(passed(original.outcomes.get(n, ("missing", ""))[0]) for n in subset)
-        if original.status != "finished" or self.broken_collection(original) or not green:
+        if not timed("original", self.passes_on_original, base, subset):
             return done("subset_fails_on_original")
-        changed = [ln for _, m in edits for ln in (*m.old_lines, *m.new_lines)]
-        issue = issue_text(self.name, self.version, failing, first.tracebacks, changed, files + ["/repo"])
-        if issue is None:
-            return done("issue_leaks")
         rel0, m0 = edits[0]
         task = RepoTask(
             task_id=f"{self.stem}__{operator}__{rel0}:{m0.start}__{key[:6]}",
@@ -524,6 +575,7 @@ def build(args: argparse.Namespace) -> int:
             libraries[stem] = {"stable_tests": len(base.stable), "suite_s": base.seconds, "sites_picked": len(picked),
                                "test_target": base.test_target, "started": lib_started}
             progress.say(f"{stem}: {len(base.stable)} stable tests, {len(picked)} mutants to try")
+            lib.warm(base)
             picked += lib.model_rewrites(base)
             pending[stem] = [(rel, m, pool.submit(_run_once, lib, base, [(rel, m)], m.operator, progress))
                              for rel, m in picked]
