@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import threading
 import time
@@ -27,6 +26,13 @@ BUGGY = MINILIB.replace("if x < lo:", "if x > lo:")  # the tree after the task's
 FIRST_LINE = MINILIB.splitlines()[0]  # where _prepend puts an attack
 NODES = [*F2P, *P2P]
 GIT_CONFIG = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n"
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory since it started (VmHWM). Not getrusage's ru_maxrss: Linux carries
+    that over from before exec, so a driver started by a large pytest process would report pytest's size."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) >> 10 for line in fh if line.startswith("VmHWM:"))
 
 
 def _new_file(path: str, text: str, mode: str = "100644") -> str:
@@ -220,7 +226,7 @@ def main() -> int:
             started = time.monotonic()
             (verdict,) = runner.run_task(task_record(), [patch])
             out[name] = {**_verdict(verdict), "seconds": round(time.monotonic() - started, 1),
-                         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10}
+                         "maxrss_mb": peak_rss_mb()}
         if args.mode == "local" and any(not wanted or name in wanted for name in IN_TREE):
             from agentq.sandbox.repo import copy_tree, remove_tree
 
