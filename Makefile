@@ -69,7 +69,7 @@ bench: setup
 test: setup
 	$(BIN)/ruff check agentq controller tests benchmarks scripts
 	# The operator tests need kube-apiserver, kube-controller-manager and etcd: built once, cached outside the repo (scripts/testenv.sh).
-	bins="$$(scripts/testenv.sh)" && AGENTQ_TESTENV_BIN="$$bins" $(BIN)/python -m pytest -q
+	bins="$$(scripts/testenv.sh)" && AGENTQ_TESTENV_BIN="$$bins" $(BIN)/python -m pytest -q -rs
 
 # The real single-node cluster's host parts (Debian packages by name, installed when missing): containerd + runc,
 # the CNI plugins, iptables (kube-proxy), dnsmasq (the cluster DNS), debootstrap + buildah (the images' local

@@ -25,7 +25,10 @@ read back, not run again; an instance image the cluster cannot pull fails the ru
 
 `swebench.harness`'s package `__init__` imports the harness's Docker, Modal and `datasets` parts; grading needs
 none of them, so the grading module is imported without it (`_swebench`) and the grader image installs
-`swebench` without those dependencies.
+`swebench` without those dependencies. `swebench.harness.utils` (where `make_test_spec` lives) imports
+`datasets`, `dotenv` and `tqdm` at the top for its dataset loaders and progress bars, which the TestSpec code
+never calls: where they are not installed (the grader image) they are stand-ins that refuse to be used, and
+`load_dotenv` (which would read a `.env` from the working directory into the environment) does nothing.
 """
 
 from __future__ import annotations
@@ -151,7 +154,29 @@ def _swebench(module: str) -> types.ModuleType:
         harness = types.ModuleType("swebench.harness")
         harness.__path__ = [str(Path(spec.origin).parent / "harness")]
         sys.modules["swebench.harness"] = harness
+        for name, attrs in UNUSED_IMPORTS.items():
+            try:  # utils imports these anyway where they are installed
+                importlib.import_module(name)
+            except ImportError:
+                sys.modules[name] = _stand_in(name, attrs)
     return importlib.import_module(module)
+
+
+# What `swebench.harness.utils` imports and grading never uses (see the docstring).
+UNUSED_IMPORTS = {"datasets": ("Dataset", "load_dataset", "load_from_disk"), "dotenv": ("load_dotenv",),
+                  "tqdm": ("tqdm",)}
+
+
+def _stand_in(name: str, attrs: tuple[str, ...]) -> types.ModuleType:
+    """A module whose names refuse to be called (but `load_dotenv`, which does nothing)."""
+    module = types.ModuleType(name)
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise ConfigError(f"{name} is not installed here: swebench's grading does not use it")
+
+    for attr in attrs:
+        setattr(module, attr, (lambda *_, **__: False) if attr == "load_dotenv" else refuse)
+    return module
 
 
 def complete(instance: dict[str, Any], template: str = IMAGE_TEMPLATE) -> dict[str, Any]:

@@ -327,3 +327,31 @@ def test_validate_says_a_swebench_task_was_not_checked_rather_than_invalid(tmp_p
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0] == "0/0 tasks valid" and out[1].startswith("1 SWE-bench task(s) not checked: a SWE-bench")
     assert json.loads(out[-1])["not_checked"] == ["acme__calc-1"]
+
+
+BLOCKED = '''
+import importlib.abc, json, sys
+class Absent(importlib.abc.MetaPathFinder):
+    """The grader image: swebench installed without dependencies, so these are not there."""
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("datasets", "dotenv", "tqdm", "docker", "modal"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, Absent())
+sys.path.append(sys.argv[1])
+from controller import swebench
+row, log, patch = json.loads(sys.stdin.read())
+print(json.dumps(swebench.grade(row, log, patch)["resolved"]))
+'''
+
+
+def test_grading_runs_without_the_harness_dependencies(tmp_path, swebench_grading):
+    """As in the grader image, where datasets, python-dotenv and tqdm are not installed: make_test_spec's module
+    imports them at the top, and grading must not need them (the e2e SWE-bench scenario failed on this)."""
+    log = tmp_path / "test_output.txt"
+    log.write_text(f"{swebench.APPLY_PATCH_PASS}\n>>>>> Start Test Output\nPASSED tests/test_calc.py::test_x\n"
+                   ">>>>> End Test Output\n")
+    done = subprocess.run([sys.executable, "-c", BLOCKED, str(SWEBENCH_DIR)], capture_output=True, text=True,
+                          input=json.dumps([{**load_row(), **V5}, str(log), PATCH]), timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) is True

@@ -26,7 +26,10 @@ def probe(targets):
     seen["uid"] = os.getuid()
     seen["capabilities"] = status.get("CapEff", "").strip()
     seen["processes"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
-    seen["interfaces"] = [name for _, name in socket.if_nameindex()]
+    try:  # the jail's seccomp filter allows AF_UNIX sockets only: even listing interfaces (netlink) is refused
+        seen["interfaces"] = [name for _, name in socket.if_nameindex()]
+    except OSError as err:
+        seen["interfaces"] = f"refused: {type(err).__name__}: {err}"
     seen["token"] = os.environ.get("AGENTQ_SANDBOX_TOKEN", "")
     try:
         open("/opt/agentq/written-by-candidate", "w")
@@ -49,7 +52,7 @@ def test_sees_and_holds_nothing():
     seen = probe(TARGETS)
     assert seen["capabilities"] == "0000000000000000", seen
     assert seen["token"] == "" and not seen["root_writable"], seen
-    assert seen["interfaces"] in ([], ["lo"]), seen
+    assert seen["interfaces"] in ([], ["lo"]) or seen["interfaces"].startswith("refused: "), seen
     assert len(seen["processes"]) <= 3, seen
 '''
 # Run inside the sandbox pod: the candidate's own probe from the pod itself (outside the jail), then the candidate
