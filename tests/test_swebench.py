@@ -329,6 +329,24 @@ def test_validate_says_a_swebench_task_was_not_checked_rather_than_invalid(tmp_p
     assert json.loads(out[-1])["not_checked"] == ["acme__calc-1"]
 
 
+def test_validating_swebench_tasks_needs_no_local_repository_sandbox(tmp_path, capsys, monkeypatch):
+    """The SWE-bench runner's pod validates through the service and has no bubblewrap: SWE-bench tasks alone
+    must not build a local repository executor (the e2e scenario's validate printed nothing, having crashed)."""
+    from agentq.cli import main as cli_main
+    from agentq.sandbox import repo
+    from agentq.tasks.schema import write_tasks
+
+    def no_sandbox(*_, **__):
+        raise AssertionError("a local repository sandbox was built for SWE-bench tasks")
+
+    monkeypatch.setattr(repo, "RepoExecutor", no_sandbox)
+    data, commit = _mirror(tmp_path)
+    path = tmp_path / "swe.jsonl"
+    write_tasks(path, [to_repo_task({**load_row(), **V5, "base_commit": commit})])
+    assert cli_main(["tasks", "validate", str(path), "--data-dir", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["not_checked"] == ["acme__calc-1"]
+
+
 BLOCKED = '''
 import importlib.abc, json, sys
 class Absent(importlib.abc.MetaPathFinder):

@@ -113,8 +113,11 @@ def main(args: argparse.Namespace) -> int:
         from agentq.tasks.swebench import GitTrees
 
         cache = Path(args.cache) if getattr(args, "cache", None) else Path(tempfile.gettempdir()) / "agentq-repos"
+        # A local repository sandbox only for sdist tasks: SWE-bench ones run in their instance images, and
+        # where validation of those runs (the runner's pod) there may be no bubblewrap to build one with.
         store = SdistStore(Path(args.data_dir) / "repos", RepoExecutor(cache, allow_weak_isolation=weak),
-                           git=GitTrees(Path(args.data_dir) / "git", cache / "git"))
+                           git=GitTrees(Path(args.data_dir) / "git", cache / "git")) \
+            if any(not t.repo.git_url for t in repo_tasks) else None
         url = getattr(args, "swebench_url", None)
         invalid += check_repo_tasks(repo_tasks, Runner(repos=store, git_repos=RemoteExecutor(url) if url else None))
     if tasks:

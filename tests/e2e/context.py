@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import time
@@ -171,4 +172,15 @@ class Context:
 
     def unit_of(self, obj: dict[str, Any]) -> str:
         return obj["metadata"]["labels"]["agentq.dev/unit"]
+
+    def no_twins(self, name: str) -> dict[str, int]:
+        """Jobs per unit of the round, when every unit has one Job and every Job one pod; else it raises."""
+        per_unit = collections.Counter(self.unit_of(j) for j in self.round_jobs(name))
+        twins = {unit: n for unit, n in per_unit.items() if n > 1}
+        if twins:
+            raise ScenarioFailed(f"round {name}: steps with more than one Job (twins): {twins}")
+        per_job = collections.Counter(p["metadata"]["labels"]["job-name"] for p in self.step_pods(name))
+        if any(n > 1 for n in per_job.values()):
+            raise ScenarioFailed(f"round {name}: Jobs with more than one pod: {dict(per_job)}")
+        return dict(per_unit)
 

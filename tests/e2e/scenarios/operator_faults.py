@@ -36,18 +36,6 @@ OPERATOR = "app.kubernetes.io/component=operator"
 RECOVERY_LIMIT_S = 20.0
 
 
-def no_twins(ctx: Context, name: str) -> dict[str, int]:
-    """Every unit of the round has one Job and every Job one pod; Jobs per unit otherwise raises."""
-    per_unit = collections.Counter(ctx.unit_of(j) for j in ctx.round_jobs(name))
-    twins = {unit: n for unit, n in per_unit.items() if n > 1}
-    if twins:
-        raise ScenarioFailed(f"round {name}: steps with more than one Job (twins): {twins}")
-    per_job = collections.Counter(p["metadata"]["labels"]["job-name"] for p in ctx.step_pods(name))
-    if any(n > 1 for n in per_job.values()):
-        raise ScenarioFailed(f"round {name}: Jobs with more than one pod: {dict(per_job)}")
-    return dict(per_unit)
-
-
 def job_of(unit: str) -> Callable[[list[dict]], dict | None]:
     """A ctx.watch predicate: the round's Job of `unit`, once it exists."""
     return lambda jobs: next((j for j in jobs if j["metadata"]["labels"].get("agentq.dev/unit") == unit), None)
@@ -118,7 +106,7 @@ def crash_after_create(ctx: Context) -> dict:
 
     again = ctx.wait_pods(OPERATOR, "the operator's container restarted and Ready", restarted)
     body = ctx.wait_round(name)
-    per_unit = no_twins(ctx, name)
+    per_unit = ctx.no_twins(name)
     after = sorted(ctx.unit_of(j) for j in ctx.round_jobs(name)
                    if parse_time(j["metadata"]["creationTimestamp"]) > killed.replace(microsecond=0))
     if not after:

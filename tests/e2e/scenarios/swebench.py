@@ -250,7 +250,8 @@ def swebench_end_to_end(ctx: Context) -> dict:
     if {n: r["resolved"] for n, r in reports.items()} != {"gold": True, "breaks_p2p": False, "empty": False}:
         raise ScenarioFailed(f"the grader containers' swebench reports disagree: {reports}")
     if seen["validate_exit"] != 0 or seen["validate"][0] != "1/1 tasks valid":
-        raise ScenarioFailed(f"agentq tasks validate did not find the task valid: {seen['validate']}")
+        raise ScenarioFailed(f"agentq tasks validate (exit {seen['validate_exit']}) did not find the task valid: "
+                             f"{seen['validate']}")
     side_by_side = _overlap(jobs)
     if not side_by_side:
         raise ScenarioFailed("the three candidates' Jobs did not run side by side (no fan-out)")
