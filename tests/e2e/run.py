@@ -63,7 +63,8 @@ def install(cluster: Cluster, built: dict[str, str], upgrade: bool = False) -> d
     sets = []
     for name in ("controller", "sandbox", "infer", "train"):
         repository, tag = built[name].rsplit(":", 1)
-        sets += ["--set", f"images.{name}.repository={repository}", "--set", f"images.{name}.tag={tag}"]
+        # --set-string: a content-hash tag of digits only ("848959910359") would be a number to --set
+        sets += ["--set-string", f"images.{name}.repository={repository}", "--set-string", f"images.{name}.tag={tag}"]
     verb = ["upgrade"] if upgrade else ["install", "--create-namespace"]
     done = cluster.helm(*verb, RELEASE, str(REPO / "charts" / "agentq"), "--namespace", NAMESPACE,
                         "-f", str(VALUES), *sets)
