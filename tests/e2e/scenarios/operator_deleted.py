@@ -6,17 +6,17 @@ import time
 
 from e2e.context import ROUND_LABEL, Context, ScenarioFailed, parse_time
 from e2e.scenarios import scenario
-from e2e.scenarios.pod_deleted import running
+from e2e.scenarios.pod_deleted import started
 
 NAME = "e2e-operator-deleted"
 
 
 @scenario("operator-deleted", order=40)
 def operator_deleted(ctx: Context) -> dict:
-    """Delete the operator pod while a collect pod runs; the Deployment's new pod finishes the round."""
+    """Delete the operator pod once a collect pod is made; the Deployment's new pod finishes the round."""
     start = time.monotonic()
     ctx.apply(ctx.small_round(NAME))
-    ctx.wait_pods(f"{ROUND_LABEL}={NAME},agentq.dev/step=collect", "a running collect pod", running)
+    ctx.wait_pods(f"{ROUND_LABEL}={NAME},agentq.dev/step=collect", "a collect pod made", started)
     old = ctx.component_pod("operator")["metadata"]["name"]
     ctx.kubectl("delete", "pod", old, "-n", ctx.namespace, "--wait=false")
 

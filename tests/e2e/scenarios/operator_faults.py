@@ -29,7 +29,7 @@ from typing import Any
 
 from e2e.context import ROUND_LABEL, Context, ScenarioFailed, parse_time
 from e2e.scenarios import scenario
-from e2e.scenarios.pod_deleted import running
+from e2e.scenarios.pod_deleted import started
 
 OPERATOR = "app.kubernetes.io/component=operator"
 # The most a step transition may take after the API server is back (the bug: 31-60 s, a retry of kopf's).
@@ -143,7 +143,7 @@ def apiserver_restart(ctx: Context) -> dict:
     name = "e2e-apiserver-restart"
     start = time.monotonic()
     ctx.apply(ctx.small_round(name))
-    ctx.wait_pods(f"{ROUND_LABEL}={name},agentq.dev/step=collect", "a running collect pod", running)
+    ctx.wait_pods(f"{ROUND_LABEL}={name},agentq.dev/step=collect", "a collect pod made", started)
     watch_errors = operator_metric(ctx, "agentq_operator_watch_errors_total")
     ctx.cluster.restart_apiserver(down_s=15)
     back = datetime.datetime.now(datetime.UTC)
@@ -171,7 +171,7 @@ def spec_configmap_deleted(ctx: Context) -> dict:
     name = "e2e-configmap-deleted"
     start = time.monotonic()
     ctx.apply(ctx.small_round(name))
-    ctx.wait_pods(f"{ROUND_LABEL}={name},agentq.dev/step=collect", "a running collect pod", running)
+    ctx.wait_pods(f"{ROUND_LABEL}={name},agentq.dev/step=collect", "a collect pod made", started)
     configmap = f"{name}-spec"
     original = ctx.core.read_namespaced_config_map(configmap, ctx.namespace)
     before = {p["metadata"]["name"] for p in ctx.step_pods(name)}

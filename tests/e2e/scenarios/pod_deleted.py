@@ -12,6 +12,16 @@ NAME = "e2e-pod-deleted"
 STEP = "agentq.dev/step=train"
 
 
+def started(pods: list[dict]) -> dict | None:
+    """A pod made and not finished (Pending or Running). The step whose pod runs a second on a quiet node (the
+    scripted collect) may go from Pending to Succeeded between two kubelet status updates, so "running" may never
+    be seen; the pod's creation always is."""
+    for pod in pods:
+        if not pod["metadata"].get("deletionTimestamp") and pod["status"].get("phase") in ("Pending", "Running"):
+            return pod
+    return None
+
+
 def running(pods: list[dict]) -> dict | None:
     for pod in pods:
         statuses = pod["status"].get("containerStatuses") or []
