@@ -25,6 +25,7 @@ import datetime
 import json
 import logging
 import random
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -443,12 +444,13 @@ def _reconcile(namespace: str, name: str) -> Plan | None:
             # In this pass's status write already, as the next pass would record it (a write saved per stage).
             result.status.setdefault("jobs", {})[unit.key] = {"name": job["metadata"]["name"], "state": "Pending",
                                                               "attempts": attempt + 1}
-    # One event per pass, not per Job (each is an API call), and none where the pass's phase transition event
-    # already names the step's Jobs.
-    if created and not any(kind == "Normal" and reason == result.status.get("phase") for kind, reason, _ in
-                           result.events):
-        result.events.append(("Normal", "JobCreated", f"created Job{'s' if len(created) > 1 else ''} "
-                                                      f"{', '.join(created)}"))
+    # One event per pass, not per Job (each is an API call), naming the Jobs the pass's phase transition event
+    # does not already name (a transition announced again after a stale write names an earlier step's Jobs).
+    named = {word for kind, reason, message in result.events if kind == "Normal" and
+             reason == result.status.get("phase") for word in re.split(r"[\s,:]+", message)}
+    if unnamed := [name for name in created if name not in named]:
+        result.events.append(("Normal", "JobCreated", f"created Job{'s' if len(unnamed) > 1 else ''} "
+                                                      f"{', '.join(unnamed)}"))
     for job_name, suspended in result.suspend.items():
         try:
             RT.cache("jobs").store.put(kube.patch_job(namespace, job_name, suspend_patch(suspended)), own=True)

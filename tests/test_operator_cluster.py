@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,6 +109,10 @@ class Harness:
         items = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}").items
         return [(e.type, e.reason) for e in items]
 
+    def messages(self, name: str, kind: str) -> list[str]:
+        items = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}").items
+        return [e.message or "" for e in items if e.type == kind]
+
     def condition(self, name: str, ctype: str) -> dict:
         return next((c for c in self.status(name).get("conditions") or [] if c["type"] == ctype), {})
 
@@ -203,9 +208,12 @@ def test_happy_path_through_every_phase(h: Harness):
     expected = [f"{name}-{u}" for u in ("collect-0", "collect-1", "preferences", "train", "merge",
                                         "evaluate-0", "evaluate-1", "report")]
     assert h.jobs(name) == sorted(expected)  # one Job per unit, no duplicates
-    reasons = wait_for(lambda: {r for _, r in h.events(name)} >= {"Collecting", "Training", "Succeeded"}
-                       and {r for _, r in h.events(name)}, "transition events")
-    assert "JobCreated" in reasons
+    wait_for(lambda: {r for _, r in h.events(name)} >= {"Collecting", "Training", "Succeeded"}, "transition events")
+    # Every Job is announced by a Normal event that names it: the transition that started its step, or JobCreated
+    # for a Job made without one (the report, in the same phase as evaluate).
+    named = wait_for(lambda: (words := {w for m in h.messages(name, "Normal") for w in re.split(r"[\s,:]+", m)})
+                     >= set(expected) and words, "events naming every Job")
+    assert set(expected) <= named
     table = h.cluster.kubectl("get", "agentqrounds", "-n", h.ns).stdout
     header = table.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "STEP", "PASS-RATE", "AGE"], table
