@@ -6,7 +6,6 @@ tests play the kubelet (tests/testenv.py pod_ran); most also write the Job statu
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from testenv import EnvMissing, LocalCluster, Operator, bin_dir, finish_job, free_port, job_pod, pod_ran, start_job
+from testenv import LocalCluster, Operator, finish_job, free_port, job_pod, pod_ran, require, start_job
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parent.parent
@@ -25,15 +24,6 @@ OPERATOR_CONFIG = {"pools": {"inference": {"nodeSelector": {"agentq.dev/pool": "
                    "sandboxUrl": "http://agentq-sandbox.agentq-system:8080", "resyncSeconds": 5,
                    "retryBackoffSeconds": 1,
                    "metricsPort": free_port()}
-
-
-def _require_testenv() -> None:
-    try:
-        bin_dir()
-    except EnvMissing as err:
-        if os.environ.get("CI") or os.environ.get("AGENTQ_TESTENV_BIN"):
-            raise  # in CI (and via `make test`) a missing test environment is a failure, not a skip
-        pytest.skip(str(err))
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
@@ -128,7 +118,7 @@ class Harness:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    _require_testenv()
+    require()
     c = LocalCluster(tmp_path_factory.mktemp("cluster"), controllers=True).start()
     try:
         for manifest in ("crd.yaml", "campaign-crd.yaml"):
@@ -356,7 +346,7 @@ def test_chained_round_waits_for_its_predecessor(h: Harness):
 
 
 def test_operator_under_its_own_rbac_role(tmp_path: Path):
-    _require_testenv()
+    require()
     cluster = LocalCluster(tmp_path / "rbac-cluster", rbac=True).start()
     op = standby = None
     try:

@@ -17,13 +17,12 @@ from test_operator_cluster import (  # noqa: F401 - cluster and operator are the
     OPERATOR_CONFIG,
     REPO,
     Harness,
-    _require_testenv,
     cluster,
     operator,
     small_round,
     wait_for,
 )
-from testenv import LocalCluster, Operator, start_job
+from testenv import LocalCluster, Operator, require, start_job
 
 from controller.inference import build_server
 from controller.jobs import SUSPENDED_ANNOTATION, suspend_patch
@@ -289,7 +288,7 @@ def peered(local: LocalCluster, workdir: Path, name: str, priority: int) -> Oper
 
 
 def test_failover_under_15s_and_replicas_started_together_never_both_act(tmp_path: Path):
-    _require_testenv()
+    require()
     local = LocalCluster(tmp_path / "peering-cluster", controllers=True).start()
     replicas: list[Operator] = []
     try:

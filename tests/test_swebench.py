@@ -170,16 +170,9 @@ def test_a_task_gives_back_the_row_it_was_made_from():
 
 def api_server(tmp_path: Path):
     """A real API server (tests/testenv.py), started; skipped only outside CI and `make test` when missing."""
-    import os
-
     import testenv
 
-    try:
-        testenv.bin_dir()
-    except testenv.EnvMissing as err:
-        if os.environ.get("CI") or os.environ.get("AGENTQ_TESTENV_BIN"):
-            raise  # in CI (and via `make test`) a missing test environment is a failure, not a skip
-        pytest.skip(str(err))
+    testenv.require()
     return testenv.LocalCluster(tmp_path / "cluster").start()
 
 
