@@ -178,7 +178,7 @@ class _Worker:
             self.isolation = list(dict.fromkeys([*self.jail_notes, *hello.get("isolation", [])]))
 
     def run(self, code: str, tests: CompiledTests, limits: Limits) -> dict[str, Any]:
-        """The run's raw facts: the events the run's init streamed, its result, and the template's trailer."""
+        """The run's raw facts: the events the run's init sent with its result, and the template's trailer."""
         events: list[dict[str, Any]] = []
         result: dict[str, Any] | None = None
         try:
@@ -194,10 +194,10 @@ class _Worker:
                 message = wire.recv(self.sock)
                 if type(message) is not dict or message.get("trailer"):
                     break
+                if type(message.get("events")) is list:
+                    events += message["events"]
                 if "result" in message and result is None and type(message["result"]) is dict:
                     result = message["result"]
-                elif "e" in message:
-                    events.append(message)
         except (OSError, EOFError, wire.ProtocolError) as err:
             raise WorkerDied(f"sandbox worker {self.proc.pid} stopped: {err}") from None
         trailer = message if type(message) is dict else {}
