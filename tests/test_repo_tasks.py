@@ -5,11 +5,15 @@ tiny library made here and on a real sdist from ../shared/data/repos."""
 from __future__ import annotations
 
 import ast
+import gc
 import io
 import json
 import os
 import shutil
+import signal
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -382,6 +386,40 @@ def test_build_keeps_caught_mutants_rejects_a_library_without_tests_and_validate
     assert cli_main(["tasks", "validate", str(out), "--data-dir", str(data), "--cache", str(tmp_path / "c"),
                      "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["valid"] == len(tasks)
+
+
+def test_an_interrupted_build_drops_its_queued_mutants_and_resumes(minilib, tmp_path, capsys, monkeypatch):
+    """Ctrl-C (or SIGTERM, a pod of the fan-out deleted) while mutants are queued: the build stops after the one
+    running, instead of first running every queued one; the same command then runs what is left."""
+    from agentq.tasks import repos
+
+    started, real, ended = [], repos._run_once, threading.Event()
+
+    def interrupted_at_first(*args):  # noqa: ANN002, ANN202
+        started.append(args[2])
+        if len(started) == 1:
+            try:
+                time.sleep(0.5)  # the main thread queues the other mutants and waits for them
+                os.kill(os.getpid(), signal.SIGINT)  # delivered to the main thread
+                time.sleep(0.5)
+                raise RuntimeError("this mutant was interrupted")
+            finally:
+                ended.set()
+        return real(*args)
+
+    monkeypatch.setattr(repos, "_run_once", interrupted_at_first)
+    out = tmp_path / "repos.jsonl"
+    argv = ["tasks", "build", "--source", "repos", "--data-dir", str(minilib), "--out", str(out),
+            "--per-library", "4", "--combine", "0", "--jobs", "1", "--json"]
+    assert cli_main(argv) == 130
+    assert "re-run the same command to resume" in capsys.readouterr().err
+    assert len(started) == 1 and not out.exists()
+    # In a process the progress file's lock goes with it; here it goes when the running mutant's thread ends.
+    assert ended.wait(10)
+    time.sleep(0.1)
+    gc.collect()
+    assert cli_main(argv) == 0
+    assert len(started) == 5 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mutants_run"] == 4
 
 
 @pytest.mark.skipif(not (DATA / "repos" / "cachetools-8.0.0.tar.gz").exists(), reason="needs ../shared/data/repos")

@@ -48,6 +48,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -546,7 +547,7 @@ def build(args: argparse.Namespace) -> int:
     pending: dict[str, list[tuple[str, Mutation, Future]]] = {}
     bases: dict[str, Baseline] = {}
     jobs = max(1, getattr(args, "jobs", 1))
-    with ThreadPoolExecutor(jobs) as pool:
+    with ThreadPoolExecutor(jobs) as pool, _queue_dropped_on_interrupt(pool):
         for sdist in sdists:
             stem = sdist_stem(sdist)
             lib_started = time.monotonic()
@@ -597,6 +598,18 @@ def build(args: argparse.Namespace) -> int:
         lib.close()
     return _finish(args, out, progress, libraries, rejected_libs, time.monotonic() - started,
                    write=shard is None)
+
+
+@contextlib.contextmanager
+def _queue_dropped_on_interrupt(pool: ThreadPoolExecutor) -> Iterator[None]:
+    """Ctrl-C, or SIGTERM (a pod of the fan-out deleted): the queued mutants are dropped and only the running ones
+    end (the next build resumes from the progress file). Without it the pool's exit first ran every mutant still
+    queued, thousands of them, so an interrupted build went on for hours."""
+    try:
+        yield
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def _policy(model_file: str | None):  # noqa: ANN202 - a Policy, imported only when a model writes issues
