@@ -72,6 +72,22 @@ def test_a_package_named_as_a_test_path_keeps_its_code(tmp_path):
     assert layout.test_target == ("pkg/tests/",) and layout.source_files(tmp_path) == ["pkg/__init__.py"]
 
 
+def test_a_library_the_test_environment_also_has_is_tested_from_the_tree(tmp_path):
+    """pytest imports pygments before any test runs; pygments' own tests must still import the tree's copy, or
+    every mutant of it survives. pluggy stays the trusted one: the tree cannot shadow pytest's machinery."""
+    files = {"pygments/__init__.py": "WHERE = 'tree'\n", "pluggy/__init__.py": "WHERE = 'tree'\n",
+             "tests/test_where.py": "import pluggy\nimport pygments\n\n\ndef test_tree_copy():\n"
+                                    "    assert pygments.WHERE == 'tree'\n\n\ndef test_trusted_pluggy():\n"
+                                    "    assert not hasattr(pluggy, 'WHERE') and pluggy.HookimplMarker\n"}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    report = RepoSandbox().run(tmp_path, ["tests/test_where.py"])
+    assert report.status == "finished" and report.outcomes == {
+        "tests/test_where.py::test_tree_copy": ("passed", ""),
+        "tests/test_where.py::test_trusted_pluggy": ("passed", "")}
+
+
 def test_every_layout_yields_validated_tasks(tmp_path, capsys):
     data = tmp_path / "data"
     for name, files in LAYOUTS.items():

@@ -12,8 +12,10 @@ side chose, so no PYTHONPATH, no user site and no script directory) runs, before
    run's results needs: frames, the garbage collector's object lists, code objects, tracing, ctypes, pytest's
    modules, /proc/*/mem and /proc/*/fd; and makes pytest's own modules refuse attribute assignment from
    anything but trusted code;
-4. puts the tree's import roots on `sys.path` and runs `pytest.main` with the arguments the trusted side wrote
-   (a configuration file it chose with `-c`, its rootdir, its plugins).
+4. puts the tree's import roots on `sys.path`, drops from `sys.modules` the trusted copies of libraries the
+   tree provides itself (pytest imports pygments; without this pygments' tests ran the installed pygments and
+   every mutant of it survived), and runs `pytest.main` with the arguments the trusted side wrote (a
+   configuration file it chose with `-c`, its rootdir, its plugins).
 
 The report writer (agentq_pytest_report.py) signs every record with the run's key, so lines written into the
 report pipe by anything else are rejected. What stays possible, and is stated rather than hidden: the library's
@@ -145,6 +147,26 @@ def _freeze(origins: _Origins) -> None:
             module.__class__ = Frozen
 
 
+def _tree_first(roots: list[str], kept: tuple[str, ...]) -> None:
+    """The tree's own copy of a library the trusted side imported too is what its tests import, as in a checkout
+    installed for development: the trusted copy leaves `sys.modules` (the trusted modules keep their references
+    to it). Never pytest, pluggy, the report writer, a loaded plugin or the standard library: the tree cannot
+    shadow those."""
+    provided = set()
+    for root in roots:
+        try:
+            entries = os.listdir(root)
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.removesuffix(".py")
+            if name.isidentifier() and (entry.endswith(".py") or os.path.isdir(os.path.join(root, entry))):
+                provided.add(name)
+    provided -= set(sys.stdlib_module_names)
+    for name in [m for m in sys.modules if m.partition(".")[0] in provided and not m.startswith(kept)]:
+        del sys.modules[name]
+
+
 def _undumpable() -> None:
     import ctypes
 
@@ -180,8 +202,10 @@ def main() -> int:
     for info in __import__("pkgutil").walk_packages(_pytest.__path__, "_pytest."):
         if not info.name.startswith(("_pytest.pytester", "_pytest._py")):
             importlib.import_module(info.name)
+    plugins_before = set(sys.modules)
     for name in spec["plugins"]:
         _load_plugin(name)
+    plugin_modules = tuple(sorted({m.partition(".")[0] for m in set(sys.modules) - plugins_before}))
     os.set_inheritable(spec["report_fd"], False)  # processes the tests start do not hold the report pipe
     report.configure(spec["report_fd"], key)
     del key
@@ -189,6 +213,7 @@ def main() -> int:
     _freeze(origins)
     _install_guard(origins)
     sys.path[:0] = spec["roots"]
+    _tree_first(spec["roots"], (*FROZEN, *REFUSED_IMPORTS, *plugin_modules))
     return int(pytest.main(spec["args"], plugins=[report]))
 
 
