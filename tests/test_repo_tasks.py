@@ -242,6 +242,8 @@ def test_leak_check_refuses_changed_lines_paths_and_failing_tests():
     assert leaks("see minilib/__init__.py line 5", changed, ["minilib/__init__.py"]) == ["minilib/__init__.py"]
     assert leaks("test_clamp_low() failed", [], [], [F2P[1]]) == ["test_clamp_low"]
     assert leaks("test_clamp_lower is another name", [], [], [F2P[1]]) == []
+    # an item with no name of its own (pygments' example files: `path::`) leaves nothing to match
+    assert leaks('the tokens differ ("aspx" lexer), see: the golden file', [], [], ["tests/ex/a.aspx::"]) == []
 
 
 TRACEBACKS = {
