@@ -391,8 +391,9 @@ def test_build_keeps_caught_mutants_rejects_a_library_without_tests_and_validate
 
 
 def test_an_interrupted_build_drops_its_queued_mutants_and_resumes(minilib, tmp_path, capsys, monkeypatch):
-    """Ctrl-C (or SIGTERM, a pod of the fan-out deleted) while mutants are queued: the build stops after the one
-    running, instead of first running every queued one; the same command then runs what is left."""
+    """SIGTERM (a pod of the fan-out deleted; Ctrl-C takes the same way out) while mutants are queued: the build
+    stops after the one running, instead of first running every queued one; the same command then runs what is
+    left. SIGTERM because the command installs its handler itself: SIGINT's is whatever earlier tests left."""
     from agentq.tasks import repos
 
     started, real, ended = [], repos._run_once, threading.Event()
@@ -402,7 +403,7 @@ def test_an_interrupted_build_drops_its_queued_mutants_and_resumes(minilib, tmp_
         if len(started) == 1:
             try:
                 time.sleep(0.5)  # the main thread queues the other mutants and waits for them
-                os.kill(os.getpid(), signal.SIGINT)  # delivered to the main thread
+                os.kill(os.getpid(), signal.SIGTERM)  # delivered to the main thread
                 time.sleep(0.5)
                 raise RuntimeError("this mutant was interrupted")
             finally:
@@ -413,8 +414,8 @@ def test_an_interrupted_build_drops_its_queued_mutants_and_resumes(minilib, tmp_
     out = tmp_path / "repos.jsonl"
     argv = ["tasks", "build", "--source", "repos", "--data-dir", str(minilib), "--out", str(out),
             "--per-library", "4", "--combine", "0", "--jobs", "1", "--json"]
-    assert cli_main(argv) == 130
-    assert "re-run the same command to resume" in capsys.readouterr().err
+    assert cli_main(argv) == 143
+    assert "terminated; re-run the same command to resume" in capsys.readouterr().err
     assert len(started) == 1 and not out.exists()
     # In a process the progress file's lock goes with it; here it goes when the running mutant's thread ends.
     assert ended.wait(10)
