@@ -211,7 +211,7 @@ class _RunInit:
         self.reporting = False  # inside report(): an alarm that ends the run waits for the send to finish
         self.pending: str | None = None
         self.events: list[dict[str, Any]] = []
-        self.unsent: list[dict[str, Any]] = []
+        self.sent = 0  # events[:sent] went ahead of the result (EVENTS_FLUSH_BYTES)
         self.unsent_bytes = 0
 
     def main(self) -> NoReturn:
@@ -295,11 +295,10 @@ class _RunInit:
         self.reporting = True
         try:
             self.events.append(event)
-            self.unsent.append(event)
             self.unsent_bytes += 64 + len(str(event.get("message", "")))
             if self.unsent_bytes > EVENTS_FLUSH_BYTES:
-                wire.send(self.job_sock, {"events": self.unsent})
-                self.unsent, self.unsent_bytes = [], 0
+                wire.send(self.job_sock, {"events": self.events[self.sent:]})
+                self.sent, self.unsent_bytes = len(self.events), 0
         finally:
             self.reporting = False
         if self.pending is not None:
@@ -393,7 +392,7 @@ class _RunInit:
                           "run": _ms(collected - self.forked)},
             "cpu_ms": {**self.cpu_ms, "init_total": _ms(time.process_time())},
         }
-        wire.send(self.job_sock, {"events": self.unsent, "result": result})
+        wire.send(self.job_sock, {"events": self.events[self.sent:], "result": result})
         fatal = not any(e.get("e") == "got_tests" for e in self.events)
         os._exit(EXIT_FATAL if fatal else 0)
 
