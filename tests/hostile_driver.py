@@ -161,6 +161,44 @@ ATTACKS: dict[str, str] = {
                     pass
             return 0
     """,
+    # pid 1 of a run is a clone of the template sharing its memory and descriptors (isolation.spawn_namespace_init):
+    # stop it with any signal, read that memory, take a descriptor (the job socket would carry a forged result).
+    "run_init": """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def attack():
+            for sig in range(1, 65):
+                try:
+                    os.kill(1, sig)
+                except (OSError, ValueError):
+                    pass
+            gained = 0
+            for what in ("mem", "maps", "environ", "syscall", "fdinfo/0"):
+                try:
+                    with open(f"/proc/1/{what}", "rb") as fh:
+                        fh.read(1)
+                    gained = 3
+                except OSError:
+                    pass
+            try:  # the numbers of its descriptors may show (as any process's), never what they are
+                links = [f"fd/{n}" for n in os.listdir("/proc/1/fd")] + ["root", "cwd", "exe"]
+            except OSError:
+                links = ["root", "cwd", "exe"]
+            for link in links:
+                try:
+                    os.readlink(f"/proc/1/{link}")
+                    os.close(os.open(f"/proc/1/{link}", os.O_RDONLY))
+                    gained = 3
+                except OSError:
+                    pass
+            try:
+                pidfd = os.pidfd_open(1)
+            except OSError:
+                return gained
+            if any(libc.syscall(438, pidfd, fd, 0) >= 0 for fd in range(64)):  # pidfd_getfd
+                gained = 3
+            return gained
+    """,
 }
 TESTS = "from solution import *\n\ndef test_attack():\n    assert attack() == 3\n"
 

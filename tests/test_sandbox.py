@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import textwrap
+import time
 
 import pytest
 
@@ -149,13 +150,25 @@ def test_busy_loop_is_cut_by_cpu_time_before_the_wall_clock(ex):
     assert ex.run(GOOD, TESTS, limits=limits).passed
 
 
+def test_a_runs_clock_starts_with_its_job_not_when_the_worker_got_ready_for_it():
+    """A worker readies the next run (its candidate's process waits for the job) as soon as the last one ends; a
+    job that comes later must still get its whole timeout (here the timeout counted from the readying would end
+    0.2 s into a run that needs 0.6 s)."""
+    slow = "import time\ndef add(a, b):\n    time.sleep(0.3)\n    return a + b\n"
+    with LocalExecutor(workers=1, limits=Limits(timeout_s=1.0, memory_mb=512)) as executor:
+        assert executor.run(GOOD, TESTS).passed
+        time.sleep(0.8)
+        verdict = executor.run(slow, TESTS)
+    assert verdict.passed, verdict
+
+
 def test_time_budget_cuts_a_busy_loop_by_its_cgroup_cpu_time_and_spares_an_honest_run(ex):
     """The budget derived from a reference's run time ends a loop after that much CPU of the candidate's tree,
     long before the 20 s wall clock; an honest candidate under the same budget passes, its CPU time measured."""
     limits = for_reference(Limits(timeout_s=20.0, memory_mb=512), reference_s=0.01)
     assert limits.time_budget_s == BUDGET_FLOOR_S
     verdict = ex.run("def add(a, b):\n    while True:\n        pass\n", TESTS, limits=limits)
-    assert verdict.status == "timeout" and "time budget of 0.25s" in verdict.message, verdict
+    assert verdict.status == "timeout" and f"time budget of {BUDGET_FLOOR_S:g}s" in verdict.message, verdict
     assert verdict.cpu_s is not None and BUDGET_FLOOR_S <= verdict.cpu_s < 1.0, verdict.cpu_s
     assert verdict.duration_s < 10
     honest = ex.run(GOOD, TESTS, limits=limits)

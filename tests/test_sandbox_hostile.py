@@ -3,7 +3,7 @@ through the local executor and through the server (tests/hostile_driver.py runs 
 none passes, none leaves anything behind on the host, and the server holds against slow and oversized requests.
 As root the sandbox has its "root" isolation profile (uids of its own, cgroups), as uid 10001 the "userns" one
 (the lead's decision for non-root pods, /work/NEWS.md 21:40); both are full isolation and every verdict names
-its profile. The memory attack is then stopped by the run's init, which sums its processes' memory."""
+its profile. The memory attack is then stopped by the test process, which sums the run's processes' memory."""
 
 from __future__ import annotations
 

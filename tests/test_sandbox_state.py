@@ -49,3 +49,15 @@ def test_no_candidate_can_open_a_network_socket_so_none_changes_network_state(on
             "['refused', 'refused', 'refused', 'opened']\n"
     verdict = one_worker.run(code, tests)
     assert verdict.passed, verdict
+
+
+def test_the_test_process_forgets_a_runs_exception_classes(one_worker):
+    """The tests of every run on a worker run in one test process (forkserver.py), which stands in for each
+    candidate's exception class with a class of that name and the candidate's base: a name must not keep the base
+    an earlier candidate gave it, or one candidate would decide how the next one's errors are caught."""
+    tests = ("from solution import *\n\ndef test_f():\n    try:\n        f()\n    except {base}:\n        return\n"
+             "    assert False, 'not caught'\n")
+    for base in ("KeyError", "ValueError"):
+        code = f"class Weird({base}):\n    pass\n\ndef f():\n    raise Weird('x')\n"
+        verdict = one_worker.run(code, tests.format(base=base))
+        assert verdict.passed, (base, verdict)

@@ -9,8 +9,8 @@ candidate with the time budget derived from it (limits.for_reference), and once 
 timeout alone, to show what the budget is worth.
 
 It also says where a candidate's milliseconds go: CPU of the executor's own process per candidate, and what
-the workers measure of each run (the template's fork, the run's init setting up its namespaces, cgroup limits
-and scratch, forking the candidate and running the tests, the candidate's processes); and what a network
+the workers measure of each run (the template's forks and its part in the run, the candidate's process setting
+the run up and then running the candidate, the test process running the tests); and what a network
 namespace per run would cost (the isolation chose a seccomp rule instead: jail.seccomp_program). The load
 average is printed before and after: on a shared machine the figures are provisional, and the JSON summary
 (`--json`, last line) is what to compare across machines.
@@ -80,25 +80,20 @@ def netns_cost(runs: int = 200) -> dict[str, float] | str:
     return {"wall_ms": round(netns[0] - plain[0], 3), "cpu_ms": round(netns[1] - plain[1], 3)}
 
 
-def cost_breakdown(costs: dict[str, Any], executor_ms: float, candidate_ms: float | None = None) -> dict[str, float]:
-    """CPU milliseconds per candidate by where they went (from RunCosts.per_run and the executor's own CPU).
-
-    `candidate_ms`: the candidates' own CPU as their cgroup metered it (Verdict.cpu_s), where there is one. The
-    init's wait status does not carry it: processes the kernel kills when the init exits are reaped without
-    adding to its children's time, so a looping candidate stopped at its budget would be missing."""
+def cost_breakdown(costs: dict[str, Any], executor_ms: float) -> dict[str, float]:
+    """CPU milliseconds per candidate by where they went (from RunCosts.per_run and the executor's own CPU). The
+    candidate's figure is its process's own, which the template reaps (processes it started and the kernel
+    killed with the run are not in it; its cgroup's meter, Verdict.cpu_s, has them)."""
     cpu = costs.get("cpu_ms", {})
-    run = cpu.get("run", 0.0)
-    candidate = max(0.0, run - cpu.get("init_total", 0.0)) if candidate_ms is None else candidate_ms
     parts = {
         "executor (Python: framing, verdicts; its threads)": executor_ms,
-        "template: fork of the run's init": cpu.get("template_fork", 0.0),
-        "init: mount+IPC namespaces, tmpfs, /proc, cgroup limits, solution file": cpu.get("init_setup", 0.0),
-        "init: fork of the candidate": cpu.get("init_fork", 0.0),
-        "init: tests (read, privileges, proxy, calls, events)": cpu.get("init_tests", 0.0),
-        "init: rest (copy-on-write after fork, job, result, exit)": max(
-            0.0, cpu.get("init_total", 0.0) - cpu.get("init_setup", 0.0) - cpu.get("init_fork", 0.0)
-            - cpu.get("init_tests", 0.0)),
-        "candidate: cgroups, rlimits, privileges, import, answers (and its budget, if it loops)": candidate,
+        "template: forks (the run's init by clone, the candidate)": cpu.get("template_fork", 0.0),
+        "template: hand-over to the test process, end of the run, trailer": cpu.get("template_rest", 0.0),
+        "candidate's process, trusted set-up: job, mount+IPC namespaces, tmpfs, /proc, cgroup limits, solution "
+        "file": cpu.get("candidate_setup", 0.0),
+        "candidate: cgroups, rlimits, privileges, import, answers, exit (and its budget, if it loops)":
+            cpu.get("candidate", 0.0),
+        "test process: tests (read, proxy, calls, events, result)": cpu.get("tests", 0.0),
     }
     parts = {k: round(v, 3) for k, v in parts.items()}
     parts["total"] = round(sum(parts.values()), 3)
@@ -147,8 +142,7 @@ def main(args: argparse.Namespace) -> int:
     warm_per_s, naive_per_s, plain_per_s = len(items) / warm_s, len(items) / naive_s, len(items) / plain_s
     agree = [w.passed == v.passed for w, v in zip(warm, naive, strict=True)]
     load = _load()
-    metered = [v.cpu_s for v in warm if v.cpu_s is not None]
-    breakdown = cost_breakdown(costs, executor_ms, 1000 * sum(metered) / len(metered) if metered else None)
+    breakdown = cost_breakdown(costs, executor_ms)
     loops_ms = 1000 * sum(v.cpu_s or 0.0 for v in warm if v.status == "timeout") / len(warm)
     summary = {
         "warm_per_s": round(warm_per_s, 2),
@@ -197,7 +191,7 @@ def main(args: argparse.Namespace) -> int:
     for part, ms in breakdown.items():
         print(f"  {ms:8.3f}  {part}")
     print(f"  (of which {loops_ms:.3f} ms is the looping buggy programs' time budgets, spread over every candidate)")
-    print(f"wall ms per run (init): {costs.get('phases_ms', {})}")
+    print(f"wall ms per run (test process): {costs.get('phases_ms', {})}")
     if isinstance(netns, dict):
         print(f"a network namespace per run would add {netns['cpu_ms']:.3f} ms of CPU and {netns['wall_ms']:.3f} ms "
               "of wall time to every run (measured here: fork + unshare(CLONE_NEWNET) + exit vs fork + exit)")

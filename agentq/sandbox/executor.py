@@ -17,7 +17,7 @@ How a run is kept honest (details in forkserver.py, harness.py, wire.py, isolati
   no capabilities, rlimits and memory/pids cgroups; all it started dies with the run's init.
 * Full isolation is one of two profiles (jail.py): "root" (distinct uids, cgroups) or "userns" (a non-root pod:
   the worker's own user namespace, the run's namespaces, seccomp, rlimits, a memory bound across the candidate's
-  processes kept by the run's init). Without either (no bubblewrap) the executor refuses to start unless
+  processes kept by the test process). Without either (no bubblewrap) the executor refuses to start unless
   `allow_weak_isolation`; then what is missing is listed in `self.isolation` and every `Verdict.isolation`, and
   `Verdict.profile` is "none".
 """
@@ -178,7 +178,7 @@ class _Worker:
             self.isolation = list(dict.fromkeys([*self.jail_notes, *hello.get("isolation", [])]))
 
     def run(self, code: str, tests: CompiledTests, limits: Limits) -> dict[str, Any]:
-        """The run's raw facts: the events the run's init sent with its result, and the template's trailer."""
+        """The run's raw facts: the events the test process sent with its result, and the template's trailer."""
         events: list[dict[str, Any]] = []
         result: dict[str, Any] | None = None
         try:
@@ -188,7 +188,8 @@ class _Worker:
             self.tests_sock.settimeout(limits.timeout_s + GRACE_S)
             wire.send(self.sock, {"code": code, "limits": sent_limits})
             wire.send(self.tests_sock, {"test_names": list(tests.names), "protected": list(tests.own_names),
-                                        "tests_len": len(tests.payload), "tests_code_len": tests.code_len})
+                                        "limits": sent_limits, "tests_len": len(tests.payload),
+                                        "tests_code_len": tests.code_len})
             self.tests_sock.sendall(tests.payload)
             while True:
                 message = wire.recv(self.sock)
@@ -202,14 +203,15 @@ class _Worker:
             raise WorkerDied(f"sandbox worker {self.proc.pid} stopped: {err}") from None
         trailer = message if type(message) is dict else {}
         if not any(e.get("e") == "got_tests" for e in events):
-            # The run's init died before it read the tests (never the candidate's doing: it cannot reach it); the
+            # The test process died before it read the tests (never the candidate's doing: it cannot reach it); the
             # tests may still sit in the tests socket, out of step, so this worker goes and the run is retried.
             self.close()
             raise WorkerDied(f"sandbox worker {self.proc.pid}: the run ended before its tests were read "
                              f"({trailer.get('runner_exit')})")
         raw = dict(result or {})
         raw["events"] = events
-        raw["tests_exit"] = trailer.get("runner_exit")  # the tests ran in the run's init: its exit is theirs
+        raw["tests_exit"] = trailer.get("runner_exit")  # how the test process came through the run
+        raw["candidate_exit"] = trailer.get("candidate_exit")  # the template reaped the run
         raw["cpu_ms"] = {**(raw.get("cpu_ms") or {}), **(trailer.get("cpu_ms") or {})}
         return raw
 

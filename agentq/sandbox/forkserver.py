@@ -1,30 +1,44 @@
-"""The fork server inside each worker's sandbox: a clean template that forks the run's init for each job.
+"""The fork server inside each worker's sandbox: a clean template, a test process, and per run the candidate.
 
 Why fork before the job is read: every process forked from a Python process inherits its whole heap, and freed
 blocks keep their bytes. A server that read a job or a result and then forked the next candidate handed it the
 previous run's failure messages (which quote expected values) through `gc.get_objects()`, `sys._getframe()` or
 a plain read of its own memory. So the template (this process, once set up) never receives a job, never sees a
-result, never holds a test. Per run it forks the run's init, pid 1 of a new PID namespace, which
+result, never holds a test. What runs a run:
 
-1. reads the job (the candidate's code and limits) from the job socket, unshares a mount and IPC namespace
-   of its own (fresh tmpfs scratch and /proc), and forks the candidate (its uid, the worker's cgroups, no
-   capability, rlimits, and, by the worker's seccomp filter, no socket but AF_UNIX, so no run changes network
-   state a later one could read), which has read nothing but its own job;
-2. only then reads the tests from the tests socket, drops to the tests' uid (not dumpable, so the candidate,
-   which sees it as pid 1, can neither trace it nor read it through /proc, and a signal reaches it only where
-   it has a handler), runs them against a proxy of the candidate (harness.py) and sends the outcomes to the
-   executor with its result, while a timer signal ends the run at the deadline, the time budget or the memory
-   bound;
-3. exits, and with it, by the kernel's hand, everything the candidate started.
+1. The test process, forked from the template once (and again after a run its watch ended, below): the tests'
+   uid, no capability, not dumpable, outside every run's PID namespace, so a candidate can neither see it,
+   signal it, trace it nor read it. Per run it takes from the template the run's ends (its socket to the
+   candidate, the output files), reads the tests from the tests socket, runs them against a proxy of the
+   candidate (harness.py) and sends the outcomes to the executor with the result, while a timer signal ends the
+   run at the deadline, the time budget or the memory bound. It holds earlier runs' tests and results and never
+   forks: nothing of it reaches a candidate. A run its watch ended also ends it (the signal came in the middle of
+   the tests), and the template forks a new one.
+2. The run's init, pid 1 of a new PID namespace: libc's pause() in a clone of the template that shares its memory
+   (isolation.spawn_namespace_init), there so that the candidate is pid 2 and killing it ends every process of
+   the run.
+3. The candidate, forked from the template into that namespace: it reads its own job (code and limits), unshares
+   a mount and IPC namespace (fresh tmpfs scratch and /proc), writes the solution file, then joins the worker's
+   cgroups, drops to its uid with no capability under rlimits (and, by the worker's seccomp filter, no socket but
+   AF_UNIX, so no run changes network state a later one could read) and imports the candidate's code.
 
-The template reaps it and adds a trailer (its exit status and CPU), without reading anything of the run.
-Two processes per run, not three: a separate test process and collector cost a fork, an exit and a pipe.
+Once the test process says the run is over, the template kills the init, and with it, by the kernel's hand,
+everything of the run, reaps the candidate and sends the trailer (its exit status, the processes' CPU).
+
+Why so few processes forked per run: a forked process pays a copy-on-write fault for every page it writes
+(Python's reference counts write to every object it touches), and tearing its copy of the address space down
+costs as much again. The tests used to run in a forked init that also set the run up: that process cost about
+3 ms of CPU a run, more than the candidate's own work. (docs/benchmarks.md has the figures.)
 
 Protocol (wire framing). Job socket: template -> {"ready", "pid", "isolation"}; per run executor -> {"code",
-"limits"}; the run's init -> {"events": [{"e": ...}, ...], "result": {...}} (events that outgrow
-EVENTS_FLUSH_BYTES go ahead, {"events": [...]}); template -> {"trailer", "runner_exit", "cpu_ms"}.
-Tests socket: per run executor -> {"test_names", "protected", "tests_len", "tests_code_len"} + tests_len bytes
-(the tests' marshalled code object, tests_code_len bytes, then their source).
+"limits"}; the test process -> {"events": [{"e": ...}, ...], "result": {...}} (events that outgrow
+EVENTS_FLUSH_BYTES go ahead, {"events": [...]}); template -> {"trailer", "runner_exit", "candidate_exit",
+"cpu_ms"}. Tests socket: per run executor -> {"test_names", "protected", "limits", "tests_len",
+"tests_code_len"} + tests_len bytes (the tests' marshalled code object, tests_code_len bytes, then their source).
+Template -> test process (a datagram socket): per run "<start> <CPU meter>" with the run's three descriptors;
+back, once the result is sent: two bytes, whether the candidate hung up ("W") and whether the test process is
+exiting ("X"). Candidate -> template (a pipe, closed before the candidate's code runs): "J<set-up CPU
+microseconds>" once it has read the job and set the run up.
 """
 
 from __future__ import annotations
@@ -47,14 +61,14 @@ from agentq.sandbox import candidate, harness, isolation, leetcode, wire
 TESTS_NPROC = 4
 TMPFS_MB = 512
 TMPFS_MIN_MB = 64
-# The run's init holds the tests' events and sends them with its result, one message a run. Sent one by one, each
+# The test process holds the tests' events and sends them with its result, one message a run. Sent one by one, each
 # was a system call and a wake-up of the executor's thread: about 0.7 ms of CPU a run across both sides (HumanEvalFix
 # has seven tests a task). Events that outgrow this many bytes go ahead, so no message nears wire.MAX_MESSAGE.
 EVENTS_FLUSH_BYTES = 1 << 20
-MEMORY_POLL_S = 0.02  # how often the run's init sums its processes' memory where no cgroup limits it
-# How the runner tells the template why it ended (anything else: it crashed).
-EXIT_HANGUP = 3  # the executor closed the job socket: the worker is being stopped
-EXIT_FATAL = 4  # the tests socket is out of step: this worker must go
+MEMORY_POLL_S = 0.02  # how often the test process sums the run's memory where no cgroup limits it
+EXIT_WAIT_S = 0.2  # how long the template waits for the exit status of a candidate that hung up
+# How a process tells the template why it ended (anything else: it crashed).
+EXIT_HANGUP = 3  # the executor closed its socket: the worker is being stopped
 
 
 def candidate_env(home: str) -> dict[str, str]:
@@ -79,24 +93,6 @@ def _exit_info(status: int | None) -> dict[str, Any] | None:
     return {"code": os.waitstatus_to_exitcode(status)}
 
 
-def _poll(pid: int) -> int | None:
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return None
-    return status if done else None
-
-
-def _wait_briefly(pid: int, seconds: float = 0.2) -> int | None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        status = _poll(pid)
-        if status is not None:
-            return status
-        time.sleep(0.0005)
-    return None
-
-
 def _tail(fd: int, limit: int) -> str:
     """The last `limit` bytes of an output memfd, read without following anything the candidate made."""
     try:
@@ -115,6 +111,9 @@ def _ms(seconds: float) -> float:
 
 
 class Server:
+    """The template: set up once, then per run start the run's init and candidate and hand the test process the
+    run's ends; it reads nothing of the run but its end."""
+
     def __init__(self, job: socket.socket, tests: socket.socket):
         self.job, self.tests = job, tests
         self.notes: list[str] = []
@@ -128,6 +127,9 @@ class Server:
             self.notes.extend(filter(None, [isolation.unshare_network(), private, exposed]))
         isolation.become_subreaper()
         isolation.not_dumpable()
+        # No Python signal handler in this process: the run's init (isolation.spawn_namespace_init) shares its
+        # memory and inherits its handlers, and a Python handler would run there on this process's state.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.conf = isolation.Confinement()
         self.notes += self.conf.notes
         self.pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
@@ -135,10 +137,16 @@ class Server:
         if not self.run_namespaces:
             self.notes.append("no per-run namespaces: candidates share this worker's PID, IPC, network and mount "
                               "namespaces")
+        else:  # every run's scratch is /tmp of its own mount namespace: set the candidates' environment once
+            os.environ.clear()
+            os.environ.update(candidate_env("/tmp"))
         self.prelude = leetcode.prelude_namespace()
         self.builtins = leetcode.prelude_builtins(self.prelude)
         isolation.drop_bounding_set()  # for every child at once (none of these processes ever executes a program)
         self.devnull = os.open(os.devnull, os.O_RDWR)
+        self.conf.open_meter()  # kept open by the test process across its change of uid
+        self.tester: int | None = None  # the test process's pid
+        self.control: socket.socket | None = None  # the datagram socket to it
         # Everything imported so far is shared with every child; keep the collector from touching (and so
         # copying) those pages in each of them.
         gc.freeze()
@@ -171,42 +179,183 @@ class Server:
         finally:
             self.conf.close()
 
+    def _start_tester(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _Tester(self, theirs).main()
+        theirs.close()
+        self.tester, self.control = pid, ours
+        return ours
+
+    def _tester_gone(self) -> dict[str, Any]:
+        """Reap the test process, which has ended; a new one is forked for the next run."""
+        assert self.tester is not None and self.control is not None
+        self.control.close()
+        try:
+            status: int | None = os.waitpid(self.tester, 0)[1]
+        except ChildProcessError:
+            status = None
+        self.tester = self.control = None
+        return _exit_info(status) or {"code": None}
+
     def _one_run(self) -> bool:
-        """Fork the next run's init (it waits for the job), reap it, send the trailer. False: stop serving."""
+        """Start the run's candidate (it reads the job itself), let the test process run the tests, end the run,
+        send the trailer. False: stop serving."""
         cpu_at_start = time.process_time()
+        control = self.control or self._start_tester()
+        out_fd, err_fd = os.memfd_create("stdout"), os.memfd_create("stderr")
+        cand_end, tests_end = socket.socketpair()
+        news_r, news_w = os.pipe()
+        work = "/tmp" if self.run_namespaces else self._scratch()
+        cpu_before = self.conf.cpu_used()
+        init = None
         if self.run_namespaces:
             isolation.new_pid_namespace()
         try:
-            init = os.fork()
-            if init == 0:
-                _RunInit(self).main()
+            if self.run_namespaces:
+                init = isolation.spawn_namespace_init()  # pid 1, so that the candidate is pid 2
+            pid = os.fork()
+            if pid == 0:
+                os.close(news_r)
+                _Candidate(self, work, cand_end.detach(), out_fd, err_fd, news_w).main()
         finally:
             if self.run_namespaces:
                 isolation.restore_pid_namespace(self.pid_ns)
         forking = time.process_time() - cpu_at_start
-        # As pid 1 of its namespace, it exits only once the kernel has killed and reaped everything in it.
-        _, status, usage = os.wait4(init, 0)
-        if not self.run_namespaces:
-            self.conf.kill_candidates(None)
-        isolation.reap_orphans()
-        code = os.waitstatus_to_exitcode(status)
-        if code == EXIT_HANGUP:
+        os.close(news_w)
+        cand_end.close()
+        try:
+            socket.send_fds(control, [b"%r" % cpu_before], [tests_end.fileno(), out_fd, err_fd])
+            reply = control.recv(4096)
+        except OSError:
+            reply = b""
+        finally:
+            tests_end.close()
+            os.close(out_fd)
+            os.close(err_fd)
+        done = {"wait": reply[:1] == b"W", "exiting": reply[1:2] == b"X"}
+        tests_exit = {"code": 0} if reply and not done["exiting"] else self._tester_gone()
+        setup_cpu_s = _read_news(news_r)
+        exited = _reap(pid, EXIT_WAIT_S if done["wait"] else 0.0)
+        usage = self._end_run(init, pid, work, exited)
+        if setup_cpu_s is None or tests_exit.get("code") == EXIT_HANGUP:
+            # The candidate ended before it had read the job (the executor hung up, or the job may still wait in
+            # the job socket, out of step): this worker must go.
             return False
-        wire.send(self.job, {"trailer": True, "runner_exit": _exit_info(status),
-                             "cpu_ms": {"template_fork": _ms(forking), "run": _ms(_cpu(usage))}})
-        return code != EXIT_FATAL
+        trailer = {"trailer": True, "runner_exit": tests_exit,
+                   "candidate_exit": _exit_info(exited[0] if exited else None),
+                   "cpu_ms": {"template_fork": _ms(forking), "candidate_setup": _ms(setup_cpu_s),
+                              "candidate": _ms(_cpu(usage) - setup_cpu_s),
+                              "template_rest": _ms(time.process_time() - cpu_at_start - forking)}}
+        wire.send(self.job, trailer)
+        return True
 
+    def _scratch(self) -> str:
+        import tempfile  # weak isolation only: the template does not carry it into every fork
+
+        work = tempfile.mkdtemp(prefix="agentq-run-")
+        if self.conf.root:
+            os.chown(work, self.conf.candidate_uid, self.conf.candidate_uid)
+        return work
+
+    def _end_run(self, init: int | None, pid: int, work: str,
+                 exited: tuple[int, resource.struct_rusage] | None) -> resource.struct_rusage:
+        """Kill the run's init (the kernel then kills every process of its PID namespace) and whatever else the
+        cgroups hold; the candidate process's resource usage (`exited`: it was reaped already)."""
+        if init is not None:
+            os.kill(init, signal.SIGKILL)
+        else:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)  # its own process group, where it can; the cgroups do the rest
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        # The candidate first: the dying init waits until every process of its namespace is reaped, this one too.
+        usage = exited[1] if exited else os.wait4(pid, 0)[2]
+        if init is not None:
+            os.waitpid(init, 0)
+        else:
+            self.conf.kill_candidates()
+            __import__("shutil").rmtree(work, ignore_errors=True)
+        isolation.reap_orphans()
+        return usage
+
+
+def _read_news(fd: int) -> float | None:
+    """The candidate's line on the template's pipe, "J<setup CPU microseconds>", written once it has read the job
+    and set the run up; None where it ended before. Read to the end, which comes when the candidate closes the
+    pipe, before its code runs (the tests may end before the candidate has read the job: this waits for it)."""
+    data = b""
+    while chunk := os.read(fd, 64):
+        data += chunk
+    os.close(fd)
+    return int(data[1:]) / 1e6 if data[:1] == b"J" and data[1:].isdigit() else None
+
+
+def _reap(pid: int, seconds: float) -> tuple[int, resource.struct_rusage] | None:
+    """The candidate's wait status and resource usage if it has exited, or does within `seconds` (it hung up: it
+    is exiting); None while it runs."""
+    end = time.monotonic() + seconds
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return status, usage
+        if time.monotonic() >= end:
+            return None
+        time.sleep(0.0005)
 
 
 class RunEnded(Exception):
-    """The watcher ended the run (deadline, time budget or memory): what the run's init reports, once."""
+    """The watcher ended the run (deadline, time budget or memory): what the test process reports, once."""
 
 
-class _RunInit:
-    """The run's init: pid 1 of the run's PID namespace, trusted code only (see the module docstring)."""
+class _Tester:
+    """The worker's test process (see the module docstring): set up once, then one `_TestRun` per run."""
 
-    def __init__(self, server: Server) -> None:
-        self.server, self.conf = server, server.conf
+    def __init__(self, server: Server, control: socket.socket) -> None:
+        self.server, self.conf, self.control = server, server.conf, control
+        self.job_sock = server.job
+
+    def main(self) -> NoReturn:
+        try:
+            os.setsid()
+            os.close(self.server.pid_ns)
+            resource.setrlimit(resource.RLIMIT_NPROC, (TESTS_NPROC, TESTS_NPROC))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            isolation.drop_privileges(self.conf.tests_uid)
+            isolation.not_dumpable()  # setuid made it dumpable again
+            while True:
+                try:
+                    message, fds, _, _ = socket.recv_fds(self.control, 4096, 3)
+                except OSError:
+                    os._exit(EXIT_HANGUP)
+                if not message or len(fds) != 3:
+                    os._exit(EXIT_HANGUP)  # the template is gone
+                _TestRun(self, None if message == b"None" else float(message), fds).run()
+        except BaseException:  # noqa: BLE001 - never return into the template's loop
+            os._exit(70)
+
+    def limit(self, limits: dict[str, Any]) -> None:
+        """This run's limits, as soft limits under the hard ones this process started with (a pod's, or none): a
+        later run may ask for more."""
+        with open("/proc/self/statm", "rb") as fh:  # what it holds already (it lives on) plus the run's memory
+            held = int(fh.read().split()[0]) * resource.getpagesize()
+        # RLIMIT_CPU counts this process's whole life: the run may use cpu_s more than it has used so far.
+        used = int(_cpu(resource.getrusage(resource.RUSAGE_SELF))) + 1
+        for res, value in ((resource.RLIMIT_AS, held + (int(limits["memory_mb"]) << 20)),
+                           (resource.RLIMIT_FSIZE, int(limits["file_mb"]) << 20),
+                           (resource.RLIMIT_CPU, used + int(limits["cpu_s"]))):
+            hard = resource.getrlimit(res)[1]
+            resource.setrlimit(res, (value if hard == resource.RLIM_INFINITY else min(value, hard), hard))
+
+
+class _TestRun:
+    """One run in the test process: read the tests, run them, watch the limits, send the result."""
+
+    def __init__(self, tester: _Tester, cpu_before: float | None, fds: list[int]) -> None:
+        self.tester, self.conf, self.cpu_before = tester, tester.conf, cpu_before
+        self.sock_fd, self.out_fd, self.err_fd = fds
         self.done = False
         self.reporting = False  # inside report(): an alarm that ends the run waits for the send to finish
         self.pending: str | None = None
@@ -214,80 +363,34 @@ class _RunInit:
         self.sent = 0  # events[:sent] went ahead of the result (EVENTS_FLUSH_BYTES)
         self.unsent_bytes = 0
 
-    def main(self) -> NoReturn:
+    def run(self) -> None:
+        tests_sock = self.tester.server.tests
         try:
-            os.setsid()
-            # pid 1 of the run: a signal from the candidate reaches it only where it has a handler (SIGINT's)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                job = wire.recv(self.server.job)
-            except (EOFError, OSError, wire.ProtocolError):
-                os._exit(EXIT_HANGUP)
-            self.run(job)
-        except BaseException:  # noqa: BLE001 - never return into the template's loop
-            os._exit(70)
-
-    # --- the run ------------------------------------------------------------------------------------------
-
-    def run(self, job: dict[str, Any]) -> NoReturn:
-        server, limits = self.server, job["limits"]
-        self.limits = limits
-        self.received, cpu_received = time.monotonic(), time.process_time()
-        uid = self.conf.candidate_uid
-        if server.run_namespaces:
-            isolation.fresh_run_mounts(uid, max(TMPFS_MIN_MB, 4 * int(limits["file_mb"])))
-            work = "/tmp"
-        else:
-            import tempfile  # weak isolation only: the template does not carry it into every fork
-
-            work = tempfile.mkdtemp(prefix="agentq-run-")
-            if self.conf.root:
-                os.chown(work, uid, uid)
-        self.work = work
-        self.conf.prepare_run(limits)
-        self.conf.open_meter()  # kept open across the change of uid below
-        solution = os.path.join(work, "solution.py")
-        fd = os.open(solution, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, job["code"].encode("utf-8", "surrogatepass"))
-            if self.conf.root:
-                os.fchown(fd, uid, uid)
-        finally:
-            os.close(fd)
-        self.out_fd, self.err_fd = os.memfd_create("stdout"), os.memfd_create("stderr")
-        cand_sock, test_sock = socket.socketpair()
-        self.cpu_before = self.conf.cpu_used()
-        self.start, cpu_start = time.monotonic(), time.process_time()
-        self.cand_pid = os.fork()
-        if self.cand_pid == 0:
-            test_sock.close()
-            self._candidate(cand_sock.detach(), solution, job["code"], limits)
-        cand_sock.close()
-        self.forked, self.cpu_forked = time.monotonic(), time.process_time()
-        self.cpu_ms = {"init_setup": _ms(cpu_start - cpu_received), "init_fork": _ms(self.cpu_forked - cpu_start)}
-        # Only now, with the candidate running on what it inherited, do the tests come into this process.
-        conn_fd, sock_fd, job_fd = _arrange_fds(self.out_fd, self.err_fd, server.devnull,
-                                                [server.tests.detach(), test_sock.detach(), server.job.detach()])
-        self.out_fd, self.err_fd = 1, 2  # the output memfds, as this process's own stdout and stderr now
-        self.conf.open_meter()  # again: closing every other descriptor closed it
-        self.job_sock = socket.socket(fileno=job_fd)
-        conn = socket.socket(fileno=conn_fd)
-        header = wire.recv(conn)
-        payload = wire.recv_exact(conn, int(header["tests_len"]))
-        conn.close()
-        self.conf.enter(limits, self.conf.tests_uid, TESTS_NPROC)
-        isolation.not_dumpable()  # setuid made it dumpable again
+            header = wire.recv(tests_sock)
+            # The run's clock starts here, not when the template set the run up: it does that as soon as the last
+            # run ended, and the candidate's process then waits for its job (the executor sends job and tests
+            # together).
+            self.start, self.cpu_start = time.monotonic(), time.process_time()
+            payload = wire.recv_exact(tests_sock, int(header["tests_len"]))
+        except (EOFError, OSError):
+            os._exit(EXIT_HANGUP)
+        self.limits = limits = header["limits"]
+        self.tester.limit(limits)
+        for fd, target in ((self.out_fd, 1), (self.err_fd, 2)):  # the tests' output goes to the run's files
+            os.dup2(fd, target)
+        self.report({"e": "got_tests"})  # before the watch, which may end the run at its first look
         self._start_watch()
         random.seed(0)
         split = int(header["tests_code_len"])
         tests = harness.Tests(marshal.loads(payload[:split]), payload[split:].decode("utf-8", "surrogatepass"))
         del payload
-        self.report({"e": "got_tests"})
-        channel = harness.Channel(socket.socket(fileno=sock_fd))
+        channel = harness.Channel(socket.socket(fileno=self.sock_fd))
         with contextlib.suppress(RunEnded):
-            harness.run_tests(channel, tests, list(header["test_names"]), server.prelude, self.report,
-                              frozenset(header.get("protected", ())), server.builtins)
+            harness.run_tests(channel, tests, list(header["test_names"]), self.tester.server.prelude, self.report,
+                              frozenset(header.get("protected", ())), self.tester.server.builtins)
         self.finish(None)
+        channel.sock.sock.close()
+        harness.forget_run()
 
     def report(self, event: dict[str, Any]) -> None:
         if self.done:
@@ -297,7 +400,7 @@ class _RunInit:
             self.events.append(event)
             self.unsent_bytes += 64 + len(str(event.get("message", "")))
             if self.unsent_bytes > EVENTS_FLUSH_BYTES:
-                wire.send(self.job_sock, {"events": self.events[self.sent:]})
+                wire.send(self.tester.job_sock, {"events": self.events[self.sent:]})
                 self.sent, self.unsent_bytes = len(self.events), 0
         finally:
             self.reporting = False
@@ -348,7 +451,7 @@ class _RunInit:
             unspent = self.budget - ((self.conf.cpu_used() or 0.0) - (self.cpu_before or 0.0))
             wait, reason = (unspent, "budget") if unspent < wait else (wait, reason)
         if wait > 0 and self.memory is not None:
-            if isolation.namespace_memory() > self.memory:
+            if isolation.run_memory() > self.memory:
                 wait, reason = 0.0, "memory"
             else:
                 wait = min(wait, MEMORY_POLL_S)
@@ -356,26 +459,25 @@ class _RunInit:
 
     def _memory_bound(self) -> int | None:
         """Bytes the candidate's processes may hold together, where no cgroup holds them to it (the "userns"
-        profile: this init measures them); None where a cgroup does or there is no run namespace."""
-        if not self.server.run_namespaces or self.conf.limits_memory:
+        profile: this process measures them); None where a cgroup does or there is no run namespace."""
+        if not self.tester.server.run_namespaces or self.conf.limits_memory:
             return None
         return int(self.limits["memory_mb"]) << 20
 
-    def finish(self, ended: str | None) -> NoReturn:
-        """Send the run's result and exit, which ends the run."""
+    def finish(self, ended: str | None) -> None:
+        """Send the run's result and tell the template the run is over. A run the watch ended (`ended`) also ends
+        this process: the signal came in the middle of the tests, which must not go on (the template forks a new
+        test process for the next run)."""
         self.done = True
         signal.setitimer(signal.ITIMER_REAL, 0)
         collected, cpu_collected = time.monotonic(), time.process_time()
-        cand_status = _poll(self.cand_pid)
-        if cand_status is None and any(e.get("gone") or e.get("e") == "import_error" for e in self.events):
-            cand_status = _wait_briefly(self.cand_pid)  # it closed its socket while exiting
         cpu_after = self.conf.cpu_used()
-        if not self.server.run_namespaces:
-            with contextlib.suppress(OSError):
-                os.killpg(self.cand_pid, signal.SIGKILL)  # where it can (same uid); the template does the rest
-            __import__("shutil").rmtree(self.work, ignore_errors=True)
         limit = int(self.limits["output_bytes"])
-        self.cpu_ms["init_tests"] = _ms(cpu_collected - self.cpu_forked)
+        for stream in (sys.stdout, sys.stderr):
+            try:  # noqa: SIM105 - what the tests printed, into the run's files before they are read
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
         result = {
             "timed_out": ended in ("wall", "budget"),
             "budget_spent": ended == "budget",
@@ -383,32 +485,67 @@ class _RunInit:
             "duration_s": round(collected - self.start, 6),
             "cpu_s": None if self.cpu_before is None or cpu_after is None else
             round(cpu_after - self.cpu_before, 6),
-            "candidate_exit": _exit_info(cand_status),
             "stdout": _tail(self.out_fd, limit),
             "stderr": _tail(self.err_fd, limit),
-            "isolation": self.server.notes,
+            "isolation": self.tester.server.notes,
             # Where the run's time went (agentq sandbox bench): wall clock of its phases, CPU of this process.
-            "phases_ms": {"setup": _ms(self.start - self.received), "fork": _ms(self.forked - self.start),
-                          "run": _ms(collected - self.forked)},
-            "cpu_ms": {**self.cpu_ms, "init_total": _ms(time.process_time())},
+            "phases_ms": {"run": _ms(collected - self.start)},
+            "cpu_ms": {"tests": _ms(cpu_collected - self.cpu_start)},
         }
-        wire.send(self.job_sock, {"events": self.events[self.sent:], "result": result})
-        fatal = not any(e.get("e") == "got_tests" for e in self.events)
-        os._exit(EXIT_FATAL if fatal else 0)
+        wire.send(self.tester.job_sock, {"events": self.events[self.sent:], "result": result})
+        gone = any(e.get("gone") or e.get("e") == "import_error" for e in self.events)
+        self.tester.control.send((b"W" if gone else b"-") + (b"X" if ended is not None else b"-"))
+        if ended is not None:
+            os._exit(0)
+        devnull = self.tester.server.devnull
+        for fd, target in ((self.out_fd, 1), (self.err_fd, 2)):
+            os.dup2(devnull, target)
+            os.close(fd)
 
-    def _candidate(self, sock_fd: int, solution: str, code: str, limits: dict) -> NoReturn:
+
+class _Candidate:
+    """The candidate's process, pid 2 of the run's PID namespace: trusted code until `candidate.serve` runs the
+    candidate's code. It reads its own job and sets the run up (scratch, /proc, cgroup limits, solution file):
+    a process forked per run pays a copy-on-write fault for every page it writes, so the set-up is done here, in
+    the one Python process a run forks, not in another."""
+
+    def __init__(self, server: Server, work: str, sock_fd: int, out_fd: int, err_fd: int, news_fd: int) -> None:
+        self.server, self.conf, self.work = server, server.conf, work
+        self.sock_fd, self.out_fd, self.err_fd, self.news_fd = sock_fd, out_fd, err_fd, news_fd
+
+    def main(self) -> NoReturn:
         try:
             os.setsid()  # its own process group, which is killed where it is not in a namespace of its own
-            self.conf.join()  # the cgroups, before anything of the candidate runs; the init stays outside
-            (sock,) = _arrange_fds(self.out_fd, self.err_fd, self.server.devnull, [sock_fd])
+            cpu_start = time.process_time()
+            try:
+                job = wire.recv(self.server.job)
+            except (EOFError, OSError, wire.ProtocolError):
+                os._exit(EXIT_HANGUP)
+            limits, code, uid = job["limits"], job["code"], self.conf.candidate_uid
+            if self.server.run_namespaces:
+                isolation.fresh_run_mounts(uid, max(TMPFS_MIN_MB, 4 * int(limits["file_mb"])))
+            self.conf.prepare_run(limits)
+            solution = os.path.join(self.work, "solution.py")
+            fd = os.open(solution, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, code.encode("utf-8", "surrogatepass"))
+                if self.conf.root:
+                    os.fchown(fd, uid, uid)
+            finally:
+                os.close(fd)
+            # The job is out of the job socket and the run is set up (with this process's CPU for it).
+            os.write(self.news_fd, b"J%d" % int(1e6 * (time.process_time() - cpu_start)))
+            self.conf.join()  # the cgroups, and so the time budget, from here on
+            (sock,) = _arrange_fds(self.out_fd, self.err_fd, self.server.devnull, [self.sock_fd])  # closes news_fd
             os.chdir(self.work)
-            os.environ.clear()
-            os.environ.update(candidate_env(self.work))
-            self.conf.enter(limits, self.conf.candidate_uid, int(limits["max_procs"]))
+            if not self.server.run_namespaces:
+                os.environ.clear()
+                os.environ.update(candidate_env(self.work))
+            self.conf.enter(limits, uid, int(limits["max_procs"]))
             random.seed(0)
             sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
             candidate.serve(socket.socket(fileno=sock), code, solution, self.server.prelude, self.server.builtins)
-        except BaseException:  # noqa: BLE001 - never return into the init
+        except BaseException:  # noqa: BLE001 - never return into the template's loop
             os._exit(70)
 
 

@@ -65,6 +65,13 @@ def error_class(name: str, base_name: str = "") -> type[CandidateError]:
     return cls
 
 
+def forget_run() -> None:
+    """What a run leaves in the test process (which lives on) that the next must not meet: the proxy module, and
+    the stand-ins for the candidate's exception classes (a name's class keeps the base its first candidate gave)."""
+    sys.modules.pop("solution", None)
+    _ERROR_TYPES.clear()
+
+
 def candidate_error(info: dict[str, Any]) -> CandidateError:
     """The candidate's exception as an instance of `error_class`: same name, same message (`str(err)` is what
     the candidate's own `str` gave); where it was raised is kept apart, for failure messages."""

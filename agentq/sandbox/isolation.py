@@ -236,7 +236,7 @@ class Confinement:
         self._limit_files()
 
     def open_meter(self) -> None:
-        """Keep the CPU meter open, so a process that then gives up its uid (the run's init) can still read it."""
+        """Keep the CPU meter open, so a process that then gives up its uid (the test process) can still read it."""
         if self.cpu_meter is not None:
             self._meter_fd = os.open(self.cpu_meter, os.O_RDONLY)
 
@@ -318,7 +318,7 @@ class Confinement:
         return bool(self._memory_files)
 
     def prepare_run(self, limits: dict[str, float]) -> None:
-        """In the run's init, before the candidate starts: the cgroups' limits for its whole tree, written only
+        """In the candidate's process, before it joins the cgroups: the limits for its whole tree, written only
         where they differ from what an earlier run left (a write costs more than a read)."""
         _write_if_changed(self._pids_files, str(int(limits["max_procs"])))
         memory = str(int(limits["memory_mb"]) << 20).encode()
@@ -344,14 +344,9 @@ class Confinement:
         set_limits(limits, nproc)
         drop_privileges(uid)
 
-    def kill_candidates(self, pid: int) -> None:
-        """Kill the run's init (the kernel then kills its whole PID namespace) and whatever the cgroups list."""
-        with contextlib.suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+    def kill_candidates(self) -> None:
+        """Where a run has no PID namespace of its own: kill whatever the cgroups list, else (root, outside
+        bubblewrap) every process of the candidate's uid."""
         if self.cgroups:
             self._kill_cgroups()
         elif self.root and self.candidate_uid != self.tests_uid and not os.environ.get("AGENTQ_SANDBOX_UIDS"):
@@ -417,6 +412,34 @@ def new_pid_namespace() -> None:
     _check(_libc.unshare(CLONE_NEWPID) == 0, "unshare(CLONE_NEWPID)")
 
 
+CLONE_VM = 0x100
+CLONE_FILES = 0x400
+_libc.clone.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+_libc.clone.restype = ctypes.c_int
+_INIT_STACK = ctypes.create_string_buffer(1 << 16)  # one run's init at a time: reaped before the next starts
+
+
+def spawn_namespace_init() -> int:
+    """pid 1 of the PID namespace `new_pid_namespace` made, so that the candidate forked next is pid 2 and, like
+    any program, can signal itself (the kernel drops the signals a namespace's init has no handler for).
+
+    It is libc's pause() in a clone of this process that shares its memory and descriptor table (CLONE_VM,
+    CLONE_FILES): nothing to copy, fault in or tear down, where a forked Python init cost a run about 1.3 ms of
+    CPU, and no copies of the run's pipes and sockets that would keep their other ends from seeing them close.
+    It never returns, runs no code of ours and has no signal handler (the caller ignores SIGINT, the one Python
+    installs), so no signal from inside the namespace reaches it; killing it ends the namespace and every process
+    of the run with it. It reaps nothing: what a candidate orphans stays a zombie until the run ends. The memory
+    it shares is the template's, which never holds a job, a test or a result, and is not dumpable: nothing of
+    the run can read it, or take its descriptors, through /proc or pidfd_getfd (the hostile suite tries)."""
+    top = (ctypes.addressof(_INIT_STACK) + len(_INIT_STACK)) & ~15
+    # CLONE_FILES: it shares this process's descriptors rather than keeping copies (of the run's pipes and sockets,
+    # whose other ends would then never see them close).
+    flags = CLONE_VM | CLONE_FILES | signal.SIGCHLD
+    pid = _libc.clone(ctypes.cast(_libc.pause, ctypes.c_void_p), top, flags, None)
+    _check(pid > 0, "clone(CLONE_VM) of the run's init")
+    return pid
+
+
 def restore_pid_namespace(fd: int) -> None:
     _check(_libc.setns(fd, CLONE_NEWPID) == 0, "setns(pid)")
 
@@ -427,7 +450,8 @@ def private_mounts() -> None:
 
 
 def fresh_run_mounts(uid: int, scratch_mb: int) -> None:
-    """In the run's init: own IPC and mount namespaces, a new /proc, and empty tmpfs scratch dirs.
+    """In the candidate's process, before its code runs: own IPC and mount namespaces, a new /proc (of the run's PID
+    namespace), and empty tmpfs scratch dirs.
 
     SysV objects die with the IPC namespace, files with the tmpfs, when the run's last process ends: nothing one
     candidate leaves there is visible to the next. (The network: jail.seccomp_program, network=False.)
@@ -440,14 +464,30 @@ def fresh_run_mounts(uid: int, scratch_mb: int) -> None:
     _check(ok, "mounting /proc")
 
 
-def namespace_memory() -> int:
-    """Bytes of memory held by every process of this PID namespace but its init (this process), from the run's
-    /proc: proportional set sizes, so pages a fork shares with its parent count once, not once per process. A
-    process that made itself undumpable hides its smaps: its whole resident size counts then (statm, readable
-    by anyone), which can only overstate it."""
-    total, page = 0, os.sysconf("SC_PAGE_SIZE")
+def _nspid(entry: str) -> list[bytes]:
+    """The process's pid in each PID namespace from this one down ("NSpid:" of its status, readable by anyone)."""
+    with open(f"/proc/{entry}/status", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"NSpid:"):
+                return line.split()[1:]
+    return []
+
+
+def run_memory() -> int:
+    """Bytes of memory held by the candidate's processes: every process of a PID namespace below this process's
+    own but that namespace's init (a worker runs one run at a time), from this namespace's /proc. Proportional
+    set sizes, so pages a fork shares with its parent count once, not once per process. A process that made
+    itself undumpable hides its smaps: its whole resident size counts then (statm, readable by anyone), which
+    can only overstate it."""
+    total, page, depth = 0, os.sysconf("SC_PAGE_SIZE"), len(_nspid("self"))
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or entry == "1":
+        if not entry.isdigit():
+            continue
+        try:
+            nspid = _nspid(entry)
+        except OSError:
+            continue
+        if len(nspid) <= depth or nspid[-1] == b"1":
             continue
         try:
             with open(f"/proc/{entry}/smaps_rollup", "rb") as fh:
@@ -473,7 +513,10 @@ def kill_namespace() -> None:
 
 
 _bounding_dropped = False
-_CapData2 = _CapData * 2  # made once: an array type is costly to create in every forked child
+# Made once, in the template: creating a ctypes type or instance in each forked child costs it time and the
+# copy-on-write faults of every object that touches.
+_CAP_HEADER = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+_NO_CAPS = (_CapData * 2)()
 
 
 def drop_bounding_set() -> None:
@@ -496,6 +539,5 @@ def drop_privileges(uid: int) -> None:
     _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN)
     if os.geteuid() != uid:
         os.setresuid(uid, uid, uid)
-    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    _check(_libc.capset(ctypes.byref(header), _CapData2()) == 0, "capset")
+    _check(_libc.capset(ctypes.byref(_CAP_HEADER), _NO_CAPS) == 0, "capset")
     _prctl(PR_SET_NO_NEW_PRIVS, 1)

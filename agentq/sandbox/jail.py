@@ -16,13 +16,11 @@ Two isolation profiles count as full isolation; every verdict names the one it r
 * "userns" (a non-root pod: one uid, a read-only cgroupfs): bubblewrap maps the one uid into a user namespace
   of the worker's own; the candidate runs in its own PID, mount, network, IPC and UTS namespaces under seccomp,
   no_new_privs, no capabilities, read-only binds and rlimits (RLIMIT_NPROC binds there: it counts per user
-  namespace); the tests run in the candidate's PID namespace's init (forkserver.py), which the candidate can
-  see as pid 1 but neither signal (an init gets only the signals it handles, and it handles none the candidate
-  could use to stop it), trace (seccomp, no capabilities) nor read through /proc (not dumpable); that init ends
-  the run when the candidate's processes together hold more than its memory limit; the pod's own cgroup is the
-  outer memory and pids bound. (The lead's decision of 21:40 in /work/NEWS.md asked for the test process
-  outside the candidate's PID namespace; the init is inside it, with the three properties that decision gave
-  as the reason.)
+  namespace); the tests run in the worker's test process, outside the candidate's PID namespace (the lead's
+  decision of 21:40 in /work/NEWS.md), so the candidate can neither see nor signal it, and neither trace
+  (seccomp, no capabilities) nor read it through /proc (not dumpable); the test process ends the run when the
+  candidate's processes together hold more than its memory limit; the pod's own cgroup is the outer memory and
+  pids bound.
 
 Only a sandbox that bubblewrap cannot start at all is weak isolation (allow_weak_isolation, "none").
 """
@@ -297,7 +295,7 @@ def make_jail() -> Jail:
                 argv += ["--bind", str(group), f"{CGROUP_MOUNT}/{group.parent.parent.name}"]
         if not (cgroups and (CGROUP_ROOT / "cgroup.controllers").exists()):
             # Hide the host's cgroup paths, except on cgroup v2, where a process may move others only
-            # within its own cgroup namespace (the server must move each run's init into the worker's group).
+            # within its own cgroup namespace (the server must move each run's candidate into the worker's group).
             argv += ["--unshare-cgroup-try"]
         argv += ["--cap-add", "ALL"]  # the trusted server switches uids, mounts and joins cgroups per run
     else:  # the "userns" profile: one uid, no cgroup of our own (see the module docstring)
