@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--workers", type=int, default=None, help="workers on each path (default: two per usable core)")
     p.add_argument("--json", action="store_true", help="print a JSON summary last")
+    p.add_argument("--budget-floor", type=float, default=None, metavar="SECONDS",
+                   help="the time budgets' floor (default: the sandbox's, limits.BUDGET_FLOOR_S)")
     _weak_arg(p)
     p.set_defaults(func=_lazy("agentq.sandbox.bench:main"))
 

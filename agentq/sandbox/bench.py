@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agentq.sandbox.executor import LocalExecutor, _usable_cores
-from agentq.sandbox.limits import BUDGET_FACTOR, BUDGET_FLOOR_S, Limits, budgeted
+from agentq.sandbox.limits import BUDGET_FACTOR, BUDGET_FLOOR_S, Limits, for_reference
 from agentq.sandbox.naive import STARTUP_ALLOWANCE_S, run_naive
 from agentq.sandbox.verdict import Verdict
 from agentq.tasks.humanevalfix import load_humanevalfix
@@ -113,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
     # Two workers a core: a run is a chain of processes handing each other the turn (executor, init, candidate),
     # so one worker leaves its core idle between turns; a second one fills the gaps. The baseline gets as many.
     workers = getattr(args, "workers", None) or 2 * cores
+    floor = getattr(args, "budget_floor", None) or BUDGET_FLOOR_S
     load_start = _load()
 
     start = time.perf_counter()
@@ -126,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
         plain = executor.run_many(items)
         plain_s = time.perf_counter() - start
         refs = reference_s * 2  # a buggy candidate gets its task's budget, like any other candidate
-        jobs = [budgeted(code, tests, BENCH_LIMITS, ref) for (code, tests), ref in zip(items, refs, strict=True)]
+        jobs = [(code, tests, for_reference(BENCH_LIMITS, ref, floor_s=floor))
+                for (code, tests), ref in zip(items, refs, strict=True)]
         executor.costs = type(executor.costs)()  # count the measured pass only
         start, cpu_start = time.perf_counter(), time.process_time()
         warm = executor.run_many(jobs)
@@ -143,6 +145,7 @@ def main(args: argparse.Namespace) -> int:
     agree = [w.passed == v.passed for w, v in zip(warm, naive, strict=True)]
     load = _load()
     breakdown = cost_breakdown(costs, executor_ms)
+    ref_sorted = sorted(reference_s)
     loops_ms = 1000 * sum(v.cpu_s or 0.0 for v in warm if v.status == "timeout") / len(warm)
     summary = {
         "warm_per_s": round(warm_per_s, 2),
@@ -162,6 +165,11 @@ def main(args: argparse.Namespace) -> int:
         "isolation_profile": profile,
         "cpu_ms_per_candidate": breakdown,
         "cpu_ms_per_candidate_in_loop_budgets": round(loops_ms, 3),
+        "budget_floor_s": floor,
+        # What the floor has to cover: the references' own run time as the budget counts it (their second run).
+        "reference_ms": {"median": round(1000 * ref_sorted[len(ref_sorted) // 2], 3),
+                         "p99": round(1000 * ref_sorted[int(0.99 * (len(ref_sorted) - 1))], 3),
+                         "max": round(1000 * ref_sorted[-1], 3)},
         "wall_ms_per_run": costs.get("phases_ms", {}),
         "netns_per_run_would_add": netns,
     }
@@ -173,8 +181,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"limits: timeout {BENCH_LIMITS.timeout_s:g} s, cpu {BENCH_LIMITS.cpu_s} s, "
           f"memory {BENCH_LIMITS.memory_mb} MB, file {BENCH_LIMITS.file_mb} MB, {BENCH_LIMITS.max_procs} processes")
     budgets = sorted(j[2].time_budget_s for j in jobs if len(j) == 3)
-    print(f"time budget: max({BUDGET_FLOOR_S:g} s, {BUDGET_FACTOR:g} x reference run time), at most the timeout; "
-          f"median {budgets[len(budgets) // 2]:g} s, max {budgets[-1]:g} s")
+    print(f"time budget: max({floor:g} s, {BUDGET_FACTOR:g} x reference run time), at most the timeout; "
+          f"median {budgets[len(budgets) // 2]:g} s, max {budgets[-1]:g} s; reference run time (ms): "
+          + ", ".join(f"{k} {v:g}" for k, v in summary["reference_ms"].items()))
     print(f"warm executor : {workers} fork servers         {warm_s:7.2f} s  {warm_per_s:7.2f} candidates/s"
           f"  (fork-server start-up {startup:.2f} s, not counted)")
     print(f"  same, timeout only (no budget)     {plain_s:7.2f} s  {plain_per_s:7.2f} candidates/s")

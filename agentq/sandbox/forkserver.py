@@ -66,6 +66,9 @@ TMPFS_MIN_MB = 64
 # has seven tests a task). Events that outgrow this many bytes go ahead, so no message nears wire.MAX_MESSAGE.
 EVENTS_FLUSH_BYTES = 1 << 20
 MEMORY_POLL_S = 0.02  # how often the test process sums the run's memory where no cgroup limits it
+# Where no cgroup meters the candidate's CPU (the "userns" profile), the time budget is wall-clock time, which
+# load on the machine stretches: there it is never less than this (limits.BUDGET_FLOOR_S is CPU time).
+WALL_BUDGET_FLOOR_S = 0.25
 EXIT_WAIT_S = 0.2  # how long the template waits for the exit status of a candidate that hung up
 # How a process tells the template why it ended (anything else: it crashed).
 EXIT_HANGUP = 3  # the executor closed its socket: the worker is being stopped
@@ -417,9 +420,11 @@ class _TestRun:
         self.deadline, self.wall_reason = self.start + float(limits["timeout_s"]), "wall"
         budget = limits.get("time_budget_s")
         self.budget = None if budget is None else float(budget)
+        self.budget_s = self.budget  # the budget applied, for the verdict's message
         if self.budget is not None and self.cpu_before is None:  # no CPU meter: the budget is wall-clock time
-            if now + self.budget < self.deadline:
-                self.deadline, self.wall_reason = now + self.budget, "budget"
+            self.budget_s = max(self.budget, WALL_BUDGET_FLOOR_S)
+            if now + self.budget_s < self.deadline:
+                self.deadline, self.wall_reason = now + self.budget_s, "budget"
             self.budget = None
         self.memory = self._memory_bound()
         signal.signal(signal.SIGALRM, self._on_alarm)
@@ -481,6 +486,7 @@ class _TestRun:
         result = {
             "timed_out": ended in ("wall", "budget"),
             "budget_spent": ended == "budget",
+            "budget_s": self.budget_s,
             "memory_spent": ended == "memory",
             "duration_s": round(collected - self.start, 6),
             "cpu_s": None if self.cpu_before is None or cpu_after is None else

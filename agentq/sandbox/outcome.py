@@ -51,7 +51,8 @@ def verdict_from_run(raw: dict[str, Any], test_names: list[str], limits: Limits)
         pending = next((n for n in test_names if n not in by_name), None)
         where = f" while running {pending}" if pending else ""
         if raw.get("budget_spent"):
-            message = (f"used up its time budget of {limits.time_budget_s:g}s (derived from the reference "
+            budget = raw.get("budget_s") or limits.time_budget_s
+            message = (f"used up its time budget of {budget:g}s (derived from the reference "
                        f"solution's run time){where}")
             return Verdict(status="timeout", message=message, **common)
         return Verdict(status="timeout", message=f"timed out after {limits.timeout_s:g}s{where}", **common)
