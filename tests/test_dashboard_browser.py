@@ -121,6 +121,26 @@ def test_every_view_at_three_widths(browser, stored, tmp_path):
     assert problems == []
 
 
+def test_a_missing_resource_is_read_to_its_end(browser, stored):
+    """The page asks for what may not exist yet (a round's evaluation summary before evaluate ran) and takes a
+    404 as "not yet". It must still read that response: an unread one stays in flight, holding its connection
+    until garbage collection, and the page never goes idle (the tiny-round test below waited on such 404s for
+    18 s before this)."""
+    page = new_page(browser)
+    unfinished = {}
+    page.on("response", lambda response: unfinished.__setitem__(id(response.request), response.url))
+    page.on("requestfinished", lambda request: unfinished.pop(id(request), None))
+    page.goto(f"{stored.url}/#/")
+    page.locator("#rounds-table").wait_for()
+    page.wait_for_load_state("networkidle")
+    assert page.evaluate("""async () => {
+        for (let i = 0; i < 3; i++) if (await api("/api/rounds/no-such-round/eval/summary") !== null) return false;
+        return true;
+    }""")
+    page.wait_for_timeout(1000)
+    assert list(unfinished.values()) == []
+
+
 def test_each_view_shows_what_it_is_for(browser, stored, tmp_path):
     page = new_page(browser)
     page.goto(f"{stored.url}/#/round/r2/results")

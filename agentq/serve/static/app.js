@@ -84,13 +84,15 @@ function withQuery(path, params) {
 
 async function fetchOk(path, params) {
   const response = await fetch(withQuery(path, params), {headers: authHeaders(), cache: "no-store"});
-  if (response.status === 401) { askToken(); throw new Error("a bearer token is needed"); }
+  if (response.status === 401) { await response.text(); askToken(); throw new Error("a bearer token is needed"); }
   return response;
 }
 
 async function api(path, params) {
   const response = await fetchOk(path, params);
-  if (response.status === 404) return null;
+  // A response is read to its end even when its body is not wanted: an unread one stays in flight, holding its
+  // connection until garbage collection.
+  if (response.status === 404) { await response.text(); return null; }
   if (!response.ok) {
     let detail = response.statusText;
     try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
@@ -102,7 +104,7 @@ async function api(path, params) {
 async function download(path, params, format) {
   // The token is a header, so an export is fetched and handed to the browser as a blob, never a link with it.
   const response = await fetchOk(path, {...params, format, offset: null, limit: null});
-  if (!response.ok) throw new Error(`export failed: ${response.status}`);
+  if (!response.ok) { await response.text(); throw new Error(`export failed: ${response.status}`); }
   const name = (response.headers.get("content-disposition") || "").match(/filename="([^"]+)"/);
   const url = URL.createObjectURL(await response.blob());
   const link = h("a", {href: "#", download: name ? name[1] : `table.${format}`});
