@@ -35,7 +35,7 @@ Protocol (wire framing). Job socket: template -> {"ready", "pid", "isolation"}; 
 EVENTS_FLUSH_BYTES go ahead, {"events": [...]}); template -> {"trailer", "runner_exit", "candidate_exit",
 "cpu_ms"}. Tests socket: per run executor -> {"test_names", "protected", "limits", "tests_len",
 "tests_code_len"} + tests_len bytes (the tests' marshalled code object, tests_code_len bytes, then their source).
-Template -> test process (a datagram socket): per run "<start> <CPU meter>" with the run's three descriptors;
+Template -> test process (a datagram socket): per run the CPU meter's reading with the run's three descriptors;
 back, once the result is sent: two bytes, whether the candidate hung up ("W") and whether the test process is
 exiting ("X"). Candidate -> template (a pipe, closed before the candidate's code runs): "J<set-up CPU
 microseconds>" once it has read the job and set the run up.
@@ -238,10 +238,10 @@ class Server:
             tests_end.close()
             os.close(out_fd)
             os.close(err_fd)
-        done = {"wait": reply[:1] == b"W", "exiting": reply[1:2] == b"X"}
-        tests_exit = {"code": 0} if reply and not done["exiting"] else self._tester_gone()
+        hung_up, exiting = reply[:1] == b"W", reply[1:2] == b"X"
+        tests_exit = {"code": 0} if reply and not exiting else self._tester_gone()
         setup_cpu_s = _read_news(news_r)
-        exited = _reap(pid, EXIT_WAIT_S if done["wait"] else 0.0)
+        exited = _reap(pid, EXIT_WAIT_S if hung_up else 0.0)
         usage = self._end_run(init, pid, work, exited)
         if setup_cpu_s is None or tests_exit.get("code") == EXIT_HANGUP:
             # The candidate ended before it had read the job (the executor hung up, or the job may still wait in
