@@ -501,17 +501,6 @@ def run_memory() -> int:
     return total
 
 
-def kill_namespace() -> None:
-    """In a PID namespace's init: kill every other process of the namespace, then reap them all."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(-1, signal.SIGKILL)
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-
-
 _bounding_dropped = False
 # Made once, in the template: creating a ctypes type or instance in each forked child costs it time and the
 # copy-on-write faults of every object that touches.

@@ -59,8 +59,6 @@ def verdict_from_run(raw: dict[str, Any], test_names: list[str], limits: Limits)
     if raw.get("memory_spent"):
         return Verdict(status="memory", message=f"the candidate's processes together used more than "
                        f"{limits.memory_mb} MB", **common)
-    if raw.get("fatal"):
-        return Verdict(status="error", message=f"sandbox failure: {raw['fatal']}", **common)
     if "import_error" in kinds:
         info = kinds["import_error"]
         if not info.get("type"):
